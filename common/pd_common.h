@@ -1,0 +1,91 @@
+/* libpdcommon: status codes, logging, assertions and small utilities shared by every pdserve library.
+ * Nothing here knows about models, tokens or the network. */
+#ifndef PD_COMMON_H
+#define PD_COMMON_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+/* One status enum for the whole code base (libuv's UV_ERRNO_MAP pattern). */
+#define PD_STATUS_MAP(X)                                           \
+    X(PD_OK, "ok")                                                 \
+    X(PD_ERR_NOMEM, "out of memory")                               \
+    X(PD_ERR_IO, "I/O error")                                      \
+    X(PD_ERR_NOT_FOUND, "not found")                               \
+    X(PD_ERR_INVALID, "invalid argument")                          \
+    X(PD_ERR_FORMAT, "malformed input")                            \
+    X(PD_ERR_UNSUPPORTED, "unsupported")                           \
+    X(PD_ERR_RANGE, "out of range")                                \
+    X(PD_ERR_BUSY, "busy")                                         \
+    X(PD_ERR_TIMEOUT, "timed out")                                 \
+    X(PD_ERR_CANCELED, "canceled")                                 \
+    X(PD_ERR_TRANSPORT, "transport error")                         \
+    X(PD_ERR_PEER, "peer unreachable")                             \
+    X(PD_ERR_INTERNAL, "internal error")
+
+typedef enum {
+#define PD__STATUS_ENUM(name, str) name,
+    PD_STATUS_MAP(PD__STATUS_ENUM)
+#undef PD__STATUS_ENUM
+    PD_STATUS_COUNT
+} pd_status;
+
+/* Human-readable text of a status; never NULL. */
+const char *pd_status_str(pd_status s);
+
+/* Logging. Levels follow syslog order; the threshold comes from pd_log_set_level() or PDSERVE_LOG
+ * (error|warn|info|debug). Lines go to stderr with a timestamp, level and the component tag. */
+typedef enum { PD_LOG_ERROR = 0, PD_LOG_WARN, PD_LOG_INFO, PD_LOG_DEBUG } pd_log_level;
+
+void pd_log_set_level(pd_log_level lvl);
+pd_log_level pd_log_get_level(void);
+/* Parses "error", "warn", "info", "debug"; returns PD_ERR_INVALID for anything else. */
+pd_status pd_log_level_parse(const char *s, pd_log_level *out);
+void pd_log_write(pd_log_level lvl, const char *file, int line, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+#define PD_LOG(lvl, ...)                                                  \
+    do {                                                                  \
+        if ((lvl) <= pd_log_get_level()) pd_log_write((lvl), __FILE__, __LINE__, __VA_ARGS__); \
+    } while (0)
+#define pd_error(...) PD_LOG(PD_LOG_ERROR, __VA_ARGS__)
+#define pd_warn(...) PD_LOG(PD_LOG_WARN, __VA_ARGS__)
+#define pd_info(...) PD_LOG(PD_LOG_INFO, __VA_ARGS__)
+#define pd_debug(...) PD_LOG(PD_LOG_DEBUG, __VA_ARGS__)
+
+/* Broken invariants abort in every build (like GGML_ASSERT); bad input never reaches these. */
+void pd_abort(const char *file, int line, const char *expr) __attribute__((noreturn));
+#define PD_ASSERT(x)                                       \
+    do {                                                   \
+        if (__builtin_expect(!(x), 0)) pd_abort(__FILE__, __LINE__, #x); \
+    } while (0)
+
+/* Allocation helpers that abort on failure are deliberately absent: callers handle PD_ERR_NOMEM.
+ * pd_aligned_alloc returns 64-byte aligned, zeroed memory or NULL; free with free(). */
+void *pd_aligned_alloc(size_t bytes);
+
+/* Monotonic clock. */
+double pd_time_now(void);    /* seconds */
+uint64_t pd_time_ns(void);   /* nanoseconds */
+
+/* Reads a whole file into a NUL-terminated malloc'd buffer. On error logs nothing; returns status. */
+pd_status pd_file_read(const char *path, char **out, size_t *out_len);
+
+/* Overflow-checked size arithmetic: returns 0 on overflow, 1 on success. */
+static inline int pd_mul_ok(size_t a, size_t b, size_t *out) { return !__builtin_mul_overflow(a, b, out); }
+static inline int pd_add_ok(size_t a, size_t b, size_t *out) { return !__builtin_add_overflow(a, b, out); }
+
+/* Deterministic PRNG (xoshiro256**) seeded through splitmix64; used for weights generation and sampling. */
+typedef struct { uint64_t s[4]; } pd_rng;
+void pd_rng_seed(pd_rng *r, uint64_t seed);
+uint64_t pd_rng_next(pd_rng *r);
+double pd_rng_uniform(pd_rng *r);   /* [0, 1) with 53 bits */
+double pd_rng_normal(pd_rng *r);    /* standard normal (Box-Muller) */
+
+#define PD_MIN(a, b) ((a) < (b) ? (a) : (b))
+#define PD_MAX(a, b) ((a) > (b) ? (a) : (b))
+#define PD_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+
+#endif

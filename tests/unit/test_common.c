@@ -1,0 +1,82 @@
+/* Unit tests of libpdcommon: status strings, log level parsing, the PRNG, whole-file reads. */
+#include <check.h>
+#include <math.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/pd_common.h"
+
+START_TEST(test_status_str)
+{
+    ck_assert_str_eq(pd_status_str(PD_OK), "ok");
+    ck_assert_str_eq(pd_status_str(PD_ERR_FORMAT), "malformed input");
+    ck_assert_str_eq(pd_status_str((pd_status)9999), "unknown status");
+}
+END_TEST
+
+START_TEST(test_log_level_parse)
+{
+    pd_log_level l;
+    ck_assert_int_eq(pd_log_level_parse("debug", &l), PD_OK);
+    ck_assert_int_eq(l, PD_LOG_DEBUG);
+    ck_assert_int_eq(pd_log_level_parse("WARNING", &l), PD_OK);
+    ck_assert_int_eq(l, PD_LOG_WARN);
+    ck_assert_int_eq(pd_log_level_parse("loud", &l), PD_ERR_INVALID);
+}
+END_TEST
+
+START_TEST(test_rng_deterministic_and_normal)
+{
+    pd_rng a, b;
+    pd_rng_seed(&a, 42);
+    pd_rng_seed(&b, 42);
+    for (int i = 0; i < 100; i++) ck_assert_uint_eq(pd_rng_next(&a), pd_rng_next(&b));
+    pd_rng_seed(&a, 7);
+    double s = 0, s2 = 0;
+    const int n = 200000;
+    for (int i = 0; i < n; i++) {
+        double x = pd_rng_normal(&a);
+        s += x;
+        s2 += x * x;
+    }
+    ck_assert(fabs(s / n) < 0.01);
+    ck_assert(fabs(s2 / n - 1.0) < 0.02);
+}
+END_TEST
+
+START_TEST(test_file_read)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    ck_assert_int_eq(pd_file_read("/nonexistent/file", &buf, &len), PD_ERR_NOT_FOUND);
+    ck_assert_ptr_null(buf);
+    char path[] = "/tmp/pdtestXXXXXX";
+    int fd = mkstemp(path);
+    ck_assert_int_ge(fd, 0);
+    FILE *f = fdopen(fd, "w");
+    for (int i = 0; i < 100000; i++) fputc('a' + i % 26, f);
+    fclose(f);
+    ck_assert_int_eq(pd_file_read(path, &buf, &len), PD_OK);
+    ck_assert_uint_eq(len, 100000);
+    ck_assert_int_eq(buf[25], 'z');
+    ck_assert_int_eq(buf[len], '\0');
+    free(buf);
+    unlink(path);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("common");
+    TCase *tc = tcase_create("core");
+    tcase_add_test(tc, test_status_str);
+    tcase_add_test(tc, test_log_level_parse);
+    tcase_add_test(tc, test_rng_deterministic_and_normal);
+    tcase_add_test(tc, test_file_read);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? 1 : 0;
+}
