@@ -1,0 +1,32 @@
+/* pdserve-model: the model tool. Dispatches to the subcommands in tools/cmd_*.c. */
+#include <stdio.h>
+#include <string.h>
+
+#include "tools/commands.h"
+
+int cmd_version(int argc, char **argv);
+
+const tool_command tool_commands[] = {
+    {"version", cmd_version, "print version and CPU features"},
+    {NULL, NULL, NULL},
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: pdserve-model <command> [options]\n\ncommands:\n");
+    for (const tool_command *c = tool_commands; c->name; c++) fprintf(f, "  %-14s %s\n", c->name, c->summary);
+    fprintf(f, "\nRun 'pdserve-model <command> --help' for a command's options.\n");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+        usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    for (const tool_command *c = tool_commands; c->name; c++)
+        if (!strcmp(c->name, argv[1])) return c->main(argc - 1, argv + 1);
+    fprintf(stderr, "pdserve-model: unknown command '%s'\n", argv[1]);
+    usage(stderr);
+    return 2;
+}
