@@ -84,3 +84,98 @@ const krn_cpu_features *krn_cpu_get(void);
 void krn_cpu_describe(char *buf, size_t len);
 
 #endif
+
+/* ---- matrices ------------------------------------------------------------------------------------ */
+typedef enum { KRN_F32 = 0, KRN_BF16 = 1 } krn_type;
+
+static inline size_t krn_type_size(krn_type t) { return t == KRN_F32 ? 4 : 2; }
+
+/* A row-major weight matrix W[rows, cols]: rows = output features, cols = input features (HF layout). */
+typedef struct {
+    krn_type type;
+    int rows, cols;
+    const void *data; /* rows * cols elements of type; not owned */
+} krn_mat;
+
+/* Scratch floats krn_linear may need for a matrix with this many columns (caller preallocates). */
+#define KRN_LINEAR_BLOCK 64
+static inline size_t krn_linear_scratch(int cols) { return (size_t)KRN_LINEAR_BLOCK * (size_t)cols; }
+
+/* y[m, w->rows] = x[m, w->cols] . W^T, float32 accumulation. ldy: row stride of y (>= w->rows).
+ * scratch: krn_linear_scratch(w->cols) floats. */
+void krn_linear(const krn_mat *w, const float *x, int m, float *y, int ldy, float *scratch);
+/* y[m, n] (+)= x[m, k] . W[r0:r0+k, c0:c0+n] — the "transposed" use of a sub-block of W, used by MLA's absorbed
+ * decode form (W is kv_b_proj). accumulate: 0 overwrite, 1 add. */
+void krn_matmul_sub(const krn_mat *w, int r0, int c0, const float *x, int m, int k, int n, float *y, int accumulate);
+/* Copies row r of W as float32 into out[cols] (embedding lookup). */
+void krn_mat_row(const krn_mat *w, int r, float *out);
+
+/* ---- elementwise and normalisation ---------------------------------------------------------------- */
+/* out[i] = x[i] / sqrt(mean(x^2) + eps) * w[i]; out may alias x. */
+void krn_rmsnorm(const float *x, const float *w, int n, float eps, float *out);
+/* gate[i] = silu(gate[i]) * up[i] */
+void krn_silu_mul(float *gate, const float *up, int n);
+/* Rotates interleaved pairs (x[2i], x[2i+1]) by angles whose cos/sin are given: [n/2] each. */
+void krn_rope_interleaved(float *x, int n, const float *cos_t, const float *sin_t);
+/* In-place softmax over n values; returns nothing. */
+void krn_softmax(float *x, int n);
+/* y[i] += a * x[i] */
+void krn_axpy(int n, float a, const float *x, float *y);
+
+/* ---- attention tiles (online softmax; no score matrix beyond one tile) ------------------------------
+ * State per (query, head): running max m, running sum l, accumulator acc[dv].
+ * krn_attn_tile: for queries i in [0, nq) and heads h in [0, nh):
+ *   keys j in [0, nk) with j_pos[j] <= q_limit[i] take part;
+ *   score = scale * (dot(qa[i,h,:da], ka[j,h?,:da]) + dot(qb[i,h,:db], kb[j,:db]))
+ *   acc[i,h,:] = acc*corr + p * v[j,h?,:dv]
+ * Strides are in floats. ka_hstride/v_hstride = 0 means one shared head (MLA absorbed decode). */
+typedef struct {
+    int nq, nh, nk;
+    int da, db, dv;
+    const float *qa; int qa_stride, qa_hstride;   /* [nq][nh][da] */
+    const float *qb; int qb_stride, qb_hstride;   /* [nq][nh][db] (rope part) */
+    const float *ka; int ka_stride, ka_hstride;   /* [nk][nh or 1][da] */
+    const float *kb; int kb_stride;               /* [nk][db] shared by all heads */
+    const float *v;  int v_stride, v_hstride;     /* [nk][nh or 1][dv] */
+    const int *q_limit;                           /* [nq]: last key position query i may see */
+    int k_pos0;                                   /* position of key 0 (keys are consecutive) */
+    float scale;
+    float *m, *l;                                 /* [nq*nh] */
+    float *acc; int acc_stride, acc_hstride;      /* [nq][nh][dv] */
+    float *scores;                                /* scratch [nk] */
+} krn_attn_tile_args;
+void krn_attn_tile(const krn_attn_tile_args *a);
+/* Initialises m=-inf, l=0, acc=0 for nq*nh states; krn_attn_finish divides acc by l. */
+void krn_attn_init(int nq, int nh, int dv, float *m, float *l, float *acc, int acc_stride, int acc_hstride);
+void krn_attn_finish(int nq, int nh, int dv, const float *l, float *acc, int acc_stride, int acc_hstride);
+
+/* ---- sampling -------------------------------------------------------------------------------------- */
+typedef struct {
+    float temperature;        /* <= 0: greedy */
+    int top_k;                /* <= 0: off */
+    float top_p;              /* >= 1: off */
+    float min_p;              /* <= 0: off */
+    float repetition_penalty; /* 1: off; applies to prompt and output tokens */
+    float frequency_penalty;  /* 0: off; output tokens */
+    float presence_penalty;   /* 0: off; output tokens */
+} krn_sampling_params;
+
+static inline krn_sampling_params krn_sampling_defaults(void)
+{
+    krn_sampling_params p = {1.0f, 0, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f};
+    return p;
+}
+
+typedef struct krn_sampler_s *krn_sampler;
+/* Scratch for one vocabulary size; one sampler per thread. */
+pd_status krn_sampler_create(int vocab, krn_sampler *out);
+void krn_sampler_destroy(krn_sampler s);
+/* Applies penalties in place to logits[vocab], then samples. prompt/output: the request's token history.
+ * rng is the request's generator (seeded per request for reproducibility). Returns the token; writes the
+ * log-probability of it under the final (processed) distribution to *logprob when non-NULL.
+ * probs_out, when non-NULL, receives the processed distribution [vocab] (speculative decoding needs it). */
+int32_t krn_sample(krn_sampler s, float *logits, const krn_sampling_params *p, const int32_t *prompt,
+                   int n_prompt, const int32_t *output, int n_output, pd_rng *rng, float *logprob,
+                   float *probs_out);
+/* Index of the largest value (first one on ties). */
+int32_t krn_argmax(const float *x, int n);

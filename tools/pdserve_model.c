@@ -5,8 +5,16 @@
 #include "tools/commands.h"
 
 int cmd_version(int argc, char **argv);
+int cmd_generate(int argc, char **argv);
+int cmd_inspect(int argc, char **argv);
+int cmd_logits(int argc, char **argv);
+int cmd_run(int argc, char **argv);
 
 const tool_command tool_commands[] = {
+    {"generate", cmd_generate, "write a random-weight checkpoint of a preset shape (official layout)"},
+    {"inspect", cmd_inspect, "architecture, parameter counts, KV bytes per token, dtypes"},
+    {"logits", cmd_logits, "logits at every prompt position (prefill or decode path, MTP) as JSON"},
+    {"run", cmd_run, "offline generation from token ids or text"},
     {"version", cmd_version, "print version and CPU features"},
     {NULL, NULL, NULL},
 };

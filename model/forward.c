@@ -1,0 +1,480 @@
+/* The DeepSeek-V2/V3 forward pass over a batch of sequences (reference path, float32 activations).
+ * Per layer: RMSNorm -> MLA (q via q_lora or q_proj; kv_a -> latent norm + rotated rope key written to the
+ * paged cache; attention in the prefill (decompressed, tiled) or decode (absorbed) form) -> o_proj ->
+ * residual -> RMSNorm -> dense SwiGLU or MoE (routed experts grouped by token + shared experts) -> residual.
+ * Every buffer is planned in mdl_ctx_create; a forward pass never allocates. */
+#include <string.h>
+
+#include "model/mdl.h"
+
+#define ATTN_TILE 64   /* keys per attention tile */
+#define DEC_QCHUNK 16  /* decode-mode queries per absorbed chunk */
+
+struct mdl_ctx_s {
+    const mdl_model *m;
+    int max_tokens, max_logits;
+    float *x;        /* [T, D] residual stream (final hidden state after the last layer) */
+    float *xn;       /* [T, D] normalised input of a sub-block */
+    float *tmp;      /* [T, D] sub-block output */
+    float *qa;       /* [T, q_lora] */
+    float *q;        /* [T, H*qk] */
+    float *kva;      /* [T, kv_lora + rope] */
+    float *attn;     /* [T, H*v] */
+    float *cosb, *sinb; /* [T, rope/2] */
+    int *q_limit;    /* [T] */
+    float *am, *al;  /* [T*H] online softmax state */
+    /* prefill attention tile */
+    float *lat;      /* [ATTN_TILE, kv_lora] */
+    float *kpe;      /* [ATTN_TILE, rope] */
+    float *kvb;      /* [ATTN_TILE, H*(nope+v)] */
+    float *scores;   /* [ATTN_TILE] */
+    /* decode attention */
+    float *qabs;     /* [DEC_QCHUNK, H, kv_lora] */
+    float *acc_lat;  /* [DEC_QCHUNK, H, kv_lora] */
+    /* feed-forward */
+    float *g, *u;    /* [T, F] */
+    float *xg, *yg;  /* [T, D] gathered rows of one expert, its output */
+    float *moe;      /* [T, D] */
+    float *rscore;   /* [T, E] router scores */
+    float *rsel;     /* [E] selection scores of one token */
+    int *topi;       /* [T, K] */
+    float *topw;     /* [T, K] */
+    int *ecount, *eoff; /* [E], [E+1] */
+    int *elist;      /* [T*K] token*K + slot */
+    float *ecat;     /* [T, 2D] MTP input concat */
+    float *lrows;    /* [max_logits, D] */
+    float *scratch;  /* krn_linear scratch */
+};
+
+static size_t max_cols(const mdl_config *c)
+{
+    size_t m = (size_t)c->hidden_size * 2;
+    m = PD_MAX(m, (size_t)c->q_lora_rank);
+    m = PD_MAX(m, (size_t)c->kv_lora_rank);
+    m = PD_MAX(m, (size_t)c->num_attention_heads * c->v_head_dim);
+    m = PD_MAX(m, (size_t)c->intermediate_size);
+    m = PD_MAX(m, (size_t)c->moe_intermediate_size * PD_MAX(1, c->n_shared_experts));
+    return m;
+}
+
+pd_status mdl_ctx_create(const mdl_model *m, int max_tokens, int max_logits, mdl_ctx **out)
+{
+    if (max_tokens < 1 || max_logits < 0) return PD_ERR_INVALID;
+    const mdl_config *c = &m->cfg;
+    const size_t T = (size_t)max_tokens, D = (size_t)c->hidden_size, H = (size_t)c->num_attention_heads;
+    const size_t qk = (size_t)mdl_config_qk_head_dim(c), kvl = (size_t)c->kv_lora_rank;
+    const size_t rope = (size_t)c->qk_rope_head_dim, nv = (size_t)c->qk_nope_head_dim + (size_t)c->v_head_dim;
+    const size_t E = (size_t)PD_MAX(1, c->n_routed_experts), K = (size_t)PD_MAX(1, c->num_experts_per_tok);
+    size_t F = (size_t)PD_MAX(c->intermediate_size, c->moe_intermediate_size * PD_MAX(1, c->n_shared_experts));
+    mdl_ctx *x = calloc(1, sizeof *x);
+    if (!x) return PD_ERR_NOMEM;
+    x->m = m;
+    x->max_tokens = max_tokens;
+    x->max_logits = max_logits;
+    int ok = 1;
+#define ALLOC(field, count)                                                   \
+    do {                                                                      \
+        x->field = pd_aligned_alloc((size_t)(count) * sizeof(*x->field));     \
+        ok = ok && x->field != NULL;                                          \
+    } while (0)
+    ALLOC(x, T * D);
+    ALLOC(xn, T * D);
+    ALLOC(tmp, T * D);
+    ALLOC(qa, T * PD_MAX((size_t)c->q_lora_rank, 1));
+    ALLOC(q, T * H * qk);
+    ALLOC(kva, T * (kvl + rope));
+    ALLOC(attn, T * H * (size_t)c->v_head_dim);
+    ALLOC(cosb, T * rope / 2);
+    ALLOC(sinb, T * rope / 2);
+    ALLOC(q_limit, T);
+    ALLOC(am, T * H);
+    ALLOC(al, T * H);
+    ALLOC(lat, ATTN_TILE * kvl);
+    ALLOC(kpe, ATTN_TILE * rope);
+    ALLOC(kvb, ATTN_TILE * H * nv);
+    ALLOC(scores, ATTN_TILE);
+    ALLOC(qabs, DEC_QCHUNK * H * kvl);
+    ALLOC(acc_lat, DEC_QCHUNK * H * kvl);
+    ALLOC(g, T * F);
+    ALLOC(u, T * F);
+    ALLOC(xg, T * D);
+    ALLOC(yg, T * D);
+    ALLOC(moe, T * D);
+    ALLOC(rscore, T * E);
+    ALLOC(rsel, E);
+    ALLOC(topi, T * K);
+    ALLOC(topw, T * K);
+    ALLOC(ecount, E);
+    ALLOC(eoff, E + 1);
+    ALLOC(elist, T * K);
+    ALLOC(ecat, T * 2 * D);
+    ALLOC(lrows, (size_t)PD_MAX(max_logits, 1) * D);
+    ALLOC(scratch, krn_linear_scratch((int)max_cols(c)));
+#undef ALLOC
+    if (!ok) {
+        mdl_ctx_destroy(x);
+        return PD_ERR_NOMEM;
+    }
+    *out = x;
+    return PD_OK;
+}
+
+void mdl_ctx_destroy(mdl_ctx *x)
+{
+    if (!x) return;
+    void *bufs[] = {x->x, x->xn, x->tmp, x->qa, x->q, x->kva, x->attn, x->cosb, x->sinb, x->q_limit, x->am,
+                    x->al, x->lat, x->kpe, x->kvb, x->scores, x->qabs, x->acc_lat, x->g, x->u, x->xg, x->yg,
+                    x->moe, x->rscore, x->rsel, x->topi, x->topw, x->ecount, x->eoff, x->elist, x->ecat,
+                    x->lrows, x->scratch};
+    for (size_t i = 0; i < PD_ARRAY_LEN(bufs); i++) free(bufs[i]);
+    free(x);
+}
+
+const float *mdl_ctx_hidden(const mdl_ctx *c) { return c->x; }
+
+/* ---- KV rows ------------------------------------------------------------------------------------------ */
+
+static void kv_store(mdl_kv_pool *kv, const int *table, int layer, int pos, const float *row)
+{
+    void *dst = mdl_kv_row(kv, table[pos / kv->block_size], layer, pos % kv->block_size);
+    if (kv->type == KRN_F32) {
+        memcpy(dst, row, (size_t)kv->row * sizeof(float));
+    } else {
+        krn_bf16 *d = dst;
+        for (int i = 0; i < kv->row; i++) d[i] = krn_f32_to_bf16(row[i]);
+    }
+}
+
+/* Gathers rows [p0, p0+n) of one layer: latent into lat[n][kvl], rope key into kpe[n][rope]. */
+static void kv_gather(const mdl_kv_pool *kv, const int *table, int layer, int p0, int n, int kvl, float *lat,
+                      float *kpe)
+{
+    const int rope = kv->row - kvl;
+    for (int j = 0; j < n; j++) {
+        int pos = p0 + j;
+        const void *src = mdl_kv_row(kv, table[pos / kv->block_size], layer, pos % kv->block_size);
+        if (kv->type == KRN_F32) {
+            memcpy(lat + (size_t)j * kvl, src, (size_t)kvl * sizeof(float));
+            memcpy(kpe + (size_t)j * rope, (const float *)src + kvl, (size_t)rope * sizeof(float));
+        } else {
+            const krn_bf16 *s = src;
+            for (int i = 0; i < kvl; i++) lat[(size_t)j * kvl + i] = krn_bf16_to_f32(s[i]);
+            for (int i = 0; i < rope; i++) kpe[(size_t)j * rope + i] = krn_bf16_to_f32(s[kvl + i]);
+        }
+    }
+}
+
+/* ---- attention ---------------------------------------------------------------------------------------- */
+
+static void attention(mdl_ctx *x, mdl_kv_pool *kv, const mdl_batch *b, const mdl_layer *L, int cache_layer)
+{
+    const mdl_config *c = &x->m->cfg;
+    const int T = b->n_tokens, D = c->hidden_size, H = c->num_attention_heads;
+    const int nope = c->qk_nope_head_dim, rope = c->qk_rope_head_dim, vd = c->v_head_dim;
+    const int qk = nope + rope, kvl = c->kv_lora_rank, nv = nope + vd;
+    const float eps = c->rms_norm_eps;
+
+    /* queries */
+    if (c->q_lora_rank > 0) {
+        krn_linear(&L->q_a, x->xn, T, x->qa, c->q_lora_rank, x->scratch);
+        for (int t = 0; t < T; t++) {
+            float *r = x->qa + (size_t)t * c->q_lora_rank;
+            krn_rmsnorm(r, L->q_a_norm, c->q_lora_rank, eps, r);
+        }
+        krn_linear(&L->q_b, x->qa, T, x->q, H * qk, x->scratch);
+    } else {
+        krn_linear(&L->q, x->xn, T, x->q, H * qk, x->scratch);
+    }
+    /* latent + rope key, written to the cache */
+    krn_linear(&L->kv_a, x->xn, T, x->kva, kvl + rope, x->scratch);
+    for (int s = 0; s < b->n_seqs; s++) {
+        for (int t = b->seq_start[s]; t < b->seq_start[s + 1]; t++) {
+            int pos = b->ctx_len[s] + (t - b->seq_start[s]);
+            const float *cs = x->cosb + (size_t)t * rope / 2, *sn = x->sinb + (size_t)t * rope / 2;
+            float *row = x->kva + (size_t)t * (kvl + rope);
+            krn_rmsnorm(row, L->kv_a_norm, kvl, eps, row);
+            krn_rope_interleaved(row + kvl, rope, cs, sn);
+            for (int h = 0; h < H; h++) krn_rope_interleaved(x->q + (size_t)t * H * qk + (size_t)h * qk + nope, rope, cs, sn);
+            kv_store(kv, b->block_table[s], cache_layer, pos, row);
+            x->q_limit[t] = pos;
+        }
+    }
+
+    for (int s = 0; s < b->n_seqs; s++) {
+        const int t0 = b->seq_start[s], n = b->seq_start[s + 1] - t0;
+        if (n == 0) continue;
+        const int total = b->ctx_len[s] + n; /* keys 0 .. total-1 */
+        const int *table = b->block_table[s];
+        if (b->attn == MDL_ATTN_PREFILL) {
+            float *acc = x->attn + (size_t)t0 * H * vd;
+            krn_attn_init(n, H, vd, x->am, x->al, acc, H * vd, vd);
+            for (int k0 = 0; k0 < total; k0 += ATTN_TILE) {
+                int nk = PD_MIN(ATTN_TILE, total - k0);
+                kv_gather(kv, table, cache_layer, k0, nk, kvl, x->lat, x->kpe);
+                krn_linear(&L->kv_b, x->lat, nk, x->kvb, H * nv, x->scratch);
+                krn_attn_tile_args a = {
+                    .nq = n, .nh = H, .nk = nk, .da = nope, .db = rope, .dv = vd,
+                    .qa = x->q + (size_t)t0 * H * qk, .qa_stride = H * qk, .qa_hstride = qk,
+                    .qb = x->q + (size_t)t0 * H * qk + nope, .qb_stride = H * qk, .qb_hstride = qk,
+                    .ka = x->kvb, .ka_stride = H * nv, .ka_hstride = nv,
+                    .kb = x->kpe, .kb_stride = rope,
+                    .v = x->kvb + nope, .v_stride = H * nv, .v_hstride = nv,
+                    .q_limit = x->q_limit + t0, .k_pos0 = k0, .scale = x->m->softmax_scale,
+                    .m = x->am, .l = x->al, .acc = acc, .acc_stride = H * vd, .acc_hstride = vd,
+                    .scores = x->scores,
+                };
+                krn_attn_tile(&a);
+            }
+            krn_attn_finish(n, H, vd, x->al, acc, H * vd, vd);
+        } else {
+            for (int q0 = 0; q0 < n; q0 += DEC_QCHUNK) {
+                int nq = PD_MIN(DEC_QCHUNK, n - q0);
+                /* absorb kv_b's key half into the query: q_abs[h] = q_nope[h] . Wk[h]  ([nope] x [nope, kvl]) */
+                for (int i = 0; i < nq; i++)
+                    for (int h = 0; h < H; h++)
+                        krn_matmul_sub(&L->kv_b, h * nv, 0, x->q + (size_t)(t0 + q0 + i) * H * qk + (size_t)h * qk, 1,
+                                       nope, kvl, x->qabs + ((size_t)i * H + h) * kvl, 0);
+                krn_attn_init(nq, H, kvl, x->am, x->al, x->acc_lat, H * kvl, kvl);
+                int last = b->ctx_len[s] + q0 + nq; /* keys this chunk can see */
+                for (int k0 = 0; k0 < last; k0 += ATTN_TILE) {
+                    int nk = PD_MIN(ATTN_TILE, last - k0);
+                    kv_gather(kv, table, cache_layer, k0, nk, kvl, x->lat, x->kpe);
+                    krn_attn_tile_args a = {
+                        .nq = nq, .nh = H, .nk = nk, .da = kvl, .db = rope, .dv = kvl,
+                        .qa = x->qabs, .qa_stride = H * kvl, .qa_hstride = kvl,
+                        .qb = x->q + (size_t)(t0 + q0) * H * qk + nope, .qb_stride = H * qk, .qb_hstride = qk,
+                        .ka = x->lat, .ka_stride = kvl, .ka_hstride = 0,
+                        .kb = x->kpe, .kb_stride = rope,
+                        .v = x->lat, .v_stride = kvl, .v_hstride = 0,
+                        .q_limit = x->q_limit + t0 + q0, .k_pos0 = k0, .scale = x->m->softmax_scale,
+                        .m = x->am, .l = x->al, .acc = x->acc_lat, .acc_stride = H * kvl, .acc_hstride = kvl,
+                        .scores = x->scores,
+                    };
+                    krn_attn_tile(&a);
+                }
+                krn_attn_finish(nq, H, kvl, x->al, x->acc_lat, H * kvl, kvl);
+                /* back out of the latent space through kv_b's value half: out[h] = Wv[h] . acc_lat[h] */
+                for (int i = 0; i < nq; i++)
+                    for (int h = 0; h < H; h++) {
+                        krn_mat wv = L->kv_b;
+                        wv.rows = vd;
+                        wv.data = (const uint8_t *)L->kv_b.data +
+                                  (size_t)(h * nv + nope) * kvl * krn_type_size(L->kv_b.type);
+                        krn_linear(&wv, x->acc_lat + ((size_t)i * H + h) * kvl, 1,
+                                   x->attn + (size_t)(t0 + q0 + i) * H * vd + (size_t)h * vd, vd, x->scratch);
+                    }
+            }
+        }
+    }
+    krn_linear(&L->o, x->attn, T, x->tmp, D, x->scratch);
+    for (size_t i = 0; i < (size_t)T * D; i++) x->x[i] += x->tmp[i];
+}
+
+/* ---- feed-forward ------------------------------------------------------------------------------------- */
+
+static void mlp(mdl_ctx *x, const krn_mat *gate, const krn_mat *up, const krn_mat *down, const float *in, int n,
+                float *out)
+{
+    const int F = gate->rows;
+    krn_linear(gate, in, n, x->g, F, x->scratch);
+    krn_linear(up, in, n, x->u, F, x->scratch);
+    krn_silu_mul(x->g, x->u, n * F);
+    krn_linear(down, x->g, n, out, down->rows, x->scratch);
+}
+
+/* Picks the top k of v[n] (ignoring -inf), writing indices in descending order of value. */
+static void topk(const float *v, int n, int k, int *idx)
+{
+    for (int i = 0; i < k; i++) {
+        int best = -1;
+        for (int j = 0; j < n; j++) {
+            int taken = 0;
+            for (int p = 0; p < i; p++) taken |= idx[p] == j;
+            if (taken) continue;
+            if (best < 0 || v[j] > v[best]) best = j;
+        }
+        idx[i] = best;
+    }
+}
+
+static void route(mdl_ctx *x, const mdl_layer *L, int T)
+{
+    const mdl_config *c = &x->m->cfg;
+    const int E = c->n_routed_experts, K = c->num_experts_per_tok, G = c->n_group;
+    const int per = E / G;
+    krn_linear(&L->router, x->xn, T, x->rscore, E, x->scratch);
+    for (int t = 0; t < T; t++) {
+        float *sc = x->rscore + (size_t)t * E;
+        if (c->scoring_func == MDL_SCORE_SIGMOID)
+            for (int e = 0; e < E; e++) sc[e] = 1.0f / (1.0f + expf(-sc[e]));
+        else krn_softmax(sc, E);
+        float *sel = x->rsel;
+        for (int e = 0; e < E; e++) sel[e] = sc[e] + (L->router_bias ? L->router_bias[e] : 0.0f);
+        int limited = G > 1 && (c->topk_method == MDL_TOPK_NOAUX_TC || c->topk_method == MDL_TOPK_GROUP_LIMITED_GREEDY);
+        if (limited) {
+            float gs[256];
+            int gi[256];
+            PD_ASSERT(G <= 256);
+            for (int g = 0; g < G; g++) {
+                const float *v = sel + g * per;
+                if (c->topk_method == MDL_TOPK_NOAUX_TC) { /* sum of the group's top two */
+                    int two[2];
+                    int k2 = per >= 2 ? 2 : 1;
+                    topk(v, per, k2, two);
+                    gs[g] = v[two[0]] + (k2 == 2 ? v[two[1]] : 0.0f);
+                } else { /* group_limited_greedy: the group's max */
+                    float mx = v[0];
+                    for (int i = 1; i < per; i++) mx = v[i] > mx ? v[i] : mx;
+                    gs[g] = mx;
+                }
+            }
+            topk(gs, G, c->topk_group, gi);
+            for (int g = 0; g < G; g++) {
+                int keep = 0;
+                for (int i = 0; i < c->topk_group; i++) keep |= gi[i] == g;
+                if (!keep)
+                    for (int i = 0; i < per; i++) sel[g * per + i] = -INFINITY;
+            }
+        }
+        int *ti = x->topi + (size_t)t * K;
+        float *tw = x->topw + (size_t)t * K;
+        topk(sel, E, K, ti);
+        double sum = 0;
+        for (int i = 0; i < K; i++) {
+            tw[i] = sc[ti[i]]; /* weights from the unbiased scores */
+            sum += tw[i];
+        }
+        int norm = K > 1 && c->norm_topk_prob;
+        for (int i = 0; i < K; i++) {
+            if (norm) tw[i] = (float)(tw[i] / (sum + 1e-20));
+            if (c->arch == MDL_ARCH_DEEPSEEK_V3 || !norm) tw[i] *= c->routed_scaling_factor;
+        }
+    }
+}
+
+static void moe(mdl_ctx *x, const mdl_layer *L, int T)
+{
+    const mdl_config *c = &x->m->cfg;
+    const int E = c->n_routed_experts, K = c->num_experts_per_tok, D = c->hidden_size;
+    route(x, L, T);
+    /* group token slots by expert */
+    memset(x->ecount, 0, (size_t)E * sizeof(int));
+    for (int i = 0; i < T * K; i++) x->ecount[x->topi[i]]++;
+    x->eoff[0] = 0;
+    for (int e = 0; e < E; e++) x->eoff[e + 1] = x->eoff[e] + x->ecount[e];
+    memset(x->ecount, 0, (size_t)E * sizeof(int));
+    for (int i = 0; i < T * K; i++) {
+        int e = x->topi[i];
+        x->elist[x->eoff[e] + x->ecount[e]++] = i;
+    }
+    memset(x->moe, 0, (size_t)T * D * sizeof(float));
+    for (int e = 0; e < E; e++) {
+        int n = x->eoff[e + 1] - x->eoff[e];
+        if (!n) continue;
+        const int *lst = x->elist + x->eoff[e];
+        for (int r = 0; r < n; r++) memcpy(x->xg + (size_t)r * D, x->xn + (size_t)(lst[r] / K) * D, (size_t)D * 4);
+        mlp(x, &L->exp_gate[e], &L->exp_up[e], &L->exp_down[e], x->xg, n, x->yg);
+        for (int r = 0; r < n; r++)
+            krn_axpy(D, x->topw[lst[r]], x->yg + (size_t)r * D, x->moe + (size_t)(lst[r] / K) * D);
+    }
+    if (c->n_shared_experts > 0) {
+        mlp(x, &L->sh_gate, &L->sh_up, &L->sh_down, x->xn, T, x->tmp);
+        for (size_t i = 0; i < (size_t)T * D; i++) x->moe[i] += x->tmp[i];
+    }
+    for (size_t i = 0; i < (size_t)T * D; i++) x->x[i] += x->moe[i];
+}
+
+static void layer_forward(mdl_ctx *x, mdl_kv_pool *kv, const mdl_batch *b, const mdl_layer *L, int cache_layer)
+{
+    const mdl_config *c = &x->m->cfg;
+    const int T = b->n_tokens, D = c->hidden_size;
+    for (int t = 0; t < T; t++) krn_rmsnorm(x->x + (size_t)t * D, L->attn_norm, D, c->rms_norm_eps, x->xn + (size_t)t * D);
+    attention(x, kv, b, L, cache_layer);
+    for (int t = 0; t < T; t++) krn_rmsnorm(x->x + (size_t)t * D, L->ffn_norm, D, c->rms_norm_eps, x->xn + (size_t)t * D);
+    if (L->is_moe) {
+        moe(x, L, T);
+    } else {
+        mlp(x, &L->gate, &L->up, &L->down, x->xn, T, x->tmp);
+        for (size_t i = 0; i < (size_t)T * D; i++) x->x[i] += x->tmp[i];
+    }
+}
+
+/* ---- batch checks, rope tables, logits ---------------------------------------------------------------- */
+
+static pd_status check_batch(const mdl_ctx *x, const mdl_kv_pool *kv, const mdl_batch *b)
+{
+    if (b->n_tokens < 1 || b->n_tokens > x->max_tokens || b->n_seqs < 1 || b->n_logits < 0 ||
+        b->n_logits > x->max_logits)
+        return PD_ERR_INVALID;
+    if (b->seq_start[0] != 0 || b->seq_start[b->n_seqs] != b->n_tokens) return PD_ERR_INVALID;
+    for (int s = 0; s < b->n_seqs; s++) {
+        if (b->seq_start[s + 1] < b->seq_start[s] || b->ctx_len[s] < 0) return PD_ERR_INVALID;
+        if (b->ctx_len[s] + (b->seq_start[s + 1] - b->seq_start[s]) > x->m->cfg.max_position_embeddings * 64)
+            return PD_ERR_RANGE;
+    }
+    for (int i = 0; i < b->n_tokens; i++)
+        if (b->tokens[i] < 0 || b->tokens[i] >= x->m->cfg.vocab_size) return PD_ERR_INVALID;
+    for (int i = 0; i < b->n_logits; i++)
+        if (b->logits_rows[i] < 0 || b->logits_rows[i] >= b->n_tokens) return PD_ERR_INVALID;
+    (void)kv;
+    return PD_OK;
+}
+
+static void rope_tables(mdl_ctx *x, const mdl_batch *b)
+{
+    const int half = x->m->cfg.qk_rope_head_dim / 2;
+    for (int s = 0; s < b->n_seqs; s++)
+        for (int t = b->seq_start[s]; t < b->seq_start[s + 1]; t++) {
+            float pos = (float)(b->ctx_len[s] + (t - b->seq_start[s]));
+            for (int i = 0; i < half; i++) {
+                float ang = pos * x->m->rope_freqs[i]; /* float32 product, as the reference computes it */
+                x->cosb[(size_t)t * half + i] = cosf(ang);
+                x->sinb[(size_t)t * half + i] = sinf(ang);
+            }
+        }
+}
+
+static void logits_out(mdl_ctx *x, const mdl_batch *b, const float *norm, const krn_mat *head, float *logits)
+{
+    const mdl_config *c = &x->m->cfg;
+    const int D = c->hidden_size;
+    if (b->n_logits == 0 || !logits) return;
+    for (int i = 0; i < b->n_logits; i++)
+        krn_rmsnorm(x->x + (size_t)b->logits_rows[i] * D, norm, D, c->rms_norm_eps, x->lrows + (size_t)i * D);
+    krn_linear(head, x->lrows, b->n_logits, logits, c->vocab_size, x->scratch);
+}
+
+pd_status mdl_forward(mdl_ctx *x, mdl_kv_pool *kv, const mdl_batch *b, float *logits)
+{
+    pd_status st = check_batch(x, kv, b);
+    if (st != PD_OK) return st;
+    const mdl_model *m = x->m;
+    const int D = m->cfg.hidden_size;
+    for (int t = 0; t < b->n_tokens; t++) krn_mat_row(&m->embed, b->tokens[t], x->x + (size_t)t * D);
+    rope_tables(x, b);
+    for (int l = 0; l < m->n_layers; l++) layer_forward(x, kv, b, &m->layers[l], l);
+    logits_out(x, b, m->final_norm, &m->lm_head, logits);
+    return PD_OK;
+}
+
+pd_status mdl_forward_mtp(mdl_ctx *x, mdl_kv_pool *kv, const mdl_batch *b, float *logits)
+{
+    const mdl_model *m = x->m;
+    if (m->n_mtp < 1 || !b->mtp_hidden) return PD_ERR_INVALID;
+    pd_status st = check_batch(x, kv, b);
+    if (st != PD_OK) return st;
+    const mdl_config *c = &m->cfg;
+    const int D = c->hidden_size, T = b->n_tokens;
+    const mdl_layer *L = &m->layers[m->n_layers];
+    for (int t = 0; t < T; t++) {
+        float *e = x->ecat + (size_t)t * 2 * D;
+        krn_mat_row(&L->embed, b->tokens[t], e);
+        krn_rmsnorm(e, L->enorm, D, c->rms_norm_eps, e);
+        krn_rmsnorm(b->mtp_hidden + (size_t)t * D, L->hnorm, D, c->rms_norm_eps, e + D);
+    }
+    krn_linear(&L->eh_proj, x->ecat, T, x->x, D, x->scratch);
+    rope_tables(x, b);
+    layer_forward(x, kv, b, L, m->n_layers);
+    logits_out(x, b, L->head_norm, &L->head, logits);
+    return PD_OK;
+}

@@ -1,0 +1,148 @@
+/* libpdmodel: a loaded DeepSeek-V2/V3 checkpoint, its paged KV pool, and the forward pass.
+ * Data flow: mdl_model_load (config.json + safetensors -> weights, mmap'd where the dtype allows) ->
+ * mdl_ctx_create (every activation buffer planned for a token budget) -> mdl_forward / mdl_forward_mtp over
+ * a batch of sequences whose KV rows live in an mdl_kv_pool. */
+#ifndef MDL_H
+#define MDL_H
+
+#include "kernels/krn.h"
+#include "model/mdl_config.h"
+
+/* ---- weights ----------------------------------------------------------------------------------------- */
+typedef struct {
+    float *attn_norm;       /* [hidden] f32 (input_layernorm) */
+    krn_mat q_a;            /* [q_lora, hidden]          (q_lora_rank > 0) */
+    float *q_a_norm;        /* [q_lora] f32 */
+    krn_mat q_b;            /* [H * qk_head, q_lora]     (q_lora_rank > 0) */
+    krn_mat q;              /* [H * qk_head, hidden]     (q_lora_rank == 0) */
+    krn_mat kv_a;           /* [kv_lora + rope, hidden]  kv_a_proj_with_mqa */
+    float *kv_a_norm;       /* [kv_lora] f32 */
+    krn_mat kv_b;           /* [H * (nope + v), kv_lora] */
+    krn_mat o;              /* [hidden, H * v] */
+    float *ffn_norm;        /* [hidden] f32 (post_attention_layernorm) */
+    int is_moe;
+    krn_mat gate, up, down; /* dense MLP: [inter, hidden], [inter, hidden], [hidden, inter] */
+    krn_mat router;         /* [n_experts, hidden] mlp.gate.weight */
+    float *router_bias;     /* [n_experts] f32 e_score_correction_bias, NULL when absent */
+    krn_mat *exp_gate, *exp_up, *exp_down; /* [n_experts] each: [moe_inter, hidden] x2, [hidden, moe_inter] */
+    krn_mat sh_gate, sh_up, sh_down;       /* shared experts: [moe_inter * n_shared, hidden] ... */
+    /* MTP layer only */
+    float *enorm, *hnorm;   /* [hidden] f32 */
+    krn_mat eh_proj;        /* [hidden, 2 * hidden] */
+    float *head_norm;       /* [hidden] f32 shared_head.norm */
+    krn_mat head;           /* [vocab, hidden] shared_head.head */
+    krn_mat embed;          /* [vocab, hidden] the MTP layer's embed_tokens */
+} mdl_layer;
+
+typedef struct {
+    krn_type weight_type;   /* KRN_BF16 (default) or KRN_F32 */
+    krn_type kv_type;       /* KV cache element type: KRN_BF16 (default) or KRN_F32 */
+    int no_mtp;             /* skip loading the MTP layer */
+    int progress;           /* print loading progress to stderr */
+} mdl_load_opts;
+
+static inline mdl_load_opts mdl_load_defaults(void)
+{
+    mdl_load_opts o = {KRN_BF16, KRN_BF16, 0, 1};
+    return o;
+}
+
+typedef struct mdl_model_s {
+    mdl_config cfg;
+    mdl_load_opts opts;
+    char path[4096];
+    krn_mat embed;          /* [vocab, hidden] */
+    mdl_layer *layers;      /* [n_layers + n_mtp] : main layers then the MTP layer */
+    int n_layers;           /* main layers */
+    int n_mtp;              /* 0 or 1 MTP layers loaded */
+    float *final_norm;      /* [hidden] f32 */
+    krn_mat lm_head;        /* [vocab, hidden] */
+    float *rope_freqs;      /* [rope/2] f32 per-pair inverse frequency (YaRN applied) */
+    float softmax_scale;
+    struct mdl__store *store; /* owns mmaps and converted copies */
+} mdl_model;
+
+/* Loads DIR (config.json + model.safetensors[.index.json]). Errors name the file, tensor and field; *out is
+ * written only on success. */
+pd_status mdl_model_load(const char *dir, const mdl_load_opts *opts, mdl_model **out, char *err, size_t errlen);
+void mdl_model_destroy(mdl_model *m);
+
+/* Counts from the config alone (no weights needed). */
+typedef struct {
+    double params_total;       /* main model + MTP + embeddings */
+    double params_active;      /* per token: embeddings row not counted, lm_head counted */
+    double params_mtp;
+    size_t kv_bytes_per_token; /* all layers incl. MTP, at the given element size */
+} mdl_param_counts;
+void mdl_config_count(const mdl_config *c, size_t kv_elem_size, mdl_param_counts *out);
+
+/* ---- paged KV pool ------------------------------------------------------------------------------------
+ * One block = block_size tokens x every layer (main + MTP) x one row of kv_lora + rope values, laid out
+ * [layer][slot][row] so one block is one contiguous region (one RMA put). */
+typedef struct {
+    int n_layers;           /* main + MTP layers that have a cache */
+    int row;                /* kv_lora_rank + qk_rope_head_dim */
+    int block_size;         /* tokens per block */
+    int n_blocks;
+    krn_type type;
+    size_t block_bytes;
+    uint8_t *base;          /* n_blocks * block_bytes, page aligned */
+    int *free_list;         /* stack of free block ids */
+    int n_free;
+} mdl_kv_pool;
+
+pd_status mdl_kv_pool_create(const mdl_config *c, int n_mtp, krn_type type, int block_size, int n_blocks,
+                             mdl_kv_pool **out);
+void mdl_kv_pool_destroy(mdl_kv_pool *p);
+/* Takes n free blocks (all or none). PD_ERR_BUSY when fewer are free. */
+pd_status mdl_kv_alloc(mdl_kv_pool *p, int n, int *ids);
+void mdl_kv_free(mdl_kv_pool *p, int n, const int *ids);
+static inline void *mdl_kv_row(const mdl_kv_pool *p, int block, int layer, int slot)
+{
+    return p->base + (size_t)block * p->block_bytes +
+           ((size_t)layer * p->block_size + (size_t)slot) * (size_t)p->row * krn_type_size(p->type);
+}
+static inline int mdl_kv_blocks_for(const mdl_kv_pool *p, int n_tokens)
+{
+    return (n_tokens + p->block_size - 1) / p->block_size;
+}
+
+/* ---- a forward batch -----------------------------------------------------------------------------------
+ * Sequences with their new tokens laid out back to back. Sequence s contributes tokens
+ * [seq_start[s], seq_start[s+1]) at positions ctx_len[s] .. ctx_len[s] + n - 1; its KV rows live in the
+ * blocks of block_table[s], which must cover every position up to the last new one. */
+typedef enum {
+    MDL_ATTN_PREFILL = 0, /* decompress K/V per head through kv_b_proj, tiled attention (compute-bound) */
+    MDL_ATTN_DECODE = 1,  /* absorbed MLA over the latent rows (bandwidth-bound) */
+} mdl_attn_mode;
+
+typedef struct {
+    int n_seqs, n_tokens;
+    const int32_t *tokens;        /* [n_tokens] */
+    const int *seq_start;         /* [n_seqs + 1] */
+    const int *ctx_len;           /* [n_seqs] tokens already cached */
+    const int *const *block_table;/* [n_seqs] -> block ids */
+    const int *logits_rows;       /* [n_logits] token indices whose logits are wanted */
+    int n_logits;
+    mdl_attn_mode attn;
+    /* MTP only: main-model hidden state (before the final norm) that each token pairs with [n_tokens][hidden] */
+    const float *mtp_hidden;
+} mdl_batch;
+
+typedef struct mdl_ctx_s mdl_ctx;
+/* Plans every buffer for batches of up to max_tokens new tokens and max_logits logits rows. */
+pd_status mdl_ctx_create(const mdl_model *m, int max_tokens, int max_logits, mdl_ctx **out);
+void mdl_ctx_destroy(mdl_ctx *c);
+
+/* Runs the main model over the batch: writes every new token's KV rows into the pool, then logits for the
+ * requested rows into logits[n_logits][vocab] (may be NULL when n_logits == 0). Afterwards
+ * mdl_ctx_hidden() holds each token's final hidden state before the final norm [n_tokens][hidden].
+ * PD_ERR_INVALID for a batch that does not fit the plan (nothing is written then). */
+pd_status mdl_forward(mdl_ctx *c, mdl_kv_pool *kv, const mdl_batch *b, float *logits);
+/* Runs the MTP layer: token i of the batch is t[p+1] and b->mtp_hidden row i is the main hidden state at p;
+ * the MTP cache row for position p is written. Logits are the MTP head's; mdl_ctx_hidden() afterwards holds
+ * the MTP block output (before shared_head.norm), which recursive drafting feeds back. */
+pd_status mdl_forward_mtp(mdl_ctx *c, mdl_kv_pool *kv, const mdl_batch *b, float *logits);
+const float *mdl_ctx_hidden(const mdl_ctx *c);
+
+#endif

@@ -1,0 +1,109 @@
+/* pdserve-model run: offline generation for one prompt — prefill in chunks, then decode token by token with
+ * the request's sampling parameters. Prints the generated ids as JSON on stdout and timings on stderr. */
+#include <stdio.h>
+#include <string.h>
+
+#include "model/mdl_runner.h"
+#include "tools/tool_util.h"
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: pdserve-model run --model DIR --tokens 1,2,3 [options]\n"
+               "  --max-tokens N               tokens to generate (default 16)\n"
+               "  --temperature T --top-p P --top-k K --min-p P\n"
+               "  --repetition-penalty R --frequency-penalty F --presence-penalty P\n"
+               "  --seed N                     per-request seed (reproducible sampling)\n"
+               "  --ignore-eos                 keep going past the end-of-sequence token\n"
+               "  --max-num-batched-tokens N   prefill chunk (default 512)\n"
+               "  --dtype float32|bfloat16     weights (default bfloat16)\n");
+}
+
+int cmd_run(int argc, char **argv)
+{
+    const char *model = NULL, *toks = NULL, *v;
+    int max_tokens = 16, ignore_eos = 0, chunk = 512, block = 16;
+    uint64_t seed = 0;
+    int has_seed = 0;
+    krn_sampling_params sp = krn_sampling_defaults();
+    sp.temperature = 0;
+    mdl_load_opts lo = mdl_load_defaults();
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--help")) { usage(stdout); return 0; }
+        if (!strcmp(a, "--ignore-eos")) { ignore_eos = 1; continue; }
+        if (!(v = tool_arg(argc, argv, &i))) return 2;
+        if (!strcmp(a, "--model")) model = v;
+        else if (!strcmp(a, "--tokens")) toks = v;
+        else if (!strcmp(a, "--max-tokens")) max_tokens = atoi(v);
+        else if (!strcmp(a, "--temperature")) sp.temperature = strtof(v, NULL);
+        else if (!strcmp(a, "--top-p")) sp.top_p = strtof(v, NULL);
+        else if (!strcmp(a, "--top-k")) sp.top_k = atoi(v);
+        else if (!strcmp(a, "--min-p")) sp.min_p = strtof(v, NULL);
+        else if (!strcmp(a, "--repetition-penalty")) sp.repetition_penalty = strtof(v, NULL);
+        else if (!strcmp(a, "--frequency-penalty")) sp.frequency_penalty = strtof(v, NULL);
+        else if (!strcmp(a, "--presence-penalty")) sp.presence_penalty = strtof(v, NULL);
+        else if (!strcmp(a, "--seed")) { seed = strtoull(v, NULL, 10); has_seed = 1; }
+        else if (!strcmp(a, "--max-num-batched-tokens")) chunk = atoi(v);
+        else if (!strcmp(a, "--block-size")) block = atoi(v);
+        else if (!strcmp(a, "--dtype")) {
+            if (tool_parse_type(v, &lo.weight_type) != PD_OK) { fprintf(stderr, "--dtype: float32 or bfloat16\n"); return 2; }
+        }
+        else { fprintf(stderr, "run: unknown option '%s'\n", a); usage(stderr); return 2; }
+    }
+    if (!model || !toks) { usage(stderr); return 2; }
+    if (max_tokens < 0 || chunk < 1 || block < 1) { fprintf(stderr, "run: bad --max-tokens/--max-num-batched-tokens/--block-size\n"); return 2; }
+    int32_t *prompt = NULL;
+    int n = 0;
+    if (tool_parse_ids(toks, &prompt, &n) != PD_OK) { fprintf(stderr, "run: --tokens must be comma-separated ids\n"); return 2; }
+    char err[1024];
+    mdl_model *m = NULL;
+    double t0 = pd_time_now();
+    if (mdl_model_load(model, &lo, &m, err, sizeof err) != PD_OK) {
+        fprintf(stderr, "run: %s\n", err);
+        free(prompt);
+        return 1;
+    }
+    double t_load = pd_time_now() - t0;
+    int rc = 1;
+    const int V = m->cfg.vocab_size;
+    mdl_runner r = {0};
+    krn_sampler smp = NULL;
+    float *lg = malloc((size_t)V * sizeof(float));
+    int32_t *out = malloc((size_t)(max_tokens + 1) * sizeof(int32_t));
+    int n_out = 0;
+    for (int i = 0; i < n; i++)
+        if (prompt[i] >= V) { fprintf(stderr, "run: token %d is outside the vocabulary (%d)\n", prompt[i], V); goto done; }
+    if (!lg || !out || mdl_runner_open(&r, m, n + max_tokens, PD_MIN(chunk, n), block) != PD_OK ||
+        krn_sampler_create(V, &smp) != PD_OK) {
+        fprintf(stderr, "run: out of memory\n");
+        goto done;
+    }
+    pd_rng rng;
+    pd_rng_seed(&rng, has_seed ? seed : pd_time_ns());
+    double t1 = pd_time_now();
+    pd_status st = mdl_runner_feed(&r, prompt, n, 0, MDL_ATTN_PREFILL, 0, lg, NULL);
+    double t_prefill = pd_time_now() - t1, t2 = pd_time_now();
+    while (st == PD_OK && n_out < max_tokens) {
+        int32_t tok = krn_sample(smp, lg, &sp, prompt, n, out, n_out, &rng, NULL, NULL);
+        out[n_out++] = tok;
+        if (tok == m->cfg.eos_token_id && !ignore_eos) break;
+        if (n_out == max_tokens) break;
+        st = mdl_runner_feed(&r, &tok, 1, n + n_out - 1, MDL_ATTN_DECODE, 0, lg, NULL);
+    }
+    double t_decode = pd_time_now() - t2;
+    if (st != PD_OK) { fprintf(stderr, "run: forward failed: %s\n", pd_status_str(st)); goto done; }
+    printf("[");
+    for (int i = 0; i < n_out; i++) printf("%s%d", i ? "," : "", out[i]);
+    printf("]\n");
+    fprintf(stderr, "load %.2f s; prefill %d tokens in %.3f s (%.1f tok/s); decode %d tokens in %.3f s (%.1f tok/s)\n",
+            t_load, n, t_prefill, n / t_prefill, n_out, t_decode, n_out > 1 ? (n_out - 1) / t_decode : 0.0);
+    rc = 0;
+done:
+    krn_sampler_destroy(smp);
+    mdl_runner_close(&r);
+    free(lg);
+    free(out);
+    mdl_model_destroy(m);
+    free(prompt);
+    return rc;
+}
