@@ -86,16 +86,32 @@ void krn_cpu_describe(char *buf, size_t len);
 #endif
 
 /* ---- matrices ------------------------------------------------------------------------------------ */
-typedef enum { KRN_F32 = 0, KRN_BF16 = 1 } krn_type;
+/* Element types. F8E4M3 is a weight-only type: FP8 values with float32 scales per block of
+ * block_r x block_c elements (DeepSeek's weight_scale_inv), kept as published so FP8 checkpoints stay exact. */
+typedef enum { KRN_F32 = 0, KRN_BF16 = 1, KRN_F16 = 2, KRN_F8E4M3 = 3 } krn_type;
 
-static inline size_t krn_type_size(krn_type t) { return t == KRN_F32 ? 4 : 2; }
+static inline size_t krn_type_size(krn_type t) { return t == KRN_F32 ? 4 : t == KRN_F8E4M3 ? 1 : 2; }
+const char *krn_type_name(krn_type t);
+
+static inline uint16_t krn_f32_to_f16(float f)
+{
+    _Float16 h = (_Float16)f;
+    uint16_t u;
+    memcpy(&u, &h, 2);
+    return u;
+}
 
 /* A row-major weight matrix W[rows, cols]: rows = output features, cols = input features (HF layout). */
 typedef struct {
     krn_type type;
     int rows, cols;
-    const void *data; /* rows * cols elements of type; not owned */
+    const void *data;     /* rows * cols elements of type; not owned */
+    const float *scale;   /* F8E4M3 only: [ceil(rows/block_r)][ceil(cols/block_c)]; not owned */
+    int block_r, block_c; /* F8E4M3 only */
 } krn_mat;
+
+/* Row r, columns [c0, c0+n) of W as float32 (dequantised for FP8). */
+void krn_mat_row_part(const krn_mat *w, int r, int c0, int n, float *out);
 
 /* Scratch floats krn_linear may need for a matrix with this many columns (caller preallocates). */
 #define KRN_LINEAR_BLOCK 64
@@ -107,6 +123,9 @@ void krn_linear(const krn_mat *w, const float *x, int m, float *y, int ldy, floa
 /* y[m, n] (+)= x[m, k] . W[r0:r0+k, c0:c0+n] — the "transposed" use of a sub-block of W, used by MLA's absorbed
  * decode form (W is kv_b_proj). accumulate: 0 overwrite, 1 add. */
 void krn_matmul_sub(const krn_mat *w, int r0, int c0, const float *x, int m, int k, int n, float *y, int accumulate);
+/* y[j] = dot(x, W[r0 + j, :]) for j < n: a single vector against a band of rows (MLA's absorbed value
+ * projection uses a head's rows of kv_b_proj). */
+void krn_linear_rows(const krn_mat *w, int r0, int n, const float *x, float *y);
 /* Copies row r of W as float32 into out[cols] (embedding lookup). */
 void krn_mat_row(const krn_mat *w, int r, float *out);
 

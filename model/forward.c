@@ -139,6 +139,9 @@ static void kv_store(mdl_kv_pool *kv, const int *table, int layer, int pos, cons
     void *dst = mdl_kv_row(kv, table[pos / kv->block_size], layer, pos % kv->block_size);
     if (kv->type == KRN_F32) {
         memcpy(dst, row, (size_t)kv->row * sizeof(float));
+    } else if (kv->type == KRN_F16) {
+        uint16_t *d = dst;
+        for (int i = 0; i < kv->row; i++) d[i] = krn_f32_to_f16(row[i]);
     } else {
         krn_bf16 *d = dst;
         for (int i = 0; i < kv->row; i++) d[i] = krn_f32_to_bf16(row[i]);
@@ -156,6 +159,10 @@ static void kv_gather(const mdl_kv_pool *kv, const int *table, int layer, int p0
         if (kv->type == KRN_F32) {
             memcpy(lat + (size_t)j * kvl, src, (size_t)kvl * sizeof(float));
             memcpy(kpe + (size_t)j * rope, (const float *)src + kvl, (size_t)rope * sizeof(float));
+        } else if (kv->type == KRN_F16) {
+            const uint16_t *s = src;
+            for (int i = 0; i < kvl; i++) lat[(size_t)j * kvl + i] = krn_f16_to_f32(s[i]);
+            for (int i = 0; i < rope; i++) kpe[(size_t)j * rope + i] = krn_f16_to_f32(s[kvl + i]);
         } else {
             const krn_bf16 *s = src;
             for (int i = 0; i < kvl; i++) lat[(size_t)j * kvl + i] = krn_bf16_to_f32(s[i]);
@@ -255,14 +262,9 @@ static void attention(mdl_ctx *x, mdl_kv_pool *kv, const mdl_batch *b, const mdl
                 krn_attn_finish(nq, H, kvl, x->al, x->acc_lat, H * kvl, kvl);
                 /* back out of the latent space through kv_b's value half: out[h] = Wv[h] . acc_lat[h] */
                 for (int i = 0; i < nq; i++)
-                    for (int h = 0; h < H; h++) {
-                        krn_mat wv = L->kv_b;
-                        wv.rows = vd;
-                        wv.data = (const uint8_t *)L->kv_b.data +
-                                  (size_t)(h * nv + nope) * kvl * krn_type_size(L->kv_b.type);
-                        krn_linear(&wv, x->acc_lat + ((size_t)i * H + h) * kvl, 1,
-                                   x->attn + (size_t)(t0 + q0 + i) * H * vd + (size_t)h * vd, vd, x->scratch);
-                    }
+                    for (int h = 0; h < H; h++)
+                        krn_linear_rows(&L->kv_b, h * nv + nope, vd, x->acc_lat + ((size_t)i * H + h) * kvl,
+                                        x->attn + (size_t)(t0 + q0 + i) * H * vd + (size_t)h * vd);
             }
         }
     }

@@ -35,15 +35,20 @@ typedef struct {
 } mdl_layer;
 
 typedef struct {
-    krn_type weight_type;   /* KRN_BF16 (default) or KRN_F32 */
-    krn_type kv_type;       /* KV cache element type: KRN_BF16 (default) or KRN_F32 */
+    krn_type weight_type;   /* KRN_BF16 (default) or KRN_F32: how BF16/F16/F32 tensors are held */
+    krn_type kv_type;       /* KV cache element type: KRN_F16 (default), KRN_BF16 or KRN_F32 */
+    int fp8_dequant;        /* FP8 tensors: 0 keep them FP8 with their block scales (exact; default),
+                             * 1 dequantise to weight_type. weight_type KRN_F32 always dequantises. */
     int no_mtp;             /* skip loading the MTP layer */
     int progress;           /* print loading progress to stderr */
 } mdl_load_opts;
 
+/* The KV default is float16: same size as bfloat16 with 8x finer resolution. MLA's cached values are a
+ * normalised latent and a rotated key, far inside float16's range; the extra precision keeps MoE routing
+ * decisions that sit within bfloat16's rounding of each other stable (seen on the v3yarn-fp8 golden case). */
 static inline mdl_load_opts mdl_load_defaults(void)
 {
-    mdl_load_opts o = {KRN_BF16, KRN_BF16, 0, 1};
+    mdl_load_opts o = {KRN_BF16, KRN_F16, 0, 0, 1};
     return o;
 }
 
@@ -84,7 +89,7 @@ typedef struct {
     int row;                /* kv_lora_rank + qk_rope_head_dim */
     int block_size;         /* tokens per block */
     int n_blocks;
-    krn_type type;
+    krn_type type;          /* KRN_F16, KRN_BF16 or KRN_F32 */
     size_t block_bytes;
     uint8_t *base;          /* n_blocks * block_bytes, page aligned */
     int *free_list;         /* stack of free block ids */

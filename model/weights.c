@@ -118,8 +118,8 @@ static float *load_vec(struct mdl__store *s, const mdl_tensor_spec *sp, char *er
 }
 
 /* A matrix in the requested type; FP8 is dequantised with its weight_scale_inv blocks. */
-static int load_mat(struct mdl__store *s, const mdl_tensor_spec *sp, krn_type want, const int *fp8_block,
-                    krn_mat *out, char *err, size_t errlen, pd_status *st)
+static int load_mat(struct mdl__store *s, const mdl_tensor_spec *sp, krn_type want, int fp8_dequant,
+                    const int *fp8_block, krn_mat *out, char *err, size_t errlen, pd_status *st)
 {
     const mdl_tensor_view *t = find_checked(s, sp, err, errlen, st);
     if (!t) return 0;
@@ -155,6 +155,21 @@ static int load_mat(struct mdl__store *s, const mdl_tensor_spec *sp, krn_type wa
             return 0;
         }
         scale = sv->data; /* read through memcpy below: alignment is not guaranteed */
+        if (want != KRN_F32 && !fp8_dequant) { /* keep FP8 as published: values from the mmap, scales copied */
+            float *sc_copy = store_alloc(s, (size_t)sr * sc * sizeof(float));
+            if (!sc_copy) {
+                *st = fail(err, errlen, PD_ERR_NOMEM, "out of memory loading '%s'", sname);
+                return 0;
+            }
+            memcpy(sc_copy, sv->data, (size_t)sr * sc * sizeof(float));
+            out->type = KRN_F8E4M3;
+            out->data = t->data;
+            out->scale = sc_copy;
+            out->block_r = br;
+            out->block_c = bc;
+            progress(s, t->nbytes + sv->nbytes);
+            return 1;
+        }
     }
     size_t n = (size_t)R * C;
     void *dst = store_alloc(s, n * krn_type_size(want));
@@ -203,8 +218,8 @@ static void rope_freqs(const mdl_config *c, float *f)
     }
 }
 
-static int load_layer(struct mdl__store *s, const mdl_config *c, int l, krn_type wt, mdl_layer *L, char *err,
-                      size_t errlen, pd_status *st)
+static int load_layer(struct mdl__store *s, const mdl_config *c, int l, krn_type wt, int fp8_dequant, mdl_layer *L,
+                      char *err, size_t errlen, pd_status *st)
 {
     size_t n = mdl_tensor_specs_layer(c, l, NULL, 0);
     mdl_tensor_spec *sp = calloc(n, sizeof *sp);
@@ -267,7 +282,7 @@ static int load_layer(struct mdl__store *s, const mdl_config *c, int l, krn_type
         PD_ASSERT(dst != NULL);
         /* the router's scores decide expert choice: keep them in f32 so bf16 rounding cannot flip a choice */
         krn_type t = dst == &L->router ? KRN_F32 : wt;
-        if (!load_mat(s, &sp[i], t, blk, dst, err, errlen, st)) ok = 0;
+        if (!load_mat(s, &sp[i], t, fp8_dequant, blk, dst, err, errlen, st)) ok = 0;
     }
     free(sp);
     return ok;
@@ -284,6 +299,12 @@ pd_status mdl_model_load(const char *dir, const mdl_load_opts *opts, mdl_model *
 {
     mdl_load_opts o = opts ? *opts : mdl_load_defaults();
     pd_status st = PD_OK;
+    if (o.weight_type != KRN_F32 && o.weight_type != KRN_BF16)
+        return fail(err, errlen, PD_ERR_INVALID, "weight dtype must be float32 or bfloat16, not %s",
+                    krn_type_name(o.weight_type));
+    if (o.kv_type != KRN_F32 && o.kv_type != KRN_BF16 && o.kv_type != KRN_F16)
+        return fail(err, errlen, PD_ERR_INVALID, "KV cache dtype must be float16, bfloat16 or float32, not %s",
+                    krn_type_name(o.kv_type));
     mdl_model *m = calloc(1, sizeof *m);
     if (!m) return fail(err, errlen, PD_ERR_NOMEM, "out of memory");
     m->opts = o;
@@ -315,12 +336,14 @@ pd_status mdl_model_load(const char *dir, const mdl_load_opts *opts, mdl_model *
 
     mdl_tensor_spec top[3];
     mdl_tensor_specs_layer(c, -1, top, 3);
-    if (!load_mat(m->store, &top[0], o.weight_type, NULL, &m->embed, err, errlen, &st)) goto fail_model;
+    if (!load_mat(m->store, &top[0], o.weight_type, o.fp8_dequant, NULL, &m->embed, err, errlen, &st)) goto fail_model;
     if (!(m->final_norm = load_vec(m->store, &top[1], err, errlen, &st))) goto fail_model;
-    if (!load_mat(m->store, &top[2], o.weight_type, c->fp8 ? c->fp8_block : NULL, &m->lm_head, err, errlen, &st))
+    if (!load_mat(m->store, &top[2], o.weight_type, o.fp8_dequant, c->fp8 ? c->fp8_block : NULL, &m->lm_head, err,
+                  errlen, &st))
         goto fail_model;
     for (int l = 0; l < m->n_layers + m->n_mtp; l++)
-        if (!load_layer(m->store, c, l, o.weight_type, &m->layers[l], err, errlen, &st)) goto fail_model;
+        if (!load_layer(m->store, c, l, o.weight_type, o.fp8_dequant, &m->layers[l], err, errlen, &st))
+            goto fail_model;
 
     m->rope_freqs = store_alloc(m->store, (size_t)c->qk_rope_head_dim / 2 * sizeof(float));
     if (!m->rope_freqs) {

@@ -59,6 +59,10 @@ pd_status tool_parse_type(const char *s, krn_type *out)
         *out = KRN_BF16;
         return PD_OK;
     }
+    if (!strcasecmp(s, "float16") || !strcasecmp(s, "fp16") || !strcasecmp(s, "f16") || !strcasecmp(s, "half")) {
+        *out = KRN_F16;
+        return PD_OK;
+    }
     return PD_ERR_INVALID;
 }
 

@@ -4,16 +4,43 @@
 
 #include "kernels/krn.h"
 
-static void bf16_row_to_f32(const krn_bf16 *src, float *dst, int n)
+const char *krn_type_name(krn_type t)
 {
-    for (int i = 0; i < n; i++) dst[i] = krn_bf16_to_f32(src[i]);
+    switch (t) {
+    case KRN_F32: return "float32";
+    case KRN_BF16: return "bfloat16";
+    case KRN_F16: return "float16";
+    case KRN_F8E4M3: return "float8_e4m3";
+    }
+    return "?";
 }
 
-void krn_mat_row(const krn_mat *w, int r, float *out)
+void krn_mat_row_part(const krn_mat *w, int r, int c0, int n, float *out)
 {
-    if (w->type == KRN_F32) memcpy(out, (const float *)w->data + (size_t)r * w->cols, (size_t)w->cols * 4);
-    else bf16_row_to_f32((const krn_bf16 *)w->data + (size_t)r * w->cols, out, w->cols);
+    const size_t base = (size_t)r * w->cols + c0;
+    switch (w->type) {
+    case KRN_F32: memcpy(out, (const float *)w->data + base, (size_t)n * 4); break;
+    case KRN_BF16: {
+        const krn_bf16 *s = (const krn_bf16 *)w->data + base;
+        for (int i = 0; i < n; i++) out[i] = krn_bf16_to_f32(s[i]);
+        break;
+    }
+    case KRN_F16: {
+        const uint16_t *s = (const uint16_t *)w->data + base;
+        for (int i = 0; i < n; i++) out[i] = krn_f16_to_f32(s[i]);
+        break;
+    }
+    case KRN_F8E4M3: {
+        const uint8_t *s = (const uint8_t *)w->data + base;
+        const int sc = (w->cols + w->block_c - 1) / w->block_c;
+        const float *srow = w->scale + (size_t)(r / w->block_r) * sc;
+        for (int i = 0; i < n; i++) out[i] = krn_e4m3_to_f32(s[i]) * srow[(c0 + i) / w->block_c];
+        break;
+    }
+    }
 }
+
+void krn_mat_row(const krn_mat *w, int r, float *out) { krn_mat_row_part(w, r, 0, w->cols, out); }
 
 static float dot_f32(const float *a, const float *b, int n)
 {
@@ -52,34 +79,51 @@ void krn_linear(const krn_mat *w, const float *x, int m, float *y, int ldy, floa
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, N, K, 1.0f, x, K, w->data, K, 0.0f, y, ldy);
         return;
     }
-    const krn_bf16 *W = w->data;
-    if (m <= 2) {
+    if (m <= 2 && w->type == KRN_BF16) {
+        const krn_bf16 *W = w->data;
         for (int r = 0; r < m; r++)
             for (int n = 0; n < N; n++) y[(size_t)r * ldy + n] = dot_bf16(x + (size_t)r * K, W + (size_t)n * K, K);
         return;
     }
+    /* other types and many rows: convert a block of weight rows to float32, then sgemm (or dots) */
     for (int n0 = 0; n0 < N; n0 += KRN_LINEAR_BLOCK) {
         int nb = PD_MIN(KRN_LINEAR_BLOCK, N - n0);
-        for (int r = 0; r < nb; r++) bf16_row_to_f32(W + (size_t)(n0 + r) * K, scratch + (size_t)r * K, K);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, nb, K, 1.0f, x, K, scratch, K, 0.0f, y + n0, ldy);
+        for (int r = 0; r < nb; r++) krn_mat_row(w, n0 + r, scratch + (size_t)r * K);
+        if (m <= 2) {
+            for (int i = 0; i < m; i++)
+                for (int r = 0; r < nb; r++) y[(size_t)i * ldy + n0 + r] = dot_f32(x + (size_t)i * K, scratch + (size_t)r * K, K);
+        } else {
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, nb, K, 1.0f, x, K, scratch, K, 0.0f, y + n0, ldy);
+        }
+    }
+}
+
+void krn_linear_rows(const krn_mat *w, int r0, int n, const float *x, float *y)
+{
+    float buf[256];
+    for (int j = 0; j < n; j++) {
+        float acc = 0;
+        for (int c0 = 0; c0 < w->cols; c0 += (int)PD_ARRAY_LEN(buf)) {
+            int nc = PD_MIN((int)PD_ARRAY_LEN(buf), w->cols - c0);
+            krn_mat_row_part(w, r0 + j, c0, nc, buf);
+            acc += dot_f32(x + c0, buf, nc);
+        }
+        y[j] = acc;
     }
 }
 
 void krn_matmul_sub(const krn_mat *w, int r0, int c0, const float *x, int m, int k, int n, float *y, int accumulate)
 {
-    const int C = w->cols;
+    float buf[256];
     if (!accumulate) memset(y, 0, (size_t)m * n * sizeof(float));
-    for (int i = 0; i < m; i++) {
-        float *yi = y + (size_t)i * n;
-        const float *xi = x + (size_t)i * k;
-        for (int d = 0; d < k; d++) {
-            float a = xi[d];
-            if (w->type == KRN_F32) {
-                const float *row = (const float *)w->data + (size_t)(r0 + d) * C + c0;
-                for (int c = 0; c < n; c++) yi[c] += a * row[c];
-            } else {
-                const krn_bf16 *row = (const krn_bf16 *)w->data + (size_t)(r0 + d) * C + c0;
-                for (int c = 0; c < n; c++) yi[c] += a * krn_bf16_to_f32(row[c]);
+    for (int d = 0; d < k; d++) {
+        for (int cc = 0; cc < n; cc += (int)PD_ARRAY_LEN(buf)) {
+            int nc = PD_MIN((int)PD_ARRAY_LEN(buf), n - cc);
+            krn_mat_row_part(w, r0 + d, c0 + cc, nc, buf);
+            for (int i = 0; i < m; i++) {
+                float a = x[(size_t)i * k + d];
+                float *yi = y + (size_t)i * n + cc;
+                for (int c = 0; c < nc; c++) yi[c] += a * buf[c];
             }
         }
     }
