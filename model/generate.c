@@ -183,7 +183,16 @@ pd_status mdl_generate_checkpoint(const char *dir, const mdl_config *cfg, const 
     } else {
         c.fp8 = 0;
     }
-    if (mkdir(dir, 0755) != 0 && errno != EEXIST)
+    char tmp[4096];
+    snprintf(tmp, sizeof tmp, "%s", dir);
+    for (char *p = tmp + 1; *p; p++) { /* mkdir -p */
+        if (*p != '/') continue;
+        *p = '\0';
+        if (mkdir(tmp, 0755) != 0 && errno != EEXIST)
+            return fail(err, errlen, PD_ERR_IO, "cannot create directory %s: %s", tmp, strerror(errno));
+        *p = '/';
+    }
+    if (mkdir(tmp, 0755) != 0 && errno != EEXIST)
         return fail(err, errlen, PD_ERR_IO, "cannot create directory %s: %s", dir, strerror(errno));
     char path[4200];
     char *json = mdl_config_to_json(&c);

@@ -59,7 +59,7 @@ int cmd_inspect(int argc, char **argv)
                        : c.topk_method == MDL_TOPK_GROUP_LIMITED_GREEDY ? "group_limited_greedy" : "greedy";
     if (json) {
         printf("{\"architecture\":\"%s\",\"params_total\":%.0f,\"params_active\":%.0f,\"params_mtp\":%.0f,"
-               "\"kv_bytes_per_token_bf16\":%zu,\"layers\":%d,\"mtp_layers\":%d,\"hidden_size\":%d,"
+               "\"kv_bytes_per_token_16bit\":%zu,\"layers\":%d,\"mtp_layers\":%d,\"hidden_size\":%d,"
                "\"vocab_size\":%d,\"fp8\":%s,\"tensors\":%zu,\"weight_bytes\":%zu,\"dtypes\":{",
                c.architecture, pc.params_total, pc.params_active, pc.params_mtp, pc.kv_bytes_per_token,
                c.num_hidden_layers, c.num_nextn_predict_layers, c.hidden_size, c.vocab_size, c.fp8 ? "true" : "false",
@@ -90,7 +90,7 @@ int cmd_inspect(int argc, char **argv)
     if (c.rope_yarn) printf(" factor %g over %d positions\n", c.rope_factor, c.rope_original_max_pos);
     printf("parameters          %.3f B total, %.3f B active per token, %.3f B in MTP\n", pc.params_total / 1e9,
            pc.params_active / 1e9, pc.params_mtp / 1e9);
-    printf("KV cache per token  %zu bytes (bf16, %d layers x %d values)\n", pc.kv_bytes_per_token,
+    printf("KV cache per token  %zu bytes (16-bit, %d layers x %d values)\n", pc.kv_bytes_per_token,
            c.num_hidden_layers + (c.num_nextn_predict_layers > 0), mdl_config_kv_row(&c));
     if (have_weights) {
         printf("weights             %zu tensors, %.2f GB:", n_tensors, bytes / 1e9);
