@@ -1,0 +1,297 @@
+/* HTTP helpers on libevent's evhttp. Client calls own one connection each; connections are freed from the
+ * event loop (a zero-delay timer), never inside their own callbacks. */
+#include "common/pd_http.h"
+
+#include <event2/buffer.h>
+#include <event2/keyvalq_struct.h>
+#include <stdarg.h>
+#include <string.h>
+
+pd_status pd_http_server_create(struct event_base *base, const char *host, int port, const pd_http_limits *lim,
+                                void (*gencb)(struct evhttp_request *, void *), void *arg, struct evhttp **out,
+                                int *bound_port)
+{
+    struct evhttp *http = evhttp_new(base);
+    if (!http) return PD_ERR_NOMEM;
+    pd_http_limits l = lim ? *lim : (pd_http_limits){0};
+    evhttp_set_max_headers_size(http, (ev_ssize_t)(l.max_headers ? l.max_headers : 16384));
+    evhttp_set_max_body_size(http, (ev_ssize_t)(l.max_body ? l.max_body : (8u << 20)));
+    evhttp_set_timeout(http, l.timeout_s ? l.timeout_s : 600);
+    evhttp_set_allowed_methods(http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS);
+    evhttp_set_gencb(http, gencb, arg);
+    struct evhttp_bound_socket *h = evhttp_bind_socket_with_handle(http, host, (ev_uint16_t)port);
+    if (!h) {
+        pd_error("cannot listen on %s:%d", host, port);
+        evhttp_free(http);
+        return PD_ERR_IO;
+    }
+    if (bound_port) {
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof ss;
+        getsockname(evhttp_bound_socket_get_fd(h), (struct sockaddr *)&ss, &sl);
+        *bound_port = ss.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&ss)->sin6_port)
+                                               : ntohs(((struct sockaddr_in *)&ss)->sin_port);
+    }
+    *out = http;
+    return PD_OK;
+}
+
+pd_status pd_http_body(struct evhttp_request *req, size_t max, char **out, size_t *len)
+{
+    struct evbuffer *b = evhttp_request_get_input_buffer(req);
+    size_t n = evbuffer_get_length(b);
+    if (n > max) return PD_ERR_RANGE;
+    char *s = malloc(n + 1);
+    if (!s) return PD_ERR_NOMEM;
+    evbuffer_copyout(b, s, n);
+    s[n] = '\0';
+    *out = s;
+    if (len) *len = n;
+    return PD_OK;
+}
+
+const char *pd_http_path(struct evhttp_request *req, char *buf, size_t len)
+{
+    const char *uri = evhttp_request_get_uri(req);
+    size_t n = strcspn(uri, "?#");
+    snprintf(buf, len, "%.*s", (int)n, uri);
+    return buf;
+}
+
+void pd_http_reply_text(struct evhttp_request *req, int code, const char *content_type, const char *text, size_t len)
+{
+    struct evbuffer *b = evbuffer_new();
+    if (!b) return;
+    evbuffer_add(b, text, len);
+    struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+    evhttp_add_header(h, "Content-Type", content_type);
+    evhttp_send_reply(req, code, NULL, b);
+    evbuffer_free(b);
+}
+
+void pd_http_reply_json(struct evhttp_request *req, int code, const cJSON *body)
+{
+    char *s = cJSON_PrintUnformatted(body);
+    if (!s) {
+        evhttp_send_error(req, 500, "out of memory");
+        return;
+    }
+    pd_http_reply_text(req, code, "application/json", s, strlen(s));
+    free(s);
+}
+
+const char *pd_http_error_type(int status)
+{
+    switch (status) {
+    case 400: return "invalid_request_error";
+    case 401: return "authentication_error";
+    case 404: return "not_found_error";
+    case 405: return "invalid_request_error";
+    case 413: return "invalid_request_error";
+    case 429: return "rate_limit_error";
+    case 503: return "service_unavailable_error";
+    default: return status >= 500 ? "internal_server_error" : "invalid_request_error";
+    }
+}
+
+cJSON *pd_http_error_json(int status, const char *type, const char *param, const char *msg)
+{
+    cJSON *o = cJSON_CreateObject(), *e = cJSON_AddObjectToObject(o, "error");
+    cJSON_AddStringToObject(e, "message", msg);
+    cJSON_AddStringToObject(e, "type", type ? type : pd_http_error_type(status));
+    if (param) cJSON_AddStringToObject(e, "param", param);
+    else cJSON_AddNullToObject(e, "param");
+    cJSON_AddNumberToObject(e, "code", status);
+    return o;
+}
+
+void pd_http_reply_error(struct evhttp_request *req, int status, const char *type, const char *param,
+                         const char *fmt, ...)
+{
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    cJSON *o = pd_http_error_json(status, type, param, msg);
+    pd_http_reply_json(req, status, o);
+    cJSON_Delete(o);
+}
+
+void pd_http_stream_start(struct evhttp_request *req, int code, const char *content_type)
+{
+    struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+    evhttp_add_header(h, "Content-Type", content_type);
+    evhttp_add_header(h, "Cache-Control", "no-cache");
+    evhttp_send_reply_start(req, code, code == 200 ? "OK" : "Error");
+}
+
+void pd_http_stream_write(struct evhttp_request *req, const char *data, size_t len)
+{
+    struct evbuffer *b = evbuffer_new();
+    if (!b) return;
+    evbuffer_add(b, data, len);
+    evhttp_send_reply_chunk(req, b);
+    evbuffer_free(b);
+}
+
+void pd_http_stream_end(struct evhttp_request *req) { evhttp_send_reply_end(req); }
+
+/* ---- client ------------------------------------------------------------------------------------------- */
+
+struct pd_http_call_s {
+    struct event_base *base;
+    struct evhttp_connection *conn;
+    struct evhttp_request *req;
+    struct evbuffer *pending; /* bytes of an unfinished line */
+    pd_http_line_cb line_cb;
+    pd_http_done_cb done_cb;
+    void *arg;
+    int in_line_cb;
+    int cancelled;            /* no user callback runs once set */
+    int destroy_scheduled;
+};
+
+/* Frees the connection (and any request still queued on it, without callbacks) and the call, from the loop. */
+static void destroy_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    pd_http_call *c = arg;
+    if (c->conn) evhttp_connection_free(c->conn);
+    evbuffer_free(c->pending);
+    free(c);
+}
+
+static void schedule_destroy(pd_http_call *c)
+{
+    if (c->destroy_scheduled) return;
+    c->destroy_scheduled = 1;
+    if (event_base_once(c->base, -1, EV_TIMEOUT, destroy_cb, c, &(struct timeval){0, 0}) != 0)
+        pd_error("http client: cannot schedule the release of a connection (leaked)");
+}
+
+static void drain_lines(pd_http_call *c)
+{
+    size_t n;
+    char *line;
+    while (!c->cancelled && (line = evbuffer_readln(c->pending, &n, EVBUFFER_EOL_LF)) != NULL) {
+        c->in_line_cb = 1;
+        c->line_cb(c, line, n, c->arg);
+        c->in_line_cb = 0;
+        free(line);
+    }
+}
+
+static void chunk_cb(struct evhttp_request *req, void *arg)
+{
+    pd_http_call *c = arg;
+    if (c->cancelled) return;
+    evbuffer_add_buffer(c->pending, evhttp_request_get_input_buffer(req));
+    if (c->line_cb) drain_lines(c);
+    if (c->cancelled) schedule_destroy(c); /* cancelled from inside line_cb */
+}
+
+static void error_cb(enum evhttp_request_error e, void *arg)
+{
+    (void)e;
+    (void)arg; /* the completion callback reports errors (and nothing runs on cancel) */
+}
+
+static void done_cb(struct evhttp_request *req, void *arg)
+{
+    pd_http_call *c = arg;
+    c->req = NULL;
+    if (c->cancelled) return;
+    int status = req ? evhttp_request_get_response_code(req) : 0;
+    if (req) evbuffer_add_buffer(c->pending, evhttp_request_get_input_buffer(req));
+    if (req && c->line_cb) drain_lines(c);
+    if (!c->cancelled) {
+        c->cancelled = 1; /* done: nothing more for the user */
+        size_t n = evbuffer_get_length(c->pending);
+        char *rest = malloc(n + 1);
+        if (rest) {
+            evbuffer_copyout(c->pending, rest, n);
+            rest[n] = '\0';
+        }
+        c->done_cb(c, status, rest ? rest : "", rest ? n : 0, status == 0 ? PD_ERR_PEER : PD_OK, c->arg);
+        free(rest);
+    }
+    schedule_destroy(c);
+}
+
+pd_status pd_http_call_start(struct event_base *base, const char *host, int port, const char *method,
+                             const char *path, const char *body, size_t body_len, int timeout_s,
+                             pd_http_line_cb line_cb, pd_http_done_cb done, void *arg, pd_http_call **out)
+{
+    pd_http_call *c = calloc(1, sizeof *c);
+    if (!c) return PD_ERR_NOMEM;
+    c->base = base;
+    c->line_cb = line_cb;
+    c->done_cb = done;
+    c->arg = arg;
+    c->pending = evbuffer_new();
+    c->conn = evhttp_connection_base_new(base, NULL, host, (ev_uint16_t)port);
+    if (!c->pending || !c->conn) goto fail;
+    evhttp_connection_set_retries(c->conn, 0);
+    if (timeout_s > 0) evhttp_connection_set_timeout(c->conn, timeout_s);
+    c->req = evhttp_request_new(done_cb, c);
+    if (!c->req) goto fail;
+    evhttp_request_set_chunked_cb(c->req, chunk_cb);
+    evhttp_request_set_error_cb(c->req, error_cb);
+    struct evkeyvalq *h = evhttp_request_get_output_headers(c->req);
+    char hostport[300];
+    snprintf(hostport, sizeof hostport, "%s:%d", host, port);
+    evhttp_add_header(h, "Host", hostport);
+    if (body) {
+        evhttp_add_header(h, "Content-Type", "application/json");
+        evbuffer_add(evhttp_request_get_output_buffer(c->req), body, body_len);
+    }
+    enum evhttp_cmd_type cmd = !strcmp(method, "GET") ? EVHTTP_REQ_GET
+                               : !strcmp(method, "DELETE") ? EVHTTP_REQ_DELETE : EVHTTP_REQ_POST;
+    if (evhttp_make_request(c->conn, c->req, cmd, path) != 0) {
+        c->req = NULL; /* freed by libevent on failure */
+        goto fail;
+    }
+    *out = c;
+    return PD_OK;
+fail:
+    if (c->req) evhttp_request_free(c->req);
+    if (c->conn) evhttp_connection_free(c->conn);
+    if (c->pending) evbuffer_free(c->pending);
+    free(c);
+    return PD_ERR_PEER;
+}
+
+void pd_http_call_cancel(pd_http_call *c)
+{
+    if (!c || c->cancelled) return;
+    c->cancelled = 1;
+    if (c->in_line_cb) return; /* chunk_cb schedules the release once line_cb returns */
+    if (c->req) {
+        evhttp_cancel_request(c->req); /* runs error_cb only; the completion callback is not called */
+        c->req = NULL;
+    }
+    schedule_destroy(c);
+}
+
+pd_status pd_http_parse_hostport(const char *s, char *host, size_t hostlen, int *port)
+{
+    const char *p = s;
+    if (!strncmp(p, "http://", 7)) p += 7;
+    const char *colon = strrchr(p, ':');
+    if (!colon || colon == p) return PD_ERR_INVALID;
+    char *end;
+    long v = strtol(colon + 1, &end, 10);
+    if (end == colon + 1 || (*end && *end != '/') || v < 1 || v > 65535) return PD_ERR_INVALID;
+    size_t hl = (size_t)(colon - p);
+    if (p[0] == '[' && hl >= 2 && p[hl - 1] == ']') { /* [::1]:8000 */
+        p++;
+        hl -= 2;
+    }
+    if (hl + 1 > hostlen) return PD_ERR_RANGE;
+    memcpy(host, p, hl);
+    host[hl] = '\0';
+    *port = (int)v;
+    return PD_OK;
+}

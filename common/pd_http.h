@@ -1,0 +1,63 @@
+/* HTTP on libevent: a server with limits, OpenAI-shaped JSON errors, chunked streaming replies; and a client
+ * for the control plane between router, prefill and decode (JSON request, optional NDJSON line stream). */
+#ifndef PD_HTTP_H
+#define PD_HTTP_H
+
+#include <cJSON.h>
+#include <event2/event.h>
+#include <event2/http.h>
+
+#include "common/pd_common.h"
+
+typedef struct {
+    size_t max_headers;  /* bytes; 0: 16 KiB */
+    size_t max_body;     /* bytes; 0: 8 MiB */
+    int timeout_s;       /* idle connection timeout; 0: 600 */
+} pd_http_limits;
+
+/* Binds host:port (port 0 picks a free one; the chosen port goes to *bound_port). gencb handles every route. */
+pd_status pd_http_server_create(struct event_base *base, const char *host, int port, const pd_http_limits *lim,
+                                void (*gencb)(struct evhttp_request *, void *), void *arg, struct evhttp **out,
+                                int *bound_port);
+
+/* The request's body as a NUL-terminated malloc'd string. PD_ERR_RANGE when longer than max. */
+pd_status pd_http_body(struct evhttp_request *req, size_t max, char **out, size_t *len);
+/* Path without the query string, in buf. */
+const char *pd_http_path(struct evhttp_request *req, char *buf, size_t len);
+
+void pd_http_reply_json(struct evhttp_request *req, int code, const cJSON *body);
+void pd_http_reply_text(struct evhttp_request *req, int code, const char *content_type, const char *text,
+                        size_t len);
+/* {"error":{"message":msg,"type":type,"param":param|null,"code":code}} with the given HTTP status. */
+void pd_http_reply_error(struct evhttp_request *req, int status, const char *type, const char *param,
+                         const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+/* The error object alone (for errors inside an SSE stream). Caller deletes. */
+cJSON *pd_http_error_json(int status, const char *type, const char *param, const char *msg);
+/* Reason phrase and OpenAI error type for a status: 400 invalid_request_error, 404 not_found_error, ... */
+const char *pd_http_error_type(int status);
+
+/* Streaming replies (chunked transfer). */
+void pd_http_stream_start(struct evhttp_request *req, int code, const char *content_type);
+void pd_http_stream_write(struct evhttp_request *req, const char *data, size_t len);
+void pd_http_stream_end(struct evhttp_request *req);
+
+/* ---- client ---------------------------------------------------------------------------------------------
+ * One connection per call (the control plane talks to few peers; streams are long-lived). line_cb receives
+ * each '\n'-terminated line of the response body as it arrives (NDJSON streams); done_cb is called exactly
+ * once unless the call is cancelled: with the HTTP status and the part of the body not consumed as lines
+ * (the whole body when line_cb is NULL), or with status 0 and a pd_status error when the peer could not be
+ * reached, closed the connection early or timed out. */
+typedef struct pd_http_call_s pd_http_call;
+typedef void (*pd_http_line_cb)(pd_http_call *c, const char *line, size_t len, void *arg);
+typedef void (*pd_http_done_cb)(pd_http_call *c, int status, const char *body, size_t len, pd_status err,
+                                void *arg);
+
+pd_status pd_http_call_start(struct event_base *base, const char *host, int port, const char *method,
+                             const char *path, const char *body, size_t body_len, int timeout_s,
+                             pd_http_line_cb line_cb, pd_http_done_cb done_cb, void *arg, pd_http_call **out);
+/* Stops a call in flight: no callback runs afterwards. Safe from within line_cb (takes effect after it). */
+void pd_http_call_cancel(pd_http_call *c);
+/* "host:port" -> parts. PD_ERR_INVALID when malformed. */
+pd_status pd_http_parse_hostport(const char *s, char *host, size_t hostlen, int *port);
+
+#endif
