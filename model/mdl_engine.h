@@ -1,0 +1,103 @@
+/* mdl_engine: continuous batching over one model and one paged KV pool, on a thread of its own.
+ * Requests are submitted with their blocks reserved up front (all or nothing). Each step takes waiting
+ * prompts in arrival order up to the token budget (chunked when longer), runs them through the model and its
+ * MTP layer, then one decode step over every running sequence; finished and aborted requests free their
+ * blocks at once. Results leave through the event callback, called on the engine thread. No networking. */
+#ifndef MDL_ENGINE_H
+#define MDL_ENGINE_H
+
+#include "model/mdl.h"
+
+#define MDL_MAX_STOP_IDS 16
+#define MDL_MAX_TOP_LOGPROBS 20
+
+typedef struct {
+    krn_sampling_params sampling;
+    uint64_t seed;
+    int has_seed;
+    int max_tokens;            /* >= 1 */
+    int min_tokens;            /* stop tokens are suppressed until this many were generated */
+    int ignore_eos;
+    int32_t stop_ids[MDL_MAX_STOP_IDS]; /* besides eos */
+    int n_stop_ids;
+    int top_logprobs;          /* 0..20 alternatives per token; the sampled token's logprob is always given */
+} mdl_gen_params;
+
+typedef enum {
+    MDL_REQ_LOCAL = 0,   /* prefill here, then decode here (colocated) */
+    MDL_REQ_REMOTE_KV,   /* blocks are filled from outside; mdl_engine_kv_ready() starts decoding */
+    MDL_REQ_PREFILL_ONLY /* prefill, sample the first token, report MDL_EV_PREFILLED and hold the blocks */
+} mdl_req_mode;
+
+typedef enum { MDL_FINISH_STOP = 0, MDL_FINISH_LENGTH, MDL_FINISH_ABORT, MDL_FINISH_ERROR } mdl_finish;
+const char *mdl_finish_str(mdl_finish f);
+
+typedef enum {
+    MDL_EV_TOKEN,        /* one generated token (decode, or the first one in LOCAL mode) */
+    MDL_EV_BLOCKS,       /* PREFILL_ONLY: blocks [0, n_blocks_done) hold their final KV */
+    MDL_EV_PREFILLED,    /* PREFILL_ONLY: prompt done; first token, its logprob, the last hidden state */
+    MDL_EV_DONE,         /* the request is over; its blocks are free (unless PREFILL_ONLY: release them) */
+} mdl_event_type;
+
+typedef struct {
+    mdl_event_type type;
+    uint64_t id;               /* the submitter's id */
+    void *user;
+    int32_t token;             /* TOKEN, PREFILLED */
+    float logprob;
+    int n_top;
+    int32_t top_ids[MDL_MAX_TOP_LOGPROBS];
+    float top_lps[MDL_MAX_TOP_LOGPROBS];
+    int n_blocks_done;         /* BLOCKS */
+    const float *hidden;       /* PREFILLED: [hidden_size], valid during the callback */
+    mdl_finish finish;         /* DONE */
+    int32_t stop_token;        /* DONE with STOP: the token that stopped it, -1 otherwise */
+    int prompt_tokens, completion_tokens;
+    double t_queue, t_prefill, t_decode; /* DONE / PREFILLED: seconds in each phase */
+} mdl_event;
+
+typedef void (*mdl_event_cb)(const mdl_event *ev, void *arg);
+
+typedef struct {
+    int max_num_seqs;          /* running sequences at once */
+    int max_num_batched_tokens;/* prompt tokens per step */
+    int max_model_len;         /* prompt + generated */
+    int block_size;
+    int n_blocks;
+    int max_waiting;           /* queued requests before submit answers PD_ERR_BUSY (0: unlimited) */
+} mdl_engine_opts;
+
+typedef struct {
+    int running, waiting, held, free_blocks, total_blocks;
+    long queued_prompt_tokens;
+    uint64_t steps, prefill_tokens, decode_tokens;
+} mdl_engine_stats;
+
+typedef struct mdl_engine_s mdl_engine;
+
+/* Creates the pool and plans the buffers; starts the thread. The model must outlive the engine. */
+pd_status mdl_engine_create(mdl_model *m, const mdl_engine_opts *o, mdl_event_cb cb, void *cb_arg,
+                            mdl_engine **out);
+/* Stops the thread (finishing nothing: pending requests get no further events) and frees everything. */
+void mdl_engine_destroy(mdl_engine *e);
+
+/* Admits a request: validates it, reserves blocks for prompt + max_tokens. PD_ERR_BUSY when blocks or the
+ * queue are full, PD_ERR_RANGE when it can never fit (longer than max_model_len or the pool), PD_ERR_INVALID
+ * for bad tokens or parameters. The prompt is copied. */
+pd_status mdl_engine_submit(mdl_engine *e, uint64_t id, void *user, const int32_t *prompt, int n_prompt,
+                            const mdl_gen_params *p, mdl_req_mode mode);
+/* Block ids reserved for a request (copied into out, up to cap); returns the count or -1 when unknown. */
+int mdl_engine_blocks(mdl_engine *e, uint64_t id, int *out, int cap);
+/* REMOTE_KV: the prompt's KV is in place; first_token was sampled by the prefill side. */
+pd_status mdl_engine_kv_ready(mdl_engine *e, uint64_t id, int32_t first_token, float first_logprob,
+                              const float *hidden);
+/* Ends a request (DONE with ABORT follows unless it already finished). Unknown ids are ignored. */
+void mdl_engine_abort(mdl_engine *e, uint64_t id);
+/* PREFILL_ONLY: frees the blocks once the transfer is over. */
+void mdl_engine_release(mdl_engine *e, uint64_t id);
+void mdl_engine_get_stats(mdl_engine *e, mdl_engine_stats *s);
+mdl_kv_pool *mdl_engine_pool(mdl_engine *e);
+/* "<arch>/<layers>x<row>/<block>/<dtype>": blocks move only between engines with equal fingerprints. */
+void mdl_engine_layout(const mdl_engine *e, char *buf, size_t len);
+
+#endif

@@ -1,0 +1,1 @@
+pd_unit_test(test_engine pdmodel)

@@ -1,0 +1,298 @@
+/* Engine tests: continuous batching gives each request what it would get alone; prefill on one engine +
+ * blocks copied into another engine's reserved blocks (what kvtransfer does) + kv_ready == local, for greedy
+ * and seeded sampling; aborts and refusals free everything; logprobs are the model's. */
+#include <check.h>
+#include <math.h>
+#include <pthread.h>
+#include <string.h>
+
+#include "model/mdl_engine.h"
+#include "model/mdl_generate.h"
+#include "model/mdl_presets.h"
+#include "model/mdl_runner.h"
+
+#define MAXR 16
+typedef struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int32_t out[MAXR][64];
+    float lps[MAXR][64];
+    int n_out[MAXR];
+    int done[MAXR];
+    mdl_finish why[MAXR];
+    int prefilled[MAXR];
+    int32_t first[MAXR];
+    float first_lp[MAXR];
+    float hidden[MAXR][128];
+    int blocks_events[MAXR];
+} sink;
+
+static void on_event(const mdl_event *ev, void *arg)
+{
+    sink *k = arg;
+    int i = (int)ev->id;
+    pthread_mutex_lock(&k->mu);
+    switch (ev->type) {
+    case MDL_EV_TOKEN:
+        k->lps[i][k->n_out[i]] = ev->logprob;
+        k->out[i][k->n_out[i]++] = ev->token;
+        break;
+    case MDL_EV_DONE: k->done[i] = 1; k->why[i] = ev->finish; break;
+    case MDL_EV_PREFILLED:
+        k->prefilled[i] = 1;
+        k->first[i] = ev->token;
+        k->first_lp[i] = ev->logprob;
+        memcpy(k->hidden[i], ev->hidden, sizeof k->hidden[i]);
+        break;
+    case MDL_EV_BLOCKS: k->blocks_events[i]++; break;
+    }
+    pthread_cond_broadcast(&k->cv);
+    pthread_mutex_unlock(&k->mu);
+}
+
+static void wait_for(sink *k, int *flag)
+{
+    pthread_mutex_lock(&k->mu);
+    while (!*flag) pthread_cond_wait(&k->cv, &k->mu);
+    pthread_mutex_unlock(&k->mu);
+}
+
+static char g_dir[256];
+static mdl_model *g_m;
+
+static void setup(void)
+{
+    if (g_m) return;
+    snprintf(g_dir, sizeof g_dir, "/tmp/pd_engine_XXXXXX");
+    ck_assert_ptr_nonnull(mkdtemp(g_dir));
+    mdl_config c;
+    char err[512];
+    ck_assert_int_eq(mdl_preset_config("tiny", &c), PD_OK);
+    c.vocab_size = 500;
+    mdl_generate_opts o = {.seed = 3};
+    ck_assert_int_eq(mdl_generate_checkpoint(g_dir, &c, &o, err, sizeof err), PD_OK);
+    mdl_load_opts lo = mdl_load_defaults();
+    lo.progress = 0;
+    ck_assert_int_eq(mdl_model_load(g_dir, &lo, &g_m, err, sizeof err), PD_OK);
+}
+
+static mdl_gen_params greedy(int max_tokens)
+{
+    mdl_gen_params p = {0};
+    p.sampling = krn_sampling_defaults();
+    p.sampling.temperature = 0;
+    p.max_tokens = max_tokens;
+    p.ignore_eos = 1;
+    return p;
+}
+
+static void prompt_of(int i, int32_t *t, int *n)
+{
+    *n = 3 + (i * 7) % 40; /* 3 .. 42 tokens: several cross blocks of 8 and the 16-token budget */
+    for (int j = 0; j < *n; j++) t[j] = (int32_t)((i * 131 + j * 17) % 500);
+}
+
+static mdl_engine *engine(sink *k, int block, int n_blocks, int budget)
+{
+    mdl_engine_opts o = {.max_num_seqs = 8, .max_num_batched_tokens = budget, .max_model_len = 128,
+                         .block_size = block, .n_blocks = n_blocks};
+    mdl_engine *e = NULL;
+    ck_assert_int_eq(mdl_engine_create(g_m, &o, on_event, k, &e), PD_OK);
+    return e;
+}
+
+static sink *sink_new(void)
+{
+    sink *k = calloc(1, sizeof *k);
+    pthread_mutex_init(&k->mu, NULL);
+    pthread_cond_init(&k->cv, NULL);
+    return k;
+}
+
+START_TEST(test_batched_equals_alone)
+{
+    setup();
+    const int N = 12, T = 20;
+    sink *k = sink_new();
+    mdl_engine *e = engine(k, 8, 256, 16);
+    int32_t t[64];
+    int n;
+    for (int i = 0; i < N; i++) {
+        prompt_of(i, t, &n);
+        mdl_gen_params p = greedy(T);
+        ck_assert_int_eq(mdl_engine_submit(e, (uint64_t)i, NULL, t, n, &p, MDL_REQ_LOCAL), PD_OK);
+    }
+    for (int i = 0; i < N; i++) wait_for(k, &k->done[i]);
+    const int V = g_m->cfg.vocab_size;
+    float *lg = malloc((size_t)V * sizeof(float));
+    for (int i = 0; i < N; i++) {
+        ck_assert_int_eq(k->why[i], MDL_FINISH_LENGTH);
+        ck_assert_int_eq(k->n_out[i], T);
+        prompt_of(i, t, &n);
+        mdl_runner r;
+        ck_assert_int_eq(mdl_runner_open(&r, g_m, n + T, n, 16), PD_OK);
+        ck_assert_int_eq(mdl_runner_feed(&r, t, n, 0, MDL_ATTN_PREFILL, 0, lg, NULL), PD_OK);
+        for (int j = 0; j < T; j++) {
+            int32_t a = krn_argmax(lg, V);
+            ck_assert_msg(a == k->out[i][j], "request %d token %d: %d alone, %d batched", i, j, a, k->out[i][j]);
+            float mx = lg[a];
+            double s = 0;
+            for (int v = 0; v < V; v++) s += exp((double)lg[v] - mx);
+            ck_assert_float_eq_tol(k->lps[i][j], -log(s), 1e-3);
+            ck_assert_int_eq(mdl_runner_feed(&r, &a, 1, n + j, MDL_ATTN_DECODE, 0, lg, NULL), PD_OK);
+        }
+        mdl_runner_close(&r);
+    }
+    free(lg);
+    mdl_engine_stats st;
+    mdl_engine_get_stats(e, &st);
+    ck_assert_int_eq(st.free_blocks, 256);
+    ck_assert_int_eq(st.running + st.waiting, 0);
+    mdl_engine_destroy(e);
+    free(k);
+}
+END_TEST
+
+/* prefill engine -> copy blocks -> decode engine, against one local engine */
+static void pd_vs_local(float temperature)
+{
+    setup();
+    const int N = 6, T = 12, BS = 8;
+    sink *kl = sink_new(), *kp = sink_new(), *kd = sink_new();
+    mdl_engine *el = engine(kl, BS, 128, 16), *ep = engine(kp, BS, 128, 16), *ed = engine(kd, BS, 128, 16);
+    char la[128], lb[128];
+    mdl_engine_layout(ep, la, sizeof la);
+    mdl_engine_layout(ed, lb, sizeof lb);
+    ck_assert_str_eq(la, lb);
+    int32_t t[64];
+    int n;
+    for (int i = 0; i < N; i++) {
+        prompt_of(i, t, &n);
+        mdl_gen_params p = greedy(T);
+        p.sampling.temperature = temperature;
+        p.sampling.top_p = 0.9f;
+        p.has_seed = 1;
+        p.seed = 1000 + (uint64_t)i;
+        ck_assert_int_eq(mdl_engine_submit(el, (uint64_t)i, NULL, t, n, &p, MDL_REQ_LOCAL), PD_OK);
+        ck_assert_int_eq(mdl_engine_submit(ed, (uint64_t)i, NULL, t, n, &p, MDL_REQ_REMOTE_KV), PD_OK);
+        ck_assert_int_eq(mdl_engine_submit(ep, (uint64_t)i, NULL, t, n, &p, MDL_REQ_PREFILL_ONLY), PD_OK);
+    }
+    mdl_kv_pool *pp = mdl_engine_pool(ep), *pd = mdl_engine_pool(ed);
+    for (int i = 0; i < N; i++) {
+        wait_for(kp, &kp->prefilled[i]);
+        ck_assert_int_ge(kp->blocks_events[i], 1);
+        int src[32], dst[32];
+        int ns = mdl_engine_blocks(ep, (uint64_t)i, src, 32), nd = mdl_engine_blocks(ed, (uint64_t)i, dst, 32);
+        prompt_of(i, t, &n);
+        ck_assert_int_eq(ns, mdl_kv_blocks_for(pp, n));
+        ck_assert_int_ge(nd, ns);
+        for (int b = 0; b < ns; b++) memcpy(mdl_kv_row(pd, dst[b], 0, 0), mdl_kv_row(pp, src[b], 0, 0), pp->block_bytes);
+        mdl_engine_release(ep, (uint64_t)i);
+        ck_assert_int_eq(mdl_engine_kv_ready(ed, (uint64_t)i, kp->first[i], kp->first_lp[i], kp->hidden[i]), PD_OK);
+    }
+    for (int i = 0; i < N; i++) {
+        wait_for(kl, &kl->done[i]);
+        wait_for(kd, &kd->done[i]);
+        ck_assert_int_eq(kd->n_out[i], T);
+        for (int j = 0; j < T; j++)
+            ck_assert_msg(kd->out[i][j] == kl->out[i][j], "T=%.1f req %d tok %d: pd %d local %d", temperature, i, j,
+                          kd->out[i][j], kl->out[i][j]);
+        ck_assert_float_eq_tol(kd->lps[i][0], kl->lps[i][0], 1e-4);
+    }
+    mdl_engine_stats st;
+    mdl_engine_get_stats(ep, &st);
+    for (int tries = 0; tries < 200 && st.free_blocks != 128; tries++) { /* release is asynchronous */
+        struct timespec ts = {0, 5000000};
+        nanosleep(&ts, NULL);
+        mdl_engine_get_stats(ep, &st);
+    }
+    ck_assert_int_eq(st.free_blocks, 128);
+    mdl_engine_destroy(el);
+    mdl_engine_destroy(ep);
+    mdl_engine_destroy(ed);
+    free(kl);
+    free(kp);
+    free(kd);
+}
+
+START_TEST(test_pd_equals_local_greedy) { pd_vs_local(0.0f); }
+END_TEST
+START_TEST(test_pd_equals_local_seeded) { pd_vs_local(0.8f); }
+END_TEST
+
+START_TEST(test_abort_and_refusal)
+{
+    setup();
+    sink *k = sink_new();
+    mdl_engine *e = engine(k, 8, 10, 16);
+    int32_t t[40];
+    for (int j = 0; j < 40; j++) t[j] = j;
+    mdl_gen_params p = greedy(40);
+    /* 40 + 40 tokens = 10 blocks of 8: the whole pool */
+    ck_assert_int_eq(mdl_engine_submit(e, 0, NULL, t, 40, &p, MDL_REQ_REMOTE_KV), PD_OK);
+    ck_assert_int_eq(mdl_engine_submit(e, 1, NULL, t, 8, &p, MDL_REQ_LOCAL), PD_ERR_BUSY);
+    ck_assert_int_eq(mdl_engine_submit(e, 0, NULL, t, 8, &p, MDL_REQ_LOCAL), PD_ERR_INVALID); /* duplicate id */
+    mdl_gen_params big = greedy(200);
+    ck_assert_int_eq(mdl_engine_submit(e, 2, NULL, t, 8, &big, MDL_REQ_LOCAL), PD_ERR_RANGE); /* > max_model_len */
+    t[3] = 100000;
+    ck_assert_int_eq(mdl_engine_submit(e, 3, NULL, t, 8, &p, MDL_REQ_LOCAL), PD_ERR_INVALID);  /* bad token */
+    t[3] = 3;
+    mdl_engine_abort(e, 0);
+    wait_for(k, &k->done[0]);
+    ck_assert_int_eq(k->why[0], MDL_FINISH_ABORT);
+    /* now there is room; a running request aborted midway frees its blocks too */
+    ck_assert_int_eq(mdl_engine_submit(e, 1, NULL, t, 8, &p, MDL_REQ_LOCAL), PD_OK);
+    pthread_mutex_lock(&k->mu);
+    while (k->n_out[1] < 3) pthread_cond_wait(&k->cv, &k->mu);
+    pthread_mutex_unlock(&k->mu);
+    mdl_engine_abort(e, 1);
+    wait_for(k, &k->done[1]);
+    ck_assert(k->why[1] == MDL_FINISH_ABORT || k->why[1] == MDL_FINISH_LENGTH);
+    mdl_engine_stats st;
+    mdl_engine_get_stats(e, &st);
+    ck_assert_int_eq(st.free_blocks, 10);
+    mdl_engine_abort(e, 12345); /* unknown: ignored */
+    /* eos stops unless ignore_eos; min_tokens holds stop tokens back */
+    mdl_gen_params q = greedy(5);
+    q.ignore_eos = 0;
+    q.n_stop_ids = 0;
+    ck_assert_int_eq(mdl_engine_submit(e, 4, NULL, t, 4, &q, MDL_REQ_LOCAL), PD_OK);
+    wait_for(k, &k->done[4]);
+    int32_t firsttok = k->out[4][0];
+    q.stop_ids[0] = firsttok;
+    q.n_stop_ids = 1;
+    ck_assert_int_eq(mdl_engine_submit(e, 5, NULL, t, 4, &q, MDL_REQ_LOCAL), PD_OK);
+    wait_for(k, &k->done[5]);
+    ck_assert_int_eq(k->why[5], MDL_FINISH_STOP);
+    ck_assert_int_eq(k->n_out[5], 1);
+    q.min_tokens = 3;
+    ck_assert_int_eq(mdl_engine_submit(e, 6, NULL, t, 4, &q, MDL_REQ_LOCAL), PD_OK);
+    wait_for(k, &k->done[6]);
+    ck_assert_int_ge(k->n_out[6], 3);
+    ck_assert_int_ne(k->out[6][0], firsttok);
+    mdl_engine_destroy(e);
+    free(k);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("engine");
+    TCase *tc = tcase_create("engine");
+    tcase_set_timeout(tc, 300);
+    tcase_add_test(tc, test_batched_equals_alone);
+    tcase_add_test(tc, test_pd_equals_local_greedy);
+    tcase_add_test(tc, test_pd_equals_local_seeded);
+    tcase_add_test(tc, test_abort_and_refusal);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_set_fork_status(sr, CK_NOFORK);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    mdl_model_destroy(g_m);
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", g_dir);
+    if (system(cmd) != 0) return 1;
+    return failed ? 1 : 0;
+}
