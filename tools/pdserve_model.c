@@ -5,9 +5,13 @@
 #include "tools/commands.h"
 
 int cmd_version(int argc, char **argv);
+int cmd_tokenize(int argc, char **argv);
+int cmd_detokenize(int argc, char **argv);
 
 const tool_command tool_commands[] = {
     {"version", cmd_version, "print version and CPU features"},
+    {"tokenize", cmd_tokenize, "text -> token ids with the checkpoint's tokenizer"},
+    {"detokenize", cmd_detokenize, "token ids -> text"},
     {NULL, NULL, NULL},
 };
 
