@@ -134,3 +134,79 @@ int cmd_detokenize(int argc, char **argv)
     mdl_tokenizer_destroy(t);
     return rc;
 }
+
+int cmd_chat_template(int argc, char **argv)
+{
+    const char *dir = NULL, *msgs_path = NULL, *tmpl_path = NULL, *vars = NULL;
+    int agp = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--tokenizer") && i + 1 < argc) dir = argv[++i];
+        else if (!strcmp(argv[i], "--messages") && i + 1 < argc) msgs_path = argv[++i];
+        else if (!strcmp(argv[i], "--template") && i + 1 < argc) tmpl_path = argv[++i];
+        else if (!strcmp(argv[i], "--vars") && i + 1 < argc) vars = argv[++i];
+        else if (!strcmp(argv[i], "--add-generation-prompt")) agp = 1;
+        else {
+            int help = !strcmp(argv[i], "--help") || !strcmp(argv[i], "-h");
+            fprintf(help ? stdout : stderr,
+                    "usage: pdserve-model chat-template --tokenizer DIR --messages messages.json\n"
+                    "                                   [--add-generation-prompt] [--vars '{\"thinking\": true}']\n"
+                    "                                   [--template FILE.jinja]\n"
+                    "  prints the prompt rendered with the checkpoint's chat template (tokenizer_config.json), or\n"
+                    "  with FILE.jinja (bos/eos tokens still from DIR when given). messages.json is a JSON array of\n"
+                    "  {\"role\", \"content\", ...} objects; --vars adds template variables such as tools.\n");
+            return help ? 0 : 2;
+        }
+    }
+    if (!msgs_path || (!dir && !tmpl_path)) {
+        fprintf(stderr, "chat-template: --messages and --tokenizer (or --template) are required\n");
+        return 2;
+    }
+    char err[512] = "", *txt = NULL, *src = NULL, *out = NULL;
+    size_t n = 0;
+    int rc = 1;
+    cJSON *msgs = NULL, *extra = NULL;
+    mdl_chat_template t = NULL;
+    mdl_tokenizer tok = NULL;
+    pd_status st = pd_file_read(msgs_path, &txt, &n);
+    if (st != PD_OK) {
+        fprintf(stderr, "chat-template: cannot read %s: %s\n", msgs_path, pd_status_str(st));
+        goto done;
+    }
+    if (!cJSON_IsArray(msgs = cJSON_Parse(txt))) {
+        fprintf(stderr, "chat-template: %s is not a JSON array of messages\n", msgs_path);
+        goto done;
+    }
+    if (vars && !cJSON_IsObject(extra = cJSON_Parse(vars))) {
+        fprintf(stderr, "chat-template: --vars must be a JSON object\n");
+        rc = 2;
+        goto done;
+    }
+    if (tmpl_path) {
+        if ((st = pd_file_read(tmpl_path, &src, &n)) != PD_OK) {
+            fprintf(stderr, "chat-template: cannot read %s: %s\n", tmpl_path, pd_status_str(st));
+            goto done;
+        }
+        if (dir && load(dir, &tok)) goto done;
+        st = mdl_chat_template_create(src, tok ? mdl_tokenizer_bos_str(tok) : "", tok ? mdl_tokenizer_eos_str(tok) : "",
+                                      &t, err, sizeof err);
+    } else st = mdl_chat_template_load(dir, &t, err, sizeof err);
+    if (st != PD_OK) {
+        fprintf(stderr, "chat-template: cannot load the template: %s\n", err);
+        goto done;
+    }
+    if ((st = mdl_chat_template_render(t, msgs, agp, extra, &out, &n, err, sizeof err)) != PD_OK) {
+        fprintf(stderr, "chat-template: %s\n", err);
+        goto done;
+    }
+    fwrite(out, 1, n, stdout);
+    rc = 0;
+done:
+    free(out);
+    mdl_chat_template_destroy(t);
+    mdl_tokenizer_destroy(tok);
+    cJSON_Delete(extra);
+    cJSON_Delete(msgs);
+    free(src);
+    free(txt);
+    return rc;
+}

