@@ -22,6 +22,7 @@ typedef struct {
     char *bytes;      /* what it decodes to: the raw bytes behind the byte-level form, or an added token's content */
     uint32_t nbytes;
     uint8_t flags;
+    char *vocab_str;  /* the vocab's own string for this id when an added token replaced it (a by_str key) */
 } tok_entry;
 
 typedef struct {
@@ -936,6 +937,7 @@ void mdl_tokenizer_destroy(mdl_tokenizer t)
         for (int i = 0; i < t->n_vocab; i++) {
             if (t->tokens[i].bytes != t->tokens[i].str) free(t->tokens[i].bytes);
             free(t->tokens[i].str);
+            free(t->tokens[i].vocab_str);
         }
     free(t->tokens);
     free(t->by_str.slots);
@@ -1067,9 +1069,12 @@ static pd_status check_decoder(const cJSON *d, char *err, size_t errlen)
 static int set_token(mdl_tokenizer t, int32_t id, const char *s, const uint32_t b2c[256], int added)
 {
     tok_entry *e = &t->tokens[id];
+    char *keep = e->vocab_str;
     if (e->bytes != e->str) free(e->bytes);
-    free(e->str);
+    if (added && e->str && !keep) keep = e->str; /* still a key of by_str */
+    else free(e->str);
     memset(e, 0, sizeof *e);
+    e->vocab_str = keep;
     size_t n = strlen(s);
     if (!(e->str = malloc(n + 1))) return 0;
     memcpy(e->str, s, n + 1);
