@@ -477,7 +477,7 @@ static int bpe_piece(enc_ctx *c, const uint8_t *s, size_t n)
         sym[q] = -1;
         next[p] = next[q];
         if (next[q] >= 0) prev[next[q]] = p;
-        if (hn + 2 > c->heap_cap) return 0; /* cannot happen: at most n-1 live pairs plus stale ones popped */
+        PD_ASSERT(hn + 2 <= c->heap_cap); /* n-1 initial pairs, then net +1 per merge: at most 2n-2 */
         if (prev[p] >= 0) {
             int32_t r = merge_get(t, sym[prev[p]], sym[p], &id);
             if (r != INT_MAX) heap_push(c->heap, &hn, (heap_item){r, prev[p], id});
