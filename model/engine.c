@@ -625,6 +625,8 @@ void mdl_engine_get_stats(mdl_engine *e, mdl_engine_stats *out)
 
 mdl_kv_pool *mdl_engine_pool(mdl_engine *e) { return e->kv; }
 
+int mdl_engine_max_model_len(const mdl_engine *e) { return e->o.max_model_len; }
+
 void mdl_engine_layout(const mdl_engine *e, char *buf, size_t len)
 {
     snprintf(buf, len, "%s/%dx%d/%d/%s", e->m->cfg.architecture, e->kv->n_layers, e->kv->row, e->kv->block_size,

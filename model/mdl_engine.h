@@ -97,6 +97,7 @@ void mdl_engine_abort(mdl_engine *e, uint64_t id);
 void mdl_engine_release(mdl_engine *e, uint64_t id);
 void mdl_engine_get_stats(mdl_engine *e, mdl_engine_stats *s);
 mdl_kv_pool *mdl_engine_pool(mdl_engine *e);
+int mdl_engine_max_model_len(const mdl_engine *e);
 /* "<arch>/<layers>x<row>/<block>/<dtype>": blocks move only between engines with equal fingerprints. */
 void mdl_engine_layout(const mdl_engine *e, char *buf, size_t len);
 

@@ -1,0 +1,67 @@
+/* What a serving process (prefill, decode, colocated) needs from the model library at start-up: the model and
+ * engine options as one option table, loading the model, and sizing the KV pool from a memory budget. Also
+ * the hand-off record a prefill instance sends a decode instance after the KV blocks (the ready notice). */
+#ifndef MDL_SERVE_H
+#define MDL_SERVE_H
+
+#include <cJSON.h>
+
+#include "common/pd_opts.h"
+#include "model/mdl_engine.h"
+
+typedef struct {
+    char *model;                 /* checkpoint directory */
+    char *served_model_name;     /* default: the directory's last component */
+    char *dtype;                 /* auto|bfloat16|float32 */
+    char *kv_cache_dtype;        /* auto|float16|bfloat16|float32 */
+    int max_num_seqs;
+    int max_num_batched_tokens;
+    int max_model_len;           /* 0: min(max_position_embeddings, 8192) */
+    int block_size;
+    uint64_t kv_cache_memory;    /* bytes for the KV pool */
+    int max_num_queued_reqs;
+    int seed;                    /* default seed for requests without one (-1: random) */
+} mdl_serve_opts;
+
+#define MDL_SERVE_NOPTS 11
+void mdl_serve_defaults(mdl_serve_opts *o);
+/* Writes the option entries (MDL_SERVE_NOPTS) for o into table. */
+void mdl_serve_options(mdl_serve_opts *o, pd_opt *table);
+/* Loads the model and fills engine options; errors are logged and written to err. */
+pd_status mdl_serve_load(mdl_serve_opts *o, mdl_model **m, mdl_engine_opts *eo, char *err, size_t errlen);
+
+/* Parses the generation fields of an internal request body (prompt, max_tokens, min_tokens, logprobs,
+ * ignore_eos, stop_token_ids, sampling{temperature, top_p, top_k, min_p, repetition_penalty,
+ * frequency_penalty, presence_penalty, seed}). Requests without a seed get default_seed ^ salt when
+ * default_seed >= 0. PD_ERR_INVALID with a message naming the field; *prompt is malloc'd on success. */
+pd_status mdl_serve_parse_gen(const mdl_model *m, const cJSON *root, int default_seed, uint64_t salt, int32_t **prompt,
+                              int *n_prompt, mdl_gen_params *p, char *err, size_t errlen);
+
+typedef struct {
+    uint64_t finished[4]; /* by mdl_finish */
+    uint64_t rejected, gen_tokens, prompt_tokens;
+} mdl_serve_counters;
+
+/* GET /health body: status, role, model, layout, max_model_len, load{running, waiting, free_blocks, ...}. */
+cJSON *mdl_serve_health(mdl_engine *e, const char *role, const char *model);
+/* Prometheus text of the engine's gauges and the counters; returns bytes written. */
+size_t mdl_serve_metrics(mdl_engine *e, const mdl_serve_counters *c, char *buf, size_t cap);
+
+/* The ready notice: request id, first token and its logprobs, the last prompt position's hidden state. */
+typedef struct {
+    uint64_t req_id;
+    int32_t first_token;
+    float logprob;
+    int n_top;
+    int32_t top_ids[MDL_MAX_TOP_LOGPROBS];
+    float top_lps[MDL_MAX_TOP_LOGPROBS];
+    int hidden_size;
+    const float *hidden;         /* decode: points into the payload (valid as long as it is) */
+} mdl_handoff;
+
+/* Encodes into a malloc'd buffer (little-endian, versioned). */
+pd_status mdl_handoff_encode(const mdl_handoff *h, void **out, size_t *len);
+/* Decodes and validates; PD_ERR_FORMAT for anything malformed. h->hidden points into buf. */
+pd_status mdl_handoff_decode(const void *buf, size_t len, mdl_handoff *h);
+
+#endif

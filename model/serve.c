@@ -1,0 +1,320 @@
+/* Serving-process set-up shared by pdserve-prefill and pdserve-decode, and the ready-notice codec. */
+#include <string.h>
+
+#include <cJSON.h>
+
+#include "model/mdl_serve.h"
+
+void mdl_serve_defaults(mdl_serve_opts *o)
+{
+    memset(o, 0, sizeof *o);
+    o->max_num_seqs = 64;
+    o->max_num_batched_tokens = 2048;
+    o->block_size = 16;
+    o->kv_cache_memory = 1ull << 30;
+    o->max_num_queued_reqs = 1024;
+    o->seed = -1;
+}
+
+void mdl_serve_options(mdl_serve_opts *o, pd_opt *t)
+{
+    pd_opt opts[MDL_SERVE_NOPTS] = {
+        {"model", PD_OPT_STR, &o->model, "checkpoint directory (config.json, safetensors, tokenizer files)", 0, 0},
+        {"served-model-name", PD_OPT_STR, &o->served_model_name, "model name in the API (default: directory name)", 0, 0},
+        {"dtype", PD_OPT_STR, &o->dtype, "weights: auto|bfloat16|float32 (FP8 checkpoints stay FP8 unless float32)", 0, 0},
+        {"kv-cache-dtype", PD_OPT_STR, &o->kv_cache_dtype, "KV cache: auto(float16)|float16|bfloat16|float32", 0, 0},
+        {"max-num-seqs", PD_OPT_INT, &o->max_num_seqs, "sequences running at once (default 64)", 1, 256},
+        {"max-num-batched-tokens", PD_OPT_INT, &o->max_num_batched_tokens, "prompt tokens per step (default 2048)", 1, 1 << 20},
+        {"max-model-len", PD_OPT_INT, &o->max_model_len, "prompt + output tokens (default min(model, 8192))", 0, 1 << 24},
+        {"block-size", PD_OPT_INT, &o->block_size, "tokens per KV block (default 16)", 1, 4096},
+        {"kv-cache-memory", PD_OPT_SIZE, &o->kv_cache_memory, "bytes for the KV cache pool (default 1G)", 0, 0},
+        {"max-num-queued-reqs", PD_OPT_INT, &o->max_num_queued_reqs, "queued requests before 429 (default 1024)", 1, 1 << 24},
+        {"seed", PD_OPT_INT, &o->seed, "seed of requests that bring none (default: random)", -1, 2147483647},
+    };
+    memcpy(t, opts, sizeof opts);
+}
+
+static pd_status parse_kind(const char *s, int kv, krn_type *out)
+{
+    if (!s || !strcmp(s, "auto")) {
+        *out = kv ? KRN_F16 : KRN_BF16;
+        return PD_OK;
+    }
+    if (!strcmp(s, "bfloat16") || !strcmp(s, "bf16")) *out = KRN_BF16;
+    else if (!strcmp(s, "float32") || !strcmp(s, "fp32")) *out = KRN_F32;
+    else if (kv && (!strcmp(s, "float16") || !strcmp(s, "fp16"))) *out = KRN_F16;
+    else return PD_ERR_INVALID;
+    return PD_OK;
+}
+
+pd_status mdl_serve_load(mdl_serve_opts *o, mdl_model **out, mdl_engine_opts *eo, char *err, size_t errlen)
+{
+    if (!o->model) {
+        snprintf(err, errlen, "--model is required");
+        return PD_ERR_INVALID;
+    }
+    mdl_load_opts lo = mdl_load_defaults();
+    if (parse_kind(o->dtype, 0, &lo.weight_type) != PD_OK) {
+        snprintf(err, errlen, "--dtype: '%s' is not one of auto, bfloat16, float32", o->dtype);
+        return PD_ERR_INVALID;
+    }
+    if (parse_kind(o->kv_cache_dtype, 1, &lo.kv_type) != PD_OK) {
+        snprintf(err, errlen, "--kv-cache-dtype: '%s' is not one of auto, float16, bfloat16, float32", o->kv_cache_dtype);
+        return PD_ERR_INVALID;
+    }
+    mdl_model *m = NULL;
+    pd_status st = mdl_model_load(o->model, &lo, &m, err, errlen);
+    if (st != PD_OK) return st;
+    if (!o->served_model_name) {
+        const char *p = o->model + strlen(o->model);
+        while (p > o->model && p[-1] == '/') p--;
+        const char *end = p;
+        while (p > o->model && p[-1] != '/') p--;
+        o->served_model_name = strndup(p, (size_t)(end - p));
+    }
+    int mml = o->max_model_len ? o->max_model_len : PD_MIN(m->cfg.max_position_embeddings, 8192);
+    if (mml > m->cfg.max_position_embeddings)
+        pd_warn("--max-model-len %d exceeds the model's max_position_embeddings %d", mml,
+                m->cfg.max_position_embeddings);
+    size_t block_bytes = (size_t)(m->n_layers + m->n_mtp) * (size_t)o->block_size * (size_t)mdl_config_kv_row(&m->cfg) *
+                         krn_type_size(lo.kv_type);
+    uint64_t nb = o->kv_cache_memory / block_bytes;
+    if (nb < (uint64_t)(mml + o->block_size - 1) / (uint64_t)o->block_size) {
+        snprintf(err, errlen, "--kv-cache-memory %.1f MB holds %llu blocks of %zu bytes: less than one sequence of "
+                 "--max-model-len %d", o->kv_cache_memory / 1e6, (unsigned long long)nb, block_bytes, mml);
+        mdl_model_destroy(m);
+        return PD_ERR_INVALID;
+    }
+    if (nb > (1u << 30)) nb = 1u << 30;
+    memset(eo, 0, sizeof *eo);
+    eo->max_num_seqs = o->max_num_seqs;
+    eo->max_num_batched_tokens = o->max_num_batched_tokens;
+    eo->max_model_len = mml;
+    eo->block_size = o->block_size;
+    eo->n_blocks = (int)nb;
+    eo->max_waiting = o->max_num_queued_reqs;
+    *out = m;
+    return PD_OK;
+}
+
+#define HANDOFF_MAGIC 0x314e4450u /* "PDN1" */
+
+typedef struct {
+    uint32_t magic, hidden_size;
+    uint64_t req_id;
+    int32_t first_token;
+    float logprob;
+    int32_t n_top;
+    int32_t top_ids[MDL_MAX_TOP_LOGPROBS];
+    float top_lps[MDL_MAX_TOP_LOGPROBS];
+} handoff_wire;
+
+pd_status mdl_handoff_encode(const mdl_handoff *h, void **out, size_t *len)
+{
+    size_t n = sizeof(handoff_wire) + (size_t)h->hidden_size * sizeof(float);
+    uint8_t *b = malloc(n);
+    if (!b) return PD_ERR_NOMEM;
+    handoff_wire w = {HANDOFF_MAGIC, (uint32_t)h->hidden_size, h->req_id, h->first_token, h->logprob, h->n_top, {0}, {0}};
+    memcpy(w.top_ids, h->top_ids, sizeof w.top_ids);
+    memcpy(w.top_lps, h->top_lps, sizeof w.top_lps);
+    memcpy(b, &w, sizeof w);
+    if (h->hidden_size) memcpy(b + sizeof w, h->hidden, (size_t)h->hidden_size * sizeof(float));
+    *out = b;
+    *len = n;
+    return PD_OK;
+}
+
+pd_status mdl_handoff_decode(const void *buf, size_t len, mdl_handoff *h)
+{
+    handoff_wire w;
+    if (len < sizeof w) return PD_ERR_FORMAT;
+    memcpy(&w, buf, sizeof w);
+    if (w.magic != HANDOFF_MAGIC || w.n_top < 0 || w.n_top > MDL_MAX_TOP_LOGPROBS ||
+        len != sizeof w + (size_t)w.hidden_size * sizeof(float))
+        return PD_ERR_FORMAT;
+    memset(h, 0, sizeof *h);
+    h->req_id = w.req_id;
+    h->first_token = w.first_token;
+    h->logprob = w.logprob;
+    h->n_top = w.n_top;
+    memcpy(h->top_ids, w.top_ids, sizeof w.top_ids);
+    memcpy(h->top_lps, w.top_lps, sizeof w.top_lps);
+    h->hidden_size = (int)w.hidden_size;
+    h->hidden = (const float *)((const uint8_t *)buf + sizeof w);
+    return PD_OK;
+}
+
+/* ---- request parsing, health, metrics ---------------------------------------------------------------------- */
+
+static int json_int(const cJSON *o, const char *k, int def, int lo, int hi, int *out, char *err, size_t n)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
+    if (!v || cJSON_IsNull(v)) {
+        *out = def;
+        return 1;
+    }
+    if (!cJSON_IsNumber(v) || v->valuedouble != (double)(long long)v->valuedouble || v->valuedouble < lo ||
+        v->valuedouble > hi) {
+        snprintf(err, n, "'%s' must be an integer in [%d, %d]", k, lo, hi);
+        return 0;
+    }
+    *out = (int)v->valuedouble;
+    return 1;
+}
+
+static int json_num(const cJSON *o, const char *k, double def, double lo, double hi, float *out, char *err, size_t n)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
+    if (!v || cJSON_IsNull(v)) {
+        *out = (float)def;
+        return 1;
+    }
+    if (!cJSON_IsNumber(v) || v->valuedouble < lo || v->valuedouble > hi) {
+        snprintf(err, n, "'%s' must be a number in [%g, %g]", k, lo, hi);
+        return 0;
+    }
+    *out = (float)v->valuedouble;
+    return 1;
+}
+
+/* Parses the request fields shared with the prefill API (prompt, sampling, limits). */
+pd_status mdl_serve_parse_gen(const mdl_model *m, const cJSON *root, int default_seed, uint64_t salt, int32_t **prompt,
+                              int *n_prompt, mdl_gen_params *p, char *err, size_t n)
+{
+    const cJSON *pr = cJSON_GetObjectItemCaseSensitive(root, "prompt");
+    if (!cJSON_IsArray(pr) || cJSON_GetArraySize(pr) < 1) {
+        snprintf(err, n, "'prompt' must be a non-empty array of token ids");
+        return PD_ERR_INVALID;
+    }
+    int np = cJSON_GetArraySize(pr), i = 0;
+    int32_t *t = malloc((size_t)np * sizeof *t);
+    if (!t) {
+        snprintf(err, n, "out of memory");
+        return PD_ERR_INVALID;
+    }
+    const cJSON *v;
+    cJSON_ArrayForEach(v, pr)
+    {
+        if (!cJSON_IsNumber(v) || v->valuedouble < 0 || v->valuedouble >= m->cfg.vocab_size ||
+            v->valuedouble != (double)(int)v->valuedouble) {
+            snprintf(err, n, "'prompt'[%d] is not a token id of this model (vocabulary %d)", i, m->cfg.vocab_size);
+            free(t);
+            return PD_ERR_INVALID;
+        }
+        t[i++] = (int32_t)v->valuedouble;
+    }
+    memset(p, 0, sizeof *p);
+    p->sampling = krn_sampling_defaults();
+    const cJSON *sp = cJSON_GetObjectItemCaseSensitive(root, "sampling");
+    if (sp && !cJSON_IsObject(sp)) {
+        snprintf(err, n, "'sampling' must be an object");
+        free(t);
+        return PD_ERR_INVALID;
+    }
+    int ok = json_int(root, "max_tokens", 16, 1, 1 << 24, &p->max_tokens, err, n) &&
+             json_int(root, "min_tokens", 0, 0, 1 << 24, &p->min_tokens, err, n) &&
+             json_int(root, "logprobs", 0, 0, MDL_MAX_TOP_LOGPROBS, &p->top_logprobs, err, n);
+    if (ok && sp)
+        ok = json_num(sp, "temperature", 1.0, 0, 100, &p->sampling.temperature, err, n) &&
+             json_num(sp, "top_p", 1.0, 1e-9, 1, &p->sampling.top_p, err, n) &&
+             json_int(sp, "top_k", 0, -1, 1 << 30, &p->sampling.top_k, err, n) &&
+             json_num(sp, "min_p", 0, 0, 1, &p->sampling.min_p, err, n) &&
+             json_num(sp, "repetition_penalty", 1, 1e-6, 100, &p->sampling.repetition_penalty, err, n) &&
+             json_num(sp, "frequency_penalty", 0, -2, 2, &p->sampling.frequency_penalty, err, n) &&
+             json_num(sp, "presence_penalty", 0, -2, 2, &p->sampling.presence_penalty, err, n);
+    if (ok && sp) {
+        const cJSON *seed = cJSON_GetObjectItemCaseSensitive(sp, "seed");
+        if (cJSON_IsNumber(seed)) {
+            p->has_seed = 1;
+            p->seed = (uint64_t)(int64_t)seed->valuedouble;
+        } else if (seed && !cJSON_IsNull(seed)) {
+            snprintf(err, n, "'seed' must be an integer");
+            ok = 0;
+        }
+    }
+    if (ok && !p->has_seed && default_seed >= 0) {
+        p->has_seed = 1;
+        p->seed = (uint64_t)default_seed ^ salt;
+    }
+    const cJSON *ie = cJSON_GetObjectItemCaseSensitive(root, "ignore_eos");
+    if (ok && ie && !cJSON_IsBool(ie)) {
+        snprintf(err, n, "'ignore_eos' must be true or false");
+        ok = 0;
+    }
+    p->ignore_eos = cJSON_IsTrue(ie);
+    const cJSON *st = cJSON_GetObjectItemCaseSensitive(root, "stop_token_ids");
+    if (ok && st) {
+        if (!cJSON_IsArray(st) || cJSON_GetArraySize(st) > MDL_MAX_STOP_IDS) {
+            snprintf(err, n, "'stop_token_ids' must be an array of at most %d token ids", MDL_MAX_STOP_IDS);
+            ok = 0;
+        } else {
+            cJSON_ArrayForEach(v, st)
+            {
+                if (!cJSON_IsNumber(v) || v->valuedouble < 0 || v->valuedouble >= m->cfg.vocab_size) {
+                    snprintf(err, n, "'stop_token_ids' holds a value that is not a token id");
+                    ok = 0;
+                    break;
+                }
+                p->stop_ids[p->n_stop_ids++] = (int32_t)v->valuedouble;
+            }
+        }
+    }
+    if (!ok) {
+        free(t);
+        return PD_ERR_INVALID;
+    }
+    *prompt = t;
+    *n_prompt = np;
+    return PD_OK;
+}
+
+cJSON *mdl_serve_health(mdl_engine *e, const char *role, const char *model)
+{
+    mdl_engine_stats st;
+    mdl_engine_get_stats(e, &st);
+    char layout[160];
+    mdl_engine_layout(e, layout, sizeof layout);
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "status", "ok");
+    cJSON_AddStringToObject(o, "role", role);
+    cJSON_AddStringToObject(o, "model", model);
+    cJSON_AddStringToObject(o, "layout", layout);
+    cJSON_AddNumberToObject(o, "max_model_len", mdl_engine_max_model_len(e));
+    cJSON *l = cJSON_AddObjectToObject(o, "load");
+    cJSON_AddNumberToObject(l, "running", st.running);
+    cJSON_AddNumberToObject(l, "waiting", st.waiting);
+    cJSON_AddNumberToObject(l, "free_blocks", st.free_blocks);
+    cJSON_AddNumberToObject(l, "total_blocks", st.total_blocks);
+    cJSON_AddNumberToObject(l, "queued_tokens", (double)st.queued_prompt_tokens);
+    return o;
+}
+
+size_t mdl_serve_metrics(mdl_engine *e, const mdl_serve_counters *c, char *buf, size_t cap)
+{
+    mdl_engine_stats st;
+    mdl_engine_get_stats(e, &st);
+    int n = snprintf(buf, cap,
+                     "# HELP pdserve_num_requests_running Requests in the running batch.\n"
+                     "# TYPE pdserve_num_requests_running gauge\npdserve_num_requests_running %d\n"
+                     "# HELP pdserve_num_requests_waiting Requests waiting for prefill or for their KV.\n"
+                     "# TYPE pdserve_num_requests_waiting gauge\npdserve_num_requests_waiting %d\n"
+                     "# HELP pdserve_kv_cache_usage_perc Fraction of KV cache blocks in use (0-1).\n"
+                     "# TYPE pdserve_kv_cache_usage_perc gauge\npdserve_kv_cache_usage_perc %.6f\n"
+                     "# HELP pdserve_kv_cache_free_blocks Free KV cache blocks.\n"
+                     "# TYPE pdserve_kv_cache_free_blocks gauge\npdserve_kv_cache_free_blocks %d\n"
+                     "# HELP pdserve_generation_tokens_total Tokens generated.\n"
+                     "# TYPE pdserve_generation_tokens_total counter\npdserve_generation_tokens_total %llu\n"
+                     "# HELP pdserve_prompt_tokens_total Prompt tokens processed.\n"
+                     "# TYPE pdserve_prompt_tokens_total counter\npdserve_prompt_tokens_total %llu\n"
+                     "# HELP pdserve_request_rejected_total Requests refused at admission.\n"
+                     "# TYPE pdserve_request_rejected_total counter\npdserve_request_rejected_total %llu\n"
+                     "# HELP pdserve_request_success_total Finished requests by finish reason.\n"
+                     "# TYPE pdserve_request_success_total counter\n",
+                     st.running, st.waiting, 1.0 - (double)st.free_blocks / st.total_blocks, st.free_blocks,
+                     (unsigned long long)c->gen_tokens, (unsigned long long)c->prompt_tokens,
+                     (unsigned long long)c->rejected);
+    for (int f = 0; f < 4 && n > 0 && (size_t)n < cap; f++)
+        n += snprintf(buf + n, cap - (size_t)n, "pdserve_request_success_total{finished_reason=\"%s\"} %llu\n",
+                      mdl_finish_str((mdl_finish)f), (unsigned long long)c->finished[f]);
+    return n < 0 ? 0 : PD_MIN((size_t)n, cap - 1);
+}
