@@ -21,6 +21,7 @@ typedef struct seq {
     int abort_req, release_req, prefilling;
     int32_t first_token;
     float first_logprob;
+    mdl_event first_top;      /* REMOTE_KV: the first token's alternatives */
     float *hidden;            /* [hidden] last main hidden state (MTP input) */
     double t_submit, t_prefill0, t_prefill1, t_decode0;
     struct seq *next;
@@ -299,7 +300,7 @@ static void *engine_main(void *arg)
                 s->t_decode0 = pd_time_now();
                 s->n_cached = s->n_prompt;
                 s->n_mtp_cached = s->n_prompt - 1;
-                emit_token(e, s, s->first_token, s->first_logprob, NULL);
+                emit_token(e, s, s->first_token, s->first_logprob, &s->first_top);
                 continue; /* s may be gone */
             }
         }
@@ -562,10 +563,11 @@ int mdl_engine_blocks(mdl_engine *e, uint64_t id, int *out, int cap)
     return n;
 }
 
-pd_status mdl_engine_kv_ready(mdl_engine *e, uint64_t id, int32_t first_token, float first_logprob,
-                              const float *hidden)
+pd_status mdl_engine_kv_ready(mdl_engine *e, uint64_t id, int32_t first_token, float first_logprob, int n_top,
+                              const int32_t *top_ids, const float *top_lps, const float *hidden)
 {
-    if (first_token < 0 || first_token >= e->m->cfg.vocab_size) return PD_ERR_INVALID;
+    if (first_token < 0 || first_token >= e->m->cfg.vocab_size || n_top < 0 || n_top > MDL_MAX_TOP_LOGPROBS)
+        return PD_ERR_INVALID;
     pthread_mutex_lock(&e->mu);
     seq *s = find(e, id);
     pd_status st = PD_OK;
@@ -573,6 +575,12 @@ pd_status mdl_engine_kv_ready(mdl_engine *e, uint64_t id, int32_t first_token, f
     else {
         s->first_token = first_token;
         s->first_logprob = first_logprob;
+        memset(&s->first_top, 0, sizeof s->first_top);
+        s->first_top.n_top = n_top;
+        if (n_top) {
+            memcpy(s->first_top.top_ids, top_ids, (size_t)n_top * sizeof *top_ids);
+            memcpy(s->first_top.top_lps, top_lps, (size_t)n_top * sizeof *top_lps);
+        }
         if (hidden) memcpy(s->hidden, hidden, (size_t)e->m->cfg.hidden_size * sizeof(float));
         s->state = SEQ_KV_READY;
         s->t_prefill0 = s->t_prefill1 = pd_time_now();

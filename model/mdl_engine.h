@@ -88,9 +88,10 @@ pd_status mdl_engine_submit(mdl_engine *e, uint64_t id, void *user, const int32_
                             const mdl_gen_params *p, mdl_req_mode mode);
 /* Block ids reserved for a request (copied into out, up to cap); returns the count or -1 when unknown. */
 int mdl_engine_blocks(mdl_engine *e, uint64_t id, int *out, int cap);
-/* REMOTE_KV: the prompt's KV is in place; first_token was sampled by the prefill side. */
-pd_status mdl_engine_kv_ready(mdl_engine *e, uint64_t id, int32_t first_token, float first_logprob,
-                              const float *hidden);
+/* REMOTE_KV: the prompt's KV is in place; the first token (with its logprob and n_top alternatives) was
+ * sampled by the prefill side; hidden is the last prompt position's hidden state (may be NULL). */
+pd_status mdl_engine_kv_ready(mdl_engine *e, uint64_t id, int32_t first_token, float first_logprob, int n_top,
+                              const int32_t *top_ids, const float *top_lps, const float *hidden);
 /* Ends a request (DONE with ABORT follows unless it already finished). Unknown ids are ignored. */
 void mdl_engine_abort(mdl_engine *e, uint64_t id);
 /* PREFILL_ONLY: frees the blocks once the transfer is over. */

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PKGS=(build-essential cmake pkg-config libevent-dev libcjson-dev libucx-dev ucx-utils libyaml-dev
-      libopenblas-dev libjemalloc-dev check libpcre2-dev nodejs xz-utils)
+      libopenblas-dev libjemalloc-dev check libpcre2-dev nodejs xz-utils curl python3)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,0 +1,1019 @@
+/* The OpenAI-compatible API: /v1/completions, /v1/chat/completions (JSON or SSE), /v1/models, /tokenize,
+ * /detokenize, /health, /metrics, /admin/instances. Requests are validated here (clear 400s naming the
+ * field), turned into token prompts, split into choices (prompt x n) that relay.c runs, and answered in
+ * OpenAI's shapes. */
+#include <event2/buffer.h>
+#include <event2/keyvalq_struct.h>
+#include <stdarg.h>
+#include <string.h>
+#include <time.h>
+
+#include "model/mdl_config.h"
+#include "model/mdl_engine.h"
+#include "router/rt_req.h"
+
+/* ---- validation helpers --------------------------------------------------------------------------------- */
+
+typedef struct {
+    int status;
+    char param[64];
+    char msg[512];
+} rt_err;
+
+static int bad(rt_err *e, const char *param, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int bad(rt_err *e, const char *param, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(e->msg, sizeof e->msg, fmt, ap);
+    va_end(ap);
+    snprintf(e->param, sizeof e->param, "%s", param ? param : "");
+    e->status = 400;
+    return 0;
+}
+
+/* Optional number in [lo, hi]; integer when want_int. */
+static int opt_num(const cJSON *o, const char *k, double lo, double hi, int want_int, double *out, rt_err *e)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
+    if (!v || cJSON_IsNull(v)) return 1;
+    if (!cJSON_IsNumber(v)) return bad(e, k, "'%s' must be a number", k);
+    if (want_int && v->valuedouble != (double)(long long)v->valuedouble) return bad(e, k, "'%s' must be an integer", k);
+    if (v->valuedouble < lo || v->valuedouble > hi) return bad(e, k, "'%s' must be in [%g, %g]", k, lo, hi);
+    *out = v->valuedouble;
+    return 1;
+}
+
+static int opt_bool(const cJSON *o, const char *k, int *out, rt_err *e)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
+    if (!v || cJSON_IsNull(v)) return 1;
+    if (!cJSON_IsBool(v)) return bad(e, k, "'%s' must be true or false", k);
+    *out = cJSON_IsTrue(v);
+    return 1;
+}
+
+/* ---- requests -------------------------------------------------------------------------------------------- */
+
+static void timeout_cb(evutil_socket_t fd, short what, void *arg);
+
+static void req_free(rt_req *r)
+{
+    rt_router *rt = r->rt;
+    for (rt_req **pp = &rt->reqs; *pp; pp = &(*pp)->next)
+        if (*pp == r) {
+            *pp = r->next;
+            break;
+        }
+    if (r->http) evhttp_connection_set_closecb(evhttp_request_get_connection(r->http), NULL, NULL);
+    for (int i = 0; i < r->n_ch; i++) rt_choice_free(&r->ch[i]);
+    free(r->ch);
+    free(r->prompts);
+    for (int i = 0; i < r->n_stops; i++) free(r->stops[i]);
+    cJSON_Delete(r->sampling);
+    if (r->timer) event_free(r->timer);
+    free(r);
+}
+
+void rt_req_progress(rt_req *r)
+{
+    struct timeval tv = {(long)r->rt->o->request_timeout, 0};
+    if (r->timer) evtimer_add(r->timer, &tv);
+}
+
+static void close_cb(struct evhttp_connection *c, void *arg)
+{
+    (void)c;
+    rt_req *r = arg;
+    r->http = NULL;
+    pd_info("router: %s: client went away; aborting", r->id);
+    for (int i = 0; i < r->n_ch; i++) rt_choice_cancel(&r->ch[i]);
+    r->rt->finished[2]++;
+    req_free(r);
+}
+
+static void sse_send(rt_req *r, cJSON *o)
+{
+    if (!r->http) return;
+    char *txt = cJSON_PrintUnformatted(o);
+    if (!txt) return;
+    struct evbuffer *b = evbuffer_new();
+    evbuffer_add_printf(b, "data: %s\n\n", txt);
+    evhttp_send_reply_chunk(r->http, b);
+    evbuffer_free(b);
+    free(txt);
+}
+
+static void sse_start(rt_req *r)
+{
+    if (r->sse_started || !r->http) return;
+    r->sse_started = 1;
+    pd_http_stream_start(r->http, 200, "text/event-stream");
+}
+
+static cJSON *chunk_base(rt_req *r)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "id", r->id);
+    cJSON_AddStringToObject(o, "object", r->chat ? "chat.completion.chunk" : "text_completion");
+    cJSON_AddNumberToObject(o, "created", (double)r->created);
+    cJSON_AddStringToObject(o, "model", r->rt->o->served_model_name);
+    return o;
+}
+
+static void add_lp(cJSON *dst, rt_req *r, cJSON *entries)
+{
+    /* chat: {"content":[entries]}; completions: {"tokens":[...],"token_logprobs":[...],"top_logprobs":[...]} */
+    if (r->chat) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddItemToObject(o, "content", entries);
+        cJSON_AddItemToObject(dst, "logprobs", o);
+        return;
+    }
+    cJSON *o = cJSON_CreateObject(), *toks = cJSON_AddArrayToObject(o, "tokens");
+    cJSON *lps = cJSON_AddArrayToObject(o, "token_logprobs"), *tops = cJSON_AddArrayToObject(o, "top_logprobs");
+    cJSON_AddItemToObject(o, "text_offset", cJSON_CreateArray());
+    const cJSON *e;
+    cJSON_ArrayForEach(e, entries)
+    {
+        cJSON_AddItemToArray(toks, cJSON_Duplicate(cJSON_GetObjectItem(e, "token"), 1));
+        cJSON_AddItemToArray(lps, cJSON_Duplicate(cJSON_GetObjectItem(e, "logprob"), 1));
+        const cJSON *t = cJSON_GetObjectItem(e, "top_logprobs");
+        cJSON *m = cJSON_CreateObject();
+        const cJSON *x;
+        cJSON_ArrayForEach(x, t) cJSON_AddItemToObject(m, cJSON_GetObjectItem(x, "token")->valuestring,
+                                                       cJSON_Duplicate(cJSON_GetObjectItem(x, "logprob"), 1));
+        cJSON_AddItemToArray(tops, m);
+    }
+    cJSON_Delete(entries);
+    cJSON_AddItemToObject(dst, "logprobs", o);
+}
+
+static void grow_append(char **buf, size_t *len, size_t *cap, const char *s, size_t n)
+{
+    if (*len + n + 1 > *cap) {
+        size_t nc = *cap ? *cap * 2 : 256;
+        while (nc < *len + n + 1) nc *= 2;
+        char *b = realloc(*buf, nc);
+        PD_ASSERT(b != NULL);
+        *buf = b;
+        *cap = nc;
+    }
+    memcpy(*buf + *len, s, n);
+    *len += n;
+    (*buf)[*len] = '\0';
+}
+
+static cJSON *str_n(const char *s, size_t n)
+{
+    char *t = strndup(s, n);
+    cJSON *o = cJSON_CreateString(t ? t : "");
+    free(t);
+    return o;
+}
+
+void rt_req_choice_delta(rt_req *r, rt_choice *c, const char *rs, size_t rl, const char *cs, size_t cl, cJSON *lps)
+{
+    if (!r->stream) { /* accumulate */
+        if (rl) grow_append(&c->reasoning, &c->reasoning_len, &c->reasoning_cap, rs, rl);
+        if (cl) grow_append(&c->content, &c->content_len, &c->content_cap, cs, cl);
+        if (lps) {
+            cJSON *e;
+            while ((e = cJSON_DetachItemFromArray(lps, 0)) != NULL) cJSON_AddItemToArray(c->lp_tokens, e);
+            cJSON_Delete(lps);
+        }
+        return;
+    }
+    sse_start(r);
+    cJSON *o = chunk_base(r), *chs = cJSON_AddArrayToObject(o, "choices"), *ch = cJSON_CreateObject();
+    cJSON_AddNumberToObject(ch, "index", c->index);
+    if (r->chat) {
+        cJSON *d = cJSON_AddObjectToObject(ch, "delta");
+        if (rl) cJSON_AddItemToObject(d, "reasoning_content", str_n(rs, rl));
+        if (cl || !rl) cJSON_AddItemToObject(d, "content", str_n(cs ? cs : "", cl));
+    } else {
+        cJSON_AddItemToObject(ch, "text", str_n(cs ? cs : "", cl));
+    }
+    if (lps) add_lp(ch, r, lps);
+    else cJSON_AddNullToObject(ch, "logprobs");
+    cJSON_AddNullToObject(ch, "finish_reason");
+    cJSON_AddItemToArray(chs, ch);
+    sse_send(r, o);
+    cJSON_Delete(o);
+}
+
+static cJSON *usage_json(rt_req *r)
+{
+    int comp = 0;
+    for (int i = 0; i < r->n_ch; i++) comp += r->ch[i].n_gen;
+    cJSON *u = cJSON_CreateObject();
+    cJSON_AddNumberToObject(u, "prompt_tokens", r->prompt_tokens);
+    cJSON_AddNumberToObject(u, "completion_tokens", comp);
+    cJSON_AddNumberToObject(u, "total_tokens", r->prompt_tokens + comp);
+    return u;
+}
+
+static cJSON *stop_reason(const rt_choice *c)
+{
+    if (c->stop_str[0]) return cJSON_CreateString(c->stop_str);
+    if (c->stop_token >= 0 && !strcmp(c->finish, "stop")) return cJSON_CreateNumber(c->stop_token);
+    return cJSON_CreateNull();
+}
+
+static void send_error(rt_req *r, int status, const char *msg)
+{
+    if (!r->http || r->error_sent) return;
+    r->error_sent = 1;
+    if (r->sse_started) { /* the stream has started: an error event, then [DONE] */
+        cJSON *e = pd_http_error_json(status, NULL, NULL, msg);
+        sse_send(r, e);
+        cJSON_Delete(e);
+        pd_http_stream_write(r->http, "data: [DONE]\n\n", 14);
+        pd_http_stream_end(r->http);
+    } else {
+        if (status == 429 || status == 503)
+            evhttp_add_header(evhttp_request_get_output_headers(r->http), "Retry-After", "1");
+        pd_http_reply_error(r->http, status, NULL, NULL, "%s", msg);
+    }
+}
+
+static void log_request(rt_req *r, const char *outcome)
+{
+    int comp = 0;
+    double ttft = 0;
+    char inst[300] = "";
+    size_t n = 0;
+    for (int i = 0; i < r->n_ch; i++) {
+        comp += r->ch[i].n_gen;
+        if (r->ch[i].t_first > 0 && (ttft == 0 || r->ch[i].t_first - r->t0 < ttft)) ttft = r->ch[i].t_first - r->t0;
+    }
+    for (int i = 0; i < r->n_ch && n < sizeof inst - 1; i++)
+        n += (size_t)snprintf(inst + n, sizeof inst - n, "%s%s", i ? " " : "", r->ch[i].failed_msg[0] ? "-" : "ok");
+    pd_info("router: %s %s: %d prompt + %d completion tokens, %d choice(s), ttft %.3f s, total %.3f s (%s)", r->id,
+            outcome, r->prompt_tokens, comp, r->n_ch, ttft, pd_time_now() - r->t0, inst);
+}
+
+void rt_req_choice_done(rt_req *r, rt_choice *c)
+{
+    rt_router *rt = r->rt;
+    r->n_done++;
+    if (c->failed_status) {
+        /* one failed choice fails the request: stop the others */
+        for (int i = 0; i < r->n_ch; i++)
+            if (!r->ch[i].done) {
+                r->ch[i].done = 1;
+                r->ch[i].finish = "abort";
+                rt_choice_cancel(&r->ch[i]);
+                r->n_done++;
+            }
+        rt->n_errors++;
+        rt->finished[3]++;
+        pd_warn("router: %s failed: %s", r->id, c->failed_msg);
+        send_error(r, c->failed_status, c->failed_msg);
+        log_request(r, "failed");
+        req_free(r);
+        return;
+    }
+    if (r->stream && r->http) { /* the choice's final chunk */
+        sse_start(r);
+        cJSON *o = chunk_base(r), *chs = cJSON_AddArrayToObject(o, "choices"), *ch = cJSON_CreateObject();
+        cJSON_AddNumberToObject(ch, "index", c->index);
+        if (r->chat) cJSON_AddObjectToObject(ch, "delta");
+        else cJSON_AddStringToObject(ch, "text", "");
+        cJSON_AddNullToObject(ch, "logprobs");
+        cJSON_AddStringToObject(ch, "finish_reason", c->finish);
+        cJSON_AddItemToObject(ch, "stop_reason", stop_reason(c));
+        cJSON_AddItemToArray(chs, ch);
+        sse_send(r, o);
+        cJSON_Delete(o);
+    }
+    if (r->n_done < r->n_ch) return;
+    rt->prompt_tokens += (uint64_t)r->prompt_tokens;
+    for (int i = 0; i < r->n_ch; i++)
+        rt->finished[!strcmp(r->ch[i].finish, "length") ? 1 : !strcmp(r->ch[i].finish, "abort") ? 2 : 0]++;
+    if (r->stream) {
+        if (r->include_usage) {
+            cJSON *o = chunk_base(r);
+            cJSON_AddArrayToObject(o, "choices");
+            cJSON_AddItemToObject(o, "usage", usage_json(r));
+            sse_send(r, o);
+            cJSON_Delete(o);
+        }
+        if (r->http) {
+            pd_http_stream_write(r->http, "data: [DONE]\n\n", 14);
+            pd_http_stream_end(r->http);
+        }
+    } else if (r->http) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "id", r->id);
+        cJSON_AddStringToObject(o, "object", r->chat ? "chat.completion" : "text_completion");
+        cJSON_AddNumberToObject(o, "created", (double)r->created);
+        cJSON_AddStringToObject(o, "model", rt->o->served_model_name);
+        cJSON *chs = cJSON_AddArrayToObject(o, "choices");
+        for (int i = 0; i < r->n_ch; i++) {
+            rt_choice *x = &r->ch[i];
+            cJSON *ch = cJSON_CreateObject();
+            cJSON_AddNumberToObject(ch, "index", i);
+            if (r->chat) {
+                cJSON *m = cJSON_AddObjectToObject(ch, "message");
+                cJSON_AddStringToObject(m, "role", "assistant");
+                cJSON_AddStringToObject(m, "content", x->content ? x->content : "");
+                if (x->reasoning_len) cJSON_AddStringToObject(m, "reasoning_content", x->reasoning);
+            } else {
+                cJSON_AddStringToObject(ch, "text", x->content ? x->content : "");
+            }
+            if (x->lp_tokens) {
+                add_lp(ch, r, x->lp_tokens);
+                x->lp_tokens = NULL;
+            } else {
+                cJSON_AddNullToObject(ch, "logprobs");
+            }
+            cJSON_AddStringToObject(ch, "finish_reason", x->finish);
+            cJSON_AddItemToObject(ch, "stop_reason", stop_reason(x));
+            cJSON_AddItemToArray(chs, ch);
+        }
+        cJSON_AddItemToObject(o, "usage", usage_json(r));
+        cJSON *t = cJSON_AddObjectToObject(o, "pdserve_timing"); /* phase timings of the first choice */
+        cJSON_AddNumberToObject(t, "queue_s", r->ch[0].timing_queue);
+        cJSON_AddNumberToObject(t, "prefill_s", r->ch[0].timing_prefill);
+        cJSON_AddNumberToObject(t, "transfer_s", r->ch[0].timing_transfer);
+        cJSON_AddNumberToObject(t, "decode_s", r->ch[0].timing_decode);
+        pd_http_reply_json(r->http, 200, o);
+        cJSON_Delete(o);
+    }
+    log_request(r, "done");
+    req_free(r);
+}
+
+static void timeout_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    rt_req *r = arg;
+    for (int i = 0; i < r->n_ch; i++)
+        if (!r->ch[i].done) {
+            rt_choice *c = &r->ch[i];
+            c->failed_status = 504;
+            snprintf(c->failed_msg, sizeof c->failed_msg, "no progress for %.0f s", r->rt->o->request_timeout);
+            c->done = 1;
+            c->finish = "error";
+            rt_choice_cancel(c);
+            rt_req_choice_done(r, c); /* fails the whole request */
+            return;
+        }
+}
+
+cJSON *rt_token_logprob_entry(rt_router *rt, int chat, int32_t id, double lp, const cJSON *top)
+{
+    (void)chat;
+    cJSON *e = cJSON_CreateObject();
+    char *txt = NULL;
+    size_t n = 0;
+    int32_t one = id;
+    if (mdl_tokenizer_decode(rt->tok, &one, 1, 0, &txt, &n) != PD_OK) txt = NULL;
+    /* a token may be part of a character: show U+FFFD for broken bytes, give the bytes as they are */
+    cJSON *bytes = cJSON_CreateArray();
+    char shown[512];
+    size_t k = 0;
+    for (size_t i = 0; txt && i < n && k < sizeof shown - 4;) {
+        unsigned char ch = (unsigned char)txt[i];
+        int len = ch < 0x80 ? 1 : (ch >> 5) == 6 ? 2 : (ch >> 4) == 14 ? 3 : (ch >> 3) == 30 ? 4 : 0;
+        int ok = len > 0 && i + (size_t)len <= n;
+        for (int j = 1; ok && j < len; j++) ok = ((unsigned char)txt[i + j] & 0xC0) == 0x80;
+        if (ok) {
+            memcpy(shown + k, txt + i, (size_t)len);
+            k += (size_t)len;
+            i += (size_t)len;
+        } else {
+            memcpy(shown + k, "\xEF\xBF\xBD", 3);
+            k += 3;
+            i++;
+        }
+    }
+    shown[k] = '\0';
+    for (size_t i = 0; txt && i < n; i++) cJSON_AddItemToArray(bytes, cJSON_CreateNumber((unsigned char)txt[i]));
+    free(txt);
+    cJSON_AddStringToObject(e, "token", shown);
+    cJSON_AddNumberToObject(e, "logprob", lp);
+    cJSON_AddItemToObject(e, "bytes", bytes);
+    cJSON *tops = cJSON_AddArrayToObject(e, "top_logprobs");
+    const cJSON *pair;
+    cJSON_ArrayForEach(pair, top)
+    {
+        const cJSON *tid = cJSON_GetArrayItem(pair, 0), *tlp = cJSON_GetArrayItem(pair, 1);
+        if (!cJSON_IsNumber(tid) || !cJSON_IsNumber(tlp)) continue;
+        cJSON *x = rt_token_logprob_entry(rt, chat, (int32_t)tid->valuedouble, tlp->valuedouble, NULL);
+        cJSON_DeleteItemFromObject(x, "top_logprobs");
+        cJSON_AddItemToArray(tops, x);
+    }
+    return e;
+}
+
+/* ---- building a request ----------------------------------------------------------------------------------- */
+
+static int add_prompt(rt_req *r, const int32_t *ids, int n, int *cap)
+{
+    if (r->n_prompts + n > *cap) {
+        int nc = PD_MAX(*cap * 2, r->n_prompts + n + 64);
+        int32_t *np = realloc(r->prompts, (size_t)nc * sizeof *np);
+        if (!np) return 0;
+        r->prompts = np;
+        *cap = nc;
+    }
+    memcpy(r->prompts + r->n_prompts, ids, (size_t)n * sizeof *ids);
+    r->n_prompts += n;
+    return 1;
+}
+
+/* Parses the prompts of a completions request into r->prompts; starts/lengths into the arrays. */
+static int completion_prompts(rt_router *rt, const cJSON *prompt, rt_req *r, int *starts, int *lens, int *n_prompts,
+                              int max_prompts, rt_err *e)
+{
+    int cap = 0;
+    if (!prompt) return bad(e, "prompt", "'prompt' is required");
+    const cJSON *items[1] = {prompt};
+    const cJSON *list = NULL;
+    int n = 0;
+    int ids_prompt = cJSON_IsArray(prompt) && cJSON_GetArraySize(prompt) > 0 && cJSON_IsNumber(cJSON_GetArrayItem(prompt, 0));
+    if (cJSON_IsString(prompt) || ids_prompt) n = 1;
+    else if (cJSON_IsArray(prompt)) {
+        list = prompt;
+        n = cJSON_GetArraySize(prompt);
+    } else return bad(e, "prompt", "'prompt' must be a string, a list of strings, or token ids");
+    if (n < 1) return bad(e, "prompt", "'prompt' must not be empty");
+    if (n > max_prompts) return bad(e, "prompt", "at most %d prompts per request", max_prompts);
+    for (int i = 0; i < n; i++) {
+        const cJSON *p = list ? cJSON_GetArrayItem(list, i) : items[0];
+        starts[i] = r->n_prompts;
+        if (cJSON_IsString(p)) {
+            int32_t *ids = NULL;
+            size_t nid = 0;
+            unsigned flags = mdl_tokenizer_add_bos_default(rt->tok) ? MDL_ENCODE_ADD_BOS : 0;
+            if (mdl_tokenizer_encode(rt->tok, p->valuestring, strlen(p->valuestring), flags, &ids, &nid) != PD_OK)
+                return bad(e, "prompt", "'prompt' is not valid UTF-8 text");
+            int ok = nid > 0 && add_prompt(r, ids, (int)nid, &cap);
+            free(ids);
+            if (!ok) return bad(e, "prompt", "'prompt' is empty");
+        } else if (cJSON_IsArray(p)) {
+            int m = cJSON_GetArraySize(p);
+            if (m < 1) return bad(e, "prompt", "a token-id prompt must not be empty");
+            const cJSON *v;
+            cJSON_ArrayForEach(v, p)
+            {
+                if (!cJSON_IsNumber(v) || v->valuedouble < 0 || v->valuedouble >= rt->vocab_size ||
+                    v->valuedouble != (double)(int)v->valuedouble)
+                    return bad(e, "prompt", "token ids must be integers in [0, %d)", rt->vocab_size);
+                int32_t id = (int32_t)v->valuedouble;
+                if (!add_prompt(r, &id, 1, &cap)) return bad(e, "prompt", "out of memory");
+            }
+        } else {
+            return bad(e, "prompt", "prompt %d must be a string or a list of token ids", i);
+        }
+        lens[i] = r->n_prompts - starts[i];
+    }
+    *n_prompts = n;
+    return 1;
+}
+
+/* Checks messages and returns a copy with content normalised to strings (text parts joined). */
+static cJSON *normalise_messages(const cJSON *msgs, rt_err *e)
+{
+    if (!cJSON_IsArray(msgs) || cJSON_GetArraySize(msgs) < 1) {
+        bad(e, "messages", "'messages' must be a non-empty list");
+        return NULL;
+    }
+    cJSON *out = cJSON_CreateArray();
+    int i = 0;
+    const cJSON *m;
+    cJSON_ArrayForEach(m, msgs)
+    {
+        const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role"), *content = cJSON_GetObjectItemCaseSensitive(m, "content");
+        if (!cJSON_IsObject(m) || !cJSON_IsString(role)) {
+            bad(e, "messages", "messages[%d] needs a string 'role'", i);
+            goto fail;
+        }
+        const char *rl = role->valuestring;
+        if (strcmp(rl, "system") && strcmp(rl, "user") && strcmp(rl, "assistant") && strcmp(rl, "tool") &&
+            strcmp(rl, "developer")) {
+            bad(e, "messages", "messages[%d].role '%s' is not one of system, user, assistant, tool, developer", i, rl);
+            goto fail;
+        }
+        cJSON *copy = cJSON_Duplicate(m, 1);
+        if (!strcmp(rl, "developer")) cJSON_ReplaceItemInObject(copy, "role", cJSON_CreateString("system"));
+        if (cJSON_IsArray(content)) { /* [{"type":"text","text":...}, ...] */
+            size_t total = 0;
+            const cJSON *part;
+            cJSON_ArrayForEach(part, content)
+            {
+                const cJSON *ty = cJSON_GetObjectItem(part, "type"), *tx = cJSON_GetObjectItem(part, "text");
+                if (!cJSON_IsString(ty) || strcmp(ty->valuestring, "text") || !cJSON_IsString(tx)) {
+                    cJSON_Delete(copy);
+                    bad(e, "messages", "messages[%d].content: only text parts are supported", i);
+                    goto fail;
+                }
+                total += strlen(tx->valuestring);
+            }
+            char *joined = malloc(total + 1);
+            size_t k = 0;
+            cJSON_ArrayForEach(part, content)
+            {
+                const char *tx = cJSON_GetObjectItem(part, "text")->valuestring;
+                memcpy(joined + k, tx, strlen(tx));
+                k += strlen(tx);
+            }
+            joined[k] = '\0';
+            cJSON_ReplaceItemInObject(copy, "content", cJSON_CreateString(joined));
+            free(joined);
+        } else if (!cJSON_IsString(content) && !(cJSON_IsNull(content) && !strcmp(rl, "assistant"))) {
+            cJSON_Delete(copy);
+            bad(e, "messages", "messages[%d].content must be a string", i);
+            goto fail;
+        }
+        cJSON_AddItemToArray(out, copy);
+        i++;
+    }
+    return out;
+fail:
+    cJSON_Delete(out);
+    return NULL;
+}
+
+/* Renders the chat template and tokenizes; sets r->think when the prompt opens a reasoning block. */
+static int chat_prompt(rt_router *rt, const cJSON *root, rt_req *r, int *len, rt_err *e)
+{
+    if (!rt->tmpl) return bad(e, "messages", "this model has no chat template; use /v1/completions");
+    cJSON *msgs = normalise_messages(cJSON_GetObjectItemCaseSensitive(root, "messages"), e);
+    if (!msgs) return 0;
+    int agp = 1;
+    if (!opt_bool(root, "add_generation_prompt", &agp, e)) {
+        cJSON_Delete(msgs);
+        return 0;
+    }
+    cJSON *vars = cJSON_CreateObject();
+    const cJSON *kw = cJSON_GetObjectItemCaseSensitive(root, "chat_template_kwargs");
+    if (cJSON_IsObject(kw)) {
+        const cJSON *v;
+        cJSON_ArrayForEach(v, kw) cJSON_AddItemToObject(vars, v->string, cJSON_Duplicate(v, 1));
+    }
+    const cJSON *tools = cJSON_GetObjectItemCaseSensitive(root, "tools");
+    if (cJSON_IsArray(tools)) cJSON_AddItemToObject(vars, "tools", cJSON_Duplicate(tools, 1));
+    char *text = NULL, err[512] = "";
+    size_t tl = 0;
+    pd_status st = mdl_chat_template_render(rt->tmpl, msgs, agp, vars, &text, &tl, err, sizeof err);
+    cJSON_Delete(msgs);
+    cJSON_Delete(vars);
+    if (st != PD_OK) return bad(e, "messages", "chat template: %s", err[0] ? err : pd_status_str(st));
+    int32_t *ids = NULL;
+    size_t n = 0;
+    st = mdl_tokenizer_encode(rt->tok, text, tl, 0, &ids, &n); /* the template carries BOS itself */
+    size_t k = tl;
+    while (k > 0 && (text[k - 1] == '\n' || text[k - 1] == ' ')) k--;
+    r->think = k >= 7 && !strncmp(text + k - 7, "<think>", 7);
+    free(text);
+    if (st != PD_OK) return bad(e, "messages", "messages are not valid UTF-8 text");
+    int cap = 0, ok = add_prompt(r, ids, (int)n, &cap);
+    free(ids);
+    if (!ok) return bad(e, "messages", "out of memory");
+    *len = (int)n;
+    return 1;
+}
+
+static int parse_stop(rt_router *rt, const cJSON *root, rt_req *r, rt_err *e)
+{
+    const cJSON *stop = cJSON_GetObjectItemCaseSensitive(root, "stop");
+    if (stop && !cJSON_IsNull(stop)) {
+        if (cJSON_IsString(stop)) {
+            if (stop->valuestring[0]) r->stops[r->n_stops++] = strdup(stop->valuestring);
+        } else if (cJSON_IsArray(stop)) {
+            if (cJSON_GetArraySize(stop) > rt->o->max_stop) return bad(e, "stop", "at most %d stop strings", rt->o->max_stop);
+            const cJSON *v;
+            cJSON_ArrayForEach(v, stop)
+            {
+                if (!cJSON_IsString(v)) return bad(e, "stop", "'stop' must hold strings");
+                if (!v->valuestring[0]) continue;
+                if (strlen(v->valuestring) > 200) return bad(e, "stop", "stop strings are at most 200 bytes");
+                r->stops[r->n_stops++] = strdup(v->valuestring);
+            }
+        } else return bad(e, "stop", "'stop' must be a string or a list of strings");
+    }
+    for (int i = 0; i < r->n_stops; i++) r->max_stop_len = PD_MAX(r->max_stop_len, strlen(r->stops[i]));
+    const cJSON *sti = cJSON_GetObjectItemCaseSensitive(root, "stop_token_ids");
+    if (sti && !cJSON_IsNull(sti)) {
+        if (!cJSON_IsArray(sti) || cJSON_GetArraySize(sti) > 16) return bad(e, "stop_token_ids", "'stop_token_ids' must be a list of at most 16 token ids");
+        const cJSON *v;
+        cJSON_ArrayForEach(v, sti)
+        {
+            if (!cJSON_IsNumber(v) || v->valuedouble < 0 || v->valuedouble >= rt->vocab_size)
+                return bad(e, "stop_token_ids", "'stop_token_ids' holds a value that is not a token id");
+            r->stop_ids[r->n_stop_ids++] = (int32_t)v->valuedouble;
+        }
+    }
+    return 1;
+}
+
+static void handle_generate(rt_router *rt, struct evhttp_request *http, int chat)
+{
+    rt_err e = {0};
+    char *body = NULL;
+    if (pd_http_body(http, rt->o->max_body, &body, NULL) != PD_OK) {
+        pd_http_reply_error(http, 413, NULL, NULL, "request body larger than %llu bytes",
+                            (unsigned long long)rt->o->max_body);
+        return;
+    }
+    rt->n_requests++;
+    cJSON *root = cJSON_ParseWithOpts(body, NULL, 1);
+    free(body);
+    rt_req *r = calloc(1, sizeof *r);
+    int starts[64], lens[64], n_prompts = 0;
+    if (!r) {
+        pd_http_reply_error(http, 503, NULL, NULL, "out of memory");
+        cJSON_Delete(root);
+        return;
+    }
+    r->rt = rt;
+    r->chat = chat;
+    r->logprobs = -1;
+    r->t0 = pd_time_now();
+    r->created = (long)time(NULL);
+    snprintf(r->id, sizeof r->id, "%s-%llx%06llx", chat ? "chatcmpl" : "cmpl", (unsigned long long)r->created,
+             (unsigned long long)++rt->next_id);
+    if (!root) {
+        bad(&e, NULL, "request body is not valid JSON");
+        goto refuse;
+    }
+    if (!cJSON_IsObject(root)) {
+        bad(&e, NULL, "request body must be a JSON object");
+        goto refuse;
+    }
+    const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
+    if (model && !cJSON_IsNull(model) &&
+        (!cJSON_IsString(model) || strcmp(model->valuestring, rt->o->served_model_name) != 0)) {
+        bad(&e, "model", "the model '%s' does not exist; this server serves '%s'",
+            cJSON_IsString(model) ? model->valuestring : "?", rt->o->served_model_name);
+        goto refuse;
+    }
+    /* prompts */
+    if (chat) {
+        if (!chat_prompt(rt, root, r, &lens[0], &e)) goto refuse;
+        starts[0] = 0;
+        n_prompts = 1;
+    } else if (!completion_prompts(rt, cJSON_GetObjectItemCaseSensitive(root, "prompt"), r, starts, lens, &n_prompts,
+                                   64, &e)) {
+        goto refuse;
+    }
+    /* unsupported options are refused rather than silently ignored */
+    int echo = 0;
+    if (!opt_bool(root, "echo", &echo, &e)) goto refuse;
+    if (echo) {
+        bad(&e, "echo", "'echo' is not supported");
+        goto refuse;
+    }
+    const cJSON *suffix = cJSON_GetObjectItemCaseSensitive(root, "suffix");
+    if (cJSON_IsString(suffix) && suffix->valuestring[0]) {
+        bad(&e, "suffix", "'suffix' is not supported");
+        goto refuse;
+    }
+    const cJSON *lb = cJSON_GetObjectItemCaseSensitive(root, "logit_bias");
+    if (cJSON_IsObject(lb) && cJSON_GetArraySize(lb) > 0) {
+        bad(&e, "logit_bias", "'logit_bias' is not supported");
+        goto refuse;
+    }
+    const cJSON *rf = cJSON_GetObjectItemCaseSensitive(root, "response_format"), *rft = rf ? cJSON_GetObjectItem(rf, "type") : NULL;
+    if (rf && !cJSON_IsNull(rf) && !(cJSON_IsString(rft) && !strcmp(rft->valuestring, "text"))) {
+        bad(&e, "response_format", "only response_format {\"type\": \"text\"} is supported");
+        goto refuse;
+    }
+    /* sampling and limits */
+    int mml = rt->o->max_model_len ? rt->o->max_model_len : rt_registry_max_model_len(rt->reg);
+    if (mml <= 0) {
+        e.status = 503;
+        snprintf(e.msg, sizeof e.msg, "no healthy decode instance");
+        goto refuse;
+    }
+    int max_prompt = 0;
+    for (int i = 0; i < n_prompts; i++) max_prompt = PD_MAX(max_prompt, lens[i]);
+    double temperature = 1.0, top_p = 1.0, top_k = 0, min_p = 0, pres = 0, freq = 0, rep = 1, seed = -1, n = 1;
+    double max_tokens = chat ? -1 : 16, min_tokens = 0;
+    int ignore_eos = 0, stream = 0;
+    const char *mt_name = "max_tokens";
+    if (chat && cJSON_GetObjectItemCaseSensitive(root, "max_completion_tokens") &&
+        !cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(root, "max_completion_tokens")))
+        mt_name = "max_completion_tokens";
+    if (!opt_num(root, mt_name, 1, 1 << 30, 1, &max_tokens, &e) || !opt_num(root, "temperature", 0, 2, 0, &temperature, &e) ||
+        !opt_num(root, "top_p", 0, 1, 0, &top_p, &e) || !opt_num(root, "top_k", -1, 1 << 30, 1, &top_k, &e) ||
+        !opt_num(root, "min_p", 0, 1, 0, &min_p, &e) || !opt_num(root, "presence_penalty", -2, 2, 0, &pres, &e) ||
+        !opt_num(root, "frequency_penalty", -2, 2, 0, &freq, &e) ||
+        !opt_num(root, "repetition_penalty", 1e-6, 100, 0, &rep, &e) ||
+        !opt_num(root, "seed", -9.2e18, 9.2e18, 1, &seed, &e) || !opt_num(root, "n", 1, rt->o->max_n, 1, &n, &e) ||
+        !opt_num(root, "min_tokens", 0, 1 << 30, 1, &min_tokens, &e) || !opt_bool(root, "ignore_eos", &ignore_eos, &e) ||
+        !opt_bool(root, "stream", &stream, &e))
+        goto refuse;
+    if (top_p <= 0) {
+        bad(&e, "top_p", "'top_p' must be in (0, 1]");
+        goto refuse;
+    }
+    const cJSON *bo = cJSON_GetObjectItemCaseSensitive(root, "best_of");
+    if (cJSON_IsNumber(bo) && bo->valuedouble != n) {
+        bad(&e, "best_of", "'best_of' other than n is not supported");
+        goto refuse;
+    }
+    if (chat) {
+        int lp = 0;
+        double top = 0;
+        if (!opt_bool(root, "logprobs", &lp, &e) || !opt_num(root, "top_logprobs", 0, MDL_MAX_TOP_LOGPROBS, 1, &top, &e))
+            goto refuse;
+        if (top > 0 && !lp) {
+            bad(&e, "top_logprobs", "'top_logprobs' needs 'logprobs': true");
+            goto refuse;
+        }
+        r->chat_logprobs = lp;
+        r->logprobs = lp ? (int)top : -1;
+    } else {
+        double lp = -1;
+        if (!opt_num(root, "logprobs", 0, MDL_MAX_TOP_LOGPROBS, 1, &lp, &e)) goto refuse;
+        r->logprobs = (int)lp;
+    }
+    const cJSON *so = cJSON_GetObjectItemCaseSensitive(root, "stream_options");
+    if (so && !cJSON_IsNull(so)) {
+        if (!cJSON_IsObject(so)) {
+            bad(&e, "stream_options", "'stream_options' must be an object");
+            goto refuse;
+        }
+        if (!opt_bool(so, "include_usage", &r->include_usage, &e)) goto refuse;
+    }
+    if (!parse_stop(rt, root, r, &e)) goto refuse;
+    if (max_tokens < 0) max_tokens = mml - max_prompt; /* chat without a limit: what fits */
+    if (rt->o->max_tokens_limit > 0 && max_tokens > rt->o->max_tokens_limit) {
+        bad(&e, mt_name, "'%s' = %.0f exceeds this server's limit %d", mt_name, max_tokens, rt->o->max_tokens_limit);
+        goto refuse;
+    }
+    if (max_prompt >= mml || max_prompt + max_tokens > mml) {
+        bad(&e, max_prompt >= mml ? "prompt" : mt_name,
+            "this model's maximum context length is %d tokens; the prompt has %d tokens and %.0f more were requested",
+            mml, max_prompt, max_tokens < 1 ? 1 : max_tokens);
+        goto refuse;
+    }
+    if (min_tokens > max_tokens) {
+        bad(&e, "min_tokens", "'min_tokens' exceeds the maximum number of tokens");
+        goto refuse;
+    }
+    r->max_tokens = (int)max_tokens;
+    r->min_tokens = (int)min_tokens;
+    r->ignore_eos = ignore_eos;
+    r->stream = stream;
+    r->sampling = cJSON_CreateObject();
+    cJSON_AddNumberToObject(r->sampling, "temperature", temperature);
+    cJSON_AddNumberToObject(r->sampling, "top_p", top_p);
+    cJSON_AddNumberToObject(r->sampling, "top_k", top_k < 0 ? 0 : top_k);
+    cJSON_AddNumberToObject(r->sampling, "min_p", min_p);
+    cJSON_AddNumberToObject(r->sampling, "presence_penalty", pres);
+    cJSON_AddNumberToObject(r->sampling, "frequency_penalty", freq);
+    cJSON_AddNumberToObject(r->sampling, "repetition_penalty", rep);
+    /* choices */
+    r->n_ch = n_prompts * (int)n;
+    r->ch = calloc((size_t)r->n_ch, sizeof *r->ch);
+    if (!r->ch) {
+        e.status = 503;
+        snprintf(e.msg, sizeof e.msg, "out of memory");
+        goto refuse;
+    }
+    for (int i = 0; i < n_prompts; i++) r->prompt_tokens += lens[i];
+    for (int i = 0; i < r->n_ch; i++) {
+        rt_choice *c = &r->ch[i];
+        c->req = r;
+        c->index = i;
+        c->prompt = r->prompts + starts[i / (int)n];
+        c->n_prompt = lens[i / (int)n];
+        if (seed != -1 || cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(root, "seed"))) {
+            c->has_seed = 1;
+            c->seed = (uint64_t)(int64_t)seed + (uint64_t)(i % (int)n); /* n samples of one prompt differ */
+        }
+    }
+    cJSON_Delete(root);
+    root = NULL;
+    r->http = http;
+    r->next = rt->reqs;
+    rt->reqs = r;
+    r->timer = evtimer_new(rt->base, timeout_cb, r);
+    rt_req_progress(r);
+    evhttp_connection_set_closecb(evhttp_request_get_connection(http), close_cb, r);
+    for (int i = 0; i < r->n_ch && r->http && !r->error_sent; i++) {
+        rt_req *alive = r;
+        rt_choice_start(&r->ch[i]);
+        /* a failed start frees the request: stop touching it */
+        int still = 0;
+        for (rt_req *q = rt->reqs; q; q = q->next) still |= q == alive;
+        if (!still) return;
+    }
+    return;
+refuse:
+    rt->n_rejected++;
+    if (e.status != 400) {
+        if (e.status == 503) evhttp_add_header(evhttp_request_get_output_headers(http), "Retry-After", "1");
+    }
+    pd_http_reply_error(http, e.status ? e.status : 400, NULL, e.param[0] ? e.param : NULL, "%s", e.msg);
+    pd_info("router: %s refused (%d): %s", r->id, e.status ? e.status : 400, e.msg);
+    cJSON_Delete(root);
+    free(r->prompts);
+    for (int i = 0; i < r->n_stops; i++) free(r->stops[i]);
+    cJSON_Delete(r->sampling);
+    free(r->ch);
+    free(r);
+}
+
+/* ---- small routes ---------------------------------------------------------------------------------------- */
+
+static void handle_tokenize(rt_router *rt, struct evhttp_request *http, int detok)
+{
+    char *body = NULL;
+    rt_err e = {0};
+    if (pd_http_body(http, rt->o->max_body, &body, NULL) != PD_OK) {
+        pd_http_reply_error(http, 413, NULL, NULL, "request body too large");
+        return;
+    }
+    cJSON *root = cJSON_ParseWithOpts(body, NULL, 1), *out = NULL;
+    free(body);
+    rt_req tmp;
+    memset(&tmp, 0, sizeof tmp);
+    tmp.rt = rt;
+    if (!cJSON_IsObject(root)) {
+        bad(&e, NULL, "request body must be a JSON object");
+    } else if (detok) {
+        const cJSON *t = cJSON_GetObjectItemCaseSensitive(root, "tokens");
+        int n = cJSON_GetArraySize(t), ok = cJSON_IsArray(t);
+        int32_t *ids = malloc((size_t)(n + 1) * sizeof *ids);
+        int i = 0;
+        const cJSON *v;
+        cJSON_ArrayForEach(v, t) ok = ok && cJSON_IsNumber(v) && v->valuedouble >= 0 &&
+                                      v->valuedouble < mdl_tokenizer_vocab_size(rt->tok) && (ids[i++] = (int32_t)v->valuedouble, 1);
+        char *text = NULL;
+        size_t len = 0;
+        if (!ok || !ids) bad(&e, "tokens", "'tokens' must be a list of token ids");
+        else if (mdl_tokenizer_decode(rt->tok, ids, (size_t)n, 0, &text, &len) != PD_OK) bad(&e, "tokens", "cannot decode");
+        else {
+            out = cJSON_CreateObject();
+            cJSON_AddStringToObject(out, "prompt", text);
+        }
+        free(text);
+        free(ids);
+    } else {
+        int len = 0, starts[1], n = 0;
+        int ok = cJSON_GetObjectItemCaseSensitive(root, "messages") ? chat_prompt(rt, root, &tmp, &len, &e)
+                 : completion_prompts(rt, cJSON_GetObjectItemCaseSensitive(root, "prompt"), &tmp, starts, &len, &n, 1, &e);
+        if (ok) {
+            out = cJSON_CreateObject();
+            cJSON *a = cJSON_AddArrayToObject(out, "tokens");
+            for (int i = 0; i < tmp.n_prompts; i++) cJSON_AddItemToArray(a, cJSON_CreateNumber(tmp.prompts[i]));
+            cJSON_AddNumberToObject(out, "count", tmp.n_prompts);
+            cJSON_AddNumberToObject(out, "max_model_len",
+                                    rt->o->max_model_len ? rt->o->max_model_len : rt_registry_max_model_len(rt->reg));
+        }
+    }
+    if (out) pd_http_reply_json(http, 200, out);
+    else pd_http_reply_error(http, e.status ? e.status : 400, NULL, e.param[0] ? e.param : NULL, "%s", e.msg);
+    cJSON_Delete(out);
+    cJSON_Delete(root);
+    free(tmp.prompts);
+}
+
+static void handle_models(rt_router *rt, struct evhttp_request *http)
+{
+    cJSON *o = cJSON_CreateObject(), *d = cJSON_AddArrayToObject(o, "data"), *m = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "object", "list");
+    cJSON_AddStringToObject(m, "id", rt->o->served_model_name);
+    cJSON_AddStringToObject(m, "object", "model");
+    cJSON_AddNumberToObject(m, "created", 0);
+    cJSON_AddStringToObject(m, "owned_by", "pdserve");
+    cJSON_AddStringToObject(m, "root", rt->o->model ? rt->o->model : rt->o->served_model_name);
+    int mml = rt->o->max_model_len ? rt->o->max_model_len : rt_registry_max_model_len(rt->reg);
+    if (mml > 0) cJSON_AddNumberToObject(m, "max_model_len", mml);
+    cJSON_AddItemToArray(d, m);
+    pd_http_reply_json(http, 200, o);
+    cJSON_Delete(o);
+}
+
+static void handle_metrics(rt_router *rt, struct evhttp_request *http)
+{
+    struct evbuffer *b = evbuffer_new();
+    int running = 0;
+    for (rt_req *r = rt->reqs; r; r = r->next) running++;
+    evbuffer_add_printf(b,
+                        "# HELP pdserve_router_requests_total Generation requests received.\n"
+                        "# TYPE pdserve_router_requests_total counter\npdserve_router_requests_total %llu\n"
+                        "# HELP pdserve_router_requests_rejected_total Requests refused before they started.\n"
+                        "# TYPE pdserve_router_requests_rejected_total counter\npdserve_router_requests_rejected_total %llu\n"
+                        "# HELP pdserve_router_requests_failed_total Requests that failed after they started.\n"
+                        "# TYPE pdserve_router_requests_failed_total counter\npdserve_router_requests_failed_total %llu\n"
+                        "# HELP pdserve_router_requests_running Requests in flight.\n"
+                        "# TYPE pdserve_router_requests_running gauge\npdserve_router_requests_running %d\n"
+                        "# HELP pdserve_router_prompt_tokens_total Prompt tokens of finished requests.\n"
+                        "# TYPE pdserve_router_prompt_tokens_total counter\npdserve_router_prompt_tokens_total %llu\n"
+                        "# HELP pdserve_router_generation_tokens_total Tokens relayed to clients.\n"
+                        "# TYPE pdserve_router_generation_tokens_total counter\npdserve_router_generation_tokens_total %llu\n"
+                        "# HELP pdserve_router_choices_finished_total Finished choices by reason.\n"
+                        "# TYPE pdserve_router_choices_finished_total counter\n",
+                        (unsigned long long)rt->n_requests, (unsigned long long)rt->n_rejected,
+                        (unsigned long long)rt->n_errors, running, (unsigned long long)rt->prompt_tokens,
+                        (unsigned long long)rt->gen_tokens);
+    static const char *why[] = {"stop", "length", "abort", "error"};
+    for (int i = 0; i < 4; i++)
+        evbuffer_add_printf(b, "pdserve_router_choices_finished_total{finished_reason=\"%s\"} %llu\n", why[i],
+                            (unsigned long long)rt->finished[i]);
+    cJSON *inst = rt_registry_json(rt->reg);
+    evbuffer_add_printf(b, "# HELP pdserve_router_instance_healthy Health of each instance (1 healthy).\n"
+                           "# TYPE pdserve_router_instance_healthy gauge\n");
+    const cJSON *x;
+    cJSON_ArrayForEach(x, inst)
+    evbuffer_add_printf(b, "pdserve_router_instance_healthy{instance=\"%s\",role=\"%s\"} %d\n",
+                        cJSON_GetObjectItem(x, "address")->valuestring, cJSON_GetObjectItem(x, "role")->valuestring,
+                        cJSON_IsTrue(cJSON_GetObjectItem(x, "healthy")));
+    cJSON_Delete(inst);
+    evhttp_add_header(evhttp_request_get_output_headers(http), "Content-Type", "text/plain; version=0.0.4");
+    evhttp_send_reply(http, 200, "OK", b);
+    evbuffer_free(b);
+}
+
+static void gencb(struct evhttp_request *http, void *arg)
+{
+    rt_router *rt = arg;
+    char path[512];
+    pd_http_path(http, path, sizeof path);
+    enum evhttp_cmd_type m = evhttp_request_get_command(http);
+    int post = m == EVHTTP_REQ_POST, get = m == EVHTTP_REQ_GET;
+    if (!strcmp(path, "/v1/completions") || !strcmp(path, "/v1/chat/completions")) {
+        if (post) handle_generate(rt, http, path[4] == 'c' && path[5] == 'h');
+        else pd_http_reply_error(http, 405, NULL, NULL, "use POST");
+    } else if (!strcmp(path, "/v1/models") && get) {
+        handle_models(rt, http);
+    } else if ((!strcmp(path, "/tokenize") || !strcmp(path, "/detokenize")) && post) {
+        handle_tokenize(rt, http, path[1] == 'd');
+    } else if (!strcmp(path, "/health") && get) {
+        cJSON *o = cJSON_CreateObject();
+        int ok = rt_registry_ready(rt->reg);
+        cJSON_AddStringToObject(o, "status", ok ? "ok" : "unavailable");
+        cJSON_AddItemToObject(o, "instances", rt_registry_json(rt->reg));
+        pd_http_reply_json(http, ok ? 200 : 503, o);
+        cJSON_Delete(o);
+    } else if (!strcmp(path, "/admin/instances") && get) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddItemToObject(o, "instances", rt_registry_json(rt->reg));
+        pd_http_reply_json(http, 200, o);
+        cJSON_Delete(o);
+    } else if (!strcmp(path, "/metrics") && get) {
+        handle_metrics(rt, http);
+    } else {
+        pd_http_reply_error(http, 404, NULL, NULL, "no route %s %s", get ? "GET" : post ? "POST" : "", path);
+    }
+}
+
+pd_status rt_router_create(struct event_base *base, rt_opts *o, rt_router **out, int *bound_port)
+{
+    char err[1024];
+    rt_router *rt = calloc(1, sizeof *rt);
+    if (!rt) return PD_ERR_NOMEM;
+    rt->base = base;
+    rt->o = o;
+    const char *tokdir = o->tokenizer ? o->tokenizer : o->model;
+    pd_status st;
+    if (!tokdir) {
+        pd_error("router: --model (or --tokenizer) is required: the tokenizer and chat template come from it");
+        st = PD_ERR_INVALID;
+        goto fail_router;
+    }
+    if ((st = mdl_tokenizer_load(tokdir, &rt->tok, err, sizeof err)) != PD_OK) {
+        pd_error("router: %s", err);
+        goto fail_router;
+    }
+    if (mdl_chat_template_load(tokdir, &rt->tmpl, err, sizeof err) != PD_OK) {
+        pd_warn("router: no usable chat template (%s); /v1/chat/completions is unavailable", err);
+        rt->tmpl = NULL;
+    }
+    rt->vocab_size = mdl_tokenizer_vocab_size(rt->tok);
+    mdl_config cfg;
+    if (o->model && mdl_config_load(o->model, &cfg, err, sizeof err) == PD_OK) rt->vocab_size = cfg.vocab_size;
+    if ((st = rt_registry_create(base, o->prefill, o->decode, o->health_interval, &rt->reg)) != PD_OK) goto fail_router;
+    pd_http_limits lim = {.max_body = o->max_body, .max_headers = 16384};
+    if ((st = pd_http_server_create(base, o->host, o->port, &lim, gencb, rt, &rt->http, bound_port)) != PD_OK)
+        goto fail_router;
+    *out = rt;
+    return PD_OK;
+fail_router:
+    rt_router_destroy(rt);
+    return st;
+}
+
+void rt_router_destroy(rt_router *rt)
+{
+    if (!rt) return;
+    for (rt_req *r = rt->reqs; r; r = r->next)
+        if (r->http) {
+            evhttp_connection_set_closecb(evhttp_request_get_connection(r->http), NULL, NULL);
+            r->http = NULL;
+        }
+    if (rt->http) evhttp_free(rt->http);
+    while (rt->reqs) req_free(rt->reqs);
+    rt_registry_destroy(rt->reg);
+    mdl_chat_template_destroy(rt->tmpl);
+    mdl_tokenizer_destroy(rt->tok);
+    free(rt);
+}

@@ -1,0 +1,87 @@
+/* pdserve-router: parse options (YAML + flags), start the OpenAI-compatible front, run the loop until SIGINT
+ * or SIGTERM. */
+#include <signal.h>
+#include <string.h>
+
+#include "common/pd_opts.h"
+#include "router/router.h"
+
+static void on_signal(evutil_socket_t sig, short what, void *arg)
+{
+    (void)what;
+    pd_info("router: signal %d, stopping", (int)sig);
+    event_base_loopexit(arg, NULL);
+}
+
+int main(int argc, char **argv)
+{
+    rt_opts o;
+    memset(&o, 0, sizeof o);
+    o.port = 8000;
+    o.max_body = 8u << 20;
+    o.max_stop = 4;
+    o.max_n = 8;
+    o.health_interval = 1.0;
+    o.request_timeout = 600;
+    pd_opt table[] = {
+        {"host", PD_OPT_STR, &o.host, "address to listen on (default 127.0.0.1)", 0, 0},
+        {"port", PD_OPT_INT, &o.port, "port (default 8000; 0 picks a free one)", 0, 65535},
+        {"model", PD_OPT_STR, &o.model, "checkpoint directory (tokenizer, chat template, config.json)", 0, 0},
+        {"tokenizer", PD_OPT_STR, &o.tokenizer, "tokenizer directory (default: --model)", 0, 0},
+        {"served-model-name", PD_OPT_STR, &o.served_model_name, "model name in the API (default: directory name)", 0, 0},
+        {"prefill", PD_OPT_STR, &o.prefill, "prefill instances, host:port[,host:port...]", 0, 0},
+        {"decode", PD_OPT_STR, &o.decode, "decode (or --colocated) instances, host:port[,...]", 0, 0},
+        {"max-model-len", PD_OPT_INT, &o.max_model_len, "prompt + output limit (default: the decode instances')", 0, 1 << 24},
+        {"max-tokens-limit", PD_OPT_INT, &o.max_tokens_limit, "largest max_tokens accepted (default: max model len)", 0, 1 << 24},
+        {"max-body-size", PD_OPT_SIZE, &o.max_body, "largest request body (default 8M)", 0, 0},
+        {"max-stop-strings", PD_OPT_INT, &o.max_stop, "stop strings per request (default 4)", 0, 16},
+        {"max-n", PD_OPT_INT, &o.max_n, "largest n (default 8)", 1, 64},
+        {"health-interval", PD_OPT_DOUBLE, &o.health_interval, "seconds between health checks (default 1)", 0.05, 60},
+        {"request-timeout", PD_OPT_DOUBLE, &o.request_timeout, "seconds without progress before a request fails (600)", 1, 86400},
+    };
+    const int n = (int)PD_ARRAY_LEN(table);
+    char err[512];
+    pd_status st = pd_opts_parse(table, n, argc, argv, "usage: pdserve-router --model DIR --prefill HOST:PORT --decode HOST:PORT [options]",
+                                 err, sizeof err);
+    if (st == PD_ERR_NOT_FOUND) return 0;
+    if (st != PD_OK) {
+        fprintf(stderr, "pdserve-router: %s\n", err);
+        return 2;
+    }
+    if (!o.host) o.host = strdup("127.0.0.1");
+    if (!o.served_model_name && o.model) {
+        const char *p = o.model + strlen(o.model);
+        while (p > o.model && p[-1] == '/') p--;
+        const char *end = p;
+        while (p > o.model && p[-1] != '/') p--;
+        o.served_model_name = strndup(p, (size_t)(end - p));
+    }
+    if (!o.decode) {
+        fprintf(stderr, "pdserve-router: --decode is required (and --prefill unless the decode instances are --colocated)\n");
+        pd_opts_free(table, n);
+        return 2;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    struct event_base *base = event_base_new();
+    rt_router *rt = NULL;
+    int port = 0, rc = 1;
+    if (!base) goto free_opts;
+    if (rt_router_create(base, &o, &rt, &port) != PD_OK) goto free_base;
+    struct event *sigint = evsignal_new(base, SIGINT, on_signal, base), *sigterm = evsignal_new(base, SIGTERM, on_signal, base);
+    evsignal_add(sigint, NULL);
+    evsignal_add(sigterm, NULL);
+    pd_info("router: serving %s on http://%s:%d (prefill: %s; decode: %s)", o.served_model_name, o.host, port,
+            o.prefill ? o.prefill : "none", o.decode);
+    fprintf(stdout, "READY %d\n", port);
+    fflush(stdout);
+    event_base_dispatch(base);
+    event_free(sigint);
+    event_free(sigterm);
+    rt_router_destroy(rt);
+    rc = 0;
+free_base:
+    event_base_free(base);
+free_opts:
+    pd_opts_free(table, n);
+    return rc;
+}

@@ -1,0 +1,195 @@
+/* The registry of prefill and decode instances: configured addresses, a health poll per instance
+ * (GET /health) that refreshes load, and the least-load choices. An instance that fails a poll, or has not
+ * answered for three intervals, is out of scheduling until it answers again. */
+#include <string.h>
+
+#include "router/router.h"
+
+struct rt_registry {
+    struct event_base *base;
+    rt_instance *inst;
+    int n;
+    double interval;
+    struct event *timer;
+};
+
+static void probe_done(pd_http_call *c, int status, const char *body, size_t len, pd_status err, void *arg)
+{
+    (void)c;
+    (void)len;
+    rt_instance *in = arg;
+    in->probe = NULL;
+    cJSON *o = status == 200 ? cJSON_Parse(body) : NULL;
+    if (!o) {
+        if (in->healthy) pd_warn("router: instance %s is unhealthy (%s)", in->addr,
+                                 err != PD_OK ? pd_status_str(err) : status ? "bad health reply" : "no answer");
+        in->healthy = 0;
+        return;
+    }
+    const cJSON *role = cJSON_GetObjectItem(o, "role"), *layout = cJSON_GetObjectItem(o, "layout");
+    const cJSON *mml = cJSON_GetObjectItem(o, "max_model_len"), *load = cJSON_GetObjectItem(o, "load");
+    if (cJSON_IsString(role) && !strcmp(role->valuestring, "colocated") && in->role == RT_DECODE) in->role = RT_COLOCATED;
+    if (cJSON_IsString(layout)) snprintf(in->layout, sizeof in->layout, "%s", layout->valuestring);
+    if (cJSON_IsNumber(mml)) in->max_model_len = mml->valueint;
+    if (cJSON_IsObject(load)) {
+        const cJSON *v;
+        if ((v = cJSON_GetObjectItem(load, "running")) && cJSON_IsNumber(v)) in->running = v->valueint;
+        if ((v = cJSON_GetObjectItem(load, "waiting")) && cJSON_IsNumber(v)) in->waiting = v->valueint;
+        if ((v = cJSON_GetObjectItem(load, "free_blocks")) && cJSON_IsNumber(v)) in->free_blocks = v->valueint;
+        if ((v = cJSON_GetObjectItem(load, "total_blocks")) && cJSON_IsNumber(v)) in->total_blocks = v->valueint;
+        if ((v = cJSON_GetObjectItem(load, "queued_tokens")) && cJSON_IsNumber(v)) in->queued_tokens = (long)v->valuedouble;
+    }
+    if (!in->healthy) pd_info("router: instance %s (%s) is healthy", in->addr,
+                              in->role == RT_PREFILL ? "prefill" : in->role == RT_COLOCATED ? "colocated" : "decode");
+    in->healthy = 1;
+    in->last_ok = pd_time_now();
+    cJSON_Delete(o);
+}
+
+static void poll_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    rt_registry *r = arg;
+    double now = pd_time_now();
+    for (int i = 0; i < r->n; i++) {
+        rt_instance *in = &r->inst[i];
+        if (in->healthy && now - in->last_ok > 3 * r->interval + 1) {
+            pd_warn("router: instance %s stopped answering health checks", in->addr);
+            in->healthy = 0;
+        }
+        if (in->probe) continue;
+        int timeout = (int)(2 * r->interval) + 1;
+        if (pd_http_call_start(r->base, in->host, in->port, "GET", "/health", NULL, 0, timeout, NULL, probe_done, in,
+                               &in->probe) != PD_OK)
+            in->healthy = 0;
+    }
+}
+
+static pd_status add_list(rt_registry *r, const char *list, rt_role role)
+{
+    if (!list || !*list) return PD_OK;
+    char *copy = strdup(list), *save = NULL;
+    if (!copy) return PD_ERR_NOMEM;
+    for (char *tok = strtok_r(copy, ", ", &save); tok; tok = strtok_r(NULL, ", ", &save)) {
+        rt_instance *n = realloc(r->inst, (size_t)(r->n + 1) * sizeof *n);
+        if (!n) {
+            free(copy);
+            return PD_ERR_NOMEM;
+        }
+        r->inst = n;
+        rt_instance *in = &r->inst[r->n];
+        memset(in, 0, sizeof *in);
+        snprintf(in->addr, sizeof in->addr, "%s", tok);
+        if (pd_http_parse_hostport(tok, in->host, sizeof in->host, &in->port) != PD_OK) {
+            pd_error("router: '%s' is not host:port", tok);
+            free(copy);
+            return PD_ERR_INVALID;
+        }
+        in->role = role;
+        r->n++;
+    }
+    free(copy);
+    return PD_OK;
+}
+
+pd_status rt_registry_create(struct event_base *base, const char *prefill, const char *decode, double interval,
+                             rt_registry **out)
+{
+    rt_registry *r = calloc(1, sizeof *r);
+    if (!r) return PD_ERR_NOMEM;
+    r->base = base;
+    r->interval = interval > 0 ? interval : 1.0;
+    pd_status st;
+    if ((st = add_list(r, prefill, RT_PREFILL)) != PD_OK || (st = add_list(r, decode, RT_DECODE)) != PD_OK) {
+        rt_registry_destroy(r);
+        return st;
+    }
+    r->timer = event_new(base, -1, EV_PERSIST, poll_cb, r);
+    struct timeval tv = {(long)r->interval, (long)((r->interval - (long)r->interval) * 1e6)};
+    if (!r->timer || event_add(r->timer, &tv) != 0) {
+        rt_registry_destroy(r);
+        return PD_ERR_NOMEM;
+    }
+    poll_cb(-1, 0, r); /* first poll now */
+    *out = r;
+    return PD_OK;
+}
+
+void rt_registry_destroy(rt_registry *r)
+{
+    if (!r) return;
+    if (r->timer) event_free(r->timer);
+    for (int i = 0; i < r->n; i++) pd_http_call_cancel(r->inst[i].probe);
+    free(r->inst);
+    free(r);
+}
+
+rt_instance *rt_pick_decode(rt_registry *r, int tokens)
+{
+    (void)tokens; /* the decode instance itself refuses what does not fit; the router then tries no other */
+    rt_instance *best = NULL;
+    for (int i = 0; i < r->n; i++) {
+        rt_instance *in = &r->inst[i];
+        if (!in->healthy || in->role == RT_PREFILL) continue;
+        /* free blocks net of what the router has sent since the last poll, then running sequences */
+        long score = (long)in->free_blocks - (long)in->inflight * 4, bscore = 0;
+        if (best) bscore = (long)best->free_blocks - (long)best->inflight * 4;
+        if (!best || score > bscore || (score == bscore && in->running + in->inflight < best->running + best->inflight))
+            best = in;
+    }
+    return best;
+}
+
+rt_instance *rt_pick_prefill(rt_registry *r, const char *layout)
+{
+    rt_instance *best = NULL;
+    for (int i = 0; i < r->n; i++) {
+        rt_instance *in = &r->inst[i];
+        if (!in->healthy || in->role != RT_PREFILL || (layout && strcmp(layout, in->layout) != 0)) continue;
+        if (!best || in->queued_tokens + in->inflight * 256 < best->queued_tokens + best->inflight * 256) best = in;
+    }
+    return best;
+}
+
+int rt_registry_max_model_len(rt_registry *r)
+{
+    int m = 0;
+    for (int i = 0; i < r->n; i++)
+        if (r->inst[i].role != RT_PREFILL && r->inst[i].max_model_len > 0)
+            m = m == 0 ? r->inst[i].max_model_len : PD_MIN(m, r->inst[i].max_model_len);
+    return m;
+}
+
+int rt_registry_ready(rt_registry *r)
+{
+    int d = 0, p = 0, c = 0;
+    for (int i = 0; i < r->n; i++) {
+        if (!r->inst[i].healthy) continue;
+        d += r->inst[i].role == RT_DECODE;
+        c += r->inst[i].role == RT_COLOCATED;
+        p += r->inst[i].role == RT_PREFILL;
+    }
+    return c > 0 || (d > 0 && p > 0);
+}
+
+cJSON *rt_registry_json(rt_registry *r)
+{
+    cJSON *a = cJSON_CreateArray();
+    static const char *roles[] = {"prefill", "decode", "colocated"};
+    for (int i = 0; i < r->n; i++) {
+        rt_instance *in = &r->inst[i];
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "address", in->addr);
+        cJSON_AddStringToObject(o, "role", roles[in->role]);
+        cJSON_AddBoolToObject(o, "healthy", in->healthy);
+        cJSON_AddNumberToObject(o, "running", in->running);
+        cJSON_AddNumberToObject(o, "waiting", in->waiting);
+        cJSON_AddNumberToObject(o, "free_blocks", in->free_blocks);
+        cJSON_AddNumberToObject(o, "total_blocks", in->total_blocks);
+        cJSON_AddNumberToObject(o, "queued_tokens", (double)in->queued_tokens);
+        cJSON_AddNumberToObject(o, "inflight", in->inflight);
+        cJSON_AddItemToArray(a, o);
+    }
+    return a;
+}

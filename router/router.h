@@ -1,0 +1,67 @@
+/* pdserve-router: the OpenAI-compatible front. Tokenizes and templates, validates, picks a decode instance
+ * (free KV blocks, running sequences) and a prefill instance (queued prompt tokens), and relays the decode
+ * stream back to the client as JSON or SSE while detokenizing incrementally. Never touches model weights. */
+#ifndef RT_ROUTER_H
+#define RT_ROUTER_H
+
+#include <event2/event.h>
+#include <event2/http.h>
+
+#include "common/pd_http.h"
+#include "model/chat_template.h"
+#include "model/tokenizer.h"
+
+typedef struct {
+    char *host;
+    int port;
+    char *model;             /* checkpoint dir: tokenizer.json, tokenizer_config.json, config.json */
+    char *tokenizer;         /* tokenizer dir (default: model) */
+    char *served_model_name;
+    char *prefill;           /* comma-separated host:port list */
+    char *decode;            /* comma-separated host:port list */
+    int max_model_len;       /* 0: smallest of the decode instances' */
+    int max_tokens_limit;    /* upper bound on max_tokens (0: max_model_len) */
+    uint64_t max_body;       /* request body limit */
+    int max_stop;            /* stop strings per request */
+    int max_n;               /* choices per request */
+    double health_interval;  /* seconds between health polls */
+    double request_timeout;  /* seconds without progress before a request fails */
+} rt_opts;
+
+/* ---- instances ---- */
+typedef enum { RT_PREFILL, RT_DECODE, RT_COLOCATED } rt_role;
+
+typedef struct rt_instance {
+    char addr[128];
+    char host[96];
+    int port;
+    rt_role role;            /* as configured; a decode that reports "colocated" is colocated */
+    int healthy;
+    double last_ok;
+    char layout[160];
+    int max_model_len;
+    int running, waiting, free_blocks, total_blocks;
+    long queued_tokens;
+    int inflight;            /* requests the router has sent and not finished */
+    pd_http_call *probe;
+} rt_instance;
+
+typedef struct rt_registry rt_registry;
+pd_status rt_registry_create(struct event_base *base, const char *prefill, const char *decode, double interval,
+                             rt_registry **out);
+void rt_registry_destroy(rt_registry *r);
+/* Least-loaded healthy decode/colocated instance (more free blocks, then fewer running); NULL if none. */
+rt_instance *rt_pick_decode(rt_registry *r, int tokens);
+/* Healthy prefill instance with the fewest queued prompt tokens (its layout must equal layout); NULL if none. */
+rt_instance *rt_pick_prefill(rt_registry *r, const char *layout);
+int rt_registry_max_model_len(rt_registry *r);
+/* Instances as a JSON array (address, role, health, load). */
+cJSON *rt_registry_json(rt_registry *r);
+int rt_registry_ready(rt_registry *r);
+
+/* ---- the router ---- */
+typedef struct rt_router rt_router;
+pd_status rt_router_create(struct event_base *base, rt_opts *o, rt_router **out, int *bound_port);
+void rt_router_destroy(rt_router *rt);
+
+#endif

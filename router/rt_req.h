@@ -1,0 +1,101 @@
+/* Router-internal: a client request and its choices (one per prompt x n), shared by api.c (parsing, the
+ * OpenAI response shapes) and relay.c (each choice's decode/prefill calls and its text pipeline). */
+#ifndef RT_REQ_H
+#define RT_REQ_H
+
+#include <cJSON.h>
+
+#include "router/router.h"
+
+#define RT_MAX_STOP 16
+
+struct rt_router {
+    struct event_base *base;
+    struct evhttp *http;
+    rt_opts *o;
+    rt_registry *reg;
+    mdl_tokenizer tok;
+    mdl_chat_template tmpl;       /* NULL when the checkpoint has none */
+    int vocab_size;               /* the model's (config.json), >= the tokenizer's */
+    uint64_t next_id;
+    struct rt_req *reqs;
+    /* counters for /metrics */
+    uint64_t n_requests, n_errors, n_rejected, prompt_tokens, gen_tokens;
+    uint64_t finished[4];         /* stop, length, abort, error */
+};
+
+typedef struct rt_req rt_req;
+
+typedef struct {
+    rt_req *req;
+    int index;
+    const int32_t *prompt;        /* points into req->prompts */
+    int n_prompt;
+    uint64_t seed;
+    int has_seed;
+    rt_instance *d, *p;
+    pd_http_call *d_call, *p_call;
+    mdl_detok detok;
+    /* text pipeline: raw output -> stop strings (held back until decided) -> reasoning split -> deltas */
+    char *raw;                    /* everything generated, as text */
+    size_t raw_len, raw_cap;
+    size_t released;              /* raw bytes past the stop-string check */
+    int in_think;                 /* inside <think> ... </think> */
+    int open_checked;             /* whether the output opens with <think> is decided */
+    size_t split_pos;             /* released bytes already split into reasoning/content */
+    char *content, *reasoning;    /* accumulated (non-stream) */
+    size_t content_len, reasoning_len, content_cap, reasoning_cap;
+    cJSON *lp_tokens;             /* logprob entries (array), NULL when not requested */
+    int n_gen;
+    int done;
+    const char *finish;           /* "stop", "length", "abort", or NULL */
+    char stop_str[256];           /* the stop string that ended it, if any */
+    int stop_token;               /* the stop token that ended it, or -1 */
+    int failed_status;
+    char failed_msg[256];
+    int started;                  /* decode accepted it */
+    double t_first;
+    double timing_queue, timing_prefill, timing_transfer, timing_decode;
+} rt_choice;
+
+struct rt_req {
+    rt_router *rt;
+    struct evhttp_request *http;  /* NULL once the client is gone */
+    char id[48];
+    long created;
+    int chat, stream, include_usage;
+    int32_t *prompts;             /* all prompts back to back */
+    int n_prompts;
+    int prompt_tokens;            /* sum over distinct prompts */
+    rt_choice *ch;
+    int n_ch, n_done;
+    int max_tokens, min_tokens, ignore_eos;
+    int32_t stop_ids[16];
+    int n_stop_ids;
+    char *stops[RT_MAX_STOP];
+    int n_stops;
+    size_t max_stop_len;
+    int logprobs;                 /* completions: top alternatives (0..20) with tokens; -1: off */
+    int chat_logprobs;            /* chat: logprobs requested */
+    int think;                    /* the prompt opened a <think> block */
+    cJSON *sampling;              /* internal sampling object (without seed) */
+    int sse_started;
+    int error_sent;
+    double t0;
+    struct event *timer;          /* no progress for request_timeout: fail */
+    struct rt_req *next;
+};
+
+/* relay.c */
+void rt_choice_start(rt_choice *c);
+void rt_choice_cancel(rt_choice *c);
+void rt_choice_free(rt_choice *c);
+/* api.c, called by relay.c */
+void rt_req_choice_delta(rt_req *r, rt_choice *c, const char *reasoning, size_t rlen, const char *content,
+                         size_t clen, cJSON *logprobs);
+void rt_req_choice_done(rt_req *r, rt_choice *c);
+void rt_req_progress(rt_req *r);
+/* The display text of one token (invalid UTF-8 replaced by U+FFFD) and its bytes. */
+cJSON *rt_token_logprob_entry(rt_router *rt, int chat, int32_t id, double lp, const cJSON *top);
+
+#endif

@@ -1,0 +1,18 @@
+# Process-level tests of the serving path: the real executables on loopback ports they pick.
+if(TARGET pdserve-router AND TARGET pdserve-prefill AND TARGET pdserve-decode)
+  find_package(Python3 COMPONENTS Interpreter REQUIRED)
+  find_program(PD_NODE node REQUIRED)
+  add_test(NAME model_tiny_generate
+           COMMAND pdserve-model generate --preset tiny --out ${CMAKE_BINARY_DIR}/models/tiny)
+  set_tests_properties(model_tiny_generate PROPERTIES FIXTURES_SETUP tiny_model TIMEOUT 300)
+  add_test(NAME pd_integration
+           COMMAND ${Python3_EXECUTABLE} ${CMAKE_CURRENT_SOURCE_DIR}/integration/pd_test.py
+                   --build ${CMAKE_BINARY_DIR} --model ${CMAKE_BINARY_DIR}/models/tiny)
+  set_tests_properties(pd_integration PROPERTIES FIXTURES_REQUIRED tiny_model TIMEOUT 900)
+endif()
+if(TARGET pdserve-router)
+  add_test(NAME readme_examples
+           COMMAND ${Python3_EXECUTABLE} ${CMAKE_CURRENT_SOURCE_DIR}/integration/readme_test.py
+                   --build ${CMAKE_BINARY_DIR} --model ${CMAKE_BINARY_DIR}/models/tiny --readme ${CMAKE_SOURCE_DIR}/README.md)
+  set_tests_properties(readme_examples PROPERTIES FIXTURES_REQUIRED tiny_model TIMEOUT 300)
+endif()

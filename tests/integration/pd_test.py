@@ -1,0 +1,185 @@
+"""The PD path end to end: router + prefill + decode against router + colocated decode, on the tiny model with
+the real DeepSeek-V3 tokenizer. Greedy PD output must equal colocated output token for token."""
+import argparse, concurrent.futures, os, random, sys, tempfile, time
+
+sys.path.insert(0, os.path.dirname(__file__))
+import harness
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--build", required=True)
+ap.add_argument("--model", required=True)
+args = ap.parse_args()
+logdir = tempfile.mkdtemp(prefix="pd_test_")
+failures = []
+passed = 0
+
+
+def check(cond, what):
+    global passed
+    if cond:
+        passed += 1
+    else:
+        failures.append(what)
+        print("FAIL:", what, flush=True)
+
+
+# a small token budget and blocks force chunked prefill and prompts spanning many blocks
+server_args = ["--max-num-batched-tokens", "64", "--block-size", "16", "--max-model-len", "1024"]
+pd = harness.Deployment(args.build, args.model, "pd", logdir, server_args)
+co = harness.Deployment(args.build, args.model, "colocated", logdir, server_args)
+try:
+    rng = random.Random(7)
+    words = ("the of and a to in is you that it he was for on are as with his they I at be this have from or one "
+             "had by word but not what all were we when your can said there use an each which she do how their if "
+             "will up other about out many then them these so some her would make like him into time has look two "
+             "more write go see number no way could people my than first water been call who oil its now find long "
+             "down day did get come made may part 中文 日本語 한국어 🙂 -- 123 4567").split()
+    prompts = []
+    for i in range(52):
+        n = rng.choice([1, 3, 8, 20, 40, 70, 130])  # up to ~300 tokens: many 16-token blocks, > 64-token budget
+        if i % 4 == 3:
+            prompts.append([rng.randrange(0, 128000) for _ in range(n * 2)])  # token ids
+        else:
+            prompts.append(" ".join(rng.choice(words) for _ in range(n)))
+
+    def complete(dep, prompt, stream):
+        body = {"model": "tiny", "prompt": prompt, "max_tokens": 12, "temperature": 0, "logprobs": 0,
+                "ignore_eos": True}
+        if not stream:
+            st, o, _ = harness.request(dep.port, "POST", "/v1/completions", body)
+            assert st == 200, (st, o)
+            ch = o["choices"][0]
+            return ch["logprobs"]["tokens"], ch["text"], o["usage"]
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+        st, evs, done, raw = harness.sse(dep.port, "/v1/completions", body)
+        assert st == 200 and done, (st, raw[:300])
+        toks, text, usage = [], "", None
+        for e in evs:
+            if e.get("usage"):
+                usage = e["usage"]
+            for c in e["choices"]:
+                text += c["text"]
+                if c.get("logprobs"):
+                    toks += c["logprobs"]["tokens"]
+        return toks, text, usage
+
+    # 1. PD == colocated, greedy, streamed and not
+    equal = 0
+    for i, pr in enumerate(prompts):
+        stream = i % 2 == 1
+        a = complete(pd, pr, stream)
+        b = complete(co, pr, stream)
+        ok = a[0] == b[0] and a[1] == b[1] and a[2]["completion_tokens"] == 12 == len(a[0])
+        equal += ok
+        if not ok:
+            print("mismatch on prompt %d (stream=%s):\n  pd %r\n  co %r" % (i, stream, a[:2], b[:2]))
+    check(equal == len(prompts), "PD == colocated on %d/%d prompts" % (equal, len(prompts)))
+
+    # 2. 16 concurrent streaming requests: framing and usage
+    def one(i):
+        body = {"prompt": prompts[i], "max_tokens": 10 + i % 5, "temperature": 0.8, "seed": i, "stream": True,
+                "stream_options": {"include_usage": True}, "ignore_eos": True}
+        return i, harness.sse(pd.port, "/v1/completions", body)
+
+    with concurrent.futures.ThreadPoolExecutor(16) as ex:
+        results = list(ex.map(one, range(16)))
+    good = 0
+    for i, (st, evs, done, raw) in results:
+        finals = [c for e in evs for c in e["choices"] if c.get("finish_reason")]
+        usage = [e["usage"] for e in evs if e.get("usage")]
+        ids = {e["id"] for e in evs}
+        ntext = sum(1 for e in evs for c in e["choices"] if c.get("finish_reason") is None)
+        ok = (st == 200 and done and len(finals) == 1 and finals[0]["finish_reason"] == "length" and len(usage) == 1
+              and usage[0]["completion_tokens"] == 10 + i % 5 and len(ids) == 1 and evs[-1]["choices"] == []
+              and ntext >= 1)
+        good += ok
+        if not ok:
+            print("concurrent request %d bad: %s" % (i, raw[-400:]))
+    check(good == 16, "16 concurrent streams complete with correct framing (%d/16)" % good)
+
+    # 3. seeded sampling is reproducible, and equal between PD and colocated
+    body = {"prompt": "Once upon a time", "max_tokens": 16, "temperature": 0.9, "top_p": 0.95, "seed": 1234,
+            "ignore_eos": True}
+    outs = [harness.request(d.port, "POST", "/v1/completions", body)[1]["choices"][0]["text"] for d in (pd, pd, co)]
+    check(outs[0] == outs[1] == outs[2], "seeded sampling reproducible across runs and PD/colocated: %r" % outs)
+
+    # 4. chat, n > 1, stop strings, logprobs
+    st, o, _ = harness.request(pd.port, "POST", "/v1/chat/completions",
+                               {"messages": [{"role": "system", "content": "Be brief."},
+                                             {"role": "user", "content": "Hello! 你好"}],
+                                "max_tokens": 8, "temperature": 0, "n": 2, "logprobs": True, "top_logprobs": 3,
+                                "ignore_eos": True})
+    ch = o["choices"] if st == 200 else []
+    check(st == 200 and len(ch) == 2 and ch[0]["message"]["role"] == "assistant" and
+          ch[0]["message"]["content"] == ch[1]["message"]["content"] and
+          len(ch[0]["logprobs"]["content"]) == 8 and len(ch[0]["logprobs"]["content"][0]["top_logprobs"]) == 3 and
+          o["usage"]["completion_tokens"] == 16, "chat with n=2 and logprobs: %r" % (o,))
+    # a stop string cut from the greedy text: output ends right before it, finish_reason stop
+    st, o, _ = harness.request(co.port, "POST", "/v1/completions",
+                               {"prompt": "the cat", "max_tokens": 20, "temperature": 0, "ignore_eos": True})
+    full = o["choices"][0]["text"]
+    cut = full[len(full) // 2: len(full) // 2 + 3]
+    st, o2, _ = harness.request(co.port, "POST", "/v1/completions",
+                                {"prompt": "the cat", "max_tokens": 20, "temperature": 0, "stop": [cut, "zzzz"],
+                                 "ignore_eos": True})
+    got = o2["choices"][0]
+    check(len(cut) > 0 and got["text"] == full[:full.find(cut)] and got["finish_reason"] == "stop"
+          and got["stop_reason"] == cut, "stop string %r: %r vs %r" % (cut, got, full))
+    st, evs, done, raw = harness.sse(co.port, "/v1/completions",
+                                     {"prompt": "the cat", "max_tokens": 20, "temperature": 0, "stop": [cut],
+                                      "stream": True, "ignore_eos": True})
+    streamed = "".join(c["text"] for e in evs for c in e["choices"])
+    check(streamed == full[:full.find(cut)] and done, "streamed stop string never leaks: %r" % streamed)
+
+    # 5. errors: OpenAI shape, right status
+    def err(path, body, status, param=None):
+        st, o, r = harness.request(pd.port, "POST", path, body)
+        ok = st == status and isinstance(o, dict) and "error" in o and set(o["error"]) >= {"message", "type", "param", "code"}
+        if param:
+            ok = ok and o["error"]["param"] == param
+        check(ok, "%s %r -> %s %r" % (path, body, st, o))
+
+    err("/v1/completions", b"{not json", 400)
+    err("/v1/completions", b"[1,2]", 400)
+    err("/v1/completions", {"prompt": 5}, 400, "prompt")
+    err("/v1/completions", {"prompt": "hi", "model": "gpt-4"}, 400, "model")
+    err("/v1/completions", {"prompt": "hi", "max_tokens": "ten"}, 400, "max_tokens")
+    err("/v1/completions", {"prompt": "hi", "temperature": -1}, 400, "temperature")
+    err("/v1/completions", {"prompt": "hi", "max_tokens": 2000}, 400, "max_tokens")
+    err("/v1/completions", {"prompt": "hi", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop")
+    err("/v1/completions", b'{"prompt": "\xff\xfe bad utf8"}', 400, "prompt")
+    err("/v1/chat/completions", {"messages": []}, 400, "messages")
+    err("/v1/chat/completions", {"messages": [{"role": "wizard", "content": "x"}]}, 400, "messages")
+    err("/v1/completions", {"prompt": [1, 2, 99999999]}, 400, "prompt")
+    st, o, _ = harness.request(pd.port, "GET", "/v1/nothing")
+    check(st == 404 and "error" in o, "unknown route -> 404")
+    st, o, _ = harness.request(pd.port, "POST", "/v1/completions", {"prompt": "hi", "max_tokens": 2, "unknown_field": 1})
+    check(st == 200, "unknown fields are ignored")
+    st, o, _ = harness.request(pd.port, "GET", "/v1/models")
+    check(st == 200 and o["data"][0]["id"] == "tiny", "/v1/models")
+    st, o, _ = harness.request(pd.port, "POST", "/tokenize", {"prompt": "Hello world"})
+    st2, o2, _ = harness.request(pd.port, "POST", "/detokenize", {"tokens": o["tokens"]})
+    check(st == 200 and o["count"] == len(o["tokens"]) and o2["prompt"].endswith("Hello world"), "tokenize round trip")
+
+    # 6. the official OpenAI client, unmodified, against the PD deployment
+    import subprocess
+    here = os.path.dirname(os.path.abspath(__file__))
+    out = subprocess.run(["node", os.path.join(here, "openai_client.mjs"), str(pd.port), "tiny"], capture_output=True,
+                         text=True, timeout=300)
+    print(out.stdout.strip())
+    check(out.returncode == 0, "OpenAI client: %s %s" % (out.stdout[-500:], out.stderr[-500:]))
+
+    # 7. nothing stranded: every block is free again on every instance
+    time.sleep(0.5)
+    for dep in (pd, co):
+        for port in filter(None, (dep.decode_port, dep.prefill_port)):
+            st, h, _ = harness.request(port, "GET", "/health")
+            check(h["load"]["free_blocks"] == h["load"]["total_blocks"] and h["load"]["running"] == 0,
+                  "no stranded blocks on %d: %r" % (port, h["load"]))
+finally:
+    pd.close()
+    co.close()
+
+print("%d passed, %d failed" % (passed, len(failures)))
+sys.exit(1 if failures else 0)
