@@ -188,7 +188,7 @@ static void pd_vs_local(float temperature)
         ck_assert_int_ge(nd, ns);
         for (int b = 0; b < ns; b++) memcpy(mdl_kv_row(pd, dst[b], 0, 0), mdl_kv_row(pp, src[b], 0, 0), pp->block_bytes);
         mdl_engine_release(ep, (uint64_t)i);
-        ck_assert_int_eq(mdl_engine_kv_ready(ed, (uint64_t)i, kp->first[i], kp->first_lp[i], kp->hidden[i]), PD_OK);
+        ck_assert_int_eq(mdl_engine_kv_ready(ed, (uint64_t)i, kp->first[i], kp->first_lp[i], 0, NULL, NULL, kp->hidden[i]), PD_OK);
     }
     for (int i = 0; i < N; i++) {
         wait_for(kl, &kl->done[i]);
