@@ -4,6 +4,7 @@
 #include <math.h>
 #include <stdarg.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "model/mdl.h"
 #include "model/mdl_tensors.h"
@@ -51,9 +52,10 @@ static void progress(struct mdl__store *s, size_t bytes)
     s->done_bytes += bytes;
     if (!s->progress || s->total_bytes < (256u << 20)) return;
     int pct = (int)(100.0 * (double)s->done_bytes / (double)s->total_bytes);
-    if (pct / 10 != s->last_pct / 10 || pct == 100) {
-        fprintf(stderr, "\rloading weights: %3d%% (%.1f / %.1f GB)", pct, s->done_bytes / 1e9, s->total_bytes / 1e9);
-        if (pct >= 100) fputc('\n', stderr);
+    int tty = isatty(2), step = tty ? 1 : 25; /* a log file gets a line per quarter */
+    if (pct / step != s->last_pct / step && s->last_pct < 100) {
+        fprintf(stderr, "%sloading weights: %3d%% (%.2f / %.2f GB)%s", tty ? "\r" : "", PD_MIN(pct, 100),
+                s->done_bytes / 1e9, s->total_bytes / 1e9, tty && pct < 100 ? "" : "\n");
         s->last_pct = pct;
     }
 }

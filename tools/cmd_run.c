@@ -4,11 +4,13 @@
 #include <string.h>
 
 #include "model/mdl_runner.h"
+#include "model/tokenizer.h"
 #include "tools/tool_util.h"
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: pdserve-model run --model DIR --tokens 1,2,3 [options]\n"
+    fprintf(f, "usage: pdserve-model run --model DIR (--prompt TEXT | --tokens 1,2,3) [options]\n"
+               "  --prompt TEXT                tokenized with the checkpoint's tokenizer; prints the output as text\n"
                "  --max-tokens N               tokens to generate (default 16)\n"
                "  --temperature T --top-p P --top-k K --min-p P\n"
                "  --repetition-penalty R --frequency-penalty F --presence-penalty P\n"
@@ -20,7 +22,7 @@ static void usage(FILE *f)
 
 int cmd_run(int argc, char **argv)
 {
-    const char *model = NULL, *toks = NULL, *v;
+    const char *model = NULL, *toks = NULL, *text = NULL, *v;
     int max_tokens = 16, ignore_eos = 0, chunk = 512, block = 16;
     uint64_t seed = 0;
     int has_seed = 0;
@@ -34,6 +36,7 @@ int cmd_run(int argc, char **argv)
         if (!(v = tool_arg(argc, argv, &i))) return 2;
         if (!strcmp(a, "--model")) model = v;
         else if (!strcmp(a, "--tokens")) toks = v;
+        else if (!strcmp(a, "--prompt")) text = v;
         else if (!strcmp(a, "--max-tokens")) max_tokens = atoi(v);
         else if (!strcmp(a, "--temperature")) sp.temperature = strtof(v, NULL);
         else if (!strcmp(a, "--top-p")) sp.top_p = strtof(v, NULL);
@@ -50,17 +53,32 @@ int cmd_run(int argc, char **argv)
         }
         else { fprintf(stderr, "run: unknown option '%s'\n", a); usage(stderr); return 2; }
     }
-    if (!model || !toks) { usage(stderr); return 2; }
+    if (!model || (!toks == !text)) { usage(stderr); return 2; }
     if (max_tokens < 0 || chunk < 1 || block < 1) { fprintf(stderr, "run: bad --max-tokens/--max-num-batched-tokens/--block-size\n"); return 2; }
     int32_t *prompt = NULL;
     int n = 0;
-    if (tool_parse_ids(toks, &prompt, &n) != PD_OK) { fprintf(stderr, "run: --tokens must be comma-separated ids\n"); return 2; }
     char err[1024];
+    mdl_tokenizer tok = NULL;
+    if (text) {
+        size_t nid = 0;
+        if (mdl_tokenizer_load(model, &tok, err, sizeof err) != PD_OK) { fprintf(stderr, "run: %s\n", err); return 1; }
+        unsigned flags = mdl_tokenizer_add_bos_default(tok) ? MDL_ENCODE_ADD_BOS : 0;
+        if (mdl_tokenizer_encode(tok, text, strlen(text), flags, &prompt, &nid) != PD_OK || nid == 0) {
+            fprintf(stderr, "run: --prompt is not valid UTF-8 text\n");
+            mdl_tokenizer_destroy(tok);
+            return 2;
+        }
+        n = (int)nid;
+    } else if (tool_parse_ids(toks, &prompt, &n) != PD_OK) {
+        fprintf(stderr, "run: --tokens must be comma-separated ids\n");
+        return 2;
+    }
     mdl_model *m = NULL;
     double t0 = pd_time_now();
     if (mdl_model_load(model, &lo, &m, err, sizeof err) != PD_OK) {
         fprintf(stderr, "run: %s\n", err);
         free(prompt);
+        mdl_tokenizer_destroy(tok);
         return 1;
     }
     double t_load = pd_time_now() - t0;
@@ -92,9 +110,16 @@ int cmd_run(int argc, char **argv)
     }
     double t_decode = pd_time_now() - t2;
     if (st != PD_OK) { fprintf(stderr, "run: forward failed: %s\n", pd_status_str(st)); goto done; }
-    printf("[");
-    for (int i = 0; i < n_out; i++) printf("%s%d", i ? "," : "", out[i]);
-    printf("]\n");
+    if (tok) {
+        char *txt = NULL;
+        size_t tl = 0;
+        if (mdl_tokenizer_decode(tok, out, (size_t)n_out, 1, &txt, &tl) == PD_OK) printf("%s%s\n", text, txt);
+        free(txt);
+    } else {
+        printf("[");
+        for (int i = 0; i < n_out; i++) printf("%s%d", i ? "," : "", out[i]);
+        printf("]\n");
+    }
     fprintf(stderr, "load %.2f s; prefill %d tokens in %.3f s (%.1f tok/s); decode %d tokens in %.3f s (%.1f tok/s)\n",
             t_load, n, t_prefill, n / t_prefill, n_out, t_decode, n_out > 1 ? (n_out - 1) / t_decode : 0.0);
     rc = 0;
@@ -104,6 +129,7 @@ done:
     free(lg);
     free(out);
     mdl_model_destroy(m);
+    mdl_tokenizer_destroy(tok);
     free(prompt);
     return rc;
 }
