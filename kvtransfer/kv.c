@@ -287,9 +287,8 @@ static void kv__send_hello(kv__peer *p)
                                      strlen(op->buf), &prm));
 }
 
-/* Finds or connects the peer of a descriptor. A same-host peer that UCX cannot reach with peer error
- * handling (shared-memory-only transports in UCX 1.13) is connected without it and watched through
- * /proc instead. */
+/* Finds or connects the peer of a descriptor. Contexts whose transports cannot report peer failure
+ * (shared memory only, in UCX 1.13) connect without UCX error handling and watch peers through /proc. */
 static pd_status kv__peer_get(kv_context_t ctx, const kv_desc_t *d, int send_hello, kv__peer **out)
 {
     kv__peer *p = kv__peer_find(ctx, d->ctx_id);
@@ -304,21 +303,18 @@ static pd_status kv__peer_get(kv_context_t ctx, const kv_desc_t *d, int send_hel
     p->pid = d->pid;
     p->start_time = d->start_time;
     int same_host = memcmp(d->boot_id, ctx->boot_id, 16) == 0;
+    if (ctx->err_mode == UCP_ERR_HANDLING_MODE_NONE && !same_host) {
+        pd_error("kv: peer %016llx is on another host but this context has only shared-memory transports",
+                 (unsigned long long)d->ctx_id);
+        free(p);
+        return PD_ERR_UNSUPPORTED;
+    }
     ucp_ep_params_t epp = {.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
                                          UCP_EP_PARAM_FIELD_ERR_HANDLER,
                            .address = d->addr,
-                           .err_mode = UCP_ERR_HANDLING_MODE_PEER,
+                           .err_mode = ctx->err_mode,
                            .err_handler = {.cb = kv__peer_err_cb, .arg = p}};
-    ucs_status_t st = UCS_ERR_UNSUPPORTED;
-    if (!(same_host && ctx->peer_mode_local_unsupported)) st = ucp_ep_create(ctx->worker, &epp, &p->ep);
-    if (st != UCS_OK && same_host) {
-        if (!ctx->peer_mode_local_unsupported)
-            pd_info("kv: transports cannot report peer failure to %016llx (%s); using liveness checks of pid %u",
-                    (unsigned long long)d->ctx_id, ucs_status_string(st), d->pid);
-        ctx->peer_mode_local_unsupported = 1;
-        epp.err_mode = UCP_ERR_HANDLING_MODE_NONE;
-        st = ucp_ep_create(ctx->worker, &epp, &p->ep);
-    }
+    ucs_status_t st = ucp_ep_create(ctx->worker, &epp, &p->ep);
     if (st != UCS_OK) {
         pd_error("kv: cannot connect to peer %016llx: %s", (unsigned long long)d->ctx_id, ucs_status_string(st));
         free(p);
@@ -665,6 +661,32 @@ pd_status kv_progress_wait(kv_context_t ctx, double timeout_s)
 
 /* ---- context ---- */
 
+/* UCX 1.13 reports peer failure only through network transports (tcp, verbs); posix/sysv/cma cannot.
+ * Both ends must agree on the mode (UCX rejects asymmetric endpoints), and they share the UCX_TLS
+ * configuration, so the choice is made from this context's own resources. */
+static ucp_err_handling_mode_t kv__choose_err_mode(ucp_context_h ucp)
+{
+    static const char *const net[] = {"tcp/", "rc_verbs/", "rc_mlx5/", "dc_mlx5/", "ud_verbs/", "ud_mlx5/"};
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    if (!f) return UCP_ERR_HANDLING_MODE_PEER;
+    ucp_context_print_info(ucp, f);
+    fclose(f);
+    ucp_err_handling_mode_t mode = UCP_ERR_HANDLING_MODE_NONE;
+    for (char *line = strstr(text, "resource"); line; line = strstr(line + 1, "resource")) {
+        char *tl = strstr(line, "-- ");
+        char *nl = strchr(line, '\n');
+        if (!tl || (nl && tl > nl)) continue;
+        for (size_t i = 0; i < PD_ARRAY_LEN(net); i++)
+            if (!strncmp(tl + 3, net[i], strlen(net[i]))) mode = UCP_ERR_HANDLING_MODE_PEER;
+    }
+    free(text);
+    if (mode == UCP_ERR_HANDLING_MODE_NONE)
+        pd_info("kv: no transport can report peer failure (shared memory only); watching peer processes instead");
+    return mode;
+}
+
 pd_status kv_context_create(const kv_params_t *params, kv_context_t *out)
 {
     if (!out) return PD_ERR_INVALID;
@@ -736,6 +758,7 @@ pd_status kv_context_create(const kv_params_t *params, kv_context_t *out)
         pd_error("kv: ucp_worker_create failed: %s", ucs_status_string(st));
         goto cleanup_ucp;
     }
+    ctx->err_mode = kv__choose_err_mode(ctx->ucp);
     st = ucp_worker_get_efd(ctx->worker, &ctx->efd);
     if (st != UCS_OK) {
         pd_error("kv: the worker has no event fd: %s", ucs_status_string(st));

@@ -184,7 +184,7 @@ struct kv_context {
     uint64_t next_region_id, next_xfer_id;
     int destroying;
     int cancel_needed; /* some transfer or rx ended with requests in flight: cancel from dispatch */
-    int peer_mode_local_unsupported; /* ERR_HANDLING_MODE_PEER failed once for a same-host peer */
+    ucp_err_handling_mode_t err_mode; /* PEER when a network transport can report failures, else NONE */
 };
 
 /* kv.c */

@@ -98,6 +98,7 @@ static peer_count *peer_slot(uint64_t id)
 
 static int recv_done(void)
 {
+    if (!opt.expect_complete && !opt.expect_failed) return 0; /* run until SIGTERM */
     int complete = 0;
     for (int i = 0; i < R.n_peers; i++) complete += R.peers[i].notices + R.peers[i].aborted >= opt.count;
     return complete >= opt.expect_complete && R.peer_failed >= opt.expect_failed;
@@ -164,6 +165,14 @@ static void recv_event_cb(kv_context_t ctx, const kv_event *ev, void *arg)
     if (recv_done() || R.bad) event_base_loopbreak(R.base);
 }
 
+static int stopped;
+
+static void recv_stop_cb(evutil_socket_t fd, short what, void *arg)
+{
+    stopped = 1;
+    event_base_loopbreak(R.base);
+}
+
 static void recv_timeout_cb(evutil_socket_t fd, short what, void *arg)
 {
     printf("TIMEOUT\n");
@@ -197,14 +206,20 @@ static int run_recv(void)
     struct event *to = evtimer_new(R.base, recv_timeout_cb, NULL);
     struct timeval tv = {.tv_sec = (long)opt.timeout};
     evtimer_add(to, &tv);
+    struct event *term = evsignal_new(R.base, SIGTERM, recv_stop_cb, NULL);
+    evsignal_add(term, NULL);
     printf("READY id=%016llx\n", (unsigned long long)kv_context_id(ctx));
     fflush(stdout);
     event_base_dispatch(R.base);
-    int ok = recv_done() && !R.bad;
+    int ok = (stopped || recv_done()) && !R.bad;
+    for (int i = 0; i < R.n_peers; i++)
+        printf("PEER id=%016llx notices=%d aborted=%d\n", (unsigned long long)R.peers[i].id, R.peers[i].notices,
+               R.peers[i].aborted);
     printf("SUMMARY role=recv notices=%d bad=%d aborted=%d peer_failed=%d ok=%d\n", R.notices, R.bad, R.aborted,
            R.peer_failed, ok);
     fflush(stdout);
     event_free(to);
+    event_free(term);
     for (double end = pd_time_now() + 5; acks_pending > 0 && pd_time_now() < end;) kv_progress_wait(ctx, 0.1);
     for (int i = 0; i < R.n_peers; i++) kv_remote_destroy(R.peers[i].ack_to);
     kv_region_destroy(R.region);
