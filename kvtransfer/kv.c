@@ -215,6 +215,9 @@ static void kv__peer_handle_failure(kv__peer *p)
         kv__rx *rx = KV__CONTAINER(it, kv__rx, link);
         if (rx->sender_id == p->id) kv__rx_end(rx, PD_ERR_PEER);
     }
+    /* UCX 1.13 cannot purge requests stuck on a shared-memory endpoint to a dead process (it crashes in
+     * ucp_worker_destroy), so a context that lost such a peer leaks its worker at teardown instead. */
+    if (p->err_mode == UCP_ERR_HANDLING_MODE_NONE) ctx->keep_worker = 1;
     kv__peer_close_ep(p, 1);
     KV__FOREACH(it, tmp, &ctx->remotes) {
         kv_remote_t r = KV__CONTAINER(it, struct kv_remote, link);
@@ -527,6 +530,8 @@ uint64_t kv_remote_peer_id(kv_remote_t r) { return r->peer->id; }
 
 /* ---- progress ---- */
 
+#define KV__ARM_TRIES 8
+
 static void kv__tick(kv_context_t ctx, double now)
 {
     kv__link *it, *tmp;
@@ -602,18 +607,23 @@ static int kv__progress(kv_context_t ctx)
     return n;
 }
 
+/* Progress until the worker can be armed. A worker that stays busy (seen after a shared-memory peer was
+ * killed in the middle of a message) is re-polled from a 1 ms timer instead of spinning here, so the
+ * rest of the loop (signals, timers, other fds) keeps running. */
 static void kv__loop_cb(evutil_socket_t fd, short what, void *arg)
 {
     kv_context_t ctx = arg;
-    for (;;) {
+    for (int tries = 0; tries < KV__ARM_TRIES; tries++) {
         kv__progress(ctx);
         ucs_status_t st = ucp_worker_arm(ctx->worker);
-        if (st == UCS_OK) break;
+        if (st == UCS_OK) return;
         if (st != UCS_ERR_BUSY) {
             pd_error("kv: ucp_worker_arm failed: %s", ucs_status_string(st));
             break;
         }
     }
+    struct timeval tv = {.tv_sec = 0, .tv_usec = 1000};
+    evtimer_add(ctx->ev_retry, &tv);
 }
 
 pd_status kv_context_attach(kv_context_t ctx, struct event_base *base)
@@ -621,7 +631,8 @@ pd_status kv_context_attach(kv_context_t ctx, struct event_base *base)
     if (!ctx || !base || ctx->base) return PD_ERR_INVALID;
     ctx->ev_efd = event_new(base, ctx->efd, EV_READ | EV_PERSIST, kv__loop_cb, ctx);
     ctx->ev_tick = event_new(base, -1, EV_PERSIST, kv__loop_cb, ctx);
-    if (!ctx->ev_efd || !ctx->ev_tick) goto free_events;
+    ctx->ev_retry = evtimer_new(base, kv__loop_cb, ctx);
+    if (!ctx->ev_efd || !ctx->ev_tick || !ctx->ev_retry) goto free_events;
     struct timeval tv = {.tv_sec = (long)ctx->tick, .tv_usec = (long)((ctx->tick - (long)ctx->tick) * 1e6)};
     if (event_add(ctx->ev_efd, NULL) != 0 || event_add(ctx->ev_tick, &tv) != 0) goto free_events;
     ctx->base = base;
@@ -632,21 +643,28 @@ free_events:
     pd_error("kv: cannot add the worker's event fd to the event loop");
     if (ctx->ev_efd) event_free(ctx->ev_efd);
     if (ctx->ev_tick) event_free(ctx->ev_tick);
-    ctx->ev_efd = ctx->ev_tick = NULL;
+    if (ctx->ev_retry) event_free(ctx->ev_retry);
+    ctx->ev_efd = ctx->ev_tick = ctx->ev_retry = NULL;
     return PD_ERR_INTERNAL;
 }
 
 pd_status kv_progress_wait(kv_context_t ctx, double timeout_s)
 {
     double deadline = pd_time_now() + timeout_s;
+    int busy = 0;
     for (;;) {
         if (kv__progress(ctx) > 0) return PD_OK;
         double now = pd_time_now();
         if (now >= deadline) return PD_ERR_TIMEOUT;
         ucs_status_t st = ucp_worker_arm(ctx->worker);
-        if (st == UCS_ERR_BUSY) continue;
+        if (st == UCS_ERR_BUSY && ++busy < KV__ARM_TRIES) continue;
         double until = PD_MIN(deadline, ctx->next_tick);
         int ms = until > now ? (int)((until - now) * 1000.0) + 1 : 0;
+        if (st == UCS_ERR_BUSY) {
+            ms = PD_MIN(ms, 1);
+            st = UCS_OK;
+        }
+        busy = 0;
         if (st != UCS_OK) {
             pd_error("kv: ucp_worker_arm failed: %s", ucs_status_string(st));
             ms = PD_MIN(ms, 1);
@@ -850,11 +868,14 @@ void kv_context_destroy(kv_context_t ctx)
     }
     if (ctx->ev_efd) event_free(ctx->ev_efd);
     if (ctx->ev_tick) event_free(ctx->ev_tick);
+    if (ctx->ev_retry) event_free(ctx->ev_retry);
     free(ctx->self_desc);
     ucp_worker_release_address(ctx->worker, ctx->addr);
-    if (kv__list_empty(&ctx->ops)) {
+    if (kv__list_empty(&ctx->ops) && !ctx->keep_worker) {
         ucp_worker_destroy(ctx->worker);
         ucp_cleanup(ctx->ucp);
+    } else if (ctx->keep_worker) {
+        pd_warn("kv: a shared-memory peer died; leaving the UCX worker to process exit (UCX 1.13 cannot purge it)");
     }
     KV__FOREACH(it, tmp, &ctx->ops) free(KV__CONTAINER(it, kv__op, link));
     free(ctx);

@@ -175,7 +175,7 @@ struct kv_context {
     size_t max_notice;
 
     struct event_base *base;
-    struct event *ev_efd, *ev_tick;
+    struct event *ev_efd, *ev_tick, *ev_retry;
     double next_tick;
 
     kv__link peers, regions, remotes, xfers, rxs, ops, hellos;
@@ -184,6 +184,7 @@ struct kv_context {
     uint64_t next_region_id, next_xfer_id;
     int destroying;
     int cancel_needed; /* some transfer or rx ended with requests in flight: cancel from dispatch */
+    int keep_worker; /* see kv__peer_handle_failure */
     ucp_err_handling_mode_t err_mode; /* PEER when a network transport can report failures, else NONE */
 };
 

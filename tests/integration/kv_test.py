@@ -210,6 +210,15 @@ def sc_netns(env):
             print("SKIP: '%s' failed: %s" % (" ".join(c), res.stdout.strip()))
             cleanup()
             sys.exit(SKIP)
+    end = time.time() + 10
+    while time.time() < end:
+        states = [subprocess.run(["ip", "-n", ns, "link", "show", "dev", dev], stdout=subprocess.PIPE, text=True).stdout
+                  for ns, dev in ((na, va), (nb, vb))]
+        if all("NO-CARRIER" not in st and "state UP" in st for st in states):
+            break
+        time.sleep(0.05)
+    else:
+        fail("veth pair did not come up")
     sc_pair(base_env("tcp", va), count=20, prefix_r=["ip", "netns", "exec", na],
             prefix_s=["ip", "netns", "exec", nb], env_s=base_env("tcp", vb))
 
