@@ -243,6 +243,7 @@ static kv_proto kv__detect_proto(ucp_ep_h ep)
     if (!f) return KV_PROTO_AM;
     ucp_ep_print_info(ep, f);
     fclose(f);
+    pd_debug("kv: endpoint configuration:\n%s", text);
     kv_proto proto = KV_PROTO_AM;
     for (char *line = text; line && *line;) {
         char *nl = strchr(line, '\n');
@@ -345,17 +346,29 @@ kv_region_t kv__region_find(kv_context_t ctx, uint64_t id)
     return NULL;
 }
 
-pd_status kv_region_create(kv_context_t ctx, void *base, size_t len, kv_region_t *out)
+static pd_status kv__region_map(kv_context_t ctx, void *base, size_t len, kv_region_t *out)
 {
-    if (!ctx || !base || !len || !out) return PD_ERR_INVALID;
+    if (!ctx || !len || !out) return PD_ERR_INVALID;
     kv_region_t r = calloc(1, sizeof(*r));
     if (!r) return PD_ERR_NOMEM;
-    ucp_mem_map_params_t mp = {.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH,
-                               .address = base, .length = len};
+    ucp_mem_map_params_t mp = {.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH |
+                                             UCP_MEM_MAP_PARAM_FIELD_FLAGS,
+                               .address = base, .length = len, .flags = base ? 0 : UCP_MEM_MAP_ALLOCATE};
     ucs_status_t st = ucp_mem_map(ctx->ucp, &mp, &r->memh);
     if (st != UCS_OK) {
         pd_error("kv: registering %zu bytes at %p failed: %s", len, base, ucs_status_string(st));
         goto free_region;
+    }
+    if (!base) {
+        ucp_mem_attr_t ma = {.field_mask = UCP_MEM_ATTR_FIELD_ADDRESS};
+        st = ucp_mem_query(r->memh, &ma);
+        if (st != UCS_OK) {
+            pd_error("kv: querying an allocated region failed: %s", ucs_status_string(st));
+            ucp_mem_unmap(ctx->ucp, r->memh);
+            goto free_region;
+        }
+        base = ma.address;
+        r->owned = 1;
     }
     st = ucp_rkey_pack(ctx->ucp, r->memh, &r->rkey_buf, &r->rkey_len);
     if (st != UCS_OK) {
@@ -376,6 +389,14 @@ free_region:
     free(r);
     return PD_ERR_TRANSPORT;
 }
+
+pd_status kv_region_create(kv_context_t ctx, void *base, size_t len, kv_region_t *out)
+{
+    if (!base) return PD_ERR_INVALID;
+    return kv__region_map(ctx, base, len, out);
+}
+
+pd_status kv_region_alloc(kv_context_t ctx, size_t len, kv_region_t *out) { return kv__region_map(ctx, NULL, len, out); }
 
 static int kv__count_ops(kv_context_t ctx, kv_region_t region, int include_close)
 {

@@ -86,6 +86,11 @@ pd_status kv_progress_wait(kv_context_t ctx, double timeout_s);
 
 /* Registers [base, base+len) for UCX. The memory stays the caller's; it must outlive the region. */
 pd_status kv_region_create(kv_context_t ctx, void *base, size_t len, kv_region_t *out);
+/* Allocates len bytes through UCX (ucp_mem_map ALLOCATE) and registers them. On one host UCX can then
+ * back the region with shared memory that peers attach, so puts into it are plain memory copies by the
+ * sender (this is what makes ucx_perftest's put fast over posix); prefer it for a receiving KV pool.
+ * The memory is zeroed by the OS, owned by the region and freed with it. */
+pd_status kv_region_alloc(kv_context_t ctx, size_t len, kv_region_t *out);
 /* Cancels incoming writes still landing in the region (their transfers are ABORTED), then deregisters.
  * Transfers that use it as their local source must have completed. Accepts NULL. */
 void kv_region_destroy(kv_region_t region);

@@ -70,6 +70,7 @@ struct kv_region {
     void *base;
     size_t len;
     ucp_mem_h memh;
+    int owned; /* memory allocated by UCX (kv_region_alloc): shared-memory capable */
     void *rkey_buf;
     size_t rkey_len;
 };
