@@ -450,7 +450,10 @@ static int run_send(void)
     }
     printf("SUMMARY role=send pending=%d ok=%d\n", S.pending, ok);
     fflush(stdout);
-    for (int i = 0; i < opt.n_desc; i++) kv_remote_destroy(S.rs[i].remote);
+    for (int i = 0; i < opt.n_desc; i++) {
+        kv_remote_destroy(S.rs[i].remote);
+        S.rs[i].remote = NULL; /* events during kv_context_destroy must not look at it */
+    }
     kv_region_destroy(S.local);
     kv_context_destroy(g_ctx);
     free(S.desc);
