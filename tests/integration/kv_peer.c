@@ -243,7 +243,7 @@ typedef struct {
 struct recv_state {
     int idx;
     kv_remote_t remote;
-    int started, ok, canceled, errors, failed;
+    int started, ok, canceled, errors, failed, peer_failed;
     xslot slots[MAX_CONC];
 };
 
@@ -276,6 +276,7 @@ static void send_event_cb(kv_context_t ctx, const kv_event *ev, void *arg)
             if (!r->remote || kv_remote_peer_id(r->remote) != ev->peer_id) continue;
             printf("PEER_FAILED recv=%d status=%s t=%.6f\n", i, pd_status_str(ev->status), wall_now());
             r->failed = 1;
+            r->peer_failed = 1;
             for (int k = 0; k < opt.conc; k++)
                 if (r->slots[k].reported) {
                     r->slots[k].acked = 1;
@@ -443,7 +444,7 @@ static int run_send(void)
     for (int i = 0; i < opt.n_desc; i++) {
         recv_state *r = &S.rs[i];
         int expect_fail = (opt.expect_fail_mask >> i) & 1;
-        int good = expect_fail ? r->errors > 0 : (r->errors == 0 && r->ok + r->canceled == opt.count);
+        int good = expect_fail ? (r->errors > 0 || r->peer_failed) : (r->errors == 0 && r->ok + r->canceled == opt.count);
         printf("RESULT recv=%d started=%d ok=%d canceled=%d errors=%d good=%d\n", i, r->started, r->ok, r->canceled,
                r->errors, good);
         ok &= good;
