@@ -1,0 +1,143 @@
+/* kv_bench: libpdkv bandwidth between two processes. "recv" registers a region and progresses until
+ * SIGTERM; "send" keeps --window transfers of --blocks blocks of --size bytes in flight (each transfer:
+ * blocks, then [flush,] notice) and reports MB/s (2^20 bytes, as ucx_perftest does) over --bytes. */
+#include <getopt.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "kvtransfer/kv.h"
+
+static volatile sig_atomic_t stop;
+static void on_term(int sig) { stop = 1; }
+
+static struct {
+    const char *desc_out, *desc;
+    size_t size, bytes;
+    int blocks, window;
+    kv_proto proto;
+} opt = {.size = 1 << 20, .bytes = (size_t)4 << 30, .blocks = 16, .window = 4};
+
+static int inflight, done_xfers, failed;
+
+static void xfer_cb(kv_xfer_t x, pd_status st, void *arg)
+{
+    inflight--;
+    done_xfers++;
+    if (st != PD_OK) {
+        failed++;
+        fprintf(stderr, "kv_bench: transfer failed: %s\n", pd_status_str(st));
+    }
+}
+
+static char *read_desc(const char *path)
+{
+    for (int i = 0; i < 1000; i++) {
+        char *buf = NULL;
+        size_t len;
+        if (pd_file_read(path, &buf, &len) == PD_OK && len) return buf;
+        free(buf);
+        usleep(20000);
+    }
+    return NULL;
+}
+
+int main(int argc, char **argv)
+{
+    static struct option lo[] = {{"desc-out", 1, 0, 'o'}, {"desc", 1, 0, 'd'},   {"size", 1, 0, 's'},
+                                 {"bytes", 1, 0, 'b'},    {"blocks", 1, 0, 'k'}, {"window", 1, 0, 'w'},
+                                 {"proto", 1, 0, 'p'},    {0, 0, 0, 0}};
+    if (argc < 2) goto usage;
+    optind = 2;
+    int c;
+    while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+        switch (c) {
+        case 'o': opt.desc_out = optarg; break;
+        case 'd': opt.desc = optarg; break;
+        case 's': opt.size = strtoull(optarg, NULL, 0); break;
+        case 'b': opt.bytes = strtoull(optarg, NULL, 0); break;
+        case 'k': opt.blocks = atoi(optarg); break;
+        case 'w': opt.window = atoi(optarg); break;
+        case 'p':
+            if (kv_proto_parse(optarg, &opt.proto) != PD_OK) goto usage;
+            break;
+        default: goto usage;
+        }
+    }
+    size_t region = opt.size * (size_t)opt.blocks * (size_t)opt.window;
+    kv_params_t p = {.field_mask = KV_PARAM_FIELD_PROTO, .proto = opt.proto};
+    kv_context_t ctx;
+    if (kv_context_create(&p, &ctx) != PD_OK) return 2;
+    /* The receiving pool comes from kv_region_alloc (shared-memory capable); --user-mem registers mmap'd
+     * memory instead, as a server with its own pool allocator would. */
+    kv_region_t reg;
+    void *mem = NULL;
+    if (getenv("KV_BENCH_USER_MEM")) {
+        mem = mmap(NULL, region, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+        if (mem == MAP_FAILED || kv_region_create(ctx, mem, region, &reg) != PD_OK) return 2;
+    } else if (kv_region_alloc(ctx, region, &reg) != PD_OK) {
+        return 2;
+    }
+    memset(kv_region_base(reg), 1, region);
+    if (!strcmp(argv[1], "recv") && opt.desc_out) {
+        signal(SIGTERM, on_term);
+        signal(SIGINT, on_term);
+        char *d, tmp[4096];
+        if (kv_region_descriptor(reg, &d) != PD_OK) return 2;
+        snprintf(tmp, sizeof(tmp), "%s.tmp", opt.desc_out);
+        FILE *f = fopen(tmp, "w");
+        if (!f) return 2;
+        fputs(d, f);
+        fclose(f);
+        rename(tmp, opt.desc_out);
+        free(d);
+        while (!stop) kv_progress_wait(ctx, 0.1);
+    } else if (!strcmp(argv[1], "send") && opt.desc) {
+        char *d = read_desc(opt.desc);
+        kv_remote_t remote;
+        if (!d || kv_remote_create(ctx, d, &remote) != PD_OK) return 2;
+        free(d);
+        kv_block *blocks = calloc((size_t)opt.blocks * opt.window, sizeof(*blocks));
+        for (int i = 0; i < opt.blocks * opt.window; i++)
+            blocks[i] = (kv_block){.local_off = (uint64_t)i * opt.size, .remote_off = (uint64_t)i * opt.size,
+                                   .len = opt.size};
+        char notice[4096] = {0};
+        size_t per_xfer = opt.size * (size_t)opt.blocks;
+        int warm = 2 * opt.window, total = warm + (int)PD_MAX(1, opt.bytes / per_xfer);
+        int started = 0;
+        double t0 = 0;
+        while (done_xfers < total && !failed) {
+            while (inflight < opt.window && started < total) {
+                if (started == warm) {
+                    while (inflight) kv_progress_wait(ctx, 0.1); /* warm-up drained: start the clock */
+                    t0 = pd_time_now();
+                }
+                int slot = started % opt.window;
+                kv_xfer_params_t xp = {.field_mask = KV_XFER_FIELD_NOTICE, .local = reg, .remote = remote,
+                                       .blocks = blocks + (size_t)slot * opt.blocks, .n_blocks = (size_t)opt.blocks,
+                                       .notice = notice, .notice_len = sizeof(notice), .cb = xfer_cb};
+                if (kv_xfer_start(ctx, &xp, NULL) != PD_OK) return 1;
+                inflight++;
+                started++;
+            }
+            kv_progress_wait(ctx, 0.1);
+        }
+        double dt = pd_time_now() - t0;
+        double mb = (double)(total - warm) * per_xfer / (1 << 20);
+        printf("RESULT proto=%s size=%zu blocks=%d window=%d bytes=%.0f seconds=%.3f MBps=%.1f\n",
+               kv_proto_str(kv_remote_proto(remote)), opt.size, opt.blocks, opt.window, mb * (1 << 20), dt, mb / dt);
+        kv_remote_destroy(remote);
+        free(blocks);
+    } else {
+        goto usage;
+    }
+    kv_region_destroy(reg);
+    kv_context_destroy(ctx);
+    if (mem) munmap(mem, region);
+    return failed ? 1 : 0;
+usage:
+    fprintf(stderr, "usage: kv_bench recv --desc-out FILE [--size B --blocks K --window W]\n"
+                    "       kv_bench send --desc FILE [--size B --blocks K --window W --bytes N --proto auto|put|am]\n");
+    return 2;
+}

@@ -1,0 +1,218 @@
+/* libpdkv internals shared by kv.c (context, progress, peers, regions) and xfer.c (sender state machine,
+ * receiver active-message handlers). Every UCX request in flight is a kv__op on ctx->ops, so teardown
+ * can cancel or wait for each one before its buffers go. */
+#ifndef PD_KV_INTERNAL_H
+#define PD_KV_INTERNAL_H
+
+#include <ucp/api/ucp.h>
+
+#include "kvtransfer/kv.h"
+
+/* Intrusive circular doubly-linked list. */
+typedef struct kv__link {
+    struct kv__link *prev, *next;
+} kv__link;
+
+static inline void kv__list_init(kv__link *h) { h->prev = h->next = h; }
+static inline int kv__list_empty(const kv__link *h) { return h->next == h; }
+static inline void kv__list_push(kv__link *h, kv__link *e)
+{
+    e->prev = h->prev;
+    e->next = h;
+    h->prev->next = e;
+    h->prev = e;
+}
+static inline void kv__list_del(kv__link *e)
+{
+    e->prev->next = e->next;
+    e->next->prev = e->prev;
+    e->prev = e->next = e;
+}
+#define KV__CONTAINER(ptr, type, member) ((type *)((char *)(ptr) - offsetof(type, member)))
+/* Safe against deletion of the current element. */
+#define KV__FOREACH(it, tmp, head) for ((it) = (head)->next, (tmp) = (it)->next; (it) != (head); (it) = (tmp), (tmp) = (it)->next)
+
+enum { KV__AM_HELLO = 11, KV__AM_DATA = 12, KV__AM_NOTICE = 13, KV__AM_ABORT = 14 };
+
+/* Header of every active message; the same on both ends (same architecture assumed, checked by magic). */
+typedef struct {
+    uint32_t magic;     /* KV__AM_MAGIC */
+    uint32_t count;     /* NOTICE: number of DATA messages the receiver must have landed (0 for PUT) */
+    uint64_t sender_id; /* sending context id */
+    uint64_t xfer_id;
+    uint64_t tag;
+    uint64_t region_id; /* DATA: destination region */
+    uint64_t offset;    /* DATA: offset in the destination region */
+    int32_t status;     /* ABORT: pd_status reason */
+    uint32_t pad;
+} kv__am_hdr;
+#define KV__AM_MAGIC 0x4b56414du
+
+typedef struct kv__peer {
+    kv__link link;
+    kv_context_t ctx;
+    uint64_t id;            /* remote context id */
+    ucp_ep_h ep;            /* NULL once closed */
+    ucp_err_handling_mode_t err_mode;
+    kv_proto proto;
+    uint32_t pid;           /* liveness checks for ERR_HANDLING_MODE_NONE endpoints (shared memory) */
+    uint64_t start_time;
+    int refs;               /* remotes + transfers holding it */
+    int failed;             /* set by the error callback or a liveness check; handled in dispatch */
+    int fail_handled;
+    pd_status fail_status;
+} kv__peer;
+
+struct kv_region {
+    kv__link link;
+    kv_context_t ctx;
+    uint64_t id;
+    void *base;
+    size_t len;
+    ucp_mem_h memh;
+    int owned; /* memory allocated by UCX (kv_region_alloc): shared-memory capable */
+    void *rkey_buf;
+    size_t rkey_len;
+};
+
+struct kv_remote {
+    kv__link link;
+    kv_context_t ctx;
+    kv__peer *peer;
+    uint64_t region_id;
+    uint64_t base, len;
+    ucp_rkey_h rkey; /* NULL after the peer failed */
+    int refs;
+};
+
+typedef enum { KV__X_DATA, KV__X_FLUSH, KV__X_NOTICE, KV__X_DONE } kv__xstate;
+
+struct kv_xfer {
+    kv__link link;  /* ctx->xfers */
+    kv__link qlink; /* ctx->xqueue once its callback is due */
+    kv_context_t ctx;
+    kv_remote_t remote;
+    kv_region_t local;
+    kv__peer *peer;
+    uint64_t id, tag;
+    kv_proto proto;
+    kv__xstate state;
+    int issuing;    /* ops are being posted: do not advance yet */
+    int inflight;   /* kv__ops of this transfer still in UCX */
+    int ending;     /* failed/canceled/timed out; waiting for inflight to drain */
+    int queued, reported;
+    pd_status status;
+    uint32_t n_data;
+    double deadline, kill_deadline;
+    void *notice;
+    size_t notice_len;
+    kv_xfer_cb cb;
+    void *arg;
+};
+
+/* Receiver-side state of one incoming transfer (AM data still landing, or a notice payload arriving). */
+typedef struct kv__rx {
+    kv__link link;
+    kv_context_t ctx;
+    uint64_t sender_id, xfer_id, tag;
+    int inflight;
+    int64_t expected; /* DATA messages announced by the notice; -1 until it arrives */
+    uint32_t done;
+    int have_notice;  /* 1 once the payload is complete */
+    int ending;
+    int emitted;      /* event delivered; kept as a tombstone that swallows late messages until expiry */
+    pd_status status;
+    void *payload;
+    size_t payload_len;
+    double last_activity, kill_deadline;
+} kv__rx;
+
+typedef enum { KV__OP_PUT, KV__OP_FLUSH, KV__OP_AM_DATA, KV__OP_NOTICE, KV__OP_ABORT, KV__OP_HELLO,
+               KV__OP_RECV_DATA, KV__OP_RECV_NOTICE, KV__OP_CLOSE } kv__op_kind;
+
+typedef struct kv__op {
+    kv__link link; /* ctx->ops */
+    kv_context_t ctx;
+    kv__op_kind kind;
+    void *req;          /* UCX request while in flight */
+    kv_xfer_t xfer;     /* sender ops */
+    kv__rx *rx;         /* receiver ops (NULL once orphaned) */
+    kv_region_t region; /* RECV_DATA destination */
+    kv__peer *peer;     /* ep the op runs on (for force-close on stuck ops) */
+    kv__am_hdr hdr;     /* AM header; must live until completion */
+    void *buf;          /* owned buffer (HELLO descriptor), freed with the op */
+    int cancel_sent;
+} kv__op;
+
+/* A receiver event waiting for dispatch. */
+typedef struct {
+    kv__link qlink;
+    kv_event ev;
+    void *payload; /* owned */
+} kv__qev;
+
+/* A HELLO waiting for its back-connection (endpoints are not created inside AM callbacks). */
+typedef struct {
+    kv__link link;
+    char *desc;
+} kv__hello;
+
+struct kv_context {
+    ucp_context_h ucp;
+    ucp_worker_h worker;
+    int efd;
+    uint64_t id;
+    uint32_t pid;
+    uint64_t start_time;
+    uint8_t boot_id[16];
+    ucp_address_t *addr;
+    size_t addr_len;
+    char *self_desc; /* bare peer descriptor sent in HELLO */
+
+    kv_proto proto;
+    double error_timeout, xfer_timeout, tick;
+    kv_event_cb event_cb;
+    void *event_arg;
+    size_t max_notice;
+
+    struct event_base *base;
+    struct event *ev_efd, *ev_tick, *ev_retry;
+    double next_tick;
+
+    kv__link peers, regions, remotes, xfers, rxs, ops, hellos;
+    kv__link xqueue; /* kv_xfer.qlink: sender callbacks due */
+    kv__link equeue; /* kv__qev.qlink: receiver events due */
+    uint64_t next_region_id, next_xfer_id;
+    int destroying;
+    int cancel_needed; /* some transfer or rx ended with requests in flight: cancel from dispatch */
+    int keep_worker; /* see kv__peer_handle_failure */
+    ucp_err_handling_mode_t err_mode; /* PEER when a network transport can report failures, else NONE */
+};
+
+/* kv.c */
+kv__op *kv__op_new(kv_context_t ctx, kv__op_kind kind);
+/* Takes the result of a ucp_*_nbx call: completes inline (NULL / error) or records the request. */
+void kv__op_track(kv__op *op, ucs_status_ptr_t sp);
+void kv__op_send_cb(void *request, ucs_status_t status, void *user_data);
+void kv__op_recv_cb(void *request, ucs_status_t status, size_t length, void *user_data);
+pd_status kv__status_from_ucs(ucs_status_t s);
+void kv__peer_fail(kv__peer *peer, pd_status st);
+kv__peer *kv__peer_find(kv_context_t ctx, uint64_t id);
+kv_region_t kv__region_find(kv_context_t ctx, uint64_t id);
+void kv__queue_event(kv_context_t ctx, const kv_event *ev, void *owned_payload);
+void kv__kick(kv_context_t ctx);
+
+/* xfer.c */
+void kv__op_done_xfer(kv__op *op, ucs_status_t status);
+void kv__op_done_rx(kv__op *op, ucs_status_t status);
+void kv__xfer_end(kv_xfer_t x, pd_status st);
+void kv__xfer_maybe_free(kv_xfer_t x);
+void kv__rx_end(kv__rx *rx, pd_status st);
+void kv__tick_xfers(kv_context_t ctx, double now);
+void kv__cancel_pass(kv_context_t ctx);
+void kv__rx_free_all(kv_context_t ctx);
+void kv__remote_unref(kv_remote_t r);
+pd_status kv__am_register(kv_context_t ctx);
+void kv__send_abort(kv__peer *peer, uint64_t xfer_id, uint64_t tag, pd_status st);
+
+#endif

@@ -1,0 +1,2 @@
+# libpdkv unit tests.
+pd_unit_test(test_kv_desc pdkv)
