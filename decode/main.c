@@ -1,0 +1,64 @@
+/* pdserve-decode: parse options (YAML + flags), start the decode instance, run the event loop until SIGINT or
+ * SIGTERM, then stop cleanly. */
+#include <signal.h>
+#include <string.h>
+
+#include "decode/server.h"
+
+static void on_signal(evutil_socket_t sig, short what, void *arg)
+{
+    (void)what;
+    pd_info("decode: signal %d, stopping", (int)sig);
+    event_base_loopexit(arg, NULL);
+}
+
+int main(int argc, char **argv)
+{
+    dec_opts o;
+    memset(&o, 0, sizeof o);
+    mdl_serve_defaults(&o.serve);
+    o.port = 8200;
+    o.kv_wait_timeout = 40;
+    pd_opt table[MDL_SERVE_NOPTS + 5];
+    mdl_serve_options(&o.serve, table);
+    pd_opt mine[] = {
+        {"host", PD_OPT_STR, &o.host, "address to listen on (default 127.0.0.1)", 0, 0},
+        {"port", PD_OPT_INT, &o.port, "port (default 8200; 0 picks a free one)", 0, 65535},
+        {"colocated", PD_OPT_BOOL, &o.colocated, "also prefill here (no transfer): the baseline and the oracle", 0, 0},
+        {"kv-proto", PD_OPT_STR, &o.kv_proto, "KV transfer protocol: auto|put|am (default auto)", 0, 0},
+        {"kv-wait-timeout", PD_OPT_DOUBLE, &o.kv_wait_timeout, "seconds an aborted request waits for its transfer (40)", 1, 3600},
+    };
+    memcpy(table + MDL_SERVE_NOPTS, mine, sizeof mine);
+    const int n = MDL_SERVE_NOPTS + (int)PD_ARRAY_LEN(mine);
+    char err[512];
+    pd_status st = pd_opts_parse(table, n, argc, argv, "usage: pdserve-decode --model DIR [options]", err, sizeof err);
+    if (st == PD_ERR_NOT_FOUND) return 0;
+    if (st != PD_OK) {
+        fprintf(stderr, "pdserve-decode: %s\n", err);
+        return 2;
+    }
+    if (!o.host) o.host = strdup("127.0.0.1");
+    signal(SIGPIPE, SIG_IGN);
+    struct event_base *base = event_base_new();
+    dec_server *s = NULL;
+    int port = 0, rc = 1;
+    if (!base) goto free_opts;
+    if (dec_server_create(base, &o, &s, &port) != PD_OK) goto free_base;
+    struct event *sigint = evsignal_new(base, SIGINT, on_signal, base), *sigterm = evsignal_new(base, SIGTERM, on_signal, base);
+    evsignal_add(sigint, NULL);
+    evsignal_add(sigterm, NULL);
+    pd_info("decode: serving %s on http://%s:%d (%s)", o.serve.served_model_name, o.host, port,
+            o.colocated ? "colocated" : "decode");
+    fprintf(stdout, "READY %d\n", port);
+    fflush(stdout);
+    event_base_dispatch(base);
+    event_free(sigint);
+    event_free(sigterm);
+    dec_server_destroy(s);
+    rc = 0;
+free_base:
+    event_base_free(base);
+free_opts:
+    pd_opts_free(table, n);
+    return rc;
+}

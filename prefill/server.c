@@ -1,0 +1,497 @@
+/* Prefill instance: HTTP control API (/internal/prefill), engine events -> KV transfers into the decode
+ * instance's blocks. Blocks of finished chunks go out while later chunks compute; the last batch carries the
+ * ready notice and starts only after every earlier batch has landed, so the notice always follows all data.
+ * Local blocks are released only once no transfer reads them. Everything but compute runs on the loop. */
+#include <event2/keyvalq_struct.h>
+#include <string.h>
+
+#include "common/pd_http.h"
+#include "common/pd_mailbox.h"
+#include "kvtransfer/kv.h"
+#include "prefill/server.h"
+
+typedef struct pf_server_s pf_server;
+
+typedef struct preq {
+    pf_server *s;
+    uint64_t id;               /* engine id (ours) */
+    uint64_t tag;              /* the decode instance's request number */
+    char ext_id[96];
+    struct evhttp_request *http;
+    kv_remote_t remote;
+    int *dst;                  /* decode blocks, in order */
+    int n_dst;
+    int *src;                  /* our blocks, in order */
+    int n_src;
+    int sent;                  /* blocks handed to transfers */
+    int outstanding;           /* transfers in flight */
+    kv_xfer_t xfers[8];
+    int prefilled, notice_started, failed, engine_gone;
+    mdl_handoff h;
+    float *hidden;
+    int n_prompt;
+    double t0, t_prefilled, t_xfer0;
+    struct preq *next;
+} preq;
+
+struct pf_server_s {
+    struct event_base *base;
+    struct evhttp *http;
+    pf_opts *o;
+    mdl_model *m;
+    mdl_engine *eng;
+    mdl_engine_opts eo;
+    pd_mailbox *mb;
+    size_t msg_size;
+    kv_context_t kv;
+    kv_region_t region;
+    char layout[160];
+    preq *reqs;
+    uint64_t next_id;
+    mdl_serve_counters counters;
+    uint64_t xfer_bytes, xfer_failures;
+};
+
+static preq *find_id(pf_server *s, uint64_t id)
+{
+    for (preq *r = s->reqs; r; r = r->next)
+        if (r->id == id) return r;
+    return NULL;
+}
+
+static preq *find_ext(pf_server *s, const char *ext)
+{
+    for (preq *r = s->reqs; r; r = r->next)
+        if (!strcmp(r->ext_id, ext)) return r;
+    return NULL;
+}
+
+static void close_cb(struct evhttp_connection *c, void *arg);
+
+/* Frees r once nothing refers to it: no transfer in flight, the engine done with it. */
+static void maybe_free(preq *r)
+{
+    if (r->outstanding > 0 || !r->engine_gone) return;
+    pf_server *s = r->s;
+    for (preq **pp = &s->reqs; *pp; pp = &(*pp)->next)
+        if (*pp == r) {
+            *pp = r->next;
+            break;
+        }
+    if (r->http) evhttp_connection_set_closecb(evhttp_request_get_connection(r->http), NULL, NULL);
+    kv_remote_destroy(r->remote);
+    free(r->dst);
+    free(r->src);
+    free(r->hidden);
+    free(r);
+}
+
+/* Gives the engine's blocks back (or stops the prefill) once no transfer reads them. */
+static void release_engine(preq *r)
+{
+    if (r->outstanding > 0 || r->engine_gone) return;
+    if (r->prefilled) mdl_engine_release(r->s->eng, r->id);
+    else mdl_engine_abort(r->s->eng, r->id);
+    /* the engine answers with DONE; engine_gone is set there */
+}
+
+static void reply_and_end(preq *r, int status, const char *msg)
+{
+    if (!r->http) return;
+    struct evhttp_request *req = r->http;
+    evhttp_connection_set_closecb(evhttp_request_get_connection(req), NULL, NULL);
+    r->http = NULL;
+    if (status == 200) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddNumberToObject(o, "first_token", r->h.first_token);
+        cJSON_AddNumberToObject(o, "prompt_tokens", r->n_prompt);
+        cJSON *t = cJSON_AddObjectToObject(o, "timing");
+        cJSON_AddNumberToObject(t, "prefill_s", r->t_prefilled - r->t0);
+        cJSON_AddNumberToObject(t, "transfer_s", pd_time_now() - r->t_xfer0);
+        pd_http_reply_json(req, 200, o);
+        cJSON_Delete(o);
+    } else {
+        pd_http_reply_error(req, status, NULL, NULL, "%s", msg);
+    }
+}
+
+static void fail_req(preq *r, int status, const char *msg)
+{
+    if (r->failed) return;
+    r->failed = 1;
+    r->s->xfer_failures += status == 503;
+    pd_warn("prefill %s: %s", r->ext_id, msg);
+    reply_and_end(r, status, msg);
+    for (int i = 0; i < (int)PD_ARRAY_LEN(r->xfers); i++)
+        if (r->xfers[i]) kv_xfer_cancel(r->xfers[i]);
+    release_engine(r);
+}
+
+static void start_xfer(preq *r, int upto, int with_notice);
+
+static void xfer_cb(kv_xfer_t x, pd_status st, void *arg)
+{
+    preq *r = arg;
+    for (int i = 0; i < (int)PD_ARRAY_LEN(r->xfers); i++)
+        if (r->xfers[i] == x) r->xfers[i] = NULL;
+    r->outstanding--;
+    if (st != PD_OK && !r->failed) {
+        char msg[160];
+        snprintf(msg, sizeof msg, "KV transfer to the decode instance failed: %s", pd_status_str(st));
+        fail_req(r, 503, msg);
+    } else if (!r->failed) {
+        if (r->notice_started && r->outstanding == 0) { /* the notice is delivered: done */
+            pd_info("prefill %s: %d prompt tokens, %d blocks, prefill %.3f s, transfer %.3f s", r->ext_id,
+                    r->n_prompt, r->n_src, r->t_prefilled - r->t0, pd_time_now() - r->t_xfer0);
+            reply_and_end(r, 200, NULL);
+        } else if (r->prefilled && !r->notice_started && r->outstanding == 0) {
+            start_xfer(r, r->n_src, 1);
+        }
+    }
+    if (r->outstanding == 0 && (r->failed || (r->notice_started && !r->http))) release_engine(r);
+    maybe_free(r);
+}
+
+/* Sends our blocks [sent, upto) into the decode blocks; with_notice: the ready notice follows them. */
+static void start_xfer(preq *r, int upto, int with_notice)
+{
+    pf_server *s = r->s;
+    int slot = -1;
+    for (int i = 0; i < (int)PD_ARRAY_LEN(r->xfers); i++)
+        if (!r->xfers[i]) slot = i;
+    if (slot < 0) return; /* many in flight: the next callback sends the rest */
+    int n = upto - r->sent;
+    kv_block *b = n > 0 ? malloc((size_t)n * sizeof *b) : NULL;
+    if (n > 0 && !b) {
+        fail_req(r, 503, "out of memory");
+        return;
+    }
+    mdl_kv_pool *pool = mdl_engine_pool(s->eng);
+    for (int i = 0; i < n; i++) {
+        b[i].local_off = (uint64_t)r->src[r->sent + i] * pool->block_bytes;
+        b[i].remote_off = (uint64_t)r->dst[r->sent + i] * pool->block_bytes;
+        b[i].len = pool->block_bytes;
+    }
+    void *notice = NULL;
+    size_t nlen = 0;
+    if (with_notice && mdl_handoff_encode(&r->h, &notice, &nlen) != PD_OK) {
+        free(b);
+        fail_req(r, 503, "out of memory");
+        return;
+    }
+    kv_xfer_params_t p = {.field_mask = KV_XFER_FIELD_TAG | KV_XFER_FIELD_TIMEOUT | (with_notice ? KV_XFER_FIELD_NOTICE : 0),
+                          .local = s->region, .remote = r->remote, .blocks = b, .n_blocks = (size_t)n, .tag = r->tag,
+                          .notice = notice, .notice_len = nlen, .timeout = s->o->kv_xfer_timeout, .cb = xfer_cb,
+                          .arg = r};
+    if (r->t_xfer0 == 0) r->t_xfer0 = pd_time_now();
+    pd_status st = kv_xfer_start(s->kv, &p, &r->xfers[slot]);
+    free(b);
+    free(notice);
+    if (st != PD_OK) {
+        char msg[160];
+        snprintf(msg, sizeof msg, "cannot start the KV transfer: %s", pd_status_str(st));
+        fail_req(r, st == PD_ERR_RANGE ? 400 : 503, msg);
+        return;
+    }
+    r->outstanding++;
+    r->sent = upto;
+    s->xfer_bytes += (uint64_t)n * pool->block_bytes;
+    if (with_notice) r->notice_started = 1;
+}
+
+/* ---- engine events ------------------------------------------------------------------------------------------ */
+
+static void on_engine_event(void *msg, void *arg)
+{
+    pf_server *s = arg;
+    const mdl_event *ev = msg;
+    preq *r = find_id(s, ev->id);
+    if (!r) return;
+    switch (ev->type) {
+    case MDL_EV_BLOCKS:
+        if (!r->failed && ev->n_blocks_done > r->sent && !r->prefilled) start_xfer(r, PD_MIN(ev->n_blocks_done, r->n_src), 0);
+        break;
+    case MDL_EV_PREFILLED:
+        r->prefilled = 1;
+        r->t_prefilled = pd_time_now();
+        r->h.req_id = r->tag;
+        r->h.first_token = ev->token;
+        r->h.logprob = ev->logprob;
+        r->h.n_top = ev->n_top;
+        memcpy(r->h.top_ids, ev->top_ids, sizeof r->h.top_ids);
+        memcpy(r->h.top_lps, ev->top_lps, sizeof r->h.top_lps);
+        r->h.hidden_size = s->m->cfg.hidden_size;
+        memcpy(r->hidden, (const uint8_t *)msg + sizeof(mdl_event), (size_t)r->h.hidden_size * sizeof(float));
+        r->h.hidden = r->hidden;
+        s->counters.prompt_tokens += (uint64_t)ev->prompt_tokens;
+        if (!r->failed && r->outstanding == 0) start_xfer(r, r->n_src, 1);
+        else if (r->failed) release_engine(r);
+        break;
+    case MDL_EV_DONE:
+        r->engine_gone = 1;
+        s->counters.finished[ev->finish]++;
+        if (!r->prefilled && !r->failed) fail_req(r, 503, "prefill aborted");
+        maybe_free(r);
+        break;
+    case MDL_EV_TOKEN:
+        break;
+    }
+}
+
+static void engine_cb(const mdl_event *ev, void *arg)
+{
+    pf_server *s = arg;
+    uint8_t *msg = calloc(1, s->msg_size);
+    if (!msg) {
+        pd_error("prefill: out of memory forwarding an engine event");
+        return;
+    }
+    memcpy(msg, ev, sizeof *ev);
+    if (ev->type == MDL_EV_PREFILLED)
+        memcpy(msg + sizeof *ev, ev->hidden, (size_t)s->m->cfg.hidden_size * sizeof(float));
+    ((mdl_event *)msg)->hidden = NULL;
+    if (pd_mailbox_post(s->mb, msg) != PD_OK) pd_error("prefill: event queue full");
+    free(msg);
+}
+
+/* ---- HTTP ------------------------------------------------------------------------------------------------------- */
+
+static void close_cb(struct evhttp_connection *c, void *arg)
+{
+    (void)c;
+    preq *r = arg;
+    r->http = NULL;
+    if (!r->failed) fail_req(r, 499, "router went away");
+}
+
+static int parse_target(pf_server *s, const cJSON *t, preq *r, char *err, size_t n)
+{
+    if (!cJSON_IsObject(t)) {
+        snprintf(err, n, "'target' must be an object");
+        return 0;
+    }
+    const cJSON *desc = cJSON_GetObjectItemCaseSensitive(t, "desc"), *blocks = cJSON_GetObjectItemCaseSensitive(t, "blocks");
+    const cJSON *layout = cJSON_GetObjectItemCaseSensitive(t, "layout"), *req = cJSON_GetObjectItemCaseSensitive(t, "req");
+    if (!cJSON_IsString(layout) || strcmp(layout->valuestring, s->layout) != 0) {
+        snprintf(err, n, "KV layout mismatch: decode has '%s', this prefill instance '%s'",
+                 cJSON_IsString(layout) ? layout->valuestring : "?", s->layout);
+        return 0;
+    }
+    if (!cJSON_IsString(desc) || !cJSON_IsArray(blocks) || !cJSON_IsNumber(req)) {
+        snprintf(err, n, "'target' needs desc, blocks and req");
+        return 0;
+    }
+    int nb = cJSON_GetArraySize(blocks);
+    if (nb < r->n_src) {
+        snprintf(err, n, "'target.blocks' has %d blocks; the prompt needs %d", nb, r->n_src);
+        return 0;
+    }
+    r->dst = malloc((size_t)nb * sizeof(int));
+    if (!r->dst) {
+        snprintf(err, n, "out of memory");
+        return 0;
+    }
+    int i = 0;
+    const cJSON *v;
+    cJSON_ArrayForEach(v, blocks)
+    {
+        if (!cJSON_IsNumber(v) || v->valuedouble < 0) {
+            snprintf(err, n, "'target.blocks' must hold block numbers");
+            return 0;
+        }
+        r->dst[i++] = (int)v->valuedouble;
+    }
+    r->n_dst = nb;
+    r->tag = (uint64_t)req->valuedouble;
+    pd_status st = kv_remote_create(s->kv, desc->valuestring, &r->remote);
+    if (st != PD_OK) {
+        snprintf(err, n, "cannot reach the decode instance's KV region: %s", pd_status_str(st));
+        return 0;
+    }
+    return 1;
+}
+
+static void handle_prefill(pf_server *s, struct evhttp_request *req)
+{
+    char *body = NULL, err[256] = "";
+    if (pd_http_body(req, 64u << 20, &body, NULL) != PD_OK) {
+        pd_http_reply_error(req, 413, NULL, NULL, "request body too large");
+        return;
+    }
+    cJSON *root = cJSON_Parse(body);
+    free(body);
+    int32_t *prompt = NULL;
+    int np = 0, status = 400;
+    mdl_gen_params p;
+    preq *r = NULL;
+    const cJSON *id = root ? cJSON_GetObjectItemCaseSensitive(root, "id") : NULL;
+    if (!cJSON_IsObject(root)) {
+        snprintf(err, sizeof err, "body must be a JSON object");
+        goto refuse;
+    }
+    if (!cJSON_IsString(id) || !id->valuestring[0] || strlen(id->valuestring) >= sizeof(((preq *)0)->ext_id)) {
+        snprintf(err, sizeof err, "'id' must be a non-empty string under 96 bytes");
+        goto refuse;
+    }
+    if (find_ext(s, id->valuestring)) {
+        snprintf(err, sizeof err, "request '%s' already exists", id->valuestring);
+        goto refuse;
+    }
+    if (mdl_serve_parse_gen(s->m, root, s->o->serve.seed, s->next_id, &prompt, &np, &p, err, sizeof err) != PD_OK)
+        goto refuse;
+    r = calloc(1, sizeof *r);
+    if (!r || !(r->hidden = malloc((size_t)s->m->cfg.hidden_size * sizeof(float)))) {
+        status = 503;
+        snprintf(err, sizeof err, "out of memory");
+        goto refuse;
+    }
+    r->s = s;
+    r->id = ++s->next_id;
+    snprintf(r->ext_id, sizeof r->ext_id, "%s", id->valuestring);
+    r->n_prompt = np;
+    r->t0 = pd_time_now();
+    r->n_src = mdl_kv_blocks_for(mdl_engine_pool(s->eng), np);
+    if (!parse_target(s, cJSON_GetObjectItemCaseSensitive(root, "target"), r, err, sizeof err)) {
+        status = strstr(err, "cannot reach") ? 503 : 400;
+        goto refuse;
+    }
+    p.max_tokens = 1; /* the first token only */
+    pd_status st = mdl_engine_submit(s->eng, r->id, r, prompt, np, &p, MDL_REQ_PREFILL_ONLY);
+    if (st != PD_OK) {
+        s->counters.rejected++;
+        status = st == PD_ERR_BUSY ? 429 : 400;
+        snprintf(err, sizeof err, "%s", st == PD_ERR_BUSY ? "prefill queue or KV cache full; retry later"
+                                        : st == PD_ERR_RANGE ? "prompt longer than this instance's max model length"
+                                                             : "request refused");
+        if (st == PD_ERR_BUSY) evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", "1");
+        goto refuse;
+    }
+    r->src = malloc((size_t)r->n_src * sizeof(int));
+    if (!r->src || mdl_engine_blocks(s->eng, r->id, r->src, r->n_src) != r->n_src) PD_ASSERT(!"engine lost a request");
+    r->http = req;
+    r->next = s->reqs;
+    s->reqs = r;
+    evhttp_connection_set_closecb(evhttp_request_get_connection(req), close_cb, r);
+    free(prompt);
+    cJSON_Delete(root);
+    return;
+refuse:
+    pd_http_reply_error(req, status, NULL, NULL, "%s", err);
+    if (r) {
+        kv_remote_destroy(r->remote);
+        free(r->dst);
+        free(r->hidden);
+        free(r);
+    }
+    free(prompt);
+    cJSON_Delete(root);
+}
+
+static void gencb(struct evhttp_request *req, void *arg)
+{
+    pf_server *s = arg;
+    char path[256];
+    pd_http_path(req, path, sizeof path);
+    enum evhttp_cmd_type m = evhttp_request_get_command(req);
+    if (!strcmp(path, "/internal/prefill")) {
+        if (m == EVHTTP_REQ_POST) handle_prefill(s, req);
+        else pd_http_reply_error(req, 405, NULL, NULL, "use POST");
+    } else if (!strncmp(path, "/internal/prefill/", 18)) {
+        if (m != EVHTTP_REQ_DELETE) {
+            pd_http_reply_error(req, 405, NULL, NULL, "use DELETE");
+            return;
+        }
+        char *ext = evhttp_uridecode(path + 18, 0, NULL);
+        preq *r = ext ? find_ext(s, ext) : NULL;
+        if (!r) pd_http_reply_error(req, 404, NULL, NULL, "no request '%s'", ext ? ext : "");
+        else {
+            fail_req(r, 499, "abandoned by the router");
+            cJSON *o = cJSON_CreateObject();
+            cJSON_AddBoolToObject(o, "aborted", 1);
+            pd_http_reply_json(req, 200, o);
+            cJSON_Delete(o);
+        }
+        free(ext);
+    } else if (!strcmp(path, "/health")) {
+        cJSON *o = mdl_serve_health(s->eng, "prefill", s->o->serve.served_model_name);
+        pd_http_reply_json(req, 200, o);
+        cJSON_Delete(o);
+    } else if (!strcmp(path, "/metrics")) {
+        char buf[8192];
+        size_t n = mdl_serve_metrics(s->eng, &s->counters, buf, sizeof buf);
+        n += (size_t)snprintf(buf + n, sizeof buf - n,
+                              "# HELP pdserve_kv_transfer_bytes_total Bytes of KV blocks sent.\n"
+                              "# TYPE pdserve_kv_transfer_bytes_total counter\npdserve_kv_transfer_bytes_total %llu\n"
+                              "# HELP pdserve_kv_transfer_failures_total KV transfers that failed.\n"
+                              "# TYPE pdserve_kv_transfer_failures_total counter\npdserve_kv_transfer_failures_total %llu\n",
+                              (unsigned long long)s->xfer_bytes, (unsigned long long)s->xfer_failures);
+        pd_http_reply_text(req, 200, "text/plain; version=0.0.4", buf, PD_MIN(n, sizeof buf - 1));
+    } else {
+        pd_http_reply_error(req, 404, NULL, NULL, "no route %s", path);
+    }
+}
+
+pd_status pf_server_create(struct event_base *base, pf_opts *o, pf_server **out, int *bound_port)
+{
+    char err[1024];
+    pf_server *s = calloc(1, sizeof *s);
+    if (!s) return PD_ERR_NOMEM;
+    s->base = base;
+    s->o = o;
+    pd_status st = mdl_serve_load(&o->serve, &s->m, &s->eo, err, sizeof err);
+    if (st != PD_OK) {
+        pd_error("prefill: %s", err);
+        goto fail_server;
+    }
+    s->msg_size = sizeof(mdl_event) + (size_t)s->m->cfg.hidden_size * sizeof(float);
+    if ((st = pd_mailbox_create(base, s->msg_size, on_engine_event, s, &s->mb)) != PD_OK) goto fail_server;
+    if ((st = mdl_engine_create(s->m, &s->eo, engine_cb, s, &s->eng)) != PD_OK) {
+        pd_error("prefill: cannot start the engine: %s", pd_status_str(st));
+        goto fail_server;
+    }
+    mdl_engine_layout(s->eng, s->layout, sizeof s->layout);
+    kv_params_t kp = {.field_mask = KV_PARAM_FIELD_MAX_NOTICE | KV_PARAM_FIELD_XFER_TIMEOUT,
+                      .xfer_timeout = o->kv_xfer_timeout,
+                      .max_notice = 4096 + (size_t)s->m->cfg.hidden_size * sizeof(float)};
+    if (o->kv_proto && kv_proto_parse(o->kv_proto, &kp.proto) == PD_OK) kp.field_mask |= KV_PARAM_FIELD_PROTO;
+    mdl_kv_pool *pool = mdl_engine_pool(s->eng);
+    if ((st = kv_context_create(&kp, &s->kv)) != PD_OK || (st = kv_context_attach(s->kv, base)) != PD_OK ||
+        (st = kv_region_create(s->kv, pool->base, pool->block_bytes * (size_t)pool->n_blocks, &s->region)) != PD_OK) {
+        pd_error("prefill: KV transfer unavailable: %s", pd_status_str(st));
+        goto fail_server;
+    }
+    pd_http_limits lim = {.max_body = 64u << 20};
+    if ((st = pd_http_server_create(base, o->host, o->port, &lim, gencb, s, &s->http, bound_port)) != PD_OK)
+        goto fail_server;
+    *out = s;
+    return PD_OK;
+fail_server:
+    pf_server_destroy(s);
+    return st;
+}
+
+void pf_server_destroy(pf_server *s)
+{
+    if (!s) return;
+    for (preq *r = s->reqs; r; r = r->next) /* connections go with the server: no callbacks from them */
+        if (r->http) {
+            evhttp_connection_set_closecb(evhttp_request_get_connection(r->http), NULL, NULL);
+            r->http = NULL;
+        }
+    if (s->http) evhttp_free(s->http);
+    kv_region_destroy(s->region);
+    kv_context_destroy(s->kv); /* cancels transfers in flight; their callbacks run while the engine lives */
+    mdl_engine_destroy(s->eng);
+    while (s->reqs) {
+        preq *r = s->reqs;
+        s->reqs = r->next;
+        kv_remote_destroy(r->remote);
+        free(r->dst);
+        free(r->src);
+        free(r->hidden);
+        free(r);
+    }
+    pd_mailbox_destroy(s->mb);
+    mdl_model_destroy(s->m);
+    free(s);
+}
