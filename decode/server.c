@@ -393,19 +393,15 @@ pd_status dec_server_create(struct event_base *base, dec_opts *o, dec_server **o
         goto fail_server;
     }
     if ((st = pd_mailbox_create(base, sizeof(mdl_event), on_engine_event, s, &s->mb)) != PD_OK) goto fail_server;
-    if ((st = mdl_engine_create(s->m, &s->eo, engine_cb, s, &s->eng)) != PD_OK) {
-        pd_error("decode: cannot start the engine: %s", pd_status_str(st));
-        goto fail_server;
-    }
-    mdl_engine_layout(s->eng, s->layout, sizeof s->layout);
-    /* KV transfer: register the pool and publish its descriptor */
+    /* KV transfer first: the pool lives in UCX-allocated memory, so a prefill instance on this host puts into it
+     * directly (with memory we registered ourselves, puts over shared memory degrade to active messages) */
     kv_params_t kp = {.field_mask = KV_PARAM_FIELD_EVENT_CB | KV_PARAM_FIELD_MAX_NOTICE, .event_cb = on_kv_event,
                       .event_arg = s, .max_notice = 4096 + (size_t)s->m->cfg.hidden_size * sizeof(float)};
     if (o->kv_proto && kv_proto_parse(o->kv_proto, &kp.proto) == PD_OK) kp.field_mask |= KV_PARAM_FIELD_PROTO;
+    size_t pool_bytes = mdl_kv_pool_bytes(&s->m->cfg, s->m->n_mtp, s->m->opts.kv_type, s->eo.block_size, s->eo.n_blocks);
     st = kv_context_create(&kp, &s->kv);
     if (st == PD_OK) st = kv_context_attach(s->kv, base);
-    mdl_kv_pool *pool = mdl_engine_pool(s->eng);
-    if (st == PD_OK) st = kv_region_create(s->kv, pool->base, pool->block_bytes * (size_t)pool->n_blocks, &s->region);
+    if (st == PD_OK) st = kv_region_alloc(s->kv, pool_bytes, &s->region);
     if (st == PD_OK) st = kv_region_descriptor(s->region, &s->desc);
     if (st != PD_OK) {
         if (!o->colocated) {
@@ -418,6 +414,12 @@ pd_status dec_server_create(struct event_base *base, dec_opts *o, dec_server **o
         s->region = NULL;
         s->kv = NULL;
     }
+    s->eo.kv_mem = s->region ? kv_region_base(s->region) : NULL;
+    if ((st = mdl_engine_create(s->m, &s->eo, engine_cb, s, &s->eng)) != PD_OK) {
+        pd_error("decode: cannot start the engine: %s", pd_status_str(st));
+        goto fail_server;
+    }
+    mdl_engine_layout(s->eng, s->layout, sizeof s->layout);
     pd_http_limits lim = {.max_body = 64u << 20};
     if ((st = pd_http_server_create(base, o->host, o->port, &lim, gencb, s, &s->http, bound_port)) != PD_OK)
         goto fail_server;
@@ -437,7 +439,7 @@ void dec_server_destroy(dec_server *s)
             r->http = NULL;
         }
     if (s->http) evhttp_free(s->http);
-    mdl_engine_destroy(s->eng); /* no more events */
+    mdl_engine_destroy(s->eng); /* no more events; its pool lives in the region's memory */
     while (s->reqs) dreq_free(s, s->reqs);
     pd_mailbox_destroy(s->mb);
     free(s->desc);

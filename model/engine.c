@@ -436,7 +436,8 @@ pd_status mdl_engine_create(mdl_model *m, const mdl_engine_opts *o, mdl_event_cb
     e->cb_arg = cb_arg;
     const int D = m->cfg.hidden_size, V = m->cfg.vocab_size;
     e->max_tokens = PD_MAX(o->max_num_batched_tokens, o->max_num_seqs);
-    pd_status st = mdl_kv_pool_create(&m->cfg, m->n_mtp, m->opts.kv_type, o->block_size, o->n_blocks, &e->kv);
+    pd_status st = mdl_kv_pool_create_in(&m->cfg, m->n_mtp, m->opts.kv_type, o->block_size, o->n_blocks, o->kv_mem,
+                                         &e->kv);
     if (st != PD_OK) goto fail_engine;
     if ((st = mdl_ctx_create(m, e->max_tokens, o->max_num_seqs, &e->ctx)) != PD_OK) goto fail_engine;
     if ((st = krn_sampler_create(V, &e->sampler)) != PD_OK) goto fail_engine;

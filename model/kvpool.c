@@ -5,8 +5,20 @@
 
 #include "model/mdl.h"
 
+size_t mdl_kv_pool_bytes(const mdl_config *c, int n_mtp, krn_type type, int block_size, int n_blocks)
+{
+    return (size_t)(c->num_hidden_layers + n_mtp) * (size_t)block_size * (size_t)mdl_config_kv_row(c) *
+           krn_type_size(type) * (size_t)n_blocks;
+}
+
 pd_status mdl_kv_pool_create(const mdl_config *c, int n_mtp, krn_type type, int block_size, int n_blocks,
                              mdl_kv_pool **out)
+{
+    return mdl_kv_pool_create_in(c, n_mtp, type, block_size, n_blocks, NULL, out);
+}
+
+pd_status mdl_kv_pool_create_in(const mdl_config *c, int n_mtp, krn_type type, int block_size, int n_blocks, void *mem,
+                                mdl_kv_pool **out)
 {
     if (block_size < 1 || n_blocks < 1) return PD_ERR_INVALID;
     mdl_kv_pool *p = calloc(1, sizeof *p);
@@ -22,15 +34,19 @@ pd_status mdl_kv_pool_create(const mdl_config *c, int n_mtp, krn_type type, int 
         free(p);
         return PD_ERR_RANGE;
     }
-    void *base = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (base == MAP_FAILED) {
-        free(p);
-        return PD_ERR_NOMEM;
+    void *base = mem;
+    if (!base) {
+        base = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (base == MAP_FAILED) {
+            free(p);
+            return PD_ERR_NOMEM;
+        }
+        p->owns_base = 1;
     }
     p->base = base;
     p->free_list = malloc((size_t)n_blocks * sizeof *p->free_list);
     if (!p->free_list) {
-        munmap(base, total);
+        if (p->owns_base) munmap(base, total);
         free(p);
         return PD_ERR_NOMEM;
     }
@@ -44,7 +60,7 @@ pd_status mdl_kv_pool_create(const mdl_config *c, int n_mtp, krn_type type, int 
 void mdl_kv_pool_destroy(mdl_kv_pool *p)
 {
     if (!p) return;
-    if (p->base) munmap(p->base, p->block_bytes * (size_t)p->n_blocks);
+    if (p->base && p->owns_base) munmap(p->base, p->block_bytes * (size_t)p->n_blocks);
     free(p->free_list);
     free(p);
 }

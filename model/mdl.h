@@ -92,12 +92,17 @@ typedef struct {
     krn_type type;          /* KRN_F16, KRN_BF16 or KRN_F32 */
     size_t block_bytes;
     uint8_t *base;          /* n_blocks * block_bytes, page aligned */
+    int owns_base;          /* mapped here (else the caller's memory, e.g. UCX-allocated for direct puts) */
     int *free_list;         /* stack of free block ids */
     int n_free;
 } mdl_kv_pool;
 
 pd_status mdl_kv_pool_create(const mdl_config *c, int n_mtp, krn_type type, int block_size, int n_blocks,
                              mdl_kv_pool **out);
+/* The same over caller-owned memory of at least mdl_kv_pool_bytes() bytes (it must outlive the pool). */
+pd_status mdl_kv_pool_create_in(const mdl_config *c, int n_mtp, krn_type type, int block_size, int n_blocks, void *mem,
+                                mdl_kv_pool **out);
+size_t mdl_kv_pool_bytes(const mdl_config *c, int n_mtp, krn_type type, int block_size, int n_blocks);
 void mdl_kv_pool_destroy(mdl_kv_pool *p);
 /* Takes n free blocks (all or none). PD_ERR_BUSY when fewer are free. */
 pd_status mdl_kv_alloc(mdl_kv_pool *p, int n, int *ids);

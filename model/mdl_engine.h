@@ -65,6 +65,8 @@ typedef struct {
     int block_size;
     int n_blocks;
     int max_waiting;           /* queued requests before submit answers PD_ERR_BUSY (0: unlimited) */
+    void *kv_mem;              /* pool memory supplied by the caller (NULL: the engine maps its own); at least
+                                * mdl_kv_pool_bytes() for n_blocks, e.g. UCX-allocated so peers put into it directly */
 } mdl_engine_opts;
 
 typedef struct {
