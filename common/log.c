@@ -68,3 +68,19 @@ void pd_abort(const char *file, int line, const char *expr)
     fflush(stderr);
     abort();
 }
+
+pd_status pd_fail_at(const char *file, int line, char *err, size_t errlen, pd_status st, const char *area,
+                     const char *fmt, ...)
+{
+    char buf[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    if (err && errlen) snprintf(err, errlen, "%s", buf);
+    if (PD_LOG_ERROR <= pd_log_get_level()) {
+        if (area) pd_log_write(PD_LOG_ERROR, file, line, "%s: %s", area, buf);
+        else pd_log_write(PD_LOG_ERROR, file, line, "%s", buf);
+    }
+    return st;
+}

@@ -2,6 +2,7 @@
 #include "common/pd_mailbox.h"
 
 #include <pthread.h>
+#include <signal.h>
 #include <string.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
@@ -95,4 +96,24 @@ void pd_mailbox_destroy(pd_mailbox *mb)
     pthread_mutex_destroy(&mb->mu);
     free(mb->buf);
     free(mb);
+}
+
+static void on_signal(evutil_socket_t sig, short what, void *arg)
+{
+    (void)what;
+    struct event_base *base = arg;
+    pd_info("signal %d, stopping", (int)sig);
+    event_base_loopexit(base, NULL);
+}
+
+void pd_run_until_signal(struct event_base *base, const char *name)
+{
+    signal(SIGPIPE, SIG_IGN);
+    struct event *si = evsignal_new(base, SIGINT, on_signal, base), *st = evsignal_new(base, SIGTERM, on_signal, base);
+    if (!si || !st || evsignal_add(si, NULL) != 0 || evsignal_add(st, NULL) != 0)
+        pd_warn("%s: cannot catch SIGINT/SIGTERM; stop it with SIGKILL", name);
+    event_base_dispatch(base);
+    pd_info("%s: stopped", name);
+    if (si) event_free(si);
+    if (st) event_free(st);
 }

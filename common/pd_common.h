@@ -55,6 +55,12 @@ void pd_log_write(pd_log_level lvl, const char *file, int line, const char *fmt,
 #define pd_info(...) PD_LOG(PD_LOG_INFO, __VA_ARGS__)
 #define pd_debug(...) PD_LOG(PD_LOG_DEBUG, __VA_ARGS__)
 
+/* Reports an error that the caller returns: writes the message into err (when given) and logs it once, as
+ * "area: message" (area may be NULL), with the caller's file and line. Returns st. */
+pd_status pd_fail_at(const char *file, int line, char *err, size_t errlen, pd_status st, const char *area,
+                     const char *fmt, ...) __attribute__((format(printf, 7, 8)));
+#define PD_FAIL(err, errlen, st, area, ...) pd_fail_at(__FILE__, __LINE__, (err), (errlen), (st), (area), __VA_ARGS__)
+
 /* Broken invariants abort in every build (like GGML_ASSERT); bad input never reaches these. */
 void pd_abort(const char *file, int line, const char *expr) __attribute__((noreturn));
 #define PD_ASSERT(x)                                       \

@@ -1,16 +1,9 @@
 /* pdserve-decode: parse options (YAML + flags), start the decode instance, run the event loop until SIGINT or
  * SIGTERM, then stop cleanly. */
-#include <signal.h>
 #include <string.h>
 
+#include "common/pd_mailbox.h"
 #include "decode/server.h"
-
-static void on_signal(evutil_socket_t sig, short what, void *arg)
-{
-    (void)what;
-    pd_info("decode: signal %d, stopping", (int)sig);
-    event_base_loopexit(arg, NULL);
-}
 
 int main(int argc, char **argv)
 {
@@ -38,22 +31,16 @@ int main(int argc, char **argv)
         return 2;
     }
     if (!o.host) o.host = strdup("127.0.0.1");
-    signal(SIGPIPE, SIG_IGN);
     struct event_base *base = event_base_new();
     dec_server *s = NULL;
     int port = 0, rc = 1;
     if (!base) goto free_opts;
     if (dec_server_create(base, &o, &s, &port) != PD_OK) goto free_base;
-    struct event *sigint = evsignal_new(base, SIGINT, on_signal, base), *sigterm = evsignal_new(base, SIGTERM, on_signal, base);
-    evsignal_add(sigint, NULL);
-    evsignal_add(sigterm, NULL);
     pd_info("decode: serving %s on http://%s:%d (%s)", o.serve.served_model_name, o.host, port,
             o.colocated ? "colocated" : "decode");
     fprintf(stdout, "READY %d\n", port);
     fflush(stdout);
-    event_base_dispatch(base);
-    event_free(sigint);
-    event_free(sigterm);
+    pd_run_until_signal(base, "decode");
     dec_server_destroy(s);
     rc = 0;
 free_base:

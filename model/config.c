@@ -7,19 +7,7 @@
 #include <stdarg.h>
 #include <string.h>
 
-static pd_status fail(char *err, size_t errlen, pd_status st, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static pd_status fail(char *err, size_t errlen, pd_status st, const char *fmt, ...)
-{
-    char buf[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
-    if (err && errlen) snprintf(err, errlen, "%s", buf);
-    pd_error("config.json: %s", buf);
-    return st;
-}
+#define fail(err, errlen, st, ...) PD_FAIL(err, errlen, st, "config.json", __VA_ARGS__)
 
 /* Integer field: required unless def_ok; must be a whole number in [lo, hi]. */
 static int get_int(const cJSON *o, const char *name, int required, int def, int lo, int hi, int *out, char *err,

@@ -11,19 +11,7 @@
 #include "model/mdl_tensors.h"
 #include "model/safetensors.h"
 
-static pd_status fail(char *err, size_t errlen, pd_status st, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static pd_status fail(char *err, size_t errlen, pd_status st, const char *fmt, ...)
-{
-    char buf[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
-    if (err && errlen) snprintf(err, errlen, "%s", buf);
-    pd_error("%s", buf);
-    return st;
-}
+#define fail(err, errlen, st, ...) PD_FAIL(err, errlen, st, NULL, __VA_ARGS__)
 
 static int is_fp8(const mdl_config *c, const mdl_tensor_spec *s, int fp8)
 {

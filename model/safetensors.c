@@ -51,20 +51,7 @@ pd_status mdl_dtype_parse(const char *s, mdl_dtype *out)
 
 /* ---- small helpers ------------------------------------------------------------------------------ */
 
-/* Formats the message into err and logs it once. */
-static pd_status fail(char *err, size_t errlen, pd_status st, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static pd_status fail(char *err, size_t errlen, pd_status st, const char *fmt, ...)
-{
-    char buf[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
-    if (err && errlen) snprintf(err, errlen, "%s", buf);
-    pd_error("safetensors: %s", buf);
-    return st;
-}
+#define fail(err, errlen, st, ...) PD_FAIL(err, errlen, st, "safetensors", __VA_ARGS__)
 
 static pd_status errno_status(int e)
 {

@@ -90,18 +90,7 @@ struct mdl_tokenizer_s {
 
 /* ---- errors ---- */
 
-static pd_status fail(char *err, size_t errlen, pd_status st, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
-static pd_status fail(char *err, size_t errlen, pd_status st, const char *fmt, ...)
-{
-    char buf[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
-    if (err && errlen) snprintf(err, errlen, "%s", buf);
-    pd_error("tokenizer: %s", buf);
-    return st;
-}
+#define fail(err, errlen, st, ...) PD_FAIL(err, errlen, st, "tokenizer", __VA_ARGS__)
 
 /* ---- UTF-8 ---- */
 

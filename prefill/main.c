@@ -1,16 +1,9 @@
 /* pdserve-prefill: parse options (YAML + flags), start the prefill instance, run the event loop until SIGINT
  * or SIGTERM, then stop cleanly. */
-#include <signal.h>
 #include <string.h>
 
+#include "common/pd_mailbox.h"
 #include "prefill/server.h"
-
-static void on_signal(evutil_socket_t sig, short what, void *arg)
-{
-    (void)what;
-    pd_info("prefill: signal %d, stopping", (int)sig);
-    event_base_loopexit(arg, NULL);
-}
 
 int main(int argc, char **argv)
 {
@@ -37,21 +30,15 @@ int main(int argc, char **argv)
         return 2;
     }
     if (!o.host) o.host = strdup("127.0.0.1");
-    signal(SIGPIPE, SIG_IGN);
     struct event_base *base = event_base_new();
     pf_server *s = NULL;
     int port = 0, rc = 1;
     if (!base) goto free_opts;
     if (pf_server_create(base, &o, &s, &port) != PD_OK) goto free_base;
-    struct event *sigint = evsignal_new(base, SIGINT, on_signal, base), *sigterm = evsignal_new(base, SIGTERM, on_signal, base);
-    evsignal_add(sigint, NULL);
-    evsignal_add(sigterm, NULL);
     pd_info("prefill: serving %s on http://%s:%d", o.serve.served_model_name, o.host, port);
     fprintf(stdout, "READY %d\n", port);
     fflush(stdout);
-    event_base_dispatch(base);
-    event_free(sigint);
-    event_free(sigterm);
+    pd_run_until_signal(base, "prefill");
     pf_server_destroy(s);
     rc = 0;
 free_base:

@@ -1,17 +1,10 @@
 /* pdserve-router: parse options (YAML + flags), start the OpenAI-compatible front, run the loop until SIGINT
  * or SIGTERM. */
-#include <signal.h>
 #include <string.h>
 
+#include "common/pd_mailbox.h"
 #include "common/pd_opts.h"
 #include "router/router.h"
-
-static void on_signal(evutil_socket_t sig, short what, void *arg)
-{
-    (void)what;
-    pd_info("router: signal %d, stopping", (int)sig);
-    event_base_loopexit(arg, NULL);
-}
 
 int main(int argc, char **argv)
 {
@@ -61,22 +54,16 @@ int main(int argc, char **argv)
         pd_opts_free(table, n);
         return 2;
     }
-    signal(SIGPIPE, SIG_IGN);
     struct event_base *base = event_base_new();
     rt_router *rt = NULL;
     int port = 0, rc = 1;
     if (!base) goto free_opts;
     if (rt_router_create(base, &o, &rt, &port) != PD_OK) goto free_base;
-    struct event *sigint = evsignal_new(base, SIGINT, on_signal, base), *sigterm = evsignal_new(base, SIGTERM, on_signal, base);
-    evsignal_add(sigint, NULL);
-    evsignal_add(sigterm, NULL);
     pd_info("router: serving %s on http://%s:%d (prefill: %s; decode: %s)", o.served_model_name, o.host, port,
             o.prefill ? o.prefill : "none", o.decode);
     fprintf(stdout, "READY %d\n", port);
     fflush(stdout);
-    event_base_dispatch(base);
-    event_free(sigint);
-    event_free(sigterm);
+    pd_run_until_signal(base, "router");
     rt_router_destroy(rt);
     rc = 0;
 free_base:

@@ -125,6 +125,30 @@ static void fail_choice(rt_choice *c, int status, const char *msg)
     finish_choice(c, "error");
 }
 
+/* The fields decode and prefill both take: id, prompt, sampling (with the choice's seed), limits, stop ids. */
+static cJSON *gen_body(rt_choice *c)
+{
+    rt_req *r = c->req;
+    cJSON *b = cJSON_CreateObject();
+    char id[64];
+    snprintf(id, sizeof id, "%s-%d", r->id, c->index);
+    cJSON_AddStringToObject(b, "id", id);
+    cJSON *pr = cJSON_AddArrayToObject(b, "prompt");
+    for (int i = 0; i < c->n_prompt; i++) cJSON_AddItemToArray(pr, cJSON_CreateNumber(c->prompt[i]));
+    cJSON_AddNumberToObject(b, "max_tokens", r->max_tokens);
+    cJSON_AddNumberToObject(b, "min_tokens", r->min_tokens);
+    cJSON_AddBoolToObject(b, "ignore_eos", r->ignore_eos);
+    if (r->n_stop_ids) {
+        cJSON *a = cJSON_AddArrayToObject(b, "stop_token_ids");
+        for (int i = 0; i < r->n_stop_ids; i++) cJSON_AddItemToArray(a, cJSON_CreateNumber(r->stop_ids[i]));
+    }
+    cJSON *sp = cJSON_Duplicate(r->sampling, 1);
+    if (c->has_seed) cJSON_AddNumberToObject(sp, "seed", (double)c->seed);
+    cJSON_AddItemToObject(b, "sampling", sp);
+    cJSON_AddNumberToObject(b, "logprobs", r->logprobs > 0 ? r->logprobs : 0);
+    return b;
+}
+
 /* ---- prefill call ------------------------------------------------------------------------------------------ */
 
 static void on_p_done(pd_http_call *call, int status, const char *body, size_t len, pd_status err, void *arg)
@@ -162,22 +186,7 @@ static void start_prefill(rt_choice *c, const cJSON *kv)
         fail_choice(c, 503, "no healthy prefill instance with a matching KV layout");
         return;
     }
-    cJSON *b = cJSON_CreateObject();
-    char id[64];
-    snprintf(id, sizeof id, "%s-%d", r->id, c->index);
-    cJSON_AddStringToObject(b, "id", id);
-    cJSON *pr = cJSON_AddArrayToObject(b, "prompt");
-    for (int i = 0; i < c->n_prompt; i++) cJSON_AddItemToArray(pr, cJSON_CreateNumber(c->prompt[i]));
-    cJSON *sp = cJSON_Duplicate(r->sampling, 1);
-    if (c->has_seed) cJSON_AddNumberToObject(sp, "seed", (double)c->seed);
-    cJSON_AddItemToObject(b, "sampling", sp);
-    cJSON_AddNumberToObject(b, "logprobs", r->logprobs > 0 ? r->logprobs : 0);
-    cJSON_AddNumberToObject(b, "min_tokens", r->min_tokens);
-    cJSON_AddBoolToObject(b, "ignore_eos", r->ignore_eos);
-    if (r->n_stop_ids) {
-        cJSON *a = cJSON_AddArrayToObject(b, "stop_token_ids");
-        for (int i = 0; i < r->n_stop_ids; i++) cJSON_AddItemToArray(a, cJSON_CreateNumber(r->stop_ids[i]));
-    }
+    cJSON *b = gen_body(c);
     cJSON_AddItemToObject(b, "target", cJSON_Duplicate(kv, 1));
     char *txt = cJSON_PrintUnformatted(b);
     cJSON_Delete(b);
@@ -307,24 +316,8 @@ void rt_choice_start(rt_choice *c)
         fail_choice(c, 503, "no healthy prefill instance");
         return;
     }
-    cJSON *b = cJSON_CreateObject();
-    char id[64];
-    snprintf(id, sizeof id, "%s-%d", r->id, c->index);
-    cJSON_AddStringToObject(b, "id", id);
-    cJSON *pr = cJSON_AddArrayToObject(b, "prompt");
-    for (int i = 0; i < c->n_prompt; i++) cJSON_AddItemToArray(pr, cJSON_CreateNumber(c->prompt[i]));
+    cJSON *b = gen_body(c);
     cJSON_AddStringToObject(b, "mode", local ? "local" : "pd");
-    cJSON_AddNumberToObject(b, "max_tokens", r->max_tokens);
-    cJSON_AddNumberToObject(b, "min_tokens", r->min_tokens);
-    cJSON_AddBoolToObject(b, "ignore_eos", r->ignore_eos);
-    if (r->n_stop_ids) {
-        cJSON *a = cJSON_AddArrayToObject(b, "stop_token_ids");
-        for (int i = 0; i < r->n_stop_ids; i++) cJSON_AddItemToArray(a, cJSON_CreateNumber(r->stop_ids[i]));
-    }
-    cJSON *sp = cJSON_Duplicate(r->sampling, 1);
-    if (c->has_seed) cJSON_AddNumberToObject(sp, "seed", (double)c->seed);
-    cJSON_AddItemToObject(b, "sampling", sp);
-    cJSON_AddNumberToObject(b, "logprobs", r->logprobs > 0 ? r->logprobs : 0);
     char *txt = cJSON_PrintUnformatted(b);
     cJSON_Delete(b);
     pd_status st = txt ? pd_http_call_start(rt->base, c->d->host, c->d->port, "POST", "/internal/requests", txt,
