@@ -241,14 +241,14 @@ static void log_request(rt_req *r, const char *outcome)
 {
     int comp = 0;
     double ttft = 0;
-    char inst[300] = "";
+    char inst[400] = "";
     size_t n = 0;
     for (int i = 0; i < r->n_ch; i++) {
         comp += r->ch[i].n_gen;
         if (r->ch[i].t_first > 0 && (ttft == 0 || r->ch[i].t_first - r->t0 < ttft)) ttft = r->ch[i].t_first - r->t0;
     }
     for (int i = 0; i < r->n_ch && n < sizeof inst - 1; i++)
-        n += (size_t)snprintf(inst + n, sizeof inst - n, "%s%s", i ? " " : "", r->ch[i].failed_msg[0] ? "-" : "ok");
+        n += (size_t)snprintf(inst + n, sizeof inst - n, "%s%s", i ? "; " : "", r->ch[i].used[0] ? r->ch[i].used : "-");
     pd_info("router: %s %s: %d prompt + %d completion tokens, %d choice(s), ttft %.3f s, total %.3f s (%s)", r->id,
             outcome, r->prompt_tokens, comp, r->n_ch, ttft, pd_time_now() - r->t0, inst);
 }

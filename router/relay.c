@@ -186,6 +186,8 @@ static void start_prefill(rt_choice *c, const cJSON *kv)
         fail_choice(c, 503, "no healthy prefill instance with a matching KV layout");
         return;
     }
+    size_t ul = strlen(c->used);
+    snprintf(c->used + ul, sizeof c->used - ul, " <- %s", c->p->addr);
     cJSON *b = gen_body(c);
     cJSON_AddItemToObject(b, "target", cJSON_Duplicate(kv, 1));
     char *txt = cJSON_PrintUnformatted(b);
@@ -312,6 +314,7 @@ void rt_choice_start(rt_choice *c)
         return;
     }
     int local = c->d->role == RT_COLOCATED;
+    snprintf(c->used, sizeof c->used, "%s%s", c->d->addr, local ? " (colocated)" : "");
     if (!local && !rt_pick_prefill(rt->reg, c->d->layout[0] ? c->d->layout : NULL)) {
         fail_choice(c, 503, "no healthy prefill instance");
         return;

@@ -34,6 +34,7 @@ typedef struct {
     uint64_t seed;
     int has_seed;
     rt_instance *d, *p;
+    char used[160];               /* "P>D" addresses of the instances that served it, for the request log */
     pd_http_call *d_call, *p_call;
     mdl_detok detok;
     /* text pipeline: raw output -> stop strings (held back until decided) -> reasoning split -> deltas */
