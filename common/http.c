@@ -137,6 +137,11 @@ void pd_http_stream_write(struct evhttp_request *req, const char *data, size_t l
 
 void pd_http_stream_end(struct evhttp_request *req) { evhttp_send_reply_end(req); }
 
+void pd_http_release_detached(struct evhttp_request *req)
+{
+    if (req && evhttp_request_get_connection(req) == NULL) evhttp_send_reply_end(req); /* frees a detached request */
+}
+
 /* ---- client ------------------------------------------------------------------------------------------- */
 
 struct pd_http_call_s {

@@ -19,6 +19,7 @@
     X(PD_ERR_UNSUPPORTED, "unsupported")                           \
     X(PD_ERR_RANGE, "out of range")                                \
     X(PD_ERR_BUSY, "busy")                                         \
+    X(PD_ERR_FULL, "queue full")                                   \
     X(PD_ERR_TIMEOUT, "timed out")                                 \
     X(PD_ERR_CANCELED, "canceled")                                 \
     X(PD_ERR_TRANSPORT, "transport error")                         \

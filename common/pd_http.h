@@ -36,6 +36,10 @@ cJSON *pd_http_error_json(int status, const char *type, const char *param, const
 /* Reason phrase and OpenAI error type for a status: 400 invalid_request_error, 404 not_found_error, ... */
 const char *pd_http_error_type(int status);
 
+/* For a connection close callback: when the peer went away before the reply was finished, libevent detaches
+ * the request from the connection and leaves it to its owner; this frees it. Call once, then forget req. */
+void pd_http_release_detached(struct evhttp_request *req);
+
 /* Streaming replies (chunked transfer). */
 void pd_http_stream_start(struct evhttp_request *req, int code, const char *content_type);
 void pd_http_stream_write(struct evhttp_request *req, const char *data, size_t len);

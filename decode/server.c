@@ -20,6 +20,8 @@ typedef struct dreq {
     int kv_arrived;              /* the notice (or an abort of the transfer) has come */
     int aborting;                /* waiting for a transfer in flight before the blocks are freed */
     struct event *kv_timer;
+    kv_remote_t prefill;         /* the instance that will write our KV: we hear at once if it dies */
+    uint64_t prefill_peer;
     double t0;
     struct dreq *next;
 } dreq;
@@ -64,6 +66,7 @@ static void dreq_free(dec_server *s, dreq *r)
         }
     if (r->http) evhttp_connection_set_closecb(evhttp_request_get_connection(r->http), NULL, NULL);
     if (r->kv_timer) event_free(r->kv_timer);
+    kv_remote_destroy(r->prefill);
     free(r);
 }
 
@@ -179,7 +182,8 @@ static void close_cb(struct evhttp_connection *c, void *arg)
 {
     (void)c;
     dreq *r = arg;
-    r->http = NULL; /* libevent frees the request with its connection */
+    pd_http_release_detached(r->http);
+    r->http = NULL;
     pd_info("request %s: router closed the stream; aborting", r->ext_id);
     abort_req(r);
 }
@@ -192,6 +196,22 @@ static void on_kv_event(kv_context_t ctx, const kv_event *ev, void *arg)
     dec_server *s = arg;
     if (ev->type == KV_EVENT_PEER_FAILED) {
         pd_warn("kv: prefill peer %016llx failed: %s", (unsigned long long)ev->peer_id, pd_status_str(ev->status));
+        /* whatever that instance was to write will never come: release those requests now */
+        for (dreq *r = s->reqs, *nx; r; r = nx) {
+            nx = r->next;
+            if (!r->pd || r->kv_arrived || r->prefill_peer != ev->peer_id) continue;
+            if (!r->aborting) {
+                cJSON *o = cJSON_CreateObject();
+                cJSON_AddStringToObject(o, "event", "error");
+                cJSON_AddNumberToObject(o, "status", 503);
+                cJSON_AddStringToObject(o, "message", "the prefill instance failed");
+        cJSON_AddBoolToObject(o, "retryable", 1);
+                stream_line(r, o);
+                cJSON_Delete(o);
+                abort_req(r);
+            }
+            kv_resolved(r);
+        }
         return;
     }
     if (ev->type == KV_EVENT_NOTICE && ev->payload_len == 0) return; /* a batch of blocks landed; more follow */
@@ -207,6 +227,7 @@ static void on_kv_event(kv_context_t ctx, const kv_event *ev, void *arg)
         cJSON_AddStringToObject(o, "event", "error");
         cJSON_AddNumberToObject(o, "status", 503);
         cJSON_AddStringToObject(o, "message", "KV transfer from the prefill instance failed");
+        cJSON_AddBoolToObject(o, "retryable", 1);
         stream_line(r, o);
         cJSON_Delete(o);
         abort_req(r);
@@ -214,6 +235,21 @@ static void on_kv_event(kv_context_t ctx, const kv_event *ev, void *arg)
         return;
     }
     mdl_handoff h;
+    if (mdl_handoff_decode(ev->payload, ev->payload_len, &h) == PD_OK && h.req_id == r->id && h.first_token < 0) {
+        pd_info("request %s: the prefill instance abandoned it", r->ext_id);
+        if (!r->aborting) {
+            cJSON *o = cJSON_CreateObject();
+            cJSON_AddStringToObject(o, "event", "error");
+            cJSON_AddNumberToObject(o, "status", 503);
+            cJSON_AddStringToObject(o, "message", "the prefill instance gave the request up");
+            cJSON_AddBoolToObject(o, "retryable", 1);
+            stream_line(r, o);
+            cJSON_Delete(o);
+            abort_req(r);
+        }
+        kv_resolved(r);
+        return;
+    }
     if (mdl_handoff_decode(ev->payload, ev->payload_len, &h) != PD_OK || h.req_id != r->id ||
         h.hidden_size != s->m->cfg.hidden_size) {
         pd_error("request %s: malformed ready notice (%zu bytes)", r->ext_id, ev->payload_len);
@@ -299,11 +335,17 @@ static void handle_open(dec_server *s, struct evhttp_request *req)
             pd_http_reply_error(req, 400, NULL, "max_tokens",
                                 "prompt (%d tokens) + max_tokens (%d) exceeds this instance's max model length %d",
                                 np, p.max_tokens, s->eo.max_model_len);
-        else if (st == PD_ERR_BUSY) {
+        else if (st == PD_ERR_BUSY || st == PD_ERR_FULL) {
             evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", "1");
-            pd_http_reply_error(req, 503, NULL, NULL, "no KV cache blocks free (or the queue is full); retry later");
+            if (st == PD_ERR_FULL) pd_http_reply_error(req, 429, NULL, NULL, "the decode queue is full; retry later");
+            else pd_http_reply_error(req, 503, NULL, NULL, "no KV cache blocks free; retry later");
         } else pd_http_reply_error(req, 400, NULL, NULL, "request refused: %s", pd_status_str(st));
         goto done;
+    }
+    const cJSON *pf = cJSON_GetObjectItemCaseSensitive(root, "prefill_kv_desc");
+    if (pd && cJSON_IsString(pf)) {
+        if (kv_remote_create(s->kv, pf->valuestring, &r->prefill) == PD_OK) r->prefill_peer = kv_remote_peer_id(r->prefill);
+        else pd_warn("request %s: cannot connect to the announced prefill instance", r->ext_id);
     }
     r->http = req;
     r->next = s->reqs;
@@ -362,9 +404,12 @@ static void gencb(struct evhttp_request *req, void *arg)
         }
         char *ext = evhttp_uridecode(path + 19, 0, NULL);
         dreq *r = ext ? find_ext(s, ext) : NULL;
+        const char *q = strchr(evhttp_request_get_uri(req), '?');
         if (!r) pd_http_reply_error(req, 404, NULL, NULL, "no request '%s'", ext ? ext : "");
         else {
             abort_req(r);
+            /* the router heard from the prefill instance that it refused the request before writing anything */
+            if (q && strstr(q, "kv=untouched")) kv_resolved(r);
             cJSON *o = cJSON_CreateObject();
             cJSON_AddBoolToObject(o, "aborted", 1);
             pd_http_reply_json(req, 200, o);

@@ -538,7 +538,7 @@ pd_status mdl_engine_submit(mdl_engine *e, uint64_t id, void *user, const int32_
     int waiting = 0;
     for (seq *q = e->all; q; q = q->next) waiting += q->state == SEQ_WAITING;
     if (find(e, id)) st = PD_ERR_INVALID;
-    else if (e->o.max_waiting > 0 && waiting >= e->o.max_waiting) st = PD_ERR_BUSY;
+    else if (e->o.max_waiting > 0 && waiting >= e->o.max_waiting) st = PD_ERR_FULL;
     else st = mdl_kv_alloc(e->kv, nb, s->blocks);
     if (st == PD_OK) {
         seq **pp = &e->all; /* append: arrival order is prefill order */

@@ -83,8 +83,8 @@ pd_status mdl_engine_create(mdl_model *m, const mdl_engine_opts *o, mdl_event_cb
 /* Stops the thread (finishing nothing: pending requests get no further events) and frees everything. */
 void mdl_engine_destroy(mdl_engine *e);
 
-/* Admits a request: validates it, reserves blocks for prompt + max_tokens. PD_ERR_BUSY when blocks or the
- * queue are full, PD_ERR_RANGE when it can never fit (longer than max_model_len or the pool), PD_ERR_INVALID
+/* Admits a request: validates it, reserves blocks for prompt + max_tokens. PD_ERR_BUSY when the blocks are
+ * not free, PD_ERR_FULL when max_waiting requests already wait, PD_ERR_RANGE when it can never fit (longer than max_model_len or the pool), PD_ERR_INVALID
  * for bad tokens or parameters. The prompt is copied. */
 pd_status mdl_engine_submit(mdl_engine *e, uint64_t id, void *user, const int32_t *prompt, int n_prompt,
                             const mdl_gen_params *p, mdl_req_mode mode);

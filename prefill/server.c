@@ -27,6 +27,8 @@ typedef struct preq {
     int outstanding;           /* transfers in flight */
     kv_xfer_t xfers[8];
     int prefilled, notice_started, failed, engine_gone;
+    int dest_dead;             /* a transfer failed on the decode side's account: it cannot hear us */
+    int abandon_sent;          /* the decode instance was told we give the request up */
     mdl_handoff h;
     float *hidden;
     int n_prompt;
@@ -46,6 +48,7 @@ struct pf_server_s {
     kv_context_t kv;
     kv_region_t region;
     char layout[160];
+    char *desc;                /* our region's descriptor */
     preq *reqs;
     uint64_t next_id;
     mdl_serve_counters counters;
@@ -95,6 +98,8 @@ static void release_engine(preq *r)
     /* the engine answers with DONE; engine_gone is set there */
 }
 
+static void send_abandon(preq *r);
+
 static void reply_and_end(preq *r, int status, const char *msg)
 {
     if (!r->http) return;
@@ -125,6 +130,7 @@ static void fail_req(preq *r, int status, const char *msg)
     for (int i = 0; i < (int)PD_ARRAY_LEN(r->xfers); i++)
         if (r->xfers[i]) kv_xfer_cancel(r->xfers[i]);
     release_engine(r);
+    send_abandon(r);
 }
 
 static void start_xfer(preq *r, int upto, int with_notice);
@@ -135,6 +141,7 @@ static void xfer_cb(kv_xfer_t x, pd_status st, void *arg)
     for (int i = 0; i < (int)PD_ARRAY_LEN(r->xfers); i++)
         if (r->xfers[i] == x) r->xfers[i] = NULL;
     r->outstanding--;
+    if (st == PD_ERR_PEER || st == PD_ERR_TRANSPORT) r->dest_dead = 1;
     if (st != PD_OK && !r->failed) {
         char msg[160];
         snprintf(msg, sizeof msg, "KV transfer to the decode instance failed: %s", pd_status_str(st));
@@ -149,7 +156,35 @@ static void xfer_cb(kv_xfer_t x, pd_status st, void *arg)
         }
     }
     if (r->outstanding == 0 && (r->failed || (r->notice_started && !r->http))) release_engine(r);
+    if (r->outstanding == 0 && r->failed) send_abandon(r);
     maybe_free(r);
+}
+
+static void abandon_cb(kv_xfer_t x, pd_status st, void *arg)
+{
+    (void)x;
+    preq *r = arg;
+    r->outstanding--;
+    if (st != PD_OK) pd_debug("prefill %s: abandon notice not delivered: %s", r->ext_id, pd_status_str(st));
+    maybe_free(r);
+}
+
+/* Tells the decode instance, after every transfer of r has ended, that no ready notice will come, so it frees
+ * the blocks it reserved at once instead of waiting out a timeout. */
+static void send_abandon(preq *r)
+{
+    if (r->abandon_sent || r->dest_dead || !r->remote || r->outstanding > 0) return;
+    r->abandon_sent = 1;
+    mdl_handoff h = {.req_id = r->tag, .first_token = -1};
+    void *notice = NULL;
+    size_t nlen = 0;
+    kv_xfer_t x;
+    if (mdl_handoff_encode(&h, &notice, &nlen) != PD_OK) return;
+    kv_xfer_params_t p = {.field_mask = KV_XFER_FIELD_TAG | KV_XFER_FIELD_NOTICE, .local = r->s->region,
+                          .remote = r->remote, .blocks = NULL, .n_blocks = 0, .tag = r->tag, .notice = notice,
+                          .notice_len = nlen, .cb = abandon_cb, .arg = r};
+    if (kv_xfer_start(r->s->kv, &p, &x) == PD_OK) r->outstanding++;
+    free(notice);
 }
 
 /* Sends our blocks [sent, upto) into the decode blocks; with_notice: the ready notice follows them. */
@@ -260,6 +295,7 @@ static void close_cb(struct evhttp_connection *c, void *arg)
 {
     (void)c;
     preq *r = arg;
+    pd_http_release_detached(r->http);
     r->http = NULL;
     if (!r->failed) fail_req(r, 499, "router went away");
 }
@@ -359,11 +395,11 @@ static void handle_prefill(pf_server *s, struct evhttp_request *req)
     pd_status st = mdl_engine_submit(s->eng, r->id, r, prompt, np, &p, MDL_REQ_PREFILL_ONLY);
     if (st != PD_OK) {
         s->counters.rejected++;
-        status = st == PD_ERR_BUSY ? 429 : 400;
-        snprintf(err, sizeof err, "%s", st == PD_ERR_BUSY ? "prefill queue or KV cache full; retry later"
+        status = st == PD_ERR_BUSY || st == PD_ERR_FULL ? 429 : 400;
+        snprintf(err, sizeof err, "%s", st == PD_ERR_BUSY || st == PD_ERR_FULL ? "prefill queue or KV cache full; retry later"
                                         : st == PD_ERR_RANGE ? "prompt longer than this instance's max model length"
                                                              : "request refused");
-        if (st == PD_ERR_BUSY) evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", "1");
+        if (status == 429) evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", "1");
         goto refuse;
     }
     r->src = malloc((size_t)r->n_src * sizeof(int));
@@ -375,8 +411,13 @@ static void handle_prefill(pf_server *s, struct evhttp_request *req)
     free(prompt);
     cJSON_Delete(root);
     return;
-refuse:
-    pd_http_reply_error(req, status, NULL, NULL, "%s", err);
+refuse: {
+    /* nothing was written for this request and nothing will be: the decode side may free its blocks at once */
+    cJSON *eo = pd_http_error_json(status, NULL, NULL, err);
+    cJSON_AddBoolToObject(cJSON_GetObjectItem(eo, "error"), "kv_untouched", 1);
+    pd_http_reply_json(req, status, eo);
+    cJSON_Delete(eo);
+}
     if (r) {
         kv_remote_destroy(r->remote);
         free(r->dst);
@@ -414,6 +455,7 @@ static void gencb(struct evhttp_request *req, void *arg)
         free(ext);
     } else if (!strcmp(path, "/health")) {
         cJSON *o = mdl_serve_health(s->eng, "prefill", s->o->serve.served_model_name);
+        cJSON_AddStringToObject(o, "kv_desc", s->desc); /* decode instances connect to it to hear if we die */
         pd_http_reply_json(req, 200, o);
         cJSON_Delete(o);
     } else if (!strcmp(path, "/metrics")) {
@@ -456,7 +498,8 @@ pd_status pf_server_create(struct event_base *base, pf_opts *o, pf_server **out,
     if (o->kv_proto && kv_proto_parse(o->kv_proto, &kp.proto) == PD_OK) kp.field_mask |= KV_PARAM_FIELD_PROTO;
     mdl_kv_pool *pool = mdl_engine_pool(s->eng);
     if ((st = kv_context_create(&kp, &s->kv)) != PD_OK || (st = kv_context_attach(s->kv, base)) != PD_OK ||
-        (st = kv_region_create(s->kv, pool->base, pool->block_bytes * (size_t)pool->n_blocks, &s->region)) != PD_OK) {
+        (st = kv_region_create(s->kv, pool->base, pool->block_bytes * (size_t)pool->n_blocks, &s->region)) != PD_OK ||
+        (st = kv_region_descriptor(s->region, &s->desc)) != PD_OK) {
         pd_error("prefill: KV transfer unavailable: %s", pd_status_str(st));
         goto fail_server;
     }
@@ -493,5 +536,6 @@ void pf_server_destroy(pf_server *s)
     }
     pd_mailbox_destroy(s->mb);
     mdl_model_destroy(s->m);
+    free(s->desc);
     free(s);
 }

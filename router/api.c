@@ -85,6 +85,7 @@ static void close_cb(struct evhttp_connection *c, void *arg)
 {
     (void)c;
     rt_req *r = arg;
+    pd_http_release_detached(r->http);
     r->http = NULL;
     pd_info("router: %s: client went away; aborting", r->id);
     for (int i = 0; i < r->n_ch; i++) rt_choice_cancel(&r->ch[i]);
@@ -621,6 +622,15 @@ static void handle_generate(rt_router *rt, struct evhttp_request *http, int chat
         return;
     }
     rt->n_requests++;
+    int inflight = 0;
+    for (rt_req *q = rt->reqs; q; q = q->next) inflight++;
+    if (rt->o->max_queued > 0 && inflight >= rt->o->max_queued) {
+        free(body);
+        rt->n_rejected++;
+        evhttp_add_header(evhttp_request_get_output_headers(http), "Retry-After", "1");
+        pd_http_reply_error(http, 429, NULL, NULL, "server overloaded: %d requests in flight; retry later", inflight);
+        return;
+    }
     cJSON *root = cJSON_ParseWithOpts(body, NULL, 1);
     free(body);
     rt_req *r = calloc(1, sizeof *r);

@@ -16,6 +16,7 @@ int main(int argc, char **argv)
     o.max_n = 8;
     o.health_interval = 1.0;
     o.request_timeout = 600;
+    o.max_queued = 4096;
     pd_opt table[] = {
         {"host", PD_OPT_STR, &o.host, "address to listen on (default 127.0.0.1)", 0, 0},
         {"port", PD_OPT_INT, &o.port, "port (default 8000; 0 picks a free one)", 0, 65535},
@@ -30,6 +31,7 @@ int main(int argc, char **argv)
         {"max-stop-strings", PD_OPT_INT, &o.max_stop, "stop strings per request (default 4)", 0, 16},
         {"max-n", PD_OPT_INT, &o.max_n, "largest n (default 8)", 1, 64},
         {"health-interval", PD_OPT_DOUBLE, &o.health_interval, "seconds between health checks (default 1)", 0.05, 60},
+        {"max-num-queued-reqs", PD_OPT_INT, &o.max_queued, "requests in flight before new ones get 429 (default 4096)", 1, 1 << 24},
         {"request-timeout", PD_OPT_DOUBLE, &o.request_timeout, "seconds without progress before a request fails (600)", 1, 86400},
     };
     const int n = (int)PD_ARRAY_LEN(table);

@@ -30,6 +30,11 @@ static void probe_done(pd_http_call *c, int status, const char *body, size_t len
     const cJSON *mml = cJSON_GetObjectItem(o, "max_model_len"), *load = cJSON_GetObjectItem(o, "load");
     if (cJSON_IsString(role) && !strcmp(role->valuestring, "colocated") && in->role == RT_DECODE) in->role = RT_COLOCATED;
     if (cJSON_IsString(layout)) snprintf(in->layout, sizeof in->layout, "%s", layout->valuestring);
+    const cJSON *kd = cJSON_GetObjectItem(o, "kv_desc");
+    if (cJSON_IsString(kd) && (!in->kv_desc || strcmp(in->kv_desc, kd->valuestring))) {
+        free(in->kv_desc);
+        in->kv_desc = strdup(kd->valuestring);
+    }
     if (cJSON_IsNumber(mml)) in->max_model_len = mml->valueint;
     if (cJSON_IsObject(load)) {
         const cJSON *v;
@@ -120,7 +125,10 @@ void rt_registry_destroy(rt_registry *r)
 {
     if (!r) return;
     if (r->timer) event_free(r->timer);
-    for (int i = 0; i < r->n; i++) pd_http_call_cancel(r->inst[i].probe);
+    for (int i = 0; i < r->n; i++) {
+        pd_http_call_cancel(r->inst[i].probe);
+        free(r->inst[i].kv_desc);
+    }
     free(r->inst);
     free(r);
 }
@@ -141,12 +149,13 @@ rt_instance *rt_pick_decode(rt_registry *r, int tokens)
     return best;
 }
 
-rt_instance *rt_pick_prefill(rt_registry *r, const char *layout)
+rt_instance *rt_pick_prefill(rt_registry *r, const char *layout, const rt_instance *avoid)
 {
     rt_instance *best = NULL;
     for (int i = 0; i < r->n; i++) {
         rt_instance *in = &r->inst[i];
-        if (!in->healthy || in->role != RT_PREFILL || (layout && strcmp(layout, in->layout) != 0)) continue;
+        if (!in->healthy || in->role != RT_PREFILL || in == avoid || (layout && layout[0] && strcmp(layout, in->layout) != 0))
+            continue;
         if (!best || in->queued_tokens + in->inflight * 256 < best->queued_tokens + best->inflight * 256) best = in;
     }
     return best;

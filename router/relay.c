@@ -108,12 +108,14 @@ static int stop_stage(rt_choice *c, int final, cJSON *lps)
     return 0;
 }
 
+static void release_decode(rt_choice *c);
+
 static void finish_choice(rt_choice *c, const char *reason)
 {
     if (c->done) return;
     c->done = 1;
     c->finish = reason;
-    rt_choice_cancel(c); /* closing the decode stream aborts it there if it still runs */
+    release_decode(c); /* closing the decode stream aborts it there if it still runs */
     rt_req_choice_done(c->req, c);
 }
 
@@ -149,6 +151,47 @@ static cJSON *gen_body(rt_choice *c)
     return b;
 }
 
+static void ignore_done(pd_http_call *call, int status, const char *body, size_t len, pd_status err, void *arg)
+{
+    (void)call;
+    (void)status;
+    (void)body;
+    (void)len;
+    (void)err;
+    (void)arg;
+}
+
+/* Ends the choice's decode request. When the prefill instance refused the request before writing anything, the
+ * decode instance is told so, and frees the reservation at once instead of waiting for a transfer. */
+static void release_decode(rt_choice *c)
+{
+    if (c->kv_untouched && c->d_call && c->d) {
+        char path[160];
+        pd_http_call *x;
+        snprintf(path, sizeof path, "/internal/requests/%s-%d?kv=untouched", c->req->id, c->index);
+        if (pd_http_call_start(c->req->rt->base, c->d->host, c->d->port, "DELETE", path, NULL, 0, 10, NULL,
+                               ignore_done, NULL, &x) != PD_OK)
+            pd_warn("router: %s: cannot tell %s to release its reservation", c->req->id, c->d->addr);
+    }
+    rt_choice_cancel(c);
+}
+
+/* A prefill-side failure before any token reached the client: run the choice again on another prefill
+ * instance (with a new decode reservation). Returns 1 when it did. */
+static int retry_elsewhere(rt_choice *c)
+{
+    if (c->retries >= 1 || c->n_gen > 0 || c->done) return 0;
+    rt_instance *failed = c->p;
+    if (!rt_pick_prefill(c->req->rt->reg, NULL, failed)) return 0;
+    c->retries++;
+    c->failed_p = failed;
+    release_decode(c);
+    c->kv_untouched = 0;
+    pd_info("router: %s: retrying on another prefill instance", c->req->id);
+    rt_choice_start(c);
+    return 1;
+}
+
 /* ---- prefill call ------------------------------------------------------------------------------------------ */
 
 static void on_p_done(pd_http_call *call, int status, const char *body, size_t len, pd_status err, void *arg)
@@ -174,6 +217,13 @@ static void on_p_done(pd_http_call *call, int status, const char *body, size_t l
     snprintf(msg, sizeof msg, "prefill instance %s failed (%s)", c->p ? c->p->addr : "?",
              err != PD_OK ? pd_status_str(err) : "error reply");
     pd_warn("router: %s: %s", c->req->id, msg);
+    if (status != 0) {
+        cJSON *eo = cJSON_Parse(body);
+        const cJSON *e = eo ? cJSON_GetObjectItem(eo, "error") : NULL;
+        c->kv_untouched = e && cJSON_IsTrue(cJSON_GetObjectItem(e, "kv_untouched"));
+        cJSON_Delete(eo);
+    }
+    if (status != 400 && retry_elsewhere(c)) return;
     fail_choice(c, status == 429 ? 429 : status == 400 ? 400 : 503, msg);
 }
 
@@ -181,8 +231,7 @@ static void start_prefill(rt_choice *c, const cJSON *kv)
 {
     rt_req *r = c->req;
     const cJSON *layout = cJSON_GetObjectItem(kv, "layout");
-    c->p = rt_pick_prefill(r->rt->reg, cJSON_IsString(layout) ? layout->valuestring : NULL);
-    if (!c->p) {
+    if (!c->p || (cJSON_IsString(layout) && strcmp(layout->valuestring, c->p->layout) != 0)) {
         fail_choice(c, 503, "no healthy prefill instance with a matching KV layout");
         return;
     }
@@ -267,6 +316,10 @@ static void on_d_line(pd_http_call *call, const char *line, size_t len, void *ar
         finish_choice(c, !strcmp(why, "length") ? "length" : !strcmp(why, "abort") ? "abort" : "stop");
     } else if (!strcmp(ev->valuestring, "error")) {
         const cJSON *st = cJSON_GetObjectItem(o, "status"), *m = cJSON_GetObjectItem(o, "message");
+        if (cJSON_IsTrue(cJSON_GetObjectItem(o, "retryable")) && retry_elsewhere(c)) {
+            cJSON_Delete(o);
+            return;
+        }
         fail_choice(c, cJSON_IsNumber(st) ? st->valueint : 503, cJSON_IsString(m) ? m->valuestring : "decode failed");
     }
     cJSON_Delete(o);
@@ -299,11 +352,11 @@ void rt_choice_start(rt_choice *c)
     rt_req *r = c->req;
     rt_router *rt = r->rt;
     c->stop_token = -1;
-    if (mdl_detok_create(rt->tok, 1, &c->detok) != PD_OK) {
+    if (!c->detok && mdl_detok_create(rt->tok, 1, &c->detok) != PD_OK) {
         fail_choice(c, 503, "out of memory");
         return;
     }
-    if (r->logprobs >= 0 || r->chat_logprobs) c->lp_tokens = cJSON_CreateArray();
+    if ((r->logprobs >= 0 || r->chat_logprobs) && !c->lp_tokens) c->lp_tokens = cJSON_CreateArray();
     if (r->think) { /* the prompt opened the reasoning block already (R1's generation prompt) */
         c->in_think = 1;
         c->open_checked = 1;
@@ -315,12 +368,15 @@ void rt_choice_start(rt_choice *c)
     }
     int local = c->d->role == RT_COLOCATED;
     snprintf(c->used, sizeof c->used, "%s%s", c->d->addr, local ? " (colocated)" : "");
-    if (!local && !rt_pick_prefill(rt->reg, c->d->layout[0] ? c->d->layout : NULL)) {
+    c->p = local ? NULL : rt_pick_prefill(rt->reg, c->d->layout, c->failed_p);
+    if (!local && !c->p) {
+        c->d = NULL;
         fail_choice(c, 503, "no healthy prefill instance");
         return;
     }
     cJSON *b = gen_body(c);
     cJSON_AddStringToObject(b, "mode", local ? "local" : "pd");
+    if (c->p && c->p->kv_desc) cJSON_AddStringToObject(b, "prefill_kv_desc", c->p->kv_desc);
     char *txt = cJSON_PrintUnformatted(b);
     cJSON_Delete(b);
     pd_status st = txt ? pd_http_call_start(rt->base, c->d->host, c->d->port, "POST", "/internal/requests", txt,

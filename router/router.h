@@ -26,6 +26,7 @@ typedef struct {
     int max_n;               /* choices per request */
     double health_interval;  /* seconds between health polls */
     double request_timeout;  /* seconds without progress before a request fails */
+    int max_queued;          /* requests in flight before new ones get 429 (0: unlimited) */
 } rt_opts;
 
 /* ---- instances ---- */
@@ -43,6 +44,7 @@ typedef struct rt_instance {
     int running, waiting, free_blocks, total_blocks;
     long queued_tokens;
     int inflight;            /* requests the router has sent and not finished */
+    char *kv_desc;           /* prefill: its KV region descriptor (decode instances watch it for failure) */
     pd_http_call *probe;
 } rt_instance;
 
@@ -52,8 +54,9 @@ pd_status rt_registry_create(struct event_base *base, const char *prefill, const
 void rt_registry_destroy(rt_registry *r);
 /* Least-loaded healthy decode/colocated instance (more free blocks, then fewer running); NULL if none. */
 rt_instance *rt_pick_decode(rt_registry *r, int tokens);
-/* Healthy prefill instance with the fewest queued prompt tokens (its layout must equal layout); NULL if none. */
-rt_instance *rt_pick_prefill(rt_registry *r, const char *layout);
+/* Healthy prefill instance with the fewest queued prompt tokens (its layout must equal layout when given),
+ * other than avoid; NULL if none. */
+rt_instance *rt_pick_prefill(rt_registry *r, const char *layout, const rt_instance *avoid);
 int rt_registry_max_model_len(rt_registry *r);
 /* Instances as a JSON array (address, role, health, load). */
 cJSON *rt_registry_json(rt_registry *r);

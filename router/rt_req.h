@@ -34,6 +34,9 @@ typedef struct {
     uint64_t seed;
     int has_seed;
     rt_instance *d, *p;
+    rt_instance *failed_p;        /* a prefill instance that failed this choice (not picked again) */
+    int retries;
+    int kv_untouched;             /* the prefill instance refused before writing: decode may free at once */
     char used[160];               /* "P>D" addresses of the instances that served it, for the request log */
     pd_http_call *d_call, *p_call;
     mdl_detok detok;

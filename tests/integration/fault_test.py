@@ -1,0 +1,223 @@
+"""Faults, each against real processes: a client that disconnects (1000 times, concurrently), a prefill instance
+killed mid-prefill (the router retries elsewhere; decode frees its reservation at once), a decode instance killed
+mid-stream (the client gets an error event and [DONE] within 2 s), overload (429 with Retry-After). After each,
+no KV block is stranded and a normal request is served."""
+import argparse, concurrent.futures, http.client, json, os, signal, socket, sys, tempfile, threading, time
+
+sys.path.insert(0, os.path.dirname(__file__))
+import harness
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--build", required=True)
+ap.add_argument("--model", required=True)
+ap.add_argument("--disconnects", type=int, default=1000)
+args = ap.parse_args()
+logdir = tempfile.mkdtemp(prefix="fault_test_")
+failures, passed = [], 0
+
+
+def check(cond, what):
+    global passed
+    if cond:
+        passed += 1
+    else:
+        failures.append(what)
+        print("FAIL:", what, flush=True)
+
+
+def exe(name):
+    return os.path.join(args.build, name.split("-")[1], name)
+
+
+class Topology:
+    def __init__(self, tag, n_prefill, n_decode, server_args=(), prefill_args=(), router_args=()):
+        self.prefill, self.decode = [], []
+        common = ["--model", args.model, "--kv-cache-memory", "128M", "--max-model-len", "2048"] + list(server_args)
+        for i in range(n_decode):
+            self.decode.append(harness.start([exe("pdserve-decode"), "--port", "0"] + common,
+                                             os.path.join(logdir, "%s-decode%d.log" % (tag, i))))
+        for i in range(n_prefill):
+            self.prefill.append(harness.start([exe("pdserve-prefill"), "--port", "0"] + common + list(prefill_args),
+                                              os.path.join(logdir, "%s-prefill%d.log" % (tag, i))))
+        rargs = ["--decode", ",".join("127.0.0.1:%d" % p for _, p in self.decode)]
+        if self.prefill:
+            rargs += ["--prefill", ",".join("127.0.0.1:%d" % p for _, p in self.prefill)]
+        self.router, self.port = harness.start([exe("pdserve-router"), "--port", "0", "--model", args.model,
+                                                "--health-interval", "0.2"] + rargs + list(router_args),
+                                               os.path.join(logdir, tag + "-router.log"))
+        harness.wait_healthy(self.port)
+
+    def instances(self):
+        return harness.request(self.port, "GET", "/admin/instances")[1]["instances"]
+
+    def idle(self, procs, timeout=5.0):
+        """Waits until every live instance in procs has all blocks free and nothing running or waiting."""
+        deadline, last = time.time() + timeout, None
+        while time.time() < deadline:
+            last = []
+            for p, port in procs:
+                if p.poll() is None:
+                    last.append(harness.request(port, "GET", "/health")[1]["load"])
+            if all(l["free_blocks"] == l["total_blocks"] and l["running"] == 0 and l["waiting"] == 0 for l in last):
+                return True, last
+            time.sleep(0.05)
+        return False, last
+
+    def close(self):
+        for p, _ in [(self.router, 0)] + self.prefill + self.decode:
+            harness.stop(p)
+
+
+def rss_kb(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def normal_request(port):
+    st, o, _ = harness.request(port, "POST", "/v1/completions",
+                               {"prompt": "hello there", "max_tokens": 5, "temperature": 0, "ignore_eos": True})
+    return st == 200 and o["usage"]["completion_tokens"] == 5
+
+
+# ---- 1. clients that go away ----------------------------------------------------------------------------------
+t = Topology("disc", 1, 1)
+try:
+    body = json.dumps({"prompt": "word " * 40, "max_tokens": 64, "stream": True, "ignore_eos": True}).encode()
+    req = (b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+           % len(body)) + body
+
+    def disconnect(i):
+        s = socket.create_connection(("127.0.0.1", t.port), timeout=10)
+        s.sendall(req)
+        if i % 3:  # two in three wait for the first bytes (decoding), one in three leaves during prefill
+            s.recv(64)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # RST on close
+        s.close()
+
+    normal_request(t.port)
+    rss0 = {p.pid: rss_kb(p.pid) for p, _ in [(t.router, 0)] + t.prefill + t.decode}
+    t0 = time.time()
+    with concurrent.futures.ThreadPoolExecutor(8) as ex:
+        list(ex.map(disconnect, range(args.disconnects)))
+    ok, loads = t.idle(t.prefill + t.decode, timeout=10)
+    check(ok, "after %d disconnects every block is free again: %r" % (args.disconnects, loads))
+    rss1 = {p.pid: rss_kb(p.pid) for p, _ in [(t.router, 0)] + t.prefill + t.decode}
+    growth = max(rss1[k] - rss0[k] for k in rss0)
+    print("RSS growth per process (KB):", {k: rss1[k] - rss0[k] for k in rss0})
+    check(growth < 64 * 1024, "resident memory grew by at most 64 MB over the disconnects (%d KB)" % growth)
+    check(normal_request(t.port), "a normal request is served after the disconnects")
+    print("disconnects: %d in %.1f s, max RSS growth %d KB" % (args.disconnects, time.time() - t0, growth))
+finally:
+    t.close()
+
+# ---- 2. a prefill instance killed mid-prefill --------------------------------------------------------------------
+t = Topology("pkill", 2, 1)
+try:
+    ref = harness.request(t.port, "POST", "/v1/completions", {"prompt": "the quick brown fox", "max_tokens": 8,
+                                                              "temperature": 0, "ignore_eos": True})[1]
+    for p, _ in t.prefill:
+        p.send_signal(signal.SIGSTOP)
+    result = {}
+
+    def send():
+        result["r"] = harness.request(t.port, "POST", "/v1/completions",
+                                      {"prompt": "the quick brown fox", "max_tokens": 8, "temperature": 0,
+                                       "ignore_eos": True}, timeout=60)
+
+    th = threading.Thread(target=send)
+    th.start()
+    victim = None
+    deadline = time.time() + 5
+    while victim is None and time.time() < deadline:
+        for inst in t.instances():
+            if inst["role"] == "prefill" and inst["inflight"] > 0:
+                victim = next(x for x in t.prefill if "127.0.0.1:%d" % x[1] == inst["address"])
+        time.sleep(0.05)
+    check(victim is not None, "the request reached a prefill instance")
+    survivor = next(x for x in t.prefill if x is not victim)
+    survivor[0].send_signal(signal.SIGCONT)
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        if any(i["healthy"] and i["address"].endswith(":%d" % survivor[1]) for i in t.instances()):
+            break
+        time.sleep(0.05)
+    t_kill = time.time()
+    victim[0].kill()
+    victim[0].wait()
+    th.join(30)
+    st, o, _ = result.get("r", (0, None, None))
+    check(st == 200 and o["choices"][0]["text"] == ref["choices"][0]["text"],
+          "retried on the other prefill instance with the same output: %r %r" % (st, o))
+    ok, loads = t.idle(t.decode + [survivor], timeout=3)
+    check(ok, "the decode instance released the dead prefill's reservation within 3 s: %r" % loads)
+    print("prefill killed: request answered %.2f s after the kill" % (time.time() - t_kill))
+    check(normal_request(t.port), "a normal request is served after the prefill kill")
+finally:
+    for p, _ in t.prefill:
+        if p.poll() is None:
+            p.send_signal(signal.SIGCONT)
+    t.close()
+
+# ---- 3. a decode instance killed mid-stream ----------------------------------------------------------------------
+t = Topology("dkill", 1, 1)
+try:
+    c = http.client.HTTPConnection("127.0.0.1", t.port, timeout=30)
+    c.request("POST", "/v1/completions", json.dumps({"prompt": "tell me", "max_tokens": 1500, "stream": True,
+                                                     "ignore_eos": True}), {"Content-Type": "application/json"})
+    r = c.getresponse()
+    got = 0
+    while got < 5:
+        line = r.readline()
+        got += line.startswith(b"data: ")
+    t_kill = time.time()
+    t.decode[0][0].kill()
+    t.decode[0][0].wait()
+    error_seen = done_seen = False
+    while True:
+        line = r.readline()
+        if not line:
+            break
+        if line.startswith(b"data: [DONE]"):
+            done_seen = True
+        elif line.startswith(b"data: ") and b'"error"' in line:
+            error_seen = True
+    elapsed = time.time() - t_kill
+    check(error_seen and done_seen and elapsed < 2.0,
+          "decode killed: error event and [DONE] within 2 s (error %s, done %s, %.2f s)" % (error_seen, done_seen, elapsed))
+    ok, loads = t.idle(t.prefill, timeout=3)
+    check(ok, "the prefill instance holds nothing for the dead decode: %r" % loads)
+    st, o, _ = harness.request(t.port, "POST", "/v1/completions", {"prompt": "hi", "max_tokens": 2})
+    check(st == 503 and "error" in o, "with no decode instance left: 503 %r" % ((st, o),))
+    print("decode killed: client told in %.2f s" % elapsed)
+finally:
+    t.close()
+
+# ---- 4. overload: 429 with Retry-After ---------------------------------------------------------------------------
+t = Topology("overload", 1, 1, prefill_args=["--max-num-queued-reqs", "1", "--max-num-batched-tokens", "16"],
+             router_args=["--max-num-queued-reqs", "6"])
+try:
+    def one(i):
+        c = http.client.HTTPConnection("127.0.0.1", t.port, timeout=60)
+        c.request("POST", "/v1/completions", json.dumps({"prompt": "word " * 300, "max_tokens": 4,
+                                                         "ignore_eos": True}), {"Content-Type": "application/json"})
+        r = c.getresponse()
+        return r.status, r.getheader("Retry-After"), json.loads(r.read())
+
+    with concurrent.futures.ThreadPoolExecutor(12) as ex:
+        res = list(ex.map(one, range(12)))
+    codes = [s for s, _, _ in res]
+    too_many = [(s, ra, o) for s, ra, o in res if s == 429]
+    check(too_many and all(ra and "error" in o and o["error"]["type"] == "rate_limit_error" for _, ra, o in too_many),
+          "overload answers 429 with Retry-After and an OpenAI error body: %r" % codes)
+    check(all(s in (200, 429) for s in codes) and 200 in codes, "others are served: %r" % codes)
+    ok, loads = t.idle(t.prefill + t.decode, timeout=5)
+    check(ok, "nothing stranded after overload: %r" % loads)
+    check(normal_request(t.port), "a normal request is served after overload")
+finally:
+    t.close()
+
+print("%d passed, %d failed" % (passed, len(failures)))
+sys.exit(1 if failures else 0)
