@@ -72,10 +72,13 @@ const char *krn_kernels_name(void) { return krn__ops_get()->name; }
 /* Below this many multiply-adds a kernel runs on the calling thread: waking the pool costs more. */
 #define PAR_MIN_MACS (1 << 16)
 
+/* Pieces to split a kernel into: one when it is too small to share, else up to 4 per thread so that a thread
+ * the OS deschedules costs a quarter of its share, not all of it. */
 static int threads_for(double macs, int units)
 {
     if (macs < PAR_MIN_MACS || units < 2) return 1;
-    return PD_MIN(krn_threads_get(), units);
+    const int nt = krn_threads_get();
+    return nt <= 1 ? 1 : PD_MIN(4 * nt, units);
 }
 
 typedef struct {

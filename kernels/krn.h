@@ -235,8 +235,9 @@ const char *krn_kernels_name(void);
  * the others run their kernel on their own thread. */
 pd_status krn_threads_init(int n);
 int krn_threads_get(void);
-/* Runs fn(ctx, ith, nth) for ith in [0, nth) on the pool and returns when all are done; nth is at most
- * krn_threads_get() and fn must not call krn_parallel itself (nested calls run inline with nth = 1). */
+/* Runs fn(ctx, ith, nth) once for every piece ith in [0, nth) on the pool's threads (the caller included) and
+ * returns when all are done. nth may exceed krn_threads_get(): pieces are claimed as threads come free, so
+ * kernels pass a few pieces per thread. Nested calls (fn calling krn_parallel) run their pieces inline. */
 typedef void (*krn_task_cb)(void *ctx, int ith, int nth);
 void krn_parallel(krn_task_cb fn, void *ctx, int nth);
 

@@ -1,9 +1,12 @@
 /* The kernel thread pool: n-1 workers created once (krn_threads_init, or lazily at the first kernel call), the
- * caller is thread 0. A job is published by bumping a generation counter; workers spin briefly on it (kernels
- * come in quick succession during a forward pass) and then sleep on a condition variable. */
+ * caller works too. A job is published by bumping a generation counter; workers spin briefly on it (kernels
+ * come in quick succession during a forward pass) and then sleep on a condition variable. Pieces of a job are
+ * claimed from a counter tagged with the job's generation, so a worker the OS has descheduled never holds a
+ * job up (the caller takes its pieces) and can never run a piece of a job that has finished. */
 #include <cblas.h>
 #include <immintrin.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -18,7 +21,8 @@ typedef struct {
     void *ctx;
     int nth;
     unsigned gen;          /* job generation (atomic) */
-    int pending;           /* workers still running the current job (atomic) */
+    uint64_t next;         /* (generation << 32) | next unclaimed piece (atomic) */
+    int done;              /* pieces finished (atomic) */
     int sleeping;          /* workers blocked on cv (atomic) */
     int stop;              /* atomic */
     pthread_mutex_t mu;
@@ -38,6 +42,22 @@ static int g_inited;                                       /* atomic */
 static int g_blas_threads = -1;                            /* OpenBLAS's own setting before we changed it */
 static __thread int tls_in_pool;
 static worker_arg *g_args;
+
+/* Claims and runs pieces of job `gen` until none is left (or the job is no longer current). */
+static void run_pieces(pool_t *p, unsigned gen)
+{
+    for (;;) {
+        krn_task_cb fn = p->fn;
+        void *ctx = p->ctx;
+        const int nth = p->nth;
+        uint64_t cur = __atomic_load_n(&p->next, __ATOMIC_ACQUIRE);
+        if ((unsigned)(cur >> 32) != gen || (int)(uint32_t)cur >= nth) return;
+        if (!__atomic_compare_exchange_n(&p->next, &cur, cur + 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) continue;
+        /* the claim succeeded while the job was current, so it cannot finish before this piece does */
+        fn(ctx, (int)(uint32_t)cur, nth);
+        __atomic_fetch_add(&p->done, 1, __ATOMIC_ACQ_REL);
+    }
+}
 
 static void *worker_main(void *argp)
 {
@@ -63,10 +83,7 @@ static void *worker_main(void *argp)
         }
         if (__atomic_load_n(&p->stop, __ATOMIC_ACQUIRE)) return NULL;
         seen = g;
-        if (wa->idx < p->nth) {
-            p->fn(p->ctx, wa->idx, p->nth);
-            __atomic_fetch_sub(&p->pending, 1, __ATOMIC_ACQ_REL);
-        }
+        run_pieces(p, g);
     }
 }
 
@@ -157,25 +174,29 @@ int krn_threads_get(void)
 void krn_parallel(krn_task_cb fn, void *ctx, int nth)
 {
     ensure_pool();
-    if (nth > g_pool.n) nth = g_pool.n;
-    if (nth <= 1 || tls_in_pool || pthread_mutex_trylock(&g_busy) != 0) {
-        fn(ctx, 0, 1);
+    if (nth <= 1 || g_pool.n <= 1 || tls_in_pool || pthread_mutex_trylock(&g_busy) != 0) {
+        for (int i = 0; i < nth; i++) fn(ctx, i, nth);
         return;
     }
     pool_t *p = &g_pool;
+    const unsigned gen = __atomic_load_n(&p->gen, __ATOMIC_RELAXED) + 1;
     p->fn = fn;
     p->ctx = ctx;
     p->nth = nth;
-    __atomic_store_n(&p->pending, nth - 1, __ATOMIC_RELEASE);
-    __atomic_fetch_add(&p->gen, 1, __ATOMIC_SEQ_CST);
+    __atomic_store_n(&p->done, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&p->next, (uint64_t)gen << 32, __ATOMIC_RELEASE);
+    __atomic_store_n(&p->gen, gen, __ATOMIC_SEQ_CST);
     if (__atomic_load_n(&p->sleeping, __ATOMIC_SEQ_CST) > 0) {
         pthread_mutex_lock(&p->mu);
         pthread_cond_broadcast(&p->cv);
         pthread_mutex_unlock(&p->mu);
     }
     tls_in_pool = 1;
-    fn(ctx, 0, nth);
+    run_pieces(p, gen);
     tls_in_pool = 0;
-    while (__atomic_load_n(&p->pending, __ATOMIC_ACQUIRE) > 0) _mm_pause();
+    for (int spins = 0; __atomic_load_n(&p->done, __ATOMIC_ACQUIRE) < nth; spins++) {
+        if (spins < 4096) _mm_pause();
+        else sched_yield(); /* a worker holding a piece was descheduled: let it run */
+    }
     pthread_mutex_unlock(&g_busy);
 }
