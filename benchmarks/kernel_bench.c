@@ -41,7 +41,7 @@ static void peak_task(void *p, int ith, int nth)
 static void stream_task(void *p, int ith, int nth)
 {
     const peak_job *j = p;
-    size_t per = (j->n / (size_t)nth) & ~(size_t)63;
+    size_t per = (j->n / (size_t)nth) & ~(size_t)127;
     g_sink += bench_stream_sum(j->buf + per * (size_t)ith, per);
 }
 
@@ -66,11 +66,11 @@ static double stream_gbs(int nth)
     for (size_t i = 0; i < n; i++) buf[i] = 1.0f;
     peak_job j = {.buf = buf, .n = n};
     double best = 0;
-    for (int r = 0; r < 4; r++) {
+    for (int r = 0; r < 8; r++) {
         double t = now();
         krn_parallel(stream_task, &j, nth);
         t = now() - t;
-        double gbs = (double)((n / (size_t)nth) & ~(size_t)63) * nth * 4 / t / 1e9;
+        double gbs = (double)((n / (size_t)nth) & ~(size_t)127) * nth * 4 / t / 1e9;
         if (gbs > best) best = gbs;
     }
     free(buf);
@@ -243,6 +243,11 @@ static double attn_flash(int S, const float *q, const float *kv, const float *kp
 
 int main(int argc, char **argv)
 {
+    if (argc == 2 && !strcmp(argv[1], "--stream-only")) {
+        krn_threads_init(0);
+        for (int i = 0; i < 3; i++) printf("stream %.1f GB/s\n", stream_gbs(krn_threads_get()));
+        return 0;
+    }
     int threads = 0, tokens = 512, max_s = 8192;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);
