@@ -3,24 +3,21 @@
 #include <immintrin.h>
 #include <stddef.h>
 
-/* 12 independent FMA chains of 16 lanes: 12 * 16 * 2 flops per iteration */
+/* 24 independent FMA chains of 16 lanes, the shape of the GEMM tile's accumulators (12 rows x 2 vectors),
+ * with the multiplier broadcast from memory as the tile does: 24 * 16 * 2 flops per iteration */
 float bench_peak_fma(long iters)
 {
-    __m512 a[12], x = _mm512_set1_ps(1.0000001f), y = _mm512_set1_ps(0.9999999f);
-    for (int i = 0; i < 12; i++) a[i] = _mm512_set1_ps((float)i);
-    __m512 a0 = a[0], a1 = a[1], a2 = a[2], a3 = a[3], a4 = a[4], a5 = a[5];
-    __m512 a6 = a[6], a7 = a[7], a8 = a[8], a9 = a[9], a10 = a[10], a11 = a[11];
-    for (long it = 0; it < iters; it++) { /* named registers: an array may be kept in memory */
-        a0 = _mm512_fmadd_ps(a0, x, y); a1 = _mm512_fmadd_ps(a1, x, y); a2 = _mm512_fmadd_ps(a2, x, y);
-        a3 = _mm512_fmadd_ps(a3, x, y); a4 = _mm512_fmadd_ps(a4, x, y); a5 = _mm512_fmadd_ps(a5, x, y);
-        a6 = _mm512_fmadd_ps(a6, x, y); a7 = _mm512_fmadd_ps(a7, x, y); a8 = _mm512_fmadd_ps(a8, x, y);
-        a9 = _mm512_fmadd_ps(a9, x, y); a10 = _mm512_fmadd_ps(a10, x, y); a11 = _mm512_fmadd_ps(a11, x, y);
-        __asm__ volatile("" : "+v"(a0), "+v"(a1), "+v"(a2), "+v"(a3), "+v"(a4), "+v"(a5));
+    __m512 a[24];
+    const __m512 x = _mm512_set1_ps(0.9999999f);
+    volatile float yv = 1e-7f;
+    const float y = yv;
+    for (int i = 0; i < 24; i++) a[i] = _mm512_set1_ps((float)i);
+    for (long it = 0; it < iters / 2; it++) {
+#pragma GCC unroll 24
+        for (int i = 0; i < 24; i++) a[i] = _mm512_fmadd_ps(_mm512_set1_ps(y), x, a[i]);
     }
-    a[0] = a0; a[1] = a1; a[2] = a2; a[3] = a3; a[4] = a4; a[5] = a5;
-    a[6] = a6; a[7] = a7; a[8] = a8; a[9] = a9; a[10] = a10; a[11] = a11;
     __m512 s = a[0];
-    for (int i = 1; i < 12; i++) s = _mm512_add_ps(s, a[i]);
+    for (int i = 1; i < 24; i++) s = _mm512_add_ps(s, a[i]);
     return _mm512_reduce_add_ps(s);
 }
 
