@@ -4,6 +4,11 @@
 
 #include <cpuid.h>
 #include <stdio.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#define ARCH_REQ_XCOMP_PERM 0x1023 /* asm/prctl.h; spelled out for older headers */
+#define XFEATURE_XTILEDATA 18
 
 uint8_t krn_f32_to_e4m3(float f)
 {
@@ -66,6 +71,12 @@ static void detect(krn_cpu_features *f)
     unsigned a71, b71, c71, d71;
     __cpuid_count(7, 1, a71, b71, c71, d71);
     f->avx512_bf16 = zmm && ((a71 >> 5) & 1);
+    /* Linux (5.16+) hands out AMX tile state only to processes that ask; without it the first tile
+     * instruction faults, so AMX counts as absent when the request fails. */
+    if (f->amx_tile && syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) != 0) {
+        pd_warn("AMX present but the kernel refused tile data (arch_prctl ARCH_REQ_XCOMP_PERM); AMX disabled");
+        f->amx_tile = f->amx_bf16 = f->amx_int8 = 0;
+    }
 }
 
 const krn_cpu_features *krn_cpu_get(void)

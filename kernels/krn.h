@@ -83,8 +83,6 @@ const krn_cpu_features *krn_cpu_get(void);
 /* Writes a one-line summary like "avx512f avx512_bf16 amx_bf16" into buf. */
 void krn_cpu_describe(char *buf, size_t len);
 
-#endif
-
 /* ---- matrices ------------------------------------------------------------------------------------ */
 /* Element types. F8E4M3 is a weight-only type: FP8 values with float32 scales per block of
  * block_r x block_c elements (DeepSeek's weight_scale_inv), kept as published so FP8 checkpoints stay exact. */
@@ -101,6 +99,14 @@ static inline uint16_t krn_f32_to_f16(float f)
     return u;
 }
 
+/* Packed forms a matrix may carry besides its plain data (see krn_mat_prepack and docs/kernels.md). */
+typedef enum {
+    KRN_PACK_NONE = 0,
+    KRN_PACK_BF16_N32K2 = 1, /* bf16 [ceil(rows/32)][ceil(cols/2)][32][2]: k-pairs of 32 output rows */
+    KRN_PACK_F8_N32K1 = 2,   /* e4m3 [ceil(rows/32)][cols][32] + f32 column scales [ceil(rows/32)][kblocks][32] */
+    KRN_PACK_I8_N32K4 = 3,   /* W8A8: int8 [ceil(rows/32)][ceil(cols/4)][32][4] + f32 row scale + int32 row sum */
+} krn_pack;
+
 /* A row-major weight matrix W[rows, cols]: rows = output features, cols = input features (HF layout). */
 typedef struct {
     krn_type type;
@@ -108,14 +114,31 @@ typedef struct {
     const void *data;     /* rows * cols elements of type; not owned */
     const float *scale;   /* F8E4M3 only: [ceil(rows/block_r)][ceil(cols/block_c)]; not owned */
     int block_r, block_c; /* F8E4M3 only */
+    /* Set by krn_mat_prepack; data stays valid and is what krn_mat_row_part and the reference path read,
+     * except for KRN_PACK_I8_N32K4, which changes the numbers (W8A8) and is used by every path. */
+    krn_pack pack;
+    const void *packed;   /* the packed weights in a caller-owned buffer; not owned */
+    const float *pscale;  /* F8: [ceil(rows/32)][ceil(cols/block_c)][32] block scale * 2^120 per output row;
+                           * I8: [ceil(rows/32)*32] per-output-row scale */
+    const int32_t *psum;  /* I8 only: [ceil(rows/32)*32] sum over k of the int8 weights of each row */
 } krn_mat;
+
+/* Packing: the loader calls these once per matrix. mode KRN_PREPACK_FAST packs for the fastest kernel this
+ * CPU has (nothing when that kernel reads the plain data or the portable path is in use); KRN_PREPACK_W8A8
+ * quantises to int8 with per-output-row scales (every path; activations are then quantised per token). */
+typedef enum { KRN_PREPACK_FAST = 0, KRN_PREPACK_W8A8 = 1 } krn_prepack_mode;
+/* Bytes of the caller-owned buffer krn_mat_prepack needs; 0 means there is no packed form to make. */
+size_t krn_mat_prepack_size(const krn_mat *w, krn_prepack_mode mode);
+/* Fills buf (krn_mat_prepack_size bytes, 64-byte aligned) and points w->packed etc. into it. buf must outlive
+ * every use of w. Reads w->data; never allocates. PD_ERR_INVALID when the size is 0 or buf is NULL. */
+pd_status krn_mat_prepack(krn_mat *w, krn_prepack_mode mode, void *buf);
 
 /* Row r, columns [c0, c0+n) of W as float32 (dequantised for FP8). */
 void krn_mat_row_part(const krn_mat *w, int r, int c0, int n, float *out);
 
 /* Scratch floats krn_linear may need for a matrix with this many columns (caller preallocates). */
 #define KRN_LINEAR_BLOCK 64
-static inline size_t krn_linear_scratch(int cols) { return (size_t)KRN_LINEAR_BLOCK * (size_t)cols; }
+static inline size_t krn_linear_scratch(int cols) { return (size_t)KRN_LINEAR_BLOCK * (size_t)(cols + 4) + 64; }
 
 /* y[m, w->rows] = x[m, w->cols] . W^T, float32 accumulation. ldy: row stride of y (>= w->rows).
  * scratch: krn_linear_scratch(w->cols) floats. */
@@ -198,3 +221,24 @@ int32_t krn_sample(krn_sampler s, float *logits, const krn_sampling_params *p, c
                    float *probs_out);
 /* Index of the largest value (first one on ties). */
 int32_t krn_argmax(const float *x, int n);
+
+/* ---- dispatch and threads ------------------------------------------------------------------------------
+ * One table of kernel pointers is filled at first use from krn_cpu_get() (PDSERVE_PORTABLE=1: portable C).
+ * krn_kernels_name() says which: "avx512" or "ref". */
+const char *krn_kernels_name(void);
+
+/* The thread pool every kernel splits its work over (ith/nth over output blocks). Created once: by
+ * krn_threads_init, or at the first kernel call with PDSERVE_THREADS threads (default: every online core).
+ * n <= 0 means that default. Re-initialising (tests, benchmarks) joins the old workers first; it must not
+ * race a running kernel. While the pool has more than one thread OpenBLAS is held at one thread, so the two
+ * never oversubscribe the cores. Calls from several application threads are safe: one runs on the pool,
+ * the others run their kernel on their own thread. */
+pd_status krn_threads_init(int n);
+int krn_threads_get(void);
+/* Runs fn(ctx, ith, nth) once for every piece ith in [0, nth) on the pool's threads (the caller included) and
+ * returns when all are done. nth may exceed krn_threads_get(): pieces are claimed as threads come free, so
+ * kernels pass a few pieces per thread. Nested calls (fn calling krn_parallel) run their pieces inline. */
+typedef void (*krn_task_cb)(void *ctx, int ith, int nth);
+void krn_parallel(krn_task_cb fn, void *ctx, int nth);
+
+#endif

@@ -34,6 +34,12 @@ typedef struct {
     krn_mat embed;          /* [vocab, hidden] the MTP layer's embed_tokens */
 } mdl_layer;
 
+/* Run-time weight quantisation chosen at load (--quantization). */
+typedef enum {
+    MDL_QUANT_NONE = 0,     /* weights as held by weight_type / FP8 */
+    MDL_QUANT_W8A8 = 1,     /* int8 weights, per-output-channel scales; activations quantised per token */
+} mdl_quant;
+
 typedef struct {
     krn_type weight_type;   /* KRN_BF16 (default) or KRN_F32: how BF16/F16/F32 tensors are held */
     krn_type kv_type;       /* KV cache element type: KRN_F16 (default), KRN_BF16 or KRN_F32 */
@@ -41,6 +47,7 @@ typedef struct {
                              * 1 dequantise to weight_type. weight_type KRN_F32 always dequantises. */
     int no_mtp;             /* skip loading the MTP layer */
     int progress;           /* print loading progress to stderr */
+    mdl_quant quant;        /* MDL_QUANT_NONE (default) or MDL_QUANT_W8A8: converted at load from BF16/FP8 */
 } mdl_load_opts;
 
 /* The KV default is float16: same size as bfloat16 with 8x finer resolution. MLA's cached values are a
@@ -48,7 +55,7 @@ typedef struct {
  * decisions that sit within bfloat16's rounding of each other stable (seen on the v3yarn-fp8 golden case). */
 static inline mdl_load_opts mdl_load_defaults(void)
 {
-    mdl_load_opts o = {KRN_BF16, KRN_F16, 0, 0, 1};
+    mdl_load_opts o = {KRN_BF16, KRN_F16, 0, 0, 1, MDL_QUANT_NONE};
     return o;
 }
 

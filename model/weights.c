@@ -186,6 +186,22 @@ static int load_mat(struct mdl__store *s, const mdl_tensor_spec *sp, krn_type wa
     return 1;
 }
 
+/* Packs a loaded matrix once for the fast kernels (a no-op on the portable path) or, for W8A8, quantises it to
+ * int8 with per-output-row scales. The plain data stays valid: row lookups and the reference path read it. */
+static int prepack(struct mdl__store *s, krn_mat *m, krn_prepack_mode mode, const char *name, char *err,
+                   size_t errlen, pd_status *st)
+{
+    size_t bytes = krn_mat_prepack_size(m, mode);
+    if (!bytes) return 1;
+    void *buf = store_alloc(s, bytes);
+    if (!buf) {
+        *st = fail(err, errlen, PD_ERR_NOMEM, "out of memory packing '%s' (%zu MB)", name, bytes >> 20);
+        return 0;
+    }
+    PD_ASSERT(krn_mat_prepack(m, mode, buf) == PD_OK);
+    return 1;
+}
+
 /* Precomputes per-pair RoPE frequencies as DeepSeek's reference does (float32), with YaRN's blend of
  * interpolated and extrapolated frequencies when rope_scaling is yarn. */
 static void rope_freqs(const mdl_config *c, float *f)
@@ -208,8 +224,8 @@ static void rope_freqs(const mdl_config *c, float *f)
     }
 }
 
-static int load_layer(struct mdl__store *s, const mdl_config *c, int l, krn_type wt, int fp8_dequant, mdl_layer *L,
-                      char *err, size_t errlen, pd_status *st)
+static int load_layer(struct mdl__store *s, const mdl_config *c, int l, krn_type wt, int fp8_dequant, int quant,
+                      mdl_layer *L, char *err, size_t errlen, pd_status *st)
 {
     size_t n = mdl_tensor_specs_layer(c, l, NULL, 0);
     mdl_tensor_spec *sp = calloc(n, sizeof *sp);
@@ -273,6 +289,14 @@ static int load_layer(struct mdl__store *s, const mdl_config *c, int l, krn_type
         /* the router's scores decide expert choice: keep them in f32 so bf16 rounding cannot flip a choice */
         krn_type t = dst == &L->router ? KRN_F32 : wt;
         if (!load_mat(s, &sp[i], t, fp8_dequant, blk, dst, err, errlen, st)) ok = 0;
+        /* W8A8 covers the MoE experts (routed and shared: ~97% of DeepSeek-V3's weights and of its decode
+         * traffic). Attention, the dense layers, the router and the heads keep their checkpoint precision:
+         * int8 noise there moves the residual stream enough to flip near-tied expert choices (measured on the
+         * golden fixtures, see docs/kernels.md). Embeddings are row lookups and are not packed. */
+        if (ok && dst != &L->embed && dst != &L->router) {
+            int w8 = quant == MDL_QUANT_W8A8 && (strstr(nm, "mlp.experts.") || strstr(nm, "mlp.shared_experts."));
+            if (!prepack(s, dst, w8 ? KRN_PREPACK_W8A8 : KRN_PREPACK_FAST, sp[i].name, err, errlen, st)) ok = 0;
+        }
     }
     free(sp);
     return ok;
@@ -292,6 +316,8 @@ pd_status mdl_model_load(const char *dir, const mdl_load_opts *opts, mdl_model *
     if (o.weight_type != KRN_F32 && o.weight_type != KRN_BF16)
         return fail(err, errlen, PD_ERR_INVALID, "weight dtype must be float32 or bfloat16, not %s",
                     krn_type_name(o.weight_type));
+    if (o.quant != MDL_QUANT_NONE && o.quant != MDL_QUANT_W8A8)
+        return fail(err, errlen, PD_ERR_INVALID, "unknown quantization %d (none, w8a8)", (int)o.quant);
     if (o.kv_type != KRN_F32 && o.kv_type != KRN_BF16 && o.kv_type != KRN_F16)
         return fail(err, errlen, PD_ERR_INVALID, "KV cache dtype must be float16, bfloat16 or float32, not %s",
                     krn_type_name(o.kv_type));
@@ -331,8 +357,9 @@ pd_status mdl_model_load(const char *dir, const mdl_load_opts *opts, mdl_model *
     if (!load_mat(m->store, &top[2], o.weight_type, o.fp8_dequant, c->fp8 ? c->fp8_block : NULL, &m->lm_head, err,
                   errlen, &st))
         goto fail_model;
+    if (!prepack(m->store, &m->lm_head, KRN_PREPACK_FAST, top[2].name, err, errlen, &st)) goto fail_model;
     for (int l = 0; l < m->n_layers + m->n_mtp; l++)
-        if (!load_layer(m->store, c, l, o.weight_type, o.fp8_dequant, &m->layers[l], err, errlen, &st))
+        if (!load_layer(m->store, c, l, o.weight_type, o.fp8_dequant, o.quant, &m->layers[l], err, errlen, &st))
             goto fail_model;
 
     m->rope_freqs = store_alloc(m->store, (size_t)c->qk_rope_head_dim / 2 * sizeof(float));

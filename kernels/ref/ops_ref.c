@@ -1,8 +1,9 @@
 /* Portable reference kernels: linear layers (OpenBLAS sgemm for many rows, converted blocks for bf16),
- * normalisation, RoPE and the online-softmax attention tile. These are the oracle for optimised paths. */
+ * normalisation, RoPE and the online-softmax attention tile. These are the oracle for optimised paths;
+ * the public entry points in kernels/dispatch.c call them through the kernel table. */
 #include <cblas.h>
 
-#include "kernels/krn.h"
+#include "kernels/krn_impl.h"
 
 const char *krn_type_name(krn_type t)
 {
@@ -66,7 +67,7 @@ static float dot_bf16(const float *a, const krn_bf16 *b, int n)
     return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
 }
 
-void krn_linear(const krn_mat *w, const float *x, int m, float *y, int ldy, float *scratch)
+void krn__linear_ref(const krn_mat *w, const float *x, int m, float *y, int ldy, float *scratch)
 {
     const int N = w->rows, K = w->cols;
     if (m <= 0) return;
@@ -98,7 +99,7 @@ void krn_linear(const krn_mat *w, const float *x, int m, float *y, int ldy, floa
     }
 }
 
-void krn_linear_rows(const krn_mat *w, int r0, int n, const float *x, float *y)
+void krn__linear_rows_ref(const krn_mat *w, int r0, int n, const float *x, float *y)
 {
     float buf[256];
     for (int j = 0; j < n; j++) {
@@ -112,7 +113,8 @@ void krn_linear_rows(const krn_mat *w, int r0, int n, const float *x, float *y)
     }
 }
 
-void krn_matmul_sub(const krn_mat *w, int r0, int c0, const float *x, int m, int k, int n, float *y, int accumulate)
+void krn__matmul_sub_ref(const krn_mat *w, int r0, int c0, const float *x, int m, int k, int n, float *y,
+                         int accumulate)
 {
     float buf[256];
     if (!accumulate) memset(y, 0, (size_t)m * n * sizeof(float));
@@ -193,34 +195,39 @@ void krn_attn_finish(int nq, int nh, int dv, const float *l, float *acc, int acc
         }
 }
 
-void krn_attn_tile(const krn_attn_tile_args *a)
+/* Work units u in [u0, u1) are (query, head) pairs u = i * nh + h, so callers can split heads of one query. */
+void krn__attn_tile_ref(const krn_attn_tile_args *a, int u0, int u1)
 {
-    for (int i = 0; i < a->nq; i++) {
+    float scores[256];
+    for (int u = u0; u < u1; u++) {
+        const int i = u / a->nh, h = u % a->nh;
         int nk = a->q_limit[i] - a->k_pos0 + 1; /* keys this query may see */
         if (nk <= 0) continue;
         if (nk > a->nk) nk = a->nk;
-        for (int h = 0; h < a->nh; h++) {
-            const float *qa = a->qa + (size_t)i * a->qa_stride + (size_t)h * a->qa_hstride;
-            const float *qb = a->qb + (size_t)i * a->qb_stride + (size_t)h * a->qb_hstride;
+        const float *qa = a->qa + (size_t)i * a->qa_stride + (size_t)h * a->qa_hstride;
+        const float *qb = a->qb + (size_t)i * a->qb_stride + (size_t)h * a->qb_hstride;
+        float *mp = &a->m[i * a->nh + h], *lp = &a->l[i * a->nh + h];
+        float *acc = a->acc + (size_t)i * a->acc_stride + (size_t)h * a->acc_hstride;
+        /* keys in chunks that fit the local score buffer; each chunk is one online-softmax step */
+        for (int j0 = 0; j0 < nk; j0 += (int)PD_ARRAY_LEN(scores)) {
+            const int nj = PD_MIN((int)PD_ARRAY_LEN(scores), nk - j0);
             float mx = -INFINITY;
-            for (int j = 0; j < nk; j++) {
-                const float *ka = a->ka + (size_t)j * a->ka_stride + (size_t)h * a->ka_hstride;
-                const float *kb = a->kb + (size_t)j * a->kb_stride;
+            for (int j = 0; j < nj; j++) {
+                const float *ka = a->ka + (size_t)(j0 + j) * a->ka_stride + (size_t)h * a->ka_hstride;
+                const float *kb = a->kb + (size_t)(j0 + j) * a->kb_stride;
                 float s = (dot_f32(qa, ka, a->da) + dot_f32(qb, kb, a->db)) * a->scale;
-                a->scores[j] = s;
+                scores[j] = s;
                 mx = s > mx ? s : mx;
             }
-            float *mp = &a->m[i * a->nh + h], *lp = &a->l[i * a->nh + h];
-            float *acc = a->acc + (size_t)i * a->acc_stride + (size_t)h * a->acc_hstride;
             float m_new = mx > *mp ? mx : *mp;
             float corr = expf(*mp - m_new); /* exp(-inf) = 0 on the first tile */
             float l = *lp * corr;
             if (corr != 1.0f)
                 for (int d = 0; d < a->dv; d++) acc[d] *= corr;
-            for (int j = 0; j < nk; j++) {
-                float p = expf(a->scores[j] - m_new);
+            for (int j = 0; j < nj; j++) {
+                float p = expf(scores[j] - m_new);
                 l += p;
-                const float *v = a->v + (size_t)j * a->v_stride + (size_t)h * a->v_hstride;
+                const float *v = a->v + (size_t)(j0 + j) * a->v_stride + (size_t)h * a->v_hstride;
                 for (int d = 0; d < a->dv; d++) acc[d] += p * v[d];
             }
             *mp = m_new;

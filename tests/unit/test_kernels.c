@@ -1,11 +1,13 @@
 /* Kernel tests: number formats, linear layers of every weight type against a float64 reference on awkward
  * sizes, the online-softmax attention tile against a naive softmax, and the sampler (greedy, seeds, top-k/p,
- * min-p, penalties, distribution). */
+ * min-p, penalties, distribution). The "paths" case reruns the linear, W8A8, attention and MLA kernels on every
+ * kernel table this CPU supports (reference, AVX-512) and thread counts 1-3, packed as the loader packs. */
 #include <check.h>
 #include <math.h>
 #include <string.h>
 
 #include "kernels/krn.h"
+#include "kernels/krn_impl.h"
 
 static pd_rng g_rng;
 
@@ -260,6 +262,246 @@ START_TEST(test_sampler)
 }
 END_TEST
 
+
+/* ---- every path --------------------------------------------------------------------------------------- */
+
+static const krn__ops *g_tables[2];
+static int g_ntables;
+
+static void collect_tables(void)
+{
+    g_ntables = 0;
+    g_tables[g_ntables++] = krn__ops_ref();
+    if (krn__ops_avx512()) g_tables[g_ntables++] = krn__ops_avx512();
+}
+
+/* Weights of type t (random, FP8 with awkward block scales) and their exact float values. */
+typedef struct {
+    krn_mat w;
+    void *data;
+    float *scale, *exact;
+    void *pack;
+} test_mat;
+
+static void make_mat(test_mat *tm, krn_type t, int n, int k)
+{
+    memset(tm, 0, sizeof *tm);
+    const int br = 32, bc = 48, sr = (n + br - 1) / br, sc = (k + bc - 1) / bc;
+    tm->exact = malloc(sizeof(float) * n * k);
+    tm->data = malloc((size_t)n * k * 4);
+    tm->scale = malloc(sizeof(float) * sr * sc);
+    for (int i = 0; i < sr * sc; i++) tm->scale[i] = 0.002f * (1 + i % 5);
+    for (int r = 0; r < n; r++)
+        for (int c = 0; c < k; c++) {
+            size_t i = (size_t)r * k + c;
+            float v = randn() * 0.1f;
+            if (t == KRN_F32) ((float *)tm->data)[i] = tm->exact[i] = v;
+            else if (t == KRN_BF16) tm->exact[i] = krn_bf16_to_f32(((krn_bf16 *)tm->data)[i] = krn_f32_to_bf16(v));
+            else {
+                float s = tm->scale[(r / br) * sc + c / bc];
+                uint8_t q = krn_f32_to_e4m3(v / s);
+                if ((i % 97) == 3) q = (uint8_t)((i & 1) << 7 | (i % 8)); /* subnormals and zeros */
+                ((uint8_t *)tm->data)[i] = q;
+                tm->exact[i] = krn_e4m3_to_f32(q) * s;
+            }
+        }
+    tm->w = (krn_mat){.type = t, .rows = n, .cols = k, .data = tm->data, .scale = tm->scale, .block_r = br, .block_c = bc};
+}
+
+static void pack_mat(test_mat *tm, krn_prepack_mode mode)
+{
+    free(tm->pack);
+    tm->pack = NULL;
+    krn_mat plain = tm->w;
+    plain.pack = KRN_PACK_NONE;
+    plain.packed = NULL;
+    tm->w = plain;
+    size_t n = krn_mat_prepack_size(&tm->w, mode);
+    if (!n) return;
+    tm->pack = pd_aligned_alloc(n);
+    ck_assert_int_eq(krn_mat_prepack(&tm->w, mode, tm->pack), PD_OK);
+}
+
+static void free_mat(test_mat *tm)
+{
+    free(tm->data);
+    free(tm->scale);
+    free(tm->exact);
+    free(tm->pack);
+}
+
+START_TEST(test_paths_linear)
+{
+    /* m: decode 1-4, a 12-row tile plus remainder, past the 144-row M block; k: odd, past the 256-value K block */
+    const int sizes[][3] = {{1, 37, 53}, {2, 65, 130}, {3, 129, 257}, {4, 33, 600}, {13, 70, 257},
+                            {17, 31, 1}, {40, 96, 97}, {150, 45, 300}, {5, 1, 7}};
+    collect_tables();
+    for (int ti = 0; ti < g_ntables; ti++) {
+        krn__ops_force(g_tables[ti]);
+        for (int nth = 1; nth <= 3; nth++) {
+            ck_assert_int_eq(krn_threads_init(nth), PD_OK);
+            for (size_t si = 0; si < PD_ARRAY_LEN(sizes); si++) {
+                const int m = sizes[si][0], n = sizes[si][1], k = sizes[si][2], ldy = n + 5;
+                float *x = malloc(sizeof(float) * m * k), *y = malloc(sizeof(float) * m * ldy);
+                float *scratch = malloc(sizeof(float) * krn_linear_scratch(k));
+                double *yr = malloc(sizeof(double) * m * n);
+                for (int i = 0; i < m * k; i++) x[i] = randn();
+                const krn_type types[] = {KRN_F32, KRN_BF16, KRN_F8E4M3};
+                for (int t = 0; t < 3; t++) {
+                    test_mat tm;
+                    make_mat(&tm, types[t], n, k);
+                    pack_mat(&tm, KRN_PREPACK_FAST);
+                    if (ti > 0 && types[t] != KRN_F32) ck_assert_int_ne(tm.w.pack, KRN_PACK_NONE);
+                    ref_linear(x, tm.exact, m, n, k, yr);
+                    for (int i = 0; i < m * ldy; i++) y[i] = 12345.0f; /* columns past n must stay untouched */
+                    krn_linear(&tm.w, x, m, y, ldy, scratch);
+                    for (int i = 0; i < m; i++) {
+                        for (int j = 0; j < n; j++)
+                            ck_assert_msg(fabs(y[i * ldy + j] - yr[i * n + j]) < 1e-4 * (1 + fabs(yr[i * n + j])),
+                                          "%s nth %d type %d m%d n%d k%d at %d,%d: %g vs %g", g_tables[ti]->name, nth,
+                                          t, m, n, k, i, j, y[i * ldy + j], yr[i * n + j]);
+                        for (int j = n; j < ldy; j++) ck_assert(y[i * ldy + j] == 12345.0f);
+                    }
+                    /* MLA's absorbed products read the plain rows */
+                    float yb[200], ys[1300];
+                    krn_linear_rows(&tm.w, n / 3, n - n / 3, x, yb);
+                    for (int j = n / 3; j < n; j++) ck_assert(fabs(yb[j - n / 3] - yr[j]) < 1e-4 * (1 + fabs(yr[j])));
+                    int r0 = n > 1 ? 1 : 0, c0 = k > 2 ? 2 : 0, kk = PD_MIN(5, n - r0), nn = k - c0;
+                    int mm = PD_MIN(m, 2);
+                    for (int i = 0; i < mm * nn; i++) ys[i] = 1.0f;
+                    krn_matmul_sub(&tm.w, r0, c0, x, mm, kk, nn, ys, 1);
+                    for (int i = 0; i < mm; i++)
+                        for (int c = 0; c < nn; c++) {
+                            double s = 1.0;
+                            for (int d = 0; d < kk; d++) s += (double)x[i * kk + d] * tm.exact[(size_t)(r0 + d) * k + c0 + c];
+                            ck_assert(fabs(ys[i * nn + c] - s) < 1e-4 * (1 + fabs(s)));
+                        }
+                    free_mat(&tm);
+                }
+                free(x); free(y); free(scratch); free(yr);
+            }
+        }
+    }
+    krn__ops_force(NULL);
+    krn_threads_init(0);
+}
+END_TEST
+
+START_TEST(test_paths_w8a8)
+{
+    const int sizes[][3] = {{1, 37, 53}, {3, 129, 257}, {13, 70, 6}, {150, 45, 300}, {2, 64, 1024}};
+    collect_tables();
+    for (size_t si = 0; si < PD_ARRAY_LEN(sizes); si++) {
+        const int m = sizes[si][0], n = sizes[si][1], k = sizes[si][2];
+        float *x = malloc(sizeof(float) * m * k), *y[2], *scratch = malloc(sizeof(float) * krn_linear_scratch(k));
+        double *yr = malloc(sizeof(double) * m * n);
+        for (int i = 0; i < m * k; i++) x[i] = randn();
+        for (int t = 1; t < 3; t++) { /* from BF16 and FP8 checkpoints */
+            test_mat tm;
+            make_mat(&tm, t == 1 ? KRN_BF16 : KRN_F8E4M3, n, k);
+            pack_mat(&tm, KRN_PREPACK_W8A8);
+            ck_assert_int_eq(tm.w.pack, KRN_PACK_I8_N32K4);
+            ref_linear(x, tm.exact, m, n, k, yr);
+            for (int ti = 0; ti < g_ntables; ti++) {
+                krn__ops_force(g_tables[ti]);
+                krn_threads_init(1 + ti);
+                y[ti] = malloc(sizeof(float) * m * n);
+                krn_linear(&tm.w, x, m, y[ti], n, scratch);
+                /* int8 x int8 with per-row/per-token scales: error well under 2% of each row's size */
+                for (int i = 0; i < m; i++) {
+                    double num = 0, den = 0;
+                    for (int j = 0; j < n; j++) {
+                        num += (y[ti][i * n + j] - yr[i * n + j]) * (y[ti][i * n + j] - yr[i * n + j]);
+                        den += yr[i * n + j] * yr[i * n + j];
+                    }
+                    ck_assert_msg(sqrt(num / (den + 1e-30)) < 2e-2, "%s m%d n%d k%d row %d: rel %.3g",
+                                  g_tables[ti]->name, m, n, k, i, sqrt(num / den));
+                }
+            }
+            /* integer sums are exact and the scaling is done in the same order: every path is bit-identical */
+            for (int ti = 1; ti < g_ntables; ti++) ck_assert_mem_eq(y[ti], y[0], sizeof(float) * m * n);
+            for (int ti = 0; ti < g_ntables; ti++) free(y[ti]);
+            free_mat(&tm);
+        }
+        free(x); free(scratch); free(yr);
+    }
+    krn__ops_force(NULL);
+    krn_threads_init(0);
+}
+END_TEST
+
+/* Attention over nk keys with every table: causal, chunked into tiles of `tile` keys, against float64. */
+static void attn_case(int nq, int nh, int da, int db, int dv, int p0, int tile, int shared)
+{
+    const int nk = p0 + nq, hk = shared ? 1 : nh;
+    float *q = malloc(sizeof(float) * nq * nh * da), *qb = malloc(sizeof(float) * nq * nh * db);
+    float *k = malloc(sizeof(float) * nk * hk * da), *kb = malloc(sizeof(float) * nk * db);
+    float *v = shared ? k : malloc(sizeof(float) * nk * hk * dv);
+    float *m = malloc(sizeof(float) * nq * nh), *l = malloc(sizeof(float) * nq * nh);
+    float *acc = malloc(sizeof(float) * nq * nh * dv), *scores = malloc(sizeof(float) * tile);
+    int *lim = malloc(sizeof(int) * nq);
+    for (int i = 0; i < nq * nh * da; i++) q[i] = randn() * 0.3f;
+    for (int i = 0; i < nq * nh * db; i++) qb[i] = randn() * 0.3f;
+    for (int i = 0; i < nk * hk * da; i++) k[i] = randn();
+    for (int i = 0; i < nk * db; i++) kb[i] = randn();
+    if (!shared) for (int i = 0; i < nk * hk * dv; i++) v[i] = randn();
+    for (int i = 0; i < nq; i++) lim[i] = p0 + i;
+    const int vstride = shared ? da : hk * dv;
+    for (int ti = 0; ti < g_ntables; ti++) {
+        krn__ops_force(g_tables[ti]);
+        krn_threads_init(1 + ti);
+        krn_attn_init(nq, nh, dv, m, l, acc, nh * dv, dv);
+        for (int k0 = 0; k0 < nk; k0 += tile) {
+            krn_attn_tile_args a = {.nq = nq, .nh = nh, .nk = PD_MIN(tile, nk - k0), .da = da, .db = db, .dv = dv,
+                                    .qa = q, .qa_stride = nh * da, .qa_hstride = da,
+                                    .qb = qb, .qb_stride = nh * db, .qb_hstride = db,
+                                    .ka = k + (size_t)k0 * hk * da, .ka_stride = hk * da, .ka_hstride = shared ? 0 : da,
+                                    .kb = kb + (size_t)k0 * db, .kb_stride = db,
+                                    .v = v + (size_t)k0 * vstride, .v_stride = vstride, .v_hstride = shared ? 0 : dv,
+                                    .q_limit = lim, .k_pos0 = k0, .scale = 0.2f, .m = m, .l = l,
+                                    .acc = acc, .acc_stride = nh * dv, .acc_hstride = dv, .scores = scores};
+            krn_attn_tile(&a);
+        }
+        krn_attn_finish(nq, nh, dv, l, acc, nh * dv, dv);
+        for (int i = 0; i < nq; i++)
+            for (int h = 0; h < nh; h++) {
+                double *s = malloc(sizeof(double) * nk), mx = -1e30, sum = 0;
+                const int hh = shared ? 0 : h;
+                for (int j = 0; j <= lim[i]; j++) {
+                    double d = 0;
+                    for (int c = 0; c < da; c++) d += (double)q[(i * nh + h) * da + c] * k[((size_t)j * hk + hh) * da + c];
+                    for (int c = 0; c < db; c++) d += (double)qb[(i * nh + h) * db + c] * kb[(size_t)j * db + c];
+                    s[j] = d * 0.2;
+                    mx = fmax(mx, s[j]);
+                }
+                for (int j = 0; j <= lim[i]; j++) sum += (s[j] = exp(s[j] - mx));
+                for (int c = 0; c < dv; c++) {
+                    double o = 0;
+                    for (int j = 0; j <= lim[i]; j++) {
+                        const float *vr = shared ? k + (size_t)j * da : v + ((size_t)j * hk + hh) * dv;
+                        o += s[j] / sum * vr[c];
+                    }
+                    ck_assert_msg(fabs(o - acc[(i * nh + h) * dv + c]) < 2e-5 * (1 + fabs(o)), "%s q%d h%d c%d: %g vs %g",
+                                  g_tables[ti]->name, i, h, c, acc[(i * nh + h) * dv + c], o);
+                }
+                free(s);
+            }
+    }
+    krn__ops_force(NULL);
+    free(q); free(qb); free(k); free(kb); if (!shared) free(v); free(m); free(l); free(acc); free(scores); free(lim);
+}
+
+START_TEST(test_paths_attention)
+{
+    collect_tables();
+    attn_case(7, 3, 6, 4, 5, 11, 5, 0);       /* tiny, odd everything */
+    attn_case(19, 5, 64, 32, 64, 70, 64, 0);  /* prefill shape, keys past one tile */
+    attn_case(3, 4, 144, 16, 144, 300, 64, 1); /* MLA absorbed decode: shared latent head, dv > 128 */
+    attn_case(2, 2, 40, 8, 40, 600, 300, 1);  /* a tile wider than the kernels' key chunk */
+    krn_threads_init(0);
+}
+END_TEST
+
 int main(void)
 {
     pd_rng_seed(&g_rng, 1234);
@@ -270,6 +512,12 @@ int main(void)
     tcase_add_test(tc, test_attention_tile_vs_naive);
     tcase_add_test(tc, test_sampler);
     suite_add_tcase(s, tc);
+    TCase *tp = tcase_create("paths");
+    tcase_set_timeout(tp, 300);
+    tcase_add_test(tp, test_paths_linear);
+    tcase_add_test(tp, test_paths_w8a8);
+    tcase_add_test(tp, test_paths_attention);
+    suite_add_tcase(s, tp);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);

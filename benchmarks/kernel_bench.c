@@ -1,0 +1,398 @@
+/* kernel_bench: one run measures the kernels against this machine's own limits and prints one table.
+ * - peak: register-resident FMA and vdpbf16ps loops on every pool thread (GFLOP/s ceiling);
+ * - prefill GEMM on the `bench` preset's matrix shapes at --tokens rows (BF16 packed, FP8, W8A8) vs that peak
+ *   and vs OpenBLAS sgemm on the same shapes with the same thread count;
+ * - decode GEMV (one row) over enough copies of each matrix to stream from DRAM: bytes of weights / time vs a
+ *   streaming sum over a large buffer;
+ * - flash (tiled online-softmax) vs naive (S x S scores per head, sgemm) attention at 2k and 8k tokens: time,
+ *   peak extra memory, max difference. */
+#include <cblas.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/krn.h"
+
+float bench_peak_fma(long iters);
+float bench_peak_bf16dot(long iters);
+float bench_stream_sum(const float *p, size_t n);
+
+static pd_rng g_rng;
+static volatile float g_sink;
+
+static double now(void) { return pd_time_now(); }
+
+/* ---- peak and bandwidth, run on every pool thread ----------------------------------------------------- */
+typedef struct {
+    long iters;
+    int bf16;
+    const float *buf;
+    size_t n;
+} peak_job;
+
+static void peak_task(void *p, int ith, int nth)
+{
+    const peak_job *j = p;
+    (void)ith;
+    (void)nth;
+    g_sink += j->bf16 ? bench_peak_bf16dot(j->iters) : bench_peak_fma(j->iters);
+}
+
+static void stream_task(void *p, int ith, int nth)
+{
+    const peak_job *j = p;
+    size_t per = (j->n / (size_t)nth) & ~(size_t)127;
+    g_sink += bench_stream_sum(j->buf + per * (size_t)ith, per);
+}
+
+static double peak_gflops(int bf16, int nth)
+{
+    peak_job j = {.iters = 5000000, .bf16 = bf16};
+    double best = 0;
+    for (int r = 0; r < 9; r++) { /* best of several short runs: other processes may share the cores */
+        double t = now();
+        krn_parallel(peak_task, &j, nth);
+        t = now() - t;
+        double fl = bf16 ? (double)nth * j.iters * 12 * 64 : (double)nth * (j.iters / 2) * 24 * 32;
+        if (fl / t > best) best = fl / t;
+    }
+    return best / 1e9;
+}
+
+static double stream_gbs(int nth)
+{
+    const size_t n = (size_t)128 << 20; /* 512 MB of floats */
+    float *buf = pd_aligned_alloc(n * sizeof(float));
+    for (size_t i = 0; i < n; i++) buf[i] = 1.0f;
+    peak_job j = {.buf = buf, .n = n};
+    double best = 0;
+    for (int r = 0; r < 8; r++) {
+        double t = now();
+        krn_parallel(stream_task, &j, nth);
+        t = now() - t;
+        double gbs = (double)((n / (size_t)nth) & ~(size_t)127) * nth * 4 / t / 1e9;
+        if (gbs > best) best = gbs;
+    }
+    free(buf);
+    return best;
+}
+
+/* ---- matrices -------------------------------------------------------------------------------------------- */
+typedef struct {
+    const char *name;
+    int n, k;
+} shape;
+
+/* bench preset: hidden 1024, q_lora 384, kv_lora 128, heads 16, nope 64 / rope 32 / v 64, inter 2816,
+ * moe_inter 256 */
+static const shape g_shapes[] = {
+    {"q_a_proj", 384, 1024},   {"q_b_proj", 16 * 96, 384},  {"kv_a_proj", 128 + 32, 1024},
+    {"kv_b_proj", 16 * 128, 128}, {"o_proj", 1024, 16 * 64}, {"mlp.gate/up", 2816, 1024},
+    {"mlp.down", 1024, 2816},  {"expert.gate/up", 256, 1024}, {"expert.down", 1024, 256},
+};
+
+typedef struct {
+    krn_mat w;
+    void *data, *pack;
+    float *scale;
+    size_t bytes; /* bytes the kernel streams per product */
+} bmat;
+
+static void bmat_make(bmat *b, krn_type t, int w8a8, int n, int k)
+{
+    memset(b, 0, sizeof *b);
+    const int br = 128, bc = 128, sr = (n + br - 1) / br, sc = (k + bc - 1) / bc;
+    b->data = pd_aligned_alloc((size_t)n * k * krn_type_size(t) + 64);
+    b->scale = pd_aligned_alloc(sizeof(float) * sr * sc);
+    for (int i = 0; i < sr * sc; i++) b->scale[i] = 1e-3f * (1 + i % 3);
+    for (size_t i = 0; i < (size_t)n * k; i++) {
+        float v = (float)pd_rng_normal(&g_rng) * 0.05f;
+        if (t == KRN_F32) ((float *)b->data)[i] = v;
+        else if (t == KRN_BF16) ((krn_bf16 *)b->data)[i] = krn_f32_to_bf16(v);
+        else ((uint8_t *)b->data)[i] = krn_f32_to_e4m3(v / 1e-3f);
+    }
+    b->w = (krn_mat){.type = t, .rows = n, .cols = k, .data = b->data, .scale = b->scale, .block_r = br, .block_c = bc};
+    krn_prepack_mode mode = w8a8 ? KRN_PREPACK_W8A8 : KRN_PREPACK_FAST;
+    size_t pb = krn_mat_prepack_size(&b->w, mode);
+    if (pb) {
+        b->pack = pd_aligned_alloc(pb);
+        krn_mat_prepack(&b->w, mode, b->pack);
+    }
+    b->bytes = w8a8 ? (size_t)n * k : (size_t)n * k * krn_type_size(t);
+}
+
+static void bmat_free(bmat *b)
+{
+    free(b->data);
+    free(b->pack);
+    free(b->scale);
+}
+
+static double time_linear(const krn_mat *w, const float *x, int m, float *y, float *scratch, int reps)
+{
+    double best = 1e30;
+    for (int r = 0; r < reps; r++) {
+        double t = now();
+        krn_linear(w, x, m, y, w->rows, scratch);
+        t = now() - t;
+        if (t < best) best = t;
+    }
+    return best;
+}
+
+static double time_sgemm(const float *W, int n, int k, const float *x, int m, float *y, int nth, int reps)
+{
+    openblas_set_num_threads(nth);
+    double best = 1e30;
+    for (int r = 0; r < reps; r++) {
+        double t = now();
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1.0f, x, k, W, k, 0.0f, y, n);
+        t = now() - t;
+        if (t < best) best = t;
+    }
+    openblas_set_num_threads(nth > 1 ? 1 : nth); /* back to what the pool wants */
+    return best;
+}
+
+/* ---- attention ------------------------------------------------------------------------------------------- */
+#define H 16
+#define NOPE 64
+#define ROPE 32
+#define VD 64
+#define QK (NOPE + ROPE)
+#define KV (NOPE + VD)
+
+typedef struct {
+    int S;
+    const float *q, *kv, *kpe;
+    float *out, *P, *Qh, *Kh, *Vh, *Oh;
+} naive_job;
+
+static void softmax_rows_task(void *p, int ith, int nth)
+{
+    naive_job *j = p;
+    for (int i = ith; i < j->S; i += nth) {
+        float *r = j->P + (size_t)i * j->S;
+        krn_softmax(r, i + 1); /* causal: keys 0..i */
+        memset(r + i + 1, 0, (size_t)(j->S - i - 1) * sizeof(float));
+    }
+}
+
+static double attn_naive(int S, const float *q, const float *kv, const float *kpe, float *out, float scale, int nth,
+                         size_t *peak)
+{
+    naive_job j = {.S = S, .q = q, .kv = kv, .kpe = kpe, .out = out};
+    j.P = pd_aligned_alloc((size_t)S * S * sizeof(float));
+    j.Qh = pd_aligned_alloc((size_t)S * QK * 4);
+    j.Kh = pd_aligned_alloc((size_t)S * QK * 4);
+    j.Vh = pd_aligned_alloc((size_t)S * VD * 4);
+    j.Oh = pd_aligned_alloc((size_t)S * VD * 4);
+    *peak = (size_t)S * S * 4 + (size_t)S * (2 * QK + 2 * VD) * 4;
+    double t = now();
+    for (int h = 0; h < H; h++) {
+        for (int s = 0; s < S; s++) {
+            memcpy(j.Qh + (size_t)s * QK, q + ((size_t)s * H + h) * QK, QK * 4);
+            memcpy(j.Kh + (size_t)s * QK, kv + ((size_t)s * H + h) * KV, NOPE * 4);
+            memcpy(j.Kh + (size_t)s * QK + NOPE, kpe + (size_t)s * ROPE, ROPE * 4);
+            memcpy(j.Vh + (size_t)s * VD, kv + ((size_t)s * H + h) * KV + NOPE, VD * 4);
+        }
+        openblas_set_num_threads(nth);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, S, S, QK, scale, j.Qh, QK, j.Kh, QK, 0.0f, j.P, S);
+        openblas_set_num_threads(1);
+        krn_parallel(softmax_rows_task, &j, nth);
+        openblas_set_num_threads(nth);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, S, VD, S, 1.0f, j.P, S, j.Vh, VD, 0.0f, j.Oh, VD);
+        openblas_set_num_threads(1);
+        for (int s = 0; s < S; s++) memcpy(out + ((size_t)s * H + h) * VD, j.Oh + (size_t)s * VD, VD * 4);
+    }
+    t = now() - t;
+    free(j.P); free(j.Qh); free(j.Kh); free(j.Vh); free(j.Oh);
+    return t;
+}
+
+static double attn_flash(int S, const float *q, const float *kv, const float *kpe, float *out, float scale,
+                         size_t *peak)
+{
+    float *m = pd_aligned_alloc((size_t)S * H * 4), *l = pd_aligned_alloc((size_t)S * H * 4);
+    float scores[64];
+    int *lim = malloc((size_t)S * sizeof(int));
+    for (int i = 0; i < S; i++) lim[i] = i;
+    *peak = (size_t)S * H * 2 * 4 + sizeof scores + (size_t)S * sizeof(int);
+    double t = now();
+    krn_attn_init(S, H, VD, m, l, out, H * VD, VD);
+    for (int k0 = 0; k0 < S; k0 += 64) {
+        /* queries before k0 see none of this tile: start at the first that does */
+        krn_attn_tile_args a = {
+            .nq = S - k0, .nh = H, .nk = PD_MIN(64, S - k0), .da = NOPE, .db = ROPE, .dv = VD,
+            .qa = q + (size_t)k0 * H * QK, .qa_stride = H * QK, .qa_hstride = QK,
+            .qb = q + (size_t)k0 * H * QK + NOPE, .qb_stride = H * QK, .qb_hstride = QK,
+            .ka = kv + (size_t)k0 * H * KV, .ka_stride = H * KV, .ka_hstride = KV,
+            .kb = kpe + (size_t)k0 * ROPE, .kb_stride = ROPE,
+            .v = kv + (size_t)k0 * H * KV + NOPE, .v_stride = H * KV, .v_hstride = KV,
+            .q_limit = lim + k0, .k_pos0 = k0, .scale = scale,
+            .m = m + (size_t)k0 * H, .l = l + (size_t)k0 * H, .acc = out + (size_t)k0 * H * VD,
+            .acc_stride = H * VD, .acc_hstride = VD, .scores = scores,
+        };
+        krn_attn_tile(&a);
+    }
+    krn_attn_finish(S, H, VD, l, out, H * VD, VD);
+    t = now() - t;
+    free(m); free(l); free(lim);
+    return t;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc == 2 && !strcmp(argv[1], "--stream-only")) {
+        krn_threads_init(0);
+        for (int i = 0; i < 3; i++) printf("stream %.1f GB/s\n", stream_gbs(krn_threads_get()));
+        return 0;
+    }
+    int threads = 0, tokens = 512, max_s = 8192;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--tokens") && i + 1 < argc) tokens = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--max-seq") && i + 1 < argc) max_s = atoi(argv[++i]);
+        else {
+            fprintf(stderr, "usage: kernel_bench [--threads N] [--tokens M (512)] [--max-seq S (8192)]\n");
+            return 2;
+        }
+    }
+    pd_rng_seed(&g_rng, 42);
+    if (krn_threads_init(threads) != PD_OK) return 1;
+    const int nth = krn_threads_get();
+    char cpu[256];
+    krn_cpu_describe(cpu, sizeof cpu);
+    double load = 0;
+    FILE *lf = fopen("/proc/loadavg", "r");
+    if (lf) { if (fscanf(lf, "%lf", &load) != 1) load = 0; fclose(lf); }
+    printf("kernel_bench: kernels=%s threads=%d cpu=[%s] loadavg(1m)=%.2f\n", krn_kernels_name(), nth, cpu, load);
+    const krn_cpu_features *f = krn_cpu_get();
+    if (!f->avx512f) {
+        printf("no AVX-512 on this CPU (or PDSERVE_PORTABLE=1): the peak loops need it; stopping\n");
+        return 0;
+    }
+
+    const double pk = peak_gflops(0, nth), pk_bf = f->avx512_bf16 ? peak_gflops(1, nth) : 0;
+    const double bw = stream_gbs(nth);
+    printf("\n== machine (measured by this program, %d threads)\n", nth);
+    printf("  peak FMA f32 (vfmadd231ps, 24 chains)   %8.1f GFLOP/s\n", pk);
+    printf("  peak bf16 dot (vdpbf16ps, 12 chains)    %8.1f GFLOP/s\n", pk_bf);
+    printf("  streaming read (sum over 512 MB)        %8.1f GB/s\n", bw);
+
+    /* ---- prefill GEMM ---- */
+    printf("\n== prefill GEMM, M=%d tokens, y = x W^T, f32 activations; GFLOP/s (ratios vs FMA peak and sgemm)\n", tokens);
+    printf("  %-15s %6s %6s | %8s %6s | %8s %6s | %8s %8s | %8s\n", "matrix", "N", "K", "bf16", "%peak", "sgemm",
+           "x sgemm", "fp8", "w8a8", "%peak");
+    const int M = tokens;
+    double tot_fl = 0, tot_bf = 0, tot_sg = 0, tot_f8 = 0, tot_i8 = 0;
+    for (size_t si = 0; si < PD_ARRAY_LEN(g_shapes); si++) {
+        const int n = g_shapes[si].n, k = g_shapes[si].k;
+        float *x = pd_aligned_alloc((size_t)M * k * 4), *y = pd_aligned_alloc((size_t)M * n * 4);
+        float *scratch = pd_aligned_alloc(krn_linear_scratch(k) * 4);
+        for (size_t i = 0; i < (size_t)M * k; i++) x[i] = (float)pd_rng_normal(&g_rng);
+        bmat b, f8, i8;
+        bmat_make(&b, KRN_BF16, 0, n, k);
+        bmat_make(&f8, KRN_F8E4M3, 0, n, k);
+        bmat_make(&i8, KRN_BF16, 1, n, k);
+        float *wf = pd_aligned_alloc((size_t)n * k * 4);
+        for (int r = 0; r < n; r++) krn_mat_row(&b.w, r, wf + (size_t)r * k);
+        const double fl = 2.0 * M * n * k;
+        time_linear(&b.w, x, M, y, scratch, 1); /* warm */
+        double tb = time_linear(&b.w, x, M, y, scratch, 5);
+        double tf = time_linear(&f8.w, x, M, y, scratch, 5);
+        double ti = time_linear(&i8.w, x, M, y, scratch, 5);
+        double ts = time_sgemm(wf, n, k, x, M, y, nth, 5);
+        printf("  %-15s %6d %6d | %8.1f %5.0f%% | %8.1f %6.2f | %8.1f %8.1f | %7.0f%%\n", g_shapes[si].name, n, k,
+               fl / tb / 1e9, 100 * fl / tb / 1e9 / pk, fl / ts / 1e9, ts / tb, fl / tf / 1e9, fl / ti / 1e9,
+               100 * fl / ti / 1e9 / pk);
+        tot_fl += fl; tot_bf += tb; tot_sg += ts; tot_f8 += tf; tot_i8 += ti;
+        bmat_free(&b); bmat_free(&f8); bmat_free(&i8);
+        free(wf); free(x); free(y); free(scratch);
+    }
+    printf("  %-15s %13s | %8.1f %5.0f%% | %8.1f %6.2f | %8.1f %8.1f | %7.0f%%\n", "all (sum)", "",
+           tot_fl / tot_bf / 1e9, 100 * tot_fl / tot_bf / 1e9 / pk, tot_fl / tot_sg / 1e9, tot_sg / tot_bf,
+           tot_fl / tot_f8 / 1e9, tot_fl / tot_i8 / 1e9, 100 * tot_fl / tot_i8 / 1e9 / pk);
+
+    /* ---- decode GEMV ---- */
+    printf("\n== decode GEMV, batch 1, weights streamed from DRAM (copies > 256 MB); GB/s of weights (ratio vs stream %.1f GB/s)\n", bw);
+    printf("  %-15s %6s %6s | %8s %6s | %8s %6s | %8s %6s | %8s %6s\n", "matrix", "N", "K", "bf16", "ratio", "fp8",
+           "ratio", "w8a8", "ratio", "f32", "ratio");
+    double sum_b[4] = {0}, sum_t[4] = {0};
+    for (size_t si = 0; si < PD_ARRAY_LEN(g_shapes); si++) {
+        const int n = g_shapes[si].n, k = g_shapes[si].k;
+        float *x = pd_aligned_alloc((size_t)k * 4), *y = pd_aligned_alloc((size_t)n * 4);
+        float *scratch = pd_aligned_alloc(krn_linear_scratch(k) * 4);
+        for (int i = 0; i < k; i++) x[i] = (float)pd_rng_normal(&g_rng);
+        printf("  %-15s %6d %6d", g_shapes[si].name, n, k);
+        for (int ty = 0; ty < 4; ty++) {
+            krn_type t = ty == 1 ? KRN_F8E4M3 : ty == 3 ? KRN_F32 : KRN_BF16;
+            bmat one;
+            bmat_make(&one, t, ty == 2, n, k);
+            const size_t psz = one.pack ? krn_mat_prepack_size(&one.w, ty == 2 ? KRN_PREPACK_W8A8 : KRN_PREPACK_FAST)
+                                        : (size_t)n * k * krn_type_size(t);
+            const int copies = (int)PD_MIN(4096, ((size_t)256 << 20) / one.bytes + 1);
+            krn_mat *ws = malloc(sizeof(krn_mat) * copies);
+            void **bufs = malloc(sizeof(void *) * copies);
+            for (int c = 0; c < copies; c++) {
+                bufs[c] = pd_aligned_alloc(psz);
+                memcpy(bufs[c], one.pack ? one.pack : one.data, psz);
+                ws[c] = one.w;
+                if (one.pack) {
+                    ws[c].packed = bufs[c];
+                    ws[c].pscale = one.w.pscale ? (const float *)((const uint8_t *)bufs[c] +
+                                                  ((const uint8_t *)one.w.pscale - (const uint8_t *)one.pack)) : NULL;
+                    ws[c].psum = one.w.psum ? (const int32_t *)((const uint8_t *)bufs[c] +
+                                               ((const uint8_t *)one.w.psum - (const uint8_t *)one.pack)) : NULL;
+                } else {
+                    ws[c].data = bufs[c];
+                }
+            }
+            double best = 1e30;
+            for (int r = 0; r < 3; r++) {
+                double t = now();
+                for (int c = 0; c < copies; c++) krn_linear(&ws[c], x, 1, y, n, scratch);
+                t = now() - t;
+                if (t < best) best = t;
+            }
+            const double gbs = (double)one.bytes * copies / best / 1e9;
+            printf(" | %8.1f %6.2f", gbs, gbs / bw);
+            sum_b[ty] += (double)one.bytes * copies;
+            sum_t[ty] += best;
+            for (int c = 0; c < copies; c++) free(bufs[c]);
+            free(bufs);
+            free(ws);
+            bmat_free(&one);
+        }
+        printf("\n");
+        free(x); free(y); free(scratch);
+    }
+    printf("  %-15s %13s", "all (sum)", "");
+    for (int ty = 0; ty < 4; ty++) printf(" | %8.1f %6.2f", sum_b[ty] / sum_t[ty] / 1e9, sum_b[ty] / sum_t[ty] / 1e9 / bw);
+    printf("\n");
+
+    /* ---- attention ---- */
+    printf("\n== prefill attention, %d heads, qk %d+%d, v %d, causal: flash (krn_attn_tile, 64-key tiles) vs naive\n", H,
+           NOPE, ROPE, VD);
+    printf("  %6s | %9s %12s | %9s %12s | %8s %10s\n", "tokens", "flash s", "flash extra", "naive s", "naive extra",
+           "speedup", "max |diff|");
+    for (int S = 2048; S <= max_s; S *= 4) {
+        float *q = pd_aligned_alloc((size_t)S * H * QK * 4), *kv = pd_aligned_alloc((size_t)S * H * KV * 4);
+        float *kpe = pd_aligned_alloc((size_t)S * ROPE * 4);
+        float *o1 = pd_aligned_alloc((size_t)S * H * VD * 4), *o2 = pd_aligned_alloc((size_t)S * H * VD * 4);
+        for (size_t i = 0; i < (size_t)S * H * QK; i++) q[i] = (float)pd_rng_normal(&g_rng);
+        for (size_t i = 0; i < (size_t)S * H * KV; i++) kv[i] = (float)pd_rng_normal(&g_rng);
+        for (size_t i = 0; i < (size_t)S * ROPE; i++) kpe[i] = (float)pd_rng_normal(&g_rng);
+        const float scale = 1.0f / sqrtf((float)QK);
+        size_t pf, pn;
+        double tf = attn_flash(S, q, kv, kpe, o1, scale, &pf);
+        double tn = attn_naive(S, q, kv, kpe, o2, scale, nth, &pn);
+        double md = 0;
+        for (size_t i = 0; i < (size_t)S * H * VD; i++) md = fmax(md, fabs((double)o1[i] - o2[i]));
+        printf("  %6d | %9.3f %9.2f MB | %9.3f %9.2f MB | %7.2fx %10.2g\n", S, tf, pf / 1e6, tn, pn / 1e6, tn / tf, md);
+        free(q); free(kv); free(kpe); free(o1); free(o2);
+    }
+    printf("\n(flash extra: softmax state m,l [S x heads] + one 64-score tile; naive extra: one S x S score matrix "
+           "(heads run one after another) + per-head Q/K/V/O copies. Outputs [S x heads x v] are the same for both.)\n");
+    return 0;
+}

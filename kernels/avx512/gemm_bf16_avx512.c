@@ -1,0 +1,101 @@
+/* BF16-weight GEMM/GEMV on AVX-512, tile 12 rows x 32 outputs. Weights come packed (KRN_PACK_BF16_N32K2: per
+ * k-pair, 32 outputs x 2 bf16 = one 32-bit lane per output), activations stay float32. A lane shifted left by
+ * 16 is w[k] as f32, the lane masked to its high half is w[k+1]: two cheap ops turn 16 packed pairs into two
+ * f32 vectors, then FMAs. Exact weights, f32 activations, f32 accumulation (see docs/kernels.md for why not
+ * vdpbf16ps). Blocked: KC k-values x 32 outputs (16 KB) stay in L1 while MC rows of x stay in L2. */
+#include "kernels/avx512/avx512_util.h"
+
+#define MR 12
+#define KC 256 /* even */
+#define MC 144 /* multiple of MR */
+
+/* C[mr, 32] (+)= A[mr, kc] . B-panel[kc/2 pairs][32][2] */
+KRN_INLINE void ukr(const int mr, const int kc, const float *A, const size_t lda, const krn_bf16 *B, float *C,
+                    const size_t ldc, const __mmask16 m0, const __mmask16 m1, const int load_c)
+{
+    const int dual = mr <= 4; /* few rows: separate even/odd accumulators hide the FMA latency */
+    __m512 c0[MR], c1[MR], d0[MR], d1[MR];
+    const __m512i hi = _mm512_set1_epi32((int)0xffff0000u);
+#pragma GCC unroll 12
+    for (int i = 0; i < mr; i++) {
+        c0[i] = c1[i] = _mm512_setzero_ps();
+        if (dual) d0[i] = d1[i] = _mm512_setzero_ps();
+    }
+    const int kp = kc / 2;
+    for (int p = 0; p < kp; p++) {
+        const __m512i b0 = _mm512_load_si512(B + (size_t)p * 64), b1 = _mm512_load_si512(B + (size_t)p * 64 + 32);
+        const __m512 e0 = _mm512_castsi512_ps(_mm512_slli_epi32(b0, 16));
+        const __m512 e1 = _mm512_castsi512_ps(_mm512_slli_epi32(b1, 16));
+        const __m512 o0 = _mm512_castsi512_ps(_mm512_and_si512(b0, hi));
+        const __m512 o1 = _mm512_castsi512_ps(_mm512_and_si512(b1, hi));
+#pragma GCC unroll 12
+        for (int i = 0; i < mr; i++) {
+            const __m512 a0 = _mm512_set1_ps(A[i * lda + 2 * p]), a1 = _mm512_set1_ps(A[i * lda + 2 * p + 1]);
+            c0[i] = _mm512_fmadd_ps(a0, e0, c0[i]);
+            c1[i] = _mm512_fmadd_ps(a0, e1, c1[i]);
+            if (dual) {
+                d0[i] = _mm512_fmadd_ps(a1, o0, d0[i]);
+                d1[i] = _mm512_fmadd_ps(a1, o1, d1[i]);
+            } else {
+                c0[i] = _mm512_fmadd_ps(a1, o0, c0[i]);
+                c1[i] = _mm512_fmadd_ps(a1, o1, c1[i]);
+            }
+        }
+    }
+    if (kc & 1) { /* last k of an odd K: its pair partner is zero padding, and A has no element there */
+        const __m512i b0 = _mm512_load_si512(B + (size_t)kp * 64), b1 = _mm512_load_si512(B + (size_t)kp * 64 + 32);
+        const __m512 e0 = _mm512_castsi512_ps(_mm512_slli_epi32(b0, 16));
+        const __m512 e1 = _mm512_castsi512_ps(_mm512_slli_epi32(b1, 16));
+#pragma GCC unroll 12
+        for (int i = 0; i < mr; i++) {
+            const __m512 a0 = _mm512_set1_ps(A[i * lda + 2 * kp]);
+            c0[i] = _mm512_fmadd_ps(a0, e0, c0[i]);
+            c1[i] = _mm512_fmadd_ps(a0, e1, c1[i]);
+        }
+    }
+#pragma GCC unroll 12
+    for (int i = 0; i < mr; i++) {
+        if (dual) {
+            c0[i] = _mm512_add_ps(c0[i], d0[i]);
+            c1[i] = _mm512_add_ps(c1[i], d1[i]);
+        }
+        float *c = C + i * ldc;
+        if (load_c) {
+            c0[i] = _mm512_add_ps(c0[i], _mm512_maskz_loadu_ps(m0, c));
+            c1[i] = _mm512_add_ps(c1[i], _mm512_maskz_loadu_ps(m1, c + 16));
+        }
+        _mm512_mask_storeu_ps(c, m0, c0[i]);
+        _mm512_mask_storeu_ps(c + 16, m1, c1[i]);
+    }
+}
+
+static void ukr_any(int mr, int kc, const float *A, size_t lda, const krn_bf16 *B, float *C, size_t ldc,
+                    __mmask16 m0, __mmask16 m1, int load_c)
+{
+    switch (mr) {
+#define CASE(n) case n: ukr(n, kc, A, lda, B, C, ldc, m0, m1, load_c); break;
+    CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6) CASE(7) CASE(8) CASE(9) CASE(10) CASE(11) CASE(12)
+#undef CASE
+    }
+}
+
+void krn__gemm_bf16_avx512_12x32(const krn_mat *w, const float *x, int m, float *y, int ldy, int nb0, int nb1)
+{
+    const int K = w->cols, kp = (K + 1) / 2;
+    const krn_bf16 *P = w->packed;
+    const int kcb = m <= MR ? K : KC; /* decode: one pass over each panel, streaming */
+    for (int mc0 = 0; mc0 < m; mc0 += MC) {
+        const int mc1 = PD_MIN(m, mc0 + MC);
+        for (int kc0 = 0; kc0 < K; kc0 += kcb) {
+            const int kc = PD_MIN(kcb, K - kc0);
+            for (int nb = nb0; nb < nb1; nb++) {
+                const krn_bf16 *panel = P + ((size_t)nb * kp + (size_t)kc0 / 2) * 64;
+                const int nvalid = PD_MIN(KRN_NR, w->rows - nb * KRN_NR);
+                const __mmask16 m0 = krn__mask16(nvalid), m1 = krn__mask16(nvalid - 16);
+                for (int i0 = mc0; i0 < mc1; i0 += MR)
+                    ukr_any(PD_MIN(MR, mc1 - i0), kc, x + (size_t)i0 * K + kc0, (size_t)K, panel,
+                            y + (size_t)i0 * ldy + (size_t)nb * KRN_NR, (size_t)ldy, m0, m1, kc0 > 0);
+            }
+        }
+    }
+}

@@ -1,0 +1,47 @@
+/* F32-weight GEMV on AVX-512 for a few activation rows (decode, the router): 4 weight rows x up to 4
+ * activation rows per pass over K, 16 lanes, horizontal sums at the end. Reads the plain row-major data. */
+#include "kernels/avx512/avx512_util.h"
+
+KRN_INLINE void ukr(const int mr, const int nr, const float *W, const int K, const float *x, float *y, const int ldy)
+{
+    __m512 acc[4][4];
+#pragma GCC unroll 4
+    for (int i = 0; i < mr; i++)
+#pragma GCC unroll 4
+        for (int r = 0; r < nr; r++) acc[i][r] = _mm512_setzero_ps();
+    for (int k = 0; k < K; k += 16) {
+        const __mmask16 km = krn__mask16(K - k);
+        __m512 wv[4];
+#pragma GCC unroll 4
+        for (int r = 0; r < nr; r++) wv[r] = _mm512_maskz_loadu_ps(km, W + (size_t)r * K + k);
+#pragma GCC unroll 4
+        for (int i = 0; i < mr; i++) {
+            const __m512 xv = _mm512_maskz_loadu_ps(km, x + (size_t)i * K + k);
+#pragma GCC unroll 4
+            for (int r = 0; r < nr; r++) acc[i][r] = _mm512_fmadd_ps(xv, wv[r], acc[i][r]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < mr; i++)
+#pragma GCC unroll 4
+        for (int r = 0; r < nr; r++) y[(size_t)i * ldy + r] = _mm512_reduce_add_ps(acc[i][r]);
+}
+
+void krn__gemv_f32_avx512_4x16(const krn_mat *w, const float *x, int m, float *y, int ldy, int n0, int n1)
+{
+    const float *W = w->data;
+    const int K = w->cols;
+    for (int i0 = 0; i0 < m; i0 += 4) {
+        const int mr = PD_MIN(4, m - i0);
+        for (int n = n0; n < n1; n += 4) {
+            const int nr = PD_MIN(4, n1 - n);
+            const float *Wn = W + (size_t)n * K, *xi = x + (size_t)i0 * K;
+            float *yi = y + (size_t)i0 * ldy + n;
+#define CASE(a, b) if (mr == a && nr == b) { ukr(a, b, Wn, K, xi, yi, ldy); continue; }
+            CASE(1, 4) CASE(2, 4) CASE(3, 4) CASE(4, 4)
+            CASE(1, 1) CASE(1, 2) CASE(1, 3) CASE(2, 1) CASE(2, 2) CASE(2, 3)
+            CASE(3, 1) CASE(3, 2) CASE(3, 3) CASE(4, 1) CASE(4, 2) CASE(4, 3)
+#undef CASE
+        }
+    }
+}

@@ -1,0 +1,231 @@
+/* The one kernel table: filled at first use from CPU feature detection (AVX-512 F/BW/VL, plus VNNI for
+ * W8A8), or the portable reference when PDSERVE_PORTABLE=1 or the CPU lacks them. The public kernel entry
+ * points live here: they pick the kernel for the matrix's packed form and split the work over the pool. */
+#include <cblas.h>
+#include <pthread.h>
+
+#include "kernels/krn_impl.h"
+
+static const krn__ops g_ref = {
+    .name = "ref",
+    .fast_bf16 = KRN_PACK_NONE,
+    .fast_f8 = KRN_PACK_NONE,
+    .gemm_i8 = krn__gemm_i8_ref,
+    .quant_rows = krn__quant_rows_ref,
+    .attn_tile = krn__attn_tile_ref,
+    .matmul_sub = krn__matmul_sub_ref,
+    .linear_rows = krn__linear_rows_ref,
+};
+
+static krn__ops g_avx512;
+static const krn__ops *g_ops;
+static int g_have_avx512;
+static pthread_once_t g_once = PTHREAD_ONCE_INIT;
+
+static void fill(void)
+{
+    const krn_cpu_features *f = krn_cpu_get();
+    g_ops = &g_ref;
+    if (f->avx512f && f->avx512bw && f->avx512vl) {
+        g_avx512 = (krn__ops){
+            .name = "avx512",
+            .fast_bf16 = KRN_PACK_BF16_N32K2,
+            .fast_f8 = KRN_PACK_F8_N32K1,
+            .gemm_bf16 = krn__gemm_bf16_avx512_12x32,
+            .gemm_f8 = krn__gemm_f8_avx512_12x32,
+            .gemm_i8 = f->avx512_vnni ? krn__gemm_i8_avx512vnni_12x32 : krn__gemm_i8_ref,
+            .quant_rows = krn__quant_rows_avx512,
+            .gemv_f32 = krn__gemv_f32_avx512_4x16,
+            .attn_tile = krn__attn_tile_avx512,
+            .matmul_sub = krn__matmul_sub_avx512,
+            .linear_rows = krn__linear_rows_avx512,
+        };
+        g_have_avx512 = 1;
+        g_ops = &g_avx512;
+    }
+}
+
+const krn__ops *krn__ops_get(void)
+{
+    pthread_once(&g_once, fill);
+    return g_ops;
+}
+
+const krn__ops *krn__ops_ref(void) { return &g_ref; }
+
+const krn__ops *krn__ops_avx512(void)
+{
+    pthread_once(&g_once, fill);
+    return g_have_avx512 ? &g_avx512 : NULL;
+}
+
+void krn__ops_force(const krn__ops *ops)
+{
+    pthread_once(&g_once, fill);
+    g_ops = ops ? ops : (g_have_avx512 ? &g_avx512 : &g_ref);
+}
+
+const char *krn_kernels_name(void) { return krn__ops_get()->name; }
+
+/* ---- linear layers -------------------------------------------------------------------------------------- */
+
+/* Below this many multiply-adds a kernel runs on the calling thread: waking the pool costs more. */
+#define PAR_MIN_MACS (1 << 16)
+
+/* Pieces to split a kernel into: one when it is too small to share, else up to 4 per thread so that a thread
+ * the OS deschedules costs a quarter of its share, not all of it. */
+static int threads_for(double macs, int units)
+{
+    if (macs < PAR_MIN_MACS || units < 2) return 1;
+    const int nt = krn_threads_get();
+    return nt <= 1 ? 1 : PD_MIN(4 * nt, units);
+}
+
+typedef struct {
+    const krn_mat *w;
+    const float *x;
+    const uint8_t *xq;
+    const float *xs;
+    int m, ldy;
+    float *y;
+    krn__gemm_fn gemm;
+    krn__gemm_i8_fn gemm_i8;
+    krn__gemv_f32_fn gemv;
+    int units;
+} lin_job;
+
+static void split(int units, int ith, int nth, int *u0, int *u1)
+{
+    *u0 = (int)((long)units * ith / nth);
+    *u1 = (int)((long)units * (ith + 1) / nth);
+}
+
+static void gemm_task(void *p, int ith, int nth)
+{
+    const lin_job *j = p;
+    int b0, b1;
+    split(j->units, ith, nth, &b0, &b1);
+    if (b0 < b1) j->gemm(j->w, j->x, j->m, j->y, j->ldy, b0, b1);
+}
+
+static void gemm_i8_task(void *p, int ith, int nth)
+{
+    const lin_job *j = p;
+    int b0, b1;
+    split(j->units, ith, nth, &b0, &b1);
+    if (b0 < b1) j->gemm_i8(j->w, j->xq, j->xs, j->m, j->y, j->ldy, b0, b1);
+}
+
+static void gemv_f32_task(void *p, int ith, int nth)
+{
+    const lin_job *j = p;
+    int n0, n1;
+    split(j->units, ith, nth, &n0, &n1);
+    if (n0 < n1) j->gemv(j->w, j->x, j->m, j->y, j->ldy, n0 * 16, PD_MIN(n1 * 16, j->w->rows));
+}
+
+static void sgemm_task(void *p, int ith, int nth)
+{
+    const lin_job *j = p;
+    int n0, n1;
+    split(j->units, ith, nth, &n0, &n1);
+    n0 *= 16;
+    n1 = PD_MIN(n1 * 16, j->w->rows);
+    if (n0 < n1)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, j->m, n1 - n0, j->w->cols, 1.0f, j->x, j->w->cols,
+                    (const float *)j->w->data + (size_t)n0 * j->w->cols, j->w->cols, 0.0f, j->y + n0, j->ldy);
+}
+
+typedef struct {
+    const float *x;
+    int m, k, kq4;
+    uint8_t *xq;
+    float *xs;
+    krn__quant_rows_fn q;
+} quant_job;
+
+static void quant_task(void *p, int ith, int nth)
+{
+    const quant_job *j = p;
+    int r0, r1;
+    split(j->m, ith, nth, &r0, &r1);
+    if (r0 < r1) j->q(j->x + (size_t)r0 * j->k, r1 - r0, j->k, j->kq4, j->xq + (size_t)r0 * j->kq4, j->xs + r0);
+}
+
+static void linear_i8(const krn__ops *o, const krn_mat *w, const float *x, int m, float *y, int ldy, float *scratch)
+{
+    const int K = w->cols, kq4 = krn__kq4(K), nb = krn__nblocks(w->rows);
+    /* activations of a chunk of rows: u8 [rows][kq4] then their scales, inside krn_linear_scratch(K) floats */
+    const size_t bytes = krn_linear_scratch(K) * sizeof(float);
+    int chunk = (int)((bytes - 64) / ((size_t)kq4 + sizeof(float)));
+    PD_ASSERT(chunk >= 1);
+    for (int r0 = 0; r0 < m; r0 += chunk) {
+        const int mr = PD_MIN(chunk, m - r0);
+        uint8_t *xq = (uint8_t *)scratch;
+        float *xs = (float *)(xq + (((size_t)mr * kq4 + 63) & ~(size_t)63));
+        quant_job qj = {x + (size_t)r0 * K, mr, K, kq4, xq, xs, o->quant_rows};
+        krn_parallel(quant_task, &qj, threads_for((double)mr * K * 4, mr));
+        lin_job j = {.w = w, .xq = xq, .xs = xs, .m = mr, .ldy = ldy, .y = y + (size_t)r0 * ldy,
+                     .gemm_i8 = o->gemm_i8, .units = nb};
+        krn_parallel(gemm_i8_task, &j, threads_for((double)mr * w->rows * K, nb));
+    }
+}
+
+void krn_linear(const krn_mat *w, const float *x, int m, float *y, int ldy, float *scratch)
+{
+    if (m <= 0) return;
+    const krn__ops *o = krn__ops_get();
+    const double macs = (double)m * w->rows * w->cols;
+    const int nb = krn__nblocks(w->rows);
+    if (w->pack == KRN_PACK_I8_N32K4) {
+        linear_i8(o, w, x, m, y, ldy, scratch);
+        return;
+    }
+    krn__gemm_fn g = w->pack == KRN_PACK_BF16_N32K2 ? o->gemm_bf16 : w->pack == KRN_PACK_F8_N32K1 ? o->gemm_f8 : NULL;
+    if (g) {
+        lin_job j = {.w = w, .x = x, .m = m, .ldy = ldy, .y = y, .gemm = g, .units = nb};
+        krn_parallel(gemm_task, &j, threads_for(macs, nb));
+        return;
+    }
+    if (w->type == KRN_F32) {
+        const int units = (w->rows + 15) / 16;
+        lin_job j = {.w = w, .x = x, .m = m, .ldy = ldy, .y = y, .gemv = o->gemv_f32, .units = units};
+        if (m <= 4 && o->gemv_f32) krn_parallel(gemv_f32_task, &j, threads_for(macs, units));
+        else if (m > 1) krn_parallel(sgemm_task, &j, threads_for(macs, units));
+        else krn__linear_ref(w, x, m, y, ldy, scratch);
+        return;
+    }
+    krn__linear_ref(w, x, m, y, ldy, scratch);
+}
+
+void krn_matmul_sub(const krn_mat *w, int r0, int c0, const float *x, int m, int k, int n, float *y, int accumulate)
+{
+    krn__ops_get()->matmul_sub(w, r0, c0, x, m, k, n, y, accumulate);
+}
+
+void krn_linear_rows(const krn_mat *w, int r0, int n, const float *x, float *y)
+{
+    krn__ops_get()->linear_rows(w, r0, n, x, y);
+}
+
+/* ---- attention ------------------------------------------------------------------------------------------ */
+
+typedef struct {
+    const krn_attn_tile_args *a;
+    void (*fn)(const krn_attn_tile_args *a, int u0, int u1);
+} attn_job;
+
+static void attn_task(void *p, int ith, int nth)
+{
+    const attn_job *j = p;
+    int u0, u1;
+    split(j->a->nq * j->a->nh, ith, nth, &u0, &u1);
+    if (u0 < u1) j->fn(j->a, u0, u1);
+}
+
+void krn_attn_tile(const krn_attn_tile_args *a)
+{
+    const int units = a->nq * a->nh;
+    attn_job j = {a, krn__ops_get()->attn_tile};
+    krn_parallel(attn_task, &j, threads_for((double)units * a->nk * (a->da + a->db + a->dv), units));
+}

@@ -1,0 +1,73 @@
+/* Internal to libpdkernels: the kernel table that dispatch.c fills once from CPU feature detection, and the
+ * entry points of each ISA's kernels. Public wrappers (krn_linear, krn_attn_tile, ...) route through it. */
+#ifndef KRN_IMPL_H
+#define KRN_IMPL_H
+
+#include "kernels/krn.h"
+
+/* A GEMM over packed weights for the output-row blocks [nb0, nb1) of 32 rows each:
+ * y[m, n] = x[m, :] . W[n, :] for n in those blocks (clipped to w->rows). Never allocates. */
+typedef void (*krn__gemm_fn)(const krn_mat *w, const float *x, int m, float *y, int ldy, int nb0, int nb1);
+/* W8A8: xq are activations quantised per row (u8 = q + 128, row stride kq4 = ceil(cols/4)*4), xs their scales. */
+typedef void (*krn__gemm_i8_fn)(const krn_mat *w, const uint8_t *xq, const float *xs, int m, float *y, int ldy,
+                                int nb0, int nb1);
+/* Row-major F32 weights, rows [n0, n1): y[m, n] = x[m, :] . W[n, :] (small m; large m goes to sgemm). */
+typedef void (*krn__gemv_f32_fn)(const krn_mat *w, const float *x, int m, float *y, int ldy, int n0, int n1);
+/* Quantises rows of x for W8A8: u8 = round(x * 127 / amax) + 128, zero padded to kq4; scale = amax / 127. */
+typedef void (*krn__quant_rows_fn)(const float *x, int m, int k, int kq4, uint8_t *xq, float *xs);
+
+typedef struct {
+    const char *name;
+    krn_pack fast_bf16, fast_f8;   /* what KRN_PREPACK_FAST makes for BF16 / F8E4M3 weights */
+    krn__gemm_fn gemm_bf16;        /* KRN_PACK_BF16_N32K2 */
+    krn__gemm_fn gemm_f8;          /* KRN_PACK_F8_N32K1 */
+    krn__gemm_i8_fn gemm_i8;       /* KRN_PACK_I8_N32K4 */
+    krn__quant_rows_fn quant_rows;
+    krn__gemv_f32_fn gemv_f32;     /* NULL: reference */
+    void (*attn_tile)(const krn_attn_tile_args *a, int u0, int u1); /* (query, head) units u = i*nh + h */
+    void (*matmul_sub)(const krn_mat *w, int r0, int c0, const float *x, int m, int k, int n, float *y,
+                       int accumulate);
+    void (*linear_rows)(const krn_mat *w, int r0, int n, const float *x, float *y);
+} krn__ops;
+
+/* The table in use (filled on first call; PDSERVE_PORTABLE=1 gives the reference one). */
+const krn__ops *krn__ops_get(void);
+/* Both tables, for tests that compare them: the reference one always exists; avx512 is NULL when the CPU
+ * lacks AVX-512 F/BW/VL (or PDSERVE_PORTABLE=1). */
+const krn__ops *krn__ops_ref(void);
+const krn__ops *krn__ops_avx512(void);
+/* Uses the given table for the rest of the process (tests and benchmarks); NULL restores detection. */
+void krn__ops_force(const krn__ops *ops);
+
+/* reference kernels (kernels/ref/) */
+void krn__linear_ref(const krn_mat *w, const float *x, int m, float *y, int ldy, float *scratch);
+void krn__gemm_i8_ref(const krn_mat *w, const uint8_t *xq, const float *xs, int m, float *y, int ldy, int nb0,
+                      int nb1);
+void krn__quant_rows_ref(const float *x, int m, int k, int kq4, uint8_t *xq, float *xs);
+void krn__attn_tile_ref(const krn_attn_tile_args *a, int u0, int u1);
+void krn__matmul_sub_ref(const krn_mat *w, int r0, int c0, const float *x, int m, int k, int n, float *y,
+                         int accumulate);
+void krn__linear_rows_ref(const krn_mat *w, int r0, int n, const float *x, float *y);
+
+/* AVX-512 kernels (kernels/avx512/, compiled with AVX-512 flags; only called after detection) */
+void krn__gemm_bf16_avx512_12x32(const krn_mat *w, const float *x, int m, float *y, int ldy, int nb0, int nb1);
+void krn__gemm_f8_avx512_12x32(const krn_mat *w, const float *x, int m, float *y, int ldy, int nb0, int nb1);
+void krn__gemm_i8_avx512vnni_12x32(const krn_mat *w, const uint8_t *xq, const float *xs, int m, float *y, int ldy,
+                                   int nb0, int nb1);
+void krn__quant_rows_avx512(const float *x, int m, int k, int kq4, uint8_t *xq, float *xs);
+void krn__gemv_f32_avx512_4x16(const krn_mat *w, const float *x, int m, float *y, int ldy, int n0, int n1);
+void krn__attn_tile_avx512(const krn_attn_tile_args *a, int u0, int u1);
+void krn__matmul_sub_avx512(const krn_mat *w, int r0, int c0, const float *x, int m, int k, int n, float *y,
+                            int accumulate);
+void krn__linear_rows_avx512(const krn_mat *w, int r0, int n, const float *x, float *y);
+
+/* Packed-layout geometry shared by packers and kernels. */
+#define KRN_NR 32
+static inline int krn__nblocks(int rows) { return (rows + KRN_NR - 1) / KRN_NR; }
+static inline int krn__kq4(int cols) { return (cols + 3) & ~3; }
+static inline int krn__f8_kblocks(const krn_mat *w) { return (w->cols + w->block_c - 1) / w->block_c; }
+/* 2^120: the F8 column scales carry it so that e4m3 bits placed in a float's exponent/mantissa decode with
+ * one multiply (see kernels/pack.c). */
+#define KRN_F8_BIAS_SCALE 1.329227995784916e36f
+
+#endif
