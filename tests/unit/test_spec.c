@@ -14,6 +14,7 @@
 #include "model/mdl_generate.h"
 #include "model/mdl_presets.h"
 #include "model/mdl_runner.h"
+#include "model/mdl_serve.h"
 
 #define MAXR 64
 #define MAXT 48
@@ -546,18 +547,71 @@ START_TEST(test_seeded_reproducible)
 }
 END_TEST
 
+/* The shared server option: --speculative-config and --graph-batch-sizes reach the engine options. */
+START_TEST(test_serve_options)
+{
+    gen_model();
+    mdl_serve_opts so;
+    pd_opt table[MDL_SERVE_NOPTS];
+    char err[512];
+    mdl_serve_defaults(&so);
+    mdl_serve_options(&so, table);
+    char *argv[] = {"x", "--model", g_gen_dir, "--max-num-seqs", "16", "--speculative-config",
+                    "{\"method\":\"mtp\",\"num_speculative_tokens\":3}", "--graph-batch-sizes", "1,2,4,8"};
+    ck_assert_int_eq(pd_opts_parse(table, MDL_SERVE_NOPTS, 9, argv, "", err, sizeof err), PD_OK);
+    mdl_model *m = NULL;
+    mdl_engine_opts eo;
+    ck_assert_msg(mdl_serve_load(&so, &m, &eo, err, sizeof err) == PD_OK, "%s", err);
+    ck_assert_int_eq(eo.num_speculative_tokens, 3);
+    ck_assert_int_eq(eo.n_graph_batch_sizes, 4);
+    ck_assert_int_eq(eo.graph_batch_sizes[3], 8);
+    mdl_model_destroy(m);
+    const char *bad_spec[] = {"{\"method\":\"ngram\",\"num_speculative_tokens\":3}",
+                              "{\"method\":\"mtp\",\"num_speculative_tokens\":5}", "mtp"};
+    for (size_t i = 0; i < PD_ARRAY_LEN(bad_spec); i++) {
+        free(so.speculative_config);
+        so.speculative_config = strdup(bad_spec[i]);
+        ck_assert_int_eq(mdl_serve_load(&so, &m, &eo, err, sizeof err), PD_ERR_INVALID);
+        ck_assert_ptr_nonnull(strstr(err, "--speculative-config"));
+    }
+    free(so.speculative_config);
+    so.speculative_config = NULL;
+    const char *bad_sizes[] = {"1,2,2", "4,2", "1,32", "1,x"};
+    for (size_t i = 0; i < PD_ARRAY_LEN(bad_sizes); i++) {
+        free(so.graph_batch_sizes);
+        so.graph_batch_sizes = strdup(bad_sizes[i]);
+        ck_assert_int_eq(mdl_serve_load(&so, &m, &eo, err, sizeof err), PD_ERR_INVALID);
+        ck_assert_ptr_nonnull(strstr(err, "--graph-batch-sizes"));
+    }
+    free(so.graph_batch_sizes);
+    so.graph_batch_sizes = strdup("none");
+    ck_assert_int_eq(mdl_serve_load(&so, &m, &eo, err, sizeof err), PD_OK);
+    ck_assert_int_eq(eo.n_graph_batch_sizes, -1);
+    ck_assert_int_eq(eo.num_speculative_tokens, 0);
+    mdl_model_destroy(m);
+    pd_opts_free(table, MDL_SERVE_NOPTS);
+}
+END_TEST
+
 int main(void)
 {
+    /* cases (CK_RUN_CASE=<name> runs one): options, greedy, sampling, demo */
     Suite *s = suite_create("spec");
-    TCase *tc = tcase_create("spec");
-    tcase_set_timeout(tc, 1200);
-    tcase_add_test(tc, test_greedy_equal_generated);
-    tcase_add_test(tc, test_known_drafts_all_accepted);
-    tcase_add_test(tc, test_graph_sizes_fallback);
-    tcase_add_test(tc, test_seeded_reproducible);
-    tcase_add_test(tc, test_distribution_chi_square);
-    tcase_add_test(tc, test_greedy_equal_demo);
-    suite_add_tcase(s, tc);
+    struct {
+        const char *name;
+        const TTest *tests[4];
+    } cases[] = {
+        {"options", {test_serve_options}},
+        {"greedy", {test_greedy_equal_generated, test_known_drafts_all_accepted, test_graph_sizes_fallback}},
+        {"sampling", {test_seeded_reproducible, test_distribution_chi_square}},
+        {"demo", {test_greedy_equal_demo}},
+    };
+    for (size_t c = 0; c < PD_ARRAY_LEN(cases); c++) {
+        TCase *tc = tcase_create(cases[c].name);
+        tcase_set_timeout(tc, 1200);
+        for (int t = 0; t < 4 && cases[c].tests[t]; t++) tcase_add_test(tc, cases[c].tests[t]);
+        suite_add_tcase(s, tc);
+    }
     SRunner *sr = srunner_create(s);
     srunner_set_fork_status(sr, CK_NOFORK);
     srunner_run_all(sr, CK_NORMAL);
