@@ -327,13 +327,18 @@ static void run_prefill(mdl_engine *e, chunk *ch, int nc)
 
 /* ---- decode: drafting, verification, acceptance --------------------------------------------------------- */
 
-/* The plan for nd sequences of up to tps new tokens each: the smallest captured size that holds them, or -1. */
+/* The plan for nd sequences of up to tps new tokens: the smallest captured size that holds them (fewest tokens
+ * per sequence among equals), or -1. */
 static int pick_plan(const mdl_engine *e, int nd, int tps)
 {
     int best = -1;
-    for (int i = 0; i < e->n_plans; i++)
-        if (e->plans[i].tps == tps && e->plans[i].n_seqs >= nd && (best < 0 || e->plans[i].n_seqs < e->plans[best].n_seqs))
+    for (int i = 0; i < e->n_plans; i++) {
+        const plan *p = &e->plans[i];
+        if (p->tps < tps || p->n_seqs < nd) continue;
+        if (best < 0 || p->n_seqs < e->plans[best].n_seqs ||
+            (p->n_seqs == e->plans[best].n_seqs && p->tps < e->plans[best].tps))
             best = i;
+    }
     return best;
 }
 
@@ -363,8 +368,6 @@ static void draft(mdl_engine *e, mdl_ctx *ctx, seq **dec, int nd)
     const int V = e->m->cfg.vocab_size, D = e->m->cfg.hidden_size, k = e->k;
     for (int i = 0; i < nd; i++) {
         seq *s = dec[i];
-        /* never draft past max_tokens: the verified positions then stay inside the blocks reserved at submit */
-        e->ks[i] = PD_MAX(0, PD_MIN(k, s->p.max_tokens - s->n_gen - 1));
         e->n_known[i] = 0;
         if (e->draft_cb && e->ks[i] > 0) {
             int n = e->draft_cb(s->id, s->user, s->tokens, s->n_prompt + s->n_gen, e->known + (size_t)i * k, e->ks[i],
@@ -372,38 +375,43 @@ static void draft(mdl_engine *e, mdl_ctx *ctx, seq **dec, int nd)
             e->n_known[i] = PD_MAX(0, PD_MIN(n, e->ks[i]));
         }
     }
-    /* pass 1: the pending verified pairs (h[p], t[p+1]) of every sequence; the last one's logits give draft 1 */
-    int nt = 0, nl = 0;
+    /* pass 1: the pending verified pairs (h[p], t[p+1]) of every drafting sequence; the last one's logits give
+     * draft 1. A sequence that drafts nothing emits its last token this step and finishes: its MTP cache no
+     * longer matters. */
+    int nt = 0, ns = 0;
     for (int i = 0; i < nd; i++) {
         seq *s = dec[i];
         PD_ASSERT(s->n_hid >= 1 && s->n_mtp_cached + s->n_hid == s->n_prompt + s->n_gen - 1);
-        e->b_start[i] = nt;
-        e->b_ctx[i] = s->n_mtp_cached;
-        e->b_tables[i] = s->blocks;
+        if (e->ks[i] == 0) continue;
+        e->map[ns] = i;
+        e->b_start[ns] = nt;
+        e->b_ctx[ns] = s->n_mtp_cached;
+        e->b_tables[ns] = s->blocks;
         for (int j = 0; j < s->n_hid; j++, nt++) {
             e->mtp_tokens[nt] = s->tokens[s->n_mtp_cached + j + 1];
             memcpy(e->mtp_hidden + (size_t)nt * D, s->hidden + (size_t)j * D, (size_t)D * sizeof(float));
         }
-        if (e->ks[i] > 0) e->b_rows[nl++] = nt - 1;
+        e->b_rows[ns++] = nt - 1;
     }
-    e->b_start[nd] = nt;
-    mdl_batch b = {.n_seqs = nd, .n_tokens = nt, .tokens = e->mtp_tokens, .seq_start = e->b_start, .ctx_len = e->b_ctx,
-                   .block_table = e->b_tables, .logits_rows = e->b_rows, .n_logits = nl, .attn = MDL_ATTN_DECODE,
+    if (ns == 0) return;
+    e->b_start[ns] = nt;
+    mdl_batch b = {.n_seqs = ns, .n_tokens = nt, .tokens = e->mtp_tokens, .seq_start = e->b_start, .ctx_len = e->b_ctx,
+                   .block_table = e->b_tables, .logits_rows = e->b_rows, .n_logits = ns, .attn = MDL_ATTN_DECODE,
                    .mtp_hidden = e->mtp_hidden};
     pd_status st = mdl_forward_mtp(ctx, e->kv, &b, e->logits);
     PD_ASSERT(st == PD_OK);
     const float *h = mdl_ctx_hidden(ctx);
-    for (int i = 0, r = 0; i < nd; i++) {
+    for (int r = 0; r < ns; r++) {
+        int i = e->map[r];
         seq *s = dec[i];
         s->n_mtp_cached += s->n_hid;
         s->n_hid = 0;
-        if (e->ks[i] == 0) continue;
-        memcpy(e->g + (size_t)i * D, h + (size_t)(e->b_start[i + 1] - 1) * D, (size_t)D * sizeof(float));
-        pick_draft(e, s, i, 1, e->logits + (size_t)r++ * V);
+        memcpy(e->g + (size_t)i * D, h + (size_t)(e->b_start[r + 1] - 1) * D, (size_t)D * sizeof(float));
+        pick_draft(e, s, i, 1, e->logits + (size_t)r * V);
     }
     /* passes 2..k: the MTP layer applied to its own output and the previous draft, one position further on */
     for (int j = 2; j <= k; j++) {
-        int ns = 0;
+        ns = 0;
         for (int i = 0; i < nd; i++) {
             if (e->ks[i] < j) continue;
             seq *s = dec[i];
@@ -511,7 +519,13 @@ static void accept(mdl_engine *e, seq *s, int i, int row0)
 static void run_decode(mdl_engine *e, seq **dec, int nd)
 {
     const int D = e->m->cfg.hidden_size, k = e->k;
-    const int pi = pick_plan(e, nd, e->tps);
+    int tps = 1;
+    for (int i = 0; i < nd && k > 0; i++) {
+        /* never draft past max_tokens: the verified positions then stay inside the blocks reserved at submit */
+        e->ks[i] = PD_MAX(0, PD_MIN(k, dec[i]->p.max_tokens - dec[i]->n_gen - 1));
+        tps = PD_MAX(tps, e->ks[i] + 1);
+    }
+    const int pi = pick_plan(e, nd, tps);
     mdl_ctx *ctx = pi >= 0 ? e->plans[pi].ctx : e->ctx;
     if (k > 0) draft(e, ctx, dec, nd);
     int nt = 0;
@@ -534,8 +548,8 @@ static void run_decode(mdl_engine *e, seq **dec, int nd)
             e->b_start[ns] = nt;
             e->b_ctx[ns] = 0;
             e->b_tables[ns] = e->scratch_blocks;
-            for (int j = 0; j < e->tps; j++) e->b_tokens[nt++] = 0;
-            e->last_padded += e->tps;
+            for (int j = 0; j < e->plans[pi].tps; j++) e->b_tokens[nt++] = 0;
+            e->last_padded += e->plans[pi].tps;
         }
     e->b_start[ns] = nt;
     e->last_plan = pi;
@@ -696,13 +710,14 @@ static void *engine_main(void *arg)
                     e->st.spec_accepted_at[j]++;
                 }
             }
-            if (e->k > 0) s->n_hid = acc + 1; /* verified positions L-1 .. L-1+acc: hidden rows 0..acc */
+            if (ks > 0) s->n_hid = acc + 1; /* verified positions L-1 .. L-1+acc: hidden rows 0..acc */
             /* one by one: the first stop condition ends the request, later accepted tokens are dropped */
-            for (int j = 0; j < e->r_n[i]; j++) {
+            int gone = 0;
+            for (int j = 0; j < e->r_n[i] && !gone; j++) {
                 e->st.decode_tokens++;
-                if (emit_token(e, s, e->r_tok[i * e->tps + j], e->r_lp[i * e->tps + j], &e->r_tmpl[i * e->tps + j]))
-                    break;
+                gone = emit_token(e, s, e->r_tok[i * e->tps + j], e->r_lp[i * e->tps + j], &e->r_tmpl[i * e->tps + j]);
             }
+            PD_ASSERT(gone || ks > 0 || e->k == 0); /* a sequence that did not draft was at its last token */
         }
         e->st.steps++;
     }
