@@ -443,7 +443,8 @@ pd_status dec_server_create(struct event_base *base, dec_opts *o, dec_server **o
     kv_params_t kp = {.field_mask = KV_PARAM_FIELD_EVENT_CB | KV_PARAM_FIELD_MAX_NOTICE, .event_cb = on_kv_event,
                       .event_arg = s, .max_notice = 4096 + (size_t)s->m->cfg.hidden_size * sizeof(float)};
     if (o->kv_proto && kv_proto_parse(o->kv_proto, &kp.proto) == PD_OK) kp.field_mask |= KV_PARAM_FIELD_PROTO;
-    size_t pool_bytes = mdl_kv_pool_bytes(&s->m->cfg, s->m->n_mtp, s->m->opts.kv_type, s->eo.block_size, s->eo.n_blocks);
+    size_t pool_bytes = mdl_kv_pool_bytes(&s->m->cfg, s->m->n_mtp, s->m->opts.kv_type, s->eo.block_size,
+                                          mdl_engine_pool_blocks(&s->eo));
     st = kv_context_create(&kp, &s->kv);
     if (st == PD_OK) st = kv_context_attach(s->kv, base);
     if (st == PD_OK) st = kv_region_alloc(s->kv, pool_bytes, &s->region);

@@ -1,6 +1,9 @@
 /* Continuous batching engine (see mdl_engine.h). One mutex guards the request lists; the forward pass and
  * sampling run without it, on the engine thread, which alone changes a running sequence's tokens and cache.
- * Events are collected under the lock and delivered after it is released, so a callback may call back in. */
+ * Events are collected under the lock and delivered after it is released, so a callback may call back in.
+ * A decode step: [MTP drafting: the pending verified pairs of every sequence, then k-1 recursive passes] ->
+ * one main-model pass over k+1 positions per sequence (on a captured plan when one fits, padded) ->
+ * acceptance (greedy match or rejection sampling) -> tokens emitted one by one under the lock. */
 #include <pthread.h>
 #include <string.h>
 
@@ -22,10 +25,23 @@ typedef struct seq {
     int32_t first_token;
     float first_logprob;
     mdl_event first_top;      /* REMOTE_KV: the first token's alternatives */
-    float *hidden;            /* [hidden] last main hidden state (MTP input) */
+    float *hidden;            /* [k+1][hidden] main hidden states at positions n_mtp_cached .. + n_hid - 1: the
+                               * verified pairs (h[p], t[p+1]) the MTP cache still lacks; row 0 is the last prompt
+                               * position's until decoding starts (the PREFILLED payload) */
+    int n_hid;
+    int spec_steps, spec_drafted, spec_accepted, spec_acc_at[MDL_MAX_SPEC_TOKENS];
     double t_submit, t_prefill0, t_prefill1, t_decode0;
     struct seq *next;
 } seq;
+
+/* A captured decode plan. On CPU there is no graph to record: what is fixed at start-up is the context (every
+ * activation buffer, sized exactly for n_seqs x tps tokens, at a fixed address), the batch shape (a step pads
+ * to n_seqs sequences), and with it every GEMM's row count and so the kernel path each op takes. */
+typedef struct {
+    int n_seqs, tps;          /* sequences x new tokens per sequence */
+    int size_idx;             /* index into the captured sizes (stats) */
+    mdl_ctx *ctx;
+} plan;
 
 struct mdl_engine_s {
     mdl_model *m;
@@ -51,8 +67,32 @@ struct mdl_engine_s {
     float *mtp_hidden;        /* [max_tokens][hidden] */
     int32_t *mtp_tokens;
     int max_tokens;
-    mdl_event *evs;           /* pending events */
+    mdl_event *evs;           /* pending events (buffer kept across steps) */
     int n_evs, cap_evs;
+    /* speculation */
+    int k;                    /* num_speculative_tokens */
+    int tps;                  /* new tokens per sequence in a decode step: k + 1 */
+    float *q;                 /* [max_num_seqs][k][vocab] processed draft distributions (temperature > 0) */
+    uint8_t *q_onehot;        /* [max_num_seqs][k] the draft came from the known-drafts hook */
+    float *pbuf;              /* [vocab] processed target distribution of the row being verified */
+    float *g;                 /* [max_num_seqs][hidden] MTP output fed back in recursive drafting */
+    int32_t *known;           /* [max_num_seqs][k] */
+    int *n_known, *ks;        /* [max_num_seqs] known drafts, drafts this step */
+    int *map;                 /* [max_num_seqs] batch slot -> decode index */
+    int32_t *r_tok;           /* [max_num_seqs][k+1] tokens to emit */
+    float *r_lp;              /* [max_num_seqs][k+1] */
+    mdl_event *r_tmpl;        /* [max_num_seqs][k+1] top logprobs of each */
+    int *r_n, *r_acc;         /* [max_num_seqs] tokens to emit, drafts accepted */
+    mdl_draft_cb draft_cb;
+    void *draft_arg;
+    int accept_all;           /* tests only */
+    /* captured plans */
+    int n_sizes, sizes[MDL_MAX_GRAPH_SIZES];
+    plan plans[2 * MDL_MAX_GRAPH_SIZES];
+    int n_plans;
+    int *scratch_blocks, n_scratch; /* KV rows of padding sequences */
+    int last_plan;            /* plan of the last decode step, -1: general path */
+    int last_padded;          /* padding rows of the last decode step */
 };
 
 const char *mdl_finish_str(mdl_finish f)
@@ -91,14 +131,11 @@ static mdl_event *push_ev(mdl_engine *e, mdl_event_type t, const seq *s)
 static void deliver_events(mdl_engine *e)
 {
     if (e->n_evs == 0) return;
-    mdl_event *evs = e->evs;
-    int n = e->n_evs;
-    e->evs = NULL;
-    e->n_evs = e->cap_evs = 0;
+    /* only the engine thread pushes events and it is here: the buffer stays put while callbacks run */
     pthread_mutex_unlock(&e->mu);
-    for (int i = 0; i < n; i++) e->cb(&evs[i], e->cb_arg);
-    free(evs);
+    for (int i = 0; i < e->n_evs; i++) e->cb(&e->evs[i], e->cb_arg);
     pthread_mutex_lock(&e->mu);
+    e->n_evs = 0;
 }
 
 static int has_commands(const mdl_engine *e)
@@ -131,6 +168,10 @@ static void finish(mdl_engine *e, seq *s, mdl_finish why, int32_t stop_token)
     ev->t_queue = (s->t_prefill0 ? s->t_prefill0 : now) - s->t_submit;
     ev->t_prefill = s->t_prefill1 > s->t_prefill0 ? s->t_prefill1 - s->t_prefill0 : 0;
     ev->t_decode = s->t_decode0 ? now - s->t_decode0 : 0;
+    ev->spec_steps = s->spec_steps;
+    ev->spec_drafted = s->spec_drafted;
+    ev->spec_accepted = s->spec_accepted;
+    memcpy(ev->spec_accepted_at, s->spec_acc_at, sizeof ev->spec_accepted_at);
     for (seq **pp = &e->all; *pp; pp = &(*pp)->next)
         if (*pp == s) {
             *pp = s->next;
@@ -148,11 +189,12 @@ static int is_stop(const mdl_engine *e, const seq *s, int32_t t)
     return 0;
 }
 
-/* Samples from logits row lg (modified) for s. Logprobs (the sampled token's and the alternatives') come from
- * the model's raw distribution, before penalties and temperature, as vLLM reports them. raw: [vocab] scratch. */
-static int32_t sample(mdl_engine *e, seq *s, float *lg, float *raw, float *logprob, mdl_event *ev)
+/* Logprobs of one logits row (the model's raw distribution, before penalties and temperature, as vLLM reports
+ * them): keeps a raw copy in e->raw, fills ev's top alternatives and returns the log-sum-exp. */
+static float row_logprobs(mdl_engine *e, const seq *s, const float *lg, mdl_event *ev)
 {
     const int V = e->m->cfg.vocab_size;
+    memcpy(e->raw, lg, (size_t)V * sizeof(float));
     float mx = lg[krn_argmax(lg, V)];
     double sum = 0;
     for (int i = 0; i < V; i++) sum += exp((double)lg[i] - mx);
@@ -171,22 +213,33 @@ static int32_t sample(mdl_engine *e, seq *s, float *lg, float *raw, float *logpr
         ev->top_ids[j] = i;
     }
     for (int j = 0; j < ev->n_top; j++) ev->top_lps[j] -= lse;
-    const krn_sampling_params *sp = &s->p.sampling;
-    int modifies = s->n_gen < s->p.min_tokens || sp->repetition_penalty != 1.0f || sp->frequency_penalty != 0.0f ||
-                   sp->presence_penalty != 0.0f;
-    if (modifies) memcpy(raw, lg, (size_t)V * sizeof(float));
-    if (s->n_gen < s->p.min_tokens) { /* stop tokens may not end it yet */
+    return lse;
+}
+
+/* Processes logits row lg (modified: min_tokens mask, then krn_sample's penalties) as the (n_out+1)-th generated
+ * token of s, whose output so far is s->tokens[n_prompt .. n_prompt + n_out), and samples it with rng.
+ * probs_out (optional) receives the processed distribution. */
+static int32_t process_sample(mdl_engine *e, seq *s, float *lg, int n_out, pd_rng *rng, float *probs_out)
+{
+    if (n_out < s->p.min_tokens) { /* stop tokens may not end it yet */
         if (!s->p.ignore_eos) lg[e->m->cfg.eos_token_id] = -INFINITY;
         for (int i = 0; i < s->p.n_stop_ids; i++) lg[s->p.stop_ids[i]] = -INFINITY;
     }
-    int32_t t = krn_sample(e->sampler, lg, sp, s->tokens, s->n_prompt, s->tokens + s->n_prompt, s->n_gen, &s->rng,
-                           NULL, NULL);
-    *logprob = (modifies ? raw[t] : lg[t]) - lse;
+    return krn_sample(e->sampler, lg, &s->p.sampling, s->tokens, s->n_prompt, s->tokens + s->n_prompt, n_out, rng,
+                      NULL, probs_out);
+}
+
+/* Samples the first token of s from logits row lg (modified). */
+static int32_t sample(mdl_engine *e, seq *s, float *lg, float *logprob, mdl_event *ev)
+{
+    float lse = row_logprobs(e, s, lg, ev);
+    int32_t t = process_sample(e, s, lg, s->n_gen, &s->rng, NULL);
+    *logprob = e->raw[t] - lse;
     return t;
 }
 
-/* Records generated token t for s (under the lock); finishes s when it stops. */
-static void emit_token(mdl_engine *e, seq *s, int32_t t, float lp, const mdl_event *tmpl)
+/* Records generated token t for s (under the lock); finishes s when it stops. Returns 1 when s is gone. */
+static int emit_token(mdl_engine *e, seq *s, int32_t t, float lp, const mdl_event *tmpl)
 {
     s->tokens[s->n_prompt + s->n_gen++] = t;
     mdl_event *ev = push_ev(e, MDL_EV_TOKEN, s);
@@ -199,6 +252,8 @@ static void emit_token(mdl_engine *e, seq *s, int32_t t, float lp, const mdl_eve
     ev->logprob = lp;
     if (is_stop(e, s, t)) finish(e, s, MDL_FINISH_STOP, t); /* stop tokens are masked below min_tokens */
     else if (s->n_gen >= s->p.max_tokens) finish(e, s, MDL_FINISH_LENGTH, -1);
+    else return 0;
+    return 1;
 }
 
 /* ---- one step ------------------------------------------------------------------------------------------ */
@@ -271,6 +326,246 @@ static void run_prefill(mdl_engine *e, chunk *ch, int nc)
     (void)V;
 }
 
+/* ---- decode: drafting, verification, acceptance --------------------------------------------------------- */
+
+/* The plan for nd sequences of up to tps new tokens: the smallest captured size that holds them (fewest tokens
+ * per sequence among equals), or -1. */
+static int pick_plan(const mdl_engine *e, int nd, int tps)
+{
+    int best = -1;
+    for (int i = 0; i < e->n_plans; i++) {
+        const plan *p = &e->plans[i];
+        if (p->tps < tps || p->n_seqs < nd) continue;
+        if (best < 0 || p->n_seqs < e->plans[best].n_seqs ||
+            (p->n_seqs == e->plans[best].n_seqs && p->tps < e->plans[best].tps))
+            best = i;
+    }
+    return best;
+}
+
+/* Picks draft j (1-based) of decode slot i from MTP logits row lg (modified) and writes it after s's tokens. */
+static void pick_draft(mdl_engine *e, seq *s, int i, int j, float *lg)
+{
+    const int V = e->m->cfg.vocab_size, k = e->k;
+    const int L = s->n_prompt + s->n_gen;
+    int32_t d;
+    if (j <= e->n_known[i]) {
+        d = e->known[i * k + j - 1];
+        e->q_onehot[i * k + j - 1] = 1;
+    } else {
+        /* the same processing as the target's row for this position: penalties see drafts 1..j-1 */
+        float *q = s->p.sampling.temperature > 1e-6f ? e->q + ((size_t)i * k + j - 1) * V : NULL;
+        d = process_sample(e, s, lg, s->n_gen + j - 1, &s->rng, q);
+        e->q_onehot[i * k + j - 1] = 0;
+    }
+    s->tokens[L + j - 1] = d;
+}
+
+/* MTP drafting for the nd running sequences: e->ks[i] drafts each, written to s->tokens[L .. L + ks) where L is
+ * the sequence's length; the MTP cache then holds every verified position (rows written past it by the
+ * recursive passes are scratch: later passes overwrite them before anything attends to them). */
+static void draft(mdl_engine *e, mdl_ctx *ctx, seq **dec, int nd)
+{
+    const int V = e->m->cfg.vocab_size, D = e->m->cfg.hidden_size, k = e->k;
+    for (int i = 0; i < nd; i++) {
+        seq *s = dec[i];
+        e->n_known[i] = 0;
+        if (e->draft_cb && e->ks[i] > 0) {
+            int n = e->draft_cb(s->id, s->user, s->tokens, s->n_prompt + s->n_gen, e->known + (size_t)i * k, e->ks[i],
+                                e->draft_arg);
+            e->n_known[i] = PD_MAX(0, PD_MIN(n, e->ks[i]));
+        }
+    }
+    /* pass 1: the pending verified pairs (h[p], t[p+1]) of every drafting sequence; the last one's logits give
+     * draft 1. A sequence that drafts nothing emits its last token this step and finishes: its MTP cache no
+     * longer matters. */
+    int nt = 0, ns = 0;
+    for (int i = 0; i < nd; i++) {
+        seq *s = dec[i];
+        PD_ASSERT(s->n_hid >= 1 && s->n_mtp_cached + s->n_hid == s->n_prompt + s->n_gen - 1);
+        if (e->ks[i] == 0) continue;
+        e->map[ns] = i;
+        e->b_start[ns] = nt;
+        e->b_ctx[ns] = s->n_mtp_cached;
+        e->b_tables[ns] = s->blocks;
+        for (int j = 0; j < s->n_hid; j++, nt++) {
+            e->mtp_tokens[nt] = s->tokens[s->n_mtp_cached + j + 1];
+            memcpy(e->mtp_hidden + (size_t)nt * D, s->hidden + (size_t)j * D, (size_t)D * sizeof(float));
+        }
+        e->b_rows[ns++] = nt - 1;
+    }
+    if (ns == 0) return;
+    e->b_start[ns] = nt;
+    mdl_batch b = {.n_seqs = ns, .n_tokens = nt, .tokens = e->mtp_tokens, .seq_start = e->b_start, .ctx_len = e->b_ctx,
+                   .block_table = e->b_tables, .logits_rows = e->b_rows, .n_logits = ns, .attn = MDL_ATTN_DECODE,
+                   .mtp_hidden = e->mtp_hidden};
+    pd_status st = mdl_forward_mtp(ctx, e->kv, &b, e->logits);
+    PD_ASSERT(st == PD_OK);
+    const float *h = mdl_ctx_hidden(ctx);
+    for (int r = 0; r < ns; r++) {
+        int i = e->map[r];
+        seq *s = dec[i];
+        s->n_mtp_cached += s->n_hid;
+        s->n_hid = 0;
+        memcpy(e->g + (size_t)i * D, h + (size_t)(e->b_start[r + 1] - 1) * D, (size_t)D * sizeof(float));
+        pick_draft(e, s, i, 1, e->logits + (size_t)r * V);
+    }
+    /* passes 2..k: the MTP layer applied to its own output and the previous draft, one position further on */
+    for (int j = 2; j <= k; j++) {
+        ns = 0;
+        for (int i = 0; i < nd; i++) {
+            if (e->ks[i] < j) continue;
+            seq *s = dec[i];
+            const int L = s->n_prompt + s->n_gen;
+            e->map[ns] = i;
+            e->b_start[ns] = ns;
+            e->b_ctx[ns] = L + j - 3;
+            e->b_tables[ns] = s->blocks;
+            e->b_rows[ns] = ns;
+            e->mtp_tokens[ns] = s->tokens[L + j - 2];
+            memcpy(e->mtp_hidden + (size_t)ns * D, e->g + (size_t)i * D, (size_t)D * sizeof(float));
+            ns++;
+        }
+        if (ns == 0) break;
+        e->b_start[ns] = ns;
+        mdl_batch rb = {.n_seqs = ns, .n_tokens = ns, .tokens = e->mtp_tokens, .seq_start = e->b_start,
+                        .ctx_len = e->b_ctx, .block_table = e->b_tables, .logits_rows = e->b_rows, .n_logits = ns,
+                        .attn = MDL_ATTN_DECODE, .mtp_hidden = e->mtp_hidden};
+        st = mdl_forward_mtp(ctx, e->kv, &rb, e->logits);
+        PD_ASSERT(st == PD_OK);
+        h = mdl_ctx_hidden(ctx);
+        for (int r = 0; r < ns; r++) {
+            int i = e->map[r];
+            memcpy(e->g + (size_t)i * D, h + (size_t)r * D, (size_t)D * sizeof(float));
+            pick_draft(e, dec[i], i, j, e->logits + (size_t)r * V);
+        }
+    }
+}
+
+/* A draw from norm(max(0, p - q)) (q one-hot on d when q is NULL): where rejection sampling goes on a reject. */
+static int32_t sample_residual(mdl_engine *e, seq *s, const float *p, const float *q, int32_t d)
+{
+    const int V = e->m->cfg.vocab_size;
+    double sum = 0;
+    for (int v = 0; v < V; v++) {
+        double r = (double)p[v] - (q ? q[v] : (v == d ? 1.0 : 0.0));
+        if (r > 0) sum += r;
+    }
+    double u = pd_rng_uniform(&s->rng);
+    if (!(sum > 0)) { /* p == q up to rounding: a reject is then a rounding accident; p itself is the answer */
+        double c = 0;
+        for (int v = 0; v < V; v++)
+            if (u < (c += p[v])) return v;
+        return krn_argmax(p, V);
+    }
+    u *= sum;
+    double c = 0;
+    int32_t last = krn_argmax(p, V);
+    for (int v = 0; v < V; v++) {
+        double r = (double)p[v] - (q ? q[v] : (v == d ? 1.0 : 0.0));
+        if (r <= 0) continue;
+        last = v;
+        if (u < (c += r)) return v;
+    }
+    return last;
+}
+
+/* Verifies the drafts of decode slot i against the main model's rows [row0, row0 + ks] and decides the tokens
+ * to emit: greedy accepts a draft when it is the target's argmax; with temperature, draft x is accepted with
+ * probability min(1, p(x)/q(x)) and a reject draws from norm(max(0, p - q)), so every emitted token has the
+ * non-speculative distribution. The row after the last accepted draft gives one more token (the bonus). */
+static void accept(mdl_engine *e, seq *s, int i, int row0)
+{
+    const int V = e->m->cfg.vocab_size, k = e->k, ks = k > 0 ? e->ks[i] : 0;
+    const int L = s->n_prompt + s->n_gen;
+    const int greedy = !(s->p.sampling.temperature > 1e-6f);
+    int n = 0, acc = 0;
+    for (int j = 0; j <= ks; j++) {
+        float *lg = e->logits + (size_t)(row0 + j) * V;
+        mdl_event *tm = &e->r_tmpl[i * e->tps + j];
+        memset(tm, 0, sizeof *tm);
+        float lse = row_logprobs(e, s, lg, tm);
+        int32_t x;
+        int ok = 0;
+        if (j == ks) {
+            x = process_sample(e, s, lg, s->n_gen + j, &s->rng, NULL);
+        } else {
+            const int32_t d = s->tokens[L + j];
+            if (greedy) {
+                x = process_sample(e, s, lg, s->n_gen + j, &s->rng, NULL);
+                ok = x == d || e->accept_all;
+            } else {
+                pd_rng scratch = s->rng; /* p only: the pick krn_sample makes with it is not used */
+                (void)process_sample(e, s, lg, s->n_gen + j, &scratch, e->pbuf);
+                const float *q = e->q_onehot[i * k + j] ? NULL : e->q + ((size_t)i * k + j) * V;
+                double qd = q ? q[d] : 1.0, u = pd_rng_uniform(&s->rng);
+                ok = e->accept_all || (qd > 0 && u * qd < e->pbuf[d]);
+                x = ok ? d : sample_residual(e, s, e->pbuf, q, d);
+            }
+            if (ok) x = d;
+        }
+        e->r_tok[i * e->tps + n] = x;
+        e->r_lp[i * e->tps + n] = e->raw[x] - lse;
+        n++;
+        if (j < ks && !ok) break;
+        if (j < ks) acc++;
+    }
+    e->r_n[i] = n;
+    e->r_acc[i] = acc;
+}
+
+/* One decode step over the nd running sequences (engine thread, lock not held): drafts (k > 0), one main-model
+ * pass over the last token and the drafts of each, acceptance. Results in e->r_*; e->last_plan/last_padded say
+ * which plan ran. */
+static void run_decode(mdl_engine *e, seq **dec, int nd)
+{
+    const int D = e->m->cfg.hidden_size, k = e->k;
+    int tps = 1;
+    for (int i = 0; i < nd && k > 0; i++) {
+        /* never draft past max_tokens: the verified positions then stay inside the blocks reserved at submit */
+        e->ks[i] = PD_MAX(0, PD_MIN(k, dec[i]->p.max_tokens - dec[i]->n_gen - 1));
+        tps = PD_MAX(tps, e->ks[i] + 1);
+    }
+    const int pi = pick_plan(e, nd, tps);
+    mdl_ctx *ctx = pi >= 0 ? e->plans[pi].ctx : e->ctx;
+    if (k > 0) draft(e, ctx, dec, nd);
+    int nt = 0;
+    for (int i = 0; i < nd; i++) {
+        seq *s = dec[i];
+        const int ks = k > 0 ? e->ks[i] : 0, L = s->n_prompt + s->n_gen;
+        e->b_start[i] = nt;
+        e->b_ctx[i] = L - 1;
+        e->b_tables[i] = s->blocks;
+        for (int j = 0; j <= ks; j++, nt++) {
+            e->b_tokens[nt] = s->tokens[L - 1 + j];
+            e->b_rows[nt] = nt;
+        }
+    }
+    const int nl = nt;
+    int ns = nd;
+    e->last_padded = 0;
+    if (pi >= 0) /* padding sequences write only the scratch blocks and ask for no logits */
+        for (; ns < e->plans[pi].n_seqs; ns++) {
+            e->b_start[ns] = nt;
+            e->b_ctx[ns] = 0;
+            e->b_tables[ns] = e->scratch_blocks;
+            for (int j = 0; j < e->plans[pi].tps; j++) e->b_tokens[nt++] = 0;
+            e->last_padded += e->plans[pi].tps;
+        }
+    e->b_start[ns] = nt;
+    e->last_plan = pi;
+    mdl_batch b = {.n_seqs = ns, .n_tokens = nt, .tokens = e->b_tokens, .seq_start = e->b_start, .ctx_len = e->b_ctx,
+                   .block_table = e->b_tables, .logits_rows = e->b_rows, .n_logits = nl, .attn = MDL_ATTN_DECODE};
+    pd_status st = mdl_forward(ctx, e->kv, &b, e->logits);
+    PD_ASSERT(st == PD_OK);
+    if (k > 0) { /* main hidden states of the verified positions: the next step's MTP pairs */
+        const float *h = mdl_ctx_hidden(ctx);
+        for (int i = 0; i < nd; i++)
+            memcpy(dec[i]->hidden, h + (size_t)e->b_start[i] * D, (size_t)(e->ks[i] + 1) * D * sizeof(float));
+    }
+    for (int i = 0; i < nd; i++) accept(e, dec[i], i, e->b_start[i]);
+}
+
 static void *engine_main(void *arg)
 {
     mdl_engine *e = arg;
@@ -279,10 +574,10 @@ static void *engine_main(void *arg)
     const int S = e->o.max_num_seqs;
     chunk *ch = calloc((size_t)S, sizeof *ch);
     seq **dec = calloc((size_t)S, sizeof *dec);
-    int32_t *first = calloc((size_t)S, sizeof *first), *dtok = calloc((size_t)S, sizeof *dtok);
-    float *first_lp = calloc((size_t)S, sizeof *first_lp), *dlp = calloc((size_t)S, sizeof *dlp);
-    mdl_event *tmpl = calloc((size_t)S, sizeof *tmpl), *dtmpl = calloc((size_t)S, sizeof *dtmpl);
-    PD_ASSERT(ch && dec && first && dtok && first_lp && dlp && tmpl && dtmpl);
+    int32_t *first = calloc((size_t)S, sizeof *first);
+    float *first_lp = calloc((size_t)S, sizeof *first_lp);
+    mdl_event *tmpl = calloc((size_t)S, sizeof *tmpl);
+    PD_ASSERT(ch && dec && first && first_lp && tmpl);
     pthread_mutex_lock(&e->mu);
     while (!e->stop) {
         /* commands */
@@ -292,7 +587,8 @@ static void *engine_main(void *arg)
             else if (s->release_req && s->state == SEQ_HELD) finish(e, s, MDL_FINISH_STOP, -1);
         }
         int running = 0;
-        for (seq *s = e->all; s; s = s->next) {
+        for (seq *s = e->all, *nx; s; s = nx) {
+            nx = s->next; /* the first token may finish s */
             if (s->state == SEQ_KV_READY && running < e->o.max_num_seqs) {
                 /* the prefill side sampled the first token with one draw of the same generator */
                 if (s->p.sampling.temperature > 1e-6f) (void)pd_rng_uniform(&s->rng);
@@ -300,8 +596,8 @@ static void *engine_main(void *arg)
                 s->t_decode0 = pd_time_now();
                 s->n_cached = s->n_prompt;
                 s->n_mtp_cached = s->n_prompt - 1;
+                s->n_hid = 1; /* the hidden state that came with the first token */
                 emit_token(e, s, s->first_token, s->first_logprob, &s->first_top);
-                continue; /* s may be gone */
             }
         }
         running = 0;
@@ -345,29 +641,15 @@ static void *engine_main(void *arg)
         for (int i = 0, r = 0; i < nc; i++) {
             if (!ch[i].done) continue;
             memset(&tmpl[i], 0, sizeof tmpl[i]);
-            first[i] = sample(e, ch[i].s, e->logits + (size_t)r * V, e->raw, &first_lp[i], &tmpl[i]);
+            first[i] = sample(e, ch[i].s, e->logits + (size_t)r * V, &first_lp[i], &tmpl[i]);
             r++;
         }
         /* decode step */
+        double t_dec = 0;
         if (nd > 0) {
-            for (int i = 0; i < nd; i++) {
-                seq *s = dec[i];
-                e->b_tokens[i] = s->tokens[s->n_prompt + s->n_gen - 1];
-                e->b_start[i] = i;
-                e->b_ctx[i] = s->n_prompt + s->n_gen - 1;
-                e->b_tables[i] = s->blocks;
-                e->b_rows[i] = i;
-            }
-            e->b_start[nd] = nd;
-            mdl_batch b = {.n_seqs = nd, .n_tokens = nd, .tokens = e->b_tokens, .seq_start = e->b_start,
-                           .ctx_len = e->b_ctx, .block_table = e->b_tables, .logits_rows = e->b_rows, .n_logits = nd,
-                           .attn = MDL_ATTN_DECODE};
-            pd_status st = mdl_forward(e->ctx, e->kv, &b, e->logits);
-            PD_ASSERT(st == PD_OK);
-        }
-        for (int i = 0; i < nd; i++) {
-            memset(&dtmpl[i], 0, sizeof dtmpl[i]);
-            dtok[i] = sample(e, dec[i], e->logits + (size_t)i * V, e->raw, &dlp[i], &dtmpl[i]);
+            double t0 = pd_time_now();
+            run_decode(e, dec, nd);
+            t_dec = pd_time_now() - t0;
         }
 
         pthread_mutex_lock(&e->mu);
@@ -399,13 +681,44 @@ static void *engine_main(void *arg)
             } else {
                 s->state = SEQ_RUNNING;
                 s->t_decode0 = now;
+                s->n_hid = 1; /* the last prompt position's hidden state */
                 if (!s->abort_req) emit_token(e, s, first[i], first_lp[i], &tmpl[i]);
             }
         }
+        if (nd > 0) {
+            e->st.decode_steps++;
+            e->st.decode_seconds += t_dec;
+            if (e->last_plan >= 0) {
+                e->st.graph_steps[e->plans[e->last_plan].size_idx]++;
+                e->st.graph_padded_rows += (uint64_t)e->last_padded;
+            } else if (e->n_plans > 0) {
+                e->st.graph_eager_steps++;
+            }
+        }
         for (int i = 0; i < nd; i++) {
-            if (dec[i]->abort_req) continue;
-            e->st.decode_tokens++;
-            emit_token(e, dec[i], dtok[i], dlp[i], &dtmpl[i]);
+            seq *s = dec[i];
+            if (s->abort_req) continue;
+            const int ks = e->k > 0 ? e->ks[i] : 0, acc = e->r_acc[i];
+            if (ks > 0) {
+                s->spec_steps++;
+                s->spec_drafted += ks;
+                s->spec_accepted += acc;
+                e->st.spec_seq_steps++;
+                e->st.spec_drafted += (uint64_t)ks;
+                e->st.spec_accepted += (uint64_t)acc;
+                for (int j = 0; j < acc; j++) {
+                    s->spec_acc_at[j]++;
+                    e->st.spec_accepted_at[j]++;
+                }
+            }
+            if (ks > 0) s->n_hid = acc + 1; /* verified positions L-1 .. L-1+acc: hidden rows 0..acc */
+            /* one by one: the first stop condition ends the request, later accepted tokens are dropped */
+            int gone = 0;
+            for (int j = 0; j < e->r_n[i] && !gone; j++) {
+                e->st.decode_tokens++;
+                gone = emit_token(e, s, e->r_tok[i * e->tps + j], e->r_lp[i * e->tps + j], &e->r_tmpl[i * e->tps + j]);
+            }
+            PD_ASSERT(gone || ks > 0 || e->k == 0); /* a sequence that did not draft was at its last token */
         }
         e->st.steps++;
     }
@@ -413,45 +726,117 @@ static void *engine_main(void *arg)
     free(ch);
     free(dec);
     free(first);
-    free(dtok);
     free(first_lp);
-    free(dlp);
     free(tmpl);
-    free(dtmpl);
     return NULL;
 }
 
 /* ---- public ------------------------------------------------------------------------------------------- */
 
+/* The captured sizes: the option's list (validated) or the default (powers of two up to max_num_seqs). */
+static pd_status graph_sizes(const mdl_engine_opts *o, int *sizes, int *n)
+{
+    *n = 0;
+    if (o->n_graph_batch_sizes < 0) return PD_OK;
+    if (o->n_graph_batch_sizes == 0) {
+        for (int b = 1; b <= o->max_num_seqs && *n < MDL_MAX_GRAPH_SIZES; b *= 2) sizes[(*n)++] = b;
+        return PD_OK;
+    }
+    if (o->n_graph_batch_sizes > MDL_MAX_GRAPH_SIZES) return PD_ERR_INVALID;
+    for (int i = 0; i < o->n_graph_batch_sizes; i++) {
+        int b = o->graph_batch_sizes[i];
+        if (b < 1 || b > o->max_num_seqs || (i > 0 && b <= o->graph_batch_sizes[i - 1])) return PD_ERR_INVALID;
+        sizes[(*n)++] = b;
+    }
+    return PD_OK;
+}
+
+int mdl_engine_pool_blocks(const mdl_engine_opts *o)
+{
+    int sizes[MDL_MAX_GRAPH_SIZES], n = 0;
+    if (graph_sizes(o, sizes, &n) != PD_OK || n == 0) return o->n_blocks;
+    int tps = o->num_speculative_tokens + 1;
+    return o->n_blocks + (tps + o->block_size - 1) / o->block_size;
+}
+
 pd_status mdl_engine_create(mdl_model *m, const mdl_engine_opts *o, mdl_event_cb cb, void *cb_arg, mdl_engine **out)
 {
     if (o->max_num_seqs < 1 || o->max_num_seqs > 256 || o->max_num_batched_tokens < 1 || o->block_size < 1 ||
-        o->n_blocks < 1 || o->max_model_len < 2)
+        o->n_blocks < 1 || o->max_model_len < 2 || o->num_speculative_tokens < 0 ||
+        o->num_speculative_tokens > MDL_MAX_SPEC_TOKENS)
         return PD_ERR_INVALID;
+    if (o->num_speculative_tokens > 0 && m->n_mtp < 1) {
+        pd_error("num_speculative_tokens %d needs the model's MTP layer, which is not loaded", o->num_speculative_tokens);
+        return PD_ERR_INVALID;
+    }
     mdl_engine *e = calloc(1, sizeof *e);
     if (!e) return PD_ERR_NOMEM;
     e->m = m;
     e->o = *o;
     e->cb = cb;
     e->cb_arg = cb_arg;
-    const int D = m->cfg.hidden_size, V = m->cfg.vocab_size;
-    e->max_tokens = PD_MAX(o->max_num_batched_tokens, o->max_num_seqs);
-    pd_status st = mdl_kv_pool_create_in(&m->cfg, m->n_mtp, m->opts.kv_type, o->block_size, o->n_blocks, o->kv_mem,
-                                         &e->kv);
+    e->k = o->num_speculative_tokens;
+    e->tps = e->k + 1;
+    e->last_plan = -1;
+    const int D = m->cfg.hidden_size, V = m->cfg.vocab_size, S = o->max_num_seqs, k = e->k;
+    e->max_tokens = PD_MAX(o->max_num_batched_tokens, S * e->tps);
+    pd_status st = graph_sizes(o, e->sizes, &e->n_sizes);
     if (st != PD_OK) goto fail_engine;
-    if ((st = mdl_ctx_create(m, e->max_tokens, o->max_num_seqs, &e->ctx)) != PD_OK) goto fail_engine;
+    /* padding sequences write positions 0 .. tps-1 of these blocks; the pool gets them on top of n_blocks */
+    e->n_scratch = mdl_engine_pool_blocks(o) - o->n_blocks;
+    st = mdl_kv_pool_create_in(&m->cfg, m->n_mtp, m->opts.kv_type, o->block_size, o->n_blocks + e->n_scratch, o->kv_mem,
+                               &e->kv);
+    if (st != PD_OK) goto fail_engine;
+    if (e->n_scratch > 0) {
+        e->scratch_blocks = malloc((size_t)e->n_scratch * sizeof(int));
+        if (!e->scratch_blocks) {
+            st = PD_ERR_NOMEM;
+            goto fail_engine;
+        }
+        if ((st = mdl_kv_alloc(e->kv, e->n_scratch, e->scratch_blocks)) != PD_OK) goto fail_engine;
+    }
+    if ((st = mdl_ctx_create(m, e->max_tokens, S * e->tps, &e->ctx)) != PD_OK) goto fail_engine;
+    for (int i = 0; i < e->n_sizes; i++) {
+        for (int t = 0; t < (k > 0 ? 2 : 1); t++) {
+            plan *pl = &e->plans[e->n_plans];
+            pl->n_seqs = e->sizes[i];
+            pl->tps = t == 0 ? e->tps : 1;
+            pl->size_idx = i;
+            if ((st = mdl_ctx_create(m, pl->n_seqs * pl->tps, pl->n_seqs * pl->tps, &pl->ctx)) != PD_OK) goto fail_engine;
+            e->n_plans++;
+        }
+    }
     if ((st = krn_sampler_create(V, &e->sampler)) != PD_OK) goto fail_engine;
     e->b_tokens = malloc((size_t)e->max_tokens * sizeof(int32_t));
-    e->b_start = malloc((size_t)(o->max_num_seqs + 1) * sizeof(int));
-    e->b_ctx = malloc((size_t)o->max_num_seqs * sizeof(int));
+    e->b_start = malloc((size_t)(S + 1) * sizeof(int));
+    e->b_ctx = malloc((size_t)S * sizeof(int));
     e->b_rows = malloc((size_t)e->max_tokens * sizeof(int));
-    e->b_tables = malloc((size_t)o->max_num_seqs * sizeof(int *));
-    e->logits = malloc((size_t)o->max_num_seqs * V * sizeof(float));
+    e->b_tables = malloc((size_t)S * sizeof(int *));
+    e->logits = malloc((size_t)S * e->tps * V * sizeof(float));
     e->raw = malloc((size_t)V * sizeof(float));
     e->mtp_hidden = malloc((size_t)e->max_tokens * D * sizeof(float));
     e->mtp_tokens = malloc((size_t)e->max_tokens * sizeof(int32_t));
-    if (!e->b_tokens || !e->b_start || !e->b_ctx || !e->b_rows || !e->b_tables || !e->logits || !e->raw || !e->mtp_hidden ||
-        !e->mtp_tokens) {
+    e->cap_evs = 64;
+    e->evs = malloc((size_t)e->cap_evs * sizeof *e->evs);
+    e->ks = calloc((size_t)S, sizeof(int));
+    e->r_tok = malloc((size_t)S * e->tps * sizeof(int32_t));
+    e->r_lp = malloc((size_t)S * e->tps * sizeof(float));
+    e->r_tmpl = malloc((size_t)S * e->tps * sizeof(mdl_event));
+    e->r_n = calloc((size_t)S, sizeof(int));
+    e->r_acc = calloc((size_t)S, sizeof(int));
+    int ok = e->b_tokens && e->b_start && e->b_ctx && e->b_rows && e->b_tables && e->logits && e->raw && e->mtp_hidden &&
+             e->mtp_tokens && e->evs && e->ks && e->r_tok && e->r_lp && e->r_tmpl && e->r_n && e->r_acc;
+    if (k > 0) {
+        e->q = malloc((size_t)S * k * V * sizeof(float));
+        e->q_onehot = calloc((size_t)S * k, 1);
+        e->pbuf = malloc((size_t)V * sizeof(float));
+        e->g = malloc((size_t)S * D * sizeof(float));
+        e->known = malloc((size_t)S * k * sizeof(int32_t));
+        e->n_known = calloc((size_t)S, sizeof(int));
+        e->map = malloc((size_t)S * sizeof(int));
+        ok = ok && e->q && e->q_onehot && e->pbuf && e->g && e->known && e->n_known && e->map;
+    }
+    if (!ok) {
         st = PD_ERR_NOMEM;
         goto fail_engine;
     }
@@ -483,20 +868,30 @@ void mdl_engine_destroy(mdl_engine *e)
         nx = s->next;
         seq_free(s);
     }
+    for (int i = 0; i < e->n_plans; i++) mdl_ctx_destroy(e->plans[i].ctx);
     mdl_ctx_destroy(e->ctx);
     mdl_kv_pool_destroy(e->kv);
     krn_sampler_destroy(e->sampler);
-    free(e->b_tokens);
-    free(e->b_start);
-    free(e->b_ctx);
-    free(e->b_rows);
-    free(e->b_tables);
-    free(e->logits);
-    free(e->raw);
-    free(e->mtp_hidden);
-    free(e->mtp_tokens);
-    free(e->evs);
+    void *bufs[] = {e->b_tokens, e->b_start, e->b_ctx, e->b_rows, e->b_tables, e->logits, e->raw, e->mtp_hidden,
+                    e->mtp_tokens, e->evs, e->ks, e->r_tok, e->r_lp, e->r_tmpl, e->r_n, e->r_acc, e->q, e->q_onehot,
+                    e->pbuf, e->g, e->known, e->n_known, e->map, e->scratch_blocks};
+    for (size_t i = 0; i < PD_ARRAY_LEN(bufs); i++) free(bufs[i]);
     free(e);
+}
+
+void mdl_engine_set_draft_hook(mdl_engine *e, mdl_draft_cb cb, void *arg)
+{
+    pthread_mutex_lock(&e->mu);
+    e->draft_cb = cb;
+    e->draft_arg = arg;
+    pthread_mutex_unlock(&e->mu);
+}
+
+void mdl__engine_test_accept_all(mdl_engine *e, int on)
+{
+    pthread_mutex_lock(&e->mu);
+    e->accept_all = on;
+    pthread_mutex_unlock(&e->mu);
 }
 
 pd_status mdl_engine_submit(mdl_engine *e, uint64_t id, void *user, const int32_t *prompt, int n_prompt,
@@ -513,12 +908,12 @@ pd_status mdl_engine_submit(mdl_engine *e, uint64_t id, void *user, const int32_
     int gen = mode == MDL_REQ_PREFILL_ONLY ? 0 : p->max_tokens;
     if (n_prompt + gen > e->o.max_model_len) return PD_ERR_RANGE;
     int nb = mdl_kv_blocks_for(e->kv, n_prompt + gen);
-    if (nb > e->kv->n_blocks) return PD_ERR_RANGE;
+    if (nb > e->o.n_blocks) return PD_ERR_RANGE;
     seq *s = calloc(1, sizeof *s);
     if (!s) return PD_ERR_NOMEM;
     s->tokens = malloc((size_t)(n_prompt + p->max_tokens) * sizeof(int32_t));
     s->blocks = malloc((size_t)nb * sizeof(int));
-    s->hidden = malloc((size_t)c->hidden_size * sizeof(float));
+    s->hidden = malloc((size_t)(e->k + 1) * c->hidden_size * sizeof(float));
     if (!s->tokens || !s->blocks || !s->hidden) {
         seq_free(s);
         return PD_ERR_NOMEM;
@@ -627,7 +1022,10 @@ void mdl_engine_get_stats(mdl_engine *e, mdl_engine_stats *out)
         } else if (q->state == SEQ_HELD) s.held++;
     }
     s.free_blocks = e->kv->n_free;
-    s.total_blocks = e->kv->n_blocks;
+    s.total_blocks = e->o.n_blocks;
+    s.spec_mean_accepted_len = s.spec_seq_steps ? 1.0 + (double)s.spec_accepted / (double)s.spec_seq_steps : 0.0;
+    s.n_graph_sizes = e->n_sizes;
+    memcpy(s.graph_sizes, e->sizes, sizeof s.graph_sizes);
     pthread_mutex_unlock(&e->mu);
     *out = s;
 }

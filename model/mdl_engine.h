@@ -1,8 +1,10 @@
 /* mdl_engine: continuous batching over one model and one paged KV pool, on a thread of its own.
  * Requests are submitted with their blocks reserved up front (all or nothing). Each step takes waiting
  * prompts in arrival order up to the token budget (chunked when longer), runs them through the model and its
- * MTP layer, then one decode step over every running sequence; finished and aborted requests free their
- * blocks at once. Results leave through the event callback, called on the engine thread. No networking. */
+ * MTP layer, then one decode step over every running sequence — with MTP speculative decoding when
+ * num_speculative_tokens > 0 (draft k, verify k+1 in one pass, lossless acceptance; docs/speculative.md) and on
+ * a captured batch size when one fits; finished and aborted requests free their blocks at once. Results leave
+ * through the event callback, called on the engine thread. No networking. */
 #ifndef MDL_ENGINE_H
 #define MDL_ENGINE_H
 
@@ -10,6 +12,8 @@
 
 #define MDL_MAX_STOP_IDS 16
 #define MDL_MAX_TOP_LOGPROBS 20
+#define MDL_MAX_SPEC_TOKENS 4   /* num_speculative_tokens 0..4 */
+#define MDL_MAX_GRAPH_SIZES 16  /* captured batch sizes */
 
 typedef struct {
     krn_sampling_params sampling;
@@ -54,6 +58,9 @@ typedef struct {
     int32_t stop_token;        /* DONE with STOP: the token that stopped it, -1 otherwise */
     int prompt_tokens, completion_tokens;
     double t_queue, t_prefill, t_decode; /* DONE / PREFILLED: seconds in each phase */
+    /* DONE with speculation: drafts proposed and accepted for this request, accepted per draft position */
+    int spec_steps, spec_drafted, spec_accepted;
+    int spec_accepted_at[MDL_MAX_SPEC_TOKENS];
 } mdl_event;
 
 typedef void (*mdl_event_cb)(const mdl_event *ev, void *arg);
@@ -66,13 +73,40 @@ typedef struct {
     int n_blocks;
     int max_waiting;           /* queued requests before submit answers PD_ERR_BUSY (0: unlimited) */
     void *kv_mem;              /* pool memory supplied by the caller (NULL: the engine maps its own); at least
-                                * mdl_kv_pool_bytes() for n_blocks, e.g. UCX-allocated so peers put into it directly */
+                                * mdl_kv_pool_bytes() for mdl_engine_pool_blocks(), e.g. UCX-allocated so peers put
+                                * into it directly */
+    /* MTP speculative decoding: drafts per sequence and step, 0..MDL_MAX_SPEC_TOKENS (k > 1 applies the MTP
+     * layer recursively). 0: off. > 0 needs a model with its MTP layer loaded (PD_ERR_INVALID otherwise). */
+    int num_speculative_tokens;
+    /* Captured batch sizes (ascending, each 1..max_num_seqs): a decode step runs on the plan of the smallest size
+     * that holds its sequences, padded up to it; larger batches take the general path. n_graph_batch_sizes 0:
+     * the default list (powers of two up to max_num_seqs); -1: none (every step takes the general path). */
+    int graph_batch_sizes[MDL_MAX_GRAPH_SIZES];
+    int n_graph_batch_sizes;
 } mdl_engine_opts;
+
+/* Blocks the engine's pool holds for these options: n_blocks for requests plus scratch blocks that padded rows
+ * of captured batch sizes write into. */
+int mdl_engine_pool_blocks(const mdl_engine_opts *o);
 
 typedef struct {
     int running, waiting, held, free_blocks, total_blocks;
     long queued_prompt_tokens;
     uint64_t steps, prefill_tokens, decode_tokens;
+    /* decode steps and the seconds their compute took (forward passes + sampling, lock not held) */
+    uint64_t decode_steps;
+    double decode_seconds;
+    /* speculation: sequence-steps that drafted, drafts proposed, drafts accepted (in all and per position);
+     * mean_accepted_len = tokens emitted per drafting sequence-step, bonus token included (1 + accepted/steps) */
+    uint64_t spec_seq_steps, spec_drafted, spec_accepted;
+    uint64_t spec_accepted_at[MDL_MAX_SPEC_TOKENS];
+    double spec_mean_accepted_len;
+    /* captured sizes: the sizes, decode steps replayed on each, padding rows added (waste), and steps that
+     * took the general path because no captured size held the batch */
+    int n_graph_sizes;
+    int graph_sizes[MDL_MAX_GRAPH_SIZES];
+    uint64_t graph_steps[MDL_MAX_GRAPH_SIZES];
+    uint64_t graph_padded_rows, graph_eager_steps;
 } mdl_engine_stats;
 
 typedef struct mdl_engine_s mdl_engine;
@@ -103,5 +137,18 @@ mdl_kv_pool *mdl_engine_pool(mdl_engine *e);
 int mdl_engine_max_model_len(const mdl_engine *e);
 /* "<arch>/<layers>x<row>/<block>/<dtype>": blocks move only between engines with equal fingerprints. */
 void mdl_engine_layout(const mdl_engine *e, char *buf, size_t len);
+
+/* ---- benchmarks and tests only (servers never call these) ----------------------------------------------
+ * Known drafts: before drafting for a sequence, the engine asks cb for up to k draft tokens that continue
+ * tokens[0..n_tokens) (prompt + generated so far); it returns how many it knows (0..k). Known drafts replace
+ * the MTP layer's own (which still runs, so its cost stays in the measurement) and count as drafts sampled
+ * from a one-hot distribution, so acceptance stays lossless. Called on the engine thread, lock not held.
+ * Set it before the first submit. */
+typedef int (*mdl_draft_cb)(uint64_t id, void *user, const int32_t *tokens, int n_tokens, int32_t *drafts, int k,
+                            void *arg);
+void mdl_engine_set_draft_hook(mdl_engine *e, mdl_draft_cb cb, void *arg);
+/* Tests only: accept every draft whatever the target model says (a deliberately wrong acceptance rule, so the
+ * distribution test can show that it catches one). */
+void mdl__engine_test_accept_all(mdl_engine *e, int on);
 
 #endif

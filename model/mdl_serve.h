@@ -21,13 +21,16 @@ typedef struct {
     uint64_t kv_cache_memory;    /* bytes for the KV pool */
     int max_num_queued_reqs;
     int seed;                    /* default seed for requests without one (-1: random) */
+    char *speculative_config;    /* JSON: {"method":"mtp","num_speculative_tokens":k}, k 0..4; NULL: off */
+    char *graph_batch_sizes;     /* "1,2,4,8": captured decode batch sizes; "none": off; NULL: default list */
 } mdl_serve_opts;
 
-#define MDL_SERVE_NOPTS 11
+#define MDL_SERVE_NOPTS 13
 void mdl_serve_defaults(mdl_serve_opts *o);
 /* Writes the option entries (MDL_SERVE_NOPTS) for o into table. */
 void mdl_serve_options(mdl_serve_opts *o, pd_opt *table);
-/* Loads the model and fills engine options; errors are logged and written to err. */
+/* Loads the model and fills engine options (--speculative-config and --graph-batch-sizes included, checked against
+ * the model: MTP drafting needs its MTP layer); errors are written to err, nothing is left loaded on failure. */
 pd_status mdl_serve_load(mdl_serve_opts *o, mdl_model **m, mdl_engine_opts *eo, char *err, size_t errlen);
 
 /* Parses the generation fields of an internal request body (prompt, max_tokens, min_tokens, logprobs,

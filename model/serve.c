@@ -30,6 +30,10 @@ void mdl_serve_options(mdl_serve_opts *o, pd_opt *t)
         {"kv-cache-memory", PD_OPT_SIZE, &o->kv_cache_memory, "bytes for the KV cache pool (default 1G)", 0, 0},
         {"max-num-queued-reqs", PD_OPT_INT, &o->max_num_queued_reqs, "queued requests before 429 (default 1024)", 1, 1 << 24},
         {"seed", PD_OPT_INT, &o->seed, "seed of requests that bring none (default: random)", -1, 2147483647},
+        {"speculative-config", PD_OPT_STR, &o->speculative_config,
+         "MTP speculative decoding, e.g. '{\"method\":\"mtp\",\"num_speculative_tokens\":3}' (default off)", 0, 0},
+        {"graph-batch-sizes", PD_OPT_STR, &o->graph_batch_sizes,
+         "captured decode batch sizes, e.g. 1,2,4,8,16,32,64 (default: powers of two up to --max-num-seqs; none: off)", 0, 0},
     };
     memcpy(t, opts, sizeof opts);
 }
@@ -47,8 +51,64 @@ static pd_status parse_kind(const char *s, int kv, krn_type *out)
     return PD_OK;
 }
 
+/* --speculative-config: vLLM's JSON form; method "mtp" (or vLLM's older name "deepseek_mtp"). */
+static pd_status parse_spec(const char *s, int *k, char *err, size_t errlen)
+{
+    *k = 0;
+    if (!s || !*s) return PD_OK;
+    cJSON *j = cJSON_Parse(s);
+    pd_status st = PD_ERR_INVALID;
+    const cJSON *m = j ? cJSON_GetObjectItemCaseSensitive(j, "method") : NULL;
+    const cJSON *n = j ? cJSON_GetObjectItemCaseSensitive(j, "num_speculative_tokens") : NULL;
+    if (!cJSON_IsObject(j)) snprintf(err, errlen, "--speculative-config: not a JSON object: %s", s);
+    else if (!cJSON_IsString(m) || (strcmp(m->valuestring, "mtp") && strcmp(m->valuestring, "deepseek_mtp")))
+        snprintf(err, errlen, "--speculative-config: 'method' must be \"mtp\"");
+    else if (!cJSON_IsNumber(n) || n->valuedouble != (double)(int)n->valuedouble || n->valuedouble < 0 ||
+             n->valuedouble > MDL_MAX_SPEC_TOKENS)
+        snprintf(err, errlen, "--speculative-config: 'num_speculative_tokens' must be an integer in [0, %d]",
+                 MDL_MAX_SPEC_TOKENS);
+    else {
+        *k = (int)n->valuedouble;
+        st = PD_OK;
+    }
+    cJSON_Delete(j);
+    return st;
+}
+
+/* --graph-batch-sizes: ascending comma-separated sizes within --max-num-seqs, or "none". */
+static pd_status parse_sizes(const char *s, int max_seqs, mdl_engine_opts *eo, char *err, size_t errlen)
+{
+    eo->n_graph_batch_sizes = 0;
+    if (!s) return PD_OK;
+    if (!strcmp(s, "none") || !*s) {
+        eo->n_graph_batch_sizes = -1;
+        return PD_OK;
+    }
+    const char *p = s;
+    while (*p) {
+        char *end;
+        long v = strtol(p, &end, 10);
+        int prev = eo->n_graph_batch_sizes ? eo->graph_batch_sizes[eo->n_graph_batch_sizes - 1] : 0;
+        if (end == p || v < 1 || v > max_seqs || v <= prev || eo->n_graph_batch_sizes == MDL_MAX_GRAPH_SIZES ||
+            (*end && *end != ',')) {
+            snprintf(err, errlen, "--graph-batch-sizes: '%s' must be up to %d ascending sizes in [1, --max-num-seqs %d]",
+                     s, MDL_MAX_GRAPH_SIZES, max_seqs);
+            return PD_ERR_INVALID;
+        }
+        eo->graph_batch_sizes[eo->n_graph_batch_sizes++] = (int)v;
+        p = *end ? end + 1 : end;
+    }
+    return PD_OK;
+}
+
 pd_status mdl_serve_load(mdl_serve_opts *o, mdl_model **out, mdl_engine_opts *eo, char *err, size_t errlen)
 {
+    int spec_k;
+    mdl_engine_opts sizes;
+    memset(&sizes, 0, sizeof sizes);
+    if (parse_spec(o->speculative_config, &spec_k, err, errlen) != PD_OK ||
+        parse_sizes(o->graph_batch_sizes, o->max_num_seqs, &sizes, err, errlen) != PD_OK)
+        return PD_ERR_INVALID;
     if (!o->model) {
         snprintf(err, errlen, "--model is required");
         return PD_ERR_INVALID;
@@ -65,6 +125,12 @@ pd_status mdl_serve_load(mdl_serve_opts *o, mdl_model **out, mdl_engine_opts *eo
     mdl_model *m = NULL;
     pd_status st = mdl_model_load(o->model, &lo, &m, err, errlen);
     if (st != PD_OK) return st;
+    if (spec_k > 0 && m->n_mtp < 1) {
+        snprintf(err, errlen, "--speculative-config: %s has no MTP layer (model.layers.%d.*) to draft with", o->model,
+                 m->n_layers);
+        mdl_model_destroy(m);
+        return PD_ERR_INVALID;
+    }
     if (!o->served_model_name) {
         const char *p = o->model + strlen(o->model);
         while (p > o->model && p[-1] == '/') p--;
@@ -93,6 +159,9 @@ pd_status mdl_serve_load(mdl_serve_opts *o, mdl_model **out, mdl_engine_opts *eo
     eo->block_size = o->block_size;
     eo->n_blocks = (int)nb;
     eo->max_waiting = o->max_num_queued_reqs;
+    eo->num_speculative_tokens = spec_k;
+    eo->n_graph_batch_sizes = sizes.n_graph_batch_sizes;
+    memcpy(eo->graph_batch_sizes, sizes.graph_batch_sizes, sizeof eo->graph_batch_sizes);
     *out = m;
     return PD_OK;
 }
@@ -316,5 +385,37 @@ size_t mdl_serve_metrics(mdl_engine *e, const mdl_serve_counters *c, char *buf, 
     for (int f = 0; f < 4 && n > 0 && (size_t)n < cap; f++)
         n += snprintf(buf + n, cap - (size_t)n, "pdserve_request_success_total{finished_reason=\"%s\"} %llu\n",
                       mdl_finish_str((mdl_finish)f), (unsigned long long)c->finished[f]);
+    /* speculative decoding (vLLM's spec_decode_* names) and captured batch sizes */
+    if (n > 0 && (size_t)n < cap)
+        n += snprintf(buf + n, cap - (size_t)n,
+                      "# HELP pdserve_spec_decode_num_drafts_total Sequence-steps that drafted with MTP.\n"
+                      "# TYPE pdserve_spec_decode_num_drafts_total counter\npdserve_spec_decode_num_drafts_total %llu\n"
+                      "# HELP pdserve_spec_decode_num_draft_tokens_total Draft tokens proposed.\n"
+                      "# TYPE pdserve_spec_decode_num_draft_tokens_total counter\n"
+                      "pdserve_spec_decode_num_draft_tokens_total %llu\n"
+                      "# HELP pdserve_spec_decode_num_accepted_tokens_total Draft tokens accepted.\n"
+                      "# TYPE pdserve_spec_decode_num_accepted_tokens_total counter\n"
+                      "pdserve_spec_decode_num_accepted_tokens_total %llu\n"
+                      "# HELP pdserve_spec_decode_num_accepted_tokens_per_pos_total Draft tokens accepted by position.\n"
+                      "# TYPE pdserve_spec_decode_num_accepted_tokens_per_pos_total counter\n",
+                      (unsigned long long)st.spec_seq_steps, (unsigned long long)st.spec_drafted,
+                      (unsigned long long)st.spec_accepted);
+    for (int j = 0; j < MDL_MAX_SPEC_TOKENS && n > 0 && (size_t)n < cap; j++)
+        n += snprintf(buf + n, cap - (size_t)n, "pdserve_spec_decode_num_accepted_tokens_per_pos_total{position=\"%d\"} %llu\n",
+                      j, (unsigned long long)st.spec_accepted_at[j]);
+    if (n > 0 && (size_t)n < cap)
+        n += snprintf(buf + n, cap - (size_t)n,
+                      "# HELP pdserve_decode_graph_steps_total Decode steps by captured batch size (eager: general path).\n"
+                      "# TYPE pdserve_decode_graph_steps_total counter\n"
+                      "pdserve_decode_graph_steps_total{size=\"eager\"} %llu\n",
+                      (unsigned long long)st.graph_eager_steps);
+    for (int i = 0; i < st.n_graph_sizes && n > 0 && (size_t)n < cap; i++)
+        n += snprintf(buf + n, cap - (size_t)n, "pdserve_decode_graph_steps_total{size=\"%d\"} %llu\n",
+                      st.graph_sizes[i], (unsigned long long)st.graph_steps[i]);
+    if (n > 0 && (size_t)n < cap)
+        n += snprintf(buf + n, cap - (size_t)n,
+                      "# HELP pdserve_decode_graph_padded_rows_total Padding rows added to reach a captured size.\n"
+                      "# TYPE pdserve_decode_graph_padded_rows_total counter\npdserve_decode_graph_padded_rows_total %llu\n",
+                      (unsigned long long)st.graph_padded_rows);
     return n < 0 ? 0 : PD_MIN((size_t)n, cap - 1);
 }

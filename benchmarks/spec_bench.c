@@ -1,0 +1,271 @@
+/* spec_bench: decode throughput of MTP speculative decoding on mdl_engine, in one run. For each model and batch
+ * size: greedy decoding without speculation (k = 0), then k = 1..max_k at 100% acceptance (the known-drafts hook
+ * replays the k = 0 continuation; the MTP layer still runs, so its cost is in the figure) and at the model's real
+ * acceptance (the MTP layer's own drafts). Then the decode step time on captured plans against the general path.
+ * Throughput = decode tokens / seconds of decode-step compute (prefill excluded), from mdl_engine_stats.
+ * Usage: spec_bench --model DIR [--model DIR]... [--tokens N] [--batches 1,4,16] [--max-k 3]
+ *                   [--plan-batches 1,2,4] [--tokenizer DIR] */
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "model/mdl_engine.h"
+#include "model/tokenizer.h"
+
+#define MAXREQ 64
+#define MAXTOK 512
+
+/* Plain English in the style of the demo model's training text; any DeepSeek-V3-vocabulary model can take it. */
+static const char *const PROMPTS[] = {
+    "Phil shrugged. He stepped into the dugout, wondering why Deegan was",
+    "The committee met on Tuesday to discuss the new budget for the county schools, and",
+    "She had never seen the house so quiet. The children were asleep upstairs, and",
+    "In the spring of that year the farmers of the valley began to plant",
+    "It was a long time before he answered. When he did, his voice was",
+    "The president said that the government would not accept",
+    "After the war, the family moved to a small town in the north where",
+    "Most of the students who came to the university that fall were",
+    "The jury found that the evidence presented by the state",
+    "He looked at the letter again and then put it back in his pocket. There was",
+    "Scientists have long believed that the surface of the moon",
+    "The old man walked slowly down the road toward the church, where",
+    "According to the report, the number of workers in the industry",
+    "When the music stopped, everyone in the room turned to look at",
+    "There is no doubt that the problem of the cities will",
+    "The ship left the harbor early in the morning and by noon",
+};
+#define NPROMPTS ((int)(sizeof PROMPTS / sizeof PROMPTS[0]))
+
+typedef struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int32_t out[MAXREQ][MAXTOK];
+    int n_out[MAXREQ];
+    int n_done;
+} sink;
+
+static void on_event(const mdl_event *ev, void *arg)
+{
+    sink *k = arg;
+    pthread_mutex_lock(&k->mu);
+    if (ev->type == MDL_EV_TOKEN && k->n_out[ev->id] < MAXTOK) k->out[ev->id][k->n_out[ev->id]++] = ev->token;
+    if (ev->type == MDL_EV_DONE) k->n_done++;
+    pthread_cond_broadcast(&k->cv);
+    pthread_mutex_unlock(&k->mu);
+}
+
+typedef struct {
+    int32_t *ids[NPROMPTS];
+    int n[NPROMPTS];
+    const sink *ref; /* known continuation */
+} prompts;
+
+static int known_cb(uint64_t id, void *user, const int32_t *tokens, int n_tokens, int32_t *drafts, int k, void *arg)
+{
+    (void)user;
+    (void)tokens;
+    const prompts *p = arg;
+    int g = n_tokens - p->n[id % NPROMPTS], n = 0;
+    for (; n < k && g + n < p->ref->n_out[id]; n++) drafts[n] = p->ref->out[id][g + n];
+    return n;
+}
+
+typedef struct {
+    double tok_s, step_ms, accept, mean_len;
+    int equal;
+} result;
+
+/* One run: batch requests of max_tokens greedy tokens; known: replay ref as drafts; sizes: -1 general path only. */
+static result run(mdl_model *m, prompts *pr, int batch, int max_tokens, int k, int known, int sizes, sink *out)
+{
+    result r = {0};
+    memset(out->n_out, 0, sizeof out->n_out);
+    out->n_done = 0;
+    mdl_engine_opts o = {.max_num_seqs = PD_MAX(batch, 1), .max_num_batched_tokens = 2048, .max_model_len = 1024,
+                         .block_size = 16, .n_blocks = batch * (1024 / 16) + 16, .num_speculative_tokens = k,
+                         .n_graph_batch_sizes = sizes};
+    mdl_engine *e = NULL;
+    pd_status st = mdl_engine_create(m, &o, on_event, out, &e);
+    if (st != PD_OK) {
+        fprintf(stderr, "engine: %s\n", pd_status_str(st));
+        exit(1);
+    }
+    if (known) mdl_engine_set_draft_hook(e, known_cb, pr);
+    for (int i = 0; i < batch; i++) {
+        mdl_gen_params p = {0};
+        p.sampling = krn_sampling_defaults();
+        p.sampling.temperature = 0;
+        p.max_tokens = max_tokens;
+        p.ignore_eos = 1;
+        st = mdl_engine_submit(e, (uint64_t)i, NULL, pr->ids[i % NPROMPTS], pr->n[i % NPROMPTS], &p, MDL_REQ_LOCAL);
+        if (st != PD_OK) {
+            fprintf(stderr, "submit: %s\n", pd_status_str(st));
+            exit(1);
+        }
+    }
+    pthread_mutex_lock(&out->mu);
+    while (out->n_done < batch) pthread_cond_wait(&out->cv, &out->mu);
+    pthread_mutex_unlock(&out->mu);
+    mdl_engine_stats s;
+    mdl_engine_get_stats(e, &s);
+    mdl_engine_destroy(e);
+    r.tok_s = s.decode_tokens / s.decode_seconds;
+    r.step_ms = 1e3 * s.decode_seconds / (double)s.decode_steps;
+    r.accept = s.spec_drafted ? (double)s.spec_accepted / (double)s.spec_drafted : 0;
+    r.mean_len = s.spec_mean_accepted_len;
+    r.equal = 1;
+    if (pr->ref)
+        for (int i = 0; i < batch; i++)
+            r.equal &= out->n_out[i] == pr->ref->n_out[i] &&
+                       !memcmp(out->out[i], pr->ref->out[i], (size_t)out->n_out[i] * sizeof(int32_t));
+    return r;
+}
+
+static int parse_list(const char *s, int *v, int cap)
+{
+    int n = 0;
+    for (const char *p = s; *p && n < cap;) {
+        v[n++] = (int)strtol(p, (char **)&p, 10);
+        if (*p == ',') p++;
+    }
+    return n;
+}
+
+int main(int argc, char **argv)
+{
+    const char *models[4];
+    int n_models = 0, tokens = 64, max_k = 3;
+    int batches[8] = {1, 4, 16}, nb = 3, plan_b[8] = {1, 2, 4}, npb = 3;
+    const char *tok_dir = NULL;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!v) {
+            fprintf(stderr, "%s needs a value\n", a);
+            return 2;
+        }
+        i++;
+        if (!strcmp(a, "--model") && n_models < 4) models[n_models++] = v;
+        else if (!strcmp(a, "--tokens")) tokens = atoi(v);
+        else if (!strcmp(a, "--max-k")) max_k = atoi(v);
+        else if (!strcmp(a, "--batches")) nb = parse_list(v, batches, 8);
+        else if (!strcmp(a, "--plan-batches")) npb = parse_list(v, plan_b, 8);
+        else if (!strcmp(a, "--tokenizer")) tok_dir = v;
+        else {
+            fprintf(stderr, "usage: spec_bench --model DIR [--model DIR]... [--tokens N] [--batches 1,4,16] "
+                            "[--max-k 3] [--plan-batches 1,2,4] [--tokenizer DIR]\n");
+            return 2;
+        }
+    }
+    if (!n_models || tokens < 2 || tokens > MAXTOK || max_k < 0 || max_k > MDL_MAX_SPEC_TOKENS) {
+        fprintf(stderr, "spec_bench: --model is required; --tokens 2..%d; --max-k 0..%d\n", MAXTOK, MDL_MAX_SPEC_TOKENS);
+        return 2;
+    }
+    /* prompts: encoded with the first tokenizer found (all DeepSeek-V3-vocabulary models share it) */
+    char err[1024], path[1200];
+    struct stat sb;
+    for (int i = 0; i < n_models && !tok_dir; i++) {
+        snprintf(path, sizeof path, "%s/tokenizer.json", models[i]);
+        if (stat(path, &sb) == 0) tok_dir = models[i];
+    }
+    if (!tok_dir) {
+        fprintf(stderr, "spec_bench: no tokenizer.json in the model directories; pass --tokenizer DIR\n");
+        return 2;
+    }
+    mdl_tokenizer tk;
+    if (mdl_tokenizer_load(tok_dir, &tk, err, sizeof err) != PD_OK) {
+        fprintf(stderr, "tokenizer: %s\n", err);
+        return 1;
+    }
+    prompts pr = {0};
+    for (int i = 0; i < NPROMPTS; i++) {
+        int32_t *ids;
+        size_t n;
+        if (mdl_tokenizer_encode(tk, PROMPTS[i], strlen(PROMPTS[i]), 0, &ids, &n) != PD_OK) return 1;
+        pr.ids[i] = malloc((n + 1) * sizeof(int32_t));
+        pr.ids[i][0] = mdl_tokenizer_bos(tk) >= 0 ? mdl_tokenizer_bos(tk) : 0;
+        memcpy(pr.ids[i] + 1, ids, n * sizeof(int32_t));
+        pr.n[i] = (int)n + 1;
+        free(ids);
+    }
+    mdl_tokenizer_destroy(tk);
+    sink *ref = calloc(1, sizeof *ref), *out = calloc(1, sizeof *out);
+    pthread_mutex_init(&ref->mu, NULL);
+    pthread_cond_init(&ref->cv, NULL);
+    pthread_mutex_init(&out->mu, NULL);
+    pthread_cond_init(&out->cv, NULL);
+    for (int mi = 0; mi < n_models; mi++) {
+        mdl_load_opts lo = mdl_load_defaults();
+        lo.progress = 0;
+        mdl_model *m = NULL;
+        if (mdl_model_load(models[mi], &lo, &m, err, sizeof err) != PD_OK) {
+            fprintf(stderr, "%s\n", err);
+            return 1;
+        }
+        printf("\n## %s (%d layers, hidden %d, vocab %d), %d greedy tokens per request\n\n", models[mi], m->n_layers,
+               m->cfg.hidden_size, m->cfg.vocab_size, tokens);
+        printf("| batch | k | drafts | decode tok/s | vs k=0 | ms/step | accepted | mean accepted len | output == k=0 |\n");
+        printf("|---|---|---|---|---|---|---|---|---|\n");
+        for (int bi = 0; bi < nb; bi++) {
+            int b = batches[bi];
+            if (b > MAXREQ) continue;
+            pr.ref = NULL;
+            result r0 = run(m, &pr, b, tokens, 0, 0, 0, ref);
+            pr.ref = ref;
+            printf("| %d | 0 | - | %.1f | 1.00x | %.1f | - | - | - |\n", b, r0.tok_s, r0.step_ms);
+            fflush(stdout);
+            for (int k = 1; k <= max_k && m->n_mtp > 0; k++)
+                for (int known = 1; known >= 0; known--) {
+                    result r = run(m, &pr, b, tokens, k, known, 0, out);
+                    printf("| %d | %d | %s | %.1f | %.2fx | %.1f | %.0f%% | %.2f | %s |\n", b, k,
+                           known ? "known (100%)" : "MTP (real)", r.tok_s, r.tok_s / r0.tok_s, r.step_ms,
+                           100 * r.accept, r.mean_len, r.equal ? "yes" : "NO");
+                    fflush(stdout);
+                }
+        }
+        printf("\nDecode step time, captured plan vs general path (k=0 and k=%d with known drafts):\n\n", max_k);
+        printf("| batch | k | plan ms/step | general ms/step | plan / general |\n|---|---|---|---|---|\n");
+        for (int bi = 0; bi < npb; bi++) {
+            int b = plan_b[bi];
+            pr.ref = NULL;
+            (void)run(m, &pr, b, tokens, 0, 0, 0, ref);
+            pr.ref = ref;
+            for (int k = 0; k <= max_k; k += max_k > 0 ? max_k : 1) {
+                result rp = run(m, &pr, b, tokens, k, k > 0, 0, out);
+                result rg = run(m, &pr, b, tokens, k, k > 0, -1, out);
+                printf("| %d | %d | %.2f | %.2f | %.3f |\n", b, k, rp.step_ms, rg.step_ms, rp.step_ms / rg.step_ms);
+                fflush(stdout);
+                if (max_k == 0) break;
+            }
+        }
+        /* why the figures look as they do: what one linear layer costs for m rows (the verify pass runs the
+         * model on batch x (k+1) rows; speculation pays only where m rows cost about what one row costs) */
+        printf("\nlm_head [%d x %d] through krn_linear, by rows m:\n\n| m | ms | ms / row | vs m=1 |\n|---|---|---|---|\n",
+               m->cfg.vocab_size, m->cfg.hidden_size);
+        {
+            const int D = m->cfg.hidden_size, V = m->cfg.vocab_size;
+            float *x = malloc((size_t)64 * D * sizeof(float)), *y = malloc((size_t)64 * V * sizeof(float));
+            float *scr = malloc(krn_linear_scratch(D) * sizeof(float));
+            for (int i = 0; i < 64 * D; i++) x[i] = (float)((i * 7919) % 1000) / 1000.0f - 0.5f;
+            double t1 = 0;
+            const int rows[] = {1, 2, 3, 4, 8, 16, 64};
+            for (size_t ri = 0; ri < sizeof rows / sizeof rows[0]; ri++) {
+                int reps = 5;
+                krn_linear(&m->lm_head, x, rows[ri], y, V, scr);
+                double t0 = pd_time_now();
+                for (int r = 0; r < reps; r++) krn_linear(&m->lm_head, x, rows[ri], y, V, scr);
+                double ms = 1e3 * (pd_time_now() - t0) / reps;
+                if (ri == 0) t1 = ms;
+                printf("| %d | %.2f | %.2f | %.2fx |\n", rows[ri], ms, ms / rows[ri], ms / t1);
+            }
+            free(x);
+            free(y);
+            free(scr);
+        }
+        mdl_model_destroy(m);
+    }
+    for (int i = 0; i < NPROMPTS; i++) free(pr.ids[i]);
+    free(ref);
+    free(out);
+    return 0;
+}
