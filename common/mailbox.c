@@ -1,4 +1,5 @@
 /* Cross-thread mailbox: a growable ring of fixed-size messages plus an eventfd that wakes the loop. */
+#include "common/pd_http.h"
 #include "common/pd_mailbox.h"
 
 #include <pthread.h>
@@ -98,22 +99,104 @@ void pd_mailbox_destroy(pd_mailbox *mb)
     free(mb);
 }
 
+typedef struct {
+    struct event_base *base;
+    void (*drain_cb)(void *);
+    void *arg;
+    int draining;
+    const char *name;
+} sig_ctx;
+
 static void on_signal(evutil_socket_t sig, short what, void *arg)
 {
     (void)what;
-    struct event_base *base = arg;
-    pd_info("signal %d, stopping", (int)sig);
-    event_base_loopexit(base, NULL);
+    sig_ctx *c = arg;
+    if (sig == SIGTERM && c->drain_cb && !c->draining) {
+        c->draining = 1;
+        pd_info("%s: SIGTERM: draining (finishing requests in flight; a second signal stops at once)", c->name);
+        c->drain_cb(c->arg);
+        return;
+    }
+    pd_info("%s: signal %d, stopping", c->name, (int)sig);
+    event_base_loopexit(c->base, NULL);
 }
 
-void pd_run_until_signal(struct event_base *base, const char *name)
+void pd_run_until_signal(struct event_base *base, const char *name, void (*drain_cb)(void *), void *arg)
 {
     signal(SIGPIPE, SIG_IGN);
-    struct event *si = evsignal_new(base, SIGINT, on_signal, base), *st = evsignal_new(base, SIGTERM, on_signal, base);
+    sig_ctx c = {base, drain_cb, arg, 0, name};
+    struct event *si = evsignal_new(base, SIGINT, on_signal, &c), *st = evsignal_new(base, SIGTERM, on_signal, &c);
     if (!si || !st || evsignal_add(si, NULL) != 0 || evsignal_add(st, NULL) != 0)
         pd_warn("%s: cannot catch SIGINT/SIGTERM; stop it with SIGKILL", name);
     event_base_dispatch(base);
     pd_info("%s: stopped", name);
     if (si) event_free(si);
     if (st) event_free(st);
+}
+
+struct pd_announcer_s {
+    struct event_base *base;
+    char host[256];
+    int port;
+    char *body;
+    struct event *timer;
+    pd_http_call *call;
+    int ok;
+};
+
+static void announce_done(pd_http_call *c, int status, const char *body, size_t len, pd_status err, void *arg)
+{
+    (void)c;
+    (void)body;
+    (void)len;
+    pd_announcer *a = arg;
+    a->call = NULL;
+    if (status == 200 && !a->ok) pd_info("registered with the router at %s:%d", a->host, a->port);
+    if (status != 200 && a->ok)
+        pd_warn("the router at %s:%d did not take our registration (%s)", a->host, a->port,
+                err != PD_OK ? pd_status_str(err) : "error reply");
+    a->ok = status == 200;
+}
+
+static void announce_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    pd_announcer *a = arg;
+    if (a->call) return;
+    if (pd_http_call_start(a->base, a->host, a->port, "POST", "/admin/instances", a->body, strlen(a->body), 5, NULL,
+                           announce_done, a, &a->call) != PD_OK)
+        a->ok = 0;
+}
+
+pd_status pd_announcer_create(struct event_base *base, const char *router_url, const char *body, double interval,
+                              pd_announcer **out)
+{
+    pd_announcer *a = calloc(1, sizeof *a);
+    if (!a) return PD_ERR_NOMEM;
+    a->base = base;
+    if (pd_http_parse_hostport(router_url, a->host, sizeof a->host, &a->port) != PD_OK) {
+        pd_error("--router-url '%s' is not http://host:port", router_url);
+        free(a);
+        return PD_ERR_INVALID;
+    }
+    a->body = strdup(body);
+    a->timer = event_new(base, -1, EV_PERSIST, announce_cb, a);
+    struct timeval tv = {(long)interval, (long)((interval - (long)interval) * 1e6)};
+    if (!a->body || !a->timer || event_add(a->timer, &tv) != 0) {
+        pd_announcer_destroy(a);
+        return PD_ERR_NOMEM;
+    }
+    announce_cb(-1, 0, a);
+    *out = a;
+    return PD_OK;
+}
+
+void pd_announcer_destroy(pd_announcer *a)
+{
+    if (!a) return;
+    if (a->timer) event_free(a->timer);
+    pd_http_call_cancel(a->call);
+    free(a->body);
+    free(a);
 }

@@ -17,8 +17,16 @@ pd_status pd_mailbox_post(pd_mailbox *mb, const void *msg);
 /* Loop thread; undelivered messages are dropped. Accepts NULL. */
 void pd_mailbox_destroy(pd_mailbox *mb);
 
-/* Runs base until SIGINT or SIGTERM (logged as "<name>: signal N, stopping"); SIGPIPE is ignored, since peers
- * that close sockets are reported through the event loop instead. */
-void pd_run_until_signal(struct event_base *base, const char *name);
+/* Runs base until SIGINT or SIGTERM; SIGPIPE is ignored, since peers that close sockets are reported through the
+ * event loop instead. With drain_cb, the first SIGTERM calls it instead (the server stops taking work and leaves
+ * the loop once idle); SIGINT or a second SIGTERM stop at once. */
+void pd_run_until_signal(struct event_base *base, const char *name, void (*drain_cb)(void *), void *arg);
+
+/* Announces an instance to a router: POSTs body to url's /admin/instances now and every interval seconds
+ * (registration is idempotent, so a restarted router learns its instances again). */
+typedef struct pd_announcer_s pd_announcer;
+pd_status pd_announcer_create(struct event_base *base, const char *router_url, const char *body, double interval,
+                              pd_announcer **out);
+void pd_announcer_destroy(pd_announcer *a);
 
 #endif

@@ -33,6 +33,10 @@ struct dec_server_s {
     mdl_model *m;
     mdl_engine *eng;
     mdl_engine_opts eo;
+    int draining;
+    double drain_start;
+    struct event *drain_timer;
+    pd_announcer *announcer;
     pd_mailbox *mb;
     kv_context_t kv;
     kv_region_t region;
@@ -377,7 +381,8 @@ done:
 static void reply_health(dec_server *s, struct evhttp_request *req)
 {
     cJSON *o = mdl_serve_health(s->eng, s->o->colocated ? "colocated" : "decode", s->o->serve.served_model_name);
-    pd_http_reply_json(req, 200, o);
+    if (s->draining) cJSON_ReplaceItemInObject(o, "status", cJSON_CreateString("draining"));
+    pd_http_reply_json(req, s->draining ? 503 : 200, o);
     cJSON_Delete(o);
 }
 
@@ -388,6 +393,39 @@ static void reply_metrics(dec_server *s, struct evhttp_request *req)
     pd_http_reply_text(req, 200, "text/plain; version=0.0.4", buf, n);
 }
 
+static void drain_check_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    dec_server *s = arg;
+    if (s->reqs == NULL) {
+        pd_info("decode: drained; exiting");
+        event_base_loopexit(s->base, NULL);
+    } else if (pd_time_now() - s->drain_start > s->o->drain_timeout) {
+        pd_warn("decode: drain timeout with requests in flight; exiting anyway");
+        event_base_loopexit(s->base, NULL);
+    }
+}
+
+void dec_server_drain(void *server)
+{
+    dec_server *s = server;
+    if (s->draining) return;
+    s->draining = 1;
+    s->drain_start = pd_time_now();
+    pd_announcer_destroy(s->announcer); /* a draining instance must not register again */
+    s->announcer = NULL;
+    struct timeval tv = {0, 100000};
+    s->drain_timer = event_new(s->base, -1, EV_PERSIST, drain_check_cb, s);
+    if (!s->drain_timer || event_add(s->drain_timer, &tv) != 0) event_base_loopexit(s->base, NULL);
+}
+
+static void reply_draining(struct evhttp_request *req)
+{
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", "1");
+    pd_http_reply_error(req, 503, NULL, NULL, "this instance is draining");
+}
+
 static void gencb(struct evhttp_request *req, void *arg)
 {
     dec_server *s = arg;
@@ -395,7 +433,8 @@ static void gencb(struct evhttp_request *req, void *arg)
     pd_http_path(req, path, sizeof path);
     enum evhttp_cmd_type m = evhttp_request_get_command(req);
     if (!strcmp(path, "/internal/requests")) {
-        if (m == EVHTTP_REQ_POST) handle_open(s, req);
+        if (m == EVHTTP_REQ_POST && s->draining) reply_draining(req);
+        else if (m == EVHTTP_REQ_POST) handle_open(s, req);
         else pd_http_reply_error(req, 405, NULL, NULL, "use POST");
     } else if (!strncmp(path, "/internal/requests/", 19)) {
         if (m != EVHTTP_REQ_DELETE) {
@@ -416,6 +455,9 @@ static void gencb(struct evhttp_request *req, void *arg)
             cJSON_Delete(o);
         }
         free(ext);
+    } else if (!strcmp(path, "/internal/drain") && m == EVHTTP_REQ_POST) {
+        dec_server_drain(s);
+        pd_http_reply_text(req, 200, "application/json", "{\"draining\":true}", 17);
     } else if (!strcmp(path, "/health")) {
         reply_health(s, req);
     } else if (!strcmp(path, "/metrics")) {
@@ -469,6 +511,13 @@ pd_status dec_server_create(struct event_base *base, dec_opts *o, dec_server **o
     pd_http_limits lim = {.max_body = 64u << 20};
     if ((st = pd_http_server_create(base, o->host, o->port, &lim, gencb, s, &s->http, bound_port)) != PD_OK)
         goto fail_server;
+    if (o->router_url) {
+        char body[512];
+        const char *host = o->advertise_host ? o->advertise_host : strcmp(o->host, "0.0.0.0") ? o->host : "127.0.0.1";
+        snprintf(body, sizeof body, "{\"address\":\"%s:%d\",\"role\":\"%s\"}", host, *bound_port,
+                 o->colocated ? "colocated" : "decode");
+        if ((st = pd_announcer_create(base, o->router_url, body, 5.0, &s->announcer)) != PD_OK) goto fail_server;
+    }
     *out = s;
     return PD_OK;
 fail_server:
@@ -484,6 +533,8 @@ void dec_server_destroy(dec_server *s)
             evhttp_connection_set_closecb(evhttp_request_get_connection(r->http), NULL, NULL);
             r->http = NULL;
         }
+    pd_announcer_destroy(s->announcer);
+    if (s->drain_timer) event_free(s->drain_timer);
     if (s->http) evhttp_free(s->http);
     mdl_engine_destroy(s->eng); /* no more events; its pool lives in the region's memory */
     while (s->reqs) dreq_free(s, s->reqs);

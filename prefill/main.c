@@ -10,12 +10,16 @@ int main(int argc, char **argv)
     pf_opts o;
     memset(&o, 0, sizeof o);
     mdl_serve_defaults(&o.serve);
+    o.drain_timeout = 120;
     o.port = 8100;
     o.kv_xfer_timeout = 30;
-    pd_opt table[MDL_SERVE_NOPTS + 4];
+    pd_opt table[MDL_SERVE_NOPTS + 7];
     mdl_serve_options(&o.serve, table);
     pd_opt mine[] = {
         {"host", PD_OPT_STR, &o.host, "address to listen on (default 127.0.0.1)", 0, 0},
+        {"router-url", PD_OPT_STR, &o.router_url, "register with this router, e.g. http://10.0.0.5:8000", 0, 0},
+        {"advertise-host", PD_OPT_STR, &o.advertise_host, "address the router reaches this instance at", 0, 0},
+        {"drain-timeout", PD_OPT_DOUBLE, &o.drain_timeout, "seconds a drain (SIGTERM) waits for requests in flight (120)", 0, 86400},
         {"port", PD_OPT_INT, &o.port, "port (default 8100; 0 picks a free one)", 0, 65535},
         {"kv-proto", PD_OPT_STR, &o.kv_proto, "KV transfer protocol: auto|put|am (default auto)", 0, 0},
         {"kv-xfer-timeout", PD_OPT_DOUBLE, &o.kv_xfer_timeout, "seconds a KV transfer may take (default 30)", 0.1, 3600},
@@ -38,7 +42,7 @@ int main(int argc, char **argv)
     pd_info("prefill: serving %s on http://%s:%d", o.serve.served_model_name, o.host, port);
     fprintf(stdout, "READY %d\n", port);
     fflush(stdout);
-    pd_run_until_signal(base, "prefill");
+    pd_run_until_signal(base, "prefill", pf_server_drain, s);
     pf_server_destroy(s);
     rc = 0;
 free_base:

@@ -43,6 +43,10 @@ struct pf_server_s {
     mdl_model *m;
     mdl_engine *eng;
     mdl_engine_opts eo;
+    int draining;
+    double drain_start;
+    struct event *drain_timer;
+    pd_announcer *announcer;
     pd_mailbox *mb;
     size_t msg_size;
     kv_context_t kv;
@@ -428,6 +432,39 @@ refuse: {
     cJSON_Delete(root);
 }
 
+static void drain_check_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    pf_server *s = arg;
+    if (s->reqs == NULL) {
+        pd_info("prefill: drained; exiting");
+        event_base_loopexit(s->base, NULL);
+    } else if (pd_time_now() - s->drain_start > s->o->drain_timeout) {
+        pd_warn("prefill: drain timeout with requests in flight; exiting anyway");
+        event_base_loopexit(s->base, NULL);
+    }
+}
+
+void pf_server_drain(void *server)
+{
+    pf_server *s = server;
+    if (s->draining) return;
+    s->draining = 1;
+    s->drain_start = pd_time_now();
+    pd_announcer_destroy(s->announcer); /* a draining instance must not register again */
+    s->announcer = NULL;
+    struct timeval tv = {0, 100000};
+    s->drain_timer = event_new(s->base, -1, EV_PERSIST, drain_check_cb, s);
+    if (!s->drain_timer || event_add(s->drain_timer, &tv) != 0) event_base_loopexit(s->base, NULL);
+}
+
+static void reply_draining(struct evhttp_request *req)
+{
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", "1");
+    pd_http_reply_error(req, 503, NULL, NULL, "this instance is draining");
+}
+
 static void gencb(struct evhttp_request *req, void *arg)
 {
     pf_server *s = arg;
@@ -435,7 +472,8 @@ static void gencb(struct evhttp_request *req, void *arg)
     pd_http_path(req, path, sizeof path);
     enum evhttp_cmd_type m = evhttp_request_get_command(req);
     if (!strcmp(path, "/internal/prefill")) {
-        if (m == EVHTTP_REQ_POST) handle_prefill(s, req);
+        if (m == EVHTTP_REQ_POST && s->draining) reply_draining(req);
+        else if (m == EVHTTP_REQ_POST) handle_prefill(s, req);
         else pd_http_reply_error(req, 405, NULL, NULL, "use POST");
     } else if (!strncmp(path, "/internal/prefill/", 18)) {
         if (m != EVHTTP_REQ_DELETE) {
@@ -453,10 +491,14 @@ static void gencb(struct evhttp_request *req, void *arg)
             cJSON_Delete(o);
         }
         free(ext);
+    } else if (!strcmp(path, "/internal/drain") && m == EVHTTP_REQ_POST) {
+        pf_server_drain(s);
+        pd_http_reply_text(req, 200, "application/json", "{\"draining\":true}", 17);
     } else if (!strcmp(path, "/health")) {
         cJSON *o = mdl_serve_health(s->eng, "prefill", s->o->serve.served_model_name);
         cJSON_AddStringToObject(o, "kv_desc", s->desc); /* decode instances connect to it to hear if we die */
-        pd_http_reply_json(req, 200, o);
+        if (s->draining) cJSON_ReplaceItemInObject(o, "status", cJSON_CreateString("draining"));
+        pd_http_reply_json(req, s->draining ? 503 : 200, o);
         cJSON_Delete(o);
     } else if (!strcmp(path, "/metrics")) {
         char buf[8192];
@@ -506,6 +548,12 @@ pd_status pf_server_create(struct event_base *base, pf_opts *o, pf_server **out,
     pd_http_limits lim = {.max_body = 64u << 20};
     if ((st = pd_http_server_create(base, o->host, o->port, &lim, gencb, s, &s->http, bound_port)) != PD_OK)
         goto fail_server;
+    if (o->router_url) {
+        char body[512];
+        const char *host = o->advertise_host ? o->advertise_host : strcmp(o->host, "0.0.0.0") ? o->host : "127.0.0.1";
+        snprintf(body, sizeof body, "{\"address\":\"%s:%d\",\"role\":\"prefill\"}", host, *bound_port);
+        if ((st = pd_announcer_create(base, o->router_url, body, 5.0, &s->announcer)) != PD_OK) goto fail_server;
+    }
     *out = s;
     return PD_OK;
 fail_server:
@@ -521,6 +569,8 @@ void pf_server_destroy(pf_server *s)
             evhttp_connection_set_closecb(evhttp_request_get_connection(r->http), NULL, NULL);
             r->http = NULL;
         }
+    pd_announcer_destroy(s->announcer);
+    if (s->drain_timer) event_free(s->drain_timer);
     if (s->http) evhttp_free(s->http);
     kv_region_destroy(s->region);
     kv_context_destroy(s->kv); /* cancels transfers in flight; their callbacks run while the engine lives */

@@ -12,6 +12,9 @@ typedef struct {
     mdl_serve_opts serve;
     char *host;
     int port;
+    char *router_url;        /* register with this router (http://host:port) and keep re-registering */
+    char *advertise_host;    /* the address the router reaches us at (default: --host, or 127.0.0.1) */
+    double drain_timeout;    /* seconds a drain waits for requests in flight before exiting anyway */
     char *kv_proto;          /* auto|put|am */
     double kv_xfer_timeout;  /* seconds a transfer may take */
 } pf_opts;
@@ -20,5 +23,8 @@ typedef struct pf_server_s pf_server;
 
 pd_status pf_server_create(struct event_base *base, pf_opts *o, pf_server **out, int *bound_port);
 void pf_server_destroy(pf_server *s);
+/* Stops taking new requests (503 "draining", /health says so), leaves the event loop once none is in flight or
+ * drain_timeout passed. The pd_run_until_signal drain callback (arg: the server). */
+void pf_server_drain(void *server);
 
 #endif

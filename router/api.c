@@ -943,6 +943,71 @@ static void handle_metrics(rt_router *rt, struct evhttp_request *http)
     evbuffer_free(b);
 }
 
+/* POST /admin/instances {"address": "host:port", "role": "prefill"|"decode"}: add or re-register;
+ * POST /admin/instances/<address>/drain; DELETE /admin/instances/<address>. */
+static void handle_admin(rt_router *rt, struct evhttp_request *http, const char *rest, enum evhttp_cmd_type m)
+{
+    if (!*rest && m == EVHTTP_REQ_POST) {
+        char *body = NULL;
+        if (pd_http_body(http, 65536, &body, NULL) != PD_OK) {
+            pd_http_reply_error(http, 413, NULL, NULL, "request body too large");
+            return;
+        }
+        cJSON *o = cJSON_Parse(body);
+        free(body);
+        const cJSON *a = o ? cJSON_GetObjectItem(o, "address") : NULL, *ro = o ? cJSON_GetObjectItem(o, "role") : NULL;
+        rt_role role;
+        rt_instance *in = NULL;
+        if (!cJSON_IsString(a) || !cJSON_IsString(ro) ||
+            (strcmp(ro->valuestring, "prefill") && strcmp(ro->valuestring, "decode") && strcmp(ro->valuestring, "colocated")))
+            pd_http_reply_error(http, 400, NULL, NULL, "need {\"address\": \"host:port\", \"role\": \"prefill\"|\"decode\"|\"colocated\"}");
+        else if ((role = !strcmp(ro->valuestring, "prefill") ? RT_PREFILL : RT_DECODE),
+                 rt_registry_add(rt->reg, a->valuestring, role, &in) != PD_OK)
+            pd_http_reply_error(http, 400, NULL, "address", "'%s' is not host:port", a->valuestring);
+        else {
+            if (!in->registered) pd_info("router: instance %s (%s) registered", in->addr, ro->valuestring);
+            in->registered = 1;
+            cJSON *r = cJSON_CreateObject();
+            cJSON_AddStringToObject(r, "address", in->addr);
+            cJSON_AddBoolToObject(r, "registered", 1);
+            pd_http_reply_json(http, 200, r);
+            cJSON_Delete(r);
+        }
+        cJSON_Delete(o);
+        return;
+    }
+    if (*rest != '/') {
+        pd_http_reply_error(http, 404, NULL, NULL, "no such admin route");
+        return;
+    }
+    char addr[512];
+    snprintf(addr, sizeof addr, "%s", rest + 1);
+    char *slash = strchr(addr, '/');
+    int drain = slash && !strcmp(slash, "/drain");
+    if (slash) *slash = '\0';
+    char *dec = evhttp_uridecode(addr, 0, NULL);
+    rt_instance *in = dec ? rt_registry_find(rt->reg, dec) : NULL;
+    free(dec);
+    if (!in || in->removed) pd_http_reply_error(http, 404, NULL, NULL, "no instance %s", addr);
+    else if (drain && m == EVHTTP_REQ_POST) {
+        pd_info("router: draining %s", in->addr);
+        rt_registry_drain(rt->reg, in);
+        cJSON *r = cJSON_CreateObject();
+        cJSON_AddBoolToObject(r, "draining", 1);
+        pd_http_reply_json(http, 200, r);
+        cJSON_Delete(r);
+    } else if (!slash && m == EVHTTP_REQ_DELETE) {
+        pd_info("router: removing %s (%d requests in flight finish first)", in->addr, in->inflight);
+        rt_registry_remove(rt->reg, in);
+        cJSON *r = cJSON_CreateObject();
+        cJSON_AddBoolToObject(r, "removed", 1);
+        pd_http_reply_json(http, 200, r);
+        cJSON_Delete(r);
+    } else {
+        pd_http_reply_error(http, 405, NULL, NULL, "use POST .../drain or DELETE");
+    }
+}
+
 static void gencb(struct evhttp_request *http, void *arg)
 {
     rt_router *rt = arg;
@@ -969,6 +1034,8 @@ static void gencb(struct evhttp_request *http, void *arg)
         cJSON_AddItemToObject(o, "instances", rt_registry_json(rt->reg));
         pd_http_reply_json(http, 200, o);
         cJSON_Delete(o);
+    } else if (!strncmp(path, "/admin/instances", 16)) {
+        handle_admin(rt, http, path + 16, m);
     } else if (!strcmp(path, "/metrics") && get) {
         handle_metrics(rt, http);
     } else {
@@ -1001,7 +1068,14 @@ pd_status rt_router_create(struct event_base *base, rt_opts *o, rt_router **out,
     rt->vocab_size = mdl_tokenizer_vocab_size(rt->tok);
     mdl_config cfg;
     if (o->model && mdl_config_load(o->model, &cfg, err, sizeof err) == PD_OK) rt->vocab_size = cfg.vocab_size;
-    if ((st = rt_registry_create(base, o->prefill, o->decode, o->health_interval, &rt->reg)) != PD_OK) goto fail_router;
+    rt_policy policy;
+    if (rt_policy_parse(o->policy, &policy) != PD_OK) {
+        pd_error("router: --policy '%s' is not least-load or round-robin", o->policy);
+        st = PD_ERR_INVALID;
+        goto fail_router;
+    }
+    if ((st = rt_registry_create(base, o->prefill, o->decode, o->health_interval, policy, &rt->reg)) != PD_OK)
+        goto fail_router;
     pd_http_limits lim = {.max_body = o->max_body, .max_headers = 16384};
     if ((st = pd_http_server_create(base, o->host, o->port, &lim, gencb, rt, &rt->http, bound_port)) != PD_OK)
         goto fail_router;

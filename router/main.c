@@ -32,6 +32,7 @@ int main(int argc, char **argv)
         {"max-n", PD_OPT_INT, &o.max_n, "largest n (default 8)", 1, 64},
         {"health-interval", PD_OPT_DOUBLE, &o.health_interval, "seconds between health checks (default 1)", 0.05, 60},
         {"max-num-queued-reqs", PD_OPT_INT, &o.max_queued, "requests in flight before new ones get 429 (default 4096)", 1, 1 << 24},
+        {"policy", PD_OPT_STR, &o.policy, "instance choice: least-load (default) or round-robin", 0, 0},
         {"request-timeout", PD_OPT_DOUBLE, &o.request_timeout, "seconds without progress before a request fails (600)", 1, 86400},
     };
     const int n = (int)PD_ARRAY_LEN(table);
@@ -51,11 +52,8 @@ int main(int argc, char **argv)
         while (p > o.model && p[-1] != '/') p--;
         o.served_model_name = strndup(p, (size_t)(end - p));
     }
-    if (!o.decode) {
-        fprintf(stderr, "pdserve-router: --decode is required (and --prefill unless the decode instances are --colocated)\n");
-        pd_opts_free(table, n);
-        return 2;
-    }
+    if (!o.decode && !o.prefill)
+        pd_info("router: no instances configured; waiting for instances to register (POST /admin/instances)");
     struct event_base *base = event_base_new();
     rt_router *rt = NULL;
     int port = 0, rc = 1;
@@ -65,7 +63,7 @@ int main(int argc, char **argv)
             o.prefill ? o.prefill : "none", o.decode);
     fprintf(stdout, "READY %d\n", port);
     fflush(stdout);
-    pd_run_until_signal(base, "router");
+    pd_run_until_signal(base, "router", NULL, NULL);
     rt_router_destroy(rt);
     rc = 0;
 free_base:

@@ -133,7 +133,7 @@ static cJSON *gen_body(rt_choice *c)
     rt_req *r = c->req;
     cJSON *b = cJSON_CreateObject();
     char id[64];
-    snprintf(id, sizeof id, "%s-%d", r->id, c->index);
+    snprintf(id, sizeof id, "%s-%d.%d", r->id, c->index, c->retries); /* one id per attempt */
     cJSON_AddStringToObject(b, "id", id);
     cJSON *pr = cJSON_AddArrayToObject(b, "prompt");
     for (int i = 0; i < c->n_prompt; i++) cJSON_AddItemToArray(pr, cJSON_CreateNumber(c->prompt[i]));
@@ -168,7 +168,7 @@ static void release_decode(rt_choice *c)
     if (c->kv_untouched && c->d_call && c->d) {
         char path[160];
         pd_http_call *x;
-        snprintf(path, sizeof path, "/internal/requests/%s-%d?kv=untouched", c->req->id, c->index);
+        snprintf(path, sizeof path, "/internal/requests/%s-%d.%d?kv=untouched", c->req->id, c->index, c->retries);
         if (pd_http_call_start(c->req->rt->base, c->d->host, c->d->port, "DELETE", path, NULL, 0, 10, NULL,
                                ignore_done, NULL, &x) != PD_OK)
             pd_warn("router: %s: cannot tell %s to release its reservation", c->req->id, c->d->addr);
@@ -183,10 +183,10 @@ static int retry_elsewhere(rt_choice *c)
     if (c->retries >= 1 || c->n_gen > 0 || c->done) return 0;
     rt_instance *failed = c->p;
     if (!rt_pick_prefill(c->req->rt->reg, NULL, failed)) return 0;
+    release_decode(c); /* names the failed attempt's id */
+    c->kv_untouched = 0;
     c->retries++;
     c->failed_p = failed;
-    release_decode(c);
-    c->kv_untouched = 0;
     pd_info("router: %s: retrying on another prefill instance", c->req->id);
     rt_choice_start(c);
     return 1;

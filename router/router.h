@@ -27,6 +27,7 @@ typedef struct {
     double health_interval;  /* seconds between health polls */
     double request_timeout;  /* seconds without progress before a request fails */
     int max_queued;          /* requests in flight before new ones get 429 (0: unlimited) */
+    char *policy;            /* least-load (default) | round-robin */
 } rt_opts;
 
 /* ---- instances ---- */
@@ -44,13 +45,27 @@ typedef struct rt_instance {
     int running, waiting, free_blocks, total_blocks;
     long queued_tokens;
     int inflight;            /* requests the router has sent and not finished */
+    int draining;            /* reported draining or told to drain: no new work */
+    int removed;             /* removed by an operator: freed once inflight reaches 0 */
+    int registered;          /* added through /admin/instances (registration) rather than configured */
     char *kv_desc;           /* prefill: its KV region descriptor (decode instances watch it for failure) */
     pd_http_call *probe;
 } rt_instance;
 
 typedef struct rt_registry rt_registry;
+typedef enum { RT_POLICY_LEAST_LOAD = 0, RT_POLICY_ROUND_ROBIN } rt_policy;
+pd_status rt_policy_parse(const char *s, rt_policy *out);
+
 pd_status rt_registry_create(struct event_base *base, const char *prefill, const char *decode, double interval,
-                             rt_registry **out);
+                             rt_policy policy, rt_registry **out);
+/* Adds an instance (or finds it, when the address is known: re-registration is idempotent and clears removal).
+ * PD_ERR_INVALID for a malformed address. */
+pd_status rt_registry_add(rt_registry *r, const char *addr, rt_role role, rt_instance **out);
+rt_instance *rt_registry_find(rt_registry *r, const char *addr);
+/* Stops scheduling to the instance and asks it to drain (finish in-flight work, then exit). */
+void rt_registry_drain(rt_registry *r, rt_instance *in);
+/* Stops scheduling to and polling the instance; it is forgotten once nothing in flight refers to it. */
+void rt_registry_remove(rt_registry *r, rt_instance *in);
 void rt_registry_destroy(rt_registry *r);
 /* Least-loaded healthy decode/colocated instance (more free blocks, then fewer running); NULL if none. */
 rt_instance *rt_pick_decode(rt_registry *r, int tokens);

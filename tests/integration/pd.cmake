@@ -16,3 +16,15 @@ if(TARGET pdserve-router)
                    --build ${CMAKE_BINARY_DIR} --model ${CMAKE_BINARY_DIR}/models/tiny --readme ${CMAKE_SOURCE_DIR}/README.md)
   set_tests_properties(readme_examples PROPERTIES FIXTURES_REQUIRED tiny_model TIMEOUT 300)
 endif()
+if(TARGET pdserve-router AND TARGET pdserve-prefill AND TARGET pdserve-decode)
+  add_test(NAME fault_tolerance
+           COMMAND ${Python3_EXECUTABLE} ${CMAKE_CURRENT_SOURCE_DIR}/integration/fault_test.py
+                   --build ${CMAKE_BINARY_DIR} --model ${CMAKE_BINARY_DIR}/models/tiny --disconnects 1000)
+  set_tests_properties(fault_tolerance PROPERTIES FIXTURES_REQUIRED tiny_model TIMEOUT 600)
+endif()
+if(TARGET pdserve-router AND TARGET pdserve-prefill AND TARGET pdserve-decode)
+  add_test(NAME independent_scaling
+           COMMAND ${Python3_EXECUTABLE} ${CMAKE_CURRENT_SOURCE_DIR}/integration/scaling_test.py
+                   --build ${CMAKE_BINARY_DIR} --model ${CMAKE_BINARY_DIR}/models/tiny)
+  set_tests_properties(independent_scaling PROPERTIES FIXTURES_REQUIRED tiny_model TIMEOUT 300)
+endif()
