@@ -8,6 +8,7 @@
 #include <event2/http.h>
 
 #include "common/pd_common.h"
+#include "common/pd_metrics.h"
 
 typedef struct {
     size_t max_headers;  /* bytes; 0: 16 KiB */
@@ -35,6 +36,9 @@ void pd_http_reply_error(struct evhttp_request *req, int status, const char *typ
 cJSON *pd_http_error_json(int status, const char *type, const char *param, const char *msg);
 /* Reason phrase and OpenAI error type for a status: 400 invalid_request_error, 404 not_found_error, ... */
 const char *pd_http_error_type(int status);
+
+/* 200 with the registry rendered in the Prometheus text format (500 when out of memory). */
+void pd_http_reply_metrics(struct evhttp_request *req, pd_metrics *r);
 
 /* Streaming replies (chunked transfer). */
 void pd_http_stream_start(struct evhttp_request *req, int code, const char *content_type);
