@@ -7,3 +7,9 @@ if(TARGET pdserve-router AND TARGET pdserve-prefill AND TARGET pdserve-decode)
                    --build ${CMAKE_BINARY_DIR} --model ${CMAKE_BINARY_DIR}/models/tiny)
   set_tests_properties(metrics_integration PROPERTIES FIXTURES_REQUIRED tiny_model TIMEOUT 300)
 endif()
+if(TARGET pdserve-bench AND TARGET pdserve-router)
+  add_test(NAME bench_integration
+           COMMAND ${Python3_EXECUTABLE} ${CMAKE_CURRENT_SOURCE_DIR}/integration/bench_test.py
+                   --build ${CMAKE_BINARY_DIR} --model ${CMAKE_BINARY_DIR}/models/tiny)
+  set_tests_properties(bench_integration PROPERTIES FIXTURES_REQUIRED tiny_model TIMEOUT 600)
+endif()
