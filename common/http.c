@@ -69,6 +69,18 @@ void pd_http_reply_text(struct evhttp_request *req, int code, const char *conten
     evbuffer_free(b);
 }
 
+void pd_http_reply_metrics(struct evhttp_request *req, pd_metrics *r)
+{
+    char *txt = NULL;
+    size_t len = 0;
+    if (pd_metrics_render(r, &txt, &len) != PD_OK) {
+        pd_http_reply_error(req, 500, NULL, NULL, "out of memory rendering metrics");
+        return;
+    }
+    pd_http_reply_text(req, 200, "text/plain; version=0.0.4; charset=utf-8", txt, len);
+    free(txt);
+}
+
 void pd_http_reply_json(struct evhttp_request *req, int code, const cJSON *body)
 {
     char *s = cJSON_PrintUnformatted(body);

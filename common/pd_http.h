@@ -8,6 +8,7 @@
 #include <event2/http.h>
 
 #include "common/pd_common.h"
+#include "common/pd_metrics.h"
 
 typedef struct {
     size_t max_headers;  /* bytes; 0: 16 KiB */
@@ -39,6 +40,9 @@ const char *pd_http_error_type(int status);
 /* For a connection close callback: when the peer went away before the reply was finished, libevent detaches
  * the request from the connection and leaves it to its owner; this frees it. Call once, then forget req. */
 void pd_http_release_detached(struct evhttp_request *req);
+
+/* 200 with the registry rendered in the Prometheus text format (500 when out of memory). */
+void pd_http_reply_metrics(struct evhttp_request *req, pd_metrics *r);
 
 /* Streaming replies (chunked transfer). */
 void pd_http_stream_start(struct evhttp_request *req, int code, const char *content_type);

@@ -22,7 +22,7 @@ typedef struct dreq {
     struct event *kv_timer;
     kv_remote_t prefill;         /* the instance that will write our KV: we hear at once if it dies */
     uint64_t prefill_peer;
-    double t0;
+    double t0, t_kv, t_last;     /* opened, KV ready notice, last token (loop clock) */
     struct dreq *next;
 } dreq;
 
@@ -44,7 +44,7 @@ struct dec_server_s {
     char layout[160];
     dreq *reqs;
     uint64_t next_id;
-    mdl_serve_counters counters; /* for /metrics */
+    mdl_serve_metrics *metrics;
 };
 
 static dreq *find_id(dec_server *s, uint64_t id)
@@ -110,7 +110,10 @@ static void on_engine_event(void *msg, void *arg)
             }
             cJSON_AddItemToArray(tl, one);
         }
-        s->counters.gen_tokens++;
+        double now = pd_time_now();
+        pd_counter_add(s->metrics->gen_tokens, NULL, 1);
+        pd_histogram_observe(r->t_last ? s->metrics->itl : s->metrics->ttft, NULL, now - (r->t_last ? r->t_last : r->t0));
+        r->t_last = now;
         stream_line(r, o);
     } else if (ev->type == MDL_EV_DONE) {
         cJSON_AddStringToObject(o, "event", "done");
@@ -119,14 +122,24 @@ static void on_engine_event(void *msg, void *arg)
         cJSON *u = cJSON_AddObjectToObject(o, "usage");
         cJSON_AddNumberToObject(u, "prompt_tokens", ev->prompt_tokens);
         cJSON_AddNumberToObject(u, "completion_tokens", ev->completion_tokens);
+        /* PD: the engine counts the wait for the KV as queueing; split it off, the queue is the wait to join
+         * the running batch after the KV came */
+        mdl_event ph = *ev;
+        double now = pd_time_now();
+        if (r->pd) {
+            ph.t_queue = PD_MAX(0.0, now - r->t0 - ev->t_queue - ev->t_decode);
+            ph.t_prefill = 0;
+        }
         cJSON *t = cJSON_AddObjectToObject(o, "timing");
-        cJSON_AddNumberToObject(t, "queue_s", ev->t_queue);
-        cJSON_AddNumberToObject(t, "prefill_s", ev->t_prefill);
+        cJSON_AddNumberToObject(t, "queue_s", ph.t_queue);
+        cJSON_AddNumberToObject(t, "prefill_s", ph.t_prefill);
+        if (r->pd) cJSON_AddNumberToObject(t, "kv_wait_s", ev->t_queue);
         cJSON_AddNumberToObject(t, "decode_s", ev->t_decode);
         stream_line(r, o);
         if (r->http) pd_http_stream_end(r->http);
-        s->counters.finished[ev->finish]++;
-        s->counters.prompt_tokens += (uint64_t)ev->prompt_tokens;
+        mdl_serve_metrics_done(s->metrics, &ph);
+        if (ev->finish != MDL_FINISH_ABORT && ev->finish != MDL_FINISH_ERROR)
+            pd_histogram_observe(s->metrics->e2e, NULL, now - r->t0);
         pd_info("request %s: %s, %d prompt + %d generated tokens, %s, %.3f s", r->ext_id,
                 mdl_finish_str(ev->finish), ev->prompt_tokens, ev->completion_tokens, r->pd ? "pd" : "local",
                 pd_time_now() - r->t0);
@@ -227,6 +240,7 @@ static void on_kv_event(kv_context_t ctx, const kv_event *ev, void *arg)
     }
     if (ev->type == KV_EVENT_ABORTED) {
         pd_warn("request %s: KV transfer aborted: %s", r->ext_id, pd_status_str(ev->status));
+        pd_counter_add(s->metrics->kv_failures, NULL, 1);
         cJSON *o = cJSON_CreateObject();
         cJSON_AddStringToObject(o, "event", "error");
         cJSON_AddNumberToObject(o, "status", 503);
@@ -266,6 +280,8 @@ static void on_kv_event(kv_context_t ctx, const kv_event *ev, void *arg)
         return;
     }
     r->kv_arrived = 1;
+    r->t_kv = pd_time_now();
+    pd_histogram_observe(s->metrics->kv_wait, NULL, r->t_kv - r->t0);
     float *hid = malloc((size_t)h.hidden_size * sizeof(float)); /* the payload need not be aligned */
     if (hid) memcpy(hid, h.hidden, (size_t)h.hidden_size * sizeof(float));
     pd_status st = hid ? mdl_engine_kv_ready(s->eng, r->id, h.first_token, h.logprob, h.n_top, h.top_ids, h.top_lps, hid) : PD_ERR_NOMEM;
@@ -334,7 +350,7 @@ static void handle_open(dec_server *s, struct evhttp_request *req)
     pd_status st = mdl_engine_submit(s->eng, r->id, r, prompt, np, &p, pd ? MDL_REQ_REMOTE_KV : MDL_REQ_LOCAL);
     if (st != PD_OK) {
         free(r);
-        s->counters.rejected++;
+        pd_counter_add(s->metrics->rejected, NULL, 1);
         if (st == PD_ERR_RANGE)
             pd_http_reply_error(req, 400, NULL, "max_tokens",
                                 "prompt (%d tokens) + max_tokens (%d) exceeds this instance's max model length %d",
@@ -386,12 +402,6 @@ static void reply_health(dec_server *s, struct evhttp_request *req)
     cJSON_Delete(o);
 }
 
-static void reply_metrics(dec_server *s, struct evhttp_request *req)
-{
-    char buf[8192];
-    size_t n = mdl_serve_metrics(s->eng, &s->counters, buf, sizeof buf);
-    pd_http_reply_text(req, 200, "text/plain; version=0.0.4", buf, n);
-}
 
 static void drain_check_cb(evutil_socket_t fd, short what, void *arg)
 {
@@ -461,7 +471,7 @@ static void gencb(struct evhttp_request *req, void *arg)
     } else if (!strcmp(path, "/health")) {
         reply_health(s, req);
     } else if (!strcmp(path, "/metrics")) {
-        reply_metrics(s, req);
+        pd_http_reply_metrics(req, s->metrics->reg);
     } else {
         pd_http_reply_error(req, 404, NULL, NULL, "no route %s", path);
     }
@@ -508,6 +518,8 @@ pd_status dec_server_create(struct event_base *base, dec_opts *o, dec_server **o
         goto fail_server;
     }
     mdl_engine_layout(s->eng, s->layout, sizeof s->layout);
+    if ((st = mdl_serve_metrics_create(s->eng, o->colocated ? "colocated" : "decode", &s->metrics)) != PD_OK)
+        goto fail_server;
     pd_http_limits lim = {.max_body = 64u << 20};
     if ((st = pd_http_server_create(base, o->host, o->port, &lim, gencb, s, &s->http, bound_port)) != PD_OK)
         goto fail_server;
@@ -537,6 +549,7 @@ void dec_server_destroy(dec_server *s)
     if (s->drain_timer) event_free(s->drain_timer);
     if (s->http) evhttp_free(s->http);
     mdl_engine_destroy(s->eng); /* no more events; its pool lives in the region's memory */
+    mdl_serve_metrics_destroy(s->metrics);
     while (s->reqs) dreq_free(s, s->reqs);
     pd_mailbox_destroy(s->mb);
     free(s->desc);

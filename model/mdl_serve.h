@@ -6,6 +6,7 @@
 
 #include <cJSON.h>
 
+#include "common/pd_metrics.h"
 #include "common/pd_opts.h"
 #include "model/mdl_engine.h"
 
@@ -40,15 +41,30 @@ pd_status mdl_serve_load(mdl_serve_opts *o, mdl_model **m, mdl_engine_opts *eo, 
 pd_status mdl_serve_parse_gen(const mdl_model *m, const cJSON *root, int default_seed, uint64_t salt, int32_t **prompt,
                               int *n_prompt, mdl_gen_params *p, char *err, size_t errlen);
 
+/* The metrics every serving process exports (GET /metrics), on a registry of its own that other components
+ * extend with families of theirs (pd_metrics_counter(m->reg, ...)): engine gauges read at each scrape, request
+ * and token counters, latency histograms; the KV-transfer families exist in the roles that transfer. */
 typedef struct {
-    uint64_t finished[4]; /* by mdl_finish */
-    uint64_t rejected, gen_tokens, prompt_tokens;
-} mdl_serve_counters;
+    pd_metrics *reg;
+    mdl_engine *eng;
+    pd_metric *running, *waiting, *kv_usage, *free_blocks, *total_blocks, *steps; /* read from the engine */
+    pd_metric *prompt_tokens, *gen_tokens, *success, *rejected;
+    pd_metric *ttft, *itl, *e2e, *queue, *prefill, *decode;
+    pd_metric *kv_bytes, *kv_failures, *kv_xfer_time, *kv_xfer_duration; /* prefill (failures also decode) */
+    pd_metric *kv_wait;                                                     /* decode: reservation -> KV ready */
+    pd_metric *spec_drafts, *spec_draft_tokens, *spec_accepted, *spec_accepted_pos; /* MTP speculation */
+    pd_metric *graph_steps, *graph_padded;                                  /* captured batch sizes */
+} mdl_serve_metrics;
+
+/* role: "prefill", "decode" or "colocated". The engine must outlive the metrics. */
+pd_status mdl_serve_metrics_create(mdl_engine *e, const char *role, mdl_serve_metrics **out);
+void mdl_serve_metrics_destroy(mdl_serve_metrics *m);
+/* Records a finished request from its DONE event: finish reason; unless aborted, prompt tokens and the phase
+ * times (t_queue, t_prefill when > 0, t_decode). */
+void mdl_serve_metrics_done(mdl_serve_metrics *m, const mdl_event *ev);
 
 /* GET /health body: status, role, model, layout, max_model_len, load{running, waiting, free_blocks, ...}. */
 cJSON *mdl_serve_health(mdl_engine *e, const char *role, const char *model);
-/* Prometheus text of the engine's gauges and the counters; returns bytes written. */
-size_t mdl_serve_metrics(mdl_engine *e, const mdl_serve_counters *c, char *buf, size_t cap);
 
 /* The ready notice: request id, first token and its logprobs, the last prompt position's hidden state. */
 typedef struct {

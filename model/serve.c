@@ -358,64 +358,116 @@ cJSON *mdl_serve_health(mdl_engine *e, const char *role, const char *model)
     return o;
 }
 
-size_t mdl_serve_metrics(mdl_engine *e, const mdl_serve_counters *c, char *buf, size_t cap)
+static void collect_cb(pd_metrics *reg, void *arg)
 {
+    (void)reg;
+    mdl_serve_metrics *m = arg;
     mdl_engine_stats st;
-    mdl_engine_get_stats(e, &st);
-    int n = snprintf(buf, cap,
-                     "# HELP pdserve_num_requests_running Requests in the running batch.\n"
-                     "# TYPE pdserve_num_requests_running gauge\npdserve_num_requests_running %d\n"
-                     "# HELP pdserve_num_requests_waiting Requests waiting for prefill or for their KV.\n"
-                     "# TYPE pdserve_num_requests_waiting gauge\npdserve_num_requests_waiting %d\n"
-                     "# HELP pdserve_kv_cache_usage_perc Fraction of KV cache blocks in use (0-1).\n"
-                     "# TYPE pdserve_kv_cache_usage_perc gauge\npdserve_kv_cache_usage_perc %.6f\n"
-                     "# HELP pdserve_kv_cache_free_blocks Free KV cache blocks.\n"
-                     "# TYPE pdserve_kv_cache_free_blocks gauge\npdserve_kv_cache_free_blocks %d\n"
-                     "# HELP pdserve_generation_tokens_total Tokens generated.\n"
-                     "# TYPE pdserve_generation_tokens_total counter\npdserve_generation_tokens_total %llu\n"
-                     "# HELP pdserve_prompt_tokens_total Prompt tokens processed.\n"
-                     "# TYPE pdserve_prompt_tokens_total counter\npdserve_prompt_tokens_total %llu\n"
-                     "# HELP pdserve_request_rejected_total Requests refused at admission.\n"
-                     "# TYPE pdserve_request_rejected_total counter\npdserve_request_rejected_total %llu\n"
-                     "# HELP pdserve_request_success_total Finished requests by finish reason.\n"
-                     "# TYPE pdserve_request_success_total counter\n",
-                     st.running, st.waiting, 1.0 - (double)st.free_blocks / st.total_blocks, st.free_blocks,
-                     (unsigned long long)c->gen_tokens, (unsigned long long)c->prompt_tokens,
-                     (unsigned long long)c->rejected);
-    for (int f = 0; f < 4 && n > 0 && (size_t)n < cap; f++)
-        n += snprintf(buf + n, cap - (size_t)n, "pdserve_request_success_total{finished_reason=\"%s\"} %llu\n",
-                      mdl_finish_str((mdl_finish)f), (unsigned long long)c->finished[f]);
-    /* speculative decoding (vLLM's spec_decode_* names) and captured batch sizes */
-    if (n > 0 && (size_t)n < cap)
-        n += snprintf(buf + n, cap - (size_t)n,
-                      "# HELP pdserve_spec_decode_num_drafts_total Sequence-steps that drafted with MTP.\n"
-                      "# TYPE pdserve_spec_decode_num_drafts_total counter\npdserve_spec_decode_num_drafts_total %llu\n"
-                      "# HELP pdserve_spec_decode_num_draft_tokens_total Draft tokens proposed.\n"
-                      "# TYPE pdserve_spec_decode_num_draft_tokens_total counter\n"
-                      "pdserve_spec_decode_num_draft_tokens_total %llu\n"
-                      "# HELP pdserve_spec_decode_num_accepted_tokens_total Draft tokens accepted.\n"
-                      "# TYPE pdserve_spec_decode_num_accepted_tokens_total counter\n"
-                      "pdserve_spec_decode_num_accepted_tokens_total %llu\n"
-                      "# HELP pdserve_spec_decode_num_accepted_tokens_per_pos_total Draft tokens accepted by position.\n"
-                      "# TYPE pdserve_spec_decode_num_accepted_tokens_per_pos_total counter\n",
-                      (unsigned long long)st.spec_seq_steps, (unsigned long long)st.spec_drafted,
-                      (unsigned long long)st.spec_accepted);
-    for (int j = 0; j < MDL_MAX_SPEC_TOKENS && n > 0 && (size_t)n < cap; j++)
-        n += snprintf(buf + n, cap - (size_t)n, "pdserve_spec_decode_num_accepted_tokens_per_pos_total{position=\"%d\"} %llu\n",
-                      j, (unsigned long long)st.spec_accepted_at[j]);
-    if (n > 0 && (size_t)n < cap)
-        n += snprintf(buf + n, cap - (size_t)n,
-                      "# HELP pdserve_decode_graph_steps_total Decode steps by captured batch size (eager: general path).\n"
-                      "# TYPE pdserve_decode_graph_steps_total counter\n"
-                      "pdserve_decode_graph_steps_total{size=\"eager\"} %llu\n",
-                      (unsigned long long)st.graph_eager_steps);
-    for (int i = 0; i < st.n_graph_sizes && n > 0 && (size_t)n < cap; i++)
-        n += snprintf(buf + n, cap - (size_t)n, "pdserve_decode_graph_steps_total{size=\"%d\"} %llu\n",
-                      st.graph_sizes[i], (unsigned long long)st.graph_steps[i]);
-    if (n > 0 && (size_t)n < cap)
-        n += snprintf(buf + n, cap - (size_t)n,
-                      "# HELP pdserve_decode_graph_padded_rows_total Padding rows added to reach a captured size.\n"
-                      "# TYPE pdserve_decode_graph_padded_rows_total counter\npdserve_decode_graph_padded_rows_total %llu\n",
-                      (unsigned long long)st.graph_padded_rows);
-    return n < 0 ? 0 : PD_MIN((size_t)n, cap - 1);
+    mdl_engine_get_stats(m->eng, &st);
+    pd_gauge_set(m->running, NULL, st.running);
+    pd_gauge_set(m->waiting, NULL, st.waiting);
+    pd_gauge_set(m->kv_usage, NULL, st.total_blocks ? 1.0 - (double)st.free_blocks / st.total_blocks : 0);
+    pd_gauge_set(m->free_blocks, NULL, st.free_blocks);
+    pd_gauge_set(m->total_blocks, NULL, st.total_blocks);
+    pd_counter_set(m->steps, NULL, (double)st.steps);
+    /* speculative decoding and captured batch sizes */
+    pd_counter_set(m->spec_drafts, NULL, (double)st.spec_seq_steps);
+    pd_counter_set(m->spec_draft_tokens, NULL, (double)st.spec_drafted);
+    pd_counter_set(m->spec_accepted, NULL, (double)st.spec_accepted);
+    for (int i = 0; i < MDL_MAX_SPEC_TOKENS && st.spec_seq_steps > 0; i++) {
+        char pos[8];
+        snprintf(pos, sizeof pos, "%d", i);
+        pd_counter_set(m->spec_accepted_pos, PD_LV(pos), (double)st.spec_accepted_at[i]);
+    }
+    pd_counter_set(m->graph_steps, PD_LV("eager"), (double)st.graph_eager_steps);
+    for (int i = 0; i < st.n_graph_sizes; i++) {
+        char size[16];
+        snprintf(size, sizeof size, "%d", st.graph_sizes[i]);
+        pd_counter_set(m->graph_steps, PD_LV(size), (double)st.graph_steps[i]);
+    }
+    pd_counter_set(m->graph_padded, NULL, (double)st.graph_padded_rows);
+}
+
+pd_status mdl_serve_metrics_create(mdl_engine *e, const char *role, mdl_serve_metrics **out)
+{
+    mdl_serve_metrics *m = calloc(1, sizeof *m);
+    if (!m) return PD_ERR_NOMEM;
+    m->eng = e;
+    pd_status st = pd_metrics_create(&m->reg);
+    if (st != PD_OK) goto fail_metrics;
+    pd_metrics *r = m->reg;
+#define G(field, name, help) if (st == PD_OK) st = pd_metrics_gauge(r, name, help, NULL, &m->field)
+#define C(field, name, help, labels) if (st == PD_OK) st = pd_metrics_counter(r, name, help, labels, &m->field)
+#define H(field, name, help, b) if (st == PD_OK) st = pd_metrics_histogram(r, name, help, NULL, b, b##_n, &m->field)
+    G(running, "pdserve_num_requests_running", "Requests in the running batch.");
+    G(waiting, "pdserve_num_requests_waiting", "Requests waiting for prefill or for their KV.");
+    G(kv_usage, "pdserve_kv_cache_usage_perc", "Fraction of KV cache blocks in use (0-1).");
+    G(free_blocks, "pdserve_kv_cache_free_blocks", "Free KV cache blocks.");
+    G(total_blocks, "pdserve_kv_cache_total_blocks", "KV cache blocks in the pool.");
+    C(steps, "pdserve_engine_steps_total", "Engine steps (batched forward passes).", NULL);
+    C(gen_tokens, "pdserve_generation_tokens_total", "Tokens generated.", NULL);
+    C(prompt_tokens, "pdserve_prompt_tokens_total", "Prompt tokens processed.", NULL);
+    C(rejected, "pdserve_request_rejected_total", "Requests refused at admission.", NULL);
+    C(success, "pdserve_request_success_total", "Finished requests by finish reason.", "finished_reason");
+    C(spec_drafts, "pdserve_spec_decode_num_drafts_total", "Sequence-steps that drafted with MTP.", NULL);
+    C(spec_draft_tokens, "pdserve_spec_decode_num_draft_tokens_total", "Draft tokens proposed.", NULL);
+    C(spec_accepted, "pdserve_spec_decode_num_accepted_tokens_total", "Draft tokens accepted.", NULL);
+    C(spec_accepted_pos, "pdserve_spec_decode_num_accepted_tokens_per_pos_total",
+      "Draft tokens accepted, by draft position.", "position");
+    C(graph_steps, "pdserve_decode_graph_steps_total", "Decode steps by captured batch size (eager: general path).",
+      "size");
+    C(graph_padded, "pdserve_decode_graph_padded_rows_total", "Padding rows added to reach a captured size.", NULL);
+    H(queue, "pdserve_request_queue_time_seconds", "Time requests waited before their prefill started.",
+      pd_buckets_ttft);
+    H(prefill, "pdserve_request_prefill_time_seconds", "Time requests spent in prefill compute.", pd_buckets_ttft);
+    if (strcmp(role, "prefill") != 0) {
+        H(ttft, "pdserve_time_to_first_token_seconds",
+          "Time from a request's arrival at this instance to its first token.", pd_buckets_ttft);
+        H(itl, "pdserve_inter_token_latency_seconds", "Time between consecutive tokens of a request.",
+          pd_buckets_itl);
+        H(e2e, "pdserve_e2e_request_latency_seconds", "Time from a request's arrival to its end.",
+          pd_buckets_request);
+        H(decode, "pdserve_request_decode_time_seconds", "Time requests spent in the decode phase.",
+          pd_buckets_request);
+    }
+    if (strcmp(role, "colocated") != 0)
+        C(kv_failures, "pdserve_kv_transfer_failures_total", "KV transfers that failed.", NULL);
+    if (!strcmp(role, "prefill")) {
+        C(kv_bytes, "pdserve_kv_transfer_bytes_total", "Bytes of KV blocks sent.", NULL);
+        H(kv_xfer_time, "pdserve_request_kv_transfer_time_seconds",
+          "Time from the end of a request's prefill until its ready notice was delivered.", pd_buckets_ttft);
+        H(kv_xfer_duration, "pdserve_kv_transfer_duration_seconds",
+          "Time from a request's first block put until its ready notice was delivered.", pd_buckets_ttft);
+    }
+    if (!strcmp(role, "decode"))
+        H(kv_wait, "pdserve_request_kv_wait_time_seconds",
+          "Time from a request's block reservation until its KV and ready notice arrived.", pd_buckets_ttft);
+#undef G
+#undef C
+#undef H
+    if (st == PD_OK) st = pd_metrics_on_collect(r, collect_cb, m);
+    if (st != PD_OK) goto fail_metrics;
+    for (int f = 0; f < 4; f++) pd_counter_add(m->success, PD_LV(mdl_finish_str((mdl_finish)f)), 0);
+    *out = m;
+    return PD_OK;
+fail_metrics:
+    mdl_serve_metrics_destroy(m);
+    return st;
+}
+
+void mdl_serve_metrics_destroy(mdl_serve_metrics *m)
+{
+    if (!m) return;
+    pd_metrics_destroy(m->reg);
+    free(m);
+}
+
+void mdl_serve_metrics_done(mdl_serve_metrics *m, const mdl_event *ev)
+{
+    pd_counter_add(m->success, PD_LV(mdl_finish_str(ev->finish)), 1);
+    if (ev->finish == MDL_FINISH_ABORT || ev->finish == MDL_FINISH_ERROR) return; /* partial phases mislead */
+    pd_counter_add(m->prompt_tokens, NULL, ev->prompt_tokens);
+    pd_histogram_observe(m->queue, NULL, ev->t_queue);
+    if (ev->t_prefill > 0) pd_histogram_observe(m->prefill, NULL, ev->t_prefill); /* 0: prefilled elsewhere */
+    if (m->decode) pd_histogram_observe(m->decode, NULL, ev->t_decode);
 }

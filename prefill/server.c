@@ -33,6 +33,7 @@ typedef struct preq {
     float *hidden;
     int n_prompt;
     double t0, t_prefilled, t_xfer0;
+    double eng_queue, eng_prefill; /* the engine's queue and compute times */
     struct preq *next;
 } preq;
 
@@ -55,8 +56,7 @@ struct pf_server_s {
     char *desc;                /* our region's descriptor */
     preq *reqs;
     uint64_t next_id;
-    mdl_serve_counters counters;
-    uint64_t xfer_bytes, xfer_failures;
+    mdl_serve_metrics *metrics;
 };
 
 static preq *find_id(pf_server *s, uint64_t id)
@@ -114,9 +114,14 @@ static void reply_and_end(preq *r, int status, const char *msg)
         cJSON *o = cJSON_CreateObject();
         cJSON_AddNumberToObject(o, "first_token", r->h.first_token);
         cJSON_AddNumberToObject(o, "prompt_tokens", r->n_prompt);
+        /* queue: waiting for the engine; prefill: compute; transfer: what the transfer added after the compute
+         * (prefill end -> notice delivered); transfer_total: first block put -> notice delivered */
+        double now = pd_time_now();
         cJSON *t = cJSON_AddObjectToObject(o, "timing");
-        cJSON_AddNumberToObject(t, "prefill_s", r->t_prefilled - r->t0);
-        cJSON_AddNumberToObject(t, "transfer_s", pd_time_now() - r->t_xfer0);
+        cJSON_AddNumberToObject(t, "queue_s", r->eng_queue);
+        cJSON_AddNumberToObject(t, "prefill_s", r->eng_prefill);
+        cJSON_AddNumberToObject(t, "transfer_s", now - r->t_prefilled);
+        cJSON_AddNumberToObject(t, "transfer_total_s", now - r->t_xfer0);
         pd_http_reply_json(req, 200, o);
         cJSON_Delete(o);
     } else {
@@ -128,7 +133,6 @@ static void fail_req(preq *r, int status, const char *msg)
 {
     if (r->failed) return;
     r->failed = 1;
-    r->s->xfer_failures += status == 503;
     pd_warn("prefill %s: %s", r->ext_id, msg);
     reply_and_end(r, status, msg);
     for (int i = 0; i < (int)PD_ARRAY_LEN(r->xfers); i++)
@@ -149,11 +153,14 @@ static void xfer_cb(kv_xfer_t x, pd_status st, void *arg)
     if (st != PD_OK && !r->failed) {
         char msg[160];
         snprintf(msg, sizeof msg, "KV transfer to the decode instance failed: %s", pd_status_str(st));
+        pd_counter_add(r->s->metrics->kv_failures, NULL, 1);
         fail_req(r, 503, msg);
     } else if (!r->failed) {
         if (r->notice_started && r->outstanding == 0) { /* the notice is delivered: done */
             pd_info("prefill %s: %d prompt tokens, %d blocks, prefill %.3f s, transfer %.3f s", r->ext_id,
                     r->n_prompt, r->n_src, r->t_prefilled - r->t0, pd_time_now() - r->t_xfer0);
+            pd_histogram_observe(r->s->metrics->kv_xfer_time, NULL, pd_time_now() - r->t_prefilled);
+            pd_histogram_observe(r->s->metrics->kv_xfer_duration, NULL, pd_time_now() - r->t_xfer0);
             reply_and_end(r, 200, NULL);
         } else if (r->prefilled && !r->notice_started && r->outstanding == 0) {
             start_xfer(r, r->n_src, 1);
@@ -229,12 +236,13 @@ static void start_xfer(preq *r, int upto, int with_notice)
     if (st != PD_OK) {
         char msg[160];
         snprintf(msg, sizeof msg, "cannot start the KV transfer: %s", pd_status_str(st));
+        pd_counter_add(s->metrics->kv_failures, NULL, 1);
         fail_req(r, st == PD_ERR_RANGE ? 400 : 503, msg);
         return;
     }
     r->outstanding++;
     r->sent = upto;
-    s->xfer_bytes += (uint64_t)n * pool->block_bytes;
+    pd_counter_add(s->metrics->kv_bytes, NULL, (double)n * (double)pool->block_bytes);
     if (with_notice) r->notice_started = 1;
 }
 
@@ -253,6 +261,8 @@ static void on_engine_event(void *msg, void *arg)
     case MDL_EV_PREFILLED:
         r->prefilled = 1;
         r->t_prefilled = pd_time_now();
+        r->eng_queue = ev->t_queue;
+        r->eng_prefill = ev->t_prefill;
         r->h.req_id = r->tag;
         r->h.first_token = ev->token;
         r->h.logprob = ev->logprob;
@@ -262,13 +272,12 @@ static void on_engine_event(void *msg, void *arg)
         r->h.hidden_size = s->m->cfg.hidden_size;
         memcpy(r->hidden, (const uint8_t *)msg + sizeof(mdl_event), (size_t)r->h.hidden_size * sizeof(float));
         r->h.hidden = r->hidden;
-        s->counters.prompt_tokens += (uint64_t)ev->prompt_tokens;
         if (!r->failed && r->outstanding == 0) start_xfer(r, r->n_src, 1);
         else if (r->failed) release_engine(r);
         break;
     case MDL_EV_DONE:
         r->engine_gone = 1;
-        s->counters.finished[ev->finish]++;
+        mdl_serve_metrics_done(s->metrics, ev);
         if (!r->prefilled && !r->failed) fail_req(r, 503, "prefill aborted");
         maybe_free(r);
         break;
@@ -398,7 +407,7 @@ static void handle_prefill(pf_server *s, struct evhttp_request *req)
     p.max_tokens = 1; /* the first token only */
     pd_status st = mdl_engine_submit(s->eng, r->id, r, prompt, np, &p, MDL_REQ_PREFILL_ONLY);
     if (st != PD_OK) {
-        s->counters.rejected++;
+        pd_counter_add(s->metrics->rejected, NULL, 1);
         status = st == PD_ERR_BUSY || st == PD_ERR_FULL ? 429 : 400;
         snprintf(err, sizeof err, "%s", st == PD_ERR_BUSY || st == PD_ERR_FULL ? "prefill queue or KV cache full; retry later"
                                         : st == PD_ERR_RANGE ? "prompt longer than this instance's max model length"
@@ -501,15 +510,7 @@ static void gencb(struct evhttp_request *req, void *arg)
         pd_http_reply_json(req, s->draining ? 503 : 200, o);
         cJSON_Delete(o);
     } else if (!strcmp(path, "/metrics")) {
-        char buf[8192];
-        size_t n = mdl_serve_metrics(s->eng, &s->counters, buf, sizeof buf);
-        n += (size_t)snprintf(buf + n, sizeof buf - n,
-                              "# HELP pdserve_kv_transfer_bytes_total Bytes of KV blocks sent.\n"
-                              "# TYPE pdserve_kv_transfer_bytes_total counter\npdserve_kv_transfer_bytes_total %llu\n"
-                              "# HELP pdserve_kv_transfer_failures_total KV transfers that failed.\n"
-                              "# TYPE pdserve_kv_transfer_failures_total counter\npdserve_kv_transfer_failures_total %llu\n",
-                              (unsigned long long)s->xfer_bytes, (unsigned long long)s->xfer_failures);
-        pd_http_reply_text(req, 200, "text/plain; version=0.0.4", buf, PD_MIN(n, sizeof buf - 1));
+        pd_http_reply_metrics(req, s->metrics->reg);
     } else {
         pd_http_reply_error(req, 404, NULL, NULL, "no route %s", path);
     }
@@ -534,6 +535,7 @@ pd_status pf_server_create(struct event_base *base, pf_opts *o, pf_server **out,
         goto fail_server;
     }
     mdl_engine_layout(s->eng, s->layout, sizeof s->layout);
+    if ((st = mdl_serve_metrics_create(s->eng, "prefill", &s->metrics)) != PD_OK) goto fail_server;
     kv_params_t kp = {.field_mask = KV_PARAM_FIELD_MAX_NOTICE | KV_PARAM_FIELD_XFER_TIMEOUT,
                       .xfer_timeout = o->kv_xfer_timeout,
                       .max_notice = 4096 + (size_t)s->m->cfg.hidden_size * sizeof(float)};
@@ -575,6 +577,7 @@ void pf_server_destroy(pf_server *s)
     kv_region_destroy(s->region);
     kv_context_destroy(s->kv); /* cancels transfers in flight; their callbacks run while the engine lives */
     mdl_engine_destroy(s->eng);
+    mdl_serve_metrics_destroy(s->metrics);
     while (s->reqs) {
         preq *r = s->reqs;
         s->reqs = r->next;

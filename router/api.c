@@ -1,7 +1,7 @@
 /* The OpenAI-compatible API: /v1/completions, /v1/chat/completions (JSON or SSE), /v1/models, /tokenize,
- * /detokenize, /health, /metrics, /admin/instances. Requests are validated here (clear 400s naming the
- * field), turned into token prompts, split into choices (prompt x n) that relay.c runs, and answered in
- * OpenAI's shapes. */
+ * /detokenize, /health, /metrics, /admin/instances, /admin/stats, /dashboard. Requests are validated here (clear
+ * 400s naming the field), turned into token prompts, split into choices (prompt x n) that relay.c runs, and
+ * answered in OpenAI's shapes. */
 #include <event2/buffer.h>
 #include <event2/keyvalq_struct.h>
 #include <stdarg.h>
@@ -89,7 +89,7 @@ static void close_cb(struct evhttp_connection *c, void *arg)
     r->http = NULL;
     pd_info("router: %s: client went away; aborting", r->id);
     for (int i = 0; i < r->n_ch; i++) rt_choice_cancel(&r->ch[i]);
-    r->rt->finished[2]++;
+    pd_counter_add(r->rt->m.finished, PD_LV("abort"), 1);
     req_free(r);
 }
 
@@ -221,6 +221,24 @@ static cJSON *stop_reason(const rt_choice *c)
     return cJSON_CreateNull();
 }
 
+/* The phase timings of one choice (the pdserve_timing extension field). */
+static cJSON *timing_json(const rt_choice *c)
+{
+    cJSON *t = cJSON_CreateObject();
+    cJSON_AddNumberToObject(t, "queue_s", c->timing_queue);
+    cJSON_AddNumberToObject(t, "prefill_s", c->timing_prefill);
+    cJSON_AddNumberToObject(t, "transfer_s", c->timing_transfer);
+    cJSON_AddNumberToObject(t, "decode_s", c->timing_decode);
+    return t;
+}
+
+static void count_error(rt_router *rt, int status)
+{
+    char code[16];
+    snprintf(code, sizeof code, "%d", status);
+    pd_counter_add(rt->m.errors, PD_LV(code), 1);
+}
+
 static void send_error(rt_req *r, int status, const char *msg)
 {
     if (!r->http || r->error_sent) return;
@@ -267,8 +285,9 @@ void rt_req_choice_done(rt_req *r, rt_choice *c)
                 rt_choice_cancel(&r->ch[i]);
                 r->n_done++;
             }
-        rt->n_errors++;
-        rt->finished[3]++;
+        pd_counter_add(rt->m.failed, NULL, 1);
+        pd_counter_add(rt->m.finished, PD_LV("error"), 1);
+        count_error(rt, c->failed_status);
         pd_warn("router: %s failed: %s", r->id, c->failed_msg);
         send_error(r, c->failed_status, c->failed_msg);
         log_request(r, "failed");
@@ -285,13 +304,19 @@ void rt_req_choice_done(rt_req *r, rt_choice *c)
         cJSON_AddStringToObject(ch, "finish_reason", c->finish);
         cJSON_AddItemToObject(ch, "stop_reason", stop_reason(c));
         cJSON_AddItemToArray(chs, ch);
+        cJSON_AddItemToObject(o, "pdserve_timing", timing_json(c)); /* extension: this choice's phase times */
         sse_send(r, o);
         cJSON_Delete(o);
     }
     if (r->n_done < r->n_ch) return;
-    rt->prompt_tokens += (uint64_t)r->prompt_tokens;
-    for (int i = 0; i < r->n_ch; i++)
-        rt->finished[!strcmp(r->ch[i].finish, "length") ? 1 : !strcmp(r->ch[i].finish, "abort") ? 2 : 0]++;
+    pd_counter_add(rt->m.prompt_tokens, NULL, r->prompt_tokens);
+    for (int i = 0; i < r->n_ch; i++) {
+        const char *f = r->ch[i].finish;
+        pd_counter_add(rt->m.finished, PD_LV(!strcmp(f, "length") ? "length" : !strcmp(f, "abort") ? "abort" : "stop"), 1);
+        rt_metrics_choice(rt, &r->ch[i]);
+    }
+    pd_histogram_observe(rt->m.e2e, NULL, pd_time_now() - r->t0);
+    rt_stats_sample(rt->stats, RT_SAMPLE_E2E, pd_time_now() - r->t0);
     if (r->stream) {
         if (r->include_usage) {
             cJSON *o = chunk_base(r);
@@ -334,11 +359,7 @@ void rt_req_choice_done(rt_req *r, rt_choice *c)
             cJSON_AddItemToArray(chs, ch);
         }
         cJSON_AddItemToObject(o, "usage", usage_json(r));
-        cJSON *t = cJSON_AddObjectToObject(o, "pdserve_timing"); /* phase timings of the first choice */
-        cJSON_AddNumberToObject(t, "queue_s", r->ch[0].timing_queue);
-        cJSON_AddNumberToObject(t, "prefill_s", r->ch[0].timing_prefill);
-        cJSON_AddNumberToObject(t, "transfer_s", r->ch[0].timing_transfer);
-        cJSON_AddNumberToObject(t, "decode_s", r->ch[0].timing_decode);
+        cJSON_AddItemToObject(o, "pdserve_timing", timing_json(&r->ch[0])); /* phase timings of the first choice */
         pd_http_reply_json(r->http, 200, o);
         cJSON_Delete(o);
     }
@@ -621,12 +642,12 @@ static void handle_generate(rt_router *rt, struct evhttp_request *http, int chat
                             (unsigned long long)rt->o->max_body);
         return;
     }
-    rt->n_requests++;
+    pd_counter_add(rt->m.requests, NULL, 1);
     int inflight = 0;
     for (rt_req *q = rt->reqs; q; q = q->next) inflight++;
     if (rt->o->max_queued > 0 && inflight >= rt->o->max_queued) {
         free(body);
-        rt->n_rejected++;
+        pd_counter_add(rt->m.rejected, NULL, 1);
         evhttp_add_header(evhttp_request_get_output_headers(http), "Retry-After", "1");
         pd_http_reply_error(http, 429, NULL, NULL, "server overloaded: %d requests in flight; retry later", inflight);
         return;
@@ -817,7 +838,8 @@ static void handle_generate(rt_router *rt, struct evhttp_request *http, int chat
     }
     return;
 refuse:
-    rt->n_rejected++;
+    pd_counter_add(rt->m.rejected, NULL, 1);
+    count_error(rt, e.status ? e.status : 400);
     if (e.status != 400) {
         if (e.status == 503) evhttp_add_header(evhttp_request_get_output_headers(http), "Retry-After", "1");
     }
@@ -900,47 +922,6 @@ static void handle_models(rt_router *rt, struct evhttp_request *http)
     cJSON_AddItemToArray(d, m);
     pd_http_reply_json(http, 200, o);
     cJSON_Delete(o);
-}
-
-static void handle_metrics(rt_router *rt, struct evhttp_request *http)
-{
-    struct evbuffer *b = evbuffer_new();
-    int running = 0;
-    for (rt_req *r = rt->reqs; r; r = r->next) running++;
-    evbuffer_add_printf(b,
-                        "# HELP pdserve_router_requests_total Generation requests received.\n"
-                        "# TYPE pdserve_router_requests_total counter\npdserve_router_requests_total %llu\n"
-                        "# HELP pdserve_router_requests_rejected_total Requests refused before they started.\n"
-                        "# TYPE pdserve_router_requests_rejected_total counter\npdserve_router_requests_rejected_total %llu\n"
-                        "# HELP pdserve_router_requests_failed_total Requests that failed after they started.\n"
-                        "# TYPE pdserve_router_requests_failed_total counter\npdserve_router_requests_failed_total %llu\n"
-                        "# HELP pdserve_router_requests_running Requests in flight.\n"
-                        "# TYPE pdserve_router_requests_running gauge\npdserve_router_requests_running %d\n"
-                        "# HELP pdserve_router_prompt_tokens_total Prompt tokens of finished requests.\n"
-                        "# TYPE pdserve_router_prompt_tokens_total counter\npdserve_router_prompt_tokens_total %llu\n"
-                        "# HELP pdserve_router_generation_tokens_total Tokens relayed to clients.\n"
-                        "# TYPE pdserve_router_generation_tokens_total counter\npdserve_router_generation_tokens_total %llu\n"
-                        "# HELP pdserve_router_choices_finished_total Finished choices by reason.\n"
-                        "# TYPE pdserve_router_choices_finished_total counter\n",
-                        (unsigned long long)rt->n_requests, (unsigned long long)rt->n_rejected,
-                        (unsigned long long)rt->n_errors, running, (unsigned long long)rt->prompt_tokens,
-                        (unsigned long long)rt->gen_tokens);
-    static const char *why[] = {"stop", "length", "abort", "error"};
-    for (int i = 0; i < 4; i++)
-        evbuffer_add_printf(b, "pdserve_router_choices_finished_total{finished_reason=\"%s\"} %llu\n", why[i],
-                            (unsigned long long)rt->finished[i]);
-    cJSON *inst = rt_registry_json(rt->reg);
-    evbuffer_add_printf(b, "# HELP pdserve_router_instance_healthy Health of each instance (1 healthy).\n"
-                           "# TYPE pdserve_router_instance_healthy gauge\n");
-    const cJSON *x;
-    cJSON_ArrayForEach(x, inst)
-    evbuffer_add_printf(b, "pdserve_router_instance_healthy{instance=\"%s\",role=\"%s\"} %d\n",
-                        cJSON_GetObjectItem(x, "address")->valuestring, cJSON_GetObjectItem(x, "role")->valuestring,
-                        cJSON_IsTrue(cJSON_GetObjectItem(x, "healthy")));
-    cJSON_Delete(inst);
-    evhttp_add_header(evhttp_request_get_output_headers(http), "Content-Type", "text/plain; version=0.0.4");
-    evhttp_send_reply(http, 200, "OK", b);
-    evbuffer_free(b);
 }
 
 /* POST /admin/instances {"address": "host:port", "role": "prefill"|"decode"}: add or re-register;
@@ -1037,7 +1018,11 @@ static void gencb(struct evhttp_request *http, void *arg)
     } else if (!strncmp(path, "/admin/instances", 16)) {
         handle_admin(rt, http, path + 16, m);
     } else if (!strcmp(path, "/metrics") && get) {
-        handle_metrics(rt, http);
+        pd_http_reply_metrics(http, rt->m.reg);
+    } else if (!strcmp(path, "/admin/stats") && get) {
+        rt_stats_reply(rt->stats, http);
+    } else if ((!strcmp(path, "/dashboard") || !strcmp(path, "/dashboard/")) && get) {
+        rt_dashboard_reply(http);
     } else {
         pd_http_reply_error(http, 404, NULL, NULL, "no route %s %s", get ? "GET" : post ? "POST" : "", path);
     }
@@ -1076,6 +1061,7 @@ pd_status rt_router_create(struct event_base *base, rt_opts *o, rt_router **out,
     }
     if ((st = rt_registry_create(base, o->prefill, o->decode, o->health_interval, policy, &rt->reg)) != PD_OK)
         goto fail_router;
+    if ((st = rt_metrics_init(rt)) != PD_OK || (st = rt_stats_create(rt, &rt->stats)) != PD_OK) goto fail_router;
     pd_http_limits lim = {.max_body = o->max_body, .max_headers = 16384};
     if ((st = pd_http_server_create(base, o->host, o->port, &lim, gencb, rt, &rt->http, bound_port)) != PD_OK)
         goto fail_router;
@@ -1096,7 +1082,9 @@ void rt_router_destroy(rt_router *rt)
         }
     if (rt->http) evhttp_free(rt->http);
     while (rt->reqs) req_free(rt->reqs);
+    rt_stats_destroy(rt->stats);
     rt_registry_destroy(rt->reg);
+    rt_metrics_free(rt);
     mdl_chat_template_destroy(rt->tmpl);
     mdl_tokenizer_destroy(rt->tok);
     free(rt);

@@ -187,12 +187,19 @@ static int retry_elsewhere(rt_choice *c)
     c->kv_untouched = 0;
     c->retries++;
     c->failed_p = failed;
+    pd_counter_add(c->req->rt->m.retries, NULL, 1);
     pd_info("router: %s: retrying on another prefill instance", c->req->id);
     rt_choice_start(c);
     return 1;
 }
 
 /* ---- prefill call ------------------------------------------------------------------------------------------ */
+
+static double num_or(const cJSON *o, const char *k, double def)
+{
+    const cJSON *v = cJSON_GetObjectItem(o, k);
+    return cJSON_IsNumber(v) ? v->valuedouble : def;
+}
 
 static void on_p_done(pd_http_call *call, int status, const char *body, size_t len, pd_status err, void *arg)
 {
@@ -201,16 +208,17 @@ static void on_p_done(pd_http_call *call, int status, const char *body, size_t l
     rt_choice *c = arg;
     c->p_call = NULL;
     if (c->p) c->p->inflight--;
-    if (status == 200) {
-        cJSON *o = cJSON_Parse(body);
+    if (status == 200 || c->pending_finish) {
+        cJSON *o = status == 200 ? cJSON_Parse(body) : NULL;
         const cJSON *t = o ? cJSON_GetObjectItem(o, "timing") : NULL;
         if (t) {
-            const cJSON *v = cJSON_GetObjectItem(t, "prefill_s");
-            if (cJSON_IsNumber(v)) c->timing_prefill = v->valuedouble;
-            v = cJSON_GetObjectItem(t, "transfer_s");
-            if (cJSON_IsNumber(v)) c->timing_transfer = v->valuedouble;
+            c->p_queue = num_or(t, "queue_s", 0);
+            c->timing_prefill = num_or(t, "prefill_s", 0);
+            c->timing_transfer = num_or(t, "transfer_s", 0);
+            c->timing_queue += c->p_queue; /* the decode side's share may be in already */
         }
         cJSON_Delete(o);
+        if (c->pending_finish) finish_choice(c, c->pending_finish); /* decode was done already */
         return;
     }
     char msg[200];
@@ -257,7 +265,17 @@ static void on_token(rt_choice *c, const cJSON *o)
     const cJSON *ids = cJSON_GetObjectItem(o, "ids"), *lps = cJSON_GetObjectItem(o, "logprobs");
     const cJSON *tops = cJSON_GetObjectItem(o, "top_logprobs");
     if (!cJSON_IsArray(ids)) return;
-    if (c->t_first == 0) c->t_first = pd_time_now();
+    double now = pd_time_now();
+    rt_metrics *m = &r->rt->m;
+    if (c->t_first == 0) {
+        c->t_first = now;
+        pd_histogram_observe(m->ttft, NULL, now - r->t0);
+        rt_stats_sample(r->rt->stats, RT_SAMPLE_TTFT, now - r->t0);
+    } else {
+        pd_histogram_observe(m->itl, NULL, now - c->t_last);
+        rt_stats_sample(r->rt->stats, RT_SAMPLE_ITL, now - c->t_last);
+    }
+    c->t_last = now;
     cJSON *lp_out = NULL;
     int i = 0;
     const cJSON *v;
@@ -265,7 +283,7 @@ static void on_token(rt_choice *c, const cJSON *o)
     {
         int32_t id = (int32_t)v->valuedouble;
         c->n_gen++;
-        r->rt->gen_tokens++;
+        pd_counter_add(m->gen_tokens, NULL, 1);
         const char *piece;
         size_t n;
         if (mdl_detok_push(c->detok, id, &piece, &n) == PD_OK && n) append(&c->raw, &c->raw_len, &c->raw_cap, piece, n);
@@ -303,17 +321,19 @@ static void on_d_line(pd_http_call *call, const char *line, size_t len, void *ar
         const cJSON *fr = cJSON_GetObjectItem(o, "finish_reason"), *stok = cJSON_GetObjectItem(o, "stop_token");
         const cJSON *t = cJSON_GetObjectItem(o, "timing");
         if (cJSON_IsNumber(stok)) c->stop_token = stok->valueint;
-        if (t) {
-            const cJSON *q = cJSON_GetObjectItem(t, "queue_s"), *d = cJSON_GetObjectItem(t, "decode_s");
-            if (cJSON_IsNumber(q)) c->timing_queue = q->valuedouble;
-            if (cJSON_IsNumber(d)) c->timing_decode = d->valuedouble;
+        if (t) { /* PD: queue = the prefill's queue + the wait to join the decode batch; colocated: all local */
+            c->timing_queue = c->p_queue + num_or(t, "queue_s", 0);
+            c->timing_decode = num_or(t, "decode_s", 0);
+            if (!c->p) c->timing_prefill = num_or(t, "prefill_s", 0);
         }
         const char *piece;
         size_t n;
         if (mdl_detok_flush(c->detok, &piece, &n) == PD_OK && n) append(&c->raw, &c->raw_len, &c->raw_cap, piece, n);
         int stopped = stop_stage(c, 1, NULL);
         const char *why = stopped ? "stop" : cJSON_IsString(fr) ? fr->valuestring : "stop";
-        finish_choice(c, !strcmp(why, "length") ? "length" : !strcmp(why, "abort") ? "abort" : "stop");
+        why = !strcmp(why, "length") ? "length" : !strcmp(why, "abort") ? "abort" : "stop";
+        if (c->p_call) c->pending_finish = why; /* the prefill reply (with its timings) follows shortly */
+        else finish_choice(c, why);
     } else if (!strcmp(ev->valuestring, "error")) {
         const cJSON *st = cJSON_GetObjectItem(o, "status"), *m = cJSON_GetObjectItem(o, "message");
         if (cJSON_IsTrue(cJSON_GetObjectItem(o, "retryable")) && retry_elsewhere(c)) {
@@ -333,7 +353,7 @@ static void on_d_done(pd_http_call *call, int status, const char *body, size_t l
     c->d_call = NULL;
     if (c->d) c->d->inflight--;
     c->d = NULL;
-    if (c->done) return;
+    if (c->done || c->pending_finish) return;
     if (status != 200) { /* refused before streaming: pass the decode instance's answer on */
         cJSON *o = cJSON_Parse(body);
         const cJSON *e = o ? cJSON_GetObjectItem(o, "error") : NULL, *m = e ? cJSON_GetObjectItem(e, "message") : NULL;

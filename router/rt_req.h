@@ -9,6 +9,17 @@
 
 #define RT_MAX_STOP 16
 
+/* The router's Prometheus families (GET /metrics); the registry takes families from other components too. */
+typedef struct {
+    pd_metrics *reg;
+    pd_metric *requests, *rejected, *failed, *running, *prompt_tokens, *gen_tokens, *finished, *errors, *retries;
+    pd_metric *ttft, *itl, *e2e, *queue, *prefill, *transfer, *decode;
+    pd_metric *inst_healthy, *inst_running, *inst_waiting, *inst_kv_usage, *inst_free_blocks, *inst_queued,
+        *inst_inflight;
+} rt_metrics;
+
+typedef struct rt_stats rt_stats;
+
 struct rt_router {
     struct event_base *base;
     struct evhttp *http;
@@ -19,9 +30,8 @@ struct rt_router {
     int vocab_size;               /* the model's (config.json), >= the tokenizer's */
     uint64_t next_id;
     struct rt_req *reqs;
-    /* counters for /metrics */
-    uint64_t n_requests, n_errors, n_rejected, prompt_tokens, gen_tokens;
-    uint64_t finished[4];         /* stop, length, abort, error */
+    rt_metrics m;
+    rt_stats *stats;              /* recent latencies, instance scrapes: /admin/stats and /dashboard */
 };
 
 typedef struct rt_req rt_req;
@@ -58,8 +68,10 @@ typedef struct {
     int failed_status;
     char failed_msg[256];
     int started;                  /* decode accepted it */
-    double t_first;
+    double t_first, t_last;       /* first and latest token line */
     double timing_queue, timing_prefill, timing_transfer, timing_decode;
+    double p_queue;               /* the prefill instance's queue time (PD) */
+    const char *pending_finish;   /* PD: decode finished before the prefill reply (with its timings) came */
 } rt_choice;
 
 struct rt_req {
@@ -99,6 +111,19 @@ void rt_req_choice_delta(rt_req *r, rt_choice *c, const char *reasoning, size_t 
                          size_t clen, cJSON *logprobs);
 void rt_req_choice_done(rt_req *r, rt_choice *c);
 void rt_req_progress(rt_req *r);
+/* metrics.c: registers the router's families, the instance gauges filled from the registry at each scrape. */
+pd_status rt_metrics_init(rt_router *rt);
+void rt_metrics_free(rt_router *rt);
+/* A finished choice: latency histograms from its timings. */
+void rt_metrics_choice(rt_router *rt, const rt_choice *c);
+/* stats.c: the dashboard's data (GET /admin/stats) and page (GET /dashboard). Samples of recent latencies for
+ * percentiles over a sliding window; metric scrapes of every instance for transfer and acceptance figures. */
+typedef enum { RT_SAMPLE_TTFT, RT_SAMPLE_ITL, RT_SAMPLE_E2E, RT_SAMPLE_KINDS } rt_sample_kind;
+pd_status rt_stats_create(rt_router *rt, rt_stats **out);
+void rt_stats_destroy(rt_stats *s);
+void rt_stats_sample(rt_stats *s, rt_sample_kind kind, double v);
+void rt_stats_reply(rt_stats *s, struct evhttp_request *req);
+void rt_dashboard_reply(struct evhttp_request *req);
 /* The display text of one token (invalid UTF-8 replaced by U+FFFD) and its bytes. */
 cJSON *rt_token_logprob_entry(rt_router *rt, int chat, int32_t id, double lp, const cJSON *top);
 

@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Installs every system dependency of pdserve with apt-get (idempotent: only what is missing), the test-only
 # npm packages, then configures and builds a Release tree in build/.
-# Usage: scripts/setup.sh [extra cmake -D options]
+# Usage: [PD_TEST_TOOLS=1] scripts/setup.sh [extra cmake -D options]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PKGS=(build-essential cmake pkg-config libevent-dev libcjson-dev libucx-dev ucx-utils libyaml-dev
       libopenblas-dev libjemalloc-dev check libpcre2-dev nodejs xz-utils curl python3)
+# Test-only tools, with PD_TEST_TOOLS=1 (scripts/test.sh sets it): headless Chromium and its WebDriver for the
+# dashboard test (~400 MB, so not for machines that only build or serve). promtool (package prometheus) is not
+# installed: it brings the Prometheus server and its service; the metrics test uses promtool when present.
+[ "${PD_TEST_TOOLS:-0}" = 1 ] && PKGS+=(chromium chromium-driver)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

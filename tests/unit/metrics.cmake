@@ -1,0 +1,2 @@
+# The Prometheus metric registry (libpdcommon).
+pd_unit_test(test_metrics pdcommon)
