@@ -6,7 +6,7 @@
 #include <strings.h>
 #include <time.h>
 
-static int g_level = -1;
+static int g_level = -2; /* -2: not set yet (PD_LOG_OFF is -1) */
 
 static pd_log_level level_from_env(void)
 {
@@ -20,7 +20,7 @@ void pd_log_set_level(pd_log_level lvl) { g_level = (int)lvl; }
 
 pd_log_level pd_log_get_level(void)
 {
-    if (g_level < 0) g_level = (int)level_from_env();
+    if (g_level == -2) g_level = (int)level_from_env();
     return (pd_log_level)g_level;
 }
 
@@ -43,6 +43,7 @@ pd_status pd_log_level_parse(const char *s, pd_log_level *out)
 void pd_log_write(pd_log_level lvl, const char *file, int line, const char *fmt, ...)
 {
     static const char *tags[] = {"ERROR", "WARN", "INFO", "DEBUG"};
+    if (lvl < PD_LOG_ERROR) return;
     char buf[4096];
     struct timespec ts;
     struct tm tm;

@@ -50,7 +50,7 @@ pd_status pd_parse_size(const char *s, uint64_t *out)
     }
     if (*end == 'i') end++;
     if (*end == 'B' || *end == 'b') end++;
-    if (*end) return PD_ERR_INVALID;
+    if (*end || v * mul >= 18446744073709551616.0) return PD_ERR_INVALID; /* beyond uint64: no conversion (UB) */
     *out = (uint64_t)(v * mul);
     return PD_OK;
 }

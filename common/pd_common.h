@@ -38,7 +38,7 @@ const char *pd_status_str(pd_status s);
 
 /* Logging. Levels follow syslog order; the threshold comes from pd_log_set_level() or PDSERVE_LOG
  * (error|warn|info|debug). Lines go to stderr with a timestamp, level and the component tag. */
-typedef enum { PD_LOG_ERROR = 0, PD_LOG_WARN, PD_LOG_INFO, PD_LOG_DEBUG } pd_log_level;
+typedef enum { PD_LOG_OFF = -1, PD_LOG_ERROR = 0, PD_LOG_WARN, PD_LOG_INFO, PD_LOG_DEBUG } pd_log_level;
 
 void pd_log_set_level(pd_log_level lvl);
 pd_log_level pd_log_get_level(void);

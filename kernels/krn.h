@@ -91,12 +91,27 @@ typedef enum { KRN_F32 = 0, KRN_BF16 = 1, KRN_F16 = 2, KRN_F8E4M3 = 3 } krn_type
 static inline size_t krn_type_size(krn_type t) { return t == KRN_F32 ? 4 : t == KRN_F8E4M3 ? 1 : 2; }
 const char *krn_type_name(krn_type t);
 
+/* IEEE binary16, round to nearest even; overflow gives infinity, NaN stays NaN. Portable C: no compiler's
+ * _Float16 is needed. */
 static inline uint16_t krn_f32_to_f16(float f)
 {
-    _Float16 h = (_Float16)f;
-    uint16_t u;
-    memcpy(&u, &h, 2);
-    return u;
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    uint32_t sign = (x >> 16) & 0x8000u, exp = (x >> 23) & 0xffu, man = x & 0x7fffffu;
+    if (exp == 0xff) return (uint16_t)(sign | 0x7c00u | (man ? 0x200u | (man >> 13) : 0));
+    int e = (int)exp - 127 + 15;
+    if (e >= 31) return (uint16_t)(sign | 0x7c00u);
+    if (e <= 0) { /* subnormal half (or zero) */
+        if (e < -10) return (uint16_t)sign;
+        man |= 0x800000u;
+        int shift = 14 - e;
+        uint32_t h = man >> shift, rem = man & ((1u << shift) - 1), half = 1u << (shift - 1);
+        if (rem > half || (rem == half && (h & 1))) h++;
+        return (uint16_t)(sign | h);
+    }
+    uint32_t h = ((uint32_t)e << 10) | (man >> 13), rem = man & 0x1fffu;
+    if (rem > 0x1000u || (rem == 0x1000u && (h & 1))) h++; /* a carry moves into the exponent, as it should */
+    return (uint16_t)(sign | h);
 }
 
 /* Packed forms a matrix may carry besides its plain data (see krn_mat_prepack and docs/kernels.md). */

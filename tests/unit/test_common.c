@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include "common/pd_common.h"
+#include "common/pd_opts.h"
 
 START_TEST(test_status_str)
 {
@@ -65,6 +66,24 @@ START_TEST(test_file_read)
 }
 END_TEST
 
+START_TEST(test_parse_size)
+{
+    uint64_t v = 0;
+    ck_assert_int_eq(pd_parse_size("4G", &v), PD_OK);
+    ck_assert_uint_eq(v, 4ull << 30);
+    ck_assert_int_eq(pd_parse_size("1.5MiB", &v), PD_OK);
+    ck_assert_uint_eq(v, 3ull << 19);
+    ck_assert_int_eq(pd_parse_size("512", &v), PD_OK);
+    ck_assert_uint_eq(v, 512);
+    /* found by fuzz_yaml_opts: sizes beyond 2^64 were converted with undefined behaviour */
+    ck_assert_int_eq(pd_parse_size("1e30G", &v), PD_ERR_INVALID);
+    ck_assert_int_eq(pd_parse_size("16777216T", &v), PD_ERR_INVALID);
+    ck_assert_int_eq(pd_parse_size("-1", &v), PD_ERR_INVALID);
+    ck_assert_int_eq(pd_parse_size("12Q", &v), PD_ERR_INVALID);
+    ck_assert_int_eq(pd_parse_size("nan", &v), PD_ERR_INVALID);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("common");
@@ -73,6 +92,7 @@ int main(void)
     tcase_add_test(tc, test_log_level_parse);
     tcase_add_test(tc, test_rng_deterministic_and_normal);
     tcase_add_test(tc, test_file_read);
+    tcase_add_test(tc, test_parse_size);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

@@ -25,6 +25,18 @@ START_TEST(test_formats)
         if (fabsf(v) < 65504) ck_assert(fabsf(r - v) <= fabsf(v) * 1e-3f + 1e-7f);
     }
     ck_assert_float_eq(krn_f16_to_f32(0x0001), ldexpf(1, -24));
+    /* f32 -> f16 is exact round-to-nearest-even: every half round-trips, and midpoints go to the even neighbour */
+    for (uint32_t h = 0; h < 0x10000u; h++) {
+        if ((h & 0x7c00u) == 0x7c00u && (h & 0x3ffu)) continue; /* NaN payloads */
+        ck_assert_uint_eq(krn_f32_to_f16(krn_f16_to_f32((uint16_t)h)), h);
+        if ((h & 0x7fffu) < 0x7bffu) { /* the midpoint to the next half up rounds to whichever is even */
+            float a = krn_f16_to_f32((uint16_t)h), b = krn_f16_to_f32((uint16_t)(h + 1));
+            uint16_t even = (h & 1) ? (uint16_t)(h + 1) : (uint16_t)h;
+            ck_assert_uint_eq(krn_f32_to_f16((float)(((double)a + (double)b) / 2)), even);
+        }
+    }
+    ck_assert_uint_eq(krn_f32_to_f16(1e6f), 0x7c00);  /* overflow: infinity */
+    ck_assert_uint_eq(krn_f32_to_f16(1e-10f), 0x0000); /* underflow: zero */
     /* e4m3: every finite code decodes and re-encodes to itself */
     for (int c = 0; c < 256; c++) {
         if ((c & 0x7f) == 0x7f) continue;
