@@ -130,6 +130,12 @@ void pd_http_reply_error(struct evhttp_request *req, int status, const char *typ
     cJSON_Delete(o);
 }
 
+void pd_http_reply_retry(struct evhttp_request *req, int status, const char *msg)
+{
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", "1");
+    pd_http_reply_error(req, status, NULL, NULL, "%s", msg);
+}
+
 void pd_http_stream_start(struct evhttp_request *req, int code, const char *content_type)
 {
     struct evkeyvalq *h = evhttp_request_get_output_headers(req);

@@ -134,6 +134,52 @@ void pd_run_until_signal(struct event_base *base, const char *name, void (*drain
     if (st) event_free(st);
 }
 
+struct pd_drain_s {
+    struct event_base *base;
+    struct event *timer;
+    const char *name;
+    double start, timeout;
+    int (*idle)(void *);
+    void *arg;
+};
+
+static void drain_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    pd_drain *d = arg;
+    if (d->idle(d->arg)) {
+        pd_info("%s: drained; exiting", d->name);
+        event_base_loopexit(d->base, NULL);
+    } else if (pd_time_now() - d->start > d->timeout) {
+        pd_warn("%s: drain timeout with requests in flight; exiting anyway", d->name);
+        event_base_loopexit(d->base, NULL);
+    }
+}
+
+pd_status pd_drain_start(struct event_base *base, const char *name, double timeout, int (*idle)(void *), void *arg,
+                         pd_drain **out)
+{
+    pd_drain *d = calloc(1, sizeof *d);
+    if (!d) return PD_ERR_NOMEM;
+    *d = (pd_drain){base, NULL, name, pd_time_now(), timeout, idle, arg};
+    struct timeval tv = {0, 100000};
+    d->timer = event_new(base, -1, EV_PERSIST, drain_cb, d);
+    if (!d->timer || event_add(d->timer, &tv) != 0) {
+        pd_drain_destroy(d);
+        return PD_ERR_NOMEM;
+    }
+    *out = d;
+    return PD_OK;
+}
+
+void pd_drain_destroy(pd_drain *d)
+{
+    if (!d) return;
+    if (d->timer) event_free(d->timer);
+    free(d);
+}
+
 struct pd_announcer_s {
     struct event_base *base;
     char host[256];

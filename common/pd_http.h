@@ -32,6 +32,8 @@ void pd_http_reply_text(struct evhttp_request *req, int code, const char *conten
 /* {"error":{"message":msg,"type":type,"param":param|null,"code":code}} with the given HTTP status. */
 void pd_http_reply_error(struct evhttp_request *req, int status, const char *type, const char *param,
                          const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+/* 503 (or 429) with Retry-After: 1 and an OpenAI error body: the request may succeed if retried shortly. */
+void pd_http_reply_retry(struct evhttp_request *req, int status, const char *msg);
 /* The error object alone (for errors inside an SSE stream). Caller deletes. */
 cJSON *pd_http_error_json(int status, const char *type, const char *param, const char *msg);
 /* Reason phrase and OpenAI error type for a status: 400 invalid_request_error, 404 not_found_error, ... */

@@ -22,6 +22,13 @@ void pd_mailbox_destroy(pd_mailbox *mb);
  * the loop once idle); SIGINT or a second SIGTERM stop at once. */
 void pd_run_until_signal(struct event_base *base, const char *name, void (*drain_cb)(void *), void *arg);
 
+/* Draining: calls idle(arg) every 100 ms and leaves the loop once it returns non-zero, or after timeout seconds
+ * (logged as "<name>: ..."). */
+typedef struct pd_drain_s pd_drain;
+pd_status pd_drain_start(struct event_base *base, const char *name, double timeout, int (*idle)(void *), void *arg,
+                         pd_drain **out);
+void pd_drain_destroy(pd_drain *d);
+
 /* Announces an instance to a router: POSTs body to url's /admin/instances now and every interval seconds
  * (registration is idempotent, so a restarted router learns its instances again). */
 typedef struct pd_announcer_s pd_announcer;

@@ -34,8 +34,7 @@ struct dec_server_s {
     mdl_engine *eng;
     mdl_engine_opts eo;
     int draining;
-    double drain_start;
-    struct event *drain_timer;
+    pd_drain *drain;
     pd_announcer *announcer;
     pd_mailbox *mb;
     kv_context_t kv;
@@ -355,11 +354,9 @@ static void handle_open(dec_server *s, struct evhttp_request *req)
             pd_http_reply_error(req, 400, NULL, "max_tokens",
                                 "prompt (%d tokens) + max_tokens (%d) exceeds this instance's max model length %d",
                                 np, p.max_tokens, s->eo.max_model_len);
-        else if (st == PD_ERR_BUSY || st == PD_ERR_FULL) {
-            evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", "1");
-            if (st == PD_ERR_FULL) pd_http_reply_error(req, 429, NULL, NULL, "the decode queue is full; retry later");
-            else pd_http_reply_error(req, 503, NULL, NULL, "no KV cache blocks free; retry later");
-        } else pd_http_reply_error(req, 400, NULL, NULL, "request refused: %s", pd_status_str(st));
+        else if (st == PD_ERR_FULL) pd_http_reply_retry(req, 429, "the decode queue is full; retry later");
+        else if (st == PD_ERR_BUSY) pd_http_reply_retry(req, 503, "no KV cache blocks free; retry later");
+        else pd_http_reply_error(req, 400, NULL, NULL, "request refused: %s", pd_status_str(st));
         goto done;
     }
     const cJSON *pf = cJSON_GetObjectItemCaseSensitive(root, "prefill_kv_desc");
@@ -403,37 +400,17 @@ static void reply_health(dec_server *s, struct evhttp_request *req)
 }
 
 
-static void drain_check_cb(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd;
-    (void)what;
-    dec_server *s = arg;
-    if (s->reqs == NULL) {
-        pd_info("decode: drained; exiting");
-        event_base_loopexit(s->base, NULL);
-    } else if (pd_time_now() - s->drain_start > s->o->drain_timeout) {
-        pd_warn("decode: drain timeout with requests in flight; exiting anyway");
-        event_base_loopexit(s->base, NULL);
-    }
-}
+static int idle(void *arg) { return ((dec_server *)arg)->reqs == NULL; }
 
 void dec_server_drain(void *server)
 {
     dec_server *s = server;
     if (s->draining) return;
     s->draining = 1;
-    s->drain_start = pd_time_now();
     pd_announcer_destroy(s->announcer); /* a draining instance must not register again */
     s->announcer = NULL;
-    struct timeval tv = {0, 100000};
-    s->drain_timer = event_new(s->base, -1, EV_PERSIST, drain_check_cb, s);
-    if (!s->drain_timer || event_add(s->drain_timer, &tv) != 0) event_base_loopexit(s->base, NULL);
-}
-
-static void reply_draining(struct evhttp_request *req)
-{
-    evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", "1");
-    pd_http_reply_error(req, 503, NULL, NULL, "this instance is draining");
+    if (pd_drain_start(s->base, "decode", s->o->drain_timeout, idle, s, &s->drain) != PD_OK)
+        event_base_loopexit(s->base, NULL);
 }
 
 static void gencb(struct evhttp_request *req, void *arg)
@@ -443,7 +420,7 @@ static void gencb(struct evhttp_request *req, void *arg)
     pd_http_path(req, path, sizeof path);
     enum evhttp_cmd_type m = evhttp_request_get_command(req);
     if (!strcmp(path, "/internal/requests")) {
-        if (m == EVHTTP_REQ_POST && s->draining) reply_draining(req);
+        if (m == EVHTTP_REQ_POST && s->draining) pd_http_reply_retry(req, 503, "this instance is draining");
         else if (m == EVHTTP_REQ_POST) handle_open(s, req);
         else pd_http_reply_error(req, 405, NULL, NULL, "use POST");
     } else if (!strncmp(path, "/internal/requests/", 19)) {
@@ -546,7 +523,7 @@ void dec_server_destroy(dec_server *s)
             r->http = NULL;
         }
     pd_announcer_destroy(s->announcer);
-    if (s->drain_timer) event_free(s->drain_timer);
+    pd_drain_destroy(s->drain);
     if (s->http) evhttp_free(s->http);
     mdl_engine_destroy(s->eng); /* no more events; its pool lives in the region's memory */
     mdl_serve_metrics_destroy(s->metrics);

@@ -45,8 +45,7 @@ struct pf_server_s {
     mdl_engine *eng;
     mdl_engine_opts eo;
     int draining;
-    double drain_start;
-    struct event *drain_timer;
+    pd_drain *drain;
     pd_announcer *announcer;
     pd_mailbox *mb;
     size_t msg_size;
@@ -441,37 +440,17 @@ refuse: {
     cJSON_Delete(root);
 }
 
-static void drain_check_cb(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd;
-    (void)what;
-    pf_server *s = arg;
-    if (s->reqs == NULL) {
-        pd_info("prefill: drained; exiting");
-        event_base_loopexit(s->base, NULL);
-    } else if (pd_time_now() - s->drain_start > s->o->drain_timeout) {
-        pd_warn("prefill: drain timeout with requests in flight; exiting anyway");
-        event_base_loopexit(s->base, NULL);
-    }
-}
+static int idle(void *arg) { return ((pf_server *)arg)->reqs == NULL; }
 
 void pf_server_drain(void *server)
 {
     pf_server *s = server;
     if (s->draining) return;
     s->draining = 1;
-    s->drain_start = pd_time_now();
     pd_announcer_destroy(s->announcer); /* a draining instance must not register again */
     s->announcer = NULL;
-    struct timeval tv = {0, 100000};
-    s->drain_timer = event_new(s->base, -1, EV_PERSIST, drain_check_cb, s);
-    if (!s->drain_timer || event_add(s->drain_timer, &tv) != 0) event_base_loopexit(s->base, NULL);
-}
-
-static void reply_draining(struct evhttp_request *req)
-{
-    evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", "1");
-    pd_http_reply_error(req, 503, NULL, NULL, "this instance is draining");
+    if (pd_drain_start(s->base, "prefill", s->o->drain_timeout, idle, s, &s->drain) != PD_OK)
+        event_base_loopexit(s->base, NULL);
 }
 
 static void gencb(struct evhttp_request *req, void *arg)
@@ -481,7 +460,7 @@ static void gencb(struct evhttp_request *req, void *arg)
     pd_http_path(req, path, sizeof path);
     enum evhttp_cmd_type m = evhttp_request_get_command(req);
     if (!strcmp(path, "/internal/prefill")) {
-        if (m == EVHTTP_REQ_POST && s->draining) reply_draining(req);
+        if (m == EVHTTP_REQ_POST && s->draining) pd_http_reply_retry(req, 503, "this instance is draining");
         else if (m == EVHTTP_REQ_POST) handle_prefill(s, req);
         else pd_http_reply_error(req, 405, NULL, NULL, "use POST");
     } else if (!strncmp(path, "/internal/prefill/", 18)) {
@@ -572,7 +551,7 @@ void pf_server_destroy(pf_server *s)
             r->http = NULL;
         }
     pd_announcer_destroy(s->announcer);
-    if (s->drain_timer) event_free(s->drain_timer);
+    pd_drain_destroy(s->drain);
     if (s->http) evhttp_free(s->http);
     kv_region_destroy(s->region);
     kv_context_destroy(s->kv); /* cancels transfers in flight; their callbacks run while the engine lives */

@@ -648,8 +648,9 @@ static void handle_generate(rt_router *rt, struct evhttp_request *http, int chat
     if (rt->o->max_queued > 0 && inflight >= rt->o->max_queued) {
         free(body);
         pd_counter_add(rt->m.rejected, NULL, 1);
-        evhttp_add_header(evhttp_request_get_output_headers(http), "Retry-After", "1");
-        pd_http_reply_error(http, 429, NULL, NULL, "server overloaded: %d requests in flight; retry later", inflight);
+        char msg[128];
+        snprintf(msg, sizeof msg, "server overloaded: %d requests in flight; retry later", inflight);
+        pd_http_reply_retry(http, 429, msg);
         return;
     }
     cJSON *root = cJSON_ParseWithOpts(body, NULL, 1);

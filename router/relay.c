@@ -372,6 +372,7 @@ void rt_choice_start(rt_choice *c)
     rt_req *r = c->req;
     rt_router *rt = r->rt;
     c->stop_token = -1;
+    if (!c->raw) append(&c->raw, &c->raw_len, &c->raw_cap, "", 0); /* the text pipeline reads it before any text */
     if (!c->detok && mdl_detok_create(rt->tok, 1, &c->detok) != PD_OK) {
         fail_choice(c, 503, "out of memory");
         return;
