@@ -2233,7 +2233,8 @@ static value *arith(interp *in, const char *op, value *a, value *b, int line)
     if (!strcmp(op, "**")) {
         if (!fl && num_i(b) >= 0) {
             int64_t r = 1, x = num_i(a);
-            for (int64_t i = 0; i < num_i(b) && i < 64; i++) r *= x;
+            for (int64_t i = 0; i < num_i(b) && i < 64; i++)
+                if (__builtin_mul_overflow(r, x, &r)) jfail(c, JE_RUNTIME, line, "integer overflow in **");
             return v_int(c, r);
         }
         return v_float(c, pow(num_f(a), num_f(b)));
@@ -2249,12 +2250,24 @@ static value *arith(interp *in, const char *op, value *a, value *b, int line)
         if (m != 0 && ((m < 0) != (y < 0))) m += y;
         return v_float(c, m);
     }
-    int64_t x = num_i(a), y = num_i(b);
-    if (!strcmp(op, "+")) return v_int(c, x + y);
-    if (!strcmp(op, "-")) return v_int(c, x - y);
-    if (!strcmp(op, "*")) return v_int(c, x * y);
+    int64_t x = num_i(a), y = num_i(b), r;
+    /* Python's integers do not overflow; 64-bit ones do: refuse rather than wrap (found by fuzz_chat_template) */
+    if (!strcmp(op, "+")) {
+        if (__builtin_add_overflow(x, y, &r)) jfail(c, JE_RUNTIME, line, "integer overflow in +");
+        return v_int(c, r);
+    }
+    if (!strcmp(op, "-")) {
+        if (__builtin_sub_overflow(x, y, &r)) jfail(c, JE_RUNTIME, line, "integer overflow in -");
+        return v_int(c, r);
+    }
+    if (!strcmp(op, "*")) {
+        if (__builtin_mul_overflow(x, y, &r)) jfail(c, JE_RUNTIME, line, "integer overflow in *");
+        return v_int(c, r);
+    }
     if (y == 0) jfail(c, JE_RUNTIME, line, "division by zero");
-    int64_t q = x / y, r = x % y;
+    if (y == -1 && x == INT64_MIN) jfail(c, JE_RUNTIME, line, "integer overflow in division");
+    int64_t q = x / y;
+    r = x % y;
     if (r != 0 && ((r < 0) != (y < 0))) q--, r += y;
     return v_int(c, !strcmp(op, "//") ? q : r);
 }
@@ -2332,6 +2345,7 @@ static value *eval(interp *in, scope *sc, node *n)
         if (!is_num(a)) jfail(c, JE_RUNTIME, n->line, "bad operand type for unary %s: '%s'", n->k == E_NEG ? "-" : "+",
                               type_name(a));
         if (n->k == E_POS) return a;
+        if (a->t != V_FLOAT && num_i(a) == INT64_MIN) jfail(c, JE_RUNTIME, n->line, "integer overflow in unary -");
         return a->t == V_FLOAT ? v_float(c, -a->f) : v_int(c, -num_i(a));
     }
     case E_NOT: return v_bool(!truthy(eval(in, sc, n->a)));

@@ -538,6 +538,31 @@ START_TEST(test_chat_template_errors_at_load)
         ck_assert_ptr_eq(t, (mdl_chat_template)0x1);
         ck_assert(strlen(err) > 0);
     }
+    /* 64-bit integer overflow is an error, never a wrapped value (Python's integers do not overflow; found by
+     * fuzz_chat_template: "{{--2222...22220008628301-------------5 }}") */
+    static const char *overflow[] = {"{{ -9223372036854775807 - 5 }}", "{{ 9223372036854775807 + 1 }}",
+                                     "{{ 4611686018427387904 * 2 }}", "{{ 3 ** 63 }}",
+                                     "{{ (-9223372036854775807 - 1) // -1 }}", "{{ -(-9223372036854775807 - 1) }}"};
+    for (size_t i = 0; i < PD_ARRAY_LEN(overflow); i++) {
+        mdl_chat_template t = NULL;
+        char err[256] = "", *out = NULL;
+        size_t len;
+        /* runtime errors are the render's to report (the load-time trial render tolerates them) */
+        ck_assert_int_eq(mdl_chat_template_create(overflow[i], BOS, EOS, &t, err, sizeof err), PD_OK);
+        cJSON *msgs = cJSON_Parse("[{\"role\":\"user\",\"content\":\"x\"}]");
+        pd_status st = mdl_chat_template_render(t, msgs, 1, NULL, &out, &len, err, sizeof err);
+        ck_assert_msg(st != PD_OK && strstr(err, "overflow"), "%s: %s (%s)", overflow[i], pd_status_str(st), err);
+        ck_assert_ptr_null(out);
+        cJSON_Delete(msgs);
+        mdl_chat_template_destroy(t);
+    }
+    {
+        mdl_chat_template t = NULL;
+        char err[256];
+        ck_assert_int_eq(mdl_chat_template_create("{{ 9223372036854775806 + 1 }}{{ -9223372036854775807 - 1 }}", BOS,
+                                                  EOS, &t, err, sizeof err), PD_OK); /* the edges themselves are fine */
+        mdl_chat_template_destroy(t);
+    }
     /* raise_exception over the sample conversation is the template's own check, not a load error. */
     mdl_chat_template t = NULL;
     char err[256];
