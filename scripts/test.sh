@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command: sets up (idempotently), builds, runs every test with CTest; then builds the whole tree with
 # AddressSanitizer + UndefinedBehaviorSanitizer and runs every test again (PD_SANITIZE_TESTS=0 skips that pass),
-# and runs each libFuzzer target for a bounded time (PD_FUZZ_TESTS=0 skips that).
+# and runs each libFuzzer target over a fixed number of inputs (PD_FUZZ_TESTS=0 skips that).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PD_TEST_TOOLS=1 # test-only tools (headless Chromium for the dashboard test)
@@ -17,7 +17,7 @@ if [ "${PD_SANITIZE_TESTS:-1}" != 0 ]; then
   (cd build-asan && ctest --output-on-failure -j2 --timeout 1500)
 fi
 if [ "${PD_FUZZ_TESTS:-1}" != 0 ]; then
-  echo "test: fuzz targets (build-fuzz/, clang + libFuzzer, 15 s each)"
+  echo "test: fuzz targets (build-fuzz/, clang + libFuzzer, a fixed seed and number of inputs each)"
   CC=clang cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=Debug -DPD_FUZZ=ON -DPD_SANITIZE=address,undefined > /dev/null
   cmake --build build-fuzz -j"$(nproc)" --target fuzz_safetensors fuzz_tokenizer fuzz_chat_template fuzz_yaml_opts \
     > build-fuzz.log 2>&1 || { tail -40 build-fuzz.log; exit 1; }
