@@ -8,9 +8,9 @@ cd "$(dirname "$0")/.."
 PKGS=(build-essential cmake pkg-config libevent-dev libcjson-dev libucx-dev ucx-utils libyaml-dev
       libopenblas-dev libjemalloc-dev check libpcre2-dev nodejs xz-utils curl python3)
 # Test-only tools, with PD_TEST_TOOLS=1 (scripts/test.sh sets it): headless Chromium and its WebDriver for the
-# dashboard test (~400 MB, so not for machines that only build or serve). promtool (package prometheus) is not
-# installed: it brings the Prometheus server and its service; the metrics test uses promtool when present.
-[ "${PD_TEST_TOOLS:-0}" = 1 ] && PKGS+=(chromium chromium-driver clang libclang-rt-14-dev)
+# dashboard test (~400 MB, so not for machines that only build or serve); promtool (package prometheus, which also
+# brings the Prometheus server) for the metrics test; clang and libFuzzer for the fuzz pass.
+[ "${PD_TEST_TOOLS:-0}" = 1 ] && PKGS+=(chromium chromium-driver prometheus clang libclang-rt-14-dev)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

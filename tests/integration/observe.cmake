@@ -1,10 +1,10 @@
-# Observability: /metrics of the three executables (promtool when installed), pdserve-bench against a real
+# Observability: /metrics of the three executables through promtool (installed by scripts/test.sh), pdserve-bench against a real
 # deployment and its compare mode, the router's dashboard in headless Chromium.
 find_package(Python3 COMPONENTS Interpreter REQUIRED)
 if(TARGET pdserve-router AND TARGET pdserve-prefill AND TARGET pdserve-decode)
   add_test(NAME metrics_integration
            COMMAND ${Python3_EXECUTABLE} ${CMAKE_CURRENT_SOURCE_DIR}/integration/metrics_test.py
-                   --build ${CMAKE_BINARY_DIR} --model ${CMAKE_BINARY_DIR}/models/tiny)
+                   --build ${CMAKE_BINARY_DIR} --model ${CMAKE_BINARY_DIR}/models/tiny --require-promtool)
   set_tests_properties(metrics_integration PROPERTIES FIXTURES_REQUIRED tiny_model TIMEOUT 300)
 endif()
 if(TARGET pdserve-bench AND TARGET pdserve-router)
