@@ -194,6 +194,23 @@ static void kv_resolved(dreq *r)
     }
 }
 
+/* The KV for r will never arrive: unless r is already being aborted, the router hears a retryable 503 (another
+ * prefill instance may do the work) and r is aborted; its blocks are free at once since no write can land. */
+static void kv_lost(dreq *r, const char *msg)
+{
+    if (!r->aborting) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "event", "error");
+        cJSON_AddNumberToObject(o, "status", 503);
+        cJSON_AddStringToObject(o, "message", msg);
+        cJSON_AddBoolToObject(o, "retryable", 1);
+        stream_line(r, o);
+        cJSON_Delete(o);
+        abort_req(r);
+    }
+    kv_resolved(r);
+}
+
 static void close_cb(struct evhttp_connection *c, void *arg)
 {
     (void)c;
@@ -216,17 +233,7 @@ static void on_kv_event(kv_context_t ctx, const kv_event *ev, void *arg)
         for (dreq *r = s->reqs, *nx; r; r = nx) {
             nx = r->next;
             if (!r->pd || r->kv_arrived || r->prefill_peer != ev->peer_id) continue;
-            if (!r->aborting) {
-                cJSON *o = cJSON_CreateObject();
-                cJSON_AddStringToObject(o, "event", "error");
-                cJSON_AddNumberToObject(o, "status", 503);
-                cJSON_AddStringToObject(o, "message", "the prefill instance failed");
-        cJSON_AddBoolToObject(o, "retryable", 1);
-                stream_line(r, o);
-                cJSON_Delete(o);
-                abort_req(r);
-            }
-            kv_resolved(r);
+            kv_lost(r, "the prefill instance failed");
         }
         return;
     }
@@ -240,35 +247,17 @@ static void on_kv_event(kv_context_t ctx, const kv_event *ev, void *arg)
     if (ev->type == KV_EVENT_ABORTED) {
         pd_warn("request %s: KV transfer aborted: %s", r->ext_id, pd_status_str(ev->status));
         pd_counter_add(s->metrics->kv_failures, NULL, 1);
-        cJSON *o = cJSON_CreateObject();
-        cJSON_AddStringToObject(o, "event", "error");
-        cJSON_AddNumberToObject(o, "status", 503);
-        cJSON_AddStringToObject(o, "message", "KV transfer from the prefill instance failed");
-        cJSON_AddBoolToObject(o, "retryable", 1);
-        stream_line(r, o);
-        cJSON_Delete(o);
-        abort_req(r);
-        kv_resolved(r);
+        kv_lost(r, "KV transfer from the prefill instance failed");
         return;
     }
     mdl_handoff h;
-    if (mdl_handoff_decode(ev->payload, ev->payload_len, &h) == PD_OK && h.req_id == r->id && h.first_token < 0) {
+    pd_status hs = mdl_handoff_decode(ev->payload, ev->payload_len, &h);
+    if (hs == PD_OK && h.req_id == r->id && h.first_token < 0) {
         pd_info("request %s: the prefill instance abandoned it", r->ext_id);
-        if (!r->aborting) {
-            cJSON *o = cJSON_CreateObject();
-            cJSON_AddStringToObject(o, "event", "error");
-            cJSON_AddNumberToObject(o, "status", 503);
-            cJSON_AddStringToObject(o, "message", "the prefill instance gave the request up");
-            cJSON_AddBoolToObject(o, "retryable", 1);
-            stream_line(r, o);
-            cJSON_Delete(o);
-            abort_req(r);
-        }
-        kv_resolved(r);
+        kv_lost(r, "the prefill instance gave the request up");
         return;
     }
-    if (mdl_handoff_decode(ev->payload, ev->payload_len, &h) != PD_OK || h.req_id != r->id ||
-        h.hidden_size != s->m->cfg.hidden_size) {
+    if (hs != PD_OK || h.req_id != r->id || h.hidden_size != s->m->cfg.hidden_size) {
         pd_error("request %s: malformed ready notice (%zu bytes)", r->ext_id, ev->payload_len);
         abort_req(r);
         kv_resolved(r);

@@ -13,20 +13,11 @@ ap.add_argument("--model", required=True)
 ap.add_argument("--disconnects", type=int, default=1000)
 args = ap.parse_args()
 logdir = tempfile.mkdtemp(prefix="fault_test_")
-failures, passed = [], 0
-
-
-def check(cond, what):
-    global passed
-    if cond:
-        passed += 1
-    else:
-        failures.append(what)
-        print("FAIL:", what, flush=True)
+check = harness.Checks()
 
 
 def exe(name):
-    return os.path.join(args.build, name.split("-")[1], name)
+    return harness.exe(args.build, name)
 
 
 class Topology:
@@ -220,5 +211,4 @@ try:
 finally:
     t.close()
 
-print("%d passed, %d failed" % (passed, len(failures)))
-sys.exit(1 if failures else 0)
+check.finish()

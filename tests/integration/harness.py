@@ -20,6 +20,29 @@ atexit.register(_kill_all)
 signal.signal(signal.SIGTERM, lambda *a: sys.exit(1))
 
 
+def exe(build, name):
+    """Path of an executable in a build tree: exe(build, "pdserve-decode") -> build/decode/pdserve-decode."""
+    return os.path.join(build, name.split("-")[1], name)
+
+
+class Checks:
+    """Counts checks; a failed one is printed at once. finish() prints the closing line and exits."""
+
+    def __init__(self):
+        self.passed, self.failures = 0, []
+
+    def __call__(self, cond, what):
+        if cond:
+            self.passed += 1
+        else:
+            self.failures.append(what)
+            print("FAIL:", what, flush=True)
+
+    def finish(self):
+        print("%d passed, %d failed" % (self.passed, len(self.failures)))
+        sys.exit(1 if self.failures else 0)
+
+
 def start(argv, logname, env=None):
     """Starts one executable; returns (process, port)."""
     log = open(logname, "wb")
@@ -108,7 +131,7 @@ class Deployment:
 
     def __init__(self, build, model, mode, logdir, server_args=(), router_args=()):
         self.procs = []
-        b = lambda name: os.path.join(build, name.split("-")[1], name)
+        b = lambda name: exe(build, name)
         common = ["--model", model, "--kv-cache-memory", "256M"] + list(server_args)
         tag = os.path.join(logdir, mode)
         if mode == "pd":

@@ -10,17 +10,7 @@ ap.add_argument("--build", required=True)
 ap.add_argument("--model", required=True)
 args = ap.parse_args()
 logdir = tempfile.mkdtemp(prefix="pd_test_")
-failures = []
-passed = 0
-
-
-def check(cond, what):
-    global passed
-    if cond:
-        passed += 1
-    else:
-        failures.append(what)
-        print("FAIL:", what, flush=True)
+check = harness.Checks()
 
 
 # a small token budget and blocks force chunked prefill and prompts spanning many blocks
@@ -181,5 +171,4 @@ finally:
     pd.close()
     co.close()
 
-print("%d passed, %d failed" % (passed, len(failures)))
-sys.exit(1 if failures else 0)
+check.finish()

@@ -11,20 +11,11 @@ ap.add_argument("--build", required=True)
 ap.add_argument("--model", required=True)
 args = ap.parse_args()
 logdir = tempfile.mkdtemp(prefix="scaling_test_")
-failures, passed = [], 0
-
-
-def check(cond, what):
-    global passed
-    if cond:
-        passed += 1
-    else:
-        failures.append(what)
-        print("FAIL:", what, flush=True)
+check = harness.Checks()
 
 
 def exe(name):
-    return os.path.join(args.build, name.split("-")[1], name)
+    return harness.exe(args.build, name)
 
 
 def free_port():
@@ -133,5 +124,4 @@ finally:
     for p in procs:
         harness.stop(p)
 
-print("%d passed, %d failed" % (passed, len(failures)))
-sys.exit(1 if failures else 0)
+check.finish()
