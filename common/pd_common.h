@@ -76,6 +76,8 @@ void *pd_aligned_alloc(size_t bytes);
 /* Monotonic clock. */
 double pd_time_now(void);    /* seconds */
 uint64_t pd_time_ns(void);   /* nanoseconds */
+/* Wall clock (seconds since the epoch): only for deadlines that cross hosts, whose clocks agree (NTP). */
+double pd_wall_now(void);
 
 /* Reads a whole file into a NUL-terminated malloc'd buffer. On error logs nothing; returns status. */
 pd_status pd_file_read(const char *path, char **out, size_t *out_len);

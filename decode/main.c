@@ -13,7 +13,8 @@ int main(int argc, char **argv)
     o.drain_timeout = 120;
     o.port = 8200;
     o.kv_wait_timeout = 40;
-    pd_opt table[MDL_SERVE_NOPTS + 8];
+    o.kv_transfer_timeout = 300;
+    pd_opt table[MDL_SERVE_NOPTS + 9];
     mdl_serve_options(&o.serve, table);
     pd_opt mine[] = {
         {"host", PD_OPT_STR, &o.host, "address to listen on (default 127.0.0.1)", 0, 0},
@@ -24,6 +25,9 @@ int main(int argc, char **argv)
         {"colocated", PD_OPT_BOOL, &o.colocated, "also prefill here (no transfer): the baseline and the oracle", 0, 0},
         {"kv-proto", PD_OPT_STR, &o.kv_proto, "KV transfer protocol: auto|put|am (default auto)", 0, 0},
         {"kv-wait-timeout", PD_OPT_DOUBLE, &o.kv_wait_timeout, "seconds an aborted request waits for its transfer (40)", 1, 3600},
+        {"kv-transfer-timeout", PD_OPT_DOUBLE, &o.kv_transfer_timeout,
+         "seconds a reservation waits for its KV (prefill queue + compute + transfer) before the request is "
+         "given up and retried elsewhere (300)", 0.5, 86400},
     };
     memcpy(table + MDL_SERVE_NOPTS, mine, sizeof mine);
     const int n = MDL_SERVE_NOPTS + (int)PD_ARRAY_LEN(mine);

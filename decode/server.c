@@ -20,6 +20,7 @@ typedef struct dreq {
     int kv_arrived;              /* the notice (or an abort of the transfer) has come */
     int aborting;                /* waiting for a transfer in flight before the blocks are freed */
     struct event *kv_timer;
+    struct event *kv_deadline;   /* kv_transfer_timeout after the reservation: the KV must have come by then */
     kv_remote_t prefill;         /* the instance that will write our KV: we hear at once if it dies */
     uint64_t prefill_peer;
     double t0, t_kv, t_last;     /* opened, KV ready notice, last token (loop clock) */
@@ -69,6 +70,7 @@ static void dreq_free(dec_server *s, dreq *r)
         }
     if (r->http) evhttp_connection_set_closecb(evhttp_request_get_connection(r->http), NULL, NULL);
     if (r->kv_timer) event_free(r->kv_timer);
+    if (r->kv_deadline) event_free(r->kv_deadline);
     kv_remote_destroy(r->prefill);
     free(r);
 }
@@ -209,6 +211,27 @@ static void kv_lost(dreq *r, const char *msg)
         abort_req(r);
     }
     kv_resolved(r);
+}
+
+/* The reservation's deadline passed without the KV: the prefill instance (or the path to it) stalls. The router
+ * hears a retryable 503 and may run the request elsewhere; the blocks stay reserved until the transfer resolves
+ * or kv_wait_timeout passes, and the prefill instance itself stops writing at the same deadline ("not_after"). */
+static void kv_deadline_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    dreq *r = arg;
+    if (r->kv_arrived || r->aborting) return;
+    pd_warn("request %s: no KV %.1f s after its reservation; giving it up", r->ext_id, r->s->o->kv_transfer_timeout);
+    pd_counter_add(r->s->metrics->kv_failures, NULL, 1);
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "event", "error");
+    cJSON_AddNumberToObject(o, "status", 504);
+    cJSON_AddStringToObject(o, "message", "the KV transfer from the prefill instance did not arrive in time");
+    cJSON_AddBoolToObject(o, "retryable", 1);
+    stream_line(r, o);
+    cJSON_Delete(o);
+    abort_req(r);
 }
 
 static void close_cb(struct evhttp_connection *c, void *arg)
@@ -371,6 +394,14 @@ static void handle_open(dec_server *s, struct evhttp_request *req)
         cJSON_AddNumberToObject(kv, "block_size", s->eo.block_size);
         cJSON_AddNumberToObject(kv, "block_bytes", (double)mdl_engine_pool(s->eng)->block_bytes);
         cJSON_AddStringToObject(kv, "layout", s->layout);
+        /* wall clock: the prefill instance starts no write after it (hosts' clocks agree to well within
+         * kv_wait_timeout, the grace an aborted reservation keeps its blocks) */
+        cJSON_AddNumberToObject(kv, "not_after", pd_wall_now() + s->o->kv_transfer_timeout);
+        struct timeval tv = {(long)s->o->kv_transfer_timeout,
+                             (long)((s->o->kv_transfer_timeout - (long)s->o->kv_transfer_timeout) * 1e6)};
+        r->kv_deadline = evtimer_new(s->base, kv_deadline_cb, r);
+        if (!r->kv_deadline || evtimer_add(r->kv_deadline, &tv) != 0)
+            pd_error("request %s: cannot arm the KV deadline timer; it waits for its KV without one", r->ext_id);
         stream_line(r, o);
         cJSON_Delete(o);
         free(blocks);

@@ -17,6 +17,7 @@ typedef struct {
     int colocated;          /* prefill locally too */
     char *kv_proto;         /* auto|put|am */
     double kv_wait_timeout; /* seconds an aborted request's blocks stay reserved for a transfer in flight */
+    double kv_transfer_timeout; /* seconds a reservation waits for its KV before the request is given up */
 } dec_opts;
 
 typedef struct dec_server_s dec_server;

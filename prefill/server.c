@@ -34,6 +34,8 @@ typedef struct preq {
     int n_prompt;
     double t0, t_prefilled, t_xfer0;
     double eng_queue, eng_prefill; /* the engine's queue and compute times */
+    double not_after;          /* wall clock: the decode instance gives the reservation up then (0: no limit) */
+    struct event *deadline;
     struct preq *next;
 } preq;
 
@@ -74,6 +76,16 @@ static preq *find_ext(pf_server *s, const char *ext)
 
 static void close_cb(struct evhttp_connection *c, void *arg);
 
+static void preq_free(preq *r)
+{
+    if (r->deadline) event_free(r->deadline);
+    kv_remote_destroy(r->remote);
+    free(r->dst);
+    free(r->src);
+    free(r->hidden);
+    free(r);
+}
+
 /* Frees r once nothing refers to it: no transfer in flight, the engine done with it. */
 static void maybe_free(preq *r)
 {
@@ -85,11 +97,7 @@ static void maybe_free(preq *r)
             break;
         }
     if (r->http) evhttp_connection_set_closecb(evhttp_request_get_connection(r->http), NULL, NULL);
-    kv_remote_destroy(r->remote);
-    free(r->dst);
-    free(r->src);
-    free(r->hidden);
-    free(r);
+    preq_free(r);
 }
 
 /* Gives the engine's blocks back (or stops the prefill) once no transfer reads them. */
@@ -303,6 +311,19 @@ static void engine_cb(const mdl_event *ev, void *arg)
 
 /* ---- HTTP ------------------------------------------------------------------------------------------------------- */
 
+/* The decode instance's reservation expired (it gives the request up and, after its grace, reuses the blocks):
+ * nothing more may be written into them. */
+static void deadline_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    preq *r = arg;
+    if (r->failed || (r->notice_started && r->outstanding == 0)) return;
+    pd_counter_add(r->s->metrics->kv_failures, NULL, 1);
+    fail_req(r, 504, "the decode instance's reservation expired before the KV was delivered");
+    maybe_free(r);
+}
+
 static void close_cb(struct evhttp_connection *c, void *arg)
 {
     (void)c;
@@ -351,6 +372,17 @@ static int parse_target(pf_server *s, const cJSON *t, preq *r, char *err, size_t
     }
     r->n_dst = nb;
     r->tag = (uint64_t)req->valuedouble;
+    const cJSON *na = cJSON_GetObjectItemCaseSensitive(t, "not_after");
+    if (na && !cJSON_IsNumber(na)) {
+        snprintf(err, n, "'target.not_after' must be a number (seconds since the epoch)");
+        return 0;
+    }
+    r->not_after = na ? na->valuedouble : 0;
+    if (r->not_after > 0 && pd_wall_now() >= r->not_after) {
+        snprintf(err, n, "the decode instance's reservation expired %.1f s ago (this instance stalled, or clocks "
+                 "disagree); nothing written", pd_wall_now() - r->not_after);
+        return 0;
+    }
     pd_status st = kv_remote_create(s->kv, desc->valuestring, &r->remote);
     if (st != PD_OK) {
         snprintf(err, n, "cannot reach the decode instance's KV region: %s", pd_status_str(st));
@@ -400,8 +432,19 @@ static void handle_prefill(pf_server *s, struct evhttp_request *req)
     r->t0 = pd_time_now();
     r->n_src = mdl_kv_blocks_for(mdl_engine_pool(s->eng), np);
     if (!parse_target(s, cJSON_GetObjectItemCaseSensitive(root, "target"), r, err, sizeof err)) {
-        status = strstr(err, "cannot reach") ? 503 : 400;
+        status = strstr(err, "cannot reach") ? 503 : strstr(err, "expired") ? 504 : 400;
+        if (status == 504) pd_warn("prefill %s: %s", r->ext_id, err);
         goto refuse;
+    }
+    if (r->not_after > 0) {
+        double left = r->not_after - pd_wall_now();
+        struct timeval tv = {(long)left, (long)((left - (long)left) * 1e6)};
+        r->deadline = evtimer_new(s->base, deadline_cb, r);
+        if (!r->deadline || evtimer_add(r->deadline, &tv) != 0) {
+            status = 503;
+            snprintf(err, sizeof err, "cannot arm the reservation deadline");
+            goto refuse;
+        }
     }
     p.max_tokens = 1; /* the first token only */
     pd_status st = mdl_engine_submit(s->eng, r->id, r, prompt, np, &p, MDL_REQ_PREFILL_ONLY);
@@ -430,12 +473,7 @@ refuse: {
     pd_http_reply_json(req, status, eo);
     cJSON_Delete(eo);
 }
-    if (r) {
-        kv_remote_destroy(r->remote);
-        free(r->dst);
-        free(r->hidden);
-        free(r);
-    }
+    if (r) preq_free(r);
     free(prompt);
     cJSON_Delete(root);
 }
@@ -560,11 +598,7 @@ void pf_server_destroy(pf_server *s)
     while (s->reqs) {
         preq *r = s->reqs;
         s->reqs = r->next;
-        kv_remote_destroy(r->remote);
-        free(r->dst);
-        free(r->src);
-        free(r->hidden);
-        free(r);
+        preq_free(r);
     }
     pd_mailbox_destroy(s->mb);
     mdl_model_destroy(s->m);

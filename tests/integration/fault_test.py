@@ -1,6 +1,8 @@
 """Faults, each against real processes: a client that disconnects (1000 times, concurrently), a prefill instance
 killed mid-prefill (the router retries elsewhere; decode frees its reservation at once), a decode instance killed
-mid-stream (the client gets an error event and [DONE] within 2 s), overload (429 with Retry-After). After each,
+mid-stream (the client gets an error event and [DONE] within 2 s), a prefill instance that stalls (the
+decode instance's KV deadline gives the request to another prefill instance; the stalled one writes nothing
+when it wakes), overload (429 with Retry-After). After each,
 no KV block is stranded and a normal request is served."""
 import argparse, concurrent.futures, http.client, json, os, signal, socket, sys, tempfile, threading, time
 
@@ -21,11 +23,11 @@ def exe(name):
 
 
 class Topology:
-    def __init__(self, tag, n_prefill, n_decode, server_args=(), prefill_args=(), router_args=()):
+    def __init__(self, tag, n_prefill, n_decode, server_args=(), prefill_args=(), router_args=(), decode_args=()):
         self.prefill, self.decode = [], []
         common = ["--model", args.model, "--kv-cache-memory", "128M", "--max-model-len", "2048"] + list(server_args)
         for i in range(n_decode):
-            self.decode.append(harness.start([exe("pdserve-decode"), "--port", "0"] + common,
+            self.decode.append(harness.start([exe("pdserve-decode"), "--port", "0"] + common + list(decode_args),
                                              os.path.join(logdir, "%s-decode%d.log" % (tag, i))))
         for i in range(n_prefill):
             self.prefill.append(harness.start([exe("pdserve-prefill"), "--port", "0"] + common + list(prefill_args),
@@ -153,7 +155,65 @@ finally:
             p.send_signal(signal.SIGCONT)
     t.close()
 
-# ---- 3. a decode instance killed mid-stream ----------------------------------------------------------------------
+# ---- 3. a prefill instance that stalls (SIGSTOP) holding a request -----------------------------------------------
+KV_DEADLINE, KV_GRACE = 2.0, 3.0
+t = Topology("stall", 2, 1, decode_args=["--kv-transfer-timeout", str(KV_DEADLINE), "--kv-wait-timeout", str(KV_GRACE)])
+try:
+    body = {"prompt": "a stalled transfer", "max_tokens": 8, "temperature": 0, "ignore_eos": True}
+    ref = harness.request(t.port, "POST", "/v1/completions", body)[1]
+    for p, _ in t.prefill:
+        p.send_signal(signal.SIGSTOP)
+    result = {}
+
+    def send_stalled():
+        t0 = time.time()
+        result["r"] = harness.request(t.port, "POST", "/v1/completions", body, timeout=60)
+        result["s"] = time.time() - t0
+
+    th = threading.Thread(target=send_stalled)
+    th.start()
+    victim = None
+    deadline = time.time() + 5
+    while victim is None and time.time() < deadline:
+        for inst in t.instances():
+            if inst["role"] == "prefill" and inst["inflight"] > 0:
+                victim = next(x for x in t.prefill if "127.0.0.1:%d" % x[1] == inst["address"])
+        time.sleep(0.05)
+    check(victim is not None, "the request reached a prefill instance")
+    survivor = next(x for x in t.prefill if x is not victim)
+    survivor[0].send_signal(signal.SIGCONT)
+    th.join(30)
+    st, o, _ = result.get("r", (0, None, None))
+    check(st == 200 and o["choices"][0]["text"] == ref["choices"][0]["text"],
+          "stalled prefill: the decode deadline moved the request to the other prefill instance, same output: %r %r"
+          % (st, o))
+    check(result.get("s", 99) < KV_DEADLINE + 4, "answered %.2f s after it was sent (deadline %.0f s)"
+          % (result.get("s", 99), KV_DEADLINE))
+    ok, loads = t.idle(t.decode + [survivor], timeout=KV_GRACE + 3)
+    check(ok, "the stalled attempt's reservation is freed after the grace: %r" % loads)
+    victim[0].send_signal(signal.SIGCONT)
+    vlog = os.path.join(logdir, "stall-prefill%d.log" % t.prefill.index(victim))
+    deadline, refused = time.time() + 5, False
+    while time.time() < deadline and not refused:
+        with open(vlog) as f:
+            refused = "reservation expired" in f.read()
+        time.sleep(0.05)
+    check(refused, "woken up, the stalled prefill instance refuses the expired request (log: %s)" % vlog)
+    ok, loads = t.idle(t.prefill + t.decode, timeout=5)
+    check(ok, "nothing stranded on any instance after the stall: %r" % loads)
+    with open(os.path.join(logdir, "stall-decode0.log")) as f:
+        dlog = f.read()
+    check("giving it up" in dlog and "notice for unknown request" not in dlog,
+          "the decode instance gave the stalled request up and heard no late notice for it")
+    check(all(normal_request(t.port) for _ in range(4)), "normal requests are served on both prefill instances after")
+    print("prefill stalled: request answered in %.2f s (KV deadline %.0f s)" % (result.get("s", 99), KV_DEADLINE))
+finally:
+    for p, _ in t.prefill:
+        if p.poll() is None:
+            p.send_signal(signal.SIGCONT)
+    t.close()
+
+# ---- 4. a decode instance killed mid-stream ----------------------------------------------------------------------
 t = Topology("dkill", 1, 1)
 try:
     c = http.client.HTTPConnection("127.0.0.1", t.port, timeout=30)
@@ -187,7 +247,7 @@ try:
 finally:
     t.close()
 
-# ---- 4. overload: 429 with Retry-After ---------------------------------------------------------------------------
+# ---- 5. overload: 429 with Retry-After ---------------------------------------------------------------------------
 t = Topology("overload", 1, 1, prefill_args=["--max-num-queued-reqs", "1", "--max-num-batched-tokens", "16"],
              router_args=["--max-num-queued-reqs", "6"])
 try:
