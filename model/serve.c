@@ -355,6 +355,8 @@ cJSON *mdl_serve_health(mdl_engine *e, const char *role, const char *model)
     cJSON_AddNumberToObject(l, "free_blocks", st.free_blocks);
     cJSON_AddNumberToObject(l, "total_blocks", st.total_blocks);
     cJSON_AddNumberToObject(l, "queued_tokens", (double)st.queued_prompt_tokens);
+    cJSON *cs = cJSON_AddArrayToObject(l, "captured_sizes"); /* the router's bucket-aware policy packs into them */
+    for (int i = 0; i < st.n_graph_sizes; i++) cJSON_AddItemToArray(cs, cJSON_CreateNumber(st.graph_sizes[i]));
     return o;
 }
 

@@ -1056,7 +1056,7 @@ pd_status rt_router_create(struct event_base *base, rt_opts *o, rt_router **out,
     if (o->model && mdl_config_load(o->model, &cfg, err, sizeof err) == PD_OK) rt->vocab_size = cfg.vocab_size;
     rt_policy policy;
     if (rt_policy_parse(o->policy, &policy) != PD_OK) {
-        pd_error("router: --policy '%s' is not least-load or round-robin", o->policy);
+        pd_error("router: --policy '%s' is not least-load, round-robin or bucket", o->policy);
         st = PD_ERR_INVALID;
         goto fail_router;
     }

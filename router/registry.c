@@ -19,6 +19,7 @@ pd_status rt_policy_parse(const char *s, rt_policy *out)
 {
     if (!s || !strcmp(s, "least-load")) *out = RT_POLICY_LEAST_LOAD;
     else if (!strcmp(s, "round-robin")) *out = RT_POLICY_ROUND_ROBIN;
+    else if (!strcmp(s, "bucket")) *out = RT_POLICY_BUCKET;
     else return PD_ERR_INVALID;
     return PD_OK;
 }
@@ -61,6 +62,17 @@ static void probe_done(pd_http_call *c, int status, const char *body, size_t len
         if ((v = cJSON_GetObjectItem(load, "free_blocks")) && cJSON_IsNumber(v)) in->free_blocks = v->valueint;
         if ((v = cJSON_GetObjectItem(load, "total_blocks")) && cJSON_IsNumber(v)) in->total_blocks = v->valueint;
         if ((v = cJSON_GetObjectItem(load, "queued_tokens")) && cJSON_IsNumber(v)) in->queued_tokens = (long)v->valuedouble;
+        if ((v = cJSON_GetObjectItem(load, "captured_sizes")) && cJSON_IsArray(v)) {
+            int n = 0;
+            const cJSON *e;
+            cJSON_ArrayForEach(e, v)
+            {
+                if (n < (int)PD_ARRAY_LEN(in->captured) && cJSON_IsNumber(e) && e->valueint > 0 &&
+                    (n == 0 || e->valueint > in->captured[n - 1]))
+                    in->captured[n++] = e->valueint;
+            }
+            in->n_captured = n;
+        }
     }
     if (!in->healthy) pd_info("router: instance %s (%s) is healthy", in->addr,
                               in->role == RT_PREFILL ? "prefill" : in->role == RT_COLOCATED ? "colocated" : "decode");
@@ -238,19 +250,38 @@ static int prefill_ok(const rt_instance *in, const void *arg)
     return schedulable(in) && in->role == RT_PREFILL && in != pa[0];
 }
 
+/* Bucket tier of adding one sequence to in's batch: 0 it fills a padded row of the captured size the batch already
+ * runs on, 1 it stays within the largest captured size, 2 the batch would leave the captured sizes (general path),
+ * 3 nothing known. The batch is what the instance last reported, or what the router has sent it if that is more. */
+static int bucket_tier(const rt_instance *in)
+{
+    if (in->n_captured == 0) return 3;
+    int n = PD_MAX(in->running + in->waiting, in->inflight);
+    if (n + 1 > in->captured[in->n_captured - 1]) return 2;
+    for (int i = 0; i < in->n_captured && n > 0; i++)
+        if (in->captured[i] >= n) return n + 1 <= in->captured[i] ? 0 : 1;
+    return 1;
+}
+
 rt_instance *rt_pick_decode(rt_registry *r, int tokens)
 {
     (void)tokens; /* the decode instance itself refuses what does not fit */
     if (r->policy == RT_POLICY_ROUND_ROBIN) return pick_rr(r, decode_ok, NULL);
     rt_instance *best = NULL;
+    int btier = 0;
     for (int i = 0; i < r->n; i++) {
         rt_instance *in = r->inst[i];
         if (!decode_ok(in, NULL)) continue;
+        int tier = r->policy == RT_POLICY_BUCKET ? bucket_tier(in) : 0;
         /* free blocks net of what the router has sent since the last poll, then running sequences */
         long score = (long)in->free_blocks - (long)in->inflight * 4, bscore = 0;
         if (best) bscore = (long)best->free_blocks - (long)best->inflight * 4;
-        if (!best || score > bscore || (score == bscore && in->running + in->inflight < best->running + best->inflight))
+        if (!best || tier < btier ||
+            (tier == btier && (score > bscore || (score == bscore && in->running + in->inflight <
+                                                                         best->running + best->inflight)))) {
             best = in;
+            btier = tier;
+        }
     }
     return best;
 }
@@ -311,6 +342,10 @@ cJSON *rt_registry_json(rt_registry *r)
         cJSON_AddNumberToObject(o, "total_blocks", in->total_blocks);
         cJSON_AddNumberToObject(o, "queued_tokens", (double)in->queued_tokens);
         cJSON_AddNumberToObject(o, "inflight", in->inflight);
+        if (in->n_captured) {
+            cJSON *cs = cJSON_AddArrayToObject(o, "captured_sizes");
+            for (int k = 0; k < in->n_captured; k++) cJSON_AddItemToArray(cs, cJSON_CreateNumber(in->captured[k]));
+        }
         cJSON_AddItemToArray(a, o);
     }
     return a;

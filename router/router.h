@@ -44,6 +44,8 @@ typedef struct rt_instance {
     int max_model_len;
     int running, waiting, free_blocks, total_blocks;
     long queued_tokens;
+    int captured[16];        /* decode: captured batch sizes, ascending */
+    int n_captured;
     int inflight;            /* requests the router has sent and not finished */
     int draining;            /* reported draining or told to drain: no new work */
     int removed;             /* removed by an operator: freed once inflight reaches 0 */
@@ -53,7 +55,7 @@ typedef struct rt_instance {
 } rt_instance;
 
 typedef struct rt_registry rt_registry;
-typedef enum { RT_POLICY_LEAST_LOAD = 0, RT_POLICY_ROUND_ROBIN } rt_policy;
+typedef enum { RT_POLICY_LEAST_LOAD = 0, RT_POLICY_ROUND_ROBIN, RT_POLICY_BUCKET } rt_policy;
 pd_status rt_policy_parse(const char *s, rt_policy *out);
 
 pd_status rt_registry_create(struct event_base *base, const char *prefill, const char *decode, double interval,
@@ -67,7 +69,9 @@ void rt_registry_drain(rt_registry *r, rt_instance *in);
 /* Stops scheduling to and polling the instance; it is forgotten once nothing in flight refers to it. */
 void rt_registry_remove(rt_registry *r, rt_instance *in);
 void rt_registry_destroy(rt_registry *r);
-/* Least-loaded healthy decode/colocated instance (more free blocks, then fewer running); NULL if none. */
+/* Healthy decode/colocated instance: least-loaded (more free blocks, then fewer running), or by policy round-robin,
+ * or bucket-aware (the instance whose batch grows within the captured size it already pads to, then one whose
+ * batch stays within its largest captured size, least-loaded among equals); NULL if none. */
 rt_instance *rt_pick_decode(rt_registry *r, int tokens);
 /* Healthy prefill instance with the fewest queued prompt tokens (its layout must equal layout when given),
  * other than avoid; NULL if none. */

@@ -1,6 +1,7 @@
 """Independent scaling with real processes: instances register with a router that starts empty, a decode
 instance joins and another drains (admin API) while traffic flows without a failed request, a prefill
-instance drains on SIGTERM and exits cleanly, and a restarted router learns its instances again."""
+instance drains on SIGTERM and exits cleanly, a restarted router learns its instances again, and the bucket-aware
+policy packs decode batches into the captured sizes where least-load spreads them."""
 import argparse, json, os, signal, socket, sys, tempfile, threading, time
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -123,5 +124,49 @@ finally:
     harness.stop(router)
     for p in procs:
         harness.stop(p)
+
+
+# ---- the bucket-aware decode policy -----------------------------------------------------------------------------
+def placement(policy, n):
+    """Opens n long streams one after another through a router with the policy over two decode instances whose
+    smallest captured batch size is 4; returns how many each decode instance got (its streams, then closed)."""
+    tag = "bucket-" + policy
+    inst = [harness.start([exe("pdserve-decode"), "--port", "0", "--model", args.model, "--kv-cache-memory", "64M",
+                           "--max-model-len", "512", "--graph-batch-sizes", "4,8"], os.path.join(logdir, tag + "-d%d.log" % i))
+            for i in range(2)]
+    inst.append(harness.start([exe("pdserve-prefill"), "--port", "0", "--model", args.model, "--kv-cache-memory", "64M",
+                               "--max-model-len", "512"], os.path.join(logdir, tag + "-p.log")))
+    r, port = harness.start([exe("pdserve-router"), "--port", "0", "--model", args.model, "--health-interval", "0.2",
+                             "--policy", policy, "--decode", ",".join("127.0.0.1:%d" % x[1] for x in inst[:2]),
+                             "--prefill", "127.0.0.1:%d" % inst[2][1]], os.path.join(logdir, tag + "-router.log"))
+    streams = []
+    try:
+        harness.wait_healthy(port)
+        wait(lambda: all(i.get("captured_sizes") == [4, 8] for i in
+                         harness.request(port, "GET", "/admin/instances")[1]["instances"] if i["role"] == "decode"),
+             10, "decode instances report their captured sizes")
+        for k in range(n):
+            c = socket.create_connection(("127.0.0.1", port), timeout=30)
+            b = json.dumps({"prompt": "pack %d" % k, "max_tokens": 400, "stream": True, "ignore_eos": True}).encode()
+            c.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: %d\r\n\r\n" % len(b) + b)
+            c.recv(64)  # the stream started: the router has placed it
+            streams.append(c)
+        got = {i["address"]: i["inflight"] for i in harness.request(port, "GET", "/admin/instances")[1]["instances"]
+               if i["role"] == "decode"}
+        return sorted(got.values(), reverse=True)
+    finally:
+        for c in streams:
+            c.close()
+        harness.stop(r)
+        for p, _ in inst:
+            harness.stop(p)
+
+
+packed = placement("bucket", 5)
+check(packed == [4, 1], "bucket policy: four streams fill one instance's captured size 4, the fifth goes to the other "
+      "(got %r)" % packed)
+spread = placement("least-load", 4)
+check(spread == [2, 2], "least-load spreads the same streams evenly (got %r)" % spread)
 
 check.finish()
