@@ -18,7 +18,10 @@ typedef struct seq {
     seq_state state;
     int32_t *tokens;          /* prompt then generated: [n_prompt + max_tokens] */
     int n_prompt, n_gen, n_cached, n_mtp_cached;
-    int *blocks, n_blocks;
+    int n_fill;               /* tokens a prefill computes: the prompt, or prompt + generated when recomputing */
+    int recompute;            /* preempted: its blocks were taken back; prefill n_fill tokens again, then go on */
+    int *blocks, n_blocks;    /* held now; grown block by block as decoding needs them */
+    int cap_blocks;           /* blocks for prompt + max_tokens: the most it can hold */
     mdl_gen_params p;
     pd_rng rng;
     int abort_req, release_req, prefilling;
@@ -296,7 +299,7 @@ static void run_prefill(mdl_engine *e, chunk *ch, int nc)
         int *mstart = e->b_start, *mctx = e->b_ctx; /* reused: main batch is done */
         for (int i = 0; i < nc; i++) {
             seq *s = ch[i].s;
-            int p0 = s->n_cached, p1 = PD_MIN(s->n_cached + ch[i].n, s->n_prompt - 1);
+            int p0 = s->n_cached, p1 = PD_MIN(s->n_cached + ch[i].n, s->n_fill - 1);
             int row0 = 0;
             for (int j = 0; j < i; j++) row0 += ch[j].n;
             if (p1 <= p0) continue;
@@ -319,7 +322,7 @@ static void run_prefill(mdl_engine *e, chunk *ch, int nc)
         }
         for (int i = 0; i < nc; i++) {
             seq *s = ch[i].s;
-            int p1 = PD_MIN(s->n_cached + ch[i].n, s->n_prompt - 1);
+            int p1 = PD_MIN(s->n_cached + ch[i].n, s->n_fill - 1);
             if (p1 > s->n_mtp_cached) s->n_mtp_cached = p1;
         }
     }
@@ -517,13 +520,60 @@ static void accept(mdl_engine *e, seq *s, int i, int row0)
 /* One decode step over the nd running sequences (engine thread, lock not held): drafts (k > 0), one main-model
  * pass over the last token and the drafts of each, acceptance. Results in e->r_*; e->last_plan/last_padded say
  * which plan ran. */
+/* Drafts s verifies in its next decode step: k, never past max_tokens. */
+static int step_drafts(const mdl_engine *e, const seq *s)
+{
+    return e->k > 0 ? PD_MAX(0, PD_MIN(e->k, s->p.max_tokens - s->n_gen - 1)) : 0;
+}
+
+/* Takes s's blocks back (under the lock): it waits to prefill its prompt and output so far again (vLLM's
+ * recompute preemption), then samples on from where it stopped, with the same generator. */
+static void preempt(mdl_engine *e, seq *s)
+{
+    mdl_kv_free(e->kv, s->n_blocks, s->blocks);
+    s->n_blocks = 0;
+    s->state = SEQ_WAITING;
+    s->recompute = 1;
+    s->prefilling = 0;
+    s->n_fill = s->n_prompt + s->n_gen;
+    s->n_cached = s->n_mtp_cached = s->n_hid = 0;
+    e->st.preemptions++;
+}
+
+/* Gives every sequence of the coming decode step the blocks for the positions it writes (under the lock). When
+ * the pool runs dry the latest-arrived running sequence is preempted, which may be the one growing. Returns the
+ * number of sequences left in dec. */
+static int grow(mdl_engine *e, seq **dec, int nd)
+{
+    int n = 0;
+    for (int i = 0; i < nd; i++) {
+        seq *s = dec[i];
+        if (s->state != SEQ_RUNNING) continue; /* preempted for an earlier one */
+        int need = mdl_kv_blocks_for(e->kv, s->n_prompt + s->n_gen + step_drafts(e, s)) - s->n_blocks;
+        while (need > 0 && e->kv->n_free < need) {
+            seq *victim = NULL;
+            for (seq *q = e->all; q; q = q->next)
+                if (q->state == SEQ_RUNNING) victim = q;
+            preempt(e, victim);
+            if (victim == s) break;
+        }
+        if (s->state != SEQ_RUNNING) continue;
+        if (need > 0) {
+            PD_ASSERT(s->n_blocks + need <= s->cap_blocks && mdl_kv_alloc(e->kv, need, s->blocks + s->n_blocks) == PD_OK);
+            s->n_blocks += need;
+        }
+    }
+    for (int i = 0; i < nd; i++)
+        if (dec[i]->state == SEQ_RUNNING) dec[n++] = dec[i];
+    return n;
+}
+
 static void run_decode(mdl_engine *e, seq **dec, int nd)
 {
     const int D = e->m->cfg.hidden_size, k = e->k;
     int tps = 1;
     for (int i = 0; i < nd && k > 0; i++) {
-        /* never draft past max_tokens: the verified positions then stay inside the blocks reserved at submit */
-        e->ks[i] = PD_MAX(0, PD_MIN(k, dec[i]->p.max_tokens - dec[i]->n_gen - 1));
+        e->ks[i] = step_drafts(e, dec[i]); /* grow() gave the sequence blocks for exactly these positions */
         tps = PD_MAX(tps, e->ks[i] + 1);
     }
     const int pi = pick_plan(e, nd, tps);
@@ -607,20 +657,29 @@ static void *engine_main(void *arg)
         for (seq *s = e->all; s && budget > 0 && nc < e->o.max_num_seqs; s = s->next) {
             if (s->state != SEQ_WAITING) continue;
             if (!s->prefilling) {
-                if (s->mode == MDL_REQ_LOCAL && running >= e->o.max_num_seqs) continue;
+                const int local = s->mode == MDL_REQ_LOCAL || s->recompute;
+                if (local && running >= e->o.max_num_seqs) continue;
+                if (s->recompute) { /* a preempted sequence takes its blocks back before it prefills again */
+                    int nb = mdl_kv_blocks_for(e->kv, s->n_fill);
+                    if (e->kv->n_free < nb || mdl_kv_alloc(e->kv, nb, s->blocks) != PD_OK) continue;
+                    s->n_blocks = nb;
+                }
                 s->prefilling = 1;
-                s->t_prefill0 = pd_time_now();
-                if (s->mode == MDL_REQ_LOCAL) running++;
+                if (!s->recompute) s->t_prefill0 = pd_time_now();
+                if (local) running++;
             }
-            int n = PD_MIN(budget, s->n_prompt - s->n_cached);
+            int n = PD_MIN(budget, s->n_fill - s->n_cached);
             ch[nc].s = s;
             ch[nc].n = n;
-            ch[nc].done = s->n_cached + n == s->n_prompt;
+            ch[nc].done = s->n_cached + n == s->n_fill;
             budget -= n;
             nc++;
         }
         for (seq *s = e->all; s && nd < e->o.max_num_seqs; s = s->next)
             if (s->state == SEQ_RUNNING) dec[nd++] = s;
+        const uint64_t preempted = e->st.preemptions;
+        nd = grow(e, dec, nd);
+        if (nc == 0 && nd == 0 && e->st.preemptions != preempted) continue; /* plan the recomputation now */
         if (nc == 0 && nd == 0) {
             deliver_events(e);
             if (!e->stop && !has_commands(e)) pthread_cond_wait(&e->cv, &e->mu);
@@ -680,8 +739,9 @@ static void *engine_main(void *arg)
                 s->first_token = first[i];
             } else {
                 s->state = SEQ_RUNNING;
-                s->t_decode0 = now;
-                s->n_hid = 1; /* the last prompt position's hidden state */
+                if (!s->recompute) s->t_decode0 = now;
+                s->recompute = 0;
+                s->n_hid = 1; /* the last prefilled position's hidden state */
                 if (!s->abort_req) emit_token(e, s, first[i], first_lp[i], &tmpl[i]);
             }
         }
@@ -907,12 +967,13 @@ pd_status mdl_engine_submit(mdl_engine *e, uint64_t id, void *user, const int32_
         if (p->stop_ids[i] < 0 || p->stop_ids[i] >= c->vocab_size) return PD_ERR_INVALID;
     int gen = mode == MDL_REQ_PREFILL_ONLY ? 0 : p->max_tokens;
     if (n_prompt + gen > e->o.max_model_len) return PD_ERR_RANGE;
-    int nb = mdl_kv_blocks_for(e->kv, n_prompt + gen);
-    if (nb > e->o.n_blocks) return PD_ERR_RANGE;
+    /* the whole sequence must fit the pool on its own; the prompt's blocks are taken now, the rest as it grows */
+    int cap = mdl_kv_blocks_for(e->kv, n_prompt + gen), nb = mdl_kv_blocks_for(e->kv, n_prompt);
+    if (cap > e->o.n_blocks) return PD_ERR_RANGE;
     seq *s = calloc(1, sizeof *s);
     if (!s) return PD_ERR_NOMEM;
     s->tokens = malloc((size_t)(n_prompt + p->max_tokens) * sizeof(int32_t));
-    s->blocks = malloc((size_t)nb * sizeof(int));
+    s->blocks = malloc((size_t)cap * sizeof(int));
     s->hidden = malloc((size_t)(e->k + 1) * c->hidden_size * sizeof(float));
     if (!s->tokens || !s->blocks || !s->hidden) {
         seq_free(s);
@@ -923,17 +984,24 @@ pd_status mdl_engine_submit(mdl_engine *e, uint64_t id, void *user, const int32_
     s->user = user;
     s->mode = mode;
     s->n_prompt = n_prompt;
+    s->n_fill = n_prompt;
     s->n_blocks = nb;
+    s->cap_blocks = cap;
     s->p = *p;
     pd_rng_seed(&s->rng, p->has_seed ? p->seed : pd_time_ns() ^ id);
     s->state = mode == MDL_REQ_REMOTE_KV ? SEQ_WAIT_KV : SEQ_WAITING;
     s->t_submit = pd_time_now();
     pthread_mutex_lock(&e->mu);
     pd_status st = PD_OK;
-    int waiting = 0;
-    for (seq *q = e->all; q; q = q->next) waiting += q->state == SEQ_WAITING;
+    int waiting = 0, preempted = 0;
+    for (seq *q = e->all; q; q = q->next) {
+        waiting += q->state == SEQ_WAITING;
+        preempted |= q->recompute && q->n_blocks == 0;
+    }
     if (find(e, id)) st = PD_ERR_INVALID;
     else if (e->o.max_waiting > 0 && waiting >= e->o.max_waiting) st = PD_ERR_FULL;
+    /* preempted sequences get blocks first; a 1% watermark keeps room for running sequences to grow into */
+    else if (preempted || e->kv->n_free - nb < e->o.n_blocks / 100) st = PD_ERR_BUSY;
     else st = mdl_kv_alloc(e->kv, nb, s->blocks);
     if (st == PD_OK) {
         seq **pp = &e->all; /* append: arrival order is prefill order */
@@ -1018,7 +1086,7 @@ void mdl_engine_get_stats(mdl_engine *e, mdl_engine_stats *out)
         if (q->state == SEQ_RUNNING || q->state == SEQ_KV_READY) s.running++;
         else if (q->state == SEQ_WAITING || q->state == SEQ_WAIT_KV) {
             s.waiting++;
-            if (q->state == SEQ_WAITING) s.queued_prompt_tokens += q->n_prompt - q->n_cached;
+            if (q->state == SEQ_WAITING) s.queued_prompt_tokens += q->n_fill - q->n_cached;
         } else if (q->state == SEQ_HELD) s.held++;
     }
     s.free_blocks = e->kv->n_free;

@@ -1,5 +1,7 @@
 /* mdl_engine: continuous batching over one model and one paged KV pool, on a thread of its own.
- * Requests are submitted with their blocks reserved up front (all or nothing). Each step takes waiting
+ * Requests are admitted with their prompt's blocks; a sequence takes further blocks as it decodes, and when the
+ * pool runs dry the latest-arrived running sequence is preempted (its blocks taken back, its prompt and output
+ * recomputed once blocks free up, then it samples on with the same generator). Each step takes waiting
  * prompts in arrival order up to the token budget (chunked when longer), runs them through the model and its
  * MTP layer, then one decode step over every running sequence — with MTP speculative decoding when
  * num_speculative_tokens > 0 (draft k, verify k+1 in one pass, lossless acceptance; docs/speculative.md) and on
@@ -101,6 +103,8 @@ typedef struct {
     uint64_t spec_seq_steps, spec_drafted, spec_accepted;
     uint64_t spec_accepted_at[MDL_MAX_SPEC_TOKENS];
     double spec_mean_accepted_len;
+    /* sequences whose blocks were taken back to let others grow (recomputed later) */
+    uint64_t preemptions;
     /* captured sizes: the sizes, decode steps replayed on each, padding rows added (waste), and steps that
      * took the general path because no captured size held the batch */
     int n_graph_sizes;
@@ -117,12 +121,13 @@ pd_status mdl_engine_create(mdl_model *m, const mdl_engine_opts *o, mdl_event_cb
 /* Stops the thread (finishing nothing: pending requests get no further events) and frees everything. */
 void mdl_engine_destroy(mdl_engine *e);
 
-/* Admits a request: validates it, reserves blocks for prompt + max_tokens. PD_ERR_BUSY when the blocks are
- * not free, PD_ERR_FULL when max_waiting requests already wait, PD_ERR_RANGE when it can never fit (longer than max_model_len or the pool), PD_ERR_INVALID
+/* Admits a request: validates it, takes the prompt's blocks. PD_ERR_BUSY when they are not free (beyond a 1%
+ * watermark kept for running sequences to grow into) or a preempted sequence waits for blocks, PD_ERR_FULL when max_waiting requests already wait, PD_ERR_RANGE when it can never fit (longer than max_model_len or the pool), PD_ERR_INVALID
  * for bad tokens or parameters. The prompt is copied. */
 pd_status mdl_engine_submit(mdl_engine *e, uint64_t id, void *user, const int32_t *prompt, int n_prompt,
                             const mdl_gen_params *p, mdl_req_mode mode);
-/* Block ids reserved for a request (copied into out, up to cap); returns the count or -1 when unknown. */
+/* Block ids a request holds now (copied into out, up to cap); returns the count or -1 when unknown. For a
+ * REMOTE_KV request right after submit: the prompt's blocks, where its KV is to be written. */
 int mdl_engine_blocks(mdl_engine *e, uint64_t id, int *out, int cap);
 /* REMOTE_KV: the prompt's KV is in place; the first token (with its logprob and n_top alternatives) was
  * sampled by the prefill side; hidden is the last prompt position's hidden state (may be NULL). */

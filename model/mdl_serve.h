@@ -54,6 +54,7 @@ typedef struct {
     pd_metric *kv_wait;                                                     /* decode: reservation -> KV ready */
     pd_metric *spec_drafts, *spec_draft_tokens, *spec_accepted, *spec_accepted_pos; /* MTP speculation */
     pd_metric *graph_steps, *graph_padded;                                  /* captured batch sizes */
+    pd_metric *preemptions;
 } mdl_serve_metrics;
 
 /* role: "prefill", "decode" or "colocated". The engine must outlive the metrics. */

@@ -372,6 +372,7 @@ static void collect_cb(pd_metrics *reg, void *arg)
     pd_gauge_set(m->free_blocks, NULL, st.free_blocks);
     pd_gauge_set(m->total_blocks, NULL, st.total_blocks);
     pd_counter_set(m->steps, NULL, (double)st.steps);
+    pd_counter_set(m->preemptions, NULL, (double)st.preemptions);
     /* speculative decoding and captured batch sizes */
     pd_counter_set(m->spec_drafts, NULL, (double)st.spec_seq_steps);
     pd_counter_set(m->spec_draft_tokens, NULL, (double)st.spec_drafted);
@@ -407,6 +408,8 @@ pd_status mdl_serve_metrics_create(mdl_engine *e, const char *role, mdl_serve_me
     G(free_blocks, "pdserve_kv_cache_free_blocks", "Free KV cache blocks.");
     G(total_blocks, "pdserve_kv_cache_total_blocks", "KV cache blocks in the pool.");
     C(steps, "pdserve_engine_steps_total", "Engine steps (batched forward passes).", NULL);
+    C(preemptions, "pdserve_num_preemptions_total", "Running sequences whose KV blocks were taken back for others "
+      "to grow into (recomputed later).", NULL);
     C(gen_tokens, "pdserve_generation_tokens_total", "Tokens generated.", NULL);
     C(prompt_tokens, "pdserve_prompt_tokens_total", "Prompt tokens processed.", NULL);
     C(rejected, "pdserve_request_rejected_total", "Requests refused at admission.", NULL);

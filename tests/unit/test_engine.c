@@ -1,6 +1,7 @@
 /* Engine tests: continuous batching gives each request what it would get alone; prefill on one engine +
  * blocks copied into another engine's reserved blocks (what kvtransfer does) + kv_ready == local, for greedy
- * and seeded sampling; aborts and refusals free everything; logprobs are the model's. */
+ * and seeded sampling; aborts and refusals free everything; logprobs are the model's; a pool too small for
+ * every sequence's growth preempts and recomputes without changing any output. */
 #include <check.h>
 #include <math.h>
 #include <pthread.h>
@@ -224,13 +225,14 @@ START_TEST(test_abort_and_refusal)
 {
     setup();
     sink *k = sink_new();
-    mdl_engine *e = engine(k, 8, 10, 16);
-    int32_t t[40];
-    for (int j = 0; j < 40; j++) t[j] = j;
-    mdl_gen_params p = greedy(40);
-    /* 40 + 40 tokens = 10 blocks of 8: the whole pool */
-    ck_assert_int_eq(mdl_engine_submit(e, 0, NULL, t, 40, &p, MDL_REQ_REMOTE_KV), PD_OK);
-    ck_assert_int_eq(mdl_engine_submit(e, 1, NULL, t, 8, &p, MDL_REQ_LOCAL), PD_ERR_BUSY);
+    mdl_engine *e = engine(k, 8, 12, 16);
+    int32_t t[80];
+    for (int j = 0; j < 80; j++) t[j] = j;
+    mdl_gen_params p = greedy(40), p16 = greedy(16);
+    /* an 80-token prompt takes 10 of the 12 blocks at admission (it may grow to all 12); 24 more do not fit */
+    ck_assert_int_eq(mdl_engine_submit(e, 0, NULL, t, 80, &p16, MDL_REQ_REMOTE_KV), PD_OK);
+    ck_assert_int_eq(mdl_engine_submit(e, 1, NULL, t, 24, &p, MDL_REQ_LOCAL), PD_ERR_BUSY);
+    ck_assert_int_eq(mdl_engine_submit(e, 1, NULL, t, 80, &p, MDL_REQ_LOCAL), PD_ERR_RANGE); /* > the pool alone */
     ck_assert_int_eq(mdl_engine_submit(e, 0, NULL, t, 8, &p, MDL_REQ_LOCAL), PD_ERR_INVALID); /* duplicate id */
     mdl_gen_params big = greedy(200);
     ck_assert_int_eq(mdl_engine_submit(e, 2, NULL, t, 8, &big, MDL_REQ_LOCAL), PD_ERR_RANGE); /* > max_model_len */
@@ -250,7 +252,7 @@ START_TEST(test_abort_and_refusal)
     ck_assert(k->why[1] == MDL_FINISH_ABORT || k->why[1] == MDL_FINISH_LENGTH);
     mdl_engine_stats st;
     mdl_engine_get_stats(e, &st);
-    ck_assert_int_eq(st.free_blocks, 10);
+    ck_assert_int_eq(st.free_blocks, 12);
     mdl_engine_abort(e, 12345); /* unknown: ignored */
     /* eos stops unless ignore_eos; min_tokens holds stop tokens back */
     mdl_gen_params q = greedy(5);
@@ -275,6 +277,70 @@ START_TEST(test_abort_and_refusal)
 }
 END_TEST
 
+/* Sequences take blocks as they grow. A pool far smaller than what the batch needs at its longest preempts
+ * (recompute), and every request still gets exactly the tokens a roomy pool gives it: greedy and seeded, with and
+ * without MTP speculation (float32 weights and KV, so the recomputed prefill path rounds like decode did). */
+static void run_pool(mdl_model *m, int n_blocks, int spec, float temperature, int out[][64], uint64_t *preempted)
+{
+    const int N = 8, T = 40;
+    sink *k = sink_new();
+    mdl_engine_opts o = {.max_num_seqs = 8, .max_num_batched_tokens = 16, .max_model_len = 128, .block_size = 8,
+                         .n_blocks = n_blocks, .num_speculative_tokens = spec};
+    mdl_engine *e = NULL;
+    ck_assert_int_eq(mdl_engine_create(m, &o, on_event, k, &e), PD_OK);
+    int32_t t[64];
+    int n;
+    for (int i = 0; i < N; i++) {
+        prompt_of(i, t, &n);
+        mdl_gen_params p = greedy(T);
+        p.sampling.temperature = temperature;
+        p.has_seed = 1;
+        p.seed = 77 + (uint64_t)i;
+        ck_assert_int_eq(mdl_engine_submit(e, (uint64_t)i, NULL, t, n, &p, MDL_REQ_LOCAL), PD_OK);
+    }
+    for (int i = 0; i < N; i++) {
+        wait_for(k, &k->done[i]);
+        ck_assert_int_eq(k->why[i], MDL_FINISH_LENGTH);
+        ck_assert_int_eq(k->n_out[i], T);
+        memcpy(out[i], k->out[i], sizeof k->out[i]);
+    }
+    mdl_engine_stats st;
+    mdl_engine_get_stats(e, &st);
+    ck_assert_int_eq(st.free_blocks, n_blocks);
+    *preempted = st.preemptions;
+    mdl_engine_destroy(e);
+    free(k);
+}
+
+START_TEST(test_preemption_keeps_outputs)
+{
+    setup();
+    char err[512];
+    mdl_load_opts lo = mdl_load_defaults();
+    lo.progress = 0;
+    lo.weight_type = KRN_F32;
+    lo.kv_type = KRN_F32;
+    mdl_model *m = NULL;
+    ck_assert_int_eq(mdl_model_load(g_dir, &lo, &m, err, sizeof err), PD_OK);
+    static const struct { int spec; float temp; } cases[] = {{0, 0.0f}, {0, 0.8f}, {2, 0.0f}};
+    for (int c = 0; c < 3; c++) {
+        int roomy[8][64], tight[8][64];
+        uint64_t pr_roomy, pr_tight;
+        run_pool(m, 256, cases[c].spec, cases[c].temp, roomy, &pr_roomy);
+        /* the prompts take 21 blocks of 8; at the end the sequences need 61; the pool has 24 */
+        run_pool(m, 24, cases[c].spec, cases[c].temp, tight, &pr_tight);
+        ck_assert_int_eq(pr_roomy, 0);
+        ck_assert_msg(pr_tight > 0, "case %d: the tight pool preempted nothing", c);
+        for (int i = 0; i < 8; i++)
+            for (int j = 0; j < 40; j++)
+                ck_assert_msg(roomy[i][j] == tight[i][j], "case %d (k=%d T=%.1f): req %d tok %d: %d roomy, %d after "
+                              "%llu preemptions", c, cases[c].spec, cases[c].temp, i, j, roomy[i][j], tight[i][j],
+                              (unsigned long long)pr_tight);
+    }
+    mdl_model_destroy(m);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("engine");
@@ -284,6 +350,7 @@ int main(void)
     tcase_add_test(tc, test_pd_equals_local_greedy);
     tcase_add_test(tc, test_pd_equals_local_seeded);
     tcase_add_test(tc, test_abort_and_refusal);
+    tcase_add_test(tc, test_preemption_keeps_outputs);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_set_fork_status(sr, CK_NOFORK);
