@@ -154,13 +154,23 @@ START_TEST(test_batched_equals_alone)
 }
 END_TEST
 
-/* prefill engine -> copy blocks -> decode engine, against one local engine */
-static void pd_vs_local(float temperature)
+static mdl_engine *engine_on(mdl_model *m, sink *k, int block, int n_blocks, int budget)
 {
-    setup();
-    const int N = 6, T = 12, BS = 8;
+    mdl_engine_opts o = {.max_num_seqs = 8, .max_num_batched_tokens = budget, .max_model_len = 128,
+                         .block_size = block, .n_blocks = n_blocks};
+    mdl_engine *e = NULL;
+    ck_assert_int_eq(mdl_engine_create(m, &o, on_event, k, &e), PD_OK);
+    return e;
+}
+
+/* prefill engine -> copy blocks -> decode engine (dec_blocks in its pool), against one local engine; returns
+ * the decode engine's preemptions */
+static uint64_t pd_vs_local_on(mdl_model *m, float temperature, int N, int T, int dec_blocks)
+{
+    const int BS = 8;
     sink *kl = sink_new(), *kp = sink_new(), *kd = sink_new();
-    mdl_engine *el = engine(kl, BS, 128, 16), *ep = engine(kp, BS, 128, 16), *ed = engine(kd, BS, 128, 16);
+    mdl_engine *el = engine_on(m, kl, BS, 256, 16), *ep = engine_on(m, kp, BS, 256, 16);
+    mdl_engine *ed = engine_on(m, kd, BS, dec_blocks, 16);
     char la[128], lb[128];
     mdl_engine_layout(ep, la, sizeof la);
     mdl_engine_layout(ed, lb, sizeof lb);
@@ -195,25 +205,36 @@ static void pd_vs_local(float temperature)
         wait_for(kl, &kl->done[i]);
         wait_for(kd, &kd->done[i]);
         ck_assert_int_eq(kd->n_out[i], T);
+        ck_assert_int_eq(kd->why[i], MDL_FINISH_LENGTH);
         for (int j = 0; j < T; j++)
             ck_assert_msg(kd->out[i][j] == kl->out[i][j], "T=%.1f req %d tok %d: pd %d local %d", temperature, i, j,
                           kd->out[i][j], kl->out[i][j]);
         ck_assert_float_eq_tol(kd->lps[i][0], kl->lps[i][0], 1e-4);
     }
     mdl_engine_stats st;
+    mdl_engine_get_stats(ed, &st);
+    ck_assert_int_eq(st.free_blocks, dec_blocks);
+    uint64_t preempted = st.preemptions;
     mdl_engine_get_stats(ep, &st);
-    for (int tries = 0; tries < 200 && st.free_blocks != 128; tries++) { /* release is asynchronous */
+    for (int tries = 0; tries < 200 && st.free_blocks != 256; tries++) { /* release is asynchronous */
         struct timespec ts = {0, 5000000};
         nanosleep(&ts, NULL);
         mdl_engine_get_stats(ep, &st);
     }
-    ck_assert_int_eq(st.free_blocks, 128);
+    ck_assert_int_eq(st.free_blocks, 256);
     mdl_engine_destroy(el);
     mdl_engine_destroy(ep);
     mdl_engine_destroy(ed);
     free(kl);
     free(kp);
     free(kd);
+    return preempted;
+}
+
+static void pd_vs_local(float temperature)
+{
+    setup();
+    pd_vs_local_on(g_m, temperature, 6, 12, 128);
 }
 
 START_TEST(test_pd_equals_local_greedy) { pd_vs_local(0.0f); }
@@ -336,6 +357,11 @@ START_TEST(test_preemption_keeps_outputs)
                 ck_assert_msg(roomy[i][j] == tight[i][j], "case %d (k=%d T=%.1f): req %d tok %d: %d roomy, %d after "
                               "%llu preemptions", c, cases[c].spec, cases[c].temp, i, j, roomy[i][j], tight[i][j],
                               (unsigned long long)pr_tight);
+    }
+    /* sequences whose KV came from a prefill engine are preempted and recomputed on the decode engine */
+    for (int c = 0; c < 2; c++) {
+        uint64_t pr = pd_vs_local_on(m, c ? 0.8f : 0.0f, 8, 40, 24);
+        ck_assert_msg(pr > 0, "PD case %d: the tight decode pool preempted nothing", c);
     }
     mdl_model_destroy(m);
 }
