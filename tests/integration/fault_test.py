@@ -224,9 +224,26 @@ try:
     while got < 5:
         line = r.readline()
         got += line.startswith(b"data: ")
+    plain = {}
+
+    def send_plain():  # a non-streamed request decoding on the same instance
+        plain["r"] = harness.request(t.port, "POST", "/v1/completions", {"prompt": "and then", "max_tokens": 1500,
+                                                                          "ignore_eos": True}, timeout=30)
+        plain["t"] = time.time()
+
+    pth = threading.Thread(target=send_plain)
+    pth.start()
+    deadline = time.time() + 10
+    while time.time() < deadline and harness.request(t.decode[0][1], "GET", "/health")[1]["load"]["running"] < 2:
+        time.sleep(0.02)
     t_kill = time.time()
     t.decode[0][0].kill()
     t.decode[0][0].wait()
+    pth.join(30)
+    pst, po, _ = plain.get("r", (0, None, None))
+    check(500 <= pst < 600 and isinstance(po, dict) and "error" in po and plain["t"] - t_kill < 2.0,
+          "decode killed: the non-streamed request gets a 5xx with an error body within 2 s: %r in %.2f s"
+          % ((pst, po), plain.get("t", 1e9) - t_kill))
     error_seen = done_seen = False
     while True:
         line = r.readline()
