@@ -398,6 +398,7 @@ static rt_limits request_limits(rt_router *rt)
         .max_stop = rt->o->max_stop,
         .max_n = rt->o->max_n,
         .max_body = rt->o->max_body,
+        .max_depth = RT_MAX_JSON_DEPTH,
     };
     return lim;
 }

@@ -10,12 +10,38 @@
 /* ---- validation helpers --------------------------------------------------------------------------------- */
 
 static int bad(rt_error *e, const char *param, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* Length of the UTF-8 sequence at p (at most n bytes there): 1-4, or 0 when it is not a valid one (overlong forms,
+ * surrogates and code points past U+10FFFF are not). */
+static size_t utf8_seq(const unsigned char *p, size_t n)
+{
+    unsigned c = p[0], cp, min;
+    size_t k;
+    if (c < 0x80) return 1;
+    if (c >= 0xC2 && c <= 0xDF) k = 1, cp = c & 0x1F, min = 0x80;
+    else if (c >= 0xE0 && c <= 0xEF) k = 2, cp = c & 0x0F, min = 0x800;
+    else if (c >= 0xF0 && c <= 0xF4) k = 3, cp = c & 0x07, min = 0x10000;
+    else return 0;
+    if (n <= k) return 0;
+    for (size_t j = 1; j <= k; j++) {
+        if ((p[j] & 0xC0) != 0x80) return 0;
+        cp = cp << 6 | (p[j] & 0x3F);
+    }
+    if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
+    return k + 1;
+}
+
 static int bad(rt_error *e, const char *param, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(e->msg, sizeof e->msg, fmt, ap);
+    int n = vsnprintf(e->msg, sizeof e->msg, fmt, ap);
     va_end(ap);
+    if (n >= (int)sizeof e->msg) { /* cut short: never inside a UTF-8 sequence of an echoed value */
+        size_t len = strlen(e->msg), i = len;
+        while (i > 0 && len - i < 4 && ((unsigned char)e->msg[i - 1] & 0xC0) == 0x80) i--;
+        if (i > 0 && (unsigned char)e->msg[i - 1] >= 0xC0 && !utf8_seq((unsigned char *)e->msg + i - 1, len - i + 1))
+            e->msg[i - 1] = '\0';
+    }
     snprintf(e->param, sizeof e->param, "%s", param ? param : "");
     e->status = 400;
     e->type = pd_http_error_type(400);
@@ -28,8 +54,9 @@ static int opt_num(const cJSON *o, const char *k, double lo, double hi, int want
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
     if (!v || cJSON_IsNull(v)) return 1;
     if (!cJSON_IsNumber(v)) return bad(e, k, "'%s' must be a number", k);
-    if (want_int && v->valuedouble != (double)(long long)v->valuedouble) return bad(e, k, "'%s' must be an integer", k);
+    /* the range first: casting a double outside long long's range is undefined */
     if (v->valuedouble < lo || v->valuedouble > hi) return bad(e, k, "'%s' must be in [%g, %g]", k, lo, hi);
+    if (want_int && v->valuedouble != (double)(long long)v->valuedouble) return bad(e, k, "'%s' must be an integer", k);
     *out = v->valuedouble;
     return 1;
 }
@@ -216,7 +243,9 @@ static int parse_stop(const rt_limits *lim, const cJSON *root, rt_req *r, rt_err
 {
     const cJSON *stop = cJSON_GetObjectItemCaseSensitive(root, "stop");
     if (stop && !cJSON_IsNull(stop)) {
-        if (cJSON_IsString(stop)) {
+        if (cJSON_IsString(stop)) { /* one string: the limits of a list of one */
+            if (stop->valuestring[0] && lim->max_stop < 1) return bad(e, "stop", "at most %d stop strings", lim->max_stop);
+            if (strlen(stop->valuestring) > 200) return bad(e, "stop", "stop strings are at most 200 bytes");
             if (stop->valuestring[0]) r->stops[r->n_stops++] = strdup(stop->valuestring);
         } else if (cJSON_IsArray(stop)) {
             if (cJSON_GetArraySize(stop) > lim->max_stop) return bad(e, "stop", "at most %d stop strings", lim->max_stop);
@@ -237,7 +266,8 @@ static int parse_stop(const rt_limits *lim, const cJSON *root, rt_req *r, rt_err
         const cJSON *v;
         cJSON_ArrayForEach(v, sti)
         {
-            if (!cJSON_IsNumber(v) || v->valuedouble < 0 || v->valuedouble >= lim->vocab_size)
+            if (!cJSON_IsNumber(v) || v->valuedouble < 0 || v->valuedouble >= lim->vocab_size ||
+                v->valuedouble != (double)(int32_t)v->valuedouble)
                 return bad(e, "stop_token_ids", "'stop_token_ids' holds a value that is not a token id");
             r->stop_ids[r->n_stop_ids++] = (int32_t)v->valuedouble;
         }
@@ -246,6 +276,80 @@ static int parse_stop(const rt_limits *lim, const cJSON *root, rt_req *r, rt_err
 }
 
 /* ---- the request ---------------------------------------------------------------------------------------- */
+
+/* One pass over the raw body before cJSON sees it. Nesting depth: cJSON recurses up to its own limit of 1000 and
+ * the chat template and cJSON_Duplicate recurse over what it builds. UTF-8 (JSON text is UTF-8, RFC 8259): an
+ * invalid byte would otherwise reach the tokenizer or the template, be kept (stop strings), or be echoed into an
+ * error reply that is then not UTF-8 itself. NUL in a string, raw or \u0000: cJSON's C strings would cut the text
+ * there without a word. The error names the top-level field at fault; malformed JSON is left to cJSON. */
+static int scan_body(const unsigned char *p, size_t n, int max_depth, rt_error *e)
+{
+    int depth = 0, in_str = 0, key_next = 0, in_key = 0;
+    char key[48] = "", cur[48] = ""; /* the last top-level key, the one being read */
+    size_t kl = 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned c = p[i];
+        const char *field = in_key ? NULL : key[0] ? key : NULL;
+        if (in_str) {
+            size_t len = 1;
+            if (c == '"') {
+                in_str = 0;
+                if (in_key) memcpy(key, cur, kl + 1);
+                in_key = 0;
+                continue;
+            }
+            if (c == 0 || (c == '\\' && i + 5 < n && !memcmp(p + i + 1, "u0000", 5))) {
+                if (field) return bad(e, field, "'%s' must not contain NUL characters (\\u0000)", field);
+                return bad(e, NULL, "request body strings must not contain NUL characters (\\u0000)");
+            }
+            if (c == '\\' && i + 1 < n) len = 2; /* the escaped character is not a delimiter */
+            else if (c >= 0x80 && !(len = utf8_seq(p + i, n - i))) {
+                if (field) return bad(e, field, "'%s' is not valid UTF-8 text", field);
+                return bad(e, NULL, "request body is not valid UTF-8");
+            }
+            if (in_key && kl + len < sizeof cur) {
+                memcpy(cur + kl, p + i, len);
+                kl += len;
+                cur[kl] = '\0';
+            }
+            i += len - 1;
+            continue;
+        }
+        switch (c) {
+        case '"':
+            in_str = 1;
+            if (depth == 1 && key_next) {
+                in_key = 1;
+                key_next = 0;
+                kl = 0;
+                cur[0] = '\0';
+            }
+            break;
+        case '{':
+        case '[':
+            if (++depth > max_depth) {
+                if (field) return bad(e, field, "'%s' is nested deeper than %d levels", field, max_depth);
+                return bad(e, NULL, "request body is nested deeper than %d levels", max_depth);
+            }
+            key_next = depth == 1 && c == '{';
+            break;
+        case '}':
+        case ']':
+            if (depth > 0) depth--;
+            break;
+        case ',':
+            key_next = depth == 1;
+            break;
+        default:
+            if (c >= 0x80 && !utf8_seq(p + i, n - i)) {
+                if (field) return bad(e, field, "'%s' is not valid UTF-8 text", field);
+                return bad(e, NULL, "request body is not valid UTF-8");
+            }
+            break;
+        }
+    }
+    return 1;
+}
 
 pd_status rt_request_parse(const char *body, size_t len, int chat, const rt_limits *lim, rt_req **out, rt_error *e)
 {
@@ -268,9 +372,17 @@ pd_status rt_request_parse(const char *body, size_t len, int chat, const rt_limi
         snprintf(e->msg, sizeof e->msg, "out of memory");
         goto refuse;
     }
+    if (!scan_body((const unsigned char *)body, len, lim->max_depth, e)) goto refuse;
     memcpy(text, body, len);
     text[len] = '\0';
-    root = cJSON_ParseWithOpts(text, NULL, 1);
+    /* the whole of len: a NUL after the JSON does not end the body early */
+    const char *end = NULL;
+    root = cJSON_ParseWithLengthOpts(text, len, &end, 0);
+    while (root && end < text + len && (*end == ' ' || *end == '\t' || *end == '\n' || *end == '\r')) end++;
+    if (root && end != text + len) {
+        cJSON_Delete(root);
+        root = NULL;
+    }
     r->chat = chat;
     r->logprobs = -1;
     if (!root) {
@@ -379,7 +491,10 @@ pd_status rt_request_parse(const char *body, size_t len, int chat, const rt_limi
         if (!opt_bool(so, "include_usage", &r->include_usage, e)) goto refuse;
     }
     if (!parse_stop(lim, root, r, e)) goto refuse;
-    if (max_tokens < 0) max_tokens = mml - max_prompt; /* chat without a limit: what fits */
+    if (max_tokens < 0) { /* chat without a limit: what fits, up to the server's limit */
+        max_tokens = mml - max_prompt;
+        if (lim->max_tokens_limit > 0 && max_tokens > lim->max_tokens_limit) max_tokens = lim->max_tokens_limit;
+    }
     if (lim->max_tokens_limit > 0 && max_tokens > lim->max_tokens_limit) {
         bad(e, mt_name, "'%s' = %.0f exceeds this server's limit %d", mt_name, max_tokens, lim->max_tokens_limit);
         goto refuse;

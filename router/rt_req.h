@@ -104,6 +104,7 @@ struct rt_req {
 
 /* request.c: a completions / chat completions body -> a request, or an OpenAI-shaped error. No HTTP. */
 #define RT_MAX_PROMPTS 64         /* prompts in one completions request */
+#define RT_MAX_JSON_DEPTH 64      /* nesting of arrays and objects in a body; the body object is level 1 */
 
 typedef struct {
     mdl_tokenizer tok;
@@ -115,6 +116,7 @@ typedef struct {
     int max_stop;                 /* stop strings per request, <= RT_MAX_STOP */
     int max_n;                    /* largest n */
     size_t max_body;              /* bytes; longer bodies get 413 */
+    int max_depth;                /* nesting levels (RT_MAX_JSON_DEPTH) */
 } rt_limits;
 
 typedef struct {

@@ -26,6 +26,7 @@ static void setup(void)
     lim.max_stop = 4;
     lim.max_n = 8;
     lim.max_body = 1 << 20;
+    lim.max_depth = RT_MAX_JSON_DEPTH;
 }
 
 static void teardown(void)
@@ -190,6 +191,111 @@ START_TEST(test_body_size)
 }
 END_TEST
 
+/* Regression (fuzz_router_request): invalid UTF-8 anywhere in the body used to pass to the tokenizer (refused for
+ * the prompt alone), be kept (stop strings, unknown fields) or be echoed into the error reply (model), which then
+ * was not valid UTF-8 itself; NUL in a string silently cut it short; nesting was bounded only by cJSON's 1000. */
+START_TEST(test_utf8_nul_depth)
+{
+    refused("{\"prompt\": \"hi\", \"model\": \"\xed\xa0\x80\"}", 0, 400, "model");
+    refused("{\"prompt\": \"hi\", \"stop\": [\"\xc3\"]}", 0, 400, "stop");
+    refused("{\"prompt\": \"hi\", \"unknown\": {\"a\": \"\xff\"}}", 0, 400, "unknown");
+    refused("{\"prompt\": \"hi\", \"k\xff\": 1}", 0, 400, "");
+    refused("{\"prompt\": \"\xc0\xaf\"}", 0, 400, "prompt");
+    refused("{\"prompt\": \"\xf4\x90\x80\x80\"}", 0, 400, "prompt");
+    refused("{\"messages\": [{\"role\": \"user\", \"content\": \"\xe4\xbd\"}]}", 1, 400, "messages");
+    refused("{\"prompt\": \"a\\u0000b\"}", 0, 400, "prompt");
+    refused("{\"prompt\": \"hi\", \"stop\": \"\\u0000\"}", 0, 400, "stop");
+    refused_n("{\"prompt\": \"a\0b\"}", 17, 0, 400, "prompt");
+    refused_n("{\"prompt\": \"hi\"}\0{", 18, 0, 400, "");
+    rt_req *r = accepted("{\"prompt\": \"a\\\\u0000b \\ud83d\\ude00 \xe4\xbd\xa0\"}", 0); /* an escaped backslash, a pair */
+    rt_request_free(r);
+    /* nesting: the body object is level 1 */
+    char deep[400];
+    for (int levels = RT_MAX_JSON_DEPTH; levels <= RT_MAX_JSON_DEPTH + 1; levels++) {
+        int k = levels - 1;
+        strcpy(deep, "{\"prompt\": \"hi\", \"x\": ");
+        for (int i = 0; i < k; i++) strcat(deep, "[");
+        for (int i = 0; i < k; i++) strcat(deep, "]");
+        strcat(deep, "}");
+        if (levels == RT_MAX_JSON_DEPTH) rt_request_free(accepted(deep, 0));
+        else refused(deep, 0, 400, "x");
+    }
+    char *deeper = malloc(5000);
+    memset(deeper, '[', 2000);
+    memset(deeper + 2000, ']', 2000);
+    deeper[4000] = '\0';
+    refused(deeper, 1, 400, "");
+    free(deeper);
+}
+END_TEST
+
+/* Regression: an echoed value cut at the end of the message buffer could end inside a UTF-8 sequence. */
+START_TEST(test_long_echo_stays_utf8)
+{
+    char body[2048] = "{\"prompt\": \"hi\", \"model\": \"x";
+    for (int i = 0; i < 400; i++) strcat(body, "\xc3\xa9");
+    strcat(body, "\"}");
+    refused(body, 0, 400, "model");
+}
+END_TEST
+
+/* Regression (UBSan in fuzz_router_request): an integer field far outside its range was cast to long long before the
+ * range check; it must be refused as out of range. */
+START_TEST(test_huge_numbers)
+{
+    const char *fields[] = {"max_tokens", "seed", "top_k", "n", "min_tokens", "logprobs"};
+    for (size_t i = 0; i < sizeof fields / sizeof *fields; i++) {
+        for (int neg = 0; neg < 2; neg++) {
+            char body[128];
+            snprintf(body, sizeof body, "{\"prompt\": \"hi\", \"%s\": %s1e300}", fields[i], neg ? "-" : "");
+            rt_req *r = NULL;
+            rt_error e;
+            ck_assert_int_eq(rt_request_parse(body, strlen(body), 0, &lim, &r, &e), PD_ERR_INVALID);
+            ck_assert_str_eq(e.param, fields[i]);
+            ck_assert_msg(strstr(e.msg, "must be in"), "%s: %s", body, e.msg);
+        }
+    }
+    refused("{\"prompt\": \"hi\", \"max_tokens\": 1e999}", 0, 400, "max_tokens");
+}
+END_TEST
+
+/* Regression: a single stop string skipped the per-string length limit and the --max-stop-strings count. */
+START_TEST(test_single_stop_string)
+{
+    char body[512] = "{\"prompt\": \"hi\", \"stop\": \"";
+    for (int i = 0; i < 201; i++) strcat(body, "x");
+    strcat(body, "\"}");
+    refused(body, 0, 400, "stop");
+    lim.max_stop = 0;
+    refused("{\"prompt\": \"hi\", \"stop\": \"x\"}", 0, 400, "stop");
+    rt_request_free(accepted("{\"prompt\": \"hi\", \"stop\": \"\"}", 0)); /* empty: no stop string */
+}
+END_TEST
+
+/* Regression: stop_token_ids took 1.5 as token 1. */
+START_TEST(test_stop_token_ids_integers)
+{
+    refused("{\"prompt\": \"hi\", \"stop_token_ids\": [1.5]}", 0, 400, "stop_token_ids");
+    rt_req *r = accepted("{\"prompt\": \"hi\", \"stop_token_ids\": [1, 2]}", 0);
+    ck_assert_int_eq(r->n_stop_ids, 2);
+    rt_request_free(r);
+}
+END_TEST
+
+/* Regression: a chat request that names no max_tokens gets what fits, capped at --max-tokens-limit; it used to be
+ * refused for exceeding a limit with a value the client never sent. */
+START_TEST(test_chat_default_max_tokens)
+{
+    rt_req *r = accepted("{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}]}", 1);
+    ck_assert_int_eq(r->max_tokens, lim.max_tokens_limit);
+    rt_request_free(r);
+    lim.max_tokens_limit = 0;
+    r = accepted("{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}]}", 1);
+    ck_assert_int_eq(r->max_tokens + r->ch[0].n_prompt, lim.max_model_len);
+    rt_request_free(r);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("router_request");
@@ -201,6 +307,12 @@ int main(void)
     tcase_add_test(tc, test_nulls_and_unknown_fields);
     tcase_add_test(tc, test_limits);
     tcase_add_test(tc, test_body_size);
+    tcase_add_test(tc, test_utf8_nul_depth);
+    tcase_add_test(tc, test_long_echo_stays_utf8);
+    tcase_add_test(tc, test_huge_numbers);
+    tcase_add_test(tc, test_single_stop_string);
+    tcase_add_test(tc, test_stop_token_ids_integers);
+    tcase_add_test(tc, test_chat_default_max_tokens);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
