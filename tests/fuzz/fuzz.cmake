@@ -5,7 +5,7 @@ set(PD_FUZZ_RUNS_safetensors 40000)
 set(PD_FUZZ_RUNS_tokenizer 100000)
 set(PD_FUZZ_RUNS_chat_template 200000)
 set(PD_FUZZ_RUNS_yaml_opts 100000)
-set(PD_FUZZ_RUNS_router_request 300000)
+set(PD_FUZZ_RUNS_router_request 10000)
 set(PD_FUZZ_ARGS_router_request -dict=${CMAKE_CURRENT_SOURCE_DIR}/fuzz/router_request.dict) # the body's field names
 foreach(t safetensors tokenizer chat_template yaml_opts router_request)
   add_executable(fuzz_${t} ${CMAKE_CURRENT_SOURCE_DIR}/fuzz/fuzz_${t}.c)

@@ -29,6 +29,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     lim.max_stop = 4;
     lim.max_n = 8;
     lim.max_body = 8192;
+    lim.max_depth = RT_MAX_JSON_DEPTH;
     return 0;
 }
 
