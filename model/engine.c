@@ -931,9 +931,18 @@ pd_status mdl_engine_submit(mdl_engine *e, uint64_t id, void *user, const int32_
     pthread_mutex_lock(&e->mu);
     pd_status st = PD_OK;
     int waiting = 0;
-    for (seq *q = e->all; q; q = q->next) waiting += q->state == SEQ_WAITING;
+    long waiting_tokens = 0; /* as mdl_engine_get_stats counts queued prompt tokens */
+    for (seq *q = e->all; q; q = q->next)
+        if (q->state == SEQ_WAITING) {
+            waiting++;
+            waiting_tokens += q->n_prompt - q->n_cached;
+        }
+    int prefills_here = mode != MDL_REQ_REMOTE_KV;
     if (find(e, id)) st = PD_ERR_INVALID;
     else if (e->o.max_waiting > 0 && waiting >= e->o.max_waiting) st = PD_ERR_FULL;
+    else if (prefills_here && e->o.max_waiting_tokens > 0 && waiting_tokens > 0 &&
+             waiting_tokens + n_prompt > e->o.max_waiting_tokens)
+        st = PD_ERR_FULL;
     else st = mdl_kv_alloc(e->kv, nb, s->blocks);
     if (st == PD_OK) {
         seq **pp = &e->all; /* append: arrival order is prefill order */
