@@ -403,6 +403,16 @@ static rt_limits request_limits(rt_router *rt)
     return lim;
 }
 
+/* Prompt tokens of the choices in flight that have produced no token yet (queued or being prefilled). */
+static long queued_tokens(rt_router *rt)
+{
+    long n = 0;
+    for (rt_req *q = rt->reqs; q; q = q->next)
+        for (int i = 0; i < q->n_ch; i++)
+            if (!q->ch[i].done && q->ch[i].t_first == 0) n += q->ch[i].n_prompt;
+    return n;
+}
+
 static void handle_generate(rt_router *rt, struct evhttp_request *http, int chat)
 {
     char *body = NULL;
@@ -418,6 +428,7 @@ static void handle_generate(rt_router *rt, struct evhttp_request *http, int chat
     if (rt->o->max_queued > 0 && inflight >= rt->o->max_queued) {
         free(body);
         pd_counter_add(rt->m.rejected, NULL, 1);
+        count_error(rt, 429);
         char msg[128];
         snprintf(msg, sizeof msg, "server overloaded: %d requests in flight; retry later", inflight);
         pd_http_reply_retry(http, 429, msg);
@@ -440,6 +451,22 @@ static void handle_generate(rt_router *rt, struct evhttp_request *http, int chat
         pd_http_reply_error(http, e.status, e.type, e.param[0] ? e.param : NULL, "%s", e.msg);
         pd_info("router: %s refused (%d): %s", id, e.status, e.msg);
         return;
+    }
+    if (rt->o->max_queued_tokens > 0) {
+        long queued = queued_tokens(rt), mine = 0;
+        for (int i = 0; i < r->n_ch; i++) mine += r->ch[i].n_prompt;
+        /* a request alone is admitted whatever its size (--max-model-len bounds that): the limit bounds queueing */
+        if (queued > 0 && queued + mine > rt->o->max_queued_tokens) {
+            rt_request_free(r);
+            pd_counter_add(rt->m.rejected, NULL, 1);
+            count_error(rt, 429);
+            char msg[192];
+            snprintf(msg, sizeof msg, "server overloaded: %ld prompt tokens wait for their first token, %ld more would "
+                     "pass the limit of %d; retry later", queued, mine, rt->o->max_queued_tokens);
+            pd_http_reply_retry(http, 429, msg);
+            pd_info("router: %s refused (429): %s", id, msg);
+            return;
+        }
     }
     r->rt = rt;
     r->t0 = t0;
