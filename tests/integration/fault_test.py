@@ -255,9 +255,15 @@ def token_overload(t, where, marker, procs):
 
 
 t = Topology("tokrouter", 1, 1, prefill_args=["--max-num-batched-tokens", "16"],
-             router_args=["--max-num-queued-tokens", "700"])
+             router_args=["--max-num-queued-tokens", "700", "--max-body-size", "64K"])
 try:
     token_overload(t, "router", "prompt tokens wait for their first token", t.prefill + t.decode)
+    # the transport limits are libevent's, enforced before the router sees the request (its own reply bodies)
+    st, _, _ = harness.request(t.port, "POST", "/v1/completions", json.dumps({"prompt": "x" * (65 << 10)}))
+    check(st == 413, "a body over --max-body-size -> 413 (%d)" % st)
+    st, _, _ = harness.request(t.port, "POST", "/v1/completions", {"prompt": "hi"}, headers={"X-Big": "a" * 20000})
+    check(st == 400, "headers over 16 KiB -> 400 (%d)" % st)
+    check(normal_request(t.port), "a normal request is served after oversized bodies and headers")
 finally:
     t.close()
 
