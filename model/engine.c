@@ -994,12 +994,20 @@ pd_status mdl_engine_submit(mdl_engine *e, uint64_t id, void *user, const int32_
     pthread_mutex_lock(&e->mu);
     pd_status st = PD_OK;
     int waiting = 0, preempted = 0;
+    long waiting_tokens = 0; /* as mdl_engine_get_stats counts queued prompt tokens */
     for (seq *q = e->all; q; q = q->next) {
-        waiting += q->state == SEQ_WAITING;
+        if (q->state == SEQ_WAITING) {
+            waiting++;
+            waiting_tokens += q->n_fill - q->n_cached;
+        }
         preempted |= q->recompute && q->n_blocks == 0;
     }
+    int prefills_here = mode != MDL_REQ_REMOTE_KV;
     if (find(e, id)) st = PD_ERR_INVALID;
     else if (e->o.max_waiting > 0 && waiting >= e->o.max_waiting) st = PD_ERR_FULL;
+    else if (prefills_here && e->o.max_waiting_tokens > 0 && waiting_tokens > 0 &&
+             waiting_tokens + n_prompt > e->o.max_waiting_tokens)
+        st = PD_ERR_FULL;
     /* preempted sequences get blocks first; a 1% watermark keeps room for running sequences to grow into */
     else if (preempted || e->kv->n_free - nb < e->o.n_blocks / 100) st = PD_ERR_BUSY;
     else st = mdl_kv_alloc(e->kv, nb, s->blocks);

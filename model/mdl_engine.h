@@ -73,7 +73,10 @@ typedef struct {
     int max_model_len;         /* prompt + generated */
     int block_size;
     int n_blocks;
-    int max_waiting;           /* queued requests before submit answers PD_ERR_BUSY (0: unlimited) */
+    int max_waiting;           /* queued requests before submit answers PD_ERR_FULL (0: unlimited) */
+    /* prompt tokens waiting to be prefilled (not yet cached) before submit answers PD_ERR_FULL (0: unlimited); a
+     * request is admitted whatever its length when no prompt tokens wait, so one longer than the limit still runs */
+    long max_waiting_tokens;
     void *kv_mem;              /* pool memory supplied by the caller (NULL: the engine maps its own); at least
                                 * mdl_kv_pool_bytes() for mdl_engine_pool_blocks(), e.g. UCX-allocated so peers put
                                 * into it directly */
@@ -122,7 +125,10 @@ pd_status mdl_engine_create(mdl_model *m, const mdl_engine_opts *o, mdl_event_cb
 void mdl_engine_destroy(mdl_engine *e);
 
 /* Admits a request: validates it, takes the prompt's blocks. PD_ERR_BUSY when they are not free (beyond a 1%
- * watermark kept for running sequences to grow into) or a preempted sequence waits for blocks, PD_ERR_FULL when max_waiting requests already wait, PD_ERR_RANGE when it can never fit (longer than max_model_len or the pool), PD_ERR_INVALID
+ * watermark kept for running sequences to grow into) or a preempted sequence waits for blocks, PD_ERR_FULL when
+ * max_waiting requests already wait or (LOCAL and PREFILL_ONLY, the modes that prefill here) when its prompt would
+ * take the waiting prompt tokens past max_waiting_tokens, PD_ERR_RANGE when it can never fit (longer than
+ * max_model_len or the pool), PD_ERR_INVALID
  * for bad tokens or parameters. The prompt is copied. */
 pd_status mdl_engine_submit(mdl_engine *e, uint64_t id, void *user, const int32_t *prompt, int n_prompt,
                             const mdl_gen_params *p, mdl_req_mode mode);

@@ -21,12 +21,13 @@ typedef struct {
     int block_size;
     uint64_t kv_cache_memory;    /* bytes for the KV pool */
     int max_num_queued_reqs;
+    int max_num_queued_tokens;   /* prompt tokens waiting for prefill before 429 (0: unlimited) */
     int seed;                    /* default seed for requests without one (-1: random) */
     char *speculative_config;    /* JSON: {"method":"mtp","num_speculative_tokens":k}, k 0..4; NULL: off */
     char *graph_batch_sizes;     /* "1,2,4,8": captured decode batch sizes; "none": off; NULL: default list */
 } mdl_serve_opts;
 
-#define MDL_SERVE_NOPTS 13
+#define MDL_SERVE_NOPTS 14
 void mdl_serve_defaults(mdl_serve_opts *o);
 /* Writes the option entries (MDL_SERVE_NOPTS) for o into table. */
 void mdl_serve_options(mdl_serve_opts *o, pd_opt *table);

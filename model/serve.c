@@ -29,6 +29,9 @@ void mdl_serve_options(mdl_serve_opts *o, pd_opt *t)
         {"block-size", PD_OPT_INT, &o->block_size, "tokens per KV block (default 16)", 1, 4096},
         {"kv-cache-memory", PD_OPT_SIZE, &o->kv_cache_memory, "bytes for the KV cache pool (default 1G)", 0, 0},
         {"max-num-queued-reqs", PD_OPT_INT, &o->max_num_queued_reqs, "queued requests before 429 (default 1024)", 1, 1 << 24},
+        {"max-num-queued-tokens", PD_OPT_INT, &o->max_num_queued_tokens,
+         "prompt tokens waiting for prefill before 429; a longer prompt still runs when none wait (default 0: no limit)",
+         0, 1 << 30},
         {"seed", PD_OPT_INT, &o->seed, "seed of requests that bring none (default: random)", -1, 2147483647},
         {"speculative-config", PD_OPT_STR, &o->speculative_config,
          "MTP speculative decoding, e.g. '{\"method\":\"mtp\",\"num_speculative_tokens\":3}' (default off)", 0, 0},
@@ -159,6 +162,7 @@ pd_status mdl_serve_load(mdl_serve_opts *o, mdl_model **out, mdl_engine_opts *eo
     eo->block_size = o->block_size;
     eo->n_blocks = (int)nb;
     eo->max_waiting = o->max_num_queued_reqs;
+    eo->max_waiting_tokens = o->max_num_queued_tokens;
     eo->num_speculative_tokens = spec_k;
     eo->n_graph_batch_sizes = sizes.n_graph_batch_sizes;
     memcpy(eo->graph_batch_sizes, sizes.graph_batch_sizes, sizeof eo->graph_batch_sizes);

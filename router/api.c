@@ -1,57 +1,15 @@
 /* The OpenAI-compatible API: /v1/completions, /v1/chat/completions (JSON or SSE), /v1/models, /tokenize,
- * /detokenize, /health, /metrics, /admin/instances, /admin/stats, /dashboard. Requests are validated here (clear
- * 400s naming the field), turned into token prompts, split into choices (prompt x n) that relay.c runs, and
- * answered in OpenAI's shapes. */
+ * /detokenize, /health, /metrics, /admin/instances, /admin/stats, /dashboard. Bodies are validated and turned into
+ * token prompts and choices (prompt x n) by request.c; relay.c runs the choices; the answers take OpenAI's shapes
+ * here. */
 #include <event2/buffer.h>
 #include <event2/keyvalq_struct.h>
-#include <stdarg.h>
 #include <string.h>
 #include <time.h>
 
 #include "model/mdl_config.h"
 #include "model/mdl_engine.h"
 #include "router/rt_req.h"
-
-/* ---- validation helpers --------------------------------------------------------------------------------- */
-
-typedef struct {
-    int status;
-    char param[64];
-    char msg[512];
-} rt_err;
-
-static int bad(rt_err *e, const char *param, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int bad(rt_err *e, const char *param, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(e->msg, sizeof e->msg, fmt, ap);
-    va_end(ap);
-    snprintf(e->param, sizeof e->param, "%s", param ? param : "");
-    e->status = 400;
-    return 0;
-}
-
-/* Optional number in [lo, hi]; integer when want_int. */
-static int opt_num(const cJSON *o, const char *k, double lo, double hi, int want_int, double *out, rt_err *e)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
-    if (!v || cJSON_IsNull(v)) return 1;
-    if (!cJSON_IsNumber(v)) return bad(e, k, "'%s' must be a number", k);
-    if (want_int && v->valuedouble != (double)(long long)v->valuedouble) return bad(e, k, "'%s' must be an integer", k);
-    if (v->valuedouble < lo || v->valuedouble > hi) return bad(e, k, "'%s' must be in [%g, %g]", k, lo, hi);
-    *out = v->valuedouble;
-    return 1;
-}
-
-static int opt_bool(const cJSON *o, const char *k, int *out, rt_err *e)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
-    if (!v || cJSON_IsNull(v)) return 1;
-    if (!cJSON_IsBool(v)) return bad(e, k, "'%s' must be true or false", k);
-    *out = cJSON_IsTrue(v);
-    return 1;
-}
 
 /* ---- requests -------------------------------------------------------------------------------------------- */
 
@@ -67,12 +25,8 @@ static void req_free(rt_req *r)
         }
     if (r->http) evhttp_connection_set_closecb(evhttp_request_get_connection(r->http), NULL, NULL);
     for (int i = 0; i < r->n_ch; i++) rt_choice_free(&r->ch[i]);
-    free(r->ch);
-    free(r->prompts);
-    for (int i = 0; i < r->n_stops; i++) free(r->stops[i]);
-    cJSON_Delete(r->sampling);
     if (r->timer) event_free(r->timer);
-    free(r);
+    rt_request_free(r);
 }
 
 void rt_req_progress(rt_req *r)
@@ -431,215 +385,41 @@ cJSON *rt_token_logprob_entry(rt_router *rt, int chat, int32_t id, double lp, co
     return e;
 }
 
-/* ---- building a request ----------------------------------------------------------------------------------- */
-
-static int add_prompt(rt_req *r, const int32_t *ids, int n, int *cap)
+/* The limits a body is checked against, from the options and the instances known now. */
+static rt_limits request_limits(rt_router *rt)
 {
-    if (r->n_prompts + n > *cap) {
-        int nc = PD_MAX(*cap * 2, r->n_prompts + n + 64);
-        int32_t *np = realloc(r->prompts, (size_t)nc * sizeof *np);
-        if (!np) return 0;
-        r->prompts = np;
-        *cap = nc;
-    }
-    memcpy(r->prompts + r->n_prompts, ids, (size_t)n * sizeof *ids);
-    r->n_prompts += n;
-    return 1;
+    rt_limits lim = {
+        .tok = rt->tok,
+        .tmpl = rt->tmpl,
+        .served_model_name = rt->o->served_model_name,
+        .vocab_size = rt->vocab_size,
+        .max_model_len = rt->o->max_model_len ? rt->o->max_model_len : rt_registry_max_model_len(rt->reg),
+        .max_tokens_limit = rt->o->max_tokens_limit,
+        .max_stop = rt->o->max_stop,
+        .max_n = rt->o->max_n,
+        .max_body = rt->o->max_body,
+        .max_depth = RT_MAX_JSON_DEPTH,
+    };
+    return lim;
 }
 
-/* Parses the prompts of a completions request into r->prompts; starts/lengths into the arrays. */
-static int completion_prompts(rt_router *rt, const cJSON *prompt, rt_req *r, int *starts, int *lens, int *n_prompts,
-                              int max_prompts, rt_err *e)
+/* Prompt tokens of the choices in flight that have produced no token yet (queued or being prefilled). */
+static long queued_tokens(rt_router *rt)
 {
-    int cap = 0;
-    if (!prompt) return bad(e, "prompt", "'prompt' is required");
-    const cJSON *items[1] = {prompt};
-    const cJSON *list = NULL;
-    int n = 0;
-    int ids_prompt = cJSON_IsArray(prompt) && cJSON_GetArraySize(prompt) > 0 && cJSON_IsNumber(cJSON_GetArrayItem(prompt, 0));
-    if (cJSON_IsString(prompt) || ids_prompt) n = 1;
-    else if (cJSON_IsArray(prompt)) {
-        list = prompt;
-        n = cJSON_GetArraySize(prompt);
-    } else return bad(e, "prompt", "'prompt' must be a string, a list of strings, or token ids");
-    if (n < 1) return bad(e, "prompt", "'prompt' must not be empty");
-    if (n > max_prompts) return bad(e, "prompt", "at most %d prompts per request", max_prompts);
-    for (int i = 0; i < n; i++) {
-        const cJSON *p = list ? cJSON_GetArrayItem(list, i) : items[0];
-        starts[i] = r->n_prompts;
-        if (cJSON_IsString(p)) {
-            int32_t *ids = NULL;
-            size_t nid = 0;
-            unsigned flags = mdl_tokenizer_add_bos_default(rt->tok) ? MDL_ENCODE_ADD_BOS : 0;
-            if (mdl_tokenizer_encode(rt->tok, p->valuestring, strlen(p->valuestring), flags, &ids, &nid) != PD_OK)
-                return bad(e, "prompt", "'prompt' is not valid UTF-8 text");
-            int ok = nid > 0 && add_prompt(r, ids, (int)nid, &cap);
-            free(ids);
-            if (!ok) return bad(e, "prompt", "'prompt' is empty");
-        } else if (cJSON_IsArray(p)) {
-            int m = cJSON_GetArraySize(p);
-            if (m < 1) return bad(e, "prompt", "a token-id prompt must not be empty");
-            const cJSON *v;
-            cJSON_ArrayForEach(v, p)
-            {
-                if (!cJSON_IsNumber(v) || v->valuedouble < 0 || v->valuedouble >= rt->vocab_size ||
-                    v->valuedouble != (double)(int)v->valuedouble)
-                    return bad(e, "prompt", "token ids must be integers in [0, %d)", rt->vocab_size);
-                int32_t id = (int32_t)v->valuedouble;
-                if (!add_prompt(r, &id, 1, &cap)) return bad(e, "prompt", "out of memory");
-            }
-        } else {
-            return bad(e, "prompt", "prompt %d must be a string or a list of token ids", i);
-        }
-        lens[i] = r->n_prompts - starts[i];
-    }
-    *n_prompts = n;
-    return 1;
-}
-
-/* Checks messages and returns a copy with content normalised to strings (text parts joined). */
-static cJSON *normalise_messages(const cJSON *msgs, rt_err *e)
-{
-    if (!cJSON_IsArray(msgs) || cJSON_GetArraySize(msgs) < 1) {
-        bad(e, "messages", "'messages' must be a non-empty list");
-        return NULL;
-    }
-    cJSON *out = cJSON_CreateArray();
-    int i = 0;
-    const cJSON *m;
-    cJSON_ArrayForEach(m, msgs)
-    {
-        const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role"), *content = cJSON_GetObjectItemCaseSensitive(m, "content");
-        if (!cJSON_IsObject(m) || !cJSON_IsString(role)) {
-            bad(e, "messages", "messages[%d] needs a string 'role'", i);
-            goto fail;
-        }
-        const char *rl = role->valuestring;
-        if (strcmp(rl, "system") && strcmp(rl, "user") && strcmp(rl, "assistant") && strcmp(rl, "tool") &&
-            strcmp(rl, "developer")) {
-            bad(e, "messages", "messages[%d].role '%s' is not one of system, user, assistant, tool, developer", i, rl);
-            goto fail;
-        }
-        cJSON *copy = cJSON_Duplicate(m, 1);
-        if (!strcmp(rl, "developer")) cJSON_ReplaceItemInObject(copy, "role", cJSON_CreateString("system"));
-        if (cJSON_IsArray(content)) { /* [{"type":"text","text":...}, ...] */
-            size_t total = 0;
-            const cJSON *part;
-            cJSON_ArrayForEach(part, content)
-            {
-                const cJSON *ty = cJSON_GetObjectItem(part, "type"), *tx = cJSON_GetObjectItem(part, "text");
-                if (!cJSON_IsString(ty) || strcmp(ty->valuestring, "text") || !cJSON_IsString(tx)) {
-                    cJSON_Delete(copy);
-                    bad(e, "messages", "messages[%d].content: only text parts are supported", i);
-                    goto fail;
-                }
-                total += strlen(tx->valuestring);
-            }
-            char *joined = malloc(total + 1);
-            size_t k = 0;
-            cJSON_ArrayForEach(part, content)
-            {
-                const char *tx = cJSON_GetObjectItem(part, "text")->valuestring;
-                memcpy(joined + k, tx, strlen(tx));
-                k += strlen(tx);
-            }
-            joined[k] = '\0';
-            cJSON_ReplaceItemInObject(copy, "content", cJSON_CreateString(joined));
-            free(joined);
-        } else if (!cJSON_IsString(content) && !(cJSON_IsNull(content) && !strcmp(rl, "assistant"))) {
-            cJSON_Delete(copy);
-            bad(e, "messages", "messages[%d].content must be a string", i);
-            goto fail;
-        }
-        cJSON_AddItemToArray(out, copy);
-        i++;
-    }
-    return out;
-fail:
-    cJSON_Delete(out);
-    return NULL;
-}
-
-/* Renders the chat template and tokenizes; sets r->think when the prompt opens a reasoning block. */
-static int chat_prompt(rt_router *rt, const cJSON *root, rt_req *r, int *len, rt_err *e)
-{
-    if (!rt->tmpl) return bad(e, "messages", "this model has no chat template; use /v1/completions");
-    cJSON *msgs = normalise_messages(cJSON_GetObjectItemCaseSensitive(root, "messages"), e);
-    if (!msgs) return 0;
-    int agp = 1;
-    if (!opt_bool(root, "add_generation_prompt", &agp, e)) {
-        cJSON_Delete(msgs);
-        return 0;
-    }
-    cJSON *vars = cJSON_CreateObject();
-    const cJSON *kw = cJSON_GetObjectItemCaseSensitive(root, "chat_template_kwargs");
-    if (cJSON_IsObject(kw)) {
-        const cJSON *v;
-        cJSON_ArrayForEach(v, kw) cJSON_AddItemToObject(vars, v->string, cJSON_Duplicate(v, 1));
-    }
-    const cJSON *tools = cJSON_GetObjectItemCaseSensitive(root, "tools");
-    if (cJSON_IsArray(tools)) cJSON_AddItemToObject(vars, "tools", cJSON_Duplicate(tools, 1));
-    char *text = NULL, err[512] = "";
-    size_t tl = 0;
-    pd_status st = mdl_chat_template_render(rt->tmpl, msgs, agp, vars, &text, &tl, err, sizeof err);
-    cJSON_Delete(msgs);
-    cJSON_Delete(vars);
-    if (st != PD_OK) return bad(e, "messages", "chat template: %s", err[0] ? err : pd_status_str(st));
-    int32_t *ids = NULL;
-    size_t n = 0;
-    st = mdl_tokenizer_encode(rt->tok, text, tl, 0, &ids, &n); /* the template carries BOS itself */
-    size_t k = tl;
-    while (k > 0 && (text[k - 1] == '\n' || text[k - 1] == ' ')) k--;
-    r->think = k >= 7 && !strncmp(text + k - 7, "<think>", 7);
-    free(text);
-    if (st != PD_OK) return bad(e, "messages", "messages are not valid UTF-8 text");
-    int cap = 0, ok = add_prompt(r, ids, (int)n, &cap);
-    free(ids);
-    if (!ok) return bad(e, "messages", "out of memory");
-    *len = (int)n;
-    return 1;
-}
-
-static int parse_stop(rt_router *rt, const cJSON *root, rt_req *r, rt_err *e)
-{
-    const cJSON *stop = cJSON_GetObjectItemCaseSensitive(root, "stop");
-    if (stop && !cJSON_IsNull(stop)) {
-        if (cJSON_IsString(stop)) {
-            if (stop->valuestring[0]) r->stops[r->n_stops++] = strdup(stop->valuestring);
-        } else if (cJSON_IsArray(stop)) {
-            if (cJSON_GetArraySize(stop) > rt->o->max_stop) return bad(e, "stop", "at most %d stop strings", rt->o->max_stop);
-            const cJSON *v;
-            cJSON_ArrayForEach(v, stop)
-            {
-                if (!cJSON_IsString(v)) return bad(e, "stop", "'stop' must hold strings");
-                if (!v->valuestring[0]) continue;
-                if (strlen(v->valuestring) > 200) return bad(e, "stop", "stop strings are at most 200 bytes");
-                r->stops[r->n_stops++] = strdup(v->valuestring);
-            }
-        } else return bad(e, "stop", "'stop' must be a string or a list of strings");
-    }
-    for (int i = 0; i < r->n_stops; i++) r->max_stop_len = PD_MAX(r->max_stop_len, strlen(r->stops[i]));
-    const cJSON *sti = cJSON_GetObjectItemCaseSensitive(root, "stop_token_ids");
-    if (sti && !cJSON_IsNull(sti)) {
-        if (!cJSON_IsArray(sti) || cJSON_GetArraySize(sti) > 16) return bad(e, "stop_token_ids", "'stop_token_ids' must be a list of at most 16 token ids");
-        const cJSON *v;
-        cJSON_ArrayForEach(v, sti)
-        {
-            if (!cJSON_IsNumber(v) || v->valuedouble < 0 || v->valuedouble >= rt->vocab_size)
-                return bad(e, "stop_token_ids", "'stop_token_ids' holds a value that is not a token id");
-            r->stop_ids[r->n_stop_ids++] = (int32_t)v->valuedouble;
-        }
-    }
-    return 1;
+    long n = 0;
+    for (rt_req *q = rt->reqs; q; q = q->next)
+        for (int i = 0; i < q->n_ch; i++)
+            if (!q->ch[i].done && q->ch[i].t_first == 0) n += q->ch[i].n_prompt;
+    return n;
 }
 
 static void handle_generate(rt_router *rt, struct evhttp_request *http, int chat)
 {
-    rt_err e = {0};
     char *body = NULL;
-    if (pd_http_body(http, rt->o->max_body, &body, NULL) != PD_OK) {
-        pd_http_reply_error(http, 413, NULL, NULL, "request body larger than %llu bytes",
-                            (unsigned long long)rt->o->max_body);
+    size_t len = 0;
+    /* libevent refuses bodies over max_body before this runs; rt_request_parse checks again */
+    if (pd_http_body(http, SIZE_MAX - 1, &body, &len) != PD_OK) {
+        pd_http_reply_retry(http, 503, "out of memory");
         return;
     }
     pd_counter_add(rt->m.requests, NULL, 1);
@@ -648,181 +428,50 @@ static void handle_generate(rt_router *rt, struct evhttp_request *http, int chat
     if (rt->o->max_queued > 0 && inflight >= rt->o->max_queued) {
         free(body);
         pd_counter_add(rt->m.rejected, NULL, 1);
+        count_error(rt, 429);
         char msg[128];
         snprintf(msg, sizeof msg, "server overloaded: %d requests in flight; retry later", inflight);
         pd_http_reply_retry(http, 429, msg);
         return;
     }
-    cJSON *root = cJSON_ParseWithOpts(body, NULL, 1);
+    double t0 = pd_time_now(); /* latencies include validation and tokenization */
+    long created = (long)time(NULL);
+    char id[sizeof ((rt_req *)0)->id];
+    snprintf(id, sizeof id, "%s-%llx%06llx", chat ? "chatcmpl" : "cmpl", (unsigned long long)created,
+             (unsigned long long)++rt->next_id);
+    rt_limits lim = request_limits(rt);
+    rt_req *r = NULL;
+    rt_error e;
+    pd_status st = rt_request_parse(body, len, chat, &lim, &r, &e);
     free(body);
-    rt_req *r = calloc(1, sizeof *r);
-    int starts[64], lens[64], n_prompts = 0;
-    if (!r) {
-        pd_http_reply_error(http, 503, NULL, NULL, "out of memory");
-        cJSON_Delete(root);
+    if (st != PD_OK) {
+        pd_counter_add(rt->m.rejected, NULL, 1);
+        count_error(rt, e.status);
+        if (e.status == 503) evhttp_add_header(evhttp_request_get_output_headers(http), "Retry-After", "1");
+        pd_http_reply_error(http, e.status, e.type, e.param[0] ? e.param : NULL, "%s", e.msg);
+        pd_info("router: %s refused (%d): %s", id, e.status, e.msg);
         return;
     }
+    if (rt->o->max_queued_tokens > 0) {
+        long queued = queued_tokens(rt), mine = 0;
+        for (int i = 0; i < r->n_ch; i++) mine += r->ch[i].n_prompt;
+        /* a request alone is admitted whatever its size (--max-model-len bounds that): the limit bounds queueing */
+        if (queued > 0 && queued + mine > rt->o->max_queued_tokens) {
+            rt_request_free(r);
+            pd_counter_add(rt->m.rejected, NULL, 1);
+            count_error(rt, 429);
+            char msg[192];
+            snprintf(msg, sizeof msg, "server overloaded: %ld prompt tokens wait for their first token, %ld more would "
+                     "pass the limit of %d; retry later", queued, mine, rt->o->max_queued_tokens);
+            pd_http_reply_retry(http, 429, msg);
+            pd_info("router: %s refused (429): %s", id, msg);
+            return;
+        }
+    }
     r->rt = rt;
-    r->chat = chat;
-    r->logprobs = -1;
-    r->t0 = pd_time_now();
-    r->created = (long)time(NULL);
-    snprintf(r->id, sizeof r->id, "%s-%llx%06llx", chat ? "chatcmpl" : "cmpl", (unsigned long long)r->created,
-             (unsigned long long)++rt->next_id);
-    if (!root) {
-        bad(&e, NULL, "request body is not valid JSON");
-        goto refuse;
-    }
-    if (!cJSON_IsObject(root)) {
-        bad(&e, NULL, "request body must be a JSON object");
-        goto refuse;
-    }
-    const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
-    if (model && !cJSON_IsNull(model) &&
-        (!cJSON_IsString(model) || strcmp(model->valuestring, rt->o->served_model_name) != 0)) {
-        bad(&e, "model", "the model '%s' does not exist; this server serves '%s'",
-            cJSON_IsString(model) ? model->valuestring : "?", rt->o->served_model_name);
-        goto refuse;
-    }
-    /* prompts */
-    if (chat) {
-        if (!chat_prompt(rt, root, r, &lens[0], &e)) goto refuse;
-        starts[0] = 0;
-        n_prompts = 1;
-    } else if (!completion_prompts(rt, cJSON_GetObjectItemCaseSensitive(root, "prompt"), r, starts, lens, &n_prompts,
-                                   64, &e)) {
-        goto refuse;
-    }
-    /* unsupported options are refused rather than silently ignored */
-    int echo = 0;
-    if (!opt_bool(root, "echo", &echo, &e)) goto refuse;
-    if (echo) {
-        bad(&e, "echo", "'echo' is not supported");
-        goto refuse;
-    }
-    const cJSON *suffix = cJSON_GetObjectItemCaseSensitive(root, "suffix");
-    if (cJSON_IsString(suffix) && suffix->valuestring[0]) {
-        bad(&e, "suffix", "'suffix' is not supported");
-        goto refuse;
-    }
-    const cJSON *lb = cJSON_GetObjectItemCaseSensitive(root, "logit_bias");
-    if (cJSON_IsObject(lb) && cJSON_GetArraySize(lb) > 0) {
-        bad(&e, "logit_bias", "'logit_bias' is not supported");
-        goto refuse;
-    }
-    const cJSON *rf = cJSON_GetObjectItemCaseSensitive(root, "response_format"), *rft = rf ? cJSON_GetObjectItem(rf, "type") : NULL;
-    if (rf && !cJSON_IsNull(rf) && !(cJSON_IsString(rft) && !strcmp(rft->valuestring, "text"))) {
-        bad(&e, "response_format", "only response_format {\"type\": \"text\"} is supported");
-        goto refuse;
-    }
-    /* sampling and limits */
-    int mml = rt->o->max_model_len ? rt->o->max_model_len : rt_registry_max_model_len(rt->reg);
-    if (mml <= 0) {
-        e.status = 503;
-        snprintf(e.msg, sizeof e.msg, "no healthy decode instance");
-        goto refuse;
-    }
-    int max_prompt = 0;
-    for (int i = 0; i < n_prompts; i++) max_prompt = PD_MAX(max_prompt, lens[i]);
-    double temperature = 1.0, top_p = 1.0, top_k = 0, min_p = 0, pres = 0, freq = 0, rep = 1, seed = -1, n = 1;
-    double max_tokens = chat ? -1 : 16, min_tokens = 0;
-    int ignore_eos = 0, stream = 0;
-    const char *mt_name = "max_tokens";
-    if (chat && cJSON_GetObjectItemCaseSensitive(root, "max_completion_tokens") &&
-        !cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(root, "max_completion_tokens")))
-        mt_name = "max_completion_tokens";
-    if (!opt_num(root, mt_name, 1, 1 << 30, 1, &max_tokens, &e) || !opt_num(root, "temperature", 0, 2, 0, &temperature, &e) ||
-        !opt_num(root, "top_p", 0, 1, 0, &top_p, &e) || !opt_num(root, "top_k", -1, 1 << 30, 1, &top_k, &e) ||
-        !opt_num(root, "min_p", 0, 1, 0, &min_p, &e) || !opt_num(root, "presence_penalty", -2, 2, 0, &pres, &e) ||
-        !opt_num(root, "frequency_penalty", -2, 2, 0, &freq, &e) ||
-        !opt_num(root, "repetition_penalty", 1e-6, 100, 0, &rep, &e) ||
-        !opt_num(root, "seed", -9.2e18, 9.2e18, 1, &seed, &e) || !opt_num(root, "n", 1, rt->o->max_n, 1, &n, &e) ||
-        !opt_num(root, "min_tokens", 0, 1 << 30, 1, &min_tokens, &e) || !opt_bool(root, "ignore_eos", &ignore_eos, &e) ||
-        !opt_bool(root, "stream", &stream, &e))
-        goto refuse;
-    if (top_p <= 0) {
-        bad(&e, "top_p", "'top_p' must be in (0, 1]");
-        goto refuse;
-    }
-    const cJSON *bo = cJSON_GetObjectItemCaseSensitive(root, "best_of");
-    if (cJSON_IsNumber(bo) && bo->valuedouble != n) {
-        bad(&e, "best_of", "'best_of' other than n is not supported");
-        goto refuse;
-    }
-    if (chat) {
-        int lp = 0;
-        double top = 0;
-        if (!opt_bool(root, "logprobs", &lp, &e) || !opt_num(root, "top_logprobs", 0, MDL_MAX_TOP_LOGPROBS, 1, &top, &e))
-            goto refuse;
-        if (top > 0 && !lp) {
-            bad(&e, "top_logprobs", "'top_logprobs' needs 'logprobs': true");
-            goto refuse;
-        }
-        r->chat_logprobs = lp;
-        r->logprobs = lp ? (int)top : -1;
-    } else {
-        double lp = -1;
-        if (!opt_num(root, "logprobs", 0, MDL_MAX_TOP_LOGPROBS, 1, &lp, &e)) goto refuse;
-        r->logprobs = (int)lp;
-    }
-    const cJSON *so = cJSON_GetObjectItemCaseSensitive(root, "stream_options");
-    if (so && !cJSON_IsNull(so)) {
-        if (!cJSON_IsObject(so)) {
-            bad(&e, "stream_options", "'stream_options' must be an object");
-            goto refuse;
-        }
-        if (!opt_bool(so, "include_usage", &r->include_usage, &e)) goto refuse;
-    }
-    if (!parse_stop(rt, root, r, &e)) goto refuse;
-    if (max_tokens < 0) max_tokens = mml - max_prompt; /* chat without a limit: what fits */
-    if (rt->o->max_tokens_limit > 0 && max_tokens > rt->o->max_tokens_limit) {
-        bad(&e, mt_name, "'%s' = %.0f exceeds this server's limit %d", mt_name, max_tokens, rt->o->max_tokens_limit);
-        goto refuse;
-    }
-    if (max_prompt >= mml || max_prompt + max_tokens > mml) {
-        bad(&e, max_prompt >= mml ? "prompt" : mt_name,
-            "this model's maximum context length is %d tokens; the prompt has %d tokens and %.0f more were requested",
-            mml, max_prompt, max_tokens < 1 ? 1 : max_tokens);
-        goto refuse;
-    }
-    if (min_tokens > max_tokens) {
-        bad(&e, "min_tokens", "'min_tokens' exceeds the maximum number of tokens");
-        goto refuse;
-    }
-    r->max_tokens = (int)max_tokens;
-    r->min_tokens = (int)min_tokens;
-    r->ignore_eos = ignore_eos;
-    r->stream = stream;
-    r->sampling = cJSON_CreateObject();
-    cJSON_AddNumberToObject(r->sampling, "temperature", temperature);
-    cJSON_AddNumberToObject(r->sampling, "top_p", top_p);
-    cJSON_AddNumberToObject(r->sampling, "top_k", top_k < 0 ? 0 : top_k);
-    cJSON_AddNumberToObject(r->sampling, "min_p", min_p);
-    cJSON_AddNumberToObject(r->sampling, "presence_penalty", pres);
-    cJSON_AddNumberToObject(r->sampling, "frequency_penalty", freq);
-    cJSON_AddNumberToObject(r->sampling, "repetition_penalty", rep);
-    /* choices */
-    r->n_ch = n_prompts * (int)n;
-    r->ch = calloc((size_t)r->n_ch, sizeof *r->ch);
-    if (!r->ch) {
-        e.status = 503;
-        snprintf(e.msg, sizeof e.msg, "out of memory");
-        goto refuse;
-    }
-    for (int i = 0; i < n_prompts; i++) r->prompt_tokens += lens[i];
-    for (int i = 0; i < r->n_ch; i++) {
-        rt_choice *c = &r->ch[i];
-        c->req = r;
-        c->index = i;
-        c->prompt = r->prompts + starts[i / (int)n];
-        c->n_prompt = lens[i / (int)n];
-        if (seed != -1 || cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(root, "seed"))) {
-            c->has_seed = 1;
-            c->seed = (uint64_t)(int64_t)seed + (uint64_t)(i % (int)n); /* n samples of one prompt differ */
-        }
-    }
-    cJSON_Delete(root);
-    root = NULL;
+    r->t0 = t0;
+    r->created = created;
+    memcpy(r->id, id, sizeof id);
     r->http = http;
     r->next = rt->reqs;
     rt->reqs = r;
@@ -837,21 +486,6 @@ static void handle_generate(rt_router *rt, struct evhttp_request *http, int chat
         for (rt_req *q = rt->reqs; q; q = q->next) still |= q == alive;
         if (!still) return;
     }
-    return;
-refuse:
-    pd_counter_add(rt->m.rejected, NULL, 1);
-    count_error(rt, e.status ? e.status : 400);
-    if (e.status != 400) {
-        if (e.status == 503) evhttp_add_header(evhttp_request_get_output_headers(http), "Retry-After", "1");
-    }
-    pd_http_reply_error(http, e.status ? e.status : 400, NULL, e.param[0] ? e.param : NULL, "%s", e.msg);
-    pd_info("router: %s refused (%d): %s", r->id, e.status ? e.status : 400, e.msg);
-    cJSON_Delete(root);
-    free(r->prompts);
-    for (int i = 0; i < r->n_stops; i++) free(r->stops[i]);
-    cJSON_Delete(r->sampling);
-    free(r->ch);
-    free(r);
 }
 
 /* ---- small routes ---------------------------------------------------------------------------------------- */
@@ -859,7 +493,8 @@ refuse:
 static void handle_tokenize(rt_router *rt, struct evhttp_request *http, int detok)
 {
     char *body = NULL;
-    rt_err e = {0};
+    rt_error e = {0};
+    rt_limits lim = request_limits(rt);
     if (pd_http_body(http, rt->o->max_body, &body, NULL) != PD_OK) {
         pd_http_reply_error(http, 413, NULL, NULL, "request body too large");
         return;
@@ -870,7 +505,8 @@ static void handle_tokenize(rt_router *rt, struct evhttp_request *http, int deto
     memset(&tmp, 0, sizeof tmp);
     tmp.rt = rt;
     if (!cJSON_IsObject(root)) {
-        bad(&e, NULL, "request body must be a JSON object");
+        e.status = 400;
+        snprintf(e.msg, sizeof e.msg, "request body must be a JSON object");
     } else if (detok) {
         const cJSON *t = cJSON_GetObjectItemCaseSensitive(root, "tokens");
         int n = cJSON_GetArraySize(t), ok = cJSON_IsArray(t);
@@ -881,8 +517,11 @@ static void handle_tokenize(rt_router *rt, struct evhttp_request *http, int deto
                                       v->valuedouble < mdl_tokenizer_vocab_size(rt->tok) && (ids[i++] = (int32_t)v->valuedouble, 1);
         char *text = NULL;
         size_t len = 0;
-        if (!ok || !ids) bad(&e, "tokens", "'tokens' must be a list of token ids");
-        else if (mdl_tokenizer_decode(rt->tok, ids, (size_t)n, 0, &text, &len) != PD_OK) bad(&e, "tokens", "cannot decode");
+        if (!ok || !ids || mdl_tokenizer_decode(rt->tok, ids, (size_t)n, 0, &text, &len) != PD_OK) {
+            e.status = 400;
+            snprintf(e.param, sizeof e.param, "tokens");
+            snprintf(e.msg, sizeof e.msg, "%s", !ok || !ids ? "'tokens' must be a list of token ids" : "cannot decode");
+        }
         else {
             out = cJSON_CreateObject();
             cJSON_AddStringToObject(out, "prompt", text);
@@ -891,8 +530,8 @@ static void handle_tokenize(rt_router *rt, struct evhttp_request *http, int deto
         free(ids);
     } else {
         int len = 0, starts[1], n = 0;
-        int ok = cJSON_GetObjectItemCaseSensitive(root, "messages") ? chat_prompt(rt, root, &tmp, &len, &e)
-                 : completion_prompts(rt, cJSON_GetObjectItemCaseSensitive(root, "prompt"), &tmp, starts, &len, &n, 1, &e);
+        int ok = cJSON_GetObjectItemCaseSensitive(root, "messages") ? rt_chat_prompt(&lim, root, &tmp, &len, &e)
+                 : rt_completion_prompts(&lim, cJSON_GetObjectItemCaseSensitive(root, "prompt"), &tmp, starts, &len, &n, 1, &e);
         if (ok) {
             out = cJSON_CreateObject();
             cJSON *a = cJSON_AddArrayToObject(out, "tokens");

@@ -32,6 +32,9 @@ int main(int argc, char **argv)
         {"max-n", PD_OPT_INT, &o.max_n, "largest n (default 8)", 1, 64},
         {"health-interval", PD_OPT_DOUBLE, &o.health_interval, "seconds between health checks (default 1)", 0.05, 60},
         {"max-num-queued-reqs", PD_OPT_INT, &o.max_queued, "requests in flight before new ones get 429 (default 4096)", 1, 1 << 24},
+        {"max-num-queued-tokens", PD_OPT_INT, &o.max_queued_tokens,
+         "prompt tokens in flight without a first token before new requests get 429; a longer request still runs when "
+         "none wait (default 0: no limit)", 0, 1 << 30},
         {"policy", PD_OPT_STR, &o.policy, "instance choice: least-load (default), round-robin, or bucket (decode: pack into captured batch sizes)", 0, 0},
         {"request-timeout", PD_OPT_DOUBLE, &o.request_timeout, "seconds without progress before a request fails (600)", 1, 86400},
     };

@@ -27,6 +27,7 @@ typedef struct {
     double health_interval;  /* seconds between health polls */
     double request_timeout;  /* seconds without progress before a request fails */
     int max_queued;          /* requests in flight before new ones get 429 (0: unlimited) */
+    int max_queued_tokens;   /* prompt tokens of choices without a first token before new ones get 429 (0: no limit) */
     char *policy;            /* least-load (default) | round-robin */
 } rt_opts;
 

@@ -102,6 +102,46 @@ struct rt_req {
     struct rt_req *next;
 };
 
+/* request.c: a completions / chat completions body -> a request, or an OpenAI-shaped error. No HTTP. */
+#define RT_MAX_PROMPTS 64         /* prompts in one completions request */
+#define RT_MAX_JSON_DEPTH 64      /* nesting of arrays and objects in a body; the body object is level 1 */
+
+typedef struct {
+    mdl_tokenizer tok;
+    mdl_chat_template tmpl;       /* NULL: chat requests are refused (400) */
+    const char *served_model_name;
+    int vocab_size;               /* token ids are in [0, vocab_size) */
+    int max_model_len;            /* prompt + max_tokens; <= 0: no healthy decode instance (503) */
+    int max_tokens_limit;         /* largest max_tokens (0: only max_model_len bounds it) */
+    int max_stop;                 /* stop strings per request, <= RT_MAX_STOP */
+    int max_n;                    /* largest n */
+    size_t max_body;              /* bytes; longer bodies get 413 */
+    int max_depth;                /* nesting levels (RT_MAX_JSON_DEPTH) */
+} rt_limits;
+
+typedef struct {
+    int status;                   /* HTTP status: 400, 413; 503 when max_model_len <= 0 or out of memory */
+    const char *type;             /* OpenAI error type for status (pd_http_error_type) */
+    char param[64];               /* the offending field; "" when the body as a whole is at fault */
+    char msg[512];                /* never empty */
+} rt_error;
+
+/* Parses and validates len bytes (any bytes: need not be NUL-terminated, valid UTF-8 or JSON) as a completions
+ * (chat 0) or chat completions (chat 1) body. PD_OK: *out is a request with its prompts tokenized, its choices
+ * (prompt x n) laid out and its sampling object built, attached to no router and no client (free it with
+ * rt_request_free until it is). PD_ERR_INVALID: *err says why. Reads the tokenizer and template, never writes
+ * them; does no I/O. */
+pd_status rt_request_parse(const char *body, size_t len, int chat, const rt_limits *lim, rt_req **out,
+                           rt_error *err);
+/* Frees a request that never started (its choices hold nothing yet). NULL is fine. */
+void rt_request_free(rt_req *r);
+/* The prompt parts of a body, for /tokenize as well: the rendered and tokenized chat messages of root; the
+ * completions prompt (a string, strings, token ids or lists of them; at most max_prompts). Append to r->prompts;
+ * 1 on success, 0 with *e filled. */
+int rt_chat_prompt(const rt_limits *lim, const cJSON *root, rt_req *r, int *len, rt_error *e);
+int rt_completion_prompts(const rt_limits *lim, const cJSON *prompt, rt_req *r, int *starts, int *lens,
+                          int *n_prompts, int max_prompts, rt_error *e);
+
 /* relay.c */
 void rt_choice_start(rt_choice *c);
 void rt_choice_cancel(rt_choice *c);

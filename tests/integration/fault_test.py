@@ -2,8 +2,8 @@
 killed mid-prefill (the router retries elsewhere; decode frees its reservation at once), a decode instance killed
 mid-stream (the client gets an error event and [DONE] within 2 s), a prefill instance that stalls (the
 decode instance's KV deadline gives the request to another prefill instance; the stalled one writes nothing
-when it wakes), overload (429 with Retry-After). After each,
-no KV block is stranded and a normal request is served."""
+when it wakes), overload by requests and by queued prompt tokens at the router and at a prefill instance (429 with
+Retry-After). After each, no KV block is stranded and a normal request is served."""
 import argparse, concurrent.futures, http.client, json, os, signal, socket, sys, tempfile, threading, time
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -285,6 +285,71 @@ try:
     ok, loads = t.idle(t.prefill + t.decode, timeout=5)
     check(ok, "nothing stranded after overload: %r" % loads)
     check(normal_request(t.port), "a normal request is served after overload")
+finally:
+    t.close()
+
+
+# ---- 5. overload by prompt tokens: --max-num-queued-tokens at the router and at an instance ----------------------
+def burst(port, words, n):
+    """n concurrent completions of a prompt of `words` words; [(status, Retry-After, body)]."""
+    def one(i):
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        c.request("POST", "/v1/completions", json.dumps({"prompt": "word " * words, "max_tokens": 4,
+                                                         "ignore_eos": True}), {"Content-Type": "application/json"})
+        r = c.getresponse()
+        return r.status, r.getheader("Retry-After"), json.loads(r.read())
+
+    with concurrent.futures.ThreadPoolExecutor(n) as ex:
+        return list(ex.map(one, range(n)))
+
+
+def token_overload(t, where, marker, procs):
+    """Bursts of 300-token prompts against a limit of 700 queued tokens: 429s (Retry-After, OpenAI body, `marker`
+    in the message) beside 200s; router memory stays bounded; a 1000-token prompt alone is still served."""
+    normal_request(t.port)
+    rss0 = rss_kb(t.router.pid)
+    res = []
+    for _ in range(5):
+        res += burst(t.port, 300, 12)
+    codes = [s for s, _, _ in res]
+    too_many = [(ra, o) for s, ra, o in res if s == 429]
+    check(too_many and all(ra and o["error"]["type"] == "rate_limit_error" and marker in o["error"]["message"]
+                           for ra, o in too_many),
+          "%s token limit: 429 with Retry-After and an OpenAI error body: %r %r" % (where, codes, too_many[:1]))
+    check(all(s in (200, 429) for s in codes) and codes.count(200) >= 5, "%s token limit: others served: %r" % (where, codes))
+    ok, loads = t.idle(procs, timeout=10)
+    check(ok, "%s token limit: nothing stranded: %r" % (where, loads))
+    growth = rss_kb(t.router.pid) - rss0
+    check(growth < 32 * 1024, "%s token limit: router memory stays bounded (%d KB)" % (where, growth))
+    st, o, r = harness.request(t.port, "POST", "/v1/completions", {"prompt": "word " * 1000, "max_tokens": 2,
+                                                                   "ignore_eos": True})
+    check(st == 200 and o["usage"]["prompt_tokens"] > 700,
+          "%s token limit: a prompt longer than the limit runs when nothing waits: %r" % (where, (st, o)))
+    check(normal_request(t.port), "%s token limit: a normal request is served afterwards" % where)
+    print("%s token limit: %d served, %d refused, router RSS growth %d KB" % (where, codes.count(200),
+                                                                            len(too_many), growth))
+
+
+t = Topology("tokrouter", 1, 1, prefill_args=["--max-num-batched-tokens", "16"],
+             router_args=["--max-num-queued-tokens", "700", "--max-body-size", "64K"])
+try:
+    token_overload(t, "router", "prompt tokens wait for their first token", t.prefill + t.decode)
+    # the transport limits are libevent's, enforced before the router sees the request (its own reply bodies)
+    st, _, _ = harness.request(t.port, "POST", "/v1/completions", json.dumps({"prompt": "x" * (65 << 10)}))
+    check(st == 413, "a body over --max-body-size -> 413 (%d)" % st)
+    st, _, _ = harness.request(t.port, "POST", "/v1/completions", {"prompt": "hi"}, headers={"X-Big": "a" * 20000})
+    check(st == 400, "headers over 16 KiB -> 400 (%d)" % st)
+    check(normal_request(t.port), "a normal request is served after oversized bodies and headers")
+finally:
+    t.close()
+
+t = Topology("tokinst", 1, 1, prefill_args=["--max-num-batched-tokens", "16", "--max-num-queued-tokens", "700"])
+try:
+    token_overload(t, "prefill instance", "prefill instance", t.prefill + t.decode)
+    st, m, _ = harness.request(t.prefill[0][1], "GET", "/metrics")
+    rejected = [l for l in (m.decode() if isinstance(m, bytes) else str(m)).splitlines()
+                if l.startswith("pdserve_request_rejected_total")]
+    check(rejected and float(rejected[0].split()[-1]) > 0, "the prefill instance counted its refusals: %r" % rejected)
 finally:
     t.close()
 

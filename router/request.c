@@ -1,0 +1,568 @@
+/* Parsing and validation of a completions or chat completions body, with no HTTP in it: bytes in, either a
+ * request ready to run (prompts tokenized, choices laid out, sampling object built) or an OpenAI-shaped error
+ * naming the field out. api.c runs the result; tests/fuzz/fuzz_router_request.c throws hostile bytes at it. */
+#include <stdarg.h>
+#include <string.h>
+
+#include "model/mdl_engine.h"
+#include "router/rt_req.h"
+
+/* ---- validation helpers --------------------------------------------------------------------------------- */
+
+static int bad(rt_error *e, const char *param, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* Length of the UTF-8 sequence at p (at most n bytes there): 1-4, or 0 when it is not a valid one (overlong forms,
+ * surrogates and code points past U+10FFFF are not). */
+static size_t utf8_seq(const unsigned char *p, size_t n)
+{
+    unsigned c = p[0], cp, min;
+    size_t k;
+    if (c < 0x80) return 1;
+    if (c >= 0xC2 && c <= 0xDF) k = 1, cp = c & 0x1F, min = 0x80;
+    else if (c >= 0xE0 && c <= 0xEF) k = 2, cp = c & 0x0F, min = 0x800;
+    else if (c >= 0xF0 && c <= 0xF4) k = 3, cp = c & 0x07, min = 0x10000;
+    else return 0;
+    if (n <= k) return 0;
+    for (size_t j = 1; j <= k; j++) {
+        if ((p[j] & 0xC0) != 0x80) return 0;
+        cp = cp << 6 | (p[j] & 0x3F);
+    }
+    if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
+    return k + 1;
+}
+
+static int bad(rt_error *e, const char *param, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(e->msg, sizeof e->msg, fmt, ap);
+    va_end(ap);
+    if (n >= (int)sizeof e->msg) { /* cut short: never inside a UTF-8 sequence of an echoed value */
+        size_t len = strlen(e->msg), i = len;
+        while (i > 0 && len - i < 4 && ((unsigned char)e->msg[i - 1] & 0xC0) == 0x80) i--;
+        if (i > 0 && (unsigned char)e->msg[i - 1] >= 0xC0 && !utf8_seq((unsigned char *)e->msg + i - 1, len - i + 1))
+            e->msg[i - 1] = '\0';
+    }
+    snprintf(e->param, sizeof e->param, "%s", param ? param : "");
+    e->status = 400;
+    e->type = pd_http_error_type(400);
+    return 0;
+}
+
+/* Optional number in [lo, hi]; integer when want_int. */
+static int opt_num(const cJSON *o, const char *k, double lo, double hi, int want_int, double *out, rt_error *e)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
+    if (!v || cJSON_IsNull(v)) return 1;
+    if (!cJSON_IsNumber(v)) return bad(e, k, "'%s' must be a number", k);
+    /* the range first: casting a double outside long long's range is undefined */
+    if (v->valuedouble < lo || v->valuedouble > hi) return bad(e, k, "'%s' must be in [%g, %g]", k, lo, hi);
+    if (want_int && v->valuedouble != (double)(long long)v->valuedouble) return bad(e, k, "'%s' must be an integer", k);
+    *out = v->valuedouble;
+    return 1;
+}
+
+static int opt_bool(const cJSON *o, const char *k, int *out, rt_error *e)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
+    if (!v || cJSON_IsNull(v)) return 1;
+    if (!cJSON_IsBool(v)) return bad(e, k, "'%s' must be true or false", k);
+    *out = cJSON_IsTrue(v);
+    return 1;
+}
+
+/* ---- prompts ---------------------------------------------------------------------------------- */
+
+static int add_prompt(rt_req *r, const int32_t *ids, int n, int *cap)
+{
+    if (r->n_prompts + n > *cap) {
+        int nc = PD_MAX(*cap * 2, r->n_prompts + n + 64);
+        int32_t *np = realloc(r->prompts, (size_t)nc * sizeof *np);
+        if (!np) return 0;
+        r->prompts = np;
+        *cap = nc;
+    }
+    memcpy(r->prompts + r->n_prompts, ids, (size_t)n * sizeof *ids);
+    r->n_prompts += n;
+    return 1;
+}
+
+/* Parses the prompts of a completions request into r->prompts; starts/lengths into the arrays. */
+int rt_completion_prompts(const rt_limits *lim, const cJSON *prompt, rt_req *r, int *starts, int *lens, int *n_prompts,
+                              int max_prompts, rt_error *e)
+{
+    int cap = 0;
+    if (!prompt) return bad(e, "prompt", "'prompt' is required");
+    const cJSON *items[1] = {prompt};
+    const cJSON *list = NULL;
+    int n = 0;
+    int ids_prompt = cJSON_IsArray(prompt) && cJSON_GetArraySize(prompt) > 0 && cJSON_IsNumber(cJSON_GetArrayItem(prompt, 0));
+    if (cJSON_IsString(prompt) || ids_prompt) n = 1;
+    else if (cJSON_IsArray(prompt)) {
+        list = prompt;
+        n = cJSON_GetArraySize(prompt);
+    } else return bad(e, "prompt", "'prompt' must be a string, a list of strings, or token ids");
+    if (n < 1) return bad(e, "prompt", "'prompt' must not be empty");
+    if (n > max_prompts) return bad(e, "prompt", "at most %d prompts per request", max_prompts);
+    for (int i = 0; i < n; i++) {
+        const cJSON *p = list ? cJSON_GetArrayItem(list, i) : items[0];
+        starts[i] = r->n_prompts;
+        if (cJSON_IsString(p)) {
+            int32_t *ids = NULL;
+            size_t nid = 0;
+            unsigned flags = mdl_tokenizer_add_bos_default(lim->tok) ? MDL_ENCODE_ADD_BOS : 0;
+            if (mdl_tokenizer_encode(lim->tok, p->valuestring, strlen(p->valuestring), flags, &ids, &nid) != PD_OK)
+                return bad(e, "prompt", "'prompt' is not valid UTF-8 text");
+            int ok = nid > 0 && add_prompt(r, ids, (int)nid, &cap);
+            free(ids);
+            if (!ok) return bad(e, "prompt", "'prompt' is empty");
+        } else if (cJSON_IsArray(p)) {
+            int m = cJSON_GetArraySize(p);
+            if (m < 1) return bad(e, "prompt", "a token-id prompt must not be empty");
+            const cJSON *v;
+            cJSON_ArrayForEach(v, p)
+            {
+                if (!cJSON_IsNumber(v) || v->valuedouble < 0 || v->valuedouble >= lim->vocab_size ||
+                    v->valuedouble != (double)(int)v->valuedouble)
+                    return bad(e, "prompt", "token ids must be integers in [0, %d)", lim->vocab_size);
+                int32_t id = (int32_t)v->valuedouble;
+                if (!add_prompt(r, &id, 1, &cap)) return bad(e, "prompt", "out of memory");
+            }
+        } else {
+            return bad(e, "prompt", "prompt %d must be a string or a list of token ids", i);
+        }
+        lens[i] = r->n_prompts - starts[i];
+    }
+    *n_prompts = n;
+    return 1;
+}
+
+/* Checks messages and returns a copy with content normalised to strings (text parts joined). */
+static cJSON *normalise_messages(const cJSON *msgs, rt_error *e)
+{
+    if (!cJSON_IsArray(msgs) || cJSON_GetArraySize(msgs) < 1) {
+        bad(e, "messages", "'messages' must be a non-empty list");
+        return NULL;
+    }
+    cJSON *out = cJSON_CreateArray();
+    int i = 0;
+    const cJSON *m;
+    cJSON_ArrayForEach(m, msgs)
+    {
+        const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role"), *content = cJSON_GetObjectItemCaseSensitive(m, "content");
+        if (!cJSON_IsObject(m) || !cJSON_IsString(role)) {
+            bad(e, "messages", "messages[%d] needs a string 'role'", i);
+            goto fail;
+        }
+        const char *rl = role->valuestring;
+        if (strcmp(rl, "system") && strcmp(rl, "user") && strcmp(rl, "assistant") && strcmp(rl, "tool") &&
+            strcmp(rl, "developer")) {
+            bad(e, "messages", "messages[%d].role '%s' is not one of system, user, assistant, tool, developer", i, rl);
+            goto fail;
+        }
+        cJSON *copy = cJSON_Duplicate(m, 1);
+        if (!strcmp(rl, "developer")) cJSON_ReplaceItemInObject(copy, "role", cJSON_CreateString("system"));
+        if (cJSON_IsArray(content)) { /* [{"type":"text","text":...}, ...] */
+            size_t total = 0;
+            const cJSON *part;
+            cJSON_ArrayForEach(part, content)
+            {
+                const cJSON *ty = cJSON_GetObjectItem(part, "type"), *tx = cJSON_GetObjectItem(part, "text");
+                if (!cJSON_IsString(ty) || strcmp(ty->valuestring, "text") || !cJSON_IsString(tx)) {
+                    cJSON_Delete(copy);
+                    bad(e, "messages", "messages[%d].content: only text parts are supported", i);
+                    goto fail;
+                }
+                total += strlen(tx->valuestring);
+            }
+            char *joined = malloc(total + 1);
+            size_t k = 0;
+            cJSON_ArrayForEach(part, content)
+            {
+                const char *tx = cJSON_GetObjectItem(part, "text")->valuestring;
+                memcpy(joined + k, tx, strlen(tx));
+                k += strlen(tx);
+            }
+            joined[k] = '\0';
+            cJSON_ReplaceItemInObject(copy, "content", cJSON_CreateString(joined));
+            free(joined);
+        } else if (!cJSON_IsString(content) && !(cJSON_IsNull(content) && !strcmp(rl, "assistant"))) {
+            cJSON_Delete(copy);
+            bad(e, "messages", "messages[%d].content must be a string", i);
+            goto fail;
+        }
+        cJSON_AddItemToArray(out, copy);
+        i++;
+    }
+    return out;
+fail:
+    cJSON_Delete(out);
+    return NULL;
+}
+
+/* Renders the chat template and tokenizes; sets r->think when the prompt opens a reasoning block. */
+int rt_chat_prompt(const rt_limits *lim, const cJSON *root, rt_req *r, int *len, rt_error *e)
+{
+    if (!lim->tmpl) return bad(e, "messages", "this model has no chat template; use /v1/completions");
+    cJSON *msgs = normalise_messages(cJSON_GetObjectItemCaseSensitive(root, "messages"), e);
+    if (!msgs) return 0;
+    int agp = 1;
+    if (!opt_bool(root, "add_generation_prompt", &agp, e)) {
+        cJSON_Delete(msgs);
+        return 0;
+    }
+    cJSON *vars = cJSON_CreateObject();
+    const cJSON *kw = cJSON_GetObjectItemCaseSensitive(root, "chat_template_kwargs");
+    if (cJSON_IsObject(kw)) {
+        const cJSON *v;
+        cJSON_ArrayForEach(v, kw) cJSON_AddItemToObject(vars, v->string, cJSON_Duplicate(v, 1));
+    }
+    const cJSON *tools = cJSON_GetObjectItemCaseSensitive(root, "tools");
+    if (cJSON_IsArray(tools)) cJSON_AddItemToObject(vars, "tools", cJSON_Duplicate(tools, 1));
+    char *text = NULL, err[512] = "";
+    size_t tl = 0;
+    pd_status st = mdl_chat_template_render(lim->tmpl, msgs, agp, vars, &text, &tl, err, sizeof err);
+    cJSON_Delete(msgs);
+    cJSON_Delete(vars);
+    if (st != PD_OK) return bad(e, "messages", "chat template: %s", err[0] ? err : pd_status_str(st));
+    int32_t *ids = NULL;
+    size_t n = 0;
+    st = mdl_tokenizer_encode(lim->tok, text, tl, 0, &ids, &n); /* the template carries BOS itself */
+    size_t k = tl;
+    while (k > 0 && (text[k - 1] == '\n' || text[k - 1] == ' ')) k--;
+    r->think = k >= 7 && !strncmp(text + k - 7, "<think>", 7);
+    free(text);
+    if (st != PD_OK) return bad(e, "messages", "messages are not valid UTF-8 text");
+    int cap = 0, ok = add_prompt(r, ids, (int)n, &cap);
+    free(ids);
+    if (!ok) return bad(e, "messages", "out of memory");
+    *len = (int)n;
+    return 1;
+}
+
+static int parse_stop(const rt_limits *lim, const cJSON *root, rt_req *r, rt_error *e)
+{
+    const cJSON *stop = cJSON_GetObjectItemCaseSensitive(root, "stop");
+    if (stop && !cJSON_IsNull(stop)) {
+        if (cJSON_IsString(stop)) { /* one string: the limits of a list of one */
+            if (stop->valuestring[0] && lim->max_stop < 1) return bad(e, "stop", "at most %d stop strings", lim->max_stop);
+            if (strlen(stop->valuestring) > 200) return bad(e, "stop", "stop strings are at most 200 bytes");
+            if (stop->valuestring[0]) r->stops[r->n_stops++] = strdup(stop->valuestring);
+        } else if (cJSON_IsArray(stop)) {
+            if (cJSON_GetArraySize(stop) > lim->max_stop) return bad(e, "stop", "at most %d stop strings", lim->max_stop);
+            const cJSON *v;
+            cJSON_ArrayForEach(v, stop)
+            {
+                if (!cJSON_IsString(v)) return bad(e, "stop", "'stop' must hold strings");
+                if (!v->valuestring[0]) continue;
+                if (strlen(v->valuestring) > 200) return bad(e, "stop", "stop strings are at most 200 bytes");
+                r->stops[r->n_stops++] = strdup(v->valuestring);
+            }
+        } else return bad(e, "stop", "'stop' must be a string or a list of strings");
+    }
+    for (int i = 0; i < r->n_stops; i++) r->max_stop_len = PD_MAX(r->max_stop_len, strlen(r->stops[i]));
+    const cJSON *sti = cJSON_GetObjectItemCaseSensitive(root, "stop_token_ids");
+    if (sti && !cJSON_IsNull(sti)) {
+        if (!cJSON_IsArray(sti) || cJSON_GetArraySize(sti) > 16) return bad(e, "stop_token_ids", "'stop_token_ids' must be a list of at most 16 token ids");
+        const cJSON *v;
+        cJSON_ArrayForEach(v, sti)
+        {
+            if (!cJSON_IsNumber(v) || v->valuedouble < 0 || v->valuedouble >= lim->vocab_size ||
+                v->valuedouble != (double)(int32_t)v->valuedouble)
+                return bad(e, "stop_token_ids", "'stop_token_ids' holds a value that is not a token id");
+            r->stop_ids[r->n_stop_ids++] = (int32_t)v->valuedouble;
+        }
+    }
+    return 1;
+}
+
+/* ---- the request ---------------------------------------------------------------------------------------- */
+
+/* One pass over the raw body before cJSON sees it. Nesting depth: cJSON recurses up to its own limit of 1000 and
+ * the chat template and cJSON_Duplicate recurse over what it builds. UTF-8 (JSON text is UTF-8, RFC 8259): an
+ * invalid byte would otherwise reach the tokenizer or the template, be kept (stop strings), or be echoed into an
+ * error reply that is then not UTF-8 itself. NUL in a string, raw or \u0000: cJSON's C strings would cut the text
+ * there without a word. The error names the top-level field at fault; malformed JSON is left to cJSON. */
+static int scan_body(const unsigned char *p, size_t n, int max_depth, rt_error *e)
+{
+    int depth = 0, in_str = 0, key_next = 0, in_key = 0;
+    char key[48] = "", cur[48] = ""; /* the last top-level key, the one being read */
+    size_t kl = 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned c = p[i];
+        const char *field = in_key ? NULL : key[0] ? key : NULL;
+        if (in_str) {
+            size_t len = 1;
+            if (c == '"') {
+                in_str = 0;
+                if (in_key) memcpy(key, cur, kl + 1);
+                in_key = 0;
+                continue;
+            }
+            if (c == 0 || (c == '\\' && i + 5 < n && !memcmp(p + i + 1, "u0000", 5))) {
+                if (field) return bad(e, field, "'%s' must not contain NUL characters (\\u0000)", field);
+                return bad(e, NULL, "request body strings must not contain NUL characters (\\u0000)");
+            }
+            if (c == '\\' && i + 1 < n) len = 2; /* the escaped character is not a delimiter */
+            else if (c >= 0x80 && !(len = utf8_seq(p + i, n - i))) {
+                if (field) return bad(e, field, "'%s' is not valid UTF-8 text", field);
+                return bad(e, NULL, "request body is not valid UTF-8");
+            }
+            if (in_key && kl + len < sizeof cur) {
+                memcpy(cur + kl, p + i, len);
+                kl += len;
+                cur[kl] = '\0';
+            }
+            i += len - 1;
+            continue;
+        }
+        switch (c) {
+        case '"':
+            in_str = 1;
+            if (depth == 1 && key_next) {
+                in_key = 1;
+                key_next = 0;
+                kl = 0;
+                cur[0] = '\0';
+            }
+            break;
+        case '{':
+        case '[':
+            if (++depth > max_depth) {
+                if (field) return bad(e, field, "'%s' is nested deeper than %d levels", field, max_depth);
+                return bad(e, NULL, "request body is nested deeper than %d levels", max_depth);
+            }
+            key_next = depth == 1 && c == '{';
+            break;
+        case '}':
+        case ']':
+            if (depth > 0) depth--;
+            break;
+        case ',':
+            key_next = depth == 1;
+            break;
+        default:
+            if (c >= 0x80 && !utf8_seq(p + i, n - i)) {
+                if (field) return bad(e, field, "'%s' is not valid UTF-8 text", field);
+                return bad(e, NULL, "request body is not valid UTF-8");
+            }
+            break;
+        }
+    }
+    return 1;
+}
+
+pd_status rt_request_parse(const char *body, size_t len, int chat, const rt_limits *lim, rt_req **out, rt_error *e)
+{
+    memset(e, 0, sizeof *e);
+    int starts[RT_MAX_PROMPTS], lens[RT_MAX_PROMPTS], n_prompts = 0;
+    char *text = NULL;
+    rt_req *r = NULL;
+    cJSON *root = NULL;
+    if (len > lim->max_body) {
+        bad(e, NULL, "request body larger than %zu bytes", lim->max_body);
+        e->status = 413;
+        e->type = pd_http_error_type(413);
+        goto refuse;
+    }
+    text = malloc(len + 1); /* cJSON wants a NUL-terminated string */
+    r = calloc(1, sizeof *r);
+    if (!text || !r) {
+        e->status = 503;
+        e->type = pd_http_error_type(503);
+        snprintf(e->msg, sizeof e->msg, "out of memory");
+        goto refuse;
+    }
+    if (!scan_body((const unsigned char *)body, len, lim->max_depth, e)) goto refuse;
+    memcpy(text, body, len);
+    text[len] = '\0';
+    /* the whole of len: a NUL after the JSON does not end the body early */
+    const char *end = NULL;
+    root = cJSON_ParseWithLengthOpts(text, len, &end, 0);
+    while (root && end < text + len && (*end == ' ' || *end == '\t' || *end == '\n' || *end == '\r')) end++;
+    if (root && end != text + len) {
+        cJSON_Delete(root);
+        root = NULL;
+    }
+    r->chat = chat;
+    r->logprobs = -1;
+    if (!root) {
+        bad(e, NULL, "request body is not valid JSON");
+        goto refuse;
+    }
+    if (!cJSON_IsObject(root)) {
+        bad(e, NULL, "request body must be a JSON object");
+        goto refuse;
+    }
+    const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
+    if (model && !cJSON_IsNull(model) &&
+        (!cJSON_IsString(model) || strcmp(model->valuestring, lim->served_model_name) != 0)) {
+        bad(e, "model", "the model '%s' does not exist; this server serves '%s'",
+            cJSON_IsString(model) ? model->valuestring : "?", lim->served_model_name);
+        goto refuse;
+    }
+    /* prompts */
+    if (chat) {
+        if (!rt_chat_prompt(lim, root, r, &lens[0], e)) goto refuse;
+        starts[0] = 0;
+        n_prompts = 1;
+    } else if (!rt_completion_prompts(lim, cJSON_GetObjectItemCaseSensitive(root, "prompt"), r, starts, lens, &n_prompts,
+                                   RT_MAX_PROMPTS, e)) {
+        goto refuse;
+    }
+    /* unsupported options are refused rather than silently ignored */
+    int echo = 0;
+    if (!opt_bool(root, "echo", &echo, e)) goto refuse;
+    if (echo) {
+        bad(e, "echo", "'echo' is not supported");
+        goto refuse;
+    }
+    const cJSON *suffix = cJSON_GetObjectItemCaseSensitive(root, "suffix");
+    if (cJSON_IsString(suffix) && suffix->valuestring[0]) {
+        bad(e, "suffix", "'suffix' is not supported");
+        goto refuse;
+    }
+    const cJSON *lb = cJSON_GetObjectItemCaseSensitive(root, "logit_bias");
+    if (cJSON_IsObject(lb) && cJSON_GetArraySize(lb) > 0) {
+        bad(e, "logit_bias", "'logit_bias' is not supported");
+        goto refuse;
+    }
+    const cJSON *rf = cJSON_GetObjectItemCaseSensitive(root, "response_format"), *rft = rf ? cJSON_GetObjectItem(rf, "type") : NULL;
+    if (rf && !cJSON_IsNull(rf) && !(cJSON_IsString(rft) && !strcmp(rft->valuestring, "text"))) {
+        bad(e, "response_format", "only response_format {\"type\": \"text\"} is supported");
+        goto refuse;
+    }
+    /* sampling and limits */
+    int mml = lim->max_model_len;
+    if (mml <= 0) {
+        e->status = 503;
+        e->type = pd_http_error_type(503);
+        snprintf(e->msg, sizeof e->msg, "no healthy decode instance");
+        goto refuse;
+    }
+    int max_prompt = 0;
+    for (int i = 0; i < n_prompts; i++) max_prompt = PD_MAX(max_prompt, lens[i]);
+    double temperature = 1.0, top_p = 1.0, top_k = 0, min_p = 0, pres = 0, freq = 0, rep = 1, seed = -1, n = 1;
+    double max_tokens = chat ? -1 : 16, min_tokens = 0;
+    int ignore_eos = 0, stream = 0;
+    const char *mt_name = "max_tokens";
+    if (chat && cJSON_GetObjectItemCaseSensitive(root, "max_completion_tokens") &&
+        !cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(root, "max_completion_tokens")))
+        mt_name = "max_completion_tokens";
+    if (!opt_num(root, mt_name, 1, 1 << 30, 1, &max_tokens, e) || !opt_num(root, "temperature", 0, 2, 0, &temperature, e) ||
+        !opt_num(root, "top_p", 0, 1, 0, &top_p, e) || !opt_num(root, "top_k", -1, 1 << 30, 1, &top_k, e) ||
+        !opt_num(root, "min_p", 0, 1, 0, &min_p, e) || !opt_num(root, "presence_penalty", -2, 2, 0, &pres, e) ||
+        !opt_num(root, "frequency_penalty", -2, 2, 0, &freq, e) ||
+        !opt_num(root, "repetition_penalty", 1e-6, 100, 0, &rep, e) ||
+        !opt_num(root, "seed", -9.2e18, 9.2e18, 1, &seed, e) || !opt_num(root, "n", 1, lim->max_n, 1, &n, e) ||
+        !opt_num(root, "min_tokens", 0, 1 << 30, 1, &min_tokens, e) || !opt_bool(root, "ignore_eos", &ignore_eos, e) ||
+        !opt_bool(root, "stream", &stream, e))
+        goto refuse;
+    if (top_p <= 0) {
+        bad(e, "top_p", "'top_p' must be in (0, 1]");
+        goto refuse;
+    }
+    const cJSON *bo = cJSON_GetObjectItemCaseSensitive(root, "best_of");
+    if (cJSON_IsNumber(bo) && bo->valuedouble != n) {
+        bad(e, "best_of", "'best_of' other than n is not supported");
+        goto refuse;
+    }
+    if (chat) {
+        int lp = 0;
+        double top = 0;
+        if (!opt_bool(root, "logprobs", &lp, e) || !opt_num(root, "top_logprobs", 0, MDL_MAX_TOP_LOGPROBS, 1, &top, e))
+            goto refuse;
+        if (top > 0 && !lp) {
+            bad(e, "top_logprobs", "'top_logprobs' needs 'logprobs': true");
+            goto refuse;
+        }
+        r->chat_logprobs = lp;
+        r->logprobs = lp ? (int)top : -1;
+    } else {
+        double lp = -1;
+        if (!opt_num(root, "logprobs", 0, MDL_MAX_TOP_LOGPROBS, 1, &lp, e)) goto refuse;
+        r->logprobs = (int)lp;
+    }
+    const cJSON *so = cJSON_GetObjectItemCaseSensitive(root, "stream_options");
+    if (so && !cJSON_IsNull(so)) {
+        if (!cJSON_IsObject(so)) {
+            bad(e, "stream_options", "'stream_options' must be an object");
+            goto refuse;
+        }
+        if (!opt_bool(so, "include_usage", &r->include_usage, e)) goto refuse;
+    }
+    if (!parse_stop(lim, root, r, e)) goto refuse;
+    if (max_tokens < 0) { /* chat without a limit: what fits, up to the server's limit */
+        max_tokens = mml - max_prompt;
+        if (lim->max_tokens_limit > 0 && max_tokens > lim->max_tokens_limit) max_tokens = lim->max_tokens_limit;
+    }
+    if (lim->max_tokens_limit > 0 && max_tokens > lim->max_tokens_limit) {
+        bad(e, mt_name, "'%s' = %.0f exceeds this server's limit %d", mt_name, max_tokens, lim->max_tokens_limit);
+        goto refuse;
+    }
+    if (max_prompt >= mml || max_prompt + max_tokens > mml) {
+        bad(e, max_prompt >= mml ? "prompt" : mt_name,
+            "this model's maximum context length is %d tokens; the prompt has %d tokens and %.0f more were requested",
+            mml, max_prompt, max_tokens < 1 ? 1 : max_tokens);
+        goto refuse;
+    }
+    if (min_tokens > max_tokens) {
+        bad(e, "min_tokens", "'min_tokens' exceeds the maximum number of tokens");
+        goto refuse;
+    }
+    r->max_tokens = (int)max_tokens;
+    r->min_tokens = (int)min_tokens;
+    r->ignore_eos = ignore_eos;
+    r->stream = stream;
+    r->sampling = cJSON_CreateObject();
+    cJSON_AddNumberToObject(r->sampling, "temperature", temperature);
+    cJSON_AddNumberToObject(r->sampling, "top_p", top_p);
+    cJSON_AddNumberToObject(r->sampling, "top_k", top_k < 0 ? 0 : top_k);
+    cJSON_AddNumberToObject(r->sampling, "min_p", min_p);
+    cJSON_AddNumberToObject(r->sampling, "presence_penalty", pres);
+    cJSON_AddNumberToObject(r->sampling, "frequency_penalty", freq);
+    cJSON_AddNumberToObject(r->sampling, "repetition_penalty", rep);
+    /* choices */
+    r->n_ch = n_prompts * (int)n;
+    r->ch = calloc((size_t)r->n_ch, sizeof *r->ch);
+    if (!r->ch) {
+        e->status = 503;
+        e->type = pd_http_error_type(503);
+        snprintf(e->msg, sizeof e->msg, "out of memory");
+        goto refuse;
+    }
+    for (int i = 0; i < n_prompts; i++) r->prompt_tokens += lens[i];
+    for (int i = 0; i < r->n_ch; i++) {
+        rt_choice *c = &r->ch[i];
+        c->req = r;
+        c->index = i;
+        c->prompt = r->prompts + starts[i / (int)n];
+        c->n_prompt = lens[i / (int)n];
+        if (seed != -1 || cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(root, "seed"))) {
+            c->has_seed = 1;
+            c->seed = (uint64_t)(int64_t)seed + (uint64_t)(i % (int)n); /* n samples of one prompt differ */
+        }
+    }
+    cJSON_Delete(root);
+    free(text);
+    *out = r;
+    return PD_OK;
+refuse:
+    if (!e->status) { /* every refusal names its status; a missing one is a bad request */
+        e->status = 400;
+        e->type = pd_http_error_type(400);
+    }
+    cJSON_Delete(root);
+    free(text);
+    rt_request_free(r);
+    return PD_ERR_INVALID;
+}
+
+void rt_request_free(rt_req *r)
+{
+    if (!r) return;
+    free(r->ch);
+    free(r->prompts);
+    for (int i = 0; i < r->n_stops; i++) free(r->stops[i]);
+    cJSON_Delete(r->sampling);
+    free(r);
+}

