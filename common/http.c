@@ -5,6 +5,7 @@
 #include <event2/buffer.h>
 #include <event2/keyvalq_struct.h>
 #include <stdarg.h>
+#include <pthread.h>
 #include <string.h>
 
 pd_status pd_http_server_create(struct event_base *base, const char *host, int port, const pd_http_limits *lim,
@@ -173,7 +174,20 @@ struct pd_http_call_s {
     int in_line_cb;
     int cancelled;            /* no user callback runs once set */
     int destroy_scheduled;
+    struct pd_http_call_s *dnext, *dprev; /* scheduled for release, not yet released */
 };
+
+/* Calls whose release is scheduled on their loop: pd_http_calls_release() frees them when the loop will not run
+ * again (process exit). Loop threads only; the lock keeps several loops in one process apart. */
+static pd_http_call *g_dying;
+static pthread_mutex_t g_dying_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static void call_free(pd_http_call *c)
+{
+    if (c->conn) evhttp_connection_free(c->conn);
+    evbuffer_free(c->pending);
+    free(c);
+}
 
 /* Frees the connection (and any request still queued on it, without callbacks) and the call, from the loop. */
 static void destroy_cb(evutil_socket_t fd, short what, void *arg)
@@ -181,17 +195,36 @@ static void destroy_cb(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     pd_http_call *c = arg;
-    if (c->conn) evhttp_connection_free(c->conn);
-    evbuffer_free(c->pending);
-    free(c);
+    pthread_mutex_lock(&g_dying_mu);
+    if (c->dprev) c->dprev->dnext = c->dnext;
+    else g_dying = c->dnext;
+    if (c->dnext) c->dnext->dprev = c->dprev;
+    pthread_mutex_unlock(&g_dying_mu);
+    call_free(c);
+}
+
+void pd_http_calls_release(void)
+{
+    pthread_mutex_lock(&g_dying_mu);
+    while (g_dying) {
+        pd_http_call *c = g_dying;
+        g_dying = c->dnext;
+        call_free(c);
+    }
+    pthread_mutex_unlock(&g_dying_mu);
 }
 
 static void schedule_destroy(pd_http_call *c)
 {
     if (c->destroy_scheduled) return;
     c->destroy_scheduled = 1;
+    pthread_mutex_lock(&g_dying_mu);
+    c->dnext = g_dying;
+    if (g_dying) g_dying->dprev = c;
+    g_dying = c;
+    pthread_mutex_unlock(&g_dying_mu);
     if (event_base_once(c->base, -1, EV_TIMEOUT, destroy_cb, c, &(struct timeval){0, 0}) != 0)
-        pd_error("http client: cannot schedule the release of a connection (leaked)");
+        pd_error("http client: cannot schedule the release of a connection (freed at exit)");
 }
 
 static void drain_lines(pd_http_call *c)

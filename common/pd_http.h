@@ -67,6 +67,9 @@ pd_status pd_http_call_start(struct event_base *base, const char *host, int port
                              pd_http_line_cb line_cb, pd_http_done_cb done_cb, void *arg, pd_http_call **out);
 /* Stops a call in flight: no callback runs afterwards. Safe from within line_cb (takes effect after it). */
 void pd_http_call_cancel(pd_http_call *c);
+/* Frees calls whose release was scheduled on a loop that will not run again: call after the last loop iteration,
+ * before event_base_free (executables at exit). */
+void pd_http_calls_release(void);
 /* "host:port" -> parts. PD_ERR_INVALID when malformed. */
 pd_status pd_http_parse_hostport(const char *s, char *host, size_t hostlen, int *port);
 

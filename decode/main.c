@@ -2,6 +2,7 @@
  * SIGTERM, then stop cleanly. */
 #include <string.h>
 
+#include "common/pd_http.h"
 #include "common/pd_mailbox.h"
 #include "decode/server.h"
 
@@ -52,6 +53,7 @@ int main(int argc, char **argv)
     dec_server_destroy(s);
     rc = 0;
 free_base:
+    pd_http_calls_release(); /* connections cancelled during shutdown */
     event_base_free(base);
 free_opts:
     pd_opts_free(table, n);

@@ -2,6 +2,7 @@
  * or SIGTERM, then stop cleanly. */
 #include <string.h>
 
+#include "common/pd_http.h"
 #include "common/pd_mailbox.h"
 #include "prefill/server.h"
 
@@ -46,6 +47,7 @@ int main(int argc, char **argv)
     pf_server_destroy(s);
     rc = 0;
 free_base:
+    pd_http_calls_release(); /* connections cancelled during shutdown */
     event_base_free(base);
 free_opts:
     pd_opts_free(table, n);

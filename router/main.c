@@ -2,6 +2,7 @@
  * or SIGTERM. */
 #include <string.h>
 
+#include "common/pd_http.h"
 #include "common/pd_mailbox.h"
 #include "common/pd_opts.h"
 #include "router/router.h"
@@ -70,6 +71,7 @@ int main(int argc, char **argv)
     rt_router_destroy(rt);
     rc = 0;
 free_base:
+    pd_http_calls_release(); /* connections cancelled during shutdown */
     event_base_free(base);
 free_opts:
     pd_opts_free(table, n);

@@ -106,6 +106,9 @@ p = subprocess.run([bench, "compare", os.path.join(out, "missing.json"), "--out-
                    text=True)
 check(p.returncode != 0, "compare refuses a missing file")
 
+harness.stop_all()  # sanitizer builds write leak reports at exit
+for _name, _report in harness.sanitizer_reports():
+    check(False, "sanitizer report in %s:\n%s" % (_name, _report))
 if failures:
     print("%d failure(s); files in %s" % (len(failures), out))
     sys.exit(1)

@@ -150,6 +150,9 @@ finally:
     harness.stop(drv)
     shutil.rmtree(udd, ignore_errors=True)
 
+harness.stop_all()  # sanitizer builds write leak reports at exit
+for _name, _report in harness.sanitizer_reports():
+    check(False, "sanitizer report in %s:\n%s" % (_name, _report))
 if failures:
     print("%d failure(s); logs in %s" % (len(failures), logdir))
     sys.exit(1)

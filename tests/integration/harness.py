@@ -3,6 +3,26 @@ the router is healthy, and always stops them. Used by the integration tests."""
 import atexit, http.client, json, os, signal, subprocess, sys, time
 
 _procs = []
+_logs = []
+SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:")
+
+
+def sanitizer_reports():
+    """(log, first lines of the report) for every started process whose log holds a sanitizer report (ASan/UBSan
+    builds print them on stderr, leaks at exit)."""
+    found = []
+    for name in _logs:
+        try:
+            with open(name, errors="replace") as f:
+                text = f.read()
+        except OSError:
+            continue
+        for mark in SANITIZER_MARKS:
+            at = text.find(mark)
+            if at >= 0:
+                found.append((name, text[at:at + 600]))
+                break
+    return found
 
 def _kill_all():
     for p in _procs:
@@ -17,6 +37,11 @@ def _kill_all():
             p.wait()
 
 atexit.register(_kill_all)
+
+
+def stop_all():
+    """Stops every process started here (SIGTERM, then SIGKILL after 5 s)."""
+    _kill_all()
 signal.signal(signal.SIGTERM, lambda *a: sys.exit(1))
 
 
@@ -39,6 +64,9 @@ class Checks:
             print("FAIL:", what, flush=True)
 
     def finish(self):
+        _kill_all()  # leak reports are written at exit
+        for name, report in sanitizer_reports():
+            self(False, "sanitizer report in %s:\n%s" % (name, report))
         print("%d passed, %d failed" % (self.passed, len(self.failures)))
         sys.exit(1 if self.failures else 0)
 
@@ -46,6 +74,7 @@ class Checks:
 def start(argv, logname, env=None):
     """Starts one executable; returns (process, port)."""
     log = open(logname, "wb")
+    _logs.append(logname)
     p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, env=env)
     _procs.append(p)
     deadline = time.time() + 120

@@ -48,5 +48,9 @@ try:
             print("FAIL: %s\n  -> rc %d: %s %s" % (cmd, out.returncode, body[:300], out.stderr[:300]))
 finally:
     dep.close()
+harness.stop_all()  # sanitizer builds write leak reports at exit
+for _name, _report in harness.sanitizer_reports():
+    print("FAIL: sanitizer report in %s:\n%s" % (_name, _report))
+    failed += 1
 print("%d passed, %d failed" % (passed, failed))
 sys.exit(1 if failed else 0)
