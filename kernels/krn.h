@@ -147,6 +147,10 @@ size_t krn_mat_prepack_size(const krn_mat *w, krn_prepack_mode mode);
 /* Fills buf (krn_mat_prepack_size bytes, 64-byte aligned) and points w->packed etc. into it. buf must outlive
  * every use of w. Reads w->data; never allocates. PD_ERR_INVALID when the size is 0 or buf is NULL. */
 pd_status krn_mat_prepack(krn_mat *w, krn_prepack_mode mode, void *buf);
+/* Offers [p, p+bytes) to transparent huge pages (madvise MADV_HUGEPAGE; nothing where unsupported). Decode
+ * streams every weight once per step: with 4 KB pages each page costs a TLB walk and restarts the hardware
+ * prefetcher. Call before the memory is first touched; only whole 2 MB pages inside the range are affected. */
+void krn_hugepage_advise(void *p, size_t bytes);
 
 /* Row r, columns [c0, c0+n) of W as float32 (dequantised for FP8). */
 void krn_mat_row_part(const krn_mat *w, int r, int c0, int n, float *out);
@@ -158,6 +162,19 @@ static inline size_t krn_linear_scratch(int cols) { return (size_t)KRN_LINEAR_BL
 /* y[m, w->rows] = x[m, w->cols] . W^T, float32 accumulation. ldy: row stride of y (>= w->rows).
  * scratch: krn_linear_scratch(w->cols) floats. */
 void krn_linear(const krn_mat *w, const float *x, int m, float *y, int ldy, float *scratch);
+/* One product of a group: y[m, w->rows] = x[m, w->cols] . W^T (ldy: row stride of y). */
+typedef struct {
+    const krn_mat *w;
+    const float *x;
+    int m, ldy;
+    float *y;
+} krn_linear_item;
+/* Every item's product, as krn_linear computes it (the same bits), but the packed BF16/FP8 ones run as ONE job
+ * on the pool, split over all their output blocks together: a decode step's experts (8 x gate/up, then 8 x
+ * down) cost one wake-up of the pool each instead of 24, and each thread streams long runs of weights. Other
+ * items (W8A8, F32, the portable path) run one after another through krn_linear. No two items may write the
+ * same y element, and no item may read another's y. scratch: krn_linear_scratch(max cols) floats. */
+void krn_linear_group(const krn_linear_item *items, int n, float *scratch);
 /* y[m, n] (+)= x[m, k] . W[r0:r0+k, c0:c0+n] — the "transposed" use of a sub-block of W, used by MLA's absorbed
  * decode form (W is kv_b_proj). accumulate: 0 overwrite, 1 add. */
 void krn_matmul_sub(const krn_mat *w, int r0, int c0, const float *x, int m, int k, int n, float *y, int accumulate);

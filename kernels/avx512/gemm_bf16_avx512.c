@@ -1,26 +1,29 @@
-/* BF16-weight GEMM/GEMV on AVX-512, tile 12 rows x 32 outputs. Weights come packed (KRN_PACK_BF16_N32K2: per
+/* BF16-weight GEMM/GEMV on AVX-512, tile up to 12 rows x 32 outputs. Weights come packed (KRN_PACK_BF16_N32K2: per
  * k-pair, 32 outputs x 2 bf16 = one 32-bit lane per output), activations stay float32. A lane shifted left by
  * 16 is w[k] as f32, the lane masked to its high half is w[k+1]: two cheap ops turn 16 packed pairs into two
  * f32 vectors, then FMAs. Exact weights, f32 activations, f32 accumulation (see docs/kernels.md for why not
- * vdpbf16ps). Blocked: KC k-values x 32 outputs (16 KB) stay in L1 while MC rows of x stay in L2. */
+ * vdpbf16ps).
+ * Every output is summed the same way whatever the row count m and wherever its row falls in a tile: one FMA
+ * chain per KC-value chunk, k in order, chunks added to y in k order. So a row gives the same bits alone, in a
+ * decode batch or in a verify pass of k+1 positions (speculative decoding stays exactly lossless).
+ * Order of work: decode (m <= MSMALL) walks each 32-output panel once, front to back, all rows per KC chunk
+ * while the chunk (16 KB) is in L1: one streaming pass over the weights for any m up to 16. Prefill blocks KC
+ * values x 32 outputs in L1 against MC rows of x in L2. */
 #include "kernels/avx512/avx512_util.h"
 
 #define MR 12
-#define KC 256 /* even */
-#define MC 144 /* multiple of MR */
+#define KC 256     /* even; the summation chunk of every output (see above) */
+#define MC 144     /* multiple of MR */
+#define MSMALL 16  /* up to this many rows: panel-major order, one pass over the weights */
 
-/* C[mr, 32] (+)= A[mr, kc] . B-panel[kc/2 pairs][32][2] */
+/* C[mr, 32] (+)= A[mr, kc] . B-panel[kc/2 pairs][32][2]; one FMA chain per accumulator, k in order */
 KRN_INLINE void ukr(const int mr, const int kc, const float *A, const size_t lda, const krn_bf16 *B, float *C,
                     const size_t ldc, const __mmask16 m0, const __mmask16 m1, const int load_c)
 {
-    const int dual = mr <= 4; /* few rows: separate even/odd accumulators hide the FMA latency */
-    __m512 c0[MR], c1[MR], d0[MR], d1[MR];
+    __m512 c0[MR], c1[MR];
     const __m512i hi = _mm512_set1_epi32((int)0xffff0000u);
 #pragma GCC unroll 12
-    for (int i = 0; i < mr; i++) {
-        c0[i] = c1[i] = _mm512_setzero_ps();
-        if (dual) d0[i] = d1[i] = _mm512_setzero_ps();
-    }
+    for (int i = 0; i < mr; i++) c0[i] = c1[i] = _mm512_setzero_ps();
     const int kp = kc / 2;
     for (int p = 0; p < kp; p++) {
         const __m512i b0 = _mm512_load_si512(B + (size_t)p * 64), b1 = _mm512_load_si512(B + (size_t)p * 64 + 32);
@@ -33,13 +36,8 @@ KRN_INLINE void ukr(const int mr, const int kc, const float *A, const size_t lda
             const __m512 a0 = _mm512_set1_ps(A[i * lda + 2 * p]), a1 = _mm512_set1_ps(A[i * lda + 2 * p + 1]);
             c0[i] = _mm512_fmadd_ps(a0, e0, c0[i]);
             c1[i] = _mm512_fmadd_ps(a0, e1, c1[i]);
-            if (dual) {
-                d0[i] = _mm512_fmadd_ps(a1, o0, d0[i]);
-                d1[i] = _mm512_fmadd_ps(a1, o1, d1[i]);
-            } else {
-                c0[i] = _mm512_fmadd_ps(a1, o0, c0[i]);
-                c1[i] = _mm512_fmadd_ps(a1, o1, c1[i]);
-            }
+            c0[i] = _mm512_fmadd_ps(a1, o0, c0[i]);
+            c1[i] = _mm512_fmadd_ps(a1, o1, c1[i]);
         }
     }
     if (kc & 1) { /* last k of an odd K: its pair partner is zero padding, and A has no element there */
@@ -55,14 +53,10 @@ KRN_INLINE void ukr(const int mr, const int kc, const float *A, const size_t lda
     }
 #pragma GCC unroll 12
     for (int i = 0; i < mr; i++) {
-        if (dual) {
-            c0[i] = _mm512_add_ps(c0[i], d0[i]);
-            c1[i] = _mm512_add_ps(c1[i], d1[i]);
-        }
         float *c = C + i * ldc;
         if (load_c) {
-            c0[i] = _mm512_add_ps(c0[i], _mm512_maskz_loadu_ps(m0, c));
-            c1[i] = _mm512_add_ps(c1[i], _mm512_maskz_loadu_ps(m1, c + 16));
+            c0[i] = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, c), c0[i]);
+            c1[i] = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, c + 16), c1[i]);
         }
         _mm512_mask_storeu_ps(c, m0, c0[i]);
         _mm512_mask_storeu_ps(c + 16, m1, c1[i]);
@@ -83,11 +77,26 @@ void krn__gemm_bf16_avx512_12x32(const krn_mat *w, const float *x, int m, float 
 {
     const int K = w->cols, kp = (K + 1) / 2;
     const krn_bf16 *P = w->packed;
-    const int kcb = m <= MR ? K : KC; /* decode: one pass over each panel, streaming */
+    if (m <= MSMALL) {
+        /* rows in ceil(m / MR) tiles of near-equal size (13..16 rows: two of 7..8, not 12 + 1..4) */
+        const int tiles = (m + MR - 1) / MR, tr = (m + tiles - 1) / tiles;
+        for (int nb = nb0; nb < nb1; nb++) {
+            const krn_bf16 *panel = P + (size_t)nb * kp * 64;
+            const int nvalid = PD_MIN(KRN_NR, w->rows - nb * KRN_NR);
+            const __mmask16 m0 = krn__mask16(nvalid), m1 = krn__mask16(nvalid - 16);
+            for (int kc0 = 0; kc0 < K; kc0 += KC) {
+                const int kc = PD_MIN(KC, K - kc0);
+                for (int i0 = 0; i0 < m; i0 += tr)
+                    ukr_any(PD_MIN(tr, m - i0), kc, x + (size_t)i0 * K + kc0, (size_t)K, panel + (size_t)kc0 / 2 * 64,
+                            y + (size_t)i0 * ldy + (size_t)nb * KRN_NR, (size_t)ldy, m0, m1, kc0 > 0);
+            }
+        }
+        return;
+    }
     for (int mc0 = 0; mc0 < m; mc0 += MC) {
         const int mc1 = PD_MIN(m, mc0 + MC);
-        for (int kc0 = 0; kc0 < K; kc0 += kcb) {
-            const int kc = PD_MIN(kcb, K - kc0);
+        for (int kc0 = 0; kc0 < K; kc0 += KC) {
+            const int kc = PD_MIN(KC, K - kc0);
             for (int nb = nb0; nb < nb1; nb++) {
                 const krn_bf16 *panel = P + ((size_t)nb * kp + (size_t)kc0 / 2) * 64;
                 const int nvalid = PD_MIN(KRN_NR, w->rows - nb * KRN_NR);
