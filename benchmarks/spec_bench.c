@@ -3,8 +3,10 @@
  * replays the k = 0 continuation; the MTP layer still runs, so its cost is in the figure) and at the model's real
  * acceptance (the MTP layer's own drafts). Then the decode step time on captured plans against the general path.
  * Throughput = decode tokens / seconds of decode-step compute (prefill excluded), from mdl_engine_stats.
+ * --pairs R: instead, R back-to-back pairs of (k = 0, k = max_k with known drafts) per batch size; prints the
+ * medians and the median of the per-pair speed-ups (the figure to quote on a machine shared with other work).
  * Usage: spec_bench --model DIR [--model DIR]... [--tokens N] [--batches 1,4,16] [--max-k 3]
- *                   [--plan-batches 1,2,4] [--tokenizer DIR] */
+ *                   [--plan-batches 1,2,4] [--tokenizer DIR] [--pairs R] */
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
@@ -132,10 +134,58 @@ static int parse_list(const char *s, int *v, int cap)
     return n;
 }
 
+static int cmp_double(const void *a, const void *b)
+{
+    const double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+/* R pairs of runs, k = 0 then k = max_k with known drafts, back to back: medians and the median speed-up. */
+static void pairs(mdl_model *m, prompts *pr, const int *batches, int nb, int tokens, int max_k, int reps, sink *ref,
+                  sink *out)
+{
+    enum { MAXP = 64 };
+    printf("| batch | k | k=0 tok/s (median) | k=%d tok/s (median) | k=0 ms/step | k=%d ms/step | speed-up (median of %d pairs) | min | max | output == k=0 |\n",
+           max_k, max_k, reps);
+    printf("|---|---|---|---|---|---|---|---|---|---|\n");
+    for (int bi = 0; bi < nb; bi++) {
+        const int b = batches[bi];
+        if (b > MAXREQ) continue;
+        double t0[MAXP], tk[MAXP], s0[MAXP], sk[MAXP], sp[MAXP];
+        int equal = 1;
+        for (int r = 0; r < reps; r++) {
+            pr->ref = NULL;
+            result r0 = run(m, pr, b, tokens, 0, 0, 0, ref);
+            pr->ref = ref;
+            result rk = run(m, pr, b, tokens, max_k, 1, 0, out);
+            t0[r] = r0.tok_s;
+            tk[r] = rk.tok_s;
+            s0[r] = r0.step_ms;
+            sk[r] = rk.step_ms;
+            sp[r] = rk.tok_s / r0.tok_s;
+            equal &= rk.equal;
+        }
+        double lo = sp[0], hi = sp[0];
+        for (int r = 1; r < reps; r++) {
+            lo = sp[r] < lo ? sp[r] : lo;
+            hi = sp[r] > hi ? sp[r] : hi;
+        }
+        printf("| %d | %d | %.1f | %.1f | %.1f | %.1f | %.2fx | %.2fx | %.2fx | %s |\n", b, max_k, median(t0, reps),
+               median(tk, reps), median(s0, reps), median(sk, reps), median(sp, reps), lo, hi, equal ? "yes" : "NO");
+        fflush(stdout);
+    }
+}
+
 int main(int argc, char **argv)
 {
     const char *models[4];
-    int n_models = 0, tokens = 64, max_k = 3;
+    int n_models = 0, tokens = 64, max_k = 3, n_pairs = 0;
     int batches[8] = {1, 4, 16}, nb = 3, plan_b[8] = {1, 2, 4}, npb = 3;
     const char *tok_dir = NULL;
     for (int i = 1; i < argc; i++) {
@@ -151,9 +201,10 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--batches")) nb = parse_list(v, batches, 8);
         else if (!strcmp(a, "--plan-batches")) npb = parse_list(v, plan_b, 8);
         else if (!strcmp(a, "--tokenizer")) tok_dir = v;
+        else if (!strcmp(a, "--pairs")) n_pairs = PD_MIN(64, atoi(v));
         else {
             fprintf(stderr, "usage: spec_bench --model DIR [--model DIR]... [--tokens N] [--batches 1,4,16] "
-                            "[--max-k 3] [--plan-batches 1,2,4] [--tokenizer DIR]\n");
+                            "[--max-k 3] [--plan-batches 1,2,4] [--tokenizer DIR] [--pairs R]\n");
             return 2;
         }
     }
@@ -204,6 +255,11 @@ int main(int argc, char **argv)
         }
         printf("\n## %s (%d layers, hidden %d, vocab %d), %d greedy tokens per request\n\n", models[mi], m->n_layers,
                m->cfg.hidden_size, m->cfg.vocab_size, tokens);
+        if (n_pairs > 0) {
+            pairs(m, &pr, batches, nb, tokens, PD_MAX(max_k, 1), n_pairs, ref, out);
+            mdl_model_destroy(m);
+            continue;
+        }
         printf("| batch | k | drafts | decode tok/s | vs k=0 | ms/step | accepted | mean accepted len | output == k=0 |\n");
         printf("|---|---|---|---|---|---|---|---|---|\n");
         for (int bi = 0; bi < nb; bi++) {

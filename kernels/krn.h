@@ -147,10 +147,6 @@ size_t krn_mat_prepack_size(const krn_mat *w, krn_prepack_mode mode);
 /* Fills buf (krn_mat_prepack_size bytes, 64-byte aligned) and points w->packed etc. into it. buf must outlive
  * every use of w. Reads w->data; never allocates. PD_ERR_INVALID when the size is 0 or buf is NULL. */
 pd_status krn_mat_prepack(krn_mat *w, krn_prepack_mode mode, void *buf);
-/* Offers [p, p+bytes) to transparent huge pages (madvise MADV_HUGEPAGE; nothing where unsupported). Decode
- * streams every weight once per step: with 4 KB pages each page costs a TLB walk and restarts the hardware
- * prefetcher. Call before the memory is first touched; only whole 2 MB pages inside the range are affected. */
-void krn_hugepage_advise(void *p, size_t bytes);
 
 /* Row r, columns [c0, c0+n) of W as float32 (dequantised for FP8). */
 void krn_mat_row_part(const krn_mat *w, int r, int c0, int n, float *out);

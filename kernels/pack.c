@@ -1,8 +1,6 @@
 /* Weight packing, done once at load: the plain row-major matrix -> a layout whose 32 output rows for one k
  * (or k-pair, k-quad) are contiguous, so a kernel streams one panel per 32 outputs with aligned vector loads.
  * FP8 stays FP8 (1 byte/weight, block scales expanded per output row); W8A8 quantises to int8 here. */
-#include <sys/mman.h>
-
 #include "kernels/krn_impl.h"
 
 static size_t align64(size_t n) { return (n + 63) & ~(size_t)63; }
@@ -131,16 +129,4 @@ pd_status krn_mat_prepack(krn_mat *w, krn_prepack_mode mode, void *buf)
     w->pack = k;
     w->packed = buf;
     return PD_OK;
-}
-
-void krn_hugepage_advise(void *p, size_t bytes)
-{
-#ifdef MADV_HUGEPAGE
-    const uintptr_t huge = (uintptr_t)2 << 20, a = ((uintptr_t)p + huge - 1) & ~(huge - 1);
-    const uintptr_t e = ((uintptr_t)p + bytes) & ~(huge - 1);
-    if (e > a) (void)madvise((void *)a, e - a, MADV_HUGEPAGE); /* advice only: failure changes nothing */
-#else
-    (void)p;
-    (void)bytes;
-#endif
 }
