@@ -172,6 +172,25 @@ START_TEST(test_attention_tile_vs_naive)
 }
 END_TEST
 
+/* krn_argmax against the one-scan definition: ties (first wins), NaN (never chosen; at index 0 it gives 0),
+ * signed zeros, lengths around the 16-lane blocks. */
+START_TEST(test_argmax)
+{
+    for (int n = 1; n <= 70; n++)
+        for (int trial = 0; trial < 40; trial++) {
+            float v[70];
+            for (int i = 0; i < n; i++) {
+                int r = (int)(pd_rng_next(&g_rng) % 10);
+                v[i] = r < 4 ? (float)(r - 2) : r == 4 ? -0.0f : r == 5 ? 0.0f : r == 6 && trial % 3 == 0 ? NAN : randn();
+            }
+            int best = 0;
+            for (int i = 1; i < n; i++)
+                if (v[i] > v[best]) best = i;
+            ck_assert_int_eq(krn_argmax(v, n), best);
+        }
+}
+END_TEST
+
 START_TEST(test_sampler)
 {
     const int V = 50;
@@ -606,6 +625,7 @@ int main(void)
     tcase_add_test(tc, test_linear_types);
     tcase_add_test(tc, test_attention_tile_vs_naive);
     tcase_add_test(tc, test_sampler);
+    tcase_add_test(tc, test_argmax);
     suite_add_tcase(s, tc);
     TCase *tp = tcase_create("paths");
     tcase_set_timeout(tp, 300);
