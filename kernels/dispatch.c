@@ -81,6 +81,9 @@ static int threads_for(double macs, int units)
     return nt <= 1 ? 1 : PD_MIN(4 * nt, units);
 }
 
+/* F32 weights (the router; float32 models): up to this many rows through the GEMV, whose rows do not depend on
+ * m (a decode batch of 16 sequences verifying k+1 = 4 positions each is 64 rows); sgemm above. */
+#define KRN_F32_GEMV_ROWS 64
 /* Items per pool job in krn_linear_group (more run as further jobs). */
 #define KRN_GROUP_MAX 64
 typedef struct {
@@ -196,7 +199,7 @@ void krn_linear(const krn_mat *w, const float *x, int m, float *y, int ldy, floa
     if (w->type == KRN_F32) {
         const int units = (w->rows + 15) / 16;
         lin_job j = {.w = w, .x = x, .m = m, .ldy = ldy, .y = y, .gemv = o->gemv_f32, .units = units};
-        if (m <= 4 && o->gemv_f32) krn_parallel(gemv_f32_task, &j, threads_for(macs, units));
+        if (m <= KRN_F32_GEMV_ROWS && o->gemv_f32) krn_parallel(gemv_f32_task, &j, threads_for(macs, units));
         else if (m > 1) krn_parallel(sgemm_task, &j, threads_for(macs, units));
         else krn__linear_ref(w, x, m, y, ldy, scratch);
         return;

@@ -420,12 +420,13 @@ END_TEST
 
 /* The packed BF16/FP8 kernels sum every output in one fixed order whatever the row count: a row's result is the
  * same bits alone (decode), among 4 (verify pass of k = 3) or 16 rows, or inside a 150-row prefill (MC blocks),
- * at any thread count. Speculative decoding and batching rely on it to stay exactly lossless. The reference
- * path does not promise this (it switches from dot products to sgemm by m). */
+ * at any thread count. F32 weights (the router) likewise up to 64 rows (the GEMV; sgemm above). Speculative
+ * decoding and batching rely on it to stay exactly lossless. The reference path does not promise this (it
+ * switches from dot products to sgemm by m). */
 START_TEST(test_paths_rows_independent)
 {
     const int shapes[][2] = {{37, 53}, {65, 600}, {129, 257}, {33, 1}, {100, 513}};
-    const int ms[] = {2, 3, 4, 5, 12, 13, 16, 17, 150};
+    const int ms[] = {2, 3, 4, 5, 12, 13, 16, 17, 64, 150};
     const krn__ops *fast = krn__ops_avx512();
     if (!fast) return; /* no AVX-512 here: nothing to check */
     krn__ops_force(fast);
@@ -436,18 +437,20 @@ START_TEST(test_paths_rows_independent)
             float *x = malloc(sizeof(float) * M * k), *y1 = malloc(sizeof(float) * M * ldy);
             float *ym = malloc(sizeof(float) * M * ldy), *scratch = malloc(sizeof(float) * krn_linear_scratch(k));
             for (int i = 0; i < M * k; i++) x[i] = randn();
-            for (int t = 0; t < 2; t++) {
+            for (int t = 0; t < 3; t++) {
+                const krn_type type = t == 0 ? KRN_BF16 : t == 1 ? KRN_F8E4M3 : KRN_F32;
                 test_mat tm;
-                make_mat(&tm, t ? KRN_F8E4M3 : KRN_BF16, n, k);
+                make_mat(&tm, type, n, k);
                 pack_mat(&tm, KRN_PREPACK_FAST);
-                ck_assert_int_ne(tm.w.pack, KRN_PACK_NONE);
+                if (type != KRN_F32) ck_assert_int_ne(tm.w.pack, KRN_PACK_NONE);
                 for (int i = 0; i < M; i++) krn_linear(&tm.w, x + (size_t)i * k, 1, y1 + (size_t)i * ldy, ldy, scratch);
                 for (size_t mi = 0; mi < PD_ARRAY_LEN(ms); mi++) {
                     const int m = ms[mi], r0 = (int)(mi * 7) % (M - m + 1); /* rows r0..r0+m-1 */
+                    if (type == KRN_F32 && m > 64) continue;
                     krn_linear(&tm.w, x + (size_t)r0 * k, m, ym, ldy, scratch);
                     for (int i = 0; i < m; i++)
                         ck_assert_msg(!memcmp(ym + (size_t)i * ldy, y1 + (size_t)(r0 + i) * ldy, sizeof(float) * n),
-                                      "%s n%d k%d m%d row %d differs from the row alone", t ? "fp8" : "bf16", n, k, m, i);
+                                      "%s n%d k%d m%d row %d differs from the row alone", krn_type_name(type), n, k, m, i);
                 }
                 free_mat(&tm);
             }
