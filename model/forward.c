@@ -186,6 +186,44 @@ static void kv_gather(const mdl_kv_pool *kv, const int *table, int layer, int p0
 
 /* ---- attention ---------------------------------------------------------------------------------------- */
 
+/* MLA's absorbed decode products, one (query, head) unit u = i*H + h at a time, split over the pool: the key
+ * half (value = 0) maps q_nope[i, h] to qabs[u] through kv_b's rows of head h; the value half (value = 1) maps
+ * acc_lat[u] back to out[i, h]. Each unit is computed by one piece alone, so results do not depend on the split. */
+typedef struct {
+    const mdl_layer *L;
+    const mdl_config *c;
+    const float *q;  /* [nq, H*qk] queries (key half) */
+    float *lat;      /* [nq*H, kvl]: qabs (written, key half) or acc_lat (read, value half) */
+    float *out;      /* [nq, H*v] (value half) */
+    int value, units;
+} absorb_job;
+
+static void absorb_task(void *p, int ith, int nth)
+{
+    const absorb_job *j = p;
+    const mdl_config *c = j->c;
+    const int H = c->num_attention_heads, nope = c->qk_nope_head_dim, vd = c->v_head_dim, kvl = c->kv_lora_rank;
+    const int qk = nope + c->qk_rope_head_dim, nv = nope + vd;
+    const int u0 = (int)((long)j->units * ith / nth), u1 = (int)((long)j->units * (ith + 1) / nth);
+    for (int u = u0; u < u1; u++) {
+        const int i = u / H, h = u % H;
+        if (!j->value)
+            krn_matmul_sub(&j->L->kv_b, h * nv, 0, j->q + (size_t)i * H * qk + (size_t)h * qk, 1, nope, kvl,
+                           j->lat + (size_t)u * kvl, 0);
+        else
+            krn_linear_rows(&j->L->kv_b, h * nv + nope, vd, j->lat + (size_t)u * kvl,
+                            j->out + (size_t)i * H * vd + (size_t)h * vd);
+    }
+}
+
+/* Pieces for `units` absorbed products of `macs` each: inline below 64K multiply-adds (waking the pool costs
+ * more), else two per thread. */
+static int absorb_pieces(int units, int macs)
+{
+    if ((double)units * macs < (1 << 16)) return 1;
+    return PD_MIN(units, 2 * krn_threads_get());
+}
+
 static void attention(mdl_ctx *x, mdl_kv_pool *kv, const mdl_batch *b, const mdl_layer *L, int cache_layer)
 {
     const mdl_config *c = &x->m->cfg;
@@ -253,10 +291,8 @@ static void attention(mdl_ctx *x, mdl_kv_pool *kv, const mdl_batch *b, const mdl
             for (int q0 = 0; q0 < n; q0 += DEC_QCHUNK) {
                 int nq = PD_MIN(DEC_QCHUNK, n - q0);
                 /* absorb kv_b's key half into the query: q_abs[h] = q_nope[h] . Wk[h]  ([nope] x [nope, kvl]) */
-                for (int i = 0; i < nq; i++)
-                    for (int h = 0; h < H; h++)
-                        krn_matmul_sub(&L->kv_b, h * nv, 0, x->q + (size_t)(t0 + q0 + i) * H * qk + (size_t)h * qk, 1,
-                                       nope, kvl, x->qabs + ((size_t)i * H + h) * kvl, 0);
+                absorb_job aj = {L, c, x->q + (size_t)(t0 + q0) * H * qk, x->qabs, NULL, 0, nq * H};
+                krn_parallel(absorb_task, &aj, absorb_pieces(nq * H, nope * kvl));
                 krn_attn_init(nq, H, kvl, x->am, x->al, x->acc_lat, H * kvl, kvl);
                 int last = b->ctx_len[s] + q0 + nq; /* keys this chunk can see */
                 for (int k0 = 0; k0 < last; k0 += ATTN_TILE) {
@@ -277,10 +313,8 @@ static void attention(mdl_ctx *x, mdl_kv_pool *kv, const mdl_batch *b, const mdl
                 }
                 krn_attn_finish(nq, H, kvl, x->al, x->acc_lat, H * kvl, kvl);
                 /* back out of the latent space through kv_b's value half: out[h] = Wv[h] . acc_lat[h] */
-                for (int i = 0; i < nq; i++)
-                    for (int h = 0; h < H; h++)
-                        krn_linear_rows(&L->kv_b, h * nv + nope, vd, x->acc_lat + ((size_t)i * H + h) * kvl,
-                                        x->attn + (size_t)(t0 + q0 + i) * H * vd + (size_t)h * vd);
+                absorb_job vj = {L, c, NULL, x->acc_lat, x->attn + (size_t)(t0 + q0) * H * vd, 1, nq * H};
+                krn_parallel(absorb_task, &vj, absorb_pieces(nq * H, vd * kvl));
             }
         }
     }
