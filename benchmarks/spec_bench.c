@@ -10,6 +10,7 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
+#include <math.h>
 #include <sys/stat.h>
 
 #include "model/mdl_engine.h"
@@ -146,6 +147,50 @@ static double median(double *v, int n)
     return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
+static double mat_bytes(const krn_mat *w)
+{
+    return w->rows > 0 ? (double)w->rows * w->cols * krn_type_size(w->type) : 0;
+}
+
+/* Weight bytes a forward pass over r rows of one sequence reads from one layer: attention and shared parts once,
+ * routed experts once per distinct expert, here the expected count when routing is uniform,
+ * E * (1 - (1 - K/E)^r) (shared = 1 gives the best case, every row on the same K experts). */
+static double layer_bytes(const mdl_model *m, const mdl_layer *L, int r, int shared)
+{
+    const mdl_config *c = &m->cfg;
+    double b = mat_bytes(&L->q_a) + mat_bytes(&L->q_b) + mat_bytes(&L->q) + mat_bytes(&L->kv_a) + mat_bytes(&L->kv_b) +
+               mat_bytes(&L->o);
+    if (!L->is_moe) return b + mat_bytes(&L->gate) + mat_bytes(&L->up) + mat_bytes(&L->down);
+    const double E = c->n_routed_experts, K = c->num_experts_per_tok;
+    const double distinct = shared ? K : E * (1.0 - pow(1.0 - K / E, r));
+    b += mat_bytes(&L->router) + mat_bytes(&L->sh_gate) + mat_bytes(&L->sh_up) + mat_bytes(&L->sh_down);
+    return b + distinct * (mat_bytes(&L->exp_gate[0]) + mat_bytes(&L->exp_up[0]) + mat_bytes(&L->exp_down[0]));
+}
+
+/* The bandwidth bound on speculation at batch 1: bytes of weights per step for k = 0 (one main pass) and for k
+ * (verify over k+1 rows, one MTP pass over k+1 pending rows, k-1 MTP passes over one row, each MTP pass reading
+ * its own full-vocabulary head), and the speed-up a purely bandwidth-bound step would give at 100% acceptance. */
+static void bytes_bound(const mdl_model *m, int k)
+{
+    if (m->n_mtp < 1 || k < 1) return;
+    double main1 = mat_bytes(&m->lm_head), main_k[2], mtp1, mtp_k[2];
+    const mdl_layer *T = &m->layers[m->n_layers];
+    const double mtp_fixed = mat_bytes(&T->eh_proj) + mat_bytes(&T->head);
+    for (int l = 0; l < m->n_layers; l++) main1 += layer_bytes(m, &m->layers[l], 1, 1);
+    mtp1 = mtp_fixed + layer_bytes(m, T, 1, 1);
+    for (int sh = 0; sh < 2; sh++) {
+        main_k[sh] = mat_bytes(&m->lm_head);
+        for (int l = 0; l < m->n_layers; l++) main_k[sh] += layer_bytes(m, &m->layers[l], k + 1, sh);
+        mtp_k[sh] = mtp_fixed + layer_bytes(m, T, k + 1, sh) + (k - 1) * mtp1;
+    }
+    printf("\nWeight bytes per decode step at batch 1 (bandwidth bound): k=0 %.0f MB/token; k=%d %.0f MB/step "
+           "(verify %.0f + MTP %.0f, of which %d x %.0f MB MTP head) with uniform routing, %.0f MB if all rows share "
+           "experts. Bound on the k=%d speed-up at 100%% acceptance: %.2fx (uniform) .. %.2fx (shared).\n",
+           main1 / 1e6, k, (main_k[0] + mtp_k[0]) / 1e6, main_k[0] / 1e6, mtp_k[0] / 1e6, k, mat_bytes(&T->head) / 1e6,
+           (main_k[1] + mtp_k[1]) / 1e6, k, (k + 1) * main1 / (main_k[0] + mtp_k[0]),
+           (k + 1) * main1 / (main_k[1] + mtp_k[1]));
+}
+
 /* R pairs of runs, k = 0 then k = max_k with known drafts, back to back: medians and the median speed-up. */
 static void pairs(mdl_model *m, prompts *pr, const int *batches, int nb, int tokens, int max_k, int reps, sink *ref,
                   sink *out)
@@ -257,6 +302,7 @@ int main(int argc, char **argv)
                m->cfg.hidden_size, m->cfg.vocab_size, tokens);
         if (n_pairs > 0) {
             pairs(m, &pr, batches, nb, tokens, PD_MAX(max_k, 1), n_pairs, ref, out);
+            bytes_bound(m, PD_MAX(max_k, 1));
             mdl_model_destroy(m);
             continue;
         }
@@ -296,6 +342,7 @@ int main(int argc, char **argv)
         }
         /* why the figures look as they do: what one linear layer costs for m rows (the verify pass runs the
          * model on batch x (k+1) rows; speculation pays only where m rows cost about what one row costs) */
+        bytes_bound(m, max_k);
         printf("\nlm_head [%d x %d] through krn_linear, by rows m:\n\n| m | ms | ms / row | vs m=1 |\n|---|---|---|---|\n",
                m->cfg.vocab_size, m->cfg.hidden_size);
         {
