@@ -241,6 +241,123 @@ static double attn_flash(int S, const float *q, const float *kv, const float *kp
     return t;
 }
 
+/* ---- decode GEMV ------------------------------------------------------------------------------------------ */
+static int cmp_double(const void *a, const void *b)
+{
+    const double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+/* Buffers the decode section streams, weights and the streaming loop alike: 2 MB aligned, ordinary 4 KB pages (as
+ * the loader's packed weights; transparent huge pages were tried: +10-20% on a long stream but about 3 s of
+ * page compaction per GB at load on this machine). */
+static void *big_alloc(size_t bytes)
+{
+    bytes = (bytes + ((size_t)2 << 20) - 1) & ~(((size_t)2 << 20) - 1);
+    void *p = NULL;
+    if (posix_memalign(&p, (size_t)2 << 20, bytes) != 0) return NULL;
+    memset(p, 0, bytes);
+    return p;
+}
+
+/* One timed pass of the streaming read over the first `bytes` of buf, on every pool thread: GB/s. */
+static double stream_once(const float *buf, size_t bytes, int nth)
+{
+    peak_job j = {.buf = buf, .n = bytes / sizeof(float)};
+    double t = now();
+    krn_parallel(stream_task, &j, nth);
+    t = now() - t;
+    return (double)((j.n / (size_t)nth) & ~(size_t)127) * nth * 4 / t / 1e9;
+}
+
+/* Decode: m activation rows (batch x positions) through each matrix, weights streamed from DRAM (copies of the
+ * matrix, > 256 MB in all, one after another, as a forward pass meets its layers). Each repetition times the
+ * streaming read over as many bytes and then the GEMV loop, back to back, so the ratio compares the two under
+ * the same load from other processes; the figures are medians over the repetitions. GB/s counts the weight
+ * bytes once per product whatever m is: at m > 1 the question is whether the rows share one pass. */
+static void decode_section(int nth, const int *rows, int n_rows, int reps)
+{
+    enum { MAXREP = 64 };
+    const char *tname[4] = {"bf16", "fp8", "w8a8", "f32"};
+    const size_t sbytes = (size_t)288 << 20;
+    float *sbuf = big_alloc(sbytes);
+    for (size_t i = 0; i < sbytes / 4; i++) sbuf[i] = 1.0f;
+    for (int ri = 0; ri < n_rows; ri++) {
+        const int m = rows[ri];
+        printf("\n== decode GEMV, m=%d row%s, weights streamed from DRAM (copies > 256 MB); GB/s of weights and ratio "
+               "vs the streaming read in the same repetition (medians of %d)\n", m, m > 1 ? "s" : "", reps);
+        printf("  %-15s %6s %6s", "matrix", "N", "K");
+        for (int ty = 0; ty < 4; ty++) printf(" | %8s %6s", tname[ty], "ratio");
+        printf("\n");
+        double sum_b[4] = {0}, sum_t[4] = {0}, all_stream[4 * 16 * MAXREP];
+        int n_stream = 0;
+        for (size_t si = 0; si < PD_ARRAY_LEN(g_shapes); si++) {
+            const int n = g_shapes[si].n, k = g_shapes[si].k;
+            float *x = pd_aligned_alloc((size_t)m * k * 4), *y = pd_aligned_alloc((size_t)m * n * 4);
+            float *scratch = pd_aligned_alloc(krn_linear_scratch(k) * 4);
+            for (int i = 0; i < m * k; i++) x[i] = (float)pd_rng_normal(&g_rng);
+            printf("  %-15s %6d %6d", g_shapes[si].name, n, k);
+            for (int ty = 0; ty < 4; ty++) {
+                krn_type t = ty == 1 ? KRN_F8E4M3 : ty == 3 ? KRN_F32 : KRN_BF16;
+                bmat one;
+                bmat_make(&one, t, ty == 2, n, k);
+                const size_t psz = one.pack ? krn_mat_prepack_size(&one.w, ty == 2 ? KRN_PREPACK_W8A8 : KRN_PREPACK_FAST)
+                                            : (size_t)n * k * krn_type_size(t);
+                const size_t stride = (psz + 4095) & ~(size_t)4095;
+                const int copies = (int)PD_MIN(4096, ((size_t)256 << 20) / one.bytes + 1);
+                uint8_t *arena = big_alloc(stride * copies);
+                krn_mat *ws = malloc(sizeof(krn_mat) * copies);
+                for (int c = 0; c < copies; c++) {
+                    uint8_t *buf = arena + stride * c;
+                    memcpy(buf, one.pack ? one.pack : one.data, psz);
+                    ws[c] = one.w;
+                    if (one.pack) {
+                        ws[c].packed = buf;
+                        ws[c].pscale = one.w.pscale ? (const float *)(buf + ((const uint8_t *)one.w.pscale -
+                                                                            (const uint8_t *)one.pack)) : NULL;
+                        ws[c].psum = one.w.psum ? (const int32_t *)(buf + ((const uint8_t *)one.w.psum -
+                                                                          (const uint8_t *)one.pack)) : NULL;
+                    } else {
+                        ws[c].data = buf;
+                    }
+                }
+                const double wbytes = (double)one.bytes * copies;
+                double gbs[MAXREP], ratio[MAXREP];
+                for (int c = 0; c < copies; c++) krn_linear(&ws[c], x, m, y, n, scratch); /* warm */
+                for (int r = 0; r < reps; r++) {
+                    const double s = stream_once(sbuf, PD_MIN(sbytes, (size_t)wbytes), nth);
+                    double tt = now();
+                    for (int c = 0; c < copies; c++) krn_linear(&ws[c], x, m, y, n, scratch);
+                    tt = now() - tt;
+                    gbs[r] = wbytes / tt / 1e9;
+                    ratio[r] = gbs[r] / s;
+                    all_stream[n_stream++] = s;
+                }
+                const double g = median(gbs, reps), rt = median(ratio, reps);
+                printf(" | %8.1f %6.2f", g, rt);
+                sum_b[ty] += wbytes;
+                sum_t[ty] += wbytes / (g * 1e9);
+                free(ws);
+                free(arena);
+                bmat_free(&one);
+            }
+            printf("\n");
+            free(x); free(y); free(scratch);
+        }
+        const double sm = median(all_stream, n_stream);
+        printf("  %-15s %13s", "all (sum)", "");
+        for (int ty = 0; ty < 4; ty++) printf(" | %8.1f %6.2f", sum_b[ty] / sum_t[ty] / 1e9, sum_b[ty] / sum_t[ty] / 1e9 / sm);
+        printf("\n  (all: total bytes / total of the median times, vs the median streaming read of the section, %.1f GB/s)\n", sm);
+    }
+    free(sbuf);
+}
+
 int main(int argc, char **argv)
 {
     if (argc == 2 && !strcmp(argv[1], "--stream-only")) {
@@ -248,13 +365,33 @@ int main(int argc, char **argv)
         for (int i = 0; i < 3; i++) printf("stream %.1f GB/s\n", stream_gbs(krn_threads_get()));
         return 0;
     }
-    int threads = 0, tokens = 512, max_s = 8192;
+    int threads = 0, tokens = 512, max_s = 8192, reps = 7, rows[8] = {1}, n_rows = 1;
+    int want_prefill = 1, want_decode = 1, want_attn = 1;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--tokens") && i + 1 < argc) tokens = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--reps") && i + 1 < argc) {
+            reps = atoi(argv[++i]); /* PD_MIN/PD_MAX evaluate twice: no ++i inside */
+            reps = PD_MAX(1, PD_MIN(64, reps));
+        }
+        else if (!strcmp(argv[i], "--rows") && i + 1 < argc) {
+            n_rows = 0;
+            for (char *p = argv[++i]; *p && n_rows < 8;) {
+                rows[n_rows] = (int)strtol(p, &p, 10);
+                if (rows[n_rows] >= 1) n_rows++;
+                if (*p == ',') p++;
+                else break;
+            }
+            if (!n_rows) rows[n_rows++] = 1;
+        } else if (!strcmp(argv[i], "--only") && i + 1 < argc) {
+            const char *o = argv[++i];
+            want_prefill = !strcmp(o, "prefill");
+            want_decode = !strcmp(o, "decode");
+            want_attn = !strcmp(o, "attention");
+        } else if (!strcmp(argv[i], "--tokens") && i + 1 < argc) tokens = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--max-seq") && i + 1 < argc) max_s = atoi(argv[++i]);
         else {
-            fprintf(stderr, "usage: kernel_bench [--threads N] [--tokens M (512)] [--max-seq S (8192)]\n");
+            fprintf(stderr, "usage: kernel_bench [--threads N] [--tokens M (512)] [--max-seq S (8192)] [--reps R (7)]\n"
+                            "                    [--rows 1,4,16 (decode rows, 1)] [--only prefill|decode|attention]\n");
             return 2;
         }
     }
@@ -280,119 +417,69 @@ int main(int argc, char **argv)
     printf("  peak bf16 dot (vdpbf16ps, 12 chains)    %8.1f GFLOP/s\n", pk_bf);
     printf("  streaming read (sum over 512 MB)        %8.1f GB/s\n", bw);
 
-    /* ---- prefill GEMM ---- */
-    printf("\n== prefill GEMM, M=%d tokens, y = x W^T, f32 activations; GFLOP/s (ratios vs FMA peak and sgemm)\n", tokens);
-    printf("  %-15s %6s %6s | %8s %6s | %8s %6s | %8s %8s | %8s\n", "matrix", "N", "K", "bf16", "%peak", "sgemm",
-           "x sgemm", "fp8", "w8a8", "%peak");
-    const int M = tokens;
-    double tot_fl = 0, tot_bf = 0, tot_sg = 0, tot_f8 = 0, tot_i8 = 0;
-    for (size_t si = 0; si < PD_ARRAY_LEN(g_shapes); si++) {
-        const int n = g_shapes[si].n, k = g_shapes[si].k;
-        float *x = pd_aligned_alloc((size_t)M * k * 4), *y = pd_aligned_alloc((size_t)M * n * 4);
-        float *scratch = pd_aligned_alloc(krn_linear_scratch(k) * 4);
-        for (size_t i = 0; i < (size_t)M * k; i++) x[i] = (float)pd_rng_normal(&g_rng);
-        bmat b, f8, i8;
-        bmat_make(&b, KRN_BF16, 0, n, k);
-        bmat_make(&f8, KRN_F8E4M3, 0, n, k);
-        bmat_make(&i8, KRN_BF16, 1, n, k);
-        float *wf = pd_aligned_alloc((size_t)n * k * 4);
-        for (int r = 0; r < n; r++) krn_mat_row(&b.w, r, wf + (size_t)r * k);
-        const double fl = 2.0 * M * n * k;
-        time_linear(&b.w, x, M, y, scratch, 1); /* warm */
-        double tb = time_linear(&b.w, x, M, y, scratch, 5);
-        double tf = time_linear(&f8.w, x, M, y, scratch, 5);
-        double ti = time_linear(&i8.w, x, M, y, scratch, 5);
-        double ts = time_sgemm(wf, n, k, x, M, y, nth, 5);
-        printf("  %-15s %6d %6d | %8.1f %5.0f%% | %8.1f %6.2f | %8.1f %8.1f | %7.0f%%\n", g_shapes[si].name, n, k,
-               fl / tb / 1e9, 100 * fl / tb / 1e9 / pk, fl / ts / 1e9, ts / tb, fl / tf / 1e9, fl / ti / 1e9,
-               100 * fl / ti / 1e9 / pk);
-        tot_fl += fl; tot_bf += tb; tot_sg += ts; tot_f8 += tf; tot_i8 += ti;
-        bmat_free(&b); bmat_free(&f8); bmat_free(&i8);
-        free(wf); free(x); free(y); free(scratch);
+    if (want_prefill) {
+        /* ---- prefill GEMM ---- */
+        printf("\n== prefill GEMM, M=%d tokens, y = x W^T, f32 activations; GFLOP/s (ratios vs FMA peak and sgemm)\n", tokens);
+        printf("  %-15s %6s %6s | %8s %6s | %8s %6s | %8s %8s | %8s\n", "matrix", "N", "K", "bf16", "%peak", "sgemm",
+               "x sgemm", "fp8", "w8a8", "%peak");
+        const int M = tokens;
+        double tot_fl = 0, tot_bf = 0, tot_sg = 0, tot_f8 = 0, tot_i8 = 0;
+        for (size_t si = 0; si < PD_ARRAY_LEN(g_shapes); si++) {
+            const int n = g_shapes[si].n, k = g_shapes[si].k;
+            float *x = pd_aligned_alloc((size_t)M * k * 4), *y = pd_aligned_alloc((size_t)M * n * 4);
+            float *scratch = pd_aligned_alloc(krn_linear_scratch(k) * 4);
+            for (size_t i = 0; i < (size_t)M * k; i++) x[i] = (float)pd_rng_normal(&g_rng);
+            bmat b, f8, i8;
+            bmat_make(&b, KRN_BF16, 0, n, k);
+            bmat_make(&f8, KRN_F8E4M3, 0, n, k);
+            bmat_make(&i8, KRN_BF16, 1, n, k);
+            float *wf = pd_aligned_alloc((size_t)n * k * 4);
+            for (int r = 0; r < n; r++) krn_mat_row(&b.w, r, wf + (size_t)r * k);
+            const double fl = 2.0 * M * n * k;
+            time_linear(&b.w, x, M, y, scratch, 1); /* warm */
+            double tb = time_linear(&b.w, x, M, y, scratch, 5);
+            double tf = time_linear(&f8.w, x, M, y, scratch, 5);
+            double ti = time_linear(&i8.w, x, M, y, scratch, 5);
+            double ts = time_sgemm(wf, n, k, x, M, y, nth, 5);
+            printf("  %-15s %6d %6d | %8.1f %5.0f%% | %8.1f %6.2f | %8.1f %8.1f | %7.0f%%\n", g_shapes[si].name, n, k,
+                   fl / tb / 1e9, 100 * fl / tb / 1e9 / pk, fl / ts / 1e9, ts / tb, fl / tf / 1e9, fl / ti / 1e9,
+                   100 * fl / ti / 1e9 / pk);
+            tot_fl += fl; tot_bf += tb; tot_sg += ts; tot_f8 += tf; tot_i8 += ti;
+            bmat_free(&b); bmat_free(&f8); bmat_free(&i8);
+            free(wf); free(x); free(y); free(scratch);
+        }
+        printf("  %-15s %13s | %8.1f %5.0f%% | %8.1f %6.2f | %8.1f %8.1f | %7.0f%%\n", "all (sum)", "",
+               tot_fl / tot_bf / 1e9, 100 * tot_fl / tot_bf / 1e9 / pk, tot_fl / tot_sg / 1e9, tot_sg / tot_bf,
+               tot_fl / tot_f8 / 1e9, tot_fl / tot_i8 / 1e9, 100 * tot_fl / tot_i8 / 1e9 / pk);
     }
-    printf("  %-15s %13s | %8.1f %5.0f%% | %8.1f %6.2f | %8.1f %8.1f | %7.0f%%\n", "all (sum)", "",
-           tot_fl / tot_bf / 1e9, 100 * tot_fl / tot_bf / 1e9 / pk, tot_fl / tot_sg / 1e9, tot_sg / tot_bf,
-           tot_fl / tot_f8 / 1e9, tot_fl / tot_i8 / 1e9, 100 * tot_fl / tot_i8 / 1e9 / pk);
 
     /* ---- decode GEMV ---- */
-    printf("\n== decode GEMV, batch 1, weights streamed from DRAM (copies > 256 MB); GB/s of weights (ratio vs stream %.1f GB/s)\n", bw);
-    printf("  %-15s %6s %6s | %8s %6s | %8s %6s | %8s %6s | %8s %6s\n", "matrix", "N", "K", "bf16", "ratio", "fp8",
-           "ratio", "w8a8", "ratio", "f32", "ratio");
-    double sum_b[4] = {0}, sum_t[4] = {0};
-    for (size_t si = 0; si < PD_ARRAY_LEN(g_shapes); si++) {
-        const int n = g_shapes[si].n, k = g_shapes[si].k;
-        float *x = pd_aligned_alloc((size_t)k * 4), *y = pd_aligned_alloc((size_t)n * 4);
-        float *scratch = pd_aligned_alloc(krn_linear_scratch(k) * 4);
-        for (int i = 0; i < k; i++) x[i] = (float)pd_rng_normal(&g_rng);
-        printf("  %-15s %6d %6d", g_shapes[si].name, n, k);
-        for (int ty = 0; ty < 4; ty++) {
-            krn_type t = ty == 1 ? KRN_F8E4M3 : ty == 3 ? KRN_F32 : KRN_BF16;
-            bmat one;
-            bmat_make(&one, t, ty == 2, n, k);
-            const size_t psz = one.pack ? krn_mat_prepack_size(&one.w, ty == 2 ? KRN_PREPACK_W8A8 : KRN_PREPACK_FAST)
-                                        : (size_t)n * k * krn_type_size(t);
-            const int copies = (int)PD_MIN(4096, ((size_t)256 << 20) / one.bytes + 1);
-            krn_mat *ws = malloc(sizeof(krn_mat) * copies);
-            void **bufs = malloc(sizeof(void *) * copies);
-            for (int c = 0; c < copies; c++) {
-                bufs[c] = pd_aligned_alloc(psz);
-                memcpy(bufs[c], one.pack ? one.pack : one.data, psz);
-                ws[c] = one.w;
-                if (one.pack) {
-                    ws[c].packed = bufs[c];
-                    ws[c].pscale = one.w.pscale ? (const float *)((const uint8_t *)bufs[c] +
-                                                  ((const uint8_t *)one.w.pscale - (const uint8_t *)one.pack)) : NULL;
-                    ws[c].psum = one.w.psum ? (const int32_t *)((const uint8_t *)bufs[c] +
-                                               ((const uint8_t *)one.w.psum - (const uint8_t *)one.pack)) : NULL;
-                } else {
-                    ws[c].data = bufs[c];
-                }
-            }
-            double best = 1e30;
-            for (int r = 0; r < 3; r++) {
-                double t = now();
-                for (int c = 0; c < copies; c++) krn_linear(&ws[c], x, 1, y, n, scratch);
-                t = now() - t;
-                if (t < best) best = t;
-            }
-            const double gbs = (double)one.bytes * copies / best / 1e9;
-            printf(" | %8.1f %6.2f", gbs, gbs / bw);
-            sum_b[ty] += (double)one.bytes * copies;
-            sum_t[ty] += best;
-            for (int c = 0; c < copies; c++) free(bufs[c]);
-            free(bufs);
-            free(ws);
-            bmat_free(&one);
-        }
-        printf("\n");
-        free(x); free(y); free(scratch);
-    }
-    printf("  %-15s %13s", "all (sum)", "");
-    for (int ty = 0; ty < 4; ty++) printf(" | %8.1f %6.2f", sum_b[ty] / sum_t[ty] / 1e9, sum_b[ty] / sum_t[ty] / 1e9 / bw);
-    printf("\n");
+    if (want_decode) decode_section(nth, rows, n_rows, reps);
 
-    /* ---- attention ---- */
-    printf("\n== prefill attention, %d heads, qk %d+%d, v %d, causal: flash (krn_attn_tile, 64-key tiles) vs naive\n", H,
-           NOPE, ROPE, VD);
-    printf("  %6s | %9s %12s | %9s %12s | %8s %10s\n", "tokens", "flash s", "flash extra", "naive s", "naive extra",
-           "speedup", "max |diff|");
-    for (int S = 2048; S <= max_s; S *= 4) {
-        float *q = pd_aligned_alloc((size_t)S * H * QK * 4), *kv = pd_aligned_alloc((size_t)S * H * KV * 4);
-        float *kpe = pd_aligned_alloc((size_t)S * ROPE * 4);
-        float *o1 = pd_aligned_alloc((size_t)S * H * VD * 4), *o2 = pd_aligned_alloc((size_t)S * H * VD * 4);
-        for (size_t i = 0; i < (size_t)S * H * QK; i++) q[i] = (float)pd_rng_normal(&g_rng);
-        for (size_t i = 0; i < (size_t)S * H * KV; i++) kv[i] = (float)pd_rng_normal(&g_rng);
-        for (size_t i = 0; i < (size_t)S * ROPE; i++) kpe[i] = (float)pd_rng_normal(&g_rng);
-        const float scale = 1.0f / sqrtf((float)QK);
-        size_t pf, pn;
-        double tf = attn_flash(S, q, kv, kpe, o1, scale, &pf);
-        double tn = attn_naive(S, q, kv, kpe, o2, scale, nth, &pn);
-        double md = 0;
-        for (size_t i = 0; i < (size_t)S * H * VD; i++) md = fmax(md, fabs((double)o1[i] - o2[i]));
-        printf("  %6d | %9.3f %9.2f MB | %9.3f %9.2f MB | %7.2fx %10.2g\n", S, tf, pf / 1e6, tn, pn / 1e6, tn / tf, md);
-        free(q); free(kv); free(kpe); free(o1); free(o2);
+    if (want_attn) {
+        /* ---- attention ---- */
+        printf("\n== prefill attention, %d heads, qk %d+%d, v %d, causal: flash (krn_attn_tile, 64-key tiles) vs naive\n", H,
+               NOPE, ROPE, VD);
+        printf("  %6s | %9s %12s | %9s %12s | %8s %10s\n", "tokens", "flash s", "flash extra", "naive s", "naive extra",
+               "speedup", "max |diff|");
+        for (int S = 2048; S <= max_s; S *= 4) {
+            float *q = pd_aligned_alloc((size_t)S * H * QK * 4), *kv = pd_aligned_alloc((size_t)S * H * KV * 4);
+            float *kpe = pd_aligned_alloc((size_t)S * ROPE * 4);
+            float *o1 = pd_aligned_alloc((size_t)S * H * VD * 4), *o2 = pd_aligned_alloc((size_t)S * H * VD * 4);
+            for (size_t i = 0; i < (size_t)S * H * QK; i++) q[i] = (float)pd_rng_normal(&g_rng);
+            for (size_t i = 0; i < (size_t)S * H * KV; i++) kv[i] = (float)pd_rng_normal(&g_rng);
+            for (size_t i = 0; i < (size_t)S * ROPE; i++) kpe[i] = (float)pd_rng_normal(&g_rng);
+            const float scale = 1.0f / sqrtf((float)QK);
+            size_t pf, pn;
+            double tf = attn_flash(S, q, kv, kpe, o1, scale, &pf);
+            double tn = attn_naive(S, q, kv, kpe, o2, scale, nth, &pn);
+            double md = 0;
+            for (size_t i = 0; i < (size_t)S * H * VD; i++) md = fmax(md, fabs((double)o1[i] - o2[i]));
+            printf("  %6d | %9.3f %9.2f MB | %9.3f %9.2f MB | %7.2fx %10.2g\n", S, tf, pf / 1e6, tn, pn / 1e6, tn / tf, md);
+            free(q); free(kv); free(kpe); free(o1); free(o2);
+        }
+        printf("\n(flash extra: softmax state m,l [S x heads] + one 64-score tile; naive extra: one S x S score matrix "
+               "(heads run one after another) + per-head Q/K/V/O copies. Outputs [S x heads x v] are the same for both.)\n");
     }
-    printf("\n(flash extra: softmax state m,l [S x heads] + one 64-score tile; naive extra: one S x S score matrix "
-           "(heads run one after another) + per-head Q/K/V/O copies. Outputs [S x heads x v] are the same for both.)\n");
     return 0;
 }

@@ -3,11 +3,14 @@
  * replays the k = 0 continuation; the MTP layer still runs, so its cost is in the figure) and at the model's real
  * acceptance (the MTP layer's own drafts). Then the decode step time on captured plans against the general path.
  * Throughput = decode tokens / seconds of decode-step compute (prefill excluded), from mdl_engine_stats.
+ * --pairs R: instead, R back-to-back pairs of (k = 0, k = max_k with known drafts) per batch size; prints the
+ * medians and the median of the per-pair speed-ups (the figure to quote on a machine shared with other work).
  * Usage: spec_bench --model DIR [--model DIR]... [--tokens N] [--batches 1,4,16] [--max-k 3]
- *                   [--plan-batches 1,2,4] [--tokenizer DIR] */
+ *                   [--plan-batches 1,2,4] [--tokenizer DIR] [--pairs R] */
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
+#include <math.h>
 #include <sys/stat.h>
 
 #include "model/mdl_engine.h"
@@ -132,10 +135,150 @@ static int parse_list(const char *s, int *v, int cap)
     return n;
 }
 
+static int cmp_double(const void *a, const void *b)
+{
+    const double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+float bench_stream_sum(const float *p, size_t n); /* kernel_bench_peak.c (AVX-512) */
+static volatile float g_sink;
+
+typedef struct {
+    const float *buf;
+    size_t n;
+} stream_job;
+
+static void stream_task(void *p, int ith, int nth)
+{
+    const stream_job *j = p;
+    const size_t per = (j->n / (size_t)nth) & ~(size_t)127;
+    g_sink += bench_stream_sum(j->buf + per * (size_t)ith, per);
+}
+
+/* One streaming read over n floats on every pool thread: GB/s (0 without AVX-512: the loop needs it). */
+static double stream_gbs(const float *buf, size_t n)
+{
+    if (!buf || !krn_cpu_get()->avx512f) return 0;
+    const int nth = krn_threads_get();
+    stream_job j = {buf, n};
+    double t = pd_time_now();
+    krn_parallel(stream_task, &j, nth);
+    t = pd_time_now() - t;
+    return (double)((n / (size_t)nth) & ~(size_t)127) * nth * 4 / t / 1e9;
+}
+
+static double mat_bytes(const krn_mat *w)
+{
+    return w->rows > 0 ? (double)w->rows * w->cols * krn_type_size(w->type) : 0;
+}
+
+/* Weight bytes a forward pass over r rows of one sequence reads from one layer: attention and shared parts once,
+ * routed experts once per distinct expert, here the expected count when routing is uniform,
+ * E * (1 - (1 - K/E)^r) (shared = 1 gives the best case, every row on the same K experts). */
+static double layer_bytes(const mdl_model *m, const mdl_layer *L, int r, int shared)
+{
+    const mdl_config *c = &m->cfg;
+    double b = mat_bytes(&L->q_a) + mat_bytes(&L->q_b) + mat_bytes(&L->q) + mat_bytes(&L->kv_a) + mat_bytes(&L->kv_b) +
+               mat_bytes(&L->o);
+    if (!L->is_moe) return b + mat_bytes(&L->gate) + mat_bytes(&L->up) + mat_bytes(&L->down);
+    const double E = c->n_routed_experts, K = c->num_experts_per_tok;
+    const double distinct = shared ? K : E * (1.0 - pow(1.0 - K / E, r));
+    b += mat_bytes(&L->router) + mat_bytes(&L->sh_gate) + mat_bytes(&L->sh_up) + mat_bytes(&L->sh_down);
+    return b + distinct * (mat_bytes(&L->exp_gate[0]) + mat_bytes(&L->exp_up[0]) + mat_bytes(&L->exp_down[0]));
+}
+
+/* Weight bytes of one main-model decode step over one row (every layer, the lm_head; the embedding row is
+ * negligible). */
+static double main_step_bytes(const mdl_model *m)
+{
+    double b = mat_bytes(&m->lm_head);
+    for (int l = 0; l < m->n_layers; l++) b += layer_bytes(m, &m->layers[l], 1, 1);
+    return b;
+}
+
+/* The bandwidth bound on speculation at batch 1: bytes of weights per step for k = 0 (one main pass) and for k
+ * (verify over k+1 rows, one MTP pass over k+1 pending rows, k-1 MTP passes over one row, each MTP pass reading
+ * its own full-vocabulary head), and the speed-up a purely bandwidth-bound step would give at 100% acceptance. */
+static void bytes_bound(const mdl_model *m, int k)
+{
+    if (m->n_mtp < 1 || k < 1) return;
+    double main1 = mat_bytes(&m->lm_head), main_k[2], mtp1, mtp_k[2];
+    const mdl_layer *T = &m->layers[m->n_layers];
+    const double mtp_fixed = mat_bytes(&T->eh_proj) + mat_bytes(&T->head);
+    for (int l = 0; l < m->n_layers; l++) main1 += layer_bytes(m, &m->layers[l], 1, 1);
+    mtp1 = mtp_fixed + layer_bytes(m, T, 1, 1);
+    for (int sh = 0; sh < 2; sh++) {
+        main_k[sh] = mat_bytes(&m->lm_head);
+        for (int l = 0; l < m->n_layers; l++) main_k[sh] += layer_bytes(m, &m->layers[l], k + 1, sh);
+        mtp_k[sh] = mtp_fixed + layer_bytes(m, T, k + 1, sh) + (k - 1) * mtp1;
+    }
+    printf("\nWeight bytes per decode step at batch 1 (bandwidth bound): k=0 %.0f MB/token; k=%d %.0f MB/step "
+           "(verify %.0f + MTP %.0f, of which %d x %.0f MB MTP head) with uniform routing, %.0f MB if all rows share "
+           "experts. Bound on the k=%d speed-up at 100%% acceptance: %.2fx (uniform) .. %.2fx (shared).\n",
+           main1 / 1e6, k, (main_k[0] + mtp_k[0]) / 1e6, main_k[0] / 1e6, mtp_k[0] / 1e6, k, mat_bytes(&T->head) / 1e6,
+           (main_k[1] + mtp_k[1]) / 1e6, k, (k + 1) * main1 / (main_k[0] + mtp_k[0]),
+           (k + 1) * main1 / (main_k[1] + mtp_k[1]));
+}
+
+/* R pairs of runs, k = 0 then k = max_k with known drafts, back to back: medians and the median speed-up. */
+static void pairs(mdl_model *m, prompts *pr, const int *batches, int nb, int tokens, int max_k, int reps, sink *ref,
+                  sink *out)
+{
+    enum { MAXP = 64 };
+    const size_t sn = (size_t)128 << 20; /* 512 MB of floats for the streaming read */
+    float *sbuf = pd_aligned_alloc(sn * sizeof(float));
+    if (sbuf)
+        for (size_t i = 0; i < sn; i++) sbuf[i] = 1.0f;
+    printf("| batch | k | k=0 tok/s (median) | k=%d tok/s (median) | k=0 ms/step | k=%d ms/step | speed-up (median of %d pairs) | min | max | output == k=0 | k=0 step GB/s of weights / stream GB/s (median ratio) |\n",
+           max_k, max_k, reps);
+    printf("|---|---|---|---|---|---|---|---|---|---|---|\n");
+    for (int bi = 0; bi < nb; bi++) {
+        const int b = batches[bi];
+        if (b > MAXREQ) continue;
+        double t0[MAXP], tk[MAXP], s0[MAXP], sk[MAXP], sp[MAXP], bw[MAXP], st[MAXP];
+        int equal = 1;
+        for (int r = 0; r < reps; r++) {
+            st[r] = stream_gbs(sbuf, sn);
+            pr->ref = NULL;
+            result r0 = run(m, pr, b, tokens, 0, 0, 0, ref);
+            bw[r] = st[r] > 0 ? main_step_bytes(m) / (r0.step_ms * 1e-3) / 1e9 / st[r] : 0;
+            pr->ref = ref;
+            result rk = run(m, pr, b, tokens, max_k, 1, 0, out);
+            t0[r] = r0.tok_s;
+            tk[r] = rk.tok_s;
+            s0[r] = r0.step_ms;
+            sk[r] = rk.step_ms;
+            sp[r] = rk.tok_s / r0.tok_s;
+            equal &= rk.equal;
+        }
+        double lo = sp[0], hi = sp[0];
+        for (int r = 1; r < reps; r++) {
+            lo = sp[r] < lo ? sp[r] : lo;
+            hi = sp[r] > hi ? sp[r] : hi;
+        }
+        const double ms0 = median(s0, reps);
+        printf("| %d | %d | %.1f | %.1f | %.1f | %.1f | %.2fx | %.2fx | %.2fx | %s | ", b, max_k, median(t0, reps),
+               median(tk, reps), ms0, median(sk, reps), median(sp, reps), lo, hi, equal ? "yes" : "NO");
+        if (b == 1 && sbuf && st[0] > 0)
+            printf("%.1f / %.1f (%.2f) |\n", main_step_bytes(m) / (ms0 * 1e-3) / 1e9, median(st, reps), median(bw, reps));
+        else
+            printf("- |\n");
+        fflush(stdout);
+    }
+    free(sbuf);
+}
+
 int main(int argc, char **argv)
 {
     const char *models[4];
-    int n_models = 0, tokens = 64, max_k = 3;
+    int n_models = 0, tokens = 64, max_k = 3, n_pairs = 0;
     int batches[8] = {1, 4, 16}, nb = 3, plan_b[8] = {1, 2, 4}, npb = 3;
     const char *tok_dir = NULL;
     for (int i = 1; i < argc; i++) {
@@ -151,9 +294,10 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--batches")) nb = parse_list(v, batches, 8);
         else if (!strcmp(a, "--plan-batches")) npb = parse_list(v, plan_b, 8);
         else if (!strcmp(a, "--tokenizer")) tok_dir = v;
+        else if (!strcmp(a, "--pairs")) n_pairs = PD_MIN(64, atoi(v));
         else {
             fprintf(stderr, "usage: spec_bench --model DIR [--model DIR]... [--tokens N] [--batches 1,4,16] "
-                            "[--max-k 3] [--plan-batches 1,2,4] [--tokenizer DIR]\n");
+                            "[--max-k 3] [--plan-batches 1,2,4] [--tokenizer DIR] [--pairs R]\n");
             return 2;
         }
     }
@@ -204,6 +348,12 @@ int main(int argc, char **argv)
         }
         printf("\n## %s (%d layers, hidden %d, vocab %d), %d greedy tokens per request\n\n", models[mi], m->n_layers,
                m->cfg.hidden_size, m->cfg.vocab_size, tokens);
+        if (n_pairs > 0) {
+            pairs(m, &pr, batches, nb, tokens, PD_MAX(max_k, 1), n_pairs, ref, out);
+            bytes_bound(m, PD_MAX(max_k, 1));
+            mdl_model_destroy(m);
+            continue;
+        }
         printf("| batch | k | drafts | decode tok/s | vs k=0 | ms/step | accepted | mean accepted len | output == k=0 |\n");
         printf("|---|---|---|---|---|---|---|---|---|\n");
         for (int bi = 0; bi < nb; bi++) {
@@ -240,6 +390,7 @@ int main(int argc, char **argv)
         }
         /* why the figures look as they do: what one linear layer costs for m rows (the verify pass runs the
          * model on batch x (k+1) rows; speculation pays only where m rows cost about what one row costs) */
+        bytes_bound(m, max_k);
         printf("\nlm_head [%d x %d] through krn_linear, by rows m:\n\n| m | ms | ms / row | vs m=1 |\n|---|---|---|---|\n",
                m->cfg.vocab_size, m->cfg.hidden_size);
         {

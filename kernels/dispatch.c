@@ -81,6 +81,15 @@ static int threads_for(double macs, int units)
     return nt <= 1 ? 1 : PD_MIN(4 * nt, units);
 }
 
+/* F32 weights (the router; float32 models): up to this many rows through the GEMV, whose rows do not depend on
+ * m (a decode batch of 16 sequences verifying k+1 = 4 positions each is 64 rows); sgemm above. */
+#define KRN_F32_GEMV_ROWS 64
+/* Items per pool job in krn_linear_group (more run as further jobs). */
+#define KRN_GROUP_MAX 64
+typedef struct {
+    krn__gemm_fn gemm; /* NULL: not part of the job */
+} group_slot;
+
 typedef struct {
     const krn_mat *w;
     const float *x;
@@ -190,12 +199,61 @@ void krn_linear(const krn_mat *w, const float *x, int m, float *y, int ldy, floa
     if (w->type == KRN_F32) {
         const int units = (w->rows + 15) / 16;
         lin_job j = {.w = w, .x = x, .m = m, .ldy = ldy, .y = y, .gemv = o->gemv_f32, .units = units};
-        if (m <= 4 && o->gemv_f32) krn_parallel(gemv_f32_task, &j, threads_for(macs, units));
+        if (m <= KRN_F32_GEMV_ROWS && o->gemv_f32) krn_parallel(gemv_f32_task, &j, threads_for(macs, units));
         else if (m > 1) krn_parallel(sgemm_task, &j, threads_for(macs, units));
         else krn__linear_ref(w, x, m, y, ldy, scratch);
         return;
     }
     krn__linear_ref(w, x, m, y, ldy, scratch);
+}
+
+typedef struct {
+    const krn_linear_item *items;
+    const group_slot *fns;
+    int n, units;
+} group_job;
+
+static void group_task(void *p, int ith, int nth)
+{
+    const group_job *j = p;
+    int u0, u1;
+    split(j->units, ith, nth, &u0, &u1);
+    /* walk the items' block ranges laid end to end; run the part of each that falls in [u0, u1) */
+    for (int i = 0, base = 0; i < j->n && base < u1; i++) {
+        const krn_linear_item *it = &j->items[i];
+        if (!j->fns[i].gemm) continue;
+        const int nb = krn__nblocks(it->w->rows), b0 = PD_MAX(u0 - base, 0), b1 = PD_MIN(u1 - base, nb);
+        if (b0 < b1) j->fns[i].gemm(it->w, it->x, it->m, it->y, it->ldy, b0, b1);
+        base += nb;
+    }
+}
+
+void krn_linear_group(const krn_linear_item *items, int n, float *scratch)
+{
+    const krn__ops *o = krn__ops_get();
+    group_slot fns[KRN_GROUP_MAX];
+    for (int i0 = 0; i0 < n; i0 += KRN_GROUP_MAX) {
+        const int cnt = PD_MIN(KRN_GROUP_MAX, n - i0);
+        const krn_linear_item *it = items + i0;
+        int units = 0;
+        double macs = 0;
+        for (int i = 0; i < cnt; i++) {
+            const krn_mat *w = it[i].w;
+            fns[i].gemm = it[i].m <= 0 ? NULL
+                          : w->pack == KRN_PACK_BF16_N32K2 ? o->gemm_bf16
+                          : w->pack == KRN_PACK_F8_N32K1   ? o->gemm_f8
+                                                           : NULL;
+            if (fns[i].gemm) {
+                units += krn__nblocks(w->rows);
+                macs += (double)it[i].m * w->rows * w->cols;
+            } else if (it[i].m > 0) {
+                krn_linear(w, it[i].x, it[i].m, it[i].y, it[i].ldy, scratch);
+            }
+        }
+        if (!units) continue;
+        group_job j = {it, fns, cnt, units};
+        krn_parallel(group_task, &j, threads_for(macs, units));
+    }
 }
 
 void krn_matmul_sub(const krn_mat *w, int r0, int c0, const float *x, int m, int k, int n, float *y, int accumulate)

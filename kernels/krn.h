@@ -158,6 +158,19 @@ static inline size_t krn_linear_scratch(int cols) { return (size_t)KRN_LINEAR_BL
 /* y[m, w->rows] = x[m, w->cols] . W^T, float32 accumulation. ldy: row stride of y (>= w->rows).
  * scratch: krn_linear_scratch(w->cols) floats. */
 void krn_linear(const krn_mat *w, const float *x, int m, float *y, int ldy, float *scratch);
+/* One product of a group: y[m, w->rows] = x[m, w->cols] . W^T (ldy: row stride of y). */
+typedef struct {
+    const krn_mat *w;
+    const float *x;
+    int m, ldy;
+    float *y;
+} krn_linear_item;
+/* Every item's product, as krn_linear computes it (the same bits), but the packed BF16/FP8 ones run as ONE job
+ * on the pool, split over all their output blocks together: a decode step's experts (8 x gate/up, then 8 x
+ * down) cost one wake-up of the pool each instead of 24, and each thread streams long runs of weights. Other
+ * items (W8A8, F32, the portable path) run one after another through krn_linear. No two items may write the
+ * same y element, and no item may read another's y. scratch: krn_linear_scratch(max cols) floats. */
+void krn_linear_group(const krn_linear_item *items, int n, float *scratch);
 /* y[m, n] (+)= x[m, k] . W[r0:r0+k, c0:c0+n] — the "transposed" use of a sub-block of W, used by MLA's absorbed
  * decode form (W is kv_b_proj). accumulate: 0 overwrite, 1 add. */
 void krn_matmul_sub(const krn_mat *w, int r0, int c0, const float *x, int m, int k, int n, float *y, int accumulate);

@@ -38,12 +38,23 @@ void krn_sampler_destroy(krn_sampler s)
     free(s);
 }
 
+/* The first index holding the largest value, as one scan with `>` gives (NaN is never larger; a NaN at index 0
+ * makes it 0). Two passes: 16 running maxima (no compare chain, vectorisable), then the first index equal to
+ * their maximum. A full-vocabulary argmax runs for every draft and verified row of speculative decoding. */
 int32_t krn_argmax(const float *x, int n)
 {
-    int32_t best = 0;
-    for (int i = 1; i < n; i++)
-        if (x[i] > x[best]) best = i;
-    return best;
+    if (n <= 0) return 0;
+    float lane[16];
+    for (int j = 0; j < 16; j++) lane[j] = x[0];
+    int i = 0;
+    for (; i + 16 <= n; i += 16)
+        for (int j = 0; j < 16; j++) lane[j] = x[i + j] > lane[j] ? x[i + j] : lane[j];
+    float mx = x[0];
+    for (int j = 0; j < 16; j++) mx = lane[j] > mx ? lane[j] : mx;
+    for (; i < n; i++) mx = x[i] > mx ? x[i] : mx;
+    for (i = 0; i < n; i++)
+        if (x[i] == mx) return i;
+    return 0;
 }
 
 static void apply_penalties(krn_sampler s, float *logits, const krn_sampling_params *p, const int32_t *prompt,
@@ -126,15 +137,15 @@ int32_t krn_sample(krn_sampler s, float *logits, const krn_sampling_params *p, c
 
     if (p->temperature <= 1e-6f) {
         int32_t best = krn_argmax(logits, V);
-        if (logprob || probs_out) {
+        if (logprob) { /* only the log-probability needs the normaliser: a speculative draft asks just for q */
             float mx = logits[best];
             double sum = 0;
             for (int i = 0; i < V; i++) sum += exp((double)logits[i] - mx);
-            if (logprob) *logprob = (float)-log(sum);
-            if (probs_out) {
-                memset(probs_out, 0, (size_t)V * sizeof(float));
-                probs_out[best] = 1.0f;
-            }
+            *logprob = (float)-log(sum);
+        }
+        if (probs_out) {
+            memset(probs_out, 0, (size_t)V * sizeof(float));
+            probs_out[best] = 1.0f;
         }
         return best;
     }

@@ -9,6 +9,9 @@
 
 #define ATTN_TILE 64   /* keys per attention tile */
 #define DEC_QCHUNK 16  /* decode-mode queries per absorbed chunk */
+/* Up to this many tokens, a MoE layer runs all its experts' products as two pool jobs (gate/up, then down) over
+ * per-slot copies of the inputs; above it each expert has enough rows to run on its own. */
+#define MOE_GROUP_TOKENS 32
 
 struct mdl_ctx_s {
     const mdl_model *m;
@@ -42,6 +45,10 @@ struct mdl_ctx_s {
     int *ecount, *eoff; /* [E], [E+1] */
     int *elist;      /* [T*K] token*K + slot */
     float *ecat;     /* [T, 2D] MTP input concat */
+    /* grouped MoE (T <= MOE_GROUP_TOKENS): one row per (token, expert slot), in expert order (elist) */
+    float *gx, *gy;  /* [GT*K, D] gathered inputs, expert outputs */
+    float *gg, *gu;  /* [GT*K, moe_inter] gate (then silu(gate)*up), up */
+    krn_linear_item *items; /* [2E + 2] */
     float *lrows;    /* [max_logits, D] */
     float *scratch;  /* krn_linear scratch */
 };
@@ -109,6 +116,12 @@ pd_status mdl_ctx_create(const mdl_model *m, int max_tokens, int max_logits, mdl
     ALLOC(elist, T * K);
     ALLOC(ecat, T * 2 * D);
     ALLOC(lrows, (size_t)PD_MAX(max_logits, 1) * D);
+    const size_t GK = (size_t)PD_MIN(max_tokens, MOE_GROUP_TOKENS) * K, Fm = (size_t)PD_MAX(1, c->moe_intermediate_size);
+    ALLOC(gx, GK * D);
+    ALLOC(gy, GK * D);
+    ALLOC(gg, GK * Fm);
+    ALLOC(gu, GK * Fm);
+    ALLOC(items, 2 * E + 2);
     ALLOC(scratch, krn_linear_scratch((int)max_cols(c)));
 #undef ALLOC
     if (!ok) {
@@ -125,7 +138,7 @@ void mdl_ctx_destroy(mdl_ctx *x)
     void *bufs[] = {x->x, x->xn, x->tmp, x->qa, x->q, x->kva, x->attn, x->cosb, x->sinb, x->q_limit, x->am,
                     x->al, x->lat, x->kpe, x->kvb, x->scores, x->qabs, x->acc_lat, x->g, x->u, x->xg, x->yg,
                     x->moe, x->rscore, x->rsel, x->topi, x->topw, x->ecount, x->eoff, x->elist, x->ecat,
-                    x->lrows, x->scratch};
+                    x->lrows, x->scratch, x->gx, x->gy, x->gg, x->gu, x->items};
     for (size_t i = 0; i < PD_ARRAY_LEN(bufs); i++) free(bufs[i]);
     free(x);
 }
@@ -173,6 +186,44 @@ static void kv_gather(const mdl_kv_pool *kv, const int *table, int layer, int p0
 
 /* ---- attention ---------------------------------------------------------------------------------------- */
 
+/* MLA's absorbed decode products, one (query, head) unit u = i*H + h at a time, split over the pool: the key
+ * half (value = 0) maps q_nope[i, h] to qabs[u] through kv_b's rows of head h; the value half (value = 1) maps
+ * acc_lat[u] back to out[i, h]. Each unit is computed by one piece alone, so results do not depend on the split. */
+typedef struct {
+    const mdl_layer *L;
+    const mdl_config *c;
+    const float *q;  /* [nq, H*qk] queries (key half) */
+    float *lat;      /* [nq*H, kvl]: qabs (written, key half) or acc_lat (read, value half) */
+    float *out;      /* [nq, H*v] (value half) */
+    int value, units;
+} absorb_job;
+
+static void absorb_task(void *p, int ith, int nth)
+{
+    const absorb_job *j = p;
+    const mdl_config *c = j->c;
+    const int H = c->num_attention_heads, nope = c->qk_nope_head_dim, vd = c->v_head_dim, kvl = c->kv_lora_rank;
+    const int qk = nope + c->qk_rope_head_dim, nv = nope + vd;
+    const int u0 = (int)((long)j->units * ith / nth), u1 = (int)((long)j->units * (ith + 1) / nth);
+    for (int u = u0; u < u1; u++) {
+        const int i = u / H, h = u % H;
+        if (!j->value)
+            krn_matmul_sub(&j->L->kv_b, h * nv, 0, j->q + (size_t)i * H * qk + (size_t)h * qk, 1, nope, kvl,
+                           j->lat + (size_t)u * kvl, 0);
+        else
+            krn_linear_rows(&j->L->kv_b, h * nv + nope, vd, j->lat + (size_t)u * kvl,
+                            j->out + (size_t)i * H * vd + (size_t)h * vd);
+    }
+}
+
+/* Pieces for `units` absorbed products of `macs` each: inline below 64K multiply-adds (waking the pool costs
+ * more), else two per thread. */
+static int absorb_pieces(int units, int macs)
+{
+    if ((double)units * macs < (1 << 16)) return 1;
+    return PD_MIN(units, 2 * krn_threads_get());
+}
+
 static void attention(mdl_ctx *x, mdl_kv_pool *kv, const mdl_batch *b, const mdl_layer *L, int cache_layer)
 {
     const mdl_config *c = &x->m->cfg;
@@ -182,18 +233,21 @@ static void attention(mdl_ctx *x, mdl_kv_pool *kv, const mdl_batch *b, const mdl
     const float eps = c->rms_norm_eps;
 
     /* queries */
+    /* both products of the normalised input in one pool job: the query's first one and kv_a (latent + rope key) */
+    const krn_linear_item first[2] = {
+        c->q_lora_rank > 0 ? (krn_linear_item){&L->q_a, x->xn, T, c->q_lora_rank, x->qa}
+                           : (krn_linear_item){&L->q, x->xn, T, H * qk, x->q},
+        {&L->kv_a, x->xn, T, kvl + rope, x->kva},
+    };
+    krn_linear_group(first, 2, x->scratch);
     if (c->q_lora_rank > 0) {
-        krn_linear(&L->q_a, x->xn, T, x->qa, c->q_lora_rank, x->scratch);
         for (int t = 0; t < T; t++) {
             float *r = x->qa + (size_t)t * c->q_lora_rank;
             krn_rmsnorm(r, L->q_a_norm, c->q_lora_rank, eps, r);
         }
         krn_linear(&L->q_b, x->qa, T, x->q, H * qk, x->scratch);
-    } else {
-        krn_linear(&L->q, x->xn, T, x->q, H * qk, x->scratch);
     }
     /* latent + rope key, written to the cache */
-    krn_linear(&L->kv_a, x->xn, T, x->kva, kvl + rope, x->scratch);
     for (int s = 0; s < b->n_seqs; s++) {
         for (int t = b->seq_start[s]; t < b->seq_start[s + 1]; t++) {
             int pos = b->ctx_len[s] + (t - b->seq_start[s]);
@@ -237,10 +291,8 @@ static void attention(mdl_ctx *x, mdl_kv_pool *kv, const mdl_batch *b, const mdl
             for (int q0 = 0; q0 < n; q0 += DEC_QCHUNK) {
                 int nq = PD_MIN(DEC_QCHUNK, n - q0);
                 /* absorb kv_b's key half into the query: q_abs[h] = q_nope[h] . Wk[h]  ([nope] x [nope, kvl]) */
-                for (int i = 0; i < nq; i++)
-                    for (int h = 0; h < H; h++)
-                        krn_matmul_sub(&L->kv_b, h * nv, 0, x->q + (size_t)(t0 + q0 + i) * H * qk + (size_t)h * qk, 1,
-                                       nope, kvl, x->qabs + ((size_t)i * H + h) * kvl, 0);
+                absorb_job aj = {L, c, x->q + (size_t)(t0 + q0) * H * qk, x->qabs, NULL, 0, nq * H};
+                krn_parallel(absorb_task, &aj, absorb_pieces(nq * H, nope * kvl));
                 krn_attn_init(nq, H, kvl, x->am, x->al, x->acc_lat, H * kvl, kvl);
                 int last = b->ctx_len[s] + q0 + nq; /* keys this chunk can see */
                 for (int k0 = 0; k0 < last; k0 += ATTN_TILE) {
@@ -261,10 +313,8 @@ static void attention(mdl_ctx *x, mdl_kv_pool *kv, const mdl_batch *b, const mdl
                 }
                 krn_attn_finish(nq, H, kvl, x->al, x->acc_lat, H * kvl, kvl);
                 /* back out of the latent space through kv_b's value half: out[h] = Wv[h] . acc_lat[h] */
-                for (int i = 0; i < nq; i++)
-                    for (int h = 0; h < H; h++)
-                        krn_linear_rows(&L->kv_b, h * nv + nope, vd, x->acc_lat + ((size_t)i * H + h) * kvl,
-                                        x->attn + (size_t)(t0 + q0 + i) * H * vd + (size_t)h * vd);
+                absorb_job vj = {L, c, NULL, x->acc_lat, x->attn + (size_t)(t0 + q0) * H * vd, 1, nq * H};
+                krn_parallel(absorb_task, &vj, absorb_pieces(nq * H, vd * kvl));
             }
         }
     }
@@ -278,8 +328,8 @@ static void mlp(mdl_ctx *x, const krn_mat *gate, const krn_mat *up, const krn_ma
                 float *out)
 {
     const int F = gate->rows;
-    krn_linear(gate, in, n, x->g, F, x->scratch);
-    krn_linear(up, in, n, x->u, F, x->scratch);
+    const krn_linear_item gu[2] = {{gate, in, n, F, x->g}, {up, in, n, F, x->u}};
+    krn_linear_group(gu, 2, x->scratch);
     krn_silu_mul(x->g, x->u, n * F);
     krn_linear(down, x->g, n, out, down->rows, x->scratch);
 }
@@ -354,6 +404,40 @@ static void route(mdl_ctx *x, const mdl_layer *L, int T)
     }
 }
 
+/* The experts of a small batch: every (token, slot) row gathered in expert order, then all gate/up products
+ * (routed and shared) as one pool job and all down products as another. Each row meets the same kernels as in
+ * the per-expert loop, and the outputs are added in the same order, so the two paths give the same bits. */
+static void moe_grouped(mdl_ctx *x, const mdl_layer *L, int T)
+{
+    const mdl_config *c = &x->m->cfg;
+    const int E = c->n_routed_experts, K = c->num_experts_per_tok, D = c->hidden_size, Fm = c->moe_intermediate_size;
+    const int n = T * K, sh = c->n_shared_experts > 0, Fs = sh ? L->sh_gate.rows : 0;
+    for (int r = 0; r < n; r++) memcpy(x->gx + (size_t)r * D, x->xn + (size_t)(x->elist[r] / K) * D, (size_t)D * 4);
+    int ni = 0;
+    for (int e = 0; e < E; e++) {
+        const int o = x->eoff[e], ne = x->eoff[e + 1] - o;
+        if (!ne) continue;
+        x->items[ni++] = (krn_linear_item){&L->exp_gate[e], x->gx + (size_t)o * D, ne, Fm, x->gg + (size_t)o * Fm};
+        x->items[ni++] = (krn_linear_item){&L->exp_up[e], x->gx + (size_t)o * D, ne, Fm, x->gu + (size_t)o * Fm};
+    }
+    if (sh) {
+        x->items[ni++] = (krn_linear_item){&L->sh_gate, x->xn, T, Fs, x->g};
+        x->items[ni++] = (krn_linear_item){&L->sh_up, x->xn, T, Fs, x->u};
+    }
+    krn_linear_group(x->items, ni, x->scratch);
+    krn_silu_mul(x->gg, x->gu, n * Fm);
+    if (sh) krn_silu_mul(x->g, x->u, T * Fs);
+    ni = 0;
+    for (int e = 0; e < E; e++) {
+        const int o = x->eoff[e], ne = x->eoff[e + 1] - o;
+        if (ne) x->items[ni++] = (krn_linear_item){&L->exp_down[e], x->gg + (size_t)o * Fm, ne, D, x->gy + (size_t)o * D};
+    }
+    if (sh) x->items[ni++] = (krn_linear_item){&L->sh_down, x->g, T, D, x->tmp};
+    krn_linear_group(x->items, ni, x->scratch);
+    for (int r = 0; r < n; r++)
+        krn_axpy(D, x->topw[x->elist[r]], x->gy + (size_t)r * D, x->moe + (size_t)(x->elist[r] / K) * D);
+}
+
 static void moe(mdl_ctx *x, const mdl_layer *L, int T)
 {
     const mdl_config *c = &x->m->cfg;
@@ -370,19 +454,22 @@ static void moe(mdl_ctx *x, const mdl_layer *L, int T)
         x->elist[x->eoff[e] + x->ecount[e]++] = i;
     }
     memset(x->moe, 0, (size_t)T * D * sizeof(float));
-    for (int e = 0; e < E; e++) {
-        int n = x->eoff[e + 1] - x->eoff[e];
-        if (!n) continue;
-        const int *lst = x->elist + x->eoff[e];
-        for (int r = 0; r < n; r++) memcpy(x->xg + (size_t)r * D, x->xn + (size_t)(lst[r] / K) * D, (size_t)D * 4);
-        mlp(x, &L->exp_gate[e], &L->exp_up[e], &L->exp_down[e], x->xg, n, x->yg);
-        for (int r = 0; r < n; r++)
-            krn_axpy(D, x->topw[lst[r]], x->yg + (size_t)r * D, x->moe + (size_t)(lst[r] / K) * D);
+    if (T <= MOE_GROUP_TOKENS) {
+        moe_grouped(x, L, T);
+    } else {
+        for (int e = 0; e < E; e++) {
+            int n = x->eoff[e + 1] - x->eoff[e];
+            if (!n) continue;
+            const int *lst = x->elist + x->eoff[e];
+            for (int r = 0; r < n; r++) memcpy(x->xg + (size_t)r * D, x->xn + (size_t)(lst[r] / K) * D, (size_t)D * 4);
+            mlp(x, &L->exp_gate[e], &L->exp_up[e], &L->exp_down[e], x->xg, n, x->yg);
+            for (int r = 0; r < n; r++)
+                krn_axpy(D, x->topw[lst[r]], x->yg + (size_t)r * D, x->moe + (size_t)(lst[r] / K) * D);
+        }
+        if (c->n_shared_experts > 0) mlp(x, &L->sh_gate, &L->sh_up, &L->sh_down, x->xn, T, x->tmp);
     }
-    if (c->n_shared_experts > 0) {
-        mlp(x, &L->sh_gate, &L->sh_up, &L->sh_down, x->xn, T, x->tmp);
+    if (c->n_shared_experts > 0)
         for (size_t i = 0; i < (size_t)T * D; i++) x->moe[i] += x->tmp[i];
-    }
     for (size_t i = 0; i < (size_t)T * D; i++) x->x[i] += x->moe[i];
 }
 

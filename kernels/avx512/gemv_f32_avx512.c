@@ -1,5 +1,7 @@
-/* F32-weight GEMV on AVX-512 for a few activation rows (decode, the router): 4 weight rows x up to 4
- * activation rows per pass over K, 16 lanes, horizontal sums at the end. Reads the plain row-major data. */
+/* F32-weight GEMV on AVX-512 for up to KRN_F32_GEMV_ROWS activation rows (decode, the router): 4 weight rows x
+ * up to 4 activation rows per pass over K, 16 lanes, horizontal sums at the end. Reads the plain row-major data.
+ * Each output is one FMA chain over k in 16-lane steps whatever m is, so a row gives the same bits alone or in
+ * a batch; the 4 weight rows (16 KB at K = 1024) stay in L1 while every 4-row group of x passes over them. */
 #include "kernels/avx512/avx512_util.h"
 
 KRN_INLINE void ukr(const int mr, const int nr, const float *W, const int K, const float *x, float *y, const int ldy)
@@ -31,10 +33,10 @@ void krn__gemv_f32_avx512_4x16(const krn_mat *w, const float *x, int m, float *y
 {
     const float *W = w->data;
     const int K = w->cols;
-    for (int i0 = 0; i0 < m; i0 += 4) {
-        const int mr = PD_MIN(4, m - i0);
-        for (int n = n0; n < n1; n += 4) {
-            const int nr = PD_MIN(4, n1 - n);
+    for (int n = n0; n < n1; n += 4) {
+        const int nr = PD_MIN(4, n1 - n);
+        for (int i0 = 0; i0 < m; i0 += 4) {
+            const int mr = PD_MIN(4, m - i0);
             const float *Wn = W + (size_t)n * K, *xi = x + (size_t)i0 * K;
             float *yi = y + (size_t)i0 * ldy + n;
 #define CASE(a, b) if (mr == a && nr == b) { ukr(a, b, Wn, K, xi, yi, ldy); continue; }

@@ -172,6 +172,25 @@ START_TEST(test_attention_tile_vs_naive)
 }
 END_TEST
 
+/* krn_argmax against the one-scan definition: ties (first wins), NaN (never chosen; at index 0 it gives 0),
+ * signed zeros, lengths around the 16-lane blocks. */
+START_TEST(test_argmax)
+{
+    for (int n = 1; n <= 70; n++)
+        for (int trial = 0; trial < 40; trial++) {
+            float v[70];
+            for (int i = 0; i < n; i++) {
+                int r = (int)(pd_rng_next(&g_rng) % 10);
+                v[i] = r < 4 ? (float)(r - 2) : r == 4 ? -0.0f : r == 5 ? 0.0f : r == 6 && trial % 3 == 0 ? NAN : randn();
+            }
+            int best = 0;
+            for (int i = 1; i < n; i++)
+                if (v[i] > v[best]) best = i;
+            ck_assert_int_eq(krn_argmax(v, n), best);
+        }
+}
+END_TEST
+
 START_TEST(test_sampler)
 {
     const int V = 50;
@@ -399,6 +418,92 @@ START_TEST(test_paths_linear)
 }
 END_TEST
 
+/* The packed BF16/FP8 kernels sum every output in one fixed order whatever the row count: a row's result is the
+ * same bits alone (decode), among 4 (verify pass of k = 3) or 16 rows, or inside a 150-row prefill (MC blocks),
+ * at any thread count. F32 weights (the router) likewise up to 64 rows (the GEMV; sgemm above). Speculative
+ * decoding and batching rely on it to stay exactly lossless. The reference path does not promise this (it
+ * switches from dot products to sgemm by m). */
+START_TEST(test_paths_rows_independent)
+{
+    const int shapes[][2] = {{37, 53}, {65, 600}, {129, 257}, {33, 1}, {100, 513}};
+    const int ms[] = {2, 3, 4, 5, 12, 13, 16, 17, 64, 150};
+    const krn__ops *fast = krn__ops_avx512();
+    if (!fast) return; /* no AVX-512 here: nothing to check */
+    krn__ops_force(fast);
+    for (int nth = 1; nth <= 3; nth += 2) {
+        ck_assert_int_eq(krn_threads_init(nth), PD_OK);
+        for (size_t si = 0; si < PD_ARRAY_LEN(shapes); si++) {
+            const int n = shapes[si][0], k = shapes[si][1], M = 150, ldy = n + 3;
+            float *x = malloc(sizeof(float) * M * k), *y1 = malloc(sizeof(float) * M * ldy);
+            float *ym = malloc(sizeof(float) * M * ldy), *scratch = malloc(sizeof(float) * krn_linear_scratch(k));
+            for (int i = 0; i < M * k; i++) x[i] = randn();
+            for (int t = 0; t < 3; t++) {
+                const krn_type type = t == 0 ? KRN_BF16 : t == 1 ? KRN_F8E4M3 : KRN_F32;
+                test_mat tm;
+                make_mat(&tm, type, n, k);
+                pack_mat(&tm, KRN_PREPACK_FAST);
+                if (type != KRN_F32) ck_assert_int_ne(tm.w.pack, KRN_PACK_NONE);
+                for (int i = 0; i < M; i++) krn_linear(&tm.w, x + (size_t)i * k, 1, y1 + (size_t)i * ldy, ldy, scratch);
+                for (size_t mi = 0; mi < PD_ARRAY_LEN(ms); mi++) {
+                    const int m = ms[mi], r0 = (int)(mi * 7) % (M - m + 1); /* rows r0..r0+m-1 */
+                    if (type == KRN_F32 && m > 64) continue;
+                    krn_linear(&tm.w, x + (size_t)r0 * k, m, ym, ldy, scratch);
+                    for (int i = 0; i < m; i++)
+                        ck_assert_msg(!memcmp(ym + (size_t)i * ldy, y1 + (size_t)(r0 + i) * ldy, sizeof(float) * n),
+                                      "%s n%d k%d m%d row %d differs from the row alone", krn_type_name(type), n, k, m, i);
+                }
+                free_mat(&tm);
+            }
+            free(x); free(y1); free(ym); free(scratch);
+        }
+    }
+    krn__ops_force(NULL);
+    krn_threads_init(0);
+}
+END_TEST
+
+/* krn_linear_group gives every item exactly what krn_linear gives it, for mixed item kinds (packed BF16/FP8 in
+ * the shared job, F32 and W8A8 one by one, an empty item), awkward sizes, on every table and thread count. */
+START_TEST(test_paths_group)
+{
+    enum { NI = 7 };
+    const int shapes[NI][3] = {{1, 37, 53}, {3, 65, 130}, {1, 129, 257}, {0, 33, 40}, {5, 70, 33}, {2, 20, 53}, {16, 45, 257}};
+    const krn_type types[NI] = {KRN_BF16, KRN_F8E4M3, KRN_BF16, KRN_BF16, KRN_F32, KRN_BF16, KRN_F8E4M3};
+    collect_tables();
+    for (int ti = 0; ti < g_ntables; ti++) {
+        krn__ops_force(g_tables[ti]);
+        for (int nth = 1; nth <= 3; nth++) {
+            ck_assert_int_eq(krn_threads_init(nth), PD_OK);
+            test_mat tm[NI];
+            krn_linear_item items[NI];
+            float *x[NI], *yg[NI], *y1[NI], *scratch = malloc(sizeof(float) * krn_linear_scratch(257));
+            for (int i = 0; i < NI; i++) {
+                const int m = shapes[i][0], n = shapes[i][1], k = shapes[i][2];
+                make_mat(&tm[i], types[i], n, k);
+                pack_mat(&tm[i], i == 5 ? KRN_PREPACK_W8A8 : KRN_PREPACK_FAST);
+                x[i] = malloc(sizeof(float) * (m + 1) * k);
+                yg[i] = malloc(sizeof(float) * (m + 1) * (n + 2));
+                y1[i] = malloc(sizeof(float) * (m + 1) * (n + 2));
+                for (int j = 0; j < m * k; j++) x[i][j] = randn();
+                for (int j = 0; j < (m + 1) * (n + 2); j++) yg[i][j] = y1[i][j] = 7.0f;
+                items[i] = (krn_linear_item){&tm[i].w, x[i], m, n + 2, yg[i]};
+                krn_linear(&tm[i].w, x[i], m, y1[i], n + 2, scratch);
+            }
+            krn_linear_group(items, NI, scratch);
+            for (int i = 0; i < NI; i++) {
+                ck_assert_msg(!memcmp(yg[i], y1[i], sizeof(float) * (shapes[i][0] + 1) * (shapes[i][1] + 2)),
+                              "%s nth %d item %d differs from krn_linear", g_tables[ti]->name, nth, i);
+                free_mat(&tm[i]);
+                free(x[i]); free(yg[i]); free(y1[i]);
+            }
+            free(scratch);
+        }
+    }
+    krn__ops_force(NULL);
+    krn_threads_init(0);
+}
+END_TEST
+
 START_TEST(test_paths_w8a8)
 {
     const int sizes[][3] = {{1, 37, 53}, {3, 129, 257}, {13, 70, 6}, {150, 45, 300}, {2, 64, 1024}};
@@ -523,11 +628,14 @@ int main(void)
     tcase_add_test(tc, test_linear_types);
     tcase_add_test(tc, test_attention_tile_vs_naive);
     tcase_add_test(tc, test_sampler);
+    tcase_add_test(tc, test_argmax);
     suite_add_tcase(s, tc);
     TCase *tp = tcase_create("paths");
     tcase_set_timeout(tp, 300);
     tcase_add_test(tp, test_paths_linear);
     tcase_add_test(tp, test_paths_w8a8);
+    tcase_add_test(tp, test_paths_rows_independent);
+    tcase_add_test(tp, test_paths_group);
     tcase_add_test(tp, test_paths_attention);
     suite_add_tcase(s, tp);
     SRunner *sr = srunner_create(s);
