@@ -15,6 +15,7 @@ static const krn__ops g_ref = {
     .attn_tile = krn__attn_tile_ref,
     .matmul_sub = krn__matmul_sub_ref,
     .linear_rows = krn__linear_rows_ref,
+    .logsumexp = krn__logsumexp_ref,
 };
 
 static krn__ops g_avx512;
@@ -39,6 +40,7 @@ static void fill(void)
             .attn_tile = krn__attn_tile_avx512,
             .matmul_sub = krn__matmul_sub_avx512,
             .linear_rows = krn__linear_rows_avx512,
+            .logsumexp = krn__logsumexp_avx512,
         };
         g_have_avx512 = 1;
         g_ops = &g_avx512;
@@ -287,3 +289,5 @@ void krn_attn_tile(const krn_attn_tile_args *a)
     attn_job j = {a, krn__ops_get()->attn_tile};
     krn_parallel(attn_task, &j, threads_for((double)units * a->nk * (a->da + a->db + a->dv), units));
 }
+
+float krn_logsumexp(const float *x, int n) { return krn__ops_get()->logsumexp(x, n); }

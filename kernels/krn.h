@@ -249,6 +249,9 @@ int32_t krn_sample(krn_sampler s, float *logits, const krn_sampling_params *p, c
                    float *probs_out);
 /* Index of the largest value (first one on ties). */
 int32_t krn_argmax(const float *x, int n);
+/* log(sum exp(x[i])), by the largest value first: -inf when every value is -inf (n > 0). Logprobs of every
+ * emitted token need it over the whole vocabulary. */
+float krn_logsumexp(const float *x, int n);
 
 /* ---- dispatch and threads ------------------------------------------------------------------------------
  * One table of kernel pointers is filled at first use from krn_cpu_get() (PDSERVE_PORTABLE=1: portable C).

@@ -28,6 +28,7 @@ typedef struct {
     void (*matmul_sub)(const krn_mat *w, int r0, int c0, const float *x, int m, int k, int n, float *y,
                        int accumulate);
     void (*linear_rows)(const krn_mat *w, int r0, int n, const float *x, float *y);
+    float (*logsumexp)(const float *x, int n);
 } krn__ops;
 
 /* The table in use (filled on first call; PDSERVE_PORTABLE=1 gives the reference one). */
@@ -48,6 +49,7 @@ void krn__attn_tile_ref(const krn_attn_tile_args *a, int u0, int u1);
 void krn__matmul_sub_ref(const krn_mat *w, int r0, int c0, const float *x, int m, int k, int n, float *y,
                          int accumulate);
 void krn__linear_rows_ref(const krn_mat *w, int r0, int n, const float *x, float *y);
+float krn__logsumexp_ref(const float *x, int n);
 
 /* AVX-512 kernels (kernels/avx512/, compiled with AVX-512 flags; only called after detection) */
 void krn__gemm_bf16_avx512_12x32(const krn_mat *w, const float *x, int m, float *y, int ldy, int nb0, int nb1);
@@ -60,6 +62,7 @@ void krn__attn_tile_avx512(const krn_attn_tile_args *a, int u0, int u1);
 void krn__matmul_sub_avx512(const krn_mat *w, int r0, int c0, const float *x, int m, int k, int n, float *y,
                             int accumulate);
 void krn__linear_rows_avx512(const krn_mat *w, int r0, int n, const float *x, float *y);
+float krn__logsumexp_avx512(const float *x, int n);
 
 /* Packed-layout geometry shared by packers and kernels. */
 #define KRN_NR 32

@@ -198,10 +198,7 @@ static float row_logprobs(mdl_engine *e, const seq *s, const float *lg, mdl_even
 {
     const int V = e->m->cfg.vocab_size;
     memcpy(e->raw, lg, (size_t)V * sizeof(float));
-    float mx = lg[krn_argmax(lg, V)];
-    double sum = 0;
-    for (int i = 0; i < V; i++) sum += exp((double)lg[i] - mx);
-    const float lse = mx + (float)log(sum);
+    const float lse = krn_logsumexp(lg, V);
     const int k = PD_MIN(s->p.top_logprobs, MDL_MAX_TOP_LOGPROBS);
     ev->n_top = 0;
     for (int i = 0; i < V && k > 0; i++) { /* keep the k best in descending order */

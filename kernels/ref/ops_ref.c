@@ -235,3 +235,13 @@ void krn__attn_tile_ref(const krn_attn_tile_args *a, int u0, int u1)
         }
     }
 }
+
+float krn__logsumexp_ref(const float *x, int n)
+{
+    float mx = -INFINITY;
+    for (int i = 0; i < n; i++) mx = x[i] > mx ? x[i] : mx;
+    if (mx == -INFINITY) return mx;
+    double sum = 0;
+    for (int i = 0; i < n; i++) sum += exp((double)x[i] - mx);
+    return mx + (float)log(sum);
+}

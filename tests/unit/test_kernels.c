@@ -504,6 +504,34 @@ START_TEST(test_paths_group)
 }
 END_TEST
 
+/* log-sum-exp: every table against a double computation, awkward lengths, wide ranges, -inf entries */
+START_TEST(test_paths_logsumexp)
+{
+    collect_tables();
+    const int sizes[] = {1, 15, 16, 17, 63, 64, 65, 1000, 129280};
+    float *x = malloc(sizeof(float) * 129280);
+    for (size_t si = 0; si < PD_ARRAY_LEN(sizes); si++) {
+        const int n = sizes[si];
+        for (int rep = 0; rep < 3; rep++) {
+            for (int i = 0; i < n; i++) x[i] = (float)(randn() * (rep == 0 ? 1.0 : rep == 1 ? 30.0 : 0.01)) + 5.0f;
+            if (n > 3) x[n / 2] = -INFINITY;
+            double mx = -INFINITY, sum = 0;
+            for (int i = 0; i < n; i++) mx = x[i] > mx ? x[i] : mx;
+            for (int i = 0; i < n; i++) sum += exp((double)x[i] - mx);
+            const double want = mx + log(sum);
+            for (int ti = 0; ti < g_ntables; ti++) {
+                float got = g_tables[ti]->logsumexp(x, n);
+                ck_assert_msg(fabs(got - want) <= 2e-6 * fabs(want) + 2e-6, "%s n=%d rep %d: %.9g, want %.9g",
+                              g_tables[ti]->name, n, rep, got, want);
+            }
+        }
+        for (int i = 0; i < n; i++) x[i] = -INFINITY;
+        for (int ti = 0; ti < g_ntables; ti++) ck_assert(g_tables[ti]->logsumexp(x, n) == -INFINITY);
+    }
+    free(x);
+}
+END_TEST
+
 START_TEST(test_paths_w8a8)
 {
     const int sizes[][3] = {{1, 37, 53}, {3, 129, 257}, {13, 70, 6}, {150, 45, 300}, {2, 64, 1024}};
@@ -634,6 +662,7 @@ int main(void)
     tcase_set_timeout(tp, 300);
     tcase_add_test(tp, test_paths_linear);
     tcase_add_test(tp, test_paths_w8a8);
+    tcase_add_test(tp, test_paths_logsumexp);
     tcase_add_test(tp, test_paths_rows_independent);
     tcase_add_test(tp, test_paths_group);
     tcase_add_test(tp, test_paths_attention);
