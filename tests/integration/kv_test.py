@@ -92,7 +92,9 @@ def base_env(transport, dev="lo"):
     if transport == "sm":
         env["UCX_TLS"] = "posix,cma,self"
     elif transport == "smtcp":
-        # shared memory for data (cma), tcp for active messages: UCX can then report peer failure
+        # with tcp present every endpoint is created with peer-failure handling, which posix/cma lanes lack
+        # in UCX 1.13: the endpoint is all tcp, and only regions the sender maps (--region alloc) move by
+        # shared memory
         env["UCX_TLS"] = "posix,cma,tcp,self"
         env["UCX_NET_DEVICES"] = "lo"
     else:
