@@ -246,7 +246,8 @@ static void kv__peer_handle_failure(kv__peer *p)
         kv_remote_t r = KV__CONTAINER(it, struct kv_remote, link);
         if (r->peer != p) continue;
         if (r->rkey) ucp_rkey_destroy(r->rkey);
-        r->rkey = NULL;
+        if (r->map_rkey) ucp_rkey_destroy(r->map_rkey);
+        r->rkey = r->map_rkey = NULL;
         r->ptr = NULL;
         if (r->refs == 0) {
             kv__list_del(&r->link);
@@ -497,6 +498,30 @@ size_t kv_region_length(kv_region_t r) { return r ? r->len : 0; }
 
 /* ---- remotes ---- */
 
+/* An endpoint unpacks only the rkey parts of memory domains its configuration reaches, and right after
+ * the two sides connected to each other (a receiver's back-connection) that configuration can lack the
+ * shared-memory domains: seen as ucp_rkey_ptr UNREACHABLE in 3 of 5 prefill/decode runs. An endpoint to this
+ * context's own worker reaches every local domain, so the rkey is unpacked a second time through it, only
+ * to map the region. Returns the local address of the region's base, or NULL. */
+static void *kv__map_rkey(kv_context_t ctx, const kv_desc_t *d, ucp_rkey_h *out)
+{
+    kv_desc_t *self = NULL;
+    kv__peer *sp;
+    ucp_rkey_h rk;
+    void *ptr = NULL;
+    if (kv_desc_decode(ctx->self_desc, &self) != PD_OK) return NULL;
+    if (kv__peer_get(ctx, self, 0, &sp) == PD_OK && sp->ep && !sp->failed &&
+        ucp_ep_rkey_unpack(sp->ep, d->rkey, &rk) == UCS_OK) {
+        if (ucp_rkey_ptr(rk, d->base, &ptr) == UCS_OK) *out = rk;
+        else {
+            ucp_rkey_destroy(rk);
+            ptr = NULL;
+        }
+    }
+    kv_desc_free(self);
+    return ptr;
+}
+
 pd_status kv_remote_create(kv_context_t ctx, const char *descriptor, kv_remote_t *out)
 {
     if (!ctx || !descriptor || !out) return PD_ERR_INVALID;
@@ -547,7 +572,9 @@ pd_status kv_remote_create(kv_context_t ctx, const char *descriptor, kv_remote_t
      * memory and peers on other hosts have no mapping; an explicit AM choice is kept. */
     void *ptr = NULL;
     if (ctx->proto != KV_PROTO_AM && !memcmp(d->boot_id, ctx->boot_id, 16) &&
-        ucp_rkey_ptr(r->rkey, d->base, &ptr) == UCS_OK) {
+        ucp_rkey_ptr(r->rkey, d->base, &ptr) != UCS_OK)
+        ptr = kv__map_rkey(ctx, d, &r->map_rkey);
+    if (ptr) {
         r->ptr = ptr;
         r->nt = d->length > ctx->llc_size;
     }
@@ -909,6 +936,7 @@ void kv_context_destroy(kv_context_t ctx)
     KV__FOREACH(it, tmp, &ctx->remotes) {
         kv_remote_t r = KV__CONTAINER(it, struct kv_remote, link);
         if (r->rkey) ucp_rkey_destroy(r->rkey);
+        if (r->map_rkey) ucp_rkey_destroy(r->map_rkey);
         free(r);
     }
     KV__FOREACH(it, tmp, &ctx->peers) free(KV__CONTAINER(it, kv__peer, link));

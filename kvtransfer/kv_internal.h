@@ -85,6 +85,7 @@ struct kv_remote {
     /* The peer's region mapped into this process (ucp_rkey_ptr: a UCX-allocated region seen over shared
      * memory); then PUT blocks are CPU copies made from dispatch. NULL otherwise, and after the peer failed. */
     char *ptr;
+    ucp_rkey_h map_rkey; /* rkey unpacked through the self endpoint to map the region (kv__map_rkey), or NULL */
     int nt; /* region larger than the last-level cache: copy with non-temporal stores */
     int refs;
 };
