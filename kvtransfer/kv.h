@@ -20,7 +20,8 @@ typedef struct kv_xfer *kv_xfer_t;       /* one batch of block copies plus its n
 /* How blocks travel. PUT: one-sided RMA put, then an ep flush, then the notice (for transports that do
  * RMA natively: shared memory/CMA, RDMA verbs). AM: active messages, rendezvous for large blocks, the
  * receiver lands each block at its offset and holds the notice until every block is in (fast over TCP).
- * AUTO picks per peer from the lanes UCX chose for the endpoint. */
+ * AUTO picks PUT for a peer region mapped into this process (see kv_remote_direct), otherwise per peer
+ * from the lanes UCX chose for the endpoint. */
 typedef enum { KV_PROTO_AUTO = 0, KV_PROTO_PUT, KV_PROTO_AM } kv_proto;
 
 const char *kv_proto_str(kv_proto p);
@@ -106,9 +107,13 @@ size_t kv_region_length(kv_region_t region);
 pd_status kv_remote_create(kv_context_t ctx, const char *descriptor, kv_remote_t *out);
 /* Drops the caller's reference. Accepts NULL. */
 void kv_remote_destroy(kv_remote_t remote);
-/* The protocol chosen for this remote's peer (after AUTO resolution). */
+/* The protocol used for this remote (after AUTO resolution): PUT for a directly mapped region (below),
+ * otherwise the peer's. */
 kv_proto kv_remote_proto(kv_remote_t remote);
 uint64_t kv_remote_peer_id(kv_remote_t remote);
+/* 1 if PUTs to this remote are CPU copies into the peer's region mapped in this process (a region the
+ * peer made with kv_region_alloc, reached over shared memory); 0 if they go through UCX requests. */
+int kv_remote_direct(kv_remote_t remote);
 
 typedef struct {
     uint64_t local_off;  /* offset in the local region */

@@ -82,6 +82,11 @@ struct kv_remote {
     uint64_t region_id;
     uint64_t base, len;
     ucp_rkey_h rkey; /* NULL after the peer failed */
+    /* The peer's region mapped into this process (ucp_rkey_ptr: a UCX-allocated region seen over shared
+     * memory); then PUT blocks are CPU copies made from dispatch. NULL otherwise, and after the peer failed. */
+    char *ptr;
+    ucp_rkey_h map_rkey; /* rkey unpacked through the self endpoint to map the region (kv__map_rkey), or NULL */
+    int nt; /* region larger than the last-level cache: copy with non-temporal stores */
     int refs;
 };
 
@@ -90,6 +95,7 @@ typedef enum { KV__X_DATA, KV__X_FLUSH, KV__X_NOTICE, KV__X_DONE } kv__xstate;
 struct kv_xfer {
     kv__link link;  /* ctx->xfers */
     kv__link qlink; /* ctx->xqueue once its callback is due */
+    kv__link clink; /* ctx->xcopy while its direct copies wait for dispatch */
     kv_context_t ctx;
     kv_remote_t remote;
     kv_region_t local;
@@ -108,6 +114,8 @@ struct kv_xfer {
     size_t notice_len;
     kv_xfer_cb cb;
     void *arg;
+    size_t n_blocks; /* direct PUT (remote->ptr): the blocks, copied from dispatch */
+    kv_block blocks[];
 };
 
 /* Receiver-side state of one incoming transfer (AM data still landing, or a notice payload arriving). */
@@ -181,11 +189,13 @@ struct kv_context {
 
     kv__link peers, regions, remotes, xfers, rxs, ops, hellos;
     kv__link xqueue; /* kv_xfer.qlink: sender callbacks due */
+    kv__link xcopy;  /* kv_xfer.clink: direct PUTs whose copies run at the next dispatch */
     kv__link equeue; /* kv__qev.qlink: receiver events due */
     uint64_t next_region_id, next_xfer_id;
     int destroying;
     int cancel_needed; /* some transfer or rx ended with requests in flight: cancel from dispatch */
     int keep_worker; /* see kv__peer_handle_failure */
+    size_t llc_size; /* last-level cache, bytes: above it a remote region is copied into with NT stores */
     ucp_err_handling_mode_t err_mode; /* PEER when a network transport can report failures, else NONE */
 };
 
@@ -209,6 +219,7 @@ void kv__xfer_end(kv_xfer_t x, pd_status st);
 void kv__xfer_maybe_free(kv_xfer_t x);
 void kv__rx_end(kv__rx *rx, pd_status st);
 void kv__tick_xfers(kv_context_t ctx, double now);
+void kv__copy_pass(kv_context_t ctx);
 void kv__cancel_pass(kv_context_t ctx);
 void kv__rx_free_all(kv_context_t ctx);
 void kv__remote_unref(kv_remote_t r);

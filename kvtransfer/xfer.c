@@ -1,8 +1,13 @@
 /* Transfers. Sender: post every block (RMA put or AM send) -> [PUT: ep flush, so the data is remotely
- * complete] -> send the notice -> callback. Receiver: AM data lands at its offset (rendezvous straight
+ * complete] -> send the notice -> callback. A PUT into a peer region mapped here (shared memory) is instead
+ * a CPU copy made at the next dispatch, fenced, then the notice: no UCX request and no flush round trip. Receiver: AM data lands at its offset (rendezvous straight
  * into the registered region), the notice is held until every announced block is in, then surfaces as
  * a KV_EVENT_NOTICE. Failures end a transfer on both sides; cancels run from dispatch, never nested. */
+#include <stdatomic.h>
 #include <string.h>
+#if defined(__x86_64__)
+#include <emmintrin.h>
+#endif
 
 #include "kvtransfer/kv_internal.h"
 
@@ -124,6 +129,7 @@ void kv__send_abort(kv__peer *peer, uint64_t xfer_id, uint64_t tag, pd_status st
 void kv__xfer_end(kv_xfer_t x, pd_status st)
 {
     if (x->ending || x->queued) return;
+    kv__list_del(&x->clink); /* a direct PUT not copied yet never will be */
     x->ending = 1;
     x->status = st;
     x->kill_deadline = pd_time_now() + x->ctx->error_timeout;
@@ -167,7 +173,9 @@ pd_status kv_xfer_start(kv_context_t ctx, const kv_xfer_params_t *prm, kv_xfer_t
     }
     kv__peer *peer = remote->peer;
     if (peer->failed || !peer->ep) return PD_ERR_PEER;
-    kv_xfer_t x = calloc(1, sizeof(*x));
+    int direct = remote->ptr != NULL;
+    size_t n_keep = direct ? prm->n_blocks : 0;
+    kv_xfer_t x = calloc(1, sizeof(*x) + n_keep * sizeof(kv_block));
     if (!x) return PD_ERR_NOMEM;
     if (notice_len) {
         x->notice = malloc(notice_len);
@@ -185,15 +193,25 @@ pd_status kv_xfer_start(kv_context_t ctx, const kv_xfer_params_t *prm, kv_xfer_t
     x->peer = peer;
     x->id = ++ctx->next_xfer_id;
     x->tag = (prm->field_mask & KV_XFER_FIELD_TAG) ? prm->tag : 0;
-    x->proto = peer->proto;
+    x->proto = direct ? KV_PROTO_PUT : peer->proto;
     x->state = KV__X_DATA;
     x->cb = prm->cb;
     x->arg = prm->arg;
     double timeout = (prm->field_mask & KV_XFER_FIELD_TIMEOUT) && prm->timeout > 0 ? prm->timeout : ctx->xfer_timeout;
     x->deadline = pd_time_now() + timeout;
     kv__list_init(&x->qlink);
+    kv__list_init(&x->clink);
     kv__list_push(&ctx->xfers, &x->link);
 
+    if (direct) {
+        /* Copied from dispatch, not here: the start stays cheap and a cancel right after it still works. */
+        if (n_keep) memcpy(x->blocks, prm->blocks, n_keep * sizeof(kv_block));
+        x->n_blocks = n_keep;
+        kv__list_push(&ctx->xcopy, &x->clink);
+        kv__kick(ctx);
+        if (out) *out = x;
+        return PD_OK;
+    }
     x->issuing = 1;
     for (size_t i = 0; i < prm->n_blocks && !x->ending; i++) {
         const kv_block *b = &prm->blocks[i];
@@ -216,6 +234,60 @@ pd_status kv_xfer_start(kv_context_t ctx, const kv_xfer_params_t *prm, kv_xfer_t
     kv__kick(ctx);
     if (out) *out = x;
     return PD_OK;
+}
+
+/* Copies len bytes into a peer's mapped region. Non-temporal stores when the region is larger than the
+ * last-level cache: glibc's memcpy switches to them only for single copies of about the cache size, so a
+ * pool of 1 MiB blocks would otherwise be written through the cache (read for ownership, then evicted) at
+ * about half the memory bandwidth. Measured on the 2-core EPYC VM, 1 MiB blocks into a 64 MiB region:
+ * memcpy 8.4-9.6 GB/s, SSE2 streaming stores 12.6-19 GB/s (AVX2/AVX-512 ones were at most 5 % faster). */
+static void kv__copy(char *dst, const char *src, size_t len, int nt)
+{
+#if defined(__x86_64__)
+    if (nt && len >= 256) {
+        size_t head = (64 - ((uintptr_t)dst & 63)) & 63;
+        memcpy(dst, src, head);
+        dst += head;
+        src += head;
+        len -= head;
+        for (; len >= 64; len -= 64, dst += 64, src += 64) {
+            __m128i a = _mm_loadu_si128((const __m128i *)src), b = _mm_loadu_si128((const __m128i *)(src + 16)),
+                    c = _mm_loadu_si128((const __m128i *)(src + 32)), d = _mm_loadu_si128((const __m128i *)(src + 48));
+            _mm_stream_si128((__m128i *)dst, a);
+            _mm_stream_si128((__m128i *)(dst + 16), b);
+            _mm_stream_si128((__m128i *)(dst + 32), c);
+            _mm_stream_si128((__m128i *)(dst + 48), d);
+        }
+    }
+#else
+    (void)nt;
+#endif
+    memcpy(dst, src, len);
+}
+
+/* Runs the copies of direct PUTs, then posts their notices. The fence orders every store of the data
+ * (streaming stores are weakly ordered) before the notice's, so the receiver never sees a notice first. */
+void kv__copy_pass(kv_context_t ctx)
+{
+    while (!kv__list_empty(&ctx->xcopy)) {
+        kv_xfer_t x = KV__CONTAINER(ctx->xcopy.next, struct kv_xfer, clink);
+        kv__list_del(&x->clink);
+        kv_remote_t r = x->remote;
+        if (x->peer->failed || !x->peer->ep || !r->ptr) {
+            kv__xfer_end(x, x->peer->failed ? x->peer->fail_status : PD_ERR_PEER);
+            continue;
+        }
+        for (size_t i = 0; i < x->n_blocks; i++) {
+            const kv_block *b = &x->blocks[i];
+            kv__copy(r->ptr + b->remote_off, (const char *)x->local->base + b->local_off, b->len, r->nt);
+        }
+#if defined(__x86_64__)
+        _mm_sfence();
+#endif
+        atomic_thread_fence(memory_order_release);
+        x->state = KV__X_FLUSH; /* the data is in place: go straight to the notice */
+        kv__xfer_advance(x);
+    }
 }
 
 /* ---- receiver ---- */

@@ -68,6 +68,7 @@ static struct {
     size_t sizes[8];
     int n_sizes;
     uint64_t seed;
+    int alloc; /* recv: the region comes from kv_region_alloc (shared-memory capable), not mmap */
 } opt = {.size = 256u << 20, .notice_size = 7168, .count = 20, .conc = 2, .slots = 1, .timeout = 60,
          .error_timeout = 1.0, .xfer_timeout = 30, .sizes = {4096, 65536, 1 << 20, 9 << 20}, .n_sizes = 4};
 
@@ -187,10 +188,15 @@ static int run_recv(void)
                      .proto = opt.proto};
     kv_context_t ctx;
     if (kv_context_create(&p, &ctx) != PD_OK) return 2;
-    void *mem = mmap(NULL, opt.size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (mem == MAP_FAILED) return 2;
-    memset(mem, 0, opt.size);
-    if (kv_region_create(ctx, mem, opt.size, &R.region) != PD_OK) return 2;
+    void *mem = NULL;
+    if (opt.alloc) {
+        if (kv_region_alloc(ctx, opt.size, &R.region) != PD_OK) return 2;
+    } else {
+        mem = mmap(NULL, opt.size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (mem == MAP_FAILED) return 2;
+        memset(mem, 0, opt.size);
+        if (kv_region_create(ctx, mem, opt.size, &R.region) != PD_OK) return 2;
+    }
     char *desc;
     if (kv_region_descriptor(R.region, &desc) != PD_OK) return 2;
     char tmp[4096];
@@ -225,7 +231,7 @@ static int run_recv(void)
     kv_region_destroy(R.region);
     kv_context_destroy(ctx);
     event_base_free(R.base);
-    munmap(mem, opt.size);
+    if (mem) munmap(mem, opt.size);
     return ok ? 0 : 1;
 }
 
@@ -420,7 +426,8 @@ static int run_send(void)
             printf("CONNECT_FAILED recv=%d status=%s\n", i, pd_status_str(st));
             return 2;
         }
-        printf("CONNECTED recv=%d proto=%s\n", i, kv_proto_str(kv_remote_proto(r->remote)));
+        printf("CONNECTED recv=%d proto=%s direct=%d\n", i, kv_proto_str(kv_remote_proto(r->remote)),
+               kv_remote_direct(r->remote));
     }
     printf("READY id=%016llx\n", (unsigned long long)kv_context_id(g_ctx));
     fflush(stdout);
@@ -465,7 +472,7 @@ static int run_send(void)
 static void usage(void)
 {
     fprintf(stderr,
-            "usage: kv_peer recv --desc-out FILE [--size B] [--count N] [--expect-complete K] [--expect-failed F]\n"
+            "usage: kv_peer recv --desc-out FILE [--size B] [--alloc] [--count N] [--expect-complete K] [--expect-failed F]\n"
             "       kv_peer send --desc FILE [--desc FILE...] [--slot I --slots S] [--count N] [--conc C]\n"
             "common: --proto auto|put|am --timeout S --error-timeout S --xfer-timeout S --sizes a,b,c\n"
             "        --notice-size B --cancel-every K --expect-fail-mask M --seed X\n");
@@ -479,7 +486,7 @@ int main(int argc, char **argv)
                                  {"proto", 1, 0, 'p'},    {"timeout", 1, 0, 't'},       {"error-timeout", 1, 0, 'e'},
                                  {"xfer-timeout", 1, 0, 'x'}, {"sizes", 1, 0, 's'},     {"notice-size", 1, 0, 'N'},
                                  {"cancel-every", 1, 0, 'C'}, {"expect-fail-mask", 1, 0, 'm'}, {"seed", 1, 0, 'r'}, {"long-mask", 1, 0, 'L'},
-                                 {0, 0, 0, 0}};
+                                 {"alloc", 0, 0, 'A'},    {0, 0, 0, 0}};
     if (argc < 2) {
         usage();
         return 2;
@@ -521,6 +528,7 @@ int main(int argc, char **argv)
         case 'm': opt.expect_fail_mask = atoi(optarg); break;
         case 'L': opt.long_mask = atoi(optarg); break;
         case 'r': opt.seed = strtoull(optarg, NULL, 0); break;
+        case 'A': opt.alloc = 1; break;
         default: usage(); return 2;
         }
     }

@@ -92,7 +92,9 @@ def base_env(transport, dev="lo"):
     if transport == "sm":
         env["UCX_TLS"] = "posix,cma,self"
     elif transport == "smtcp":
-        # shared memory for data (cma), tcp for active messages: UCX can then report peer failure
+        # with tcp present every endpoint is created with peer-failure handling, which posix/cma lanes lack
+        # in UCX 1.13: the endpoint is all tcp, and only regions the sender maps (--region alloc) move by
+        # shared memory
         env["UCX_TLS"] = "posix,cma,tcp,self"
         env["UCX_NET_DEVICES"] = "lo"
     else:
@@ -103,7 +105,20 @@ def base_env(transport, dev="lo"):
 
 def common(extra=()):
     a = ["--proto", ARGS.proto, "--error-timeout", "1", "--timeout", "90"]
+    if ARGS.region == "alloc":
+        a += ["--alloc"]  # receivers' regions from kv_region_alloc: direct copies over shared memory
+    if ARGS.small:
+        # regions smaller than the last-level cache: direct copies go through the cache, not streaming stores
+        a += ["--size", str(16 << 20), "--sizes", "4096,65536,1048576"]
     return a + list(extra)
+
+
+def check_direct(p):
+    """A sender copies directly exactly when the receiver's region is UCX-allocated shared memory and PUT is used."""
+    want = 1 if ARGS.region == "alloc" and ARGS.transport != "tcp" and ARGS.proto != "am" else 0
+    got = [int(d) for d in re.findall(r"CONNECTED recv=\d+ proto=\w+ direct=(\d)", p.text())]
+    if not got or any(d != want for d in got):
+        fail("%s: direct=%s, expected %d for every receiver" % (p.name, got, want))
 
 
 def desc(i):
@@ -115,6 +130,8 @@ def expect_ok(peers, timeout=90):
         rc = p.wait(timeout)
         if rc != 0 or "ok=1" not in p.text():
             fail("%s exited %d" % (p.name, rc))
+        if p.name.startswith("send"):
+            check_direct(p)
 
 
 def sc_pair(env, count=40, extra_s=(), extra_r=(), prefix_r=(), prefix_s=(), env_s=None):
@@ -231,6 +248,9 @@ if __name__ == "__main__":
     ap.add_argument("--peer", required=True)
     ap.add_argument("--transport", choices=["sm", "smtcp", "tcp"], default="sm")
     ap.add_argument("--proto", choices=["auto", "put", "am"], default="auto")
+    ap.add_argument("--region", choices=["user", "alloc"], default="user",
+                    help="receivers register mmap'd memory (user) or take it from kv_region_alloc (alloc)")
+    ap.add_argument("--small", action="store_true", help="16 MiB regions and blocks up to 1 MiB")
     ap.add_argument("scenario", choices=sorted(SCENARIOS))
     ARGS = ap.parse_args()
     signal.signal(signal.SIGTERM, on_signal)

@@ -19,6 +19,23 @@ if(Python3_FOUND)
     add_test(NAME kv_pair_forced_${tr} COMMAND ${KV_TEST} --transport ${tr} --proto put pair)
     set_tests_properties(kv_pair_forced_${tr} PROPERTIES TIMEOUT 180 LABELS kvtransfer)
   endforeach()
+  # Receivers whose regions come from kv_region_alloc (as decode's pool does): over shared memory the
+  # sender maps them and copies directly (streaming stores; --small: regions below the cache size, plain
+  # copies); over tcp, or with AM, the same regions go through UCX as before.
+  foreach(tr sm smtcp)
+    foreach(sc pair many_senders many_receivers kill_sender kill_receiver cancel)
+      if(tr STREQUAL "sm" AND sc STREQUAL "kill_sender")
+        continue()
+      endif()
+      add_test(NAME kv_${sc}_${tr}_alloc COMMAND ${KV_TEST} --transport ${tr} --region alloc ${sc})
+      set_tests_properties(kv_${sc}_${tr}_alloc PROPERTIES TIMEOUT 180 SKIP_RETURN_CODE 77 LABELS kvtransfer)
+    endforeach()
+  endforeach()
+  add_test(NAME kv_pair_small_sm_alloc COMMAND ${KV_TEST} --transport sm --region alloc --small pair)
+  add_test(NAME kv_pair_am_sm_alloc COMMAND ${KV_TEST} --transport sm --region alloc --proto am pair)
+  add_test(NAME kv_pair_tcp_alloc COMMAND ${KV_TEST} --transport tcp --region alloc pair)
+  set_tests_properties(kv_pair_small_sm_alloc kv_pair_am_sm_alloc kv_pair_tcp_alloc PROPERTIES TIMEOUT 180
+                       LABELS kvtransfer)
   add_test(NAME kv_pair_am_sm COMMAND ${KV_TEST} --transport sm --proto am pair)
   add_test(NAME kv_netns_tcp COMMAND ${KV_TEST} --transport tcp netns)
   set_tests_properties(kv_pair_am_sm kv_netns_tcp PROPERTIES TIMEOUT 180 SKIP_RETURN_CODE 77 LABELS kvtransfer)
