@@ -145,7 +145,7 @@ static int has_commands(const mdl_engine *e)
 {
     for (const seq *s = e->all; s; s = s->next)
         if (s->abort_req || (s->release_req && s->state == SEQ_HELD) || s->state == SEQ_KV_READY ||
-            s->state == SEQ_WAITING)
+            (s->state == SEQ_WAITING && !(s->recompute && s->n_blocks == 0))) /* preempted: waits for blocks */
             return 1;
     return 0;
 }
