@@ -250,6 +250,7 @@ struct recv_state {
     int idx;
     kv_remote_t remote;
     int started, ok, canceled, errors, failed, peer_failed;
+    int flowing;             /* an ack came back: both directions are wired up */
     xslot slots[MAX_CONC];
 };
 
@@ -298,6 +299,11 @@ static void send_event_cb(kv_context_t ctx, const kv_event *ev, void *arg)
             xslot *s = &S.rs[i].slots[k];
             if (s->busy && s->tag == a->tag && a->magic == ACK_MAGIC) {
                 s->acked = 1;
+                if (!S.rs[i].flowing) {
+                    S.rs[i].flowing = 1;
+                    printf("FLOWING recv=%d\n", i);
+                    fflush(stdout);
+                }
                 slot_maybe_free(s);
             }
         }
