@@ -2218,7 +2218,8 @@ static value *arith(interp *in, const char *op, value *a, value *b, int line)
     if (!strcmp(op, "*") && ((a->t == V_STR && b->t == V_INT) || (a->t == V_INT && b->t == V_STR))) {
         value *s = a->t == V_STR ? a : b;
         int64_t k = a->t == V_INT ? a->i : b->i;
-        if (k * (int64_t)s->s.n > (1 << 26)) jfail(c, JE_RUNTIME, line, "string repetition too large");
+        if (k <= 0 || s->s.n == 0) return v_str(c, "", 0); /* as Python: no loop over k copies of nothing */
+        if (k > (int64_t)((1 << 26) / s->s.n)) jfail(c, JE_RUNTIME, line, "string repetition too large");
         sbuf sb = {c, NULL, 0, 0, 0};
         for (int64_t i = 0; i < k; i++) sb_add(&sb, s->s.s, s->s.n);
         return v_str(c, sb.p ? sb.p : "", sb.n);

@@ -556,6 +556,36 @@ START_TEST(test_chat_template_errors_at_load)
         cJSON_Delete(msgs);
         mdl_chat_template_destroy(t);
     }
+    /* string repetition: Python's answers, at once for any count (found by fuzz_chat_template: an empty string
+     * times 2e17 looped 2e17 times), an error past 64 MiB whatever the sizes (no overflowing product) */
+    static const struct { const char *src, *want; } rep[] = {
+        {"{{ '' * 222222222222222222 }}|", "|"}, {"{{ 'ab' * 3 }}", "ababab"}, {"{{ 3 * 'ab' }}", "ababab"},
+        {"{{ 'ab' * 0 }}|{{ 'ab' * -5 }}|", "||"}};
+    for (size_t i = 0; i < PD_ARRAY_LEN(rep); i++) {
+        mdl_chat_template t = NULL;
+        char err[256] = "", *out = NULL;
+        size_t len;
+        ck_assert_int_eq(mdl_chat_template_create(rep[i].src, BOS, EOS, &t, err, sizeof err), PD_OK);
+        cJSON *msgs = cJSON_Parse("[{\"role\":\"user\",\"content\":\"x\"}]");
+        ck_assert_int_eq(mdl_chat_template_render(t, msgs, 1, NULL, &out, &len, err, sizeof err), PD_OK);
+        ck_assert_str_eq(out, rep[i].want);
+        free(out);
+        cJSON_Delete(msgs);
+        mdl_chat_template_destroy(t);
+    }
+    static const char *too_big[] = {"{{ 'ab' * 4611686018427387904 }}", "{{ 'abc' * 30000000 }}"};
+    for (size_t i = 0; i < PD_ARRAY_LEN(too_big); i++) {
+        mdl_chat_template t = NULL;
+        char err[256] = "", *out = NULL;
+        size_t len;
+        ck_assert_int_eq(mdl_chat_template_create(too_big[i], BOS, EOS, &t, err, sizeof err), PD_OK);
+        cJSON *msgs = cJSON_Parse("[{\"role\":\"user\",\"content\":\"x\"}]");
+        pd_status st = mdl_chat_template_render(t, msgs, 1, NULL, &out, &len, err, sizeof err);
+        ck_assert_msg(st != PD_OK && strstr(err, "too large"), "%s: %s (%s)", too_big[i], pd_status_str(st), err);
+        ck_assert_ptr_null(out);
+        cJSON_Delete(msgs);
+        mdl_chat_template_destroy(t);
+    }
     {
         mdl_chat_template t = NULL;
         char err[256];
