@@ -556,7 +556,9 @@ static int grow(mdl_engine *e, seq **dec, int nd)
         }
         if (s->state != SEQ_RUNNING) continue;
         if (need > 0) {
-            PD_ASSERT(s->n_blocks + need <= s->cap_blocks && mdl_kv_alloc(e->kv, need, s->blocks + s->n_blocks) == PD_OK);
+            PD_ASSERT(s->n_blocks + need <= s->cap_blocks);
+            pd_status st = mdl_kv_alloc(e->kv, need, s->blocks + s->n_blocks);
+            PD_ASSERT(st == PD_OK); /* n_free >= need was made true above */
             s->n_blocks += need;
         }
     }

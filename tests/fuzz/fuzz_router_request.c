@@ -7,6 +7,7 @@
 
 #include "model/mdl_engine.h"
 #include "router/rt_req.h"
+#include "tests/test_utf8.h"
 
 #define CHECK(c) ((c) ? (void)0 : __builtin_trap())
 
@@ -33,41 +34,15 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     return 0;
 }
 
-/* An independent UTF-8 check (shortest forms, no surrogates, at most U+10FFFF). */
-static int utf8_ok(const char *s, size_t n)
-{
-    const unsigned char *p = (const unsigned char *)s;
-    for (size_t i = 0; i < n;) {
-        unsigned c = p[i], cp, min;
-        size_t k;
-        if (c < 0x80) {
-            i++;
-            continue;
-        }
-        if (c >= 0xC2 && c <= 0xDF) k = 1, cp = c & 0x1F, min = 0x80;
-        else if ((c & 0xF0) == 0xE0) k = 2, cp = c & 0x0F, min = 0x800;
-        else if (c >= 0xF0 && c <= 0xF4) k = 3, cp = c & 0x07, min = 0x10000;
-        else return 0;
-        if (n - i <= k) return 0;
-        for (size_t j = 1; j <= k; j++) {
-            if ((p[i + j] & 0xC0) != 0x80) return 0;
-            cp = cp << 6 | (p[i + j] & 0x3F);
-        }
-        if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
-        i += k + 1;
-    }
-    return 1;
-}
-
 static void check_refusal(const rt_error *e, size_t size)
 {
     CHECK(e->status == 400 || e->status == 413);
     CHECK((e->status == 413) == (size > lim.max_body));
     CHECK(e->type && !strcmp(e->type, pd_http_error_type(e->status)));
     size_t n = strnlen(e->msg, sizeof e->msg);
-    CHECK(n > 0 && n < sizeof e->msg && utf8_ok(e->msg, n));
+    CHECK(n > 0 && n < sizeof e->msg && pd_test_utf8_ok(e->msg, n));
     size_t pn = strnlen(e->param, sizeof e->param);
-    CHECK(pn < sizeof e->param && utf8_ok(e->param, pn));
+    CHECK(pn < sizeof e->param && pd_test_utf8_ok(e->param, pn));
     cJSON *o = pd_http_error_json(e->status, e->type, e->param[0] ? e->param : NULL, e->msg); /* the reply body */
     char *txt = cJSON_PrintUnformatted(o);
     CHECK(txt != NULL);
@@ -84,7 +59,7 @@ static void check_request(const rt_req *r, int chat, size_t size)
     CHECK(r->n_stops >= 0 && r->n_stops <= lim.max_stop && r->n_stops <= RT_MAX_STOP);
     for (int i = 0; i < r->n_stops; i++) {
         size_t n = strlen(r->stops[i]);
-        CHECK(n >= 1 && n <= 200 && n <= r->max_stop_len && utf8_ok(r->stops[i], n));
+        CHECK(n >= 1 && n <= 200 && n <= r->max_stop_len && pd_test_utf8_ok(r->stops[i], n));
     }
     CHECK(r->n_stop_ids >= 0 && r->n_stop_ids <= MDL_MAX_STOP_IDS);
     for (int i = 0; i < r->n_stop_ids; i++) CHECK(r->stop_ids[i] >= 0 && r->stop_ids[i] < lim.vocab_size);

@@ -43,6 +43,16 @@ class Topology:
     def instances(self):
         return harness.request(self.port, "GET", "/admin/instances")[1]["instances"]
 
+    def prefill_holding_request(self, timeout):
+        """The (process, port) of the prefill instance the router has a request in flight on, or None."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            for inst in self.instances():
+                if inst["role"] == "prefill" and inst["inflight"] > 0:
+                    return next(x for x in self.prefill if "127.0.0.1:%d" % x[1] == inst["address"])
+            time.sleep(0.05)
+        return None
+
     def idle(self, procs, timeout=5.0):
         """Waits until every live instance in procs has all blocks free and nothing running or waiting."""
         deadline, last = time.time() + timeout, None
@@ -123,13 +133,7 @@ try:
 
     th = threading.Thread(target=send)
     th.start()
-    victim = None
-    deadline = time.time() + 5
-    while victim is None and time.time() < deadline:
-        for inst in t.instances():
-            if inst["role"] == "prefill" and inst["inflight"] > 0:
-                victim = next(x for x in t.prefill if "127.0.0.1:%d" % x[1] == inst["address"])
-        time.sleep(0.05)
+    victim = t.prefill_holding_request(5)
     check(victim is not None, "the request reached a prefill instance")
     survivor = next(x for x in t.prefill if x is not victim)
     survivor[0].send_signal(signal.SIGCONT)
@@ -172,13 +176,7 @@ try:
 
     th = threading.Thread(target=send_stalled)
     th.start()
-    victim = None
-    deadline = time.time() + 5
-    while victim is None and time.time() < deadline:
-        for inst in t.instances():
-            if inst["role"] == "prefill" and inst["inflight"] > 0:
-                victim = next(x for x in t.prefill if "127.0.0.1:%d" % x[1] == inst["address"])
-        time.sleep(0.05)
+    victim = t.prefill_holding_request(5)
     check(victim is not None, "the request reached a prefill instance")
     survivor = next(x for x in t.prefill if x is not victim)
     survivor[0].send_signal(signal.SIGCONT)

@@ -8,6 +8,7 @@
 
 #include "model/mdl_engine.h"
 #include "router/rt_req.h"
+#include "tests/test_utf8.h"
 
 static rt_limits lim;
 
@@ -35,32 +36,6 @@ static void teardown(void)
     mdl_tokenizer_destroy(lim.tok);
 }
 
-static int utf8_ok(const char *s)
-{
-    const unsigned char *p = (const unsigned char *)s;
-    size_t n = strlen(s);
-    for (size_t i = 0; i < n;) {
-        unsigned c = p[i], cp, min;
-        size_t k;
-        if (c < 0x80) {
-            i++;
-            continue;
-        }
-        if (c >= 0xC2 && c <= 0xDF) k = 1, cp = c & 0x1F, min = 0x80;
-        else if ((c & 0xF0) == 0xE0) k = 2, cp = c & 0x0F, min = 0x800;
-        else if (c >= 0xF0 && c <= 0xF4) k = 3, cp = c & 0x07, min = 0x10000;
-        else return 0;
-        if (n - i <= k) return 0;
-        for (size_t j = 1; j <= k; j++) {
-            if ((p[i + j] & 0xC0) != 0x80) return 0;
-            cp = cp << 6 | (p[i + j] & 0x3F);
-        }
-        if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
-        i += k + 1;
-    }
-    return 1;
-}
-
 /* Parses body (len bytes, or strlen when len is 0); checks a refusal with status and param ("" for none). */
 static void refused_n(const char *body, size_t len, int chat, int status, const char *param)
 {
@@ -71,7 +46,7 @@ static void refused_n(const char *body, size_t len, int chat, int status, const 
     ck_assert_msg(e.status == status, "%.200s: status %d (%s), want %d", body, e.status, e.msg, status);
     ck_assert_str_eq(e.param, param);
     ck_assert_str_eq(e.type, pd_http_error_type(status));
-    ck_assert_msg(e.msg[0] && utf8_ok(e.msg), "%.200s: message '%s'", body, e.msg);
+    ck_assert_msg(e.msg[0] && pd_test_utf8_ok(e.msg, strlen(e.msg)), "%.200s: message '%s'", body, e.msg);
 }
 
 static void refused(const char *body, int chat, int status, const char *param)
