@@ -79,15 +79,18 @@ typedef struct {
     int equal;
 } result;
 
-/* One run: batch requests of max_tokens greedy tokens; known: replay ref as drafts; sizes: -1 general path only. */
-static result run(mdl_model *m, prompts *pr, int batch, int max_tokens, int k, int known, int sizes, sink *out)
+/* One run: batch requests of max_tokens greedy tokens; known: replay ref as drafts; sizes: -1 general path only;
+ * meth: MDL_SPEC_MTP (known drafts replace the MTP layer's, which still runs) or MDL_SPEC_NGRAM (known drafts replace
+ * prompt lookup's: the step is verification alone). */
+static result run_m(mdl_model *m, prompts *pr, int batch, int max_tokens, int k, int known, int sizes,
+                    mdl_spec_method meth, sink *out)
 {
     result r = {0};
     memset(out->n_out, 0, sizeof out->n_out);
     out->n_done = 0;
     mdl_engine_opts o = {.max_num_seqs = PD_MAX(batch, 1), .max_num_batched_tokens = 2048, .max_model_len = 1024,
                          .block_size = 16, .n_blocks = batch * (1024 / 16) + 16, .num_speculative_tokens = k,
-                         .n_graph_batch_sizes = sizes};
+                         .spec_method = meth, .ngram_min = 2, .ngram_max = 4, .n_graph_batch_sizes = sizes};
     mdl_engine *e = NULL;
     pd_status st = mdl_engine_create(m, &o, on_event, out, &e);
     if (st != PD_OK) {
@@ -123,6 +126,11 @@ static result run(mdl_model *m, prompts *pr, int batch, int max_tokens, int k, i
             r.equal &= out->n_out[i] == pr->ref->n_out[i] &&
                        !memcmp(out->out[i], pr->ref->out[i], (size_t)out->n_out[i] * sizeof(int32_t));
     return r;
+}
+
+static result run(mdl_model *m, prompts *pr, int batch, int max_tokens, int k, int known, int sizes, sink *out)
+{
+    return run_m(m, pr, batch, max_tokens, k, known, sizes, MDL_SPEC_MTP, out);
 }
 
 static int parse_list(const char *s, int *v, int cap)
@@ -225,9 +233,14 @@ static void bytes_bound(const mdl_model *m, int k)
            main1 / 1e6, k, (main_k[0] + mtp_k[0]) / 1e6, main_k[0] / 1e6, mtp_k[0] / 1e6, k, mat_bytes(&T->head) / 1e6,
            (main_k[1] + mtp_k[1]) / 1e6, k, (k + 1) * main1 / (main_k[0] + mtp_k[0]),
            (k + 1) * main1 / (main_k[1] + mtp_k[1]));
+    printf("Verify alone (drafts from prompt lookup or known, no draft model): k=%d reads %.0f MB/step (uniform) .. %.0f "
+           "MB (shared); bound on the speed-up at 100%% acceptance: %.2fx .. %.2fx.\n", k, main_k[0] / 1e6,
+           main_k[1] / 1e6, (k + 1) * main1 / main_k[0], (k + 1) * main1 / main_k[1]);
 }
 
-/* R pairs of runs, k = 0 then k = max_k with known drafts, back to back: medians and the median speed-up. */
+/* R rounds of back-to-back runs: k = 0, then k = max_k with known drafts twice: with the MTP layer running (its
+ * cost in the figure: what MTP decoding costs at 100% acceptance) and with drafts replacing prompt lookup (the
+ * step is the verify pass alone: the verification machinery by itself). Medians and median speed-ups. */
 static void pairs(mdl_model *m, prompts *pr, const int *batches, int nb, int tokens, int max_k, int reps, sink *ref,
                   sink *out)
 {
@@ -236,13 +249,15 @@ static void pairs(mdl_model *m, prompts *pr, const int *batches, int nb, int tok
     float *sbuf = pd_aligned_alloc(sn * sizeof(float));
     if (sbuf)
         for (size_t i = 0; i < sn; i++) sbuf[i] = 1.0f;
-    printf("| batch | k | k=0 tok/s (median) | k=%d tok/s (median) | k=0 ms/step | k=%d ms/step | speed-up (median of %d pairs) | min | max | output == k=0 | k=0 step GB/s of weights / stream GB/s (median ratio) |\n",
-           max_k, max_k, reps);
-    printf("|---|---|---|---|---|---|---|---|---|---|---|\n");
+    const int mtp = m->n_mtp > 0;
+    printf("| batch | k | k=0 tok/s | k=%d MTP tok/s | k=%d verify-only tok/s | k=0 ms/step | MTP ms/step | verify-only "
+           "ms/step | MTP speed-up (min-max) | verify-only speed-up (min-max) | output == k=0 | k=0 step GB/s of weights / "
+           "stream GB/s (ratio) |\n", max_k, max_k);
+    printf("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for (int bi = 0; bi < nb; bi++) {
         const int b = batches[bi];
         if (b > MAXREQ) continue;
-        double t0[MAXP], tk[MAXP], s0[MAXP], sk[MAXP], sp[MAXP], bw[MAXP], st[MAXP];
+        double t0[MAXP], tk[MAXP], tv[MAXP], s0[MAXP], sk[MAXP], sv[MAXP], sp[MAXP], spv[MAXP], bw[MAXP], st[MAXP];
         int equal = 1;
         for (int r = 0; r < reps; r++) {
             st[r] = stream_gbs(sbuf, sn);
@@ -250,22 +265,29 @@ static void pairs(mdl_model *m, prompts *pr, const int *batches, int nb, int tok
             result r0 = run(m, pr, b, tokens, 0, 0, 0, ref);
             bw[r] = st[r] > 0 ? main_step_bytes(m) / (r0.step_ms * 1e-3) / 1e9 / st[r] : 0;
             pr->ref = ref;
-            result rk = run(m, pr, b, tokens, max_k, 1, 0, out);
+            result rk = mtp ? run(m, pr, b, tokens, max_k, 1, 0, out) : (result){0};
+            result rv = run_m(m, pr, b, tokens, max_k, 1, 0, MDL_SPEC_NGRAM, out);
             t0[r] = r0.tok_s;
             tk[r] = rk.tok_s;
+            tv[r] = rv.tok_s;
             s0[r] = r0.step_ms;
             sk[r] = rk.step_ms;
+            sv[r] = rv.step_ms;
             sp[r] = rk.tok_s / r0.tok_s;
-            equal &= rk.equal;
+            spv[r] = rv.tok_s / r0.tok_s;
+            equal &= (!mtp || rk.equal) && rv.equal;
         }
-        double lo = sp[0], hi = sp[0];
+        double lo = sp[0], hi = sp[0], lov = spv[0], hiv = spv[0];
         for (int r = 1; r < reps; r++) {
-            lo = sp[r] < lo ? sp[r] : lo;
-            hi = sp[r] > hi ? sp[r] : hi;
+            lo = PD_MIN(lo, sp[r]);
+            hi = PD_MAX(hi, sp[r]);
+            lov = PD_MIN(lov, spv[r]);
+            hiv = PD_MAX(hiv, spv[r]);
         }
         const double ms0 = median(s0, reps);
-        printf("| %d | %d | %.1f | %.1f | %.1f | %.1f | %.2fx | %.2fx | %.2fx | %s | ", b, max_k, median(t0, reps),
-               median(tk, reps), ms0, median(sk, reps), median(sp, reps), lo, hi, equal ? "yes" : "NO");
+        printf("| %d | %d | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.2fx (%.2f-%.2f) | %.2fx (%.2f-%.2f) | %s | ", b,
+               max_k, median(t0, reps), median(tk, reps), median(tv, reps), ms0, median(sk, reps), median(sv, reps),
+               median(sp, reps), lo, hi, median(spv, reps), lov, hiv, equal ? "yes" : "NO");
         if (b == 1 && sbuf && st[0] > 0)
             printf("%.1f / %.1f (%.2f) |\n", main_step_bytes(m) / (ms0 * 1e-3) / 1e9, median(st, reps), median(bw, reps));
         else

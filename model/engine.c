@@ -74,6 +74,7 @@ struct mdl_engine_s {
     int n_evs, cap_evs;
     /* speculation */
     int k;                    /* num_speculative_tokens */
+    int ngram;                /* drafts from prompt lookup (MDL_SPEC_NGRAM), not the MTP layer */
     int tps;                  /* new tokens per sequence in a decode step: k + 1 */
     float *q;                 /* [max_num_seqs][k][vocab] processed draft distributions (temperature > 0) */
     uint8_t *q_onehot;        /* [max_num_seqs][k] the draft came from the known-drafts hook */
@@ -290,8 +291,9 @@ static void run_prefill(mdl_engine *e, chunk *ch, int nc)
             memcpy(ch[i].s->hidden, h + (size_t)e->b_rows[r] * D, (size_t)D * sizeof(float));
             r++;
         }
-    /* the MTP layer over the prompt pairs (h[p], t[p+1]) whose next token is known */
-    if (e->m->n_mtp > 0) {
+    /* the MTP layer over the prompt pairs (h[p], t[p+1]) whose next token is known (an n-gram drafting engine
+     * never reads that cache; a prefill-only engine, k = 0, fills it for whichever decode engine takes over) */
+    if (e->m->n_mtp > 0 && !e->ngram) {
         int mt = 0, mseq = 0;
         int *mstart = e->b_start, *mctx = e->b_ctx; /* reused: main batch is done */
         for (int i = 0; i < nc; i++) {
@@ -442,6 +444,40 @@ static void draft(mdl_engine *e, mdl_ctx *ctx, seq **dec, int nd)
     }
 }
 
+/* Prompt lookup: up to k drafts continuing t[0..L) from the latest earlier occurrence of its last n tokens, n
+ * from nmax down to nmin. A match at distance d before the suffix predicts t[L + j] = t[L + j - d]: what followed
+ * the match, and past the end of t the prediction itself (a repeating phrase continues repeating), so a match
+ * always yields k drafts. Returns how many were written to out (0: no match). O(L * n) per n. */
+int mdl__ngram_propose(const int32_t *t, int L, int nmin, int nmax, int k, int32_t *out)
+{
+    for (int n = PD_MIN(nmax, L - 1); n >= nmin; n--) {
+        const int32_t *suf = t + L - n;
+        for (int i = L - n - 1; i >= 0; i--) {
+            if (t[i] != suf[0] || memcmp(t + i, suf, (size_t)n * sizeof *t)) continue;
+            const int d = L - n - i;
+            for (int j = 0; j < k; j++) out[j] = j < d ? t[i + n + j] : out[j - d];
+            return k;
+        }
+    }
+    return 0;
+}
+
+/* n-gram drafting for the nd running sequences: e->ks[i] drops to the drafts found (the hook's, when set), which
+ * are written to s->tokens[L .. L + ks) and count as sampled from a one-hot q. */
+static void ngram_draft(mdl_engine *e, seq **dec, int nd)
+{
+    for (int i = 0; i < nd; i++) {
+        seq *s = dec[i];
+        const int L = s->n_prompt + s->n_gen, ks = e->ks[i];
+        int n = 0;
+        if (ks > 0)
+            n = e->draft_cb ? e->draft_cb(s->id, s->user, s->tokens, L, s->tokens + L, ks, e->draft_arg)
+                            : mdl__ngram_propose(s->tokens, L, e->o.ngram_min, e->o.ngram_max, ks, s->tokens + L);
+        e->ks[i] = PD_MAX(0, PD_MIN(n, ks));
+        memset(e->q_onehot + (size_t)i * e->k, 1, (size_t)e->k);
+    }
+}
+
 /* A draw from norm(max(0, p - q)) (q one-hot on d when q is NULL): where rejection sampling goes on a reject. */
 static int32_t sample_residual(mdl_engine *e, seq *s, const float *p, const float *q, int32_t d)
 {
@@ -571,13 +607,13 @@ static void run_decode(mdl_engine *e, seq **dec, int nd)
 {
     const int D = e->m->cfg.hidden_size, k = e->k;
     int tps = 1;
-    for (int i = 0; i < nd && k > 0; i++) {
-        e->ks[i] = step_drafts(e, dec[i]); /* grow() gave the sequence blocks for exactly these positions */
-        tps = PD_MAX(tps, e->ks[i] + 1);
-    }
+    for (int i = 0; i < nd && k > 0; i++)
+        e->ks[i] = step_drafts(e, dec[i]); /* grow() gave the sequence blocks for up to these positions */
+    if (k > 0 && e->ngram) ngram_draft(e, dec, nd);
+    for (int i = 0; i < nd && k > 0; i++) tps = PD_MAX(tps, e->ks[i] + 1);
     const int pi = pick_plan(e, nd, tps);
     mdl_ctx *ctx = pi >= 0 ? e->plans[pi].ctx : e->ctx;
-    if (k > 0) draft(e, ctx, dec, nd);
+    if (k > 0 && !e->ngram) draft(e, ctx, dec, nd);
     int nt = 0;
     for (int i = 0; i < nd; i++) {
         seq *s = dec[i];
@@ -607,7 +643,7 @@ static void run_decode(mdl_engine *e, seq **dec, int nd)
                    .block_table = e->b_tables, .logits_rows = e->b_rows, .n_logits = nl, .attn = MDL_ATTN_DECODE};
     pd_status st = mdl_forward(ctx, e->kv, &b, e->logits);
     PD_ASSERT(st == PD_OK);
-    if (k > 0) { /* main hidden states of the verified positions: the next step's MTP pairs */
+    if (k > 0 && !e->ngram) { /* main hidden states of the verified positions: the next step's MTP pairs */
         const float *h = mdl_ctx_hidden(ctx);
         for (int i = 0; i < nd; i++)
             memcpy(dec[i]->hidden, h + (size_t)e->b_start[i] * D, (size_t)(e->ks[i] + 1) * D * sizeof(float));
@@ -777,7 +813,8 @@ static void *engine_main(void *arg)
                 e->st.decode_tokens++;
                 gone = emit_token(e, s, e->r_tok[i * e->tps + j], e->r_lp[i * e->tps + j], &e->r_tmpl[i * e->tps + j]);
             }
-            PD_ASSERT(gone || ks > 0 || e->k == 0); /* a sequence that did not draft was at its last token */
+            /* an MTP sequence that did not draft was at its last token (an n-gram one may have found no match) */
+            PD_ASSERT(gone || ks > 0 || e->k == 0 || e->ngram);
         }
         e->st.steps++;
     }
@@ -824,10 +861,14 @@ pd_status mdl_engine_create(mdl_model *m, const mdl_engine_opts *o, mdl_event_cb
         o->n_blocks < 1 || o->max_model_len < 2 || o->num_speculative_tokens < 0 ||
         o->num_speculative_tokens > MDL_MAX_SPEC_TOKENS)
         return PD_ERR_INVALID;
-    if (o->num_speculative_tokens > 0 && m->n_mtp < 1) {
+    if (o->spec_method != MDL_SPEC_MTP && o->spec_method != MDL_SPEC_NGRAM) return PD_ERR_INVALID;
+    if (o->spec_method == MDL_SPEC_MTP && o->num_speculative_tokens > 0 && m->n_mtp < 1) {
         pd_error("num_speculative_tokens %d needs the model's MTP layer, which is not loaded", o->num_speculative_tokens);
         return PD_ERR_INVALID;
     }
+    if (o->ngram_min < 0 || o->ngram_max < 0 || o->ngram_min > MDL_MAX_NGRAM || o->ngram_max > MDL_MAX_NGRAM ||
+        (o->ngram_min && o->ngram_max && o->ngram_min > o->ngram_max))
+        return PD_ERR_INVALID;
     mdl_engine *e = calloc(1, sizeof *e);
     if (!e) return PD_ERR_NOMEM;
     e->m = m;
@@ -836,6 +877,9 @@ pd_status mdl_engine_create(mdl_model *m, const mdl_engine_opts *o, mdl_event_cb
     e->cb_arg = cb_arg;
     e->k = o->num_speculative_tokens;
     e->tps = e->k + 1;
+    e->ngram = e->k > 0 && o->spec_method == MDL_SPEC_NGRAM;
+    if (!e->o.ngram_min) e->o.ngram_min = e->o.ngram_max ? e->o.ngram_max : 5;
+    if (!e->o.ngram_max) e->o.ngram_max = e->o.ngram_min;
     e->last_plan = -1;
     const int D = m->cfg.hidden_size, V = m->cfg.vocab_size, S = o->max_num_seqs, k = e->k;
     e->max_tokens = PD_MAX(o->max_num_batched_tokens, S * e->tps);

@@ -15,6 +15,9 @@
 #define MDL_MAX_STOP_IDS 16
 #define MDL_MAX_TOP_LOGPROBS 20
 #define MDL_MAX_SPEC_TOKENS 4   /* num_speculative_tokens 0..4 */
+#define MDL_MAX_NGRAM 64        /* prompt lookup n-gram sizes 1..64 */
+
+typedef enum { MDL_SPEC_MTP = 0, MDL_SPEC_NGRAM = 1 } mdl_spec_method;
 #define MDL_MAX_GRAPH_SIZES 16  /* captured batch sizes */
 
 typedef struct {
@@ -80,9 +83,15 @@ typedef struct {
     void *kv_mem;              /* pool memory supplied by the caller (NULL: the engine maps its own); at least
                                 * mdl_kv_pool_bytes() for mdl_engine_pool_blocks(), e.g. UCX-allocated so peers put
                                 * into it directly */
-    /* MTP speculative decoding: drafts per sequence and step, 0..MDL_MAX_SPEC_TOKENS (k > 1 applies the MTP
-     * layer recursively). 0: off. > 0 needs a model with its MTP layer loaded (PD_ERR_INVALID otherwise). */
+    /* Speculative decoding: drafts per sequence and step, 0..MDL_MAX_SPEC_TOKENS. 0: off. */
     int num_speculative_tokens;
+    /* Where drafts come from. MDL_SPEC_MTP: the model's MTP layer (k > 1 applies it recursively; needs the layer
+     * loaded, PD_ERR_INVALID otherwise). MDL_SPEC_NGRAM: prompt lookup, no draft model: the latest earlier
+     * occurrence of the sequence's last n tokens (n from ngram_max down to ngram_min, 1..MDL_MAX_NGRAM; 0 takes
+     * the other's value, both 0 give 5 as vLLM does) proposes what followed it, continued periodically when the
+     * match overlaps the suffix; a sequence with no match drafts nothing that step. */
+    mdl_spec_method spec_method;
+    int ngram_min, ngram_max;
     /* Captured batch sizes (ascending, each 1..max_num_seqs): a decode step runs on the plan of the smallest size
      * that holds its sequences, padded up to it; larger batches take the general path. n_graph_batch_sizes 0:
      * the default list (powers of two up to max_num_seqs); -1: none (every step takes the general path). */
@@ -152,8 +161,9 @@ void mdl_engine_layout(const mdl_engine *e, char *buf, size_t len);
 /* ---- benchmarks and tests only (servers never call these) ----------------------------------------------
  * Known drafts: before drafting for a sequence, the engine asks cb for up to k draft tokens that continue
  * tokens[0..n_tokens) (prompt + generated so far); it returns how many it knows (0..k). Known drafts replace
- * the MTP layer's own (which still runs, so its cost stays in the measurement) and count as drafts sampled
- * from a one-hot distribution, so acceptance stays lossless. Called on the engine thread, lock not held.
+ * the MTP layer's own (which still runs, so its cost stays in the measurement) or, with MDL_SPEC_NGRAM, the
+ * prompt lookup's (nothing else runs: the step is verification alone). They count as drafts sampled from a
+ * one-hot distribution, so acceptance stays lossless. Called on the engine thread, lock not held.
  * Set it before the first submit. */
 typedef int (*mdl_draft_cb)(uint64_t id, void *user, const int32_t *tokens, int n_tokens, int32_t *drafts, int k,
                             void *arg);
@@ -161,5 +171,9 @@ void mdl_engine_set_draft_hook(mdl_engine *e, mdl_draft_cb cb, void *arg);
 /* Tests only: accept every draft whatever the target model says (a deliberately wrong acceptance rule, so the
  * distribution test can show that it catches one). */
 void mdl__engine_test_accept_all(mdl_engine *e, int on);
+/* Internal, exposed for its unit test: the prompt-lookup proposer of MDL_SPEC_NGRAM. Up to k drafts continuing
+ * t[0..L) from the latest earlier occurrence of its last n tokens (n = nmax down to nmin); returns the count
+ * written to out (k on a match, 0 without). */
+int mdl__ngram_propose(const int32_t *t, int L, int nmin, int nmax, int k, int32_t *out);
 
 #endif

@@ -34,7 +34,8 @@ void mdl_serve_options(mdl_serve_opts *o, pd_opt *t)
          0, 1 << 30},
         {"seed", PD_OPT_INT, &o->seed, "seed of requests that bring none (default: random)", -1, 2147483647},
         {"speculative-config", PD_OPT_STR, &o->speculative_config,
-         "MTP speculative decoding, e.g. '{\"method\":\"mtp\",\"num_speculative_tokens\":3}' (default off)", 0, 0},
+         "speculative decoding, e.g. '{\"method\":\"mtp\",\"num_speculative_tokens\":3}' or "
+         "'{\"method\":\"ngram\",\"num_speculative_tokens\":3,\"prompt_lookup_max\":4}' (default off)", 0, 0},
         {"graph-batch-sizes", PD_OPT_STR, &o->graph_batch_sizes,
          "captured decode batch sizes, e.g. 1,2,4,8,16,32,64 (default: powers of two up to --max-num-seqs; none: off)", 0, 0},
     };
@@ -54,25 +55,53 @@ static pd_status parse_kind(const char *s, int kv, krn_type *out)
     return PD_OK;
 }
 
-/* --speculative-config: vLLM's JSON form; method "mtp" (or vLLM's older name "deepseek_mtp"). */
-static pd_status parse_spec(const char *s, int *k, char *err, size_t errlen)
+/* An integer member of the speculative config in [lo, hi]; absent: 0. */
+static int spec_int(const cJSON *j, const char *name, int lo, int hi, int *v, char *err, size_t errlen)
 {
-    *k = 0;
+    const cJSON *n = cJSON_GetObjectItemCaseSensitive(j, name);
+    *v = 0;
+    if (!n) return 1;
+    if (cJSON_IsNumber(n) && n->valuedouble == (double)(int)n->valuedouble && n->valuedouble >= lo &&
+        n->valuedouble <= hi) {
+        *v = (int)n->valuedouble;
+        return 1;
+    }
+    snprintf(err, errlen, "--speculative-config: '%s' must be an integer in [%d, %d]", name, lo, hi);
+    return 0;
+}
+
+/* --speculative-config: vLLM's JSON form. method "mtp" (or vLLM's older name "deepseek_mtp") drafts with the
+ * model's MTP layer; "ngram" with prompt lookup (prompt_lookup_min / prompt_lookup_max, vLLM's keys). Writes
+ * k, method and the n-gram sizes into eo. */
+static pd_status parse_spec(const char *s, mdl_engine_opts *eo, char *err, size_t errlen)
+{
+    eo->num_speculative_tokens = 0;
     if (!s || !*s) return PD_OK;
     cJSON *j = cJSON_Parse(s);
     pd_status st = PD_ERR_INVALID;
     const cJSON *m = j ? cJSON_GetObjectItemCaseSensitive(j, "method") : NULL;
     const cJSON *n = j ? cJSON_GetObjectItemCaseSensitive(j, "num_speculative_tokens") : NULL;
+    const int ngram = cJSON_IsString(m) && !strcmp(m->valuestring, "ngram");
     if (!cJSON_IsObject(j)) snprintf(err, errlen, "--speculative-config: not a JSON object: %s", s);
-    else if (!cJSON_IsString(m) || (strcmp(m->valuestring, "mtp") && strcmp(m->valuestring, "deepseek_mtp")))
-        snprintf(err, errlen, "--speculative-config: 'method' must be \"mtp\"");
+    else if (!cJSON_IsString(m) || (strcmp(m->valuestring, "mtp") && strcmp(m->valuestring, "deepseek_mtp") && !ngram))
+        snprintf(err, errlen, "--speculative-config: 'method' must be \"mtp\" or \"ngram\"");
     else if (!cJSON_IsNumber(n) || n->valuedouble != (double)(int)n->valuedouble || n->valuedouble < 0 ||
              n->valuedouble > MDL_MAX_SPEC_TOKENS)
         snprintf(err, errlen, "--speculative-config: 'num_speculative_tokens' must be an integer in [0, %d]",
                  MDL_MAX_SPEC_TOKENS);
-    else {
-        *k = (int)n->valuedouble;
-        st = PD_OK;
+    else if (!ngram && (cJSON_GetObjectItemCaseSensitive(j, "prompt_lookup_min") ||
+                        cJSON_GetObjectItemCaseSensitive(j, "prompt_lookup_max")))
+        snprintf(err, errlen, "--speculative-config: prompt_lookup_min/max apply to method \"ngram\" only");
+    else if (spec_int(j, "prompt_lookup_min", 1, MDL_MAX_NGRAM, &eo->ngram_min, err, errlen) &&
+             spec_int(j, "prompt_lookup_max", 1, MDL_MAX_NGRAM, &eo->ngram_max, err, errlen)) {
+        if (eo->ngram_min && eo->ngram_max && eo->ngram_min > eo->ngram_max)
+            snprintf(err, errlen, "--speculative-config: prompt_lookup_min %d exceeds prompt_lookup_max %d",
+                     eo->ngram_min, eo->ngram_max);
+        else {
+            eo->num_speculative_tokens = (int)n->valuedouble;
+            eo->spec_method = ngram ? MDL_SPEC_NGRAM : MDL_SPEC_MTP;
+            st = PD_OK;
+        }
     }
     cJSON_Delete(j);
     return st;
@@ -106,11 +135,10 @@ static pd_status parse_sizes(const char *s, int max_seqs, mdl_engine_opts *eo, c
 
 pd_status mdl_serve_load(mdl_serve_opts *o, mdl_model **out, mdl_engine_opts *eo, char *err, size_t errlen)
 {
-    int spec_k;
-    mdl_engine_opts sizes;
-    memset(&sizes, 0, sizeof sizes);
-    if (parse_spec(o->speculative_config, &spec_k, err, errlen) != PD_OK ||
-        parse_sizes(o->graph_batch_sizes, o->max_num_seqs, &sizes, err, errlen) != PD_OK)
+    mdl_engine_opts parsed; /* what the two flags say */
+    memset(&parsed, 0, sizeof parsed);
+    if (parse_spec(o->speculative_config, &parsed, err, errlen) != PD_OK ||
+        parse_sizes(o->graph_batch_sizes, o->max_num_seqs, &parsed, err, errlen) != PD_OK)
         return PD_ERR_INVALID;
     if (!o->model) {
         snprintf(err, errlen, "--model is required");
@@ -128,7 +156,7 @@ pd_status mdl_serve_load(mdl_serve_opts *o, mdl_model **out, mdl_engine_opts *eo
     mdl_model *m = NULL;
     pd_status st = mdl_model_load(o->model, &lo, &m, err, errlen);
     if (st != PD_OK) return st;
-    if (spec_k > 0 && m->n_mtp < 1) {
+    if (parsed.num_speculative_tokens > 0 && parsed.spec_method == MDL_SPEC_MTP && m->n_mtp < 1) {
         snprintf(err, errlen, "--speculative-config: %s has no MTP layer (model.layers.%d.*) to draft with", o->model,
                  m->n_layers);
         mdl_model_destroy(m);
@@ -163,9 +191,12 @@ pd_status mdl_serve_load(mdl_serve_opts *o, mdl_model **out, mdl_engine_opts *eo
     eo->n_blocks = (int)nb;
     eo->max_waiting = o->max_num_queued_reqs;
     eo->max_waiting_tokens = o->max_num_queued_tokens;
-    eo->num_speculative_tokens = spec_k;
-    eo->n_graph_batch_sizes = sizes.n_graph_batch_sizes;
-    memcpy(eo->graph_batch_sizes, sizes.graph_batch_sizes, sizeof eo->graph_batch_sizes);
+    eo->num_speculative_tokens = parsed.num_speculative_tokens;
+    eo->spec_method = parsed.spec_method;
+    eo->ngram_min = parsed.ngram_min;
+    eo->ngram_max = parsed.ngram_max;
+    eo->n_graph_batch_sizes = parsed.n_graph_batch_sizes;
+    memcpy(eo->graph_batch_sizes, parsed.graph_batch_sizes, sizeof eo->graph_batch_sizes);
     *out = m;
     return PD_OK;
 }
@@ -418,7 +449,7 @@ pd_status mdl_serve_metrics_create(mdl_engine *e, const char *role, mdl_serve_me
     C(prompt_tokens, "pdserve_prompt_tokens_total", "Prompt tokens processed.", NULL);
     C(rejected, "pdserve_request_rejected_total", "Requests refused at admission.", NULL);
     C(success, "pdserve_request_success_total", "Finished requests by finish reason.", "finished_reason");
-    C(spec_drafts, "pdserve_spec_decode_num_drafts_total", "Sequence-steps that drafted with MTP.", NULL);
+    C(spec_drafts, "pdserve_spec_decode_num_drafts_total", "Sequence-steps that drafted (MTP or n-gram).", NULL);
     C(spec_draft_tokens, "pdserve_spec_decode_num_draft_tokens_total", "Draft tokens proposed.", NULL);
     C(spec_accepted, "pdserve_spec_decode_num_accepted_tokens_total", "Draft tokens accepted.", NULL);
     C(spec_accepted_pos, "pdserve_spec_decode_num_accepted_tokens_per_pos_total",

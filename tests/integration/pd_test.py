@@ -56,15 +56,39 @@ try:
 
     # 1. PD == colocated, greedy, streamed and not
     equal = 0
+    base = []
     for i, pr in enumerate(prompts):
         stream = i % 2 == 1
         a = complete(pd, pr, stream)
         b = complete(co, pr, stream)
+        base.append(b)
         ok = a[0] == b[0] and a[1] == b[1] and a[2]["completion_tokens"] == 12 == len(a[0])
         equal += ok
         if not ok:
             print("mismatch on prompt %d (stream=%s):\n  pd %r\n  co %r" % (i, stream, a[:2], b[:2]))
     check(equal == len(prompts), "PD == colocated on %d/%d prompts" % (equal, len(prompts)))
+
+    # 1b. speculative decoding through the real servers: MTP drafts on the PD path (the prefill instance hands over
+    # the MTP cache and hidden state), prompt-lookup drafts colocated; greedy output unchanged, drafts really made
+    specdir = os.path.join(logdir, "spec")
+    os.makedirs(specdir)
+    for mode, cfg in (("pd", '{"method":"mtp","num_speculative_tokens":2}'),
+                      ("colocated", '{"method":"ngram","num_speculative_tokens":3,"prompt_lookup_min":1,'
+                                    '"prompt_lookup_max":3}')):
+        dep = harness.Deployment(args.build, args.model, mode, specdir, server_args + ["--speculative-config", cfg])
+        try:
+            same = 0
+            for i, pr in enumerate(prompts[:20]):
+                a = complete(dep, pr, i % 2 == 1)
+                same += a[0] == base[i][0] and a[1] == base[i][1]
+            st, metrics, _ = harness.request(dep.decode_port, "GET", "/metrics")
+            drafted = sum(float(l.split()[-1]) for l in metrics.decode().splitlines()
+                          if l.startswith("pdserve_spec_decode_num_draft_tokens_total"))
+            print("%s %s: %d/20 prompts unchanged, %d drafts" % (mode, cfg, same, drafted))
+            check(same == 20 and drafted > 0, "%s %s: greedy output unchanged on %d/20 prompts, %d drafts"
+                  % (mode, cfg, same, drafted))
+        finally:
+            dep.close()
 
     # 2. 16 concurrent streaming requests: framing and usage
     def one(i):

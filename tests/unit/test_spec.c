@@ -139,10 +139,15 @@ static mdl_model *demo_model(void)
     return g_demo;
 }
 
+/* Drafts come from the MTP layer, or from prompt lookup (n-grams of 1..3 tokens: the short outputs here repeat
+ * short phrases) when g_ngram is set. */
+static int g_ngram;
+
 static mdl_engine *engine(mdl_model *m, sink *k, int spec, int max_seqs)
 {
     mdl_engine_opts o = {.max_num_seqs = max_seqs, .max_num_batched_tokens = 64, .max_model_len = 128,
-                         .block_size = 8, .n_blocks = 1200, .num_speculative_tokens = spec};
+                         .block_size = 8, .n_blocks = 1200, .num_speculative_tokens = spec,
+                         .spec_method = g_ngram ? MDL_SPEC_NGRAM : MDL_SPEC_MTP, .ngram_min = 1, .ngram_max = 3};
     mdl_engine *e = NULL;
     ck_assert_int_eq(mdl_engine_create(m, &o, on_event, k, &e), PD_OK);
     return e;
@@ -271,8 +276,9 @@ static void check_equal(const sink *a, const sink *b, const char *what, int spec
     }
 }
 
-static void greedy_equal(mdl_model *m, const char *what)
+static void greedy_equal(mdl_model *m, const char *what, int ngram)
 {
+    g_ngram = ngram;
     plan_params *pp = malloc(sizeof *pp);
     make_params(m, pp);
     sink *base = sink_new(m->cfg.hidden_size);
@@ -285,19 +291,111 @@ static void greedy_equal(mdl_model *m, const char *what)
             sink *k = sink_new(m->cfg.hidden_size);
             run_all(m, spec, pd, pp, k);
             check_equal(base, k, pd ? "PD" : "local", spec);
-            fprintf(stderr, "%s %s k=%d: %d/%d drafts accepted (%.0f%%)\n", what, pd ? "PD" : "local", spec,
-                    k->spec_accepted, k->spec_drafted, 100.0 * k->spec_accepted / PD_MAX(1, k->spec_drafted));
+            fprintf(stderr, "%s %s %s k=%d: %d/%d drafts accepted (%.0f%%)\n", what, ngram ? "ngram" : "MTP",
+                    pd ? "PD" : "local", spec, k->spec_accepted, k->spec_drafted,
+                    100.0 * k->spec_accepted / PD_MAX(1, k->spec_drafted));
+            if (ngram) ck_assert_int_gt(k->spec_accepted, 0); /* lookups really matched and were verified */
             sink_free(k);
         }
     }
     sink_free(base);
     free(pp);
+    g_ngram = 0;
 }
 
-START_TEST(test_greedy_equal_generated) { greedy_equal(gen_model(), "generated"); }
+START_TEST(test_greedy_equal_generated) { greedy_equal(gen_model(), "generated", 0); }
 END_TEST
 
-START_TEST(test_greedy_equal_demo) { greedy_equal(demo_model(), "demo-v3"); }
+START_TEST(test_greedy_equal_demo) { greedy_equal(demo_model(), "demo-v3", 0); }
+END_TEST
+
+/* Prompt lookup: the same tokens as without speculation, on the generated and the trained model; and on a model
+ * loaded without its MTP layer, which MTP drafting refuses and n-gram drafting does not need. */
+START_TEST(test_greedy_equal_ngram) { greedy_equal(gen_model(), "generated", 1); }
+END_TEST
+
+START_TEST(test_greedy_equal_ngram_demo) { greedy_equal(demo_model(), "demo-v3", 1); }
+END_TEST
+
+START_TEST(test_ngram_without_mtp_layer)
+{
+    gen_model();
+    mdl_load_opts lo = mdl_load_defaults();
+    lo.progress = 0;
+    lo.no_mtp = 1;
+    mdl_model *m = NULL;
+    char err[512];
+    ck_assert_int_eq(mdl_model_load(g_gen_dir, &lo, &m, err, sizeof err), PD_OK);
+    ck_assert_int_eq(m->n_mtp, 0);
+    sink *k = sink_new(m->cfg.hidden_size);
+    mdl_engine_opts o = {.max_num_seqs = 4, .max_num_batched_tokens = 64, .max_model_len = 128, .block_size = 8,
+                         .n_blocks = 200, .num_speculative_tokens = 2};
+    mdl_engine *e = NULL;
+    ck_assert_int_eq(mdl_engine_create(m, &o, on_event, k, &e), PD_ERR_INVALID); /* MTP drafting needs the layer */
+    o.spec_method = MDL_SPEC_NGRAM;
+    o.ngram_max = 2;
+    ck_assert_int_eq(mdl_engine_create(m, &o, on_event, k, &e), PD_OK);
+    mdl_gen_params p = greedy(GEN);
+    int32_t t[64];
+    int n;
+    for (int i = 0; i < 8; i++) {
+        prompt_of(m, i, t, &n);
+        ck_assert_int_eq(mdl_engine_submit(e, (uint64_t)i, NULL, t, n, &p, MDL_REQ_LOCAL), PD_OK);
+    }
+    for (int i = 0; i < 8; i++) wait_for(k, &k->done[i]);
+    mdl_engine_stats st;
+    mdl_engine_get_stats(e, &st);
+    mdl_engine_destroy(e);
+    for (int i = 0; i < 8; i++) ck_assert_int_eq(k->n_out[i], GEN);
+    ck_assert_uint_gt(st.spec_drafted, 0);
+    ck_assert_int_eq(st.free_blocks, st.total_blocks);
+    /* bad n-gram sizes are refused */
+    o.ngram_min = 3;
+    ck_assert_int_eq(mdl_engine_create(m, &o, on_event, k, &e), PD_ERR_INVALID);
+    o.ngram_min = 0;
+    o.ngram_max = MDL_MAX_NGRAM + 1;
+    ck_assert_int_eq(mdl_engine_create(m, &o, on_event, k, &e), PD_ERR_INVALID);
+    sink_free(k);
+    mdl_model_destroy(m);
+}
+END_TEST
+
+/* The proposer itself: longest n first, latest match, periodic continuation past the end, no match. */
+START_TEST(test_ngram_propose)
+{
+    int32_t out[8];
+    /* "5 6 7 8 | 1 2 3 9 9 | 1 2 3": the 3-gram 1 2 3 occurred before, followed by 9 9 1 2 ... */
+    const int32_t a[] = {5, 6, 7, 8, 1, 2, 3, 9, 9, 1, 2, 3};
+    ck_assert_int_eq(mdl__ngram_propose(a, 12, 1, 3, 4, out), 4);
+    ck_assert_int_eq(out[0], 9);
+    ck_assert_int_eq(out[1], 9);
+    ck_assert_int_eq(out[2], 1);
+    ck_assert_int_eq(out[3], 2);
+    /* the latest of two matches wins: "4 7 | 4 8 | 4" -> 8 */
+    const int32_t b[] = {4, 7, 4, 8, 4};
+    ck_assert_int_eq(mdl__ngram_propose(b, 5, 1, 1, 1, out), 1);
+    ck_assert_int_eq(out[0], 8);
+    /* a longer match beats a later shorter one: "1 2 3 | 2 3 | x 2 3" with n = 3 .. 2 -> 3-gram "x 2 3" is absent,
+     * 2-gram "2 3" latest at index 3 -> what follows it */
+    const int32_t c[] = {1, 2, 3, 2, 3, 6, 1, 2, 3};
+    ck_assert_int_eq(mdl__ngram_propose(c, 9, 2, 3, 2, out), 2);
+    ck_assert_int_eq(out[0], 2); /* 3-gram "1 2 3" at 0 -> 2 3 */
+    ck_assert_int_eq(out[1], 3);
+    /* a run continues periodically: "7 7 7" -> 7 7 7 7; period 2: "3 4 3 4 3" -> 4 3 4 3 */
+    const int32_t d[] = {7, 7, 7};
+    ck_assert_int_eq(mdl__ngram_propose(d, 3, 2, 2, 4, out), 4);
+    for (int j = 0; j < 4; j++) ck_assert_int_eq(out[j], 7);
+    const int32_t e[] = {3, 4, 3, 4, 3};
+    ck_assert_int_eq(mdl__ngram_propose(e, 5, 2, 3, 4, out), 4);
+    ck_assert_int_eq(out[0], 4);
+    ck_assert_int_eq(out[1], 3);
+    ck_assert_int_eq(out[2], 4);
+    ck_assert_int_eq(out[3], 3);
+    /* no match, and too short for the smallest n */
+    const int32_t f[] = {1, 2, 3, 4};
+    ck_assert_int_eq(mdl__ngram_propose(f, 4, 1, 3, 3, out), 0);
+    ck_assert_int_eq(mdl__ngram_propose(f, 1, 1, 3, 3, out), 0);
+}
 END_TEST
 
 /* The known-drafts hook replaying the reference continuation: every draft is accepted, output unchanged. */
@@ -434,14 +532,15 @@ static void exact_pair_dist(mdl_model *m, const int32_t *prompt, int n, float T,
 
 /* Samples NSAMP requests of 4 tokens (distinct seeds) and returns the chi-square statistic of the (t1, t2)
  * counts against expected; *df receives the degrees of freedom (cells with expected < 5 pooled). */
-static double chi_square_arm(mdl_model *m, const int32_t *prompt, int n, float T, int spec, int accept_all,
+static double chi_square_arm(mdl_model *m, const int32_t *prompt, int n, float T, int spec, int ngram, int accept_all,
                              const double *expected, int *df, double *accept_rate)
 {
     const int V = SV;
     long counts[SV * SV] = {0};
     sink *k = sink_new(m->cfg.hidden_size);
     mdl_engine_opts o = {.max_num_seqs = 32, .max_num_batched_tokens = 256, .max_model_len = 64, .block_size = 8,
-                         .n_blocks = 2000, .num_speculative_tokens = spec};
+                         .n_blocks = 2000, .num_speculative_tokens = spec,
+                         .spec_method = ngram ? MDL_SPEC_NGRAM : MDL_SPEC_MTP, .ngram_min = 1, .ngram_max = 2};
     mdl_engine *e = NULL;
     ck_assert_int_eq(mdl_engine_create(m, &o, on_event, k, &e), PD_OK);
     if (accept_all) mdl__engine_test_accept_all(e, 1);
@@ -503,18 +602,20 @@ START_TEST(test_distribution_chi_square)
     double acc;
     /* p < 1e-4 bound for chi-square with df degrees of freedom (Wilson-Hilferty) */
 #define CHI_LIMIT(df) ((df) * pow(1 - 2.0 / (9 * (df)) + 3.719 * sqrt(2.0 / (9 * (df))), 3))
-    double c0 = chi_square_arm(m, prompt, 5, T, 0, 0, expected, &df, &acc);
+    double c0 = chi_square_arm(m, prompt, 5, T, 0, 0, 0, expected, &df, &acc);
     fprintf(stderr, "chi-square k=0: %.1f (df %d, limit %.1f)\n", c0, df, CHI_LIMIT(df));
     ck_assert_msg(c0 < CHI_LIMIT(df), "no speculation: chi-square %.1f over %.1f (df %d)", c0, CHI_LIMIT(df), df);
-    for (int spec = 1; spec <= 2; spec++) {
-        double c = chi_square_arm(m, prompt, 5, T, spec, 0, expected, &df, &acc);
-        fprintf(stderr, "chi-square k=%d: %.1f (df %d, limit %.1f), %.0f%% of drafts accepted\n", spec, c, df,
-                CHI_LIMIT(df), 100 * acc);
+    /* MTP drafts k = 1, 2, then prompt-lookup drafts k = 2 (one-hot q: accepted with probability p(x)) */
+    for (int arm = 1; arm <= 3; arm++) {
+        const int spec = arm < 3 ? arm : 2, ngram = arm == 3;
+        double c = chi_square_arm(m, prompt, 5, T, spec, ngram, 0, expected, &df, &acc);
+        fprintf(stderr, "chi-square k=%d %s: %.1f (df %d, limit %.1f), %.0f%% of drafts accepted\n", spec,
+                ngram ? "ngram" : "MTP", c, df, CHI_LIMIT(df), 100 * acc);
         ck_assert_msg(c < CHI_LIMIT(df), "k=%d: chi-square %.1f over %.1f (df %d)", spec, c, CHI_LIMIT(df), df);
         ck_assert(acc > 0.05 && acc < 0.95); /* both accept and reject paths ran */
     }
     /* the negative check: accepting every draft gives the draft distribution, and the test sees it */
-    double cw = chi_square_arm(m, prompt, 5, T, 1, 1, expected, &df, &acc);
+    double cw = chi_square_arm(m, prompt, 5, T, 1, 0, 1, expected, &df, &acc);
     fprintf(stderr, "chi-square k=1 accept-all: %.1f (df %d, limit %.1f)\n", cw, df, CHI_LIMIT(df));
     ck_assert_msg(cw > CHI_LIMIT(df), "a wrong acceptance rule passed: chi-square %.1f (df %d)", cw, df);
 }
@@ -566,8 +667,22 @@ START_TEST(test_serve_options)
     ck_assert_int_eq(eo.n_graph_batch_sizes, 4);
     ck_assert_int_eq(eo.graph_batch_sizes[3], 8);
     mdl_model_destroy(m);
-    const char *bad_spec[] = {"{\"method\":\"ngram\",\"num_speculative_tokens\":3}",
-                              "{\"method\":\"mtp\",\"num_speculative_tokens\":5}", "mtp"};
+    /* prompt lookup, vLLM's keys; the missing size takes the given one */
+    free(so.speculative_config);
+    so.speculative_config = strdup("{\"method\":\"ngram\",\"num_speculative_tokens\":2,\"prompt_lookup_max\":4}");
+    ck_assert_msg(mdl_serve_load(&so, &m, &eo, err, sizeof err) == PD_OK, "%s", err);
+    ck_assert_int_eq(eo.num_speculative_tokens, 2);
+    ck_assert_int_eq(eo.spec_method, MDL_SPEC_NGRAM);
+    ck_assert_int_eq(eo.ngram_max, 4);
+    ck_assert_int_eq(eo.ngram_min, 0);
+    mdl_model_destroy(m);
+    const char *bad_spec[] = {"{\"method\":\"medusa\",\"num_speculative_tokens\":3}",
+                              "{\"method\":\"mtp\",\"num_speculative_tokens\":5}", "mtp",
+                              "{\"method\":\"mtp\",\"num_speculative_tokens\":2,\"prompt_lookup_max\":3}",
+                              "{\"method\":\"ngram\",\"num_speculative_tokens\":2,\"prompt_lookup_max\":0}",
+                              "{\"method\":\"ngram\",\"num_speculative_tokens\":2,\"prompt_lookup_min\":4,"
+                              "\"prompt_lookup_max\":3}",
+                              "{\"method\":\"ngram\",\"num_speculative_tokens\":2,\"prompt_lookup_max\":\"4\"}"};
     for (size_t i = 0; i < PD_ARRAY_LEN(bad_spec); i++) {
         free(so.speculative_config);
         so.speculative_config = strdup(bad_spec[i]);
@@ -595,7 +710,7 @@ END_TEST
 
 int main(void)
 {
-    /* cases (CK_RUN_CASE=<name> runs one): options, greedy, sampling, demo */
+    /* cases (CK_RUN_CASE=<name> runs one): options, greedy, ngram, sampling, demo */
     Suite *s = suite_create("spec");
     struct {
         const char *name;
@@ -603,8 +718,9 @@ int main(void)
     } cases[] = {
         {"options", {test_serve_options}},
         {"greedy", {test_greedy_equal_generated, test_known_drafts_all_accepted, test_graph_sizes_fallback}},
+        {"ngram", {test_ngram_propose, test_greedy_equal_ngram, test_ngram_without_mtp_layer}},
         {"sampling", {test_seeded_reproducible, test_distribution_chi_square}},
-        {"demo", {test_greedy_equal_demo}},
+        {"demo", {test_greedy_equal_demo, test_greedy_equal_ngram_demo}},
     };
     for (size_t c = 0; c < PD_ARRAY_LEN(cases); c++) {
         TCase *tc = tcase_create(cases[c].name);
