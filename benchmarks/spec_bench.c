@@ -1,12 +1,14 @@
-/* spec_bench: decode throughput of MTP speculative decoding on mdl_engine, in one run. For each model and batch
- * size: greedy decoding without speculation (k = 0), then k = 1..max_k at 100% acceptance (the known-drafts hook
- * replays the k = 0 continuation; the MTP layer still runs, so its cost is in the figure) and at the model's real
- * acceptance (the MTP layer's own drafts). Then the decode step time on captured plans against the general path.
+/* spec_bench: decode throughput of speculative decoding on mdl_engine, in one run. For each model and batch size:
+ * greedy decoding without speculation (k = 0), then for k = 1..max_k: 100% acceptance (the known-drafts hook
+ * replays the k = 0 continuation) once with the MTP layer running (its cost in the figure) and once alone (an
+ * n-gram engine whose lookup the hook replaces: the verify pass by itself), then the real acceptance of the MTP
+ * layer's own drafts and of prompt lookup's. Then the decode step time on captured plans against the general path.
  * Throughput = decode tokens / seconds of decode-step compute (prefill excluded), from mdl_engine_stats.
- * --pairs R: instead, R back-to-back pairs of (k = 0, k = max_k with known drafts) per batch size; prints the
- * medians and the median of the per-pair speed-ups (the figure to quote on a machine shared with other work).
+ * --pairs R: instead, R back-to-back rounds of (k = 0, k = max_k known with MTP, k = max_k known verify-only) per
+ * batch size; prints medians and the median per-round speed-ups (the figures to quote on a shared machine).
  * Usage: spec_bench --model DIR [--model DIR]... [--tokens N] [--batches 1,4,16] [--max-k 3]
- *                   [--plan-batches 1,2,4] [--tokenizer DIR] [--pairs R] */
+ *                   [--plan-batches 1,2,4] [--tokenizer DIR] [--pairs R] [--draft-vocab N]
+ * --draft-vocab N: MTP drafts score token ids [0, N) only (the pruned draft head, draft_vocab_size). */
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
@@ -82,6 +84,8 @@ typedef struct {
 /* One run: batch requests of max_tokens greedy tokens; known: replay ref as drafts; sizes: -1 general path only;
  * meth: MDL_SPEC_MTP (known drafts replace the MTP layer's, which still runs) or MDL_SPEC_NGRAM (known drafts replace
  * prompt lookup's: the step is verification alone). */
+static int g_draft_vocab; /* --draft-vocab: the MTP runs' pruned draft head (0: whole vocabulary) */
+
 static result run_m(mdl_model *m, prompts *pr, int batch, int max_tokens, int k, int known, int sizes,
                     mdl_spec_method meth, sink *out)
 {
@@ -90,7 +94,8 @@ static result run_m(mdl_model *m, prompts *pr, int batch, int max_tokens, int k,
     out->n_done = 0;
     mdl_engine_opts o = {.max_num_seqs = PD_MAX(batch, 1), .max_num_batched_tokens = 2048, .max_model_len = 1024,
                          .block_size = 16, .n_blocks = batch * (1024 / 16) + 16, .num_speculative_tokens = k,
-                         .spec_method = meth, .ngram_min = 2, .ngram_max = 4, .n_graph_batch_sizes = sizes};
+                         .spec_method = meth, .ngram_min = 2, .ngram_max = 4, .n_graph_batch_sizes = sizes,
+                         .draft_vocab_size = meth == MDL_SPEC_MTP && k > 0 ? g_draft_vocab : 0};
     mdl_engine *e = NULL;
     pd_status st = mdl_engine_create(m, &o, on_event, out, &e);
     if (st != PD_OK) {
@@ -317,9 +322,10 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--plan-batches")) npb = parse_list(v, plan_b, 8);
         else if (!strcmp(a, "--tokenizer")) tok_dir = v;
         else if (!strcmp(a, "--pairs")) n_pairs = PD_MIN(64, atoi(v));
+        else if (!strcmp(a, "--draft-vocab")) g_draft_vocab = atoi(v);
         else {
             fprintf(stderr, "usage: spec_bench --model DIR [--model DIR]... [--tokens N] [--batches 1,4,16] "
-                            "[--max-k 3] [--plan-batches 1,2,4] [--tokenizer DIR] [--pairs R]\n");
+                            "[--max-k 3] [--plan-batches 1,2,4] [--tokenizer DIR] [--pairs R] [--draft-vocab N]\n");
             return 2;
         }
     }
@@ -368,8 +374,10 @@ int main(int argc, char **argv)
             fprintf(stderr, "%s\n", err);
             return 1;
         }
-        printf("\n## %s (%d layers, hidden %d, vocab %d), %d greedy tokens per request\n\n", models[mi], m->n_layers,
+        printf("\n## %s (%d layers, hidden %d, vocab %d), %d greedy tokens per request", models[mi], m->n_layers,
                m->cfg.hidden_size, m->cfg.vocab_size, tokens);
+        if (g_draft_vocab) printf("; MTP draft head pruned to ids [0, %d)", g_draft_vocab);
+        printf("\n\n");
         if (n_pairs > 0) {
             pairs(m, &pr, batches, nb, tokens, PD_MAX(max_k, 1), n_pairs, ref, out);
             bytes_bound(m, PD_MAX(max_k, 1));
@@ -386,12 +394,17 @@ int main(int argc, char **argv)
             pr.ref = ref;
             printf("| %d | 0 | - | %.1f | 1.00x | %.1f | - | - | - |\n", b, r0.tok_s, r0.step_ms);
             fflush(stdout);
-            for (int k = 1; k <= max_k && m->n_mtp > 0; k++)
-                for (int known = 1; known >= 0; known--) {
-                    result r = run(m, &pr, b, tokens, k, known, 0, out);
-                    printf("| %d | %d | %s | %.1f | %.2fx | %.1f | %.0f%% | %.2f | %s |\n", b, k,
-                           known ? "known (100%)" : "MTP (real)", r.tok_s, r.tok_s / r0.tok_s, r.step_ms,
-                           100 * r.accept, r.mean_len, r.equal ? "yes" : "NO");
+            /* per k: known drafts with the MTP layer running, known drafts alone (verify only), the MTP layer's
+             * own drafts, prompt lookup's own drafts (n = 2..4) */
+            static const char *const what[4] = {"known (100%), MTP runs", "known (100%), verify only", "MTP (real)",
+                                                "n-gram (real)"};
+            for (int k = 1; k <= max_k; k++)
+                for (int v = 0; v < 4; v++) {
+                    const int mtp = v == 0 || v == 2;
+                    if (mtp && m->n_mtp < 1) continue;
+                    result r = run_m(m, &pr, b, tokens, k, v < 2, 0, mtp ? MDL_SPEC_MTP : MDL_SPEC_NGRAM, out);
+                    printf("| %d | %d | %s | %.1f | %.2fx | %.1f | %.0f%% | %.2f | %s |\n", b, k, what[v], r.tok_s,
+                           r.tok_s / r0.tok_s, r.step_ms, 100 * r.accept, r.mean_len, r.equal ? "yes" : "NO");
                     fflush(stdout);
                 }
         }

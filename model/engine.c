@@ -400,7 +400,7 @@ static void draft(mdl_engine *e, mdl_ctx *ctx, seq **dec, int nd)
     e->b_start[ns] = nt;
     mdl_batch b = {.n_seqs = ns, .n_tokens = nt, .tokens = e->mtp_tokens, .seq_start = e->b_start, .ctx_len = e->b_ctx,
                    .block_table = e->b_tables, .logits_rows = e->b_rows, .n_logits = ns, .attn = MDL_ATTN_DECODE,
-                   .mtp_hidden = e->mtp_hidden};
+                   .mtp_hidden = e->mtp_hidden, .n_vocab = e->o.draft_vocab_size};
     pd_status st = mdl_forward_mtp(ctx, e->kv, &b, e->logits);
     PD_ASSERT(st == PD_OK);
     const float *h = mdl_ctx_hidden(ctx);
@@ -432,7 +432,7 @@ static void draft(mdl_engine *e, mdl_ctx *ctx, seq **dec, int nd)
         e->b_start[ns] = ns;
         mdl_batch rb = {.n_seqs = ns, .n_tokens = ns, .tokens = e->mtp_tokens, .seq_start = e->b_start,
                         .ctx_len = e->b_ctx, .block_table = e->b_tables, .logits_rows = e->b_rows, .n_logits = ns,
-                        .attn = MDL_ATTN_DECODE, .mtp_hidden = e->mtp_hidden};
+                        .attn = MDL_ATTN_DECODE, .mtp_hidden = e->mtp_hidden, .n_vocab = e->o.draft_vocab_size};
         st = mdl_forward_mtp(ctx, e->kv, &rb, e->logits);
         PD_ASSERT(st == PD_OK);
         h = mdl_ctx_hidden(ctx);
@@ -868,6 +868,8 @@ pd_status mdl_engine_create(mdl_model *m, const mdl_engine_opts *o, mdl_event_cb
     }
     if (o->ngram_min < 0 || o->ngram_max < 0 || o->ngram_min > MDL_MAX_NGRAM || o->ngram_max > MDL_MAX_NGRAM ||
         (o->ngram_min && o->ngram_max && o->ngram_min > o->ngram_max))
+        return PD_ERR_INVALID;
+    if (o->draft_vocab_size && (o->draft_vocab_size < MDL_MIN_DRAFT_VOCAB || o->draft_vocab_size > m->cfg.vocab_size))
         return PD_ERR_INVALID;
     mdl_engine *e = calloc(1, sizeof *e);
     if (!e) return PD_ERR_NOMEM;

@@ -530,7 +530,12 @@ static void logits_out(mdl_ctx *x, const mdl_batch *b, const float *norm, const 
     if (b->n_logits == 0 || !logits) return;
     for (int i = 0; i < b->n_logits; i++)
         krn_rmsnorm(x->x + (size_t)b->logits_rows[i] * D, norm, D, c->rms_norm_eps, x->lrows + (size_t)i * D);
-    krn_linear(head, x->lrows, b->n_logits, logits, c->vocab_size, x->scratch);
+    const int V = c->vocab_size, nv = b->n_vocab > 0 && b->n_vocab < V ? b->n_vocab : V;
+    krn_mat h = *head;
+    h.rows = nv; /* a prefix of rows is a valid view of every packed form: panels of 32 rows, in order */
+    krn_linear(&h, x->lrows, b->n_logits, logits, V, x->scratch);
+    for (int i = 0; i < b->n_logits && nv < V; i++)
+        for (int v = nv; v < V; v++) logits[(size_t)i * V + v] = -INFINITY;
 }
 
 pd_status mdl_forward(mdl_ctx *x, mdl_kv_pool *kv, const mdl_batch *b, float *logits)

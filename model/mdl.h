@@ -144,6 +144,9 @@ typedef struct {
     mdl_attn_mode attn;
     /* MTP only: main-model hidden state (before the final norm) that each token pairs with [n_tokens][hidden] */
     const float *mtp_hidden;
+    /* > 0: logits only for token ids [0, n_vocab) (a pruned draft head: the head's first rows are read, the
+     * rest of each row is -inf); 0: the whole vocabulary. Rows keep their vocab_size stride. */
+    int n_vocab;
 } mdl_batch;
 
 typedef struct mdl_ctx_s mdl_ctx;

@@ -16,6 +16,8 @@
 #define MDL_MAX_TOP_LOGPROBS 20
 #define MDL_MAX_SPEC_TOKENS 4   /* num_speculative_tokens 0..4 */
 #define MDL_MAX_NGRAM 64        /* prompt lookup n-gram sizes 1..64 */
+#define MDL_MIN_DRAFT_VOCAB (MDL_MAX_STOP_IDS + 2) /* smallest pruned MTP draft vocabulary: min_tokens masks eos and
+                                                  * the stop ids; one id always stays */
 
 typedef enum { MDL_SPEC_MTP = 0, MDL_SPEC_NGRAM = 1 } mdl_spec_method;
 #define MDL_MAX_GRAPH_SIZES 16  /* captured batch sizes */
@@ -92,6 +94,12 @@ typedef struct {
      * match overlaps the suffix; a sequence with no match drafts nothing that step. */
     mdl_spec_method spec_method;
     int ngram_min, ngram_max;
+    /* MTP only: the draft head scores token ids [0, draft_vocab_size) only (0: the whole vocabulary; else
+     * MDL_MIN_DRAFT_VOCAB..vocab_size). Reads that many rows of the MTP head per draft pass instead of all of them
+     * (the head dominates a draft pass: 129280 x hidden). Lossless: a draft is verified by the main model, and the
+     * sampled drafts' q is the pruned distribution. BPE ids are ranked by merge order, which roughly follows
+     * frequency, so the low ids cover most text (in one English sample, 93% of tokens had ids < 32768). */
+    int draft_vocab_size;
     /* Captured batch sizes (ascending, each 1..max_num_seqs): a decode step runs on the plan of the smallest size
      * that holds its sequences, padded up to it; larger batches take the general path. n_graph_batch_sizes 0:
      * the default list (powers of two up to max_num_seqs); -1: none (every step takes the general path). */

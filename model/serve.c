@@ -71,8 +71,8 @@ static int spec_int(const cJSON *j, const char *name, int lo, int hi, int *v, ch
 }
 
 /* --speculative-config: vLLM's JSON form. method "mtp" (or vLLM's older name "deepseek_mtp") drafts with the
- * model's MTP layer; "ngram" with prompt lookup (prompt_lookup_min / prompt_lookup_max, vLLM's keys). Writes
- * k, method and the n-gram sizes into eo. */
+ * model's MTP layer (draft_vocab_size, ours: a pruned draft head); "ngram" with prompt lookup (prompt_lookup_min /
+ * prompt_lookup_max, vLLM's keys). Writes k, method, the n-gram sizes and the draft vocabulary into eo. */
 static pd_status parse_spec(const char *s, mdl_engine_opts *eo, char *err, size_t errlen)
 {
     eo->num_speculative_tokens = 0;
@@ -92,8 +92,11 @@ static pd_status parse_spec(const char *s, mdl_engine_opts *eo, char *err, size_
     else if (!ngram && (cJSON_GetObjectItemCaseSensitive(j, "prompt_lookup_min") ||
                         cJSON_GetObjectItemCaseSensitive(j, "prompt_lookup_max")))
         snprintf(err, errlen, "--speculative-config: prompt_lookup_min/max apply to method \"ngram\" only");
+    else if (ngram && cJSON_GetObjectItemCaseSensitive(j, "draft_vocab_size"))
+        snprintf(err, errlen, "--speculative-config: draft_vocab_size applies to method \"mtp\" only");
     else if (spec_int(j, "prompt_lookup_min", 1, MDL_MAX_NGRAM, &eo->ngram_min, err, errlen) &&
-             spec_int(j, "prompt_lookup_max", 1, MDL_MAX_NGRAM, &eo->ngram_max, err, errlen)) {
+             spec_int(j, "prompt_lookup_max", 1, MDL_MAX_NGRAM, &eo->ngram_max, err, errlen) &&
+             spec_int(j, "draft_vocab_size", MDL_MIN_DRAFT_VOCAB, 1 << 24, &eo->draft_vocab_size, err, errlen)) {
         if (eo->ngram_min && eo->ngram_max && eo->ngram_min > eo->ngram_max)
             snprintf(err, errlen, "--speculative-config: prompt_lookup_min %d exceeds prompt_lookup_max %d",
                      eo->ngram_min, eo->ngram_max);
@@ -162,6 +165,12 @@ pd_status mdl_serve_load(mdl_serve_opts *o, mdl_model **out, mdl_engine_opts *eo
         mdl_model_destroy(m);
         return PD_ERR_INVALID;
     }
+    if (parsed.draft_vocab_size > m->cfg.vocab_size) {
+        snprintf(err, errlen, "--speculative-config: draft_vocab_size %d exceeds the model's vocab_size %d",
+                 parsed.draft_vocab_size, m->cfg.vocab_size);
+        mdl_model_destroy(m);
+        return PD_ERR_INVALID;
+    }
     if (!o->served_model_name) {
         const char *p = o->model + strlen(o->model);
         while (p > o->model && p[-1] == '/') p--;
@@ -195,6 +204,7 @@ pd_status mdl_serve_load(mdl_serve_opts *o, mdl_model **out, mdl_engine_opts *eo
     eo->spec_method = parsed.spec_method;
     eo->ngram_min = parsed.ngram_min;
     eo->ngram_max = parsed.ngram_max;
+    eo->draft_vocab_size = parsed.draft_vocab_size;
     eo->n_graph_batch_sizes = parsed.n_graph_batch_sizes;
     memcpy(eo->graph_batch_sizes, parsed.graph_batch_sizes, sizeof eo->graph_batch_sizes);
     *out = m;

@@ -142,12 +142,14 @@ static mdl_model *demo_model(void)
 /* Drafts come from the MTP layer, or from prompt lookup (n-grams of 1..3 tokens: the short outputs here repeat
  * short phrases) when g_ngram is set. */
 static int g_ngram;
+static int g_draft_vocab; /* MTP: the pruned draft head's vocabulary (0: whole) */
 
 static mdl_engine *engine(mdl_model *m, sink *k, int spec, int max_seqs)
 {
     mdl_engine_opts o = {.max_num_seqs = max_seqs, .max_num_batched_tokens = 64, .max_model_len = 128,
                          .block_size = 8, .n_blocks = 1200, .num_speculative_tokens = spec,
-                         .spec_method = g_ngram ? MDL_SPEC_NGRAM : MDL_SPEC_MTP, .ngram_min = 1, .ngram_max = 3};
+                         .spec_method = g_ngram ? MDL_SPEC_NGRAM : MDL_SPEC_MTP, .ngram_min = 1, .ngram_max = 3,
+                         .draft_vocab_size = g_ngram || !spec ? 0 : g_draft_vocab};
     mdl_engine *e = NULL;
     ck_assert_int_eq(mdl_engine_create(m, &o, on_event, k, &e), PD_OK);
     return e;
@@ -315,6 +317,27 @@ START_TEST(test_greedy_equal_ngram) { greedy_equal(gen_model(), "generated", 1);
 END_TEST
 
 START_TEST(test_greedy_equal_ngram_demo) { greedy_equal(demo_model(), "demo-v3", 1); }
+END_TEST
+
+/* The pruned MTP draft head (token ids below 32768 only): drafts change, output does not. Bad sizes are refused. */
+START_TEST(test_greedy_equal_pruned_draft_demo)
+{
+    mdl_model *m = demo_model();
+    g_draft_vocab = 32768;
+    greedy_equal(m, "demo-v3 draft vocab 32768", 0);
+    g_draft_vocab = 0;
+    sink *k = sink_new(m->cfg.hidden_size);
+    mdl_engine_opts o = {.max_num_seqs = 4, .max_num_batched_tokens = 64, .max_model_len = 128, .block_size = 8,
+                         .n_blocks = 200, .num_speculative_tokens = 2, .draft_vocab_size = MDL_MIN_DRAFT_VOCAB - 1};
+    mdl_engine *e = NULL;
+    ck_assert_int_eq(mdl_engine_create(m, &o, on_event, k, &e), PD_ERR_INVALID);
+    o.draft_vocab_size = m->cfg.vocab_size + 1;
+    ck_assert_int_eq(mdl_engine_create(m, &o, on_event, k, &e), PD_ERR_INVALID);
+    o.draft_vocab_size = m->cfg.vocab_size;
+    ck_assert_int_eq(mdl_engine_create(m, &o, on_event, k, &e), PD_OK);
+    mdl_engine_destroy(e);
+    sink_free(k);
+}
 END_TEST
 
 START_TEST(test_ngram_without_mtp_layer)
@@ -676,13 +699,21 @@ START_TEST(test_serve_options)
     ck_assert_int_eq(eo.ngram_max, 4);
     ck_assert_int_eq(eo.ngram_min, 0);
     mdl_model_destroy(m);
+    free(so.speculative_config);
+    so.speculative_config = strdup("{\"method\":\"mtp\",\"num_speculative_tokens\":1,\"draft_vocab_size\":400}");
+    ck_assert_msg(mdl_serve_load(&so, &m, &eo, err, sizeof err) == PD_OK, "%s", err);
+    ck_assert_int_eq(eo.draft_vocab_size, 400);
+    mdl_model_destroy(m);
     const char *bad_spec[] = {"{\"method\":\"medusa\",\"num_speculative_tokens\":3}",
                               "{\"method\":\"mtp\",\"num_speculative_tokens\":5}", "mtp",
                               "{\"method\":\"mtp\",\"num_speculative_tokens\":2,\"prompt_lookup_max\":3}",
                               "{\"method\":\"ngram\",\"num_speculative_tokens\":2,\"prompt_lookup_max\":0}",
                               "{\"method\":\"ngram\",\"num_speculative_tokens\":2,\"prompt_lookup_min\":4,"
                               "\"prompt_lookup_max\":3}",
-                              "{\"method\":\"ngram\",\"num_speculative_tokens\":2,\"prompt_lookup_max\":\"4\"}"};
+                              "{\"method\":\"ngram\",\"num_speculative_tokens\":2,\"prompt_lookup_max\":\"4\"}",
+                              "{\"method\":\"ngram\",\"num_speculative_tokens\":2,\"draft_vocab_size\":100}",
+                              "{\"method\":\"mtp\",\"num_speculative_tokens\":2,\"draft_vocab_size\":3}",
+                              "{\"method\":\"mtp\",\"num_speculative_tokens\":2,\"draft_vocab_size\":501}"};
     for (size_t i = 0; i < PD_ARRAY_LEN(bad_spec); i++) {
         free(so.speculative_config);
         so.speculative_config = strdup(bad_spec[i]);
@@ -720,7 +751,7 @@ int main(void)
         {"greedy", {test_greedy_equal_generated, test_known_drafts_all_accepted, test_graph_sizes_fallback}},
         {"ngram", {test_ngram_propose, test_greedy_equal_ngram, test_ngram_without_mtp_layer}},
         {"sampling", {test_seeded_reproducible, test_distribution_chi_square}},
-        {"demo", {test_greedy_equal_demo, test_greedy_equal_ngram_demo}},
+        {"demo", {test_greedy_equal_demo, test_greedy_equal_ngram_demo, test_greedy_equal_pruned_draft_demo}},
     };
     for (size_t c = 0; c < PD_ARRAY_LEN(cases); c++) {
         TCase *tc = tcase_create(cases[c].name);
