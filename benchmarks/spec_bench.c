@@ -224,7 +224,9 @@ static void bytes_bound(const mdl_model *m, int k)
     if (m->n_mtp < 1 || k < 1) return;
     double main1 = mat_bytes(&m->lm_head), main_k[2], mtp1, mtp_k[2];
     const mdl_layer *T = &m->layers[m->n_layers];
-    const double mtp_fixed = mat_bytes(&T->eh_proj) + mat_bytes(&T->head);
+    const double head = mat_bytes(&T->head) *
+                        (g_draft_vocab > 0 && g_draft_vocab < m->cfg.vocab_size ? (double)g_draft_vocab / m->cfg.vocab_size : 1);
+    const double mtp_fixed = mat_bytes(&T->eh_proj) + head;
     for (int l = 0; l < m->n_layers; l++) main1 += layer_bytes(m, &m->layers[l], 1, 1);
     mtp1 = mtp_fixed + layer_bytes(m, T, 1, 1);
     for (int sh = 0; sh < 2; sh++) {
@@ -235,7 +237,7 @@ static void bytes_bound(const mdl_model *m, int k)
     printf("\nWeight bytes per decode step at batch 1 (bandwidth bound): k=0 %.0f MB/token; k=%d %.0f MB/step "
            "(verify %.0f + MTP %.0f, of which %d x %.0f MB MTP head) with uniform routing, %.0f MB if all rows share "
            "experts. Bound on the k=%d speed-up at 100%% acceptance: %.2fx (uniform) .. %.2fx (shared).\n",
-           main1 / 1e6, k, (main_k[0] + mtp_k[0]) / 1e6, main_k[0] / 1e6, mtp_k[0] / 1e6, k, mat_bytes(&T->head) / 1e6,
+           main1 / 1e6, k, (main_k[0] + mtp_k[0]) / 1e6, main_k[0] / 1e6, mtp_k[0] / 1e6, k, head / 1e6,
            (main_k[1] + mtp_k[1]) / 1e6, k, (k + 1) * main1 / (main_k[0] + mtp_k[0]),
            (k + 1) * main1 / (main_k[1] + mtp_k[1]));
     printf("Verify alone (drafts from prompt lookup or known, no draft model): k=%d reads %.0f MB/step (uniform) .. %.0f "
