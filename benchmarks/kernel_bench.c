@@ -210,6 +210,8 @@ static double attn_naive(int S, const float *q, const float *kv, const float *kp
     return t;
 }
 
+#define FLASH_TILE 256 /* keys per krn_attn_tile call, as model/forward.c's ATTN_TILE */
+
 static double attn_flash(int S, const float *q, const float *kv, const float *kpe, float *out, float scale,
                          size_t *peak)
 {
@@ -217,13 +219,15 @@ static double attn_flash(int S, const float *q, const float *kv, const float *kp
     float scores[64];
     int *lim = malloc((size_t)S * sizeof(int));
     for (int i = 0; i < S; i++) lim[i] = i;
-    *peak = (size_t)S * H * 2 * 4 + sizeof scores + (size_t)S * sizeof(int);
+    /* + per thread: the AVX-512 kernel's transposed block of 16 queries and its 64 x 16 score tile */
+    *peak = (size_t)S * H * 2 * 4 + (size_t)S * sizeof(int) +
+            (size_t)krn_threads_get() * ((size_t)(NOPE + ROPE) * 16 + 64 * 16) * 4;
     double t = now();
     krn_attn_init(S, H, VD, m, l, out, H * VD, VD);
-    for (int k0 = 0; k0 < S; k0 += 64) {
+    for (int k0 = 0; k0 < S; k0 += FLASH_TILE) {
         /* queries before k0 see none of this tile: start at the first that does */
         krn_attn_tile_args a = {
-            .nq = S - k0, .nh = H, .nk = PD_MIN(64, S - k0), .da = NOPE, .db = ROPE, .dv = VD,
+            .nq = S - k0, .nh = H, .nk = PD_MIN(FLASH_TILE, S - k0), .da = NOPE, .db = ROPE, .dv = VD,
             .qa = q + (size_t)k0 * H * QK, .qa_stride = H * QK, .qa_hstride = QK,
             .qb = q + (size_t)k0 * H * QK + NOPE, .qb_stride = H * QK, .qb_hstride = QK,
             .ka = kv + (size_t)k0 * H * KV, .ka_stride = H * KV, .ka_hstride = KV,
@@ -458,7 +462,7 @@ int main(int argc, char **argv)
 
     if (want_attn) {
         /* ---- attention ---- */
-        printf("\n== prefill attention, %d heads, qk %d+%d, v %d, causal: flash (krn_attn_tile, 64-key tiles) vs naive\n", H,
+        printf("\n== prefill attention, %d heads, qk %d+%d, v %d, causal: flash (krn_attn_tile, 256-key tiles) vs naive\n", H,
                NOPE, ROPE, VD);
         printf("  %6s | %9s %12s | %9s %12s | %8s %10s\n", "tokens", "flash s", "flash extra", "naive s", "naive extra",
                "speedup", "max |diff|");
@@ -478,7 +482,7 @@ int main(int argc, char **argv)
             printf("  %6d | %9.3f %9.2f MB | %9.3f %9.2f MB | %7.2fx %10.2g\n", S, tf, pf / 1e6, tn, pn / 1e6, tn / tf, md);
             free(q); free(kv); free(kpe); free(o1); free(o2);
         }
-        printf("\n(flash extra: softmax state m,l [S x heads] + one 64-score tile; naive extra: one S x S score matrix "
+        printf("\n(flash extra: softmax state m,l [S x heads] + per thread 16 transposed queries and a 64 x 16 score tile; naive extra: one S x S score matrix "
                "(heads run one after another) + per-head Q/K/V/O copies. Outputs [S x heads x v] are the same for both.)\n");
     }
     return 0;

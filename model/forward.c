@@ -7,7 +7,7 @@
 
 #include "model/mdl.h"
 
-#define ATTN_TILE 64   /* keys per attention tile */
+#define ATTN_TILE 256  /* keys per attention tile (one kernel call; its queries are transposed once per call) */
 #define DEC_QCHUNK 16  /* decode-mode queries per absorbed chunk */
 /* Up to this many tokens, a MoE layer runs all its experts' products as two pool jobs (gate/up, then down) over
  * per-slot copies of the inputs; above it each expert has enough rows to run on its own. */

@@ -643,7 +643,68 @@ START_TEST(test_paths_attention)
     attn_case(19, 5, 64, 32, 64, 70, 64, 0);  /* prefill shape, keys past one tile */
     attn_case(3, 4, 144, 16, 144, 300, 64, 1); /* MLA absorbed decode: shared latent head, dv > 128 */
     attn_case(2, 2, 40, 8, 40, 600, 300, 1);  /* a tile wider than the kernels' key chunk */
+    attn_case(37, 3, 64, 32, 64, 5, 64, 0);   /* several 16-query blocks per head, a partial one, short prefix */
+    attn_case(5, 16, 128, 32, 128, 90, 64, 1); /* shared head: each block is one query's 16 heads */
+    attn_case(9, 5, 16, 8, 16, 3, 20, 1);     /* shared head: blocks straddle queries */
     krn_threads_init(0);
+}
+END_TEST
+
+/* A query's attention output is the same bits whether it is scored alone (a decode step) or beside others (a
+ * verify pass of k+1 positions, a batch): MLA decode shape and prefill shape, on every table. */
+static void attn_rows_case(int nh, int da, int db, int dv, int shared)
+{
+    enum { NQ = 4, P0 = 100, NK = P0 + NQ, TILE = 64 };
+    const int hk = shared ? 1 : nh, vstride = shared ? da : hk * dv;
+    float *q = malloc(sizeof(float) * NQ * nh * da), *qb = malloc(sizeof(float) * NQ * nh * db);
+    float *k = malloc(sizeof(float) * NK * hk * da), *kb = malloc(sizeof(float) * NK * db);
+    float *v = shared ? k : malloc(sizeof(float) * NK * hk * dv);
+    float *m = malloc(sizeof(float) * NQ * nh), *l = malloc(sizeof(float) * NQ * nh);
+    float *all = malloc(sizeof(float) * NQ * nh * dv), *one = malloc(sizeof(float) * nh * dv);
+    int lim[NQ];
+    for (int i = 0; i < NQ * nh * da; i++) q[i] = randn() * 0.3f;
+    for (int i = 0; i < NQ * nh * db; i++) qb[i] = randn() * 0.3f;
+    for (int i = 0; i < NK * hk * da; i++) k[i] = randn();
+    for (int i = 0; i < NK * db; i++) kb[i] = randn();
+    if (!shared) for (int i = 0; i < NK * hk * dv; i++) v[i] = randn();
+    for (int i = 0; i < NQ; i++) lim[i] = P0 + i;
+    for (int ti = 0; ti < g_ntables; ti++) {
+        krn__ops_force(g_tables[ti]);
+        krn_threads_init(2);
+        for (int q0 = -1; q0 < NQ; q0++) { /* -1: all queries in one pass; else query q0 alone */
+            const int nq = q0 < 0 ? NQ : 1, first = q0 < 0 ? 0 : q0;
+            float *acc = q0 < 0 ? all : one;
+            krn_attn_init(nq, nh, dv, m, l, acc, nh * dv, dv);
+            for (int k0 = 0; k0 < NK; k0 += TILE) {
+                krn_attn_tile_args a = {.nq = nq, .nh = nh, .nk = PD_MIN(TILE, NK - k0), .da = da, .db = db, .dv = dv,
+                                        .qa = q + (size_t)first * nh * da, .qa_stride = nh * da, .qa_hstride = da,
+                                        .qb = qb + (size_t)first * nh * db, .qb_stride = nh * db, .qb_hstride = db,
+                                        .ka = k + (size_t)k0 * hk * da, .ka_stride = hk * da,
+                                        .ka_hstride = shared ? 0 : da, .kb = kb + (size_t)k0 * db, .kb_stride = db,
+                                        .v = v + (size_t)k0 * vstride, .v_stride = vstride,
+                                        .v_hstride = shared ? 0 : dv, .q_limit = lim + first, .k_pos0 = k0,
+                                        .scale = 0.2f, .m = m, .l = l, .acc = acc, .acc_stride = nh * dv,
+                                        .acc_hstride = dv, .scores = NULL};
+                krn_attn_tile(&a);
+            }
+            krn_attn_finish(nq, nh, dv, l, acc, nh * dv, dv);
+            if (q0 >= 0)
+                ck_assert_msg(!memcmp(one, all + (size_t)q0 * nh * dv, sizeof(float) * nh * dv),
+                              "%s: query %d alone differs from the same query in a pass of %d (nh %d, shared %d)",
+                              g_tables[ti]->name, q0, NQ, nh, shared);
+        }
+    }
+    krn__ops_force(NULL);
+    krn_threads_init(0);
+    free(q); free(qb); free(k); free(kb); if (!shared) free(v); free(m); free(l); free(all); free(one);
+}
+
+START_TEST(test_paths_attention_rows_independent)
+{
+    collect_tables();
+    attn_rows_case(16, 128, 32, 128, 1); /* MLA absorbed decode (bench: 16 heads, latent 128 + rope 32) */
+    attn_rows_case(5, 40, 8, 40, 1);     /* heads not a multiple of the 16 lanes: blocks straddle queries */
+    attn_rows_case(3, 64, 32, 64, 0);    /* per-head keys (prefill form) */
 }
 END_TEST
 
@@ -666,6 +727,7 @@ int main(void)
     tcase_add_test(tp, test_paths_rows_independent);
     tcase_add_test(tp, test_paths_group);
     tcase_add_test(tp, test_paths_attention);
+    tcase_add_test(tp, test_paths_attention_rows_independent);
     suite_add_tcase(s, tp);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
