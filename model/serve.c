@@ -14,6 +14,7 @@ void mdl_serve_defaults(mdl_serve_opts *o)
     o->kv_cache_memory = 1ull << 30;
     o->max_num_queued_reqs = 1024;
     o->seed = -1;
+    o->prefill_bf16 = 1;
 }
 
 void mdl_serve_options(mdl_serve_opts *o, pd_opt *t)
@@ -37,6 +38,9 @@ void mdl_serve_options(mdl_serve_opts *o, pd_opt *t)
          "MTP speculative decoding, e.g. '{\"method\":\"mtp\",\"num_speculative_tokens\":3}' (default off)", 0, 0},
         {"graph-batch-sizes", PD_OPT_STR, &o->graph_batch_sizes,
          "captured decode batch sizes, e.g. 1,2,4,8,16,32,64 (default: powers of two up to --max-num-seqs; none: off)", 0, 0},
+        {"prefill-bf16", PD_OPT_BOOL, &o->prefill_bf16,
+         "prompt prefill GEMMs round activations to bf16 on CPUs with AVX512-BF16 (default on; --no-prefill-bf16: exact "
+         "f32; decode is always exact)", 0, 0},
     };
     memcpy(t, opts, sizeof opts);
 }
@@ -164,6 +168,7 @@ pd_status mdl_serve_load(mdl_serve_opts *o, mdl_model **out, mdl_engine_opts *eo
     eo->max_waiting = o->max_num_queued_reqs;
     eo->max_waiting_tokens = o->max_num_queued_tokens;
     eo->num_speculative_tokens = spec_k;
+    eo->exact_prefill = !o->prefill_bf16;
     eo->n_graph_batch_sizes = sizes.n_graph_batch_sizes;
     memcpy(eo->graph_batch_sizes, sizes.graph_batch_sizes, sizeof eo->graph_batch_sizes);
     *out = m;
