@@ -1,8 +1,10 @@
-/* The one kernel table: filled at first use from CPU feature detection (AVX-512 F/BW/VL, plus VNNI for
- * W8A8), or the portable reference when PDSERVE_PORTABLE=1 or the CPU lacks them. The public kernel entry
- * points live here: they pick the kernel for the matrix's packed form and split the work over the pool. */
+/* The one kernel table: filled at first use from CPU feature detection (AVX-512 F/BW/VL, plus VNNI for W8A8 and
+ * AVX512-BF16 for the opt-in bf16-activation prefill GEMM), or the portable reference when PDSERVE_PORTABLE=1 or
+ * the CPU lacks them. The public kernel entry points live here: they pick the kernel for the matrix's packed form
+ * (and the call's flags) and split the work over the pool. */
 #include <cblas.h>
 #include <pthread.h>
+#include <strings.h>
 
 #include "kernels/krn_impl.h"
 
@@ -23,6 +25,13 @@ static const krn__ops *g_ops;
 static int g_have_avx512;
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 
+/* PDSERVE_BF16_DOT=0 (and the like) turns the bf16-activation prefill kernel off for the whole process. */
+static int env_off(const char *name)
+{
+    const char *v = getenv(name);
+    return v && (!strcmp(v, "0") || !strcasecmp(v, "off") || !strcasecmp(v, "false") || !strcasecmp(v, "no"));
+}
+
 static void fill(void)
 {
     const krn_cpu_features *f = krn_cpu_get();
@@ -33,6 +42,7 @@ static void fill(void)
             .fast_bf16 = KRN_PACK_BF16_N32K2,
             .fast_f8 = KRN_PACK_F8_N32K1,
             .gemm_bf16 = krn__gemm_bf16_avx512_12x32,
+            .gemm_bf16dot = f->avx512_bf16 && !env_off("PDSERVE_BF16_DOT") ? krn__gemm_bf16dot_avx512_12x32 : NULL,
             .gemm_f8 = krn__gemm_f8_avx512_12x32,
             .gemm_i8 = f->avx512_vnni ? krn__gemm_i8_avx512vnni_12x32 : krn__gemm_i8_ref,
             .quant_rows = krn__quant_rows_avx512,
@@ -42,6 +52,7 @@ static void fill(void)
             .linear_rows = krn__linear_rows_avx512,
             .logsumexp = krn__logsumexp_avx512,
         };
+        if (g_avx512.gemm_bf16dot) g_avx512.name = "avx512+bf16dot";
         g_have_avx512 = 1;
         g_ops = &g_avx512;
     }
@@ -241,8 +252,9 @@ void krn_linear_group(const krn_linear_item *items, int n, float *scratch)
         double macs = 0;
         for (int i = 0; i < cnt; i++) {
             const krn_mat *w = it[i].w;
+            const int dot = (it[i].flags & KRN_LINEAR_BF16_ACT) && o->gemm_bf16dot;
             fns[i].gemm = it[i].m <= 0 ? NULL
-                          : w->pack == KRN_PACK_BF16_N32K2 ? o->gemm_bf16
+                          : w->pack == KRN_PACK_BF16_N32K2 ? (dot ? o->gemm_bf16dot : o->gemm_bf16)
                           : w->pack == KRN_PACK_F8_N32K1   ? o->gemm_f8
                                                            : NULL;
             if (fns[i].gemm) {

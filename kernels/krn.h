@@ -158,14 +158,23 @@ static inline size_t krn_linear_scratch(int cols) { return (size_t)KRN_LINEAR_BL
 /* y[m, w->rows] = x[m, w->cols] . W^T, float32 accumulation. ldy: row stride of y (>= w->rows).
  * scratch: krn_linear_scratch(w->cols) floats. */
 void krn_linear(const krn_mat *w, const float *x, int m, float *y, int ldy, float *scratch);
+/* Options of one product (krn_linear_item.flags). 0: the exact default.
+ * KRN_LINEAR_BF16_ACT: the product may round x to bf16 (round to nearest even; inputs and products below 2^-126
+ * count as 0)
+ * where that is faster: packed BF16 weights on a CPU with AVX512-BF16 (vdpbf16ps, f32 accumulation). Each output
+ * is then still summed in one fixed order, so a row's result does not depend on m, but it differs from the exact
+ * result by up to 2^-8 (bf16's unit roundoff) relative per product term. For prompt prefill only: decode and verify passes must stay exact
+ * (docs/kernels.md, "Numerics choice"). Ignored elsewhere (other weights, no AVX512-BF16, PDSERVE_BF16_DOT=0). */
+#define KRN_LINEAR_BF16_ACT 1u
 /* One product of a group: y[m, w->rows] = x[m, w->cols] . W^T (ldy: row stride of y). */
 typedef struct {
     const krn_mat *w;
     const float *x;
     int m, ldy;
     float *y;
+    unsigned flags; /* KRN_LINEAR_* (0: exact) */
 } krn_linear_item;
-/* Every item's product, as krn_linear computes it (the same bits), but the packed BF16/FP8 ones run as ONE job
+/* Every item's product, as krn_linear computes it (the same bits; with its flags honoured), but the packed BF16/FP8 ones run as ONE job
  * on the pool, split over all their output blocks together: a decode step's experts (8 x gate/up, then 8 x
  * down) cost one wake-up of the pool each instead of 24, and each thread streams long runs of weights. Other
  * items (W8A8, F32, the portable path) run one after another through krn_linear. No two items may write the
@@ -255,7 +264,7 @@ float krn_logsumexp(const float *x, int n);
 
 /* ---- dispatch and threads ------------------------------------------------------------------------------
  * One table of kernel pointers is filled at first use from krn_cpu_get() (PDSERVE_PORTABLE=1: portable C).
- * krn_kernels_name() says which: "avx512" or "ref". */
+ * krn_kernels_name() says which: "avx512", "avx512+bf16dot" (with the KRN_LINEAR_BF16_ACT kernel) or "ref". */
 const char *krn_kernels_name(void);
 
 /* The thread pool every kernel splits its work over (ith/nth over output blocks). Created once: by

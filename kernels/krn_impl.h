@@ -20,6 +20,7 @@ typedef struct {
     const char *name;
     krn_pack fast_bf16, fast_f8;   /* what KRN_PREPACK_FAST makes for BF16 / F8E4M3 weights */
     krn__gemm_fn gemm_bf16;        /* KRN_PACK_BF16_N32K2 */
+    krn__gemm_fn gemm_bf16dot;     /* KRN_PACK_BF16_N32K2 with x rounded to bf16 (KRN_LINEAR_BF16_ACT); NULL: none */
     krn__gemm_fn gemm_f8;          /* KRN_PACK_F8_N32K1 */
     krn__gemm_i8_fn gemm_i8;       /* KRN_PACK_I8_N32K4 */
     krn__quant_rows_fn quant_rows;
@@ -51,8 +52,10 @@ void krn__matmul_sub_ref(const krn_mat *w, int r0, int c0, const float *x, int m
 void krn__linear_rows_ref(const krn_mat *w, int r0, int n, const float *x, float *y);
 float krn__logsumexp_ref(const float *x, int n);
 
-/* AVX-512 kernels (kernels/avx512/, compiled with AVX-512 flags; only called after detection) */
+/* AVX-512 kernels (kernels/avx512/, compiled with AVX-512 flags; only called after detection; *_bf16dot_* only
+ * when the CPU has AVX512-BF16) */
 void krn__gemm_bf16_avx512_12x32(const krn_mat *w, const float *x, int m, float *y, int ldy, int nb0, int nb1);
+void krn__gemm_bf16dot_avx512_12x32(const krn_mat *w, const float *x, int m, float *y, int ldy, int nb0, int nb1);
 void krn__gemm_f8_avx512_12x32(const krn_mat *w, const float *x, int m, float *y, int ldy, int nb0, int nb1);
 void krn__gemm_i8_avx512vnni_12x32(const krn_mat *w, const uint8_t *xq, const float *xs, int m, float *y, int ldy,
                                    int nb0, int nb1);

@@ -265,10 +265,19 @@ typedef struct {
     int done;     /* prompt completes in this step */
 } chunk;
 
-static void run_prefill(mdl_engine *e, chunk *ch, int nc)
+/* A chunk that prompt prefill may compute with bf16 activations: positions inside the prompt only (a recomputed
+ * sequence's chunks never straddle the prompt's end, see engine_main). */
+static int chunk_bf16(const mdl_engine *e, const chunk *c)
+{
+    return !e->o.exact_prefill && c->s->n_cached + c->n <= c->s->n_prompt;
+}
+
+/* One forward pass (main model, then MTP over the prompt pairs) over chunks ch[0..nc); logits of the completed
+ * ones into logits[] in chunk order. act_bf16: see mdl_batch. */
+static void prefill_pass(mdl_engine *e, chunk *ch, int nc, int act_bf16, float *logits)
 {
     const mdl_config *c = &e->m->cfg;
-    const int V = c->vocab_size, D = c->hidden_size;
+    const int D = c->hidden_size;
     int nt = 0, nl = 0;
     for (int i = 0; i < nc; i++) {
         seq *s = ch[i].s;
@@ -281,8 +290,9 @@ static void run_prefill(mdl_engine *e, chunk *ch, int nc)
     }
     e->b_start[nc] = nt;
     mdl_batch b = {.n_seqs = nc, .n_tokens = nt, .tokens = e->b_tokens, .seq_start = e->b_start, .ctx_len = e->b_ctx,
-                   .block_table = e->b_tables, .logits_rows = e->b_rows, .n_logits = nl, .attn = MDL_ATTN_PREFILL};
-    pd_status st = mdl_forward(e->ctx, e->kv, &b, e->logits);
+                   .block_table = e->b_tables, .logits_rows = e->b_rows, .n_logits = nl, .attn = MDL_ATTN_PREFILL,
+                   .act_bf16 = act_bf16};
+    pd_status st = mdl_forward(e->ctx, e->kv, &b, logits);
     PD_ASSERT(st == PD_OK); /* batches are built within the plan */
     const float *h = mdl_ctx_hidden(e->ctx);
     /* last hidden state of completed prompts */
@@ -315,7 +325,7 @@ static void run_prefill(mdl_engine *e, chunk *ch, int nc)
             mstart[mseq] = mt;
             mdl_batch mb = {.n_seqs = mseq, .n_tokens = mt, .tokens = e->mtp_tokens, .seq_start = mstart,
                             .ctx_len = mctx, .block_table = e->b_tables, .n_logits = 0, .attn = MDL_ATTN_PREFILL,
-                            .mtp_hidden = e->mtp_hidden};
+                            .mtp_hidden = e->mtp_hidden, .act_bf16 = act_bf16};
             st = mdl_forward_mtp(e->ctx, e->kv, &mb, NULL);
             PD_ASSERT(st == PD_OK);
         }
@@ -325,7 +335,23 @@ static void run_prefill(mdl_engine *e, chunk *ch, int nc)
             if (p1 > s->n_mtp_cached) s->n_mtp_cached = p1;
         }
     }
-    (void)V;
+}
+
+/* The step's prompt chunks: those inside prompts as one pass with bf16 activations (unless exact_prefill), the
+ * generated tokens of preempted sequences as an exact pass, as decode computed them. Reorders ch (bf16 chunks
+ * first) so that e->logits holds the completed chunks' logits in the order of ch. */
+static void run_prefill(mdl_engine *e, chunk *ch, int nc)
+{
+    int nf = 0, nl = 0;
+    for (int i = 0; i < nc; i++)
+        if (chunk_bf16(e, &ch[i])) {
+            const chunk t = ch[i];
+            memmove(ch + nf + 1, ch + nf, (size_t)(i - nf) * sizeof *ch);
+            ch[nf++] = t;
+        }
+    for (int i = 0; i < nf; i++) nl += ch[i].done;
+    if (nf > 0) prefill_pass(e, ch, nf, 1, e->logits);
+    if (nc > nf) prefill_pass(e, ch + nf, nc - nf, 0, e->logits + (size_t)nl * e->m->cfg.vocab_size);
 }
 
 /* ---- decode: drafting, verification, acceptance --------------------------------------------------------- */
@@ -704,6 +730,9 @@ static void *engine_main(void *arg)
                 if (local) running++;
             }
             int n = PD_MIN(budget, s->n_fill - s->n_cached);
+            /* a recomputed sequence's prompt and generated tokens go in separate chunks: the prompt part as its
+             * prefill computed it (bf16 activations, the same KV bits), the rest exactly, as decode computed it */
+            if (!e->o.exact_prefill && s->n_cached < s->n_prompt) n = PD_MIN(n, s->n_prompt - s->n_cached);
             ch[nc].s = s;
             ch[nc].n = n;
             ch[nc].done = s->n_cached + n == s->n_fill;

@@ -105,6 +105,11 @@ typedef struct {
      * the default list (powers of two up to max_num_seqs); -1: none (every step takes the general path). */
     int graph_batch_sizes[MDL_MAX_GRAPH_SIZES];
     int n_graph_batch_sizes;
+    /* 0 (default): prompt prefill rounds the activations of its BF16-weight GEMMs to bf16 (mdl_batch.act_bf16; a
+     * no-op without AVX512-BF16 or with PDSERVE_BF16_DOT=0). A preempted sequence recomputes its prompt the same way
+     * (the same KV bits) and its generated tokens exactly, as decode computed them; decode and verify are always
+     * exact. 1: prompt prefill exact as well (--no-prefill-bf16). */
+    int exact_prefill;
 } mdl_engine_opts;
 
 /* Blocks the engine's pool holds for these options: n_blocks for requests plus scratch blocks that padded rows

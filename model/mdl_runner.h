@@ -13,6 +13,8 @@ typedef struct {
     int *blocks;
     int n_blocks;
     int max_chunk;
+    int act_bf16; /* prefill-form feeds are prompt prefills (mdl_batch.act_bf16); mdl_runner_open sets 1, callers may
+                   * clear it for exact f32 activations */
 } mdl_runner;
 
 pd_status mdl_runner_open(mdl_runner *s, mdl_model *m, int max_len, int max_chunk, int block_size);

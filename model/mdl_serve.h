@@ -25,9 +25,10 @@ typedef struct {
     int seed;                    /* default seed for requests without one (-1: random) */
     char *speculative_config;    /* JSON: {"method":"mtp","num_speculative_tokens":k}, k 0..4; NULL: off */
     char *graph_batch_sizes;     /* "1,2,4,8": captured decode batch sizes; "none": off; NULL: default list */
+    int prefill_bf16;            /* prompt prefill with bf16 activations (default 1; mdl_engine_opts.exact_prefill) */
 } mdl_serve_opts;
 
-#define MDL_SERVE_NOPTS 14
+#define MDL_SERVE_NOPTS 15
 void mdl_serve_defaults(mdl_serve_opts *o);
 /* Writes the option entries (MDL_SERVE_NOPTS) for o into table. */
 void mdl_serve_options(mdl_serve_opts *o, pd_opt *table);

@@ -8,6 +8,7 @@ pd_status mdl_runner_open(mdl_runner *s, mdl_model *m, int max_len, int max_chun
     memset(s, 0, sizeof *s);
     s->m = m;
     s->max_chunk = max_chunk;
+    s->act_bf16 = 1;
     int nb = (max_len + block_size - 1) / block_size;
     pd_status st = mdl_kv_pool_create(&m->cfg, m->n_mtp, m->opts.kv_type, block_size, nb, &s->kv);
     if (st != PD_OK) return st;
@@ -48,7 +49,8 @@ static pd_status feed(mdl_runner *s, const int32_t *tokens, const float *mtp_hid
         for (int r = 0; r < nl; r++) rows[r] = all_logits ? r : k - 1;
         mdl_batch b = {.n_seqs = 1, .n_tokens = k, .tokens = tokens + i, .seq_start = start, .ctx_len = &ctx_len,
                        .block_table = &table, .logits_rows = rows, .n_logits = nl, .attn = mode,
-                       .mtp_hidden = mtp_hidden ? mtp_hidden + (size_t)i * D : NULL};
+                       .mtp_hidden = mtp_hidden ? mtp_hidden + (size_t)i * D : NULL,
+                       .act_bf16 = s->act_bf16 && mode == MDL_ATTN_PREFILL};
         float *lo = all_logits ? logits + (size_t)i * V : logits;
         pd_status st = mtp_hidden ? mdl_forward_mtp(s->ctx, s->kv, &b, nl ? lo : NULL)
                                   : mdl_forward(s->ctx, s->kv, &b, nl ? lo : NULL);

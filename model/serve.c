@@ -14,6 +14,7 @@ void mdl_serve_defaults(mdl_serve_opts *o)
     o->kv_cache_memory = 1ull << 30;
     o->max_num_queued_reqs = 1024;
     o->seed = -1;
+    o->prefill_bf16 = 1;
 }
 
 void mdl_serve_options(mdl_serve_opts *o, pd_opt *t)
@@ -38,6 +39,9 @@ void mdl_serve_options(mdl_serve_opts *o, pd_opt *t)
          "'{\"method\":\"ngram\",\"num_speculative_tokens\":3,\"prompt_lookup_max\":4}' (default off)", 0, 0},
         {"graph-batch-sizes", PD_OPT_STR, &o->graph_batch_sizes,
          "captured decode batch sizes, e.g. 1,2,4,8,16,32,64 (default: powers of two up to --max-num-seqs; none: off)", 0, 0},
+        {"prefill-bf16", PD_OPT_BOOL, &o->prefill_bf16,
+         "prompt prefill GEMMs round activations to bf16 on CPUs with AVX512-BF16 (default on; --no-prefill-bf16: exact "
+         "f32; decode is always exact)", 0, 0},
     };
     memcpy(t, opts, sizeof opts);
 }
@@ -205,6 +209,7 @@ pd_status mdl_serve_load(mdl_serve_opts *o, mdl_model **out, mdl_engine_opts *eo
     eo->ngram_min = parsed.ngram_min;
     eo->ngram_max = parsed.ngram_max;
     eo->draft_vocab_size = parsed.draft_vocab_size;
+    eo->exact_prefill = !o->prefill_bf16;
     eo->n_graph_batch_sizes = parsed.n_graph_batch_sizes;
     memcpy(eo->graph_batch_sizes, parsed.graph_batch_sizes, sizeof eo->graph_batch_sizes);
     *out = m;

@@ -21,7 +21,7 @@ static void print_rows(const char *key, const float *v, int n, int V)
 int cmd_logits(int argc, char **argv)
 {
     const char *model = NULL, *toks = NULL, *v;
-    int decode = 0, mtp = 0, block = 16, chunk = 0;
+    int decode = 0, mtp = 0, block = 16, chunk = 0, prefill_bf16 = 1;
     mdl_load_opts lo = mdl_load_defaults();
     lo.progress = 0;
     for (int i = 1; i < argc; i++) {
@@ -30,6 +30,7 @@ int cmd_logits(int argc, char **argv)
         else if (!strcmp(a, "--tokens")) { if (!(toks = tool_arg(argc, argv, &i))) return 2; }
         else if (!strcmp(a, "--decode")) decode = 1;
         else if (!strcmp(a, "--mtp")) mtp = 1;
+        else if (!strcmp(a, "--no-prefill-bf16")) prefill_bf16 = 0;
         else if (!strcmp(a, "--block-size")) { if (!(v = tool_arg(argc, argv, &i))) return 2; block = atoi(v); }
         else if (!strcmp(a, "--chunk")) { if (!(v = tool_arg(argc, argv, &i))) return 2; chunk = atoi(v); }
         else if (!strcmp(a, "--dtype") || !strcmp(a, "--kv-cache-dtype")) {
@@ -41,7 +42,9 @@ int cmd_logits(int argc, char **argv)
         }
         else if (!strcmp(a, "--help")) {
             printf("usage: pdserve-model logits --model DIR --tokens 5,17,300 [--decode] [--mtp] [--dtype float32|bfloat16]\n"
-                   "       [--kv-cache-dtype float32|bfloat16] [--block-size N] [--chunk N]\n");
+                   "       [--kv-cache-dtype float32|bfloat16] [--block-size N] [--chunk N] [--no-prefill-bf16]\n"
+                   "  --no-prefill-bf16  exact f32 activations on the prefill path (default: bf16 activations in the\n"
+                   "                     BF16-weight GEMMs where the CPU has AVX512-BF16, as servers prefill prompts)\n");
             return 0;
         }
         else { fprintf(stderr, "logits: unknown option '%s'\n", a); return 2; }
@@ -66,6 +69,7 @@ int cmd_logits(int argc, char **argv)
     mdl_runner r;
     if (chunk <= 0) chunk = n;
     if (mdl_runner_open(&r, m, n, chunk, block) != PD_OK) { fprintf(stderr, "logits: out of memory\n"); goto free_model; }
+    r.act_bf16 = prefill_bf16;
     float *lg = malloc((size_t)n * V * sizeof(float)), *hid = malloc((size_t)n * D * sizeof(float));
     mdl_attn_mode mode = decode ? MDL_ATTN_DECODE : MDL_ATTN_PREFILL;
     pd_status st = lg && hid ? mdl_runner_feed(&r, ids, n, 0, mode, 1, lg, hid) : PD_ERR_NOMEM;

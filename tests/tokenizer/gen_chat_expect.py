@@ -5,6 +5,7 @@ with ensure_ascii=False, raise_exception, strftime_now; tools=None and documents
 Usage: gen_chat_expect.py CASES.json TEMPLATES_DIR OUT.json [COMMITTED.json]
 With COMMITTED, exits non-zero when the committed expectations differ from the fresh ones."""
 import json
+import os
 import sys
 from datetime import datetime
 
@@ -61,6 +62,7 @@ def main():
                                                                     **kwargs)}
         except jinja2.exceptions.TemplateError as e:
             out[c["name"]] = {"error": str(e)}
+    os.makedirs(os.path.dirname(out_path) or ".", exist_ok=True)  # as gen_tokenizer_expect.js does: either may run first
     with open(out_path, "w", encoding="utf-8") as f:
         json.dump({"generator": f"jinja2 {jinja2.__version__}", "cases": out}, f, ensure_ascii=False, indent=1)
         f.write("\n")

@@ -369,6 +369,23 @@ START_TEST(test_preemption_keeps_outputs)
         ck_assert_msg(pr > 0, "PD case %d: the tight decode pool preempted nothing", c);
     }
     mdl_model_destroy(m);
+    /* BF16 weights (f32 KV): the prompt prefill rounds activations to bf16 where the CPU has AVX512-BF16, decode
+     * does not. A recomputation prefills the prompt part the same way (the same KV bits) and the generated part
+     * exactly, as decode computed it, in separate chunks; greedy outputs stay those of the roomy pool. */
+    lo.weight_type = KRN_BF16;
+    ck_assert_int_eq(mdl_model_load(g_dir, &lo, &m, err, sizeof err), PD_OK);
+    for (int c = 0; c < 2; c++) {
+        int roomy[8][64], tight[8][64];
+        uint64_t pr_roomy, pr_tight;
+        run_pool(m, 256, 2 * c, 0.0f, roomy, &pr_roomy);
+        run_pool(m, 24, 2 * c, 0.0f, tight, &pr_tight);
+        ck_assert(pr_roomy == 0 && pr_tight > 0);
+        for (int i = 0; i < 8; i++)
+            for (int j = 0; j < 40; j++)
+                ck_assert_msg(roomy[i][j] == tight[i][j], "bf16 k=%d: req %d tok %d: %d roomy, %d after %llu preemptions",
+                              2 * c, i, j, roomy[i][j], tight[i][j], (unsigned long long)pr_tight);
+    }
+    mdl_model_destroy(m);
 }
 END_TEST
 

@@ -462,6 +462,154 @@ START_TEST(test_paths_rows_independent)
 }
 END_TEST
 
+/* bf16 as vcvtne2ps2bf16 rounds: to nearest even, inputs below 2^-126 flushed to (signed) zero */
+static float round_bf16(float v)
+{
+    if (fabsf(v) < 0x1p-126f) return copysignf(0.0f, v);
+    return krn_bf16_to_f32(krn_f32_to_bf16(v));
+}
+
+/* y[i, j] over bf16-rounded x in double, and the sum of |terms| that bounds an f32 summation's error */
+static void ref_linear_bf16act(const float *x, const float *W, int m, int n, int k, double *y, double *mag)
+{
+    for (int i = 0; i < m; i++)
+        for (int j = 0; j < n; j++) {
+            double s = 0, a = 0;
+            for (int c = 0; c < k; c++) {
+                const double t = (double)round_bf16(x[i * k + c]) * W[(size_t)j * k + c];
+                s += t;
+                a += fabs(t);
+            }
+            y[i * n + j] = s;
+            mag[i * n + j] = a;
+        }
+}
+
+/* KRN_LINEAR_BF16_ACT (the opt-in prompt-prefill kernel): where the table has it, against the bf16-rounded-x
+ * oracle within f32 summation error (tight: |err| <= k * 2^-23 * sum|terms|, twice the worst case of one f32
+ * rounding per term) and against the exact f32 product within bf16 rounding of x (looser: 2^-7 * sum|terms|, twice
+ * the worst case of bf16's unit roundoff 2^-8 per term), on awkward sizes (m past the 144-row block, n not multiples of
+ * 32, odd k, k past the 256-value chunk), 1-3 threads, columns past n untouched; each row the same bits whatever m
+ * and wherever it sits; krn_linear_group with mixed flagged items equals each item alone. Where the table lacks it
+ * (portable, no AVX512-BF16, PDSERVE_BF16_DOT=0) the flag changes nothing: the same bits as krn_linear. */
+START_TEST(test_paths_bf16dot)
+{
+    const int sizes[][3] = {{1, 37, 53}, {3, 129, 257}, {13, 70, 257}, {17, 31, 1}, {40, 96, 97},
+                            {150, 45, 300}, {300, 33, 513}, {5, 1, 7}, {20, 64, 2}};
+    collect_tables();
+    double worst_exact = 0;
+    for (int ti = 0; ti < g_ntables; ti++) {
+        krn__ops_force(g_tables[ti]);
+        const int dot = g_tables[ti]->gemm_bf16dot != NULL;
+        for (int nth = 1; nth <= 3; nth++) {
+            ck_assert_int_eq(krn_threads_init(nth), PD_OK);
+            for (size_t si = 0; si < PD_ARRAY_LEN(sizes); si++) {
+                const int m = sizes[si][0], n = sizes[si][1], k = sizes[si][2], ldy = n + 5;
+                float *x = malloc(sizeof(float) * m * k), *y = malloc(sizeof(float) * m * ldy);
+                float *ye = malloc(sizeof(float) * m * ldy), *y1 = malloc(sizeof(float) * ldy);
+                float *scratch = malloc(sizeof(float) * krn_linear_scratch(k));
+                double *yr = malloc(sizeof(double) * m * n), *mag = malloc(sizeof(double) * m * n);
+                double *yx = malloc(sizeof(double) * m * n);
+                for (int i = 0; i < m * k; i++) x[i] = randn() * (i % 11 == 0 ? 30.0f : 1.0f);
+                test_mat tm;
+                make_mat(&tm, KRN_BF16, n, k);
+                pack_mat(&tm, KRN_PREPACK_FAST);
+                for (int i = 0; i < m * ldy; i++) y[i] = ye[i] = 12345.0f;
+                const krn_linear_item it = {&tm.w, x, m, ldy, y, KRN_LINEAR_BF16_ACT};
+                krn_linear_group(&it, 1, scratch);
+                krn_linear(&tm.w, x, m, ye, ldy, scratch);
+                if (!dot) {
+                    ck_assert_msg(!memcmp(y, ye, sizeof(float) * m * ldy), "%s: the flag changed the result",
+                                  g_tables[ti]->name);
+                } else {
+                    ref_linear_bf16act(x, tm.exact, m, n, k, yr, mag);
+                    ref_linear(x, tm.exact, m, n, k, yx);
+                    for (int i = 0; i < m; i++) {
+                        for (int j = 0; j < n; j++) {
+                            const double v = y[i * ldy + j], a = mag[i * n + j];
+                            ck_assert_msg(fabs(v - yr[i * n + j]) <= k * 0x1p-23 * a + 1e-30,
+                                          "nth %d m%d n%d k%d at %d,%d: %.9g vs bf16-x oracle %.9g (sum|t| %g)", nth,
+                                          m, n, k, i, j, v, yr[i * n + j], a);
+                            ck_assert_msg(fabs(v - yx[i * n + j]) <= 0x1p-7 * a + 1e-30,
+                                          "m%d n%d k%d at %d,%d: %.9g vs exact %.9g", m, n, k, i, j, v, yx[i * n + j]);
+                            worst_exact = fmax(worst_exact, fabs(v - yx[i * n + j]) / (a + 1e-30));
+                        }
+                        for (int j = n; j < ldy; j++) ck_assert(y[i * ldy + j] == 12345.0f);
+                        /* the row alone: the same bits */
+                        const krn_linear_item one = {&tm.w, x + (size_t)i * k, 1, ldy, y1, KRN_LINEAR_BF16_ACT};
+                        krn_linear_group(&one, 1, scratch);
+                        ck_assert_msg(!memcmp(y1, y + (size_t)i * ldy, sizeof(float) * n),
+                                      "nth %d m%d n%d k%d: row %d differs from the row alone", nth, m, n, k, i);
+                    }
+                }
+                free_mat(&tm);
+                free(x); free(y); free(ye); free(y1); free(scratch); free(yr); free(mag); free(yx);
+            }
+            /* rows r0.. of a 300-row x in passes of m rows: the same bits as the whole pass (chunked prompts) */
+            if (dot) {
+                const int n = 70, k = 300, M = 300, ms[] = {1, 2, 5, 12, 13, 16, 17, 64, 144, 145, 150};
+                test_mat tm;
+                make_mat(&tm, KRN_BF16, n, k);
+                pack_mat(&tm, KRN_PREPACK_FAST);
+                float *x = malloc(sizeof(float) * M * k), *ya = malloc(sizeof(float) * M * n);
+                float *ym = malloc(sizeof(float) * M * n), *scratch = malloc(sizeof(float) * krn_linear_scratch(k));
+                for (int i = 0; i < M * k; i++) x[i] = randn();
+                const krn_linear_item all = {&tm.w, x, M, n, ya, KRN_LINEAR_BF16_ACT};
+                krn_linear_group(&all, 1, scratch);
+                for (size_t mi = 0; mi < PD_ARRAY_LEN(ms); mi++) {
+                    const int m = ms[mi], r0 = (int)(mi * 13) % (M - m + 1);
+                    const krn_linear_item part = {&tm.w, x + (size_t)r0 * k, m, n, ym, KRN_LINEAR_BF16_ACT};
+                    krn_linear_group(&part, 1, scratch);
+                    ck_assert_msg(!memcmp(ym, ya + (size_t)r0 * n, sizeof(float) * m * n),
+                                  "nth %d: rows %d..%d in a pass of %d differ from the 300-row pass", nth, r0, r0 + m - 1, m);
+                }
+                /* a group mixing flagged BF16, exact BF16 and FP8 items: each as it is alone */
+                test_mat t2, t3;
+                make_mat(&t2, KRN_BF16, 45, 257);
+                pack_mat(&t2, KRN_PREPACK_FAST);
+                make_mat(&t3, KRN_F8E4M3, 33, 257);
+                pack_mat(&t3, KRN_PREPACK_FAST);
+                float *g[3], *s1[3];
+                const krn_mat *ws[3] = {&tm.w, &t2.w, &t3.w};
+                const int mm[3] = {20, 7, 5}, nn[3] = {n, 45, 33};
+                const unsigned fl[3] = {KRN_LINEAR_BF16_ACT, 0, KRN_LINEAR_BF16_ACT};
+                krn_linear_item items[3];
+                for (int q = 0; q < 3; q++) {
+                    g[q] = malloc(sizeof(float) * mm[q] * nn[q]);
+                    s1[q] = malloc(sizeof(float) * mm[q] * nn[q]);
+                    items[q] = (krn_linear_item){ws[q], x, mm[q], nn[q], g[q], fl[q]};
+                    krn_linear_group(&items[q], 1, scratch);
+                    memcpy(s1[q], g[q], sizeof(float) * mm[q] * nn[q]);
+                    memset(g[q], 0, sizeof(float) * mm[q] * nn[q]);
+                }
+                krn_linear_group(items, 3, scratch);
+                for (int q = 0; q < 3; q++) {
+                    ck_assert_msg(!memcmp(g[q], s1[q], sizeof(float) * mm[q] * nn[q]), "group item %d differs", q);
+                    free(g[q]); free(s1[q]);
+                }
+                /* FP8 ignores the flag: the same bits as krn_linear */
+                float *f8 = malloc(sizeof(float) * 5 * 33);
+                krn_linear(&t3.w, x, 5, f8, 33, scratch);
+                items[2].y = f8 + 0;
+                float *f8b = malloc(sizeof(float) * 5 * 33);
+                items[2].y = f8b;
+                krn_linear_group(&items[2], 1, scratch);
+                ck_assert(!memcmp(f8, f8b, sizeof(float) * 5 * 33));
+                free(f8); free(f8b);
+                free_mat(&t2); free_mat(&t3); free_mat(&tm);
+                free(x); free(ya); free(ym); free(scratch);
+            }
+        }
+    }
+    if (worst_exact > 0) {
+        fprintf(stderr, "bf16dot: worst |y - exact| / sum|terms| %.3g (bound 2^-7)\n", worst_exact);
+        ck_assert(worst_exact > 1e-5); /* the kernel did round x (else this test would not test the new kernel) */
+    }
+    krn__ops_force(NULL);
+    krn_threads_init(0);
+}
+END_TEST
+
 /* krn_linear_group gives every item exactly what krn_linear gives it, for mixed item kinds (packed BF16/FP8 in
  * the shared job, F32 and W8A8 one by one, an empty item), awkward sizes, on every table and thread count. */
 START_TEST(test_paths_group)
@@ -486,7 +634,7 @@ START_TEST(test_paths_group)
                 y1[i] = malloc(sizeof(float) * (m + 1) * (n + 2));
                 for (int j = 0; j < m * k; j++) x[i][j] = randn();
                 for (int j = 0; j < (m + 1) * (n + 2); j++) yg[i][j] = y1[i][j] = 7.0f;
-                items[i] = (krn_linear_item){&tm[i].w, x[i], m, n + 2, yg[i]};
+                items[i] = (krn_linear_item){&tm[i].w, x[i], m, n + 2, yg[i], 0};
                 krn_linear(&tm[i].w, x[i], m, y1[i], n + 2, scratch);
             }
             krn_linear_group(items, NI, scratch);
@@ -726,6 +874,7 @@ int main(void)
     tcase_add_test(tp, test_paths_logsumexp);
     tcase_add_test(tp, test_paths_rows_independent);
     tcase_add_test(tp, test_paths_group);
+    tcase_add_test(tp, test_paths_bf16dot);
     tcase_add_test(tp, test_paths_attention);
     tcase_add_test(tp, test_paths_attention_rows_independent);
     suite_add_tcase(s, tp);

@@ -671,7 +671,8 @@ START_TEST(test_seeded_reproducible)
 }
 END_TEST
 
-/* The shared server option: --speculative-config and --graph-batch-sizes reach the engine options. */
+/* The shared server options: --speculative-config, --graph-batch-sizes and --no-prefill-bf16 reach the engine
+ * options. */
 START_TEST(test_serve_options)
 {
     gen_model();
@@ -689,6 +690,7 @@ START_TEST(test_serve_options)
     ck_assert_int_eq(eo.num_speculative_tokens, 3);
     ck_assert_int_eq(eo.n_graph_batch_sizes, 4);
     ck_assert_int_eq(eo.graph_batch_sizes[3], 8);
+    ck_assert_int_eq(eo.exact_prefill, 0); /* prompt prefill with bf16 activations by default */
     mdl_model_destroy(m);
     /* prompt lookup, vLLM's keys; the missing size takes the given one */
     free(so.speculative_config);
@@ -734,6 +736,11 @@ START_TEST(test_serve_options)
     ck_assert_int_eq(mdl_serve_load(&so, &m, &eo, err, sizeof err), PD_OK);
     ck_assert_int_eq(eo.n_graph_batch_sizes, -1);
     ck_assert_int_eq(eo.num_speculative_tokens, 0);
+    mdl_model_destroy(m);
+    char *argv2[] = {"x", "--no-prefill-bf16"};
+    ck_assert_int_eq(pd_opts_parse(table, MDL_SERVE_NOPTS, 2, argv2, "", err, sizeof err), PD_OK);
+    ck_assert_int_eq(mdl_serve_load(&so, &m, &eo, err, sizeof err), PD_OK);
+    ck_assert_int_eq(eo.exact_prefill, 1);
     mdl_model_destroy(m);
     pd_opts_free(table, MDL_SERVE_NOPTS);
 }
