@@ -59,6 +59,24 @@ const char *pd_http_path(struct evhttp_request *req, char *buf, size_t len)
     return buf;
 }
 
+static int g_unflushed; /* see pd_http_replies_unflushed; the servers' loop thread only */
+
+static void reply_complete_cb(struct evhttp_request *req, void *arg)
+{
+    (void)req;
+    (void)arg;
+    if (g_unflushed > 0) g_unflushed--;
+}
+
+/* Counts a reply until libevent has written its last byte. */
+static void track_reply(struct evhttp_request *req)
+{
+    g_unflushed++;
+    evhttp_request_set_on_complete_cb(req, reply_complete_cb, NULL);
+}
+
+int pd_http_replies_unflushed(void) { return g_unflushed; }
+
 void pd_http_reply_text(struct evhttp_request *req, int code, const char *content_type, const char *text, size_t len)
 {
     struct evbuffer *b = evbuffer_new();
@@ -66,6 +84,7 @@ void pd_http_reply_text(struct evhttp_request *req, int code, const char *conten
     evbuffer_add(b, text, len);
     struct evkeyvalq *h = evhttp_request_get_output_headers(req);
     evhttp_add_header(h, "Content-Type", content_type);
+    track_reply(req);
     evhttp_send_reply(req, code, NULL, b);
     evbuffer_free(b);
 }
@@ -142,6 +161,7 @@ void pd_http_stream_start(struct evhttp_request *req, int code, const char *cont
     struct evkeyvalq *h = evhttp_request_get_output_headers(req);
     evhttp_add_header(h, "Content-Type", content_type);
     evhttp_add_header(h, "Cache-Control", "no-cache");
+    track_reply(req);
     evhttp_send_reply_start(req, code, code == 200 ? "OK" : "Error");
 }
 

@@ -141,6 +141,7 @@ struct pd_drain_s {
     double start, timeout;
     int (*idle)(void *);
     void *arg;
+    double idle_since; /* 0: not idle yet */
 };
 
 static void drain_cb(evutil_socket_t fd, short what, void *arg)
@@ -149,8 +150,15 @@ static void drain_cb(evutil_socket_t fd, short what, void *arg)
     (void)what;
     pd_drain *d = arg;
     if (d->idle(d->arg)) {
-        pd_info("%s: drained; exiting", d->name);
-        event_base_loopexit(d->base, NULL);
+        const double now = pd_time_now();
+        if (!d->idle_since) d->idle_since = now;
+        const int unflushed = pd_http_replies_unflushed();
+        if (unflushed == 0 || now - d->idle_since > PD_DRAIN_FLUSH_GRACE) {
+            if (unflushed) pd_warn("%s: %d replies still unwritten after %.0f s; exiting", d->name, unflushed,
+                                   PD_DRAIN_FLUSH_GRACE);
+            else pd_info("%s: drained; exiting", d->name);
+            event_base_loopexit(d->base, NULL);
+        }
     } else if (pd_time_now() - d->start > d->timeout) {
         pd_warn("%s: drain timeout with requests in flight; exiting anyway", d->name);
         event_base_loopexit(d->base, NULL);
@@ -162,7 +170,7 @@ pd_status pd_drain_start(struct event_base *base, const char *name, double timeo
 {
     pd_drain *d = calloc(1, sizeof *d);
     if (!d) return PD_ERR_NOMEM;
-    *d = (pd_drain){base, NULL, name, pd_time_now(), timeout, idle, arg};
+    *d = (pd_drain){base, NULL, name, pd_time_now(), timeout, idle, arg, 0};
     struct timeval tv = {0, 100000};
     d->timer = event_new(base, -1, EV_PERSIST, drain_cb, d);
     if (!d->timer || event_add(d->timer, &tv) != 0) {

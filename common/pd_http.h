@@ -51,6 +51,11 @@ void pd_http_stream_start(struct evhttp_request *req, int code, const char *cont
 void pd_http_stream_write(struct evhttp_request *req, const char *data, size_t len);
 void pd_http_stream_end(struct evhttp_request *req);
 
+/* Replies sent through the functions above whose last byte libevent has not yet written (loop thread only). A
+ * draining server waits for them before it leaves its loop: a reply ended but still in the connection's buffer
+ * is lost if the process exits. A reply whose client went away never completes, so waits on this are bounded. */
+int pd_http_replies_unflushed(void);
+
 /* ---- client ---------------------------------------------------------------------------------------------
  * One connection per call (the control plane talks to few peers; streams are long-lived). line_cb receives
  * each '\n'-terminated line of the response body as it arrives (NDJSON streams); done_cb is called exactly

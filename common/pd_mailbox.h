@@ -22,8 +22,10 @@ void pd_mailbox_destroy(pd_mailbox *mb);
  * the loop once idle); SIGINT or a second SIGTERM stop at once. */
 void pd_run_until_signal(struct event_base *base, const char *name, void (*drain_cb)(void *), void *arg);
 
-/* Draining: calls idle(arg) every 100 ms and leaves the loop once it returns non-zero, or after timeout seconds
- * (logged as "<name>: ..."). */
+/* Draining: calls idle(arg) every 100 ms; once it returns non-zero, waits (at most PD_DRAIN_FLUSH_GRACE seconds)
+ * for replies libevent has not finished writing (pd_http_replies_unflushed), then leaves the loop; or leaves after
+ * timeout seconds (logged as "<name>: ..."). */
+#define PD_DRAIN_FLUSH_GRACE 2.0
 typedef struct pd_drain_s pd_drain;
 pd_status pd_drain_start(struct event_base *base, const char *name, double timeout, int (*idle)(void *), void *arg,
                          pd_drain **out);
