@@ -106,11 +106,7 @@ int main(int argc, char **argv)
         kv_remote_t remote;
         if (!d || kv_remote_create(ctx, d, &remote) != PD_OK) return 2;
         free(d);
-        kv_block *blocks = calloc((size_t)opt.blocks * opt.window, sizeof(*blocks));
-        for (int i = 0; i < opt.blocks * opt.window; i++) {
-            uint64_t off = (uint64_t)(i % opt.slots) * opt.size;
-            blocks[i] = (kv_block){.local_off = off, .remote_off = off, .len = opt.size};
-        }
+        kv_block *blocks = calloc((size_t)opt.blocks, sizeof(*blocks)); /* kv_xfer_start copies what it keeps */
         char *notice = calloc(1, opt.notice ? opt.notice : 1);
         size_t per_xfer = opt.size * (size_t)opt.blocks;
         int warm = 2 * opt.window, total = warm + (int)PD_MAX(1, opt.bytes / per_xfer);
@@ -122,9 +118,13 @@ int main(int argc, char **argv)
                     while (inflight) kv_progress_wait(ctx, 0.1); /* warm-up drained: start the clock */
                     t0 = pd_time_now();
                 }
-                int slot = started % opt.window;
+                /* block j of transfer t takes slot (t x blocks + j) mod slots, the same slot on both sides */
+                for (int j = 0; j < opt.blocks; j++) {
+                    uint64_t off = (((uint64_t)started * opt.blocks + j) % (uint64_t)opt.slots) * opt.size;
+                    blocks[j] = (kv_block){.local_off = off, .remote_off = off, .len = opt.size};
+                }
                 kv_xfer_params_t xp = {.field_mask = KV_XFER_FIELD_NOTICE, .local = reg, .remote = remote,
-                                       .blocks = blocks + (size_t)slot * opt.blocks, .n_blocks = (size_t)opt.blocks,
+                                       .blocks = blocks, .n_blocks = (size_t)opt.blocks,
                                        .notice = notice, .notice_len = opt.notice, .cb = xfer_cb};
                 if (kv_xfer_start(ctx, &xp, NULL) != PD_OK) return 1;
                 inflight++;
