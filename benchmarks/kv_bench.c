@@ -1,6 +1,9 @@
 /* kv_bench: libpdkv bandwidth between two processes. "recv" registers a region and progresses until
  * SIGTERM; "send" keeps --window transfers of --blocks blocks of --size bytes in flight (each transfer:
- * blocks, then [flush,] notice) and reports MB/s (2^20 bytes, as ucx_perftest does) over --bytes. */
+ * blocks, then [flush,] notice) and reports MB/s (2^20 bytes, as ucx_perftest does) over --bytes.
+ * --slots N: the blocks cycle through N distinct block slots per side (regions of N x size on both ends).
+ * The default, blocks x window, streams through a pool as a real KV pool larger than the cache does;
+ * --slots 1 rewrites one message-size buffer on each side, the working set of ucx_perftest's bw tests. */
 #include <getopt.h>
 #include <signal.h>
 #include <string.h>
@@ -14,10 +17,10 @@ static void on_term(int sig) { stop = 1; }
 
 static struct {
     const char *desc_out, *desc;
-    size_t size, bytes;
-    int blocks, window;
+    size_t size, bytes, notice;
+    int blocks, window, slots; /* slots 0: blocks x window */
     kv_proto proto;
-} opt = {.size = 1 << 20, .bytes = (size_t)4 << 30, .blocks = 16, .window = 4};
+} opt = {.size = 1 << 20, .bytes = (size_t)4 << 30, .blocks = 16, .window = 4, .notice = 4096};
 
 static int inflight, done_xfers, failed;
 
@@ -47,7 +50,8 @@ int main(int argc, char **argv)
 {
     static struct option lo[] = {{"desc-out", 1, 0, 'o'}, {"desc", 1, 0, 'd'},   {"size", 1, 0, 's'},
                                  {"bytes", 1, 0, 'b'},    {"blocks", 1, 0, 'k'}, {"window", 1, 0, 'w'},
-                                 {"proto", 1, 0, 'p'},    {0, 0, 0, 0}};
+                                 {"proto", 1, 0, 'p'},    {"slots", 1, 0, 'n'},  {"notice", 1, 0, 'N'},
+                                 {0, 0, 0, 0}};
     if (argc < 2) goto usage;
     optind = 2;
     int c;
@@ -59,13 +63,17 @@ int main(int argc, char **argv)
         case 'b': opt.bytes = strtoull(optarg, NULL, 0); break;
         case 'k': opt.blocks = atoi(optarg); break;
         case 'w': opt.window = atoi(optarg); break;
+        case 'n': opt.slots = atoi(optarg); break;
+        case 'N': opt.notice = strtoull(optarg, NULL, 0); break;
         case 'p':
             if (kv_proto_parse(optarg, &opt.proto) != PD_OK) goto usage;
             break;
         default: goto usage;
         }
     }
-    size_t region = opt.size * (size_t)opt.blocks * (size_t)opt.window;
+    if (opt.blocks < 1 || opt.window < 1 || opt.slots < 0 || !opt.size) goto usage;
+    if (!opt.slots) opt.slots = opt.blocks * opt.window;
+    size_t region = opt.size * (size_t)opt.slots;
     kv_params_t p = {.field_mask = KV_PARAM_FIELD_PROTO, .proto = opt.proto};
     kv_context_t ctx;
     if (kv_context_create(&p, &ctx) != PD_OK) return 2;
@@ -98,11 +106,8 @@ int main(int argc, char **argv)
         kv_remote_t remote;
         if (!d || kv_remote_create(ctx, d, &remote) != PD_OK) return 2;
         free(d);
-        kv_block *blocks = calloc((size_t)opt.blocks * opt.window, sizeof(*blocks));
-        for (int i = 0; i < opt.blocks * opt.window; i++)
-            blocks[i] = (kv_block){.local_off = (uint64_t)i * opt.size, .remote_off = (uint64_t)i * opt.size,
-                                   .len = opt.size};
-        char notice[4096] = {0};
+        kv_block *blocks = calloc((size_t)opt.blocks, sizeof(*blocks)); /* kv_xfer_start copies what it keeps */
+        char *notice = calloc(1, opt.notice ? opt.notice : 1);
         size_t per_xfer = opt.size * (size_t)opt.blocks;
         int warm = 2 * opt.window, total = warm + (int)PD_MAX(1, opt.bytes / per_xfer);
         int started = 0;
@@ -113,10 +118,14 @@ int main(int argc, char **argv)
                     while (inflight) kv_progress_wait(ctx, 0.1); /* warm-up drained: start the clock */
                     t0 = pd_time_now();
                 }
-                int slot = started % opt.window;
+                /* block j of transfer t takes slot (t x blocks + j) mod slots, the same slot on both sides */
+                for (int j = 0; j < opt.blocks; j++) {
+                    uint64_t off = (((uint64_t)started * opt.blocks + j) % (uint64_t)opt.slots) * opt.size;
+                    blocks[j] = (kv_block){.local_off = off, .remote_off = off, .len = opt.size};
+                }
                 kv_xfer_params_t xp = {.field_mask = KV_XFER_FIELD_NOTICE, .local = reg, .remote = remote,
-                                       .blocks = blocks + (size_t)slot * opt.blocks, .n_blocks = (size_t)opt.blocks,
-                                       .notice = notice, .notice_len = sizeof(notice), .cb = xfer_cb};
+                                       .blocks = blocks, .n_blocks = (size_t)opt.blocks,
+                                       .notice = notice, .notice_len = opt.notice, .cb = xfer_cb};
                 if (kv_xfer_start(ctx, &xp, NULL) != PD_OK) return 1;
                 inflight++;
                 started++;
@@ -125,10 +134,12 @@ int main(int argc, char **argv)
         }
         double dt = pd_time_now() - t0;
         double mb = (double)(total - warm) * per_xfer / (1 << 20);
-        printf("RESULT proto=%s size=%zu blocks=%d window=%d bytes=%.0f seconds=%.3f MBps=%.1f\n",
-               kv_proto_str(kv_remote_proto(remote)), opt.size, opt.blocks, opt.window, mb * (1 << 20), dt, mb / dt);
+        printf("RESULT proto=%s direct=%d size=%zu blocks=%d window=%d slots=%d bytes=%.0f seconds=%.3f MBps=%.1f\n",
+               kv_proto_str(kv_remote_proto(remote)), kv_remote_direct(remote), opt.size, opt.blocks, opt.window,
+               opt.slots, mb * (1 << 20), dt, mb / dt);
         kv_remote_destroy(remote);
         free(blocks);
+        free(notice);
     } else {
         goto usage;
     }
@@ -137,7 +148,10 @@ int main(int argc, char **argv)
     if (mem) munmap(mem, region);
     return failed ? 1 : 0;
 usage:
-    fprintf(stderr, "usage: kv_bench recv --desc-out FILE [--size B --blocks K --window W]\n"
-                    "       kv_bench send --desc FILE [--size B --blocks K --window W --bytes N --proto auto|put|am]\n");
+    fprintf(stderr, "usage: kv_bench recv --desc-out FILE [--size B --blocks K --window W --slots N]\n"
+                    "       kv_bench send --desc FILE [--size B --blocks K --window W --slots N --bytes N\n"
+                    "                                  --notice BYTES --proto auto|put|am]\n"
+                    "  --slots N: distinct block slots per side (default K x W; 1 = ucx_perftest's working set)\n"
+                    "  --notice BYTES: notice payload per transfer (default 4096)\n");
     return 2;
 }

@@ -86,7 +86,7 @@ struct kv_remote {
      * memory); then PUT blocks are CPU copies made from dispatch. NULL otherwise, and after the peer failed. */
     char *ptr;
     ucp_rkey_h map_rkey; /* rkey unpacked through the self endpoint to map the region (kv__map_rkey), or NULL */
-    int nt; /* region larger than the last-level cache: copy with non-temporal stores */
+    int nt; /* region larger than a quarter of the last-level cache: copy with non-temporal stores */
     int refs;
 };
 
@@ -195,7 +195,7 @@ struct kv_context {
     int destroying;
     int cancel_needed; /* some transfer or rx ended with requests in flight: cancel from dispatch */
     int keep_worker; /* see kv__peer_handle_failure */
-    size_t llc_size; /* last-level cache, bytes: above it a remote region is copied into with NT stores */
+    size_t llc_size; /* last-level cache, bytes: above a quarter of it a remote region is copied into with NT stores */
     ucp_err_handling_mode_t err_mode; /* PEER when a network transport can report failures, else NONE */
 };
 

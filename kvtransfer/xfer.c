@@ -236,11 +236,13 @@ pd_status kv_xfer_start(kv_context_t ctx, const kv_xfer_params_t *prm, kv_xfer_t
     return PD_OK;
 }
 
-/* Copies len bytes into a peer's mapped region. Non-temporal stores when the region is larger than the
- * last-level cache: glibc's memcpy switches to them only for single copies of about the cache size, so a
- * pool of 1 MiB blocks would otherwise be written through the cache (read for ownership, then evicted) at
- * about half the memory bandwidth. Measured on the 2-core EPYC VM, 1 MiB blocks into a 64 MiB region:
- * memcpy 8.4-9.6 GB/s, SSE2 streaming stores 12.6-19 GB/s (AVX2/AVX-512 ones were at most 5 % faster). */
+/* Copies len bytes into a peer's mapped region. Non-temporal stores when the region is larger than a
+ * quarter of the last-level cache (set in kv_remote_create): glibc's memcpy switches to them only for
+ * single copies of about the cache size it reads from CPUID (2.36 on this VM: above 240 MiB), so a pool of
+ * 1 MiB blocks would otherwise be written through the cache (read for ownership, then evicted) at about
+ * half the memory bandwidth. Measured on the 2-core EPYC VM, 1 MiB blocks into a 64 MiB region: memcpy
+ * 8.4-9.6 GB/s, SSE2 streaming stores 12.6-19 GB/s (AVX2/AVX-512 ones were at most 5 % faster; rep movsb
+ * runs at memcpy's speed). */
 static void kv__copy(char *dst, const char *src, size_t len, int nt)
 {
 #if defined(__x86_64__)

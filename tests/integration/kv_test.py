@@ -108,8 +108,9 @@ def common(extra=()):
     if ARGS.region == "alloc":
         a += ["--alloc"]  # receivers' regions from kv_region_alloc: direct copies over shared memory
     if ARGS.small:
-        # regions smaller than the last-level cache: direct copies go through the cache, not streaming stores
-        a += ["--size", str(16 << 20), "--sizes", "4096,65536,1048576"]
+        # regions of a quarter of the last-level cache (32 MiB here) or less: direct copies go through the
+        # cache, not streaming stores
+        a += ["--size", str(8 << 20), "--sizes", "4096,65536,1048576"]
     return a + list(extra)
 
 
@@ -255,7 +256,7 @@ if __name__ == "__main__":
     ap.add_argument("--proto", choices=["auto", "put", "am"], default="auto")
     ap.add_argument("--region", choices=["user", "alloc"], default="user",
                     help="receivers register mmap'd memory (user) or take it from kv_region_alloc (alloc)")
-    ap.add_argument("--small", action="store_true", help="16 MiB regions and blocks up to 1 MiB")
+    ap.add_argument("--small", action="store_true", help="8 MiB regions and blocks up to 1 MiB")
     ap.add_argument("scenario", choices=sorted(SCENARIOS))
     ARGS = ap.parse_args()
     signal.signal(signal.SIGTERM, on_signal)
