@@ -12,6 +12,18 @@
 /* Lanes [0, n) of 16 (n may be <= 0 or >= 16). */
 KRN_INLINE __mmask16 krn__mask16(int n) { return n >= 16 ? (__mmask16)0xffff : n <= 0 ? 0 : (__mmask16)((1u << n) - 1); }
 
+/* Writes one row of a 32-output tile: c[0..32) = v (masked by m0/m1), or c + v when add (the chunks after a
+ * GEMM's first: each output's KC-chunk sums are added to y in k order). */
+KRN_INLINE void krn__store_row32(float *c, __m512 v0, __m512 v1, __mmask16 m0, __mmask16 m1, int add)
+{
+    if (add) {
+        v0 = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, c), v0);
+        v1 = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, c + 16), v1);
+    }
+    _mm512_mask_storeu_ps(c, m0, v0);
+    _mm512_mask_storeu_ps(c + 16, m1, v1);
+}
+
 /* 16 bf16 -> 16 f32 (exact). */
 KRN_INLINE __m512 krn__bf16x16_to_f32(const krn_bf16 *p, __mmask16 k)
 {

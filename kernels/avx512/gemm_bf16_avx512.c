@@ -53,15 +53,7 @@ KRN_INLINE void ukr(const int mr, const int kc, const float *A, const size_t lda
         }
     }
 #pragma GCC unroll 12
-    for (int i = 0; i < mr; i++) {
-        float *c = C + i * ldc;
-        if (load_c) {
-            c0[i] = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, c), c0[i]);
-            c1[i] = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, c + 16), c1[i]);
-        }
-        _mm512_mask_storeu_ps(c, m0, c0[i]);
-        _mm512_mask_storeu_ps(c + 16, m1, c1[i]);
-    }
+    for (int i = 0; i < mr; i++) krn__store_row32(C + i * ldc, c0[i], c1[i], m0, m1, load_c);
 }
 
 /* Two panels at once for up to 4 rows (decode): C and C2 (+)= A . panel B / panel B2. The same chain per output as
@@ -107,17 +99,8 @@ KRN_INLINE void ukr2(const int mr, const int kc, const float *A, const size_t ld
     }
 #pragma GCC unroll 4
     for (int i = 0; i < mr; i++) {
-        float *c = C + i * ldc, *d = C2 + i * ldc;
-        if (load_c) {
-            c0[i] = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, c), c0[i]);
-            c1[i] = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, c + 16), c1[i]);
-            e0[i] = _mm512_add_ps(_mm512_maskz_loadu_ps(n0, d), e0[i]);
-            e1[i] = _mm512_add_ps(_mm512_maskz_loadu_ps(n1, d + 16), e1[i]);
-        }
-        _mm512_mask_storeu_ps(c, m0, c0[i]);
-        _mm512_mask_storeu_ps(c + 16, m1, c1[i]);
-        _mm512_mask_storeu_ps(d, n0, e0[i]);
-        _mm512_mask_storeu_ps(d + 16, n1, e1[i]);
+        krn__store_row32(C + i * ldc, c0[i], c1[i], m0, m1, load_c);
+        krn__store_row32(C2 + i * ldc, e0[i], e1[i], n0, n1, load_c);
     }
 }
 

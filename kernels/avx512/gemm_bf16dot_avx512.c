@@ -32,15 +32,7 @@ KRN_INLINE void ukr(const int mr, const int kp, const uint32_t *A, const size_t 
         }
     }
 #pragma GCC unroll 12
-    for (int i = 0; i < mr; i++) {
-        float *c = C + i * ldc;
-        if (load_c) {
-            c0[i] = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, c), c0[i]);
-            c1[i] = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, c + 16), c1[i]);
-        }
-        _mm512_mask_storeu_ps(c, m0, c0[i]);
-        _mm512_mask_storeu_ps(c + 16, m1, c1[i]);
-    }
+    for (int i = 0; i < mr; i++) krn__store_row32(C + i * ldc, c0[i], c1[i], m0, m1, load_c);
 }
 
 static void ukr_any(int mr, int kp, const uint32_t *A, size_t lda, const krn_bf16 *B, float *C, size_t ldc,
