@@ -295,6 +295,11 @@ static void attn_task(void *p, int ith, int nth)
     if (u0 < u1) j->fn(j->a, u0, u1);
 }
 
+void krn_attn_tile_units(const krn_attn_tile_args *a, int u0, int u1)
+{
+    if (u0 < u1) krn__ops_get()->attn_tile(a, u0, u1);
+}
+
 void krn_attn_tile(const krn_attn_tile_args *a)
 {
     const int units = a->nq * a->nh;

@@ -224,6 +224,9 @@ typedef struct {
     float *scores;                                /* scratch [nk] */
 } krn_attn_tile_args;
 void krn_attn_tile(const krn_attn_tile_args *a);
+/* The same for the units u = i*nh + h in [u0, u1) only, on the calling thread (callers that split the work
+ * themselves, e.g. over key tiles). A unit's result does not depend on the range it is computed in. */
+void krn_attn_tile_units(const krn_attn_tile_args *a, int u0, int u1);
 /* Initialises m=-inf, l=0, acc=0 for nq*nh states; krn_attn_finish divides acc by l. */
 void krn_attn_init(int nq, int nh, int dv, float *m, float *l, float *acc, int acc_stride, int acc_hstride);
 void krn_attn_finish(int nq, int nh, int dv, const float *l, float *acc, int acc_stride, int acc_hstride);

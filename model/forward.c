@@ -10,6 +10,8 @@
 
 #define ATTN_TILE 256  /* keys per attention tile (one kernel call; its queries are transposed once per call) */
 #define DEC_QCHUNK 16  /* decode-mode queries per absorbed chunk */
+#define DEC_SPLIT 4    /* decode: key tiles scored side by side (split-K), then merged in tile order */
+#define DEC_UGROUP 16  /* decode: (query, head) units per piece, the attention kernel's lanes */
 /* Up to this many tokens, a MoE layer runs all its experts' products as two pool jobs (gate/up, then down) over
  * per-slot copies of the inputs; above it each expert has enough rows to run on its own. */
 #define MOE_GROUP_TOKENS 32
@@ -35,6 +37,11 @@ struct mdl_ctx_s {
     /* decode attention */
     float *qabs;     /* [DEC_QCHUNK, H, kv_lora] */
     float *acc_lat;  /* [DEC_QCHUNK, H, kv_lora] */
+    int dq;          /* decode queries per chunk this context holds: min(DEC_QCHUNK, max_tokens) */
+    float *dlat;     /* [DEC_SPLIT, ATTN_TILE, kv_lora] each split's latent rows */
+    float *dkpe;     /* [DEC_SPLIT, ATTN_TILE, rope] */
+    float *dm, *dl;  /* [DEC_SPLIT, dq*H] each split's partial softmax state */
+    float *dacc;     /* [DEC_SPLIT, dq, H, kv_lora] */
     /* feed-forward */
     float *g, *u;    /* [T, F] */
     float *xg, *yg;  /* [T, D] gathered rows of one expert, its output */
@@ -104,6 +111,12 @@ pd_status mdl_ctx_create(const mdl_model *m, int max_tokens, int max_logits, mdl
     ALLOC(scores, ATTN_TILE);
     ALLOC(qabs, DEC_QCHUNK * H * kvl);
     ALLOC(acc_lat, DEC_QCHUNK * H * kvl);
+    x->dq = (int)PD_MIN((size_t)DEC_QCHUNK, T);
+    ALLOC(dlat, (size_t)DEC_SPLIT * ATTN_TILE * kvl);
+    ALLOC(dkpe, (size_t)DEC_SPLIT * ATTN_TILE * rope);
+    ALLOC(dm, (size_t)DEC_SPLIT * x->dq * H);
+    ALLOC(dl, (size_t)DEC_SPLIT * x->dq * H);
+    ALLOC(dacc, (size_t)DEC_SPLIT * x->dq * H * kvl);
     ALLOC(g, T * F);
     ALLOC(u, T * F);
     ALLOC(xg, T * D);
@@ -241,6 +254,75 @@ static int absorb_pieces(int units, int macs)
     return PD_MIN(units, 2 * krn_threads_get());
 }
 
+/* Decode attention over the latent rows, split over the keys (flash-decoding): the key tiles of a round are
+ * gathered side by side, each tile's partial softmax state is computed from scratch by pieces of DEC_UGROUP units,
+ * then every unit folds the partials into its running state in tile order. The split is fixed (per ATTN_TILE keys,
+ * whatever the thread count or the number of queries), so a query gets the same bits in a verify pass as in a plain
+ * decode step; with one tile the fold is an exact copy of the tile's state. */
+typedef struct {
+    mdl_ctx *x;
+    const mdl_kv_pool *kv;
+    const int *table;
+    int layer, k0, nt, nq, H, kvl, rope, ngroups;
+    krn_attn_tile_args a; /* the chunk's arguments; per piece: keys, state and units change */
+} dec_attn_job;
+
+static void dec_gather_task(void *p, int ith, int nth)
+{
+    const dec_attn_job *j = p;
+    for (int t = ith; t < j->nt; t += nth) {
+        const int k0 = j->k0 + t * ATTN_TILE, nk = PD_MIN(ATTN_TILE, j->a.q_limit[j->nq - 1] + 1 - k0);
+        kv_gather(j->kv, j->table, j->layer, k0, nk, j->kvl, j->x->dlat + (size_t)t * ATTN_TILE * j->kvl,
+                  j->x->dkpe + (size_t)t * ATTN_TILE * j->rope);
+    }
+}
+
+static void dec_attend_task(void *p, int ith, int nth)
+{
+    const dec_attn_job *j = p;
+    mdl_ctx *x = j->x;
+    const int units = j->nq * j->H, slot = j->x->dq * j->H;
+    for (int piece = ith; piece < j->nt * j->ngroups; piece += nth) {
+        const int t = piece / j->ngroups, u0 = piece % j->ngroups * DEC_UGROUP, u1 = PD_MIN(units, u0 + DEC_UGROUP);
+        const int k0 = j->k0 + t * ATTN_TILE;
+        krn_attn_tile_args a = j->a;
+        a.nk = PD_MIN(ATTN_TILE, a.q_limit[j->nq - 1] + 1 - k0);
+        a.k_pos0 = k0;
+        a.ka = a.v = x->dlat + (size_t)t * ATTN_TILE * j->kvl;
+        a.kb = x->dkpe + (size_t)t * ATTN_TILE * j->rope;
+        a.m = x->dm + (size_t)t * slot;
+        a.l = x->dl + (size_t)t * slot;
+        a.acc = x->dacc + (size_t)t * slot * j->kvl;
+        for (int u = u0; u < u1; u++) {
+            a.m[u] = -INFINITY;
+            a.l[u] = 0;
+            memset(a.acc + (size_t)u * j->kvl, 0, (size_t)j->kvl * sizeof(float));
+        }
+        krn_attn_tile_units(&a, u0, u1);
+    }
+}
+
+static void dec_merge_task(void *p, int ith, int nth)
+{
+    const dec_attn_job *j = p;
+    mdl_ctx *x = j->x;
+    const int units = j->nq * j->H, slot = j->x->dq * j->H, kvl = j->kvl;
+    const int u0 = (int)((long)units * ith / nth), u1 = (int)((long)units * (ith + 1) / nth);
+    for (int u = u0; u < u1; u++) {
+        float *acc = x->acc_lat + (size_t)u * kvl;
+        for (int t = 0; t < j->nt; t++) {
+            const float m2 = x->dm[(size_t)t * slot + u];
+            if (m2 == -INFINITY) continue; /* the unit saw no key of this tile */
+            const float m1 = x->am[u], mn = m1 > m2 ? m1 : m2;
+            const float s1 = expf(m1 - mn), s2 = expf(m2 - mn); /* exp(-inf) = 0: an empty state adds nothing */
+            const float *acc2 = x->dacc + ((size_t)t * slot + u) * kvl;
+            for (int d = 0; d < kvl; d++) acc[d] = acc[d] * s1 + acc2[d] * s2;
+            x->al[u] = x->al[u] * s1 + x->dl[(size_t)t * slot + u] * s2;
+            x->am[u] = mn;
+        }
+    }
+}
+
 static void attention(mdl_ctx *x, mdl_kv_pool *kv, const mdl_batch *b, const mdl_layer *L, int cache_layer)
 {
     const mdl_config *c = &x->m->cfg;
@@ -311,22 +393,27 @@ static void attention(mdl_ctx *x, mdl_kv_pool *kv, const mdl_batch *b, const mdl
                 absorb_job aj = {L, c, x->q + (size_t)(t0 + q0) * H * qk, x->qabs, NULL, 0, nq * H};
                 krn_parallel(absorb_task, &aj, absorb_pieces(nq * H, nope * kvl));
                 krn_attn_init(nq, H, kvl, x->am, x->al, x->acc_lat, H * kvl, kvl);
-                int last = b->ctx_len[s] + q0 + nq; /* keys this chunk can see */
-                for (int k0 = 0; k0 < last; k0 += ATTN_TILE) {
-                    int nk = PD_MIN(ATTN_TILE, last - k0);
-                    kv_gather(kv, table, cache_layer, k0, nk, kvl, x->lat, x->kpe);
-                    krn_attn_tile_args a = {
-                        .nq = nq, .nh = H, .nk = nk, .da = kvl, .db = rope, .dv = kvl,
-                        .qa = x->qabs, .qa_stride = H * kvl, .qa_hstride = kvl,
-                        .qb = x->q + (size_t)(t0 + q0) * H * qk + nope, .qb_stride = H * qk, .qb_hstride = qk,
-                        .ka = x->lat, .ka_stride = kvl, .ka_hstride = 0,
-                        .kb = x->kpe, .kb_stride = rope,
-                        .v = x->lat, .v_stride = kvl, .v_hstride = 0,
-                        .q_limit = x->q_limit + t0 + q0, .k_pos0 = k0, .scale = x->m->softmax_scale,
-                        .m = x->am, .l = x->al, .acc = x->acc_lat, .acc_stride = H * kvl, .acc_hstride = kvl,
-                        .scores = x->scores,
-                    };
-                    krn_attn_tile(&a);
+                int last = b->ctx_len[s] + q0 + nq; /* keys this chunk can see: up to its last query's position */
+                PD_ASSERT(nq <= x->dq && x->q_limit[t0 + q0 + nq - 1] + 1 == last);
+                dec_attn_job j = {
+                    .x = x, .kv = kv, .table = table, .layer = cache_layer, .nq = nq, .H = H, .kvl = kvl,
+                    .rope = rope, .ngroups = (nq * H + DEC_UGROUP - 1) / DEC_UGROUP,
+                    .a = {.nq = nq, .nh = H, .da = kvl, .db = rope, .dv = kvl,
+                          .qa = x->qabs, .qa_stride = H * kvl, .qa_hstride = kvl,
+                          .qb = x->q + (size_t)(t0 + q0) * H * qk + nope, .qb_stride = H * qk, .qb_hstride = qk,
+                          .ka_stride = kvl, .ka_hstride = 0, .kb_stride = rope, .v_stride = kvl, .v_hstride = 0,
+                          .q_limit = x->q_limit + t0 + q0, .scale = x->m->softmax_scale,
+                          .acc_stride = H * kvl, .acc_hstride = kvl, .scores = x->scores},
+                };
+                const int ntile = (last + ATTN_TILE - 1) / ATTN_TILE, nth = krn_threads_get();
+                for (int r0 = 0; r0 < ntile; r0 += DEC_SPLIT) {
+                    j.k0 = r0 * ATTN_TILE;
+                    j.nt = PD_MIN(DEC_SPLIT, ntile - r0);
+                    const double work = (double)j.nt * PD_MIN(last - j.k0, DEC_SPLIT * ATTN_TILE) * nq * H * 2 * kvl;
+                    const int par = work < (1 << 16) ? 1 : nth;
+                    krn_parallel(dec_gather_task, &j, PD_MIN(par, j.nt));
+                    krn_parallel(dec_attend_task, &j, PD_MIN(par, j.nt * j.ngroups));
+                    krn_parallel(dec_merge_task, &j, PD_MIN(par, nq * H));
                 }
                 krn_attn_finish(nq, H, kvl, x->al, x->acc_lat, H * kvl, kvl);
                 /* back out of the latent space through kv_b's value half: out[h] = Wv[h] . acc_lat[h] */

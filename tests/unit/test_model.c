@@ -258,6 +258,16 @@ START_TEST(test_variant_v3_default)
 }
 END_TEST
 
+/* Decode attention splits the keys into 256-key tiles scored side by side, 4 at a time, and folds them in order:
+ * 1100 positions give 5 tiles over 2 rounds, against the prefill path's single online pass. */
+START_TEST(test_variant_v3_long_context)
+{
+    char dir[512];
+    make_model("v3", NULL, 0, 0, 0, dir, sizeof dir);
+    check_paths_agree(dir, 1100, 1e-5);
+}
+END_TEST
+
 START_TEST(test_variant_v2_greedy_no_qlora)
 {
     const char *sets[] = {"architectures=DeepseekV2ForCausalLM", "q_lora_rank=null", "scoring_func=softmax",
@@ -527,6 +537,7 @@ int main(void)
     TCase *tv = tcase_create("variants");
     tcase_set_timeout(tv, 600);
     tcase_add_test(tv, test_variant_v3_default);
+    tcase_add_test(tv, test_variant_v3_long_context);
     tcase_add_test(tv, test_variant_v2_greedy_no_qlora);
     tcase_add_test(tv, test_variant_v2_group_limited_yarn);
     tcase_add_test(tv, test_batch_equals_alone);
