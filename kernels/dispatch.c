@@ -18,6 +18,7 @@ static const krn__ops g_ref = {
     .matmul_sub = krn__matmul_sub_ref,
     .linear_rows = krn__linear_rows_ref,
     .logsumexp = krn__logsumexp_ref,
+    .to_f32 = krn__to_f32_ref,
 };
 
 static krn__ops g_avx512;
@@ -51,6 +52,7 @@ static void fill(void)
             .matmul_sub = krn__matmul_sub_avx512,
             .linear_rows = krn__linear_rows_avx512,
             .logsumexp = krn__logsumexp_avx512,
+            .to_f32 = krn__to_f32_avx512,
         };
         if (g_avx512.gemm_bf16dot) g_avx512.name = "avx512+bf16dot";
         g_have_avx512 = 1;
@@ -308,3 +310,9 @@ void krn_attn_tile(const krn_attn_tile_args *a)
 }
 
 float krn_logsumexp(const float *x, int n) { return krn__ops_get()->logsumexp(x, n); }
+
+void krn_to_f32(krn_type t, const void *src, float *dst, int n)
+{
+    PD_ASSERT(t == KRN_F32 || t == KRN_F16 || t == KRN_BF16);
+    krn__ops_get()->to_f32(t, src, dst, n);
+}

@@ -264,6 +264,9 @@ int32_t krn_argmax(const float *x, int n);
 /* log(sum exp(x[i])), by the largest value first: -inf when every value is -inf (n > 0). Logprobs of every
  * emitted token need it over the whole vocabulary. */
 float krn_logsumexp(const float *x, int n);
+/* dst[0..n) = src[0..n) converted from F32, F16 or BF16 to float32, exactly (every half and bf16 value, subnormals
+ * included, is a float). KV-cache rows on their way into attention. */
+void krn_to_f32(krn_type t, const void *src, float *dst, int n);
 
 /* ---- dispatch and threads ------------------------------------------------------------------------------
  * One table of kernel pointers is filled at first use from krn_cpu_get() (PDSERVE_PORTABLE=1: portable C).

@@ -30,6 +30,7 @@ typedef struct {
                        int accumulate);
     void (*linear_rows)(const krn_mat *w, int r0, int n, const float *x, float *y);
     float (*logsumexp)(const float *x, int n);
+    void (*to_f32)(krn_type t, const void *src, float *dst, int n);
 } krn__ops;
 
 /* The table in use (filled on first call; PDSERVE_PORTABLE=1 gives the reference one). */
@@ -51,6 +52,7 @@ void krn__matmul_sub_ref(const krn_mat *w, int r0, int c0, const float *x, int m
                          int accumulate);
 void krn__linear_rows_ref(const krn_mat *w, int r0, int n, const float *x, float *y);
 float krn__logsumexp_ref(const float *x, int n);
+void krn__to_f32_ref(krn_type t, const void *src, float *dst, int n);
 
 /* AVX-512 kernels (kernels/avx512/, compiled with AVX-512 flags; only called after detection; *_bf16dot_* only
  * when the CPU has AVX512-BF16) */
@@ -66,6 +68,7 @@ void krn__matmul_sub_avx512(const krn_mat *w, int r0, int c0, const float *x, in
                             int accumulate);
 void krn__linear_rows_avx512(const krn_mat *w, int r0, int n, const float *x, float *y);
 float krn__logsumexp_avx512(const float *x, int n);
+void krn__to_f32_avx512(krn_type t, const void *src, float *dst, int n);
 
 /* Packed-layout geometry shared by packers and kernels. */
 #define KRN_NR 32

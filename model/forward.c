@@ -196,21 +196,12 @@ static void kv_gather(const mdl_kv_pool *kv, const int *table, int layer, int p0
                       float *kpe)
 {
     const int rope = kv->row - kvl;
+    const size_t es = krn_type_size(kv->type);
     for (int j = 0; j < n; j++) {
         int pos = p0 + j;
-        const void *src = mdl_kv_row(kv, table[pos / kv->block_size], layer, pos % kv->block_size);
-        if (kv->type == KRN_F32) {
-            memcpy(lat + (size_t)j * kvl, src, (size_t)kvl * sizeof(float));
-            memcpy(kpe + (size_t)j * rope, (const float *)src + kvl, (size_t)rope * sizeof(float));
-        } else if (kv->type == KRN_F16) {
-            const uint16_t *s = src;
-            for (int i = 0; i < kvl; i++) lat[(size_t)j * kvl + i] = krn_f16_to_f32(s[i]);
-            for (int i = 0; i < rope; i++) kpe[(size_t)j * rope + i] = krn_f16_to_f32(s[kvl + i]);
-        } else {
-            const krn_bf16 *s = src;
-            for (int i = 0; i < kvl; i++) lat[(size_t)j * kvl + i] = krn_bf16_to_f32(s[i]);
-            for (int i = 0; i < rope; i++) kpe[(size_t)j * rope + i] = krn_bf16_to_f32(s[kvl + i]);
-        }
+        const uint8_t *src = mdl_kv_row(kv, table[pos / kv->block_size], layer, pos % kv->block_size);
+        krn_to_f32(kv->type, src, lat + (size_t)j * kvl, kvl);
+        krn_to_f32(kv->type, src + (size_t)kvl * es, kpe + (size_t)j * rope, rope);
     }
 }
 

@@ -245,3 +245,16 @@ float krn__logsumexp_ref(const float *x, int n)
     for (int i = 0; i < n; i++) sum += exp((double)x[i] - mx);
     return mx + (float)log(sum);
 }
+
+void krn__to_f32_ref(krn_type t, const void *src, float *dst, int n)
+{
+    if (t == KRN_F32) {
+        memcpy(dst, src, (size_t)n * sizeof(float));
+    } else if (t == KRN_F16) {
+        const uint16_t *s = src;
+        for (int i = 0; i < n; i++) dst[i] = krn_f16_to_f32(s[i]);
+    } else {
+        const krn_bf16 *s = src;
+        for (int i = 0; i < n; i++) dst[i] = krn_bf16_to_f32(s[i]);
+    }
+}

@@ -653,6 +653,43 @@ START_TEST(test_paths_group)
 END_TEST
 
 /* log-sum-exp: every table against a double computation, awkward lengths, wide ranges, -inf entries */
+/* KV rows to float32: every f16 and bf16 bit pattern (subnormals, infinities, NaNs), odd lengths, on every table,
+ * against the scalar conversions; F32 is a copy. */
+START_TEST(test_paths_to_f32)
+{
+    collect_tables();
+    uint16_t *h = malloc(sizeof(uint16_t) * 65536);
+    float *got = malloc(sizeof(float) * (65536 + 1)), *f = malloc(sizeof(float) * 37); /* + a guard */
+    for (int i = 0; i < 65536; i++) h[i] = (uint16_t)i;
+    for (int ti = 0; ti < g_ntables; ti++) {
+        for (int ty = 0; ty < 2; ty++) {
+            const krn_type t = ty ? KRN_BF16 : KRN_F16;
+            const int lens[] = {65536, 37, 16, 15, 1};
+            for (size_t li = 0; li < PD_ARRAY_LEN(lens); li++) {
+                const int n = lens[li], off = li ? 60000 : 0; /* short runs from the NaN/inf end of the range */
+                memset(got, 0x55, sizeof(float) * (size_t)n + 4);
+                g_tables[ti]->to_f32(t, h + off, got, n);
+                for (int i = 0; i < n; i++) {
+                    const float want = ty ? krn_bf16_to_f32(h[off + i]) : krn_f16_to_f32(h[off + i]);
+                    ck_assert_msg((isnan(want) && isnan(got[i])) || !memcmp(&want, &got[i], 4),
+                                  "%s %s 0x%04x: %a, want %a", g_tables[ti]->name, ty ? "bf16" : "f16", off + i,
+                                  got[i], want);
+                }
+                uint32_t guard;
+                memcpy(&guard, got + n, 4);
+                ck_assert_uint_eq(guard, 0x55555555u); /* nothing written past n */
+            }
+        }
+        for (int i = 0; i < 37; i++) f[i] = (float)randn();
+        g_tables[ti]->to_f32(KRN_F32, f, got, 37);
+        ck_assert(!memcmp(f, got, sizeof(float) * 37));
+    }
+    free(h);
+    free(got);
+    free(f);
+}
+END_TEST
+
 START_TEST(test_paths_logsumexp)
 {
     collect_tables();
@@ -872,6 +909,7 @@ int main(void)
     tcase_add_test(tp, test_paths_linear);
     tcase_add_test(tp, test_paths_w8a8);
     tcase_add_test(tp, test_paths_logsumexp);
+    tcase_add_test(tp, test_paths_to_f32);
     tcase_add_test(tp, test_paths_rows_independent);
     tcase_add_test(tp, test_paths_group);
     tcase_add_test(tp, test_paths_bf16dot);
