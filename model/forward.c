@@ -153,7 +153,8 @@ void mdl_ctx_destroy(mdl_ctx *x)
     void *bufs[] = {x->x, x->xn, x->tmp, x->qa, x->q, x->kva, x->attn, x->cosb, x->sinb, x->q_limit, x->am,
                     x->al, x->lat, x->kpe, x->kvb, x->scores, x->qabs, x->acc_lat, x->g, x->u, x->xg, x->yg,
                     x->moe, x->rscore, x->rsel, x->topi, x->topw, x->ecount, x->eoff, x->elist, x->ecat,
-                    x->lrows, x->scratch, x->gx, x->gy, x->gg, x->gu, x->items};
+                    x->lrows, x->scratch, x->gx, x->gy, x->gg, x->gu, x->items, x->dlat, x->dkpe, x->dm, x->dl,
+                    x->dacc};
     for (size_t i = 0; i < PD_ARRAY_LEN(bufs); i++) free(bufs[i]);
     free(x);
 }
