@@ -13,6 +13,8 @@
 #include <string.h>
 
 #include "kernels/krn.h"
+#include "model/mdl.h"
+#include "model/mdl_runner.h"
 
 float bench_peak_fma(long iters);
 float bench_peak_bf16dot(long iters);
@@ -378,6 +380,86 @@ static void decode_section(int nth, const int *rows, int n_rows, int reps)
     free(sbuf);
 }
 
+/* ---- prefill on a model ---------------------------------------------------------------------------------- */
+
+/* Model FLOPs of prefilling S tokens (the usual MFU count): 2 x the active parameters each token multiplies (the
+ * lm_head excluded: a prefill takes logits for its last token only), plus causal attention in MLA's prefill form,
+ * 2 x heads x (qk + v) per (query, key) pair, S(S+1)/2 pairs per layer. kv_b's per-tile decompression is work the
+ * implementation adds, not model FLOPs. */
+static double prefill_flops(const mdl_model *m, int S)
+{
+    const mdl_config *c = &m->cfg;
+    mdl_param_counts pc;
+    mdl_config_count(c, 2, &pc);
+    const double head = (double)m->lm_head.rows * m->lm_head.cols;
+    const double body = pc.params_active - head;
+    const double qk = c->qk_nope_head_dim + c->qk_rope_head_dim, v = c->v_head_dim;
+    const double attn = 2.0 * c->num_attention_heads * (qk + v) * ((double)S * (S + 1) / 2) * m->n_layers;
+    return 2.0 * body * S + attn;
+}
+
+/* Prompt prefill through mdl_runner (chunks of `chunk` tokens, as a server's --max-num-batched-tokens), exact f32
+ * activations and bf16 ones back to back per repetition: tokens/s and model FLOP utilisation against the peak loop
+ * of the arithmetic each uses (FMA for exact, vdpbf16ps for bf16), measured by this run. */
+static void model_section(const char *dir, const int *lens, int n_lens, int chunk, int reps, double pk, double pk_bf)
+{
+    enum { MAXREP = 64 };
+    char err[1024];
+    mdl_load_opts lo = mdl_load_defaults();
+    lo.progress = 0;
+    mdl_model *m = NULL;
+    if (mdl_model_load(dir, &lo, &m, err, sizeof err) != PD_OK) {
+        fprintf(stderr, "kernel_bench: %s\n", err);
+        return;
+    }
+    const int have_dot = strstr(krn_kernels_name(), "bf16dot") != NULL;
+    mdl_param_counts pc;
+    mdl_config_count(&m->cfg, 2, &pc);
+    printf("\n== prefill on %s (%d layers, hidden %d; %.2f B active parameters), chunks of %d, medians of %d\n", dir,
+           m->n_layers, m->cfg.hidden_size, pc.params_active / 1e9, chunk, reps);
+    printf("  MFU = model FLOPs / time / the peak loop of the arithmetic used (exact: FMA %.0f, bf16: vdpbf16ps %.0f "
+           "GFLOP/s)\n", pk, pk_bf);
+    printf("  %7s | %10s %8s %6s | %10s %8s %6s | %8s\n", "tokens", "exact t/s", "GFLOP/s", "MFU", "bf16 t/s", "GFLOP/s",
+           "MFU", "bf16/ex");
+    for (int li = 0; li < n_lens; li++) {
+        const int S = lens[li];
+        if (S < 1 || S + 1 > m->cfg.max_position_embeddings) continue;
+        int32_t *t = malloc((size_t)S * sizeof(int32_t));
+        float *lg = malloc((size_t)m->cfg.vocab_size * sizeof(float));
+        for (int i = 0; i < S; i++) t[i] = (int32_t)(3 + (pd_rng_next(&g_rng) % (uint64_t)(m->cfg.vocab_size - 3)));
+        mdl_runner r;
+        if (mdl_runner_open(&r, m, S, PD_MIN(chunk, S), 16) != PD_OK) {
+            fprintf(stderr, "kernel_bench: cannot open a runner for %d tokens\n", S);
+            free(t);
+            free(lg);
+            continue;
+        }
+        double te[MAXREP], tb[MAXREP], ratio[MAXREP];
+        (void)mdl_runner_feed(&r, t, S, 0, MDL_ATTN_PREFILL, 0, lg, NULL); /* warm-up: first touch of the buffers */
+        for (int rep = 0; rep < reps; rep++)
+            for (int a = 0; a < 1 + have_dot; a++) {
+                r.act_bf16 = a;
+                double t0 = now();
+                (void)mdl_runner_feed(&r, t, S, 0, MDL_ATTN_PREFILL, 0, lg, NULL);
+                (a ? tb : te)[rep] = now() - t0;
+                if (a) ratio[rep] = te[rep] / tb[rep];
+            }
+        mdl_runner_close(&r);
+        const double fl = prefill_flops(m, S) / 1e9, e = median(te, reps);
+        printf("  %7d | %10.1f %8.1f %6.2f |", S, S / e, fl / e, fl / e / pk);
+        if (have_dot) {
+            const double b = median(tb, reps);
+            printf(" %10.1f %8.1f %6.2f | %7.2fx\n", S / b, fl / b, pk_bf > 0 ? fl / b / pk_bf : 0, median(ratio, reps));
+        } else {
+            printf(" %10s %8s %6s | %8s\n", "-", "-", "-", "-");
+        }
+        fflush(stdout);
+        free(t);
+        free(lg);
+    }
+    mdl_model_destroy(m);
+}
+
 int main(int argc, char **argv)
 {
     if (argc == 2 && !strcmp(argv[1], "--stream-only")) {
@@ -386,7 +468,8 @@ int main(int argc, char **argv)
         return 0;
     }
     int threads = 0, tokens = 512, max_s = 8192, reps = 7, rows[8] = {1}, n_rows = 1;
-    int want_prefill = 1, want_decode = 1, want_attn = 1;
+    int want_prefill = 1, want_decode = 1, want_attn = 1, lens[8] = {512, 2048}, n_lens = 2, chunk = 2048;
+    const char *model_dir = NULL;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--reps") && i + 1 < argc) {
@@ -407,11 +490,24 @@ int main(int argc, char **argv)
             want_prefill = !strcmp(o, "prefill");
             want_decode = !strcmp(o, "decode");
             want_attn = !strcmp(o, "attention");
+            if (!strcmp(o, "model")) want_prefill = want_decode = want_attn = 0;
         } else if (!strcmp(argv[i], "--tokens") && i + 1 < argc) tokens = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--max-seq") && i + 1 < argc) max_s = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--model") && i + 1 < argc) model_dir = argv[++i];
+        else if (!strcmp(argv[i], "--chunk") && i + 1 < argc) chunk = PD_MAX(1, atoi(argv[++i]));
+        else if (!strcmp(argv[i], "--prompt-tokens") && i + 1 < argc) {
+            n_lens = 0;
+            for (char *p = argv[++i]; *p && n_lens < 8;) {
+                lens[n_lens] = (int)strtol(p, &p, 10);
+                if (lens[n_lens] >= 1) n_lens++;
+                if (*p == ',') p++;
+                else break;
+            }
+        }
         else {
             fprintf(stderr, "usage: kernel_bench [--threads N] [--tokens M (512)] [--max-seq S (8192)] [--reps R (7)]\n"
-                            "                    [--rows 1,4,16 (decode rows, 1)] [--only prefill|decode|attention]\n");
+                            "                    [--rows 1,4,16 (decode rows, 1)] [--only prefill|decode|attention|model]\n"
+                            "                    [--model DIR [--prompt-tokens 512,2048] [--chunk 2048]]\n");
             return 2;
         }
     }
@@ -510,5 +606,6 @@ int main(int argc, char **argv)
         printf("\n(flash extra: softmax state m,l [S x heads] + per thread 16 transposed queries and a 64 x 16 score tile; naive extra: one S x S score matrix "
                "(heads run one after another) + per-head Q/K/V/O copies. Outputs [S x heads x v] are the same for both.)\n");
     }
+    if (model_dir) model_section(model_dir, lens, n_lens, chunk, reps, pk, pk_bf);
     return 0;
 }
