@@ -460,6 +460,19 @@ static void model_section(const char *dir, const int *lens, int n_lens, int chun
     mdl_model_destroy(m);
 }
 
+/* "1,4,16" -> up to cap positive counts (others skipped); returns how many. */
+static int parse_counts(char *s, int *v, int cap)
+{
+    int n = 0;
+    for (char *p = s; *p && n < cap;) {
+        v[n] = (int)strtol(p, &p, 10);
+        if (v[n] >= 1) n++;
+        if (*p == ',') p++;
+        else break;
+    }
+    return n;
+}
+
 int main(int argc, char **argv)
 {
     if (argc == 2 && !strcmp(argv[1], "--stream-only")) {
@@ -477,13 +490,7 @@ int main(int argc, char **argv)
             reps = PD_MAX(1, PD_MIN(64, reps));
         }
         else if (!strcmp(argv[i], "--rows") && i + 1 < argc) {
-            n_rows = 0;
-            for (char *p = argv[++i]; *p && n_rows < 8;) {
-                rows[n_rows] = (int)strtol(p, &p, 10);
-                if (rows[n_rows] >= 1) n_rows++;
-                if (*p == ',') p++;
-                else break;
-            }
+            n_rows = parse_counts(argv[++i], rows, 8);
             if (!n_rows) rows[n_rows++] = 1;
         } else if (!strcmp(argv[i], "--only") && i + 1 < argc) {
             const char *o = argv[++i];
@@ -494,16 +501,10 @@ int main(int argc, char **argv)
         } else if (!strcmp(argv[i], "--tokens") && i + 1 < argc) tokens = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--max-seq") && i + 1 < argc) max_s = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--model") && i + 1 < argc) model_dir = argv[++i];
-        else if (!strcmp(argv[i], "--chunk") && i + 1 < argc) chunk = PD_MAX(1, atoi(argv[++i]));
-        else if (!strcmp(argv[i], "--prompt-tokens") && i + 1 < argc) {
-            n_lens = 0;
-            for (char *p = argv[++i]; *p && n_lens < 8;) {
-                lens[n_lens] = (int)strtol(p, &p, 10);
-                if (lens[n_lens] >= 1) n_lens++;
-                if (*p == ',') p++;
-                else break;
-            }
-        }
+        else if (!strcmp(argv[i], "--chunk") && i + 1 < argc) {
+            chunk = atoi(argv[++i]); /* as --reps: no ++i inside PD_MAX */
+            chunk = PD_MAX(1, chunk);
+        } else if (!strcmp(argv[i], "--prompt-tokens") && i + 1 < argc) n_lens = parse_counts(argv[++i], lens, 8);
         else {
             fprintf(stderr, "usage: kernel_bench [--threads N] [--tokens M (512)] [--max-seq S (8192)] [--reps R (7)]\n"
                             "                    [--rows 1,4,16 (decode rows, 1)] [--only prefill|decode|attention|model]\n"

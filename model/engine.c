@@ -499,8 +499,7 @@ static void ngram_draft(mdl_engine *e, seq **dec, int nd)
         if (ks > 0)
             n = e->draft_cb ? e->draft_cb(s->id, s->user, s->tokens, L, s->tokens + L, ks, e->draft_arg)
                             : mdl__ngram_propose(s->tokens, L, e->o.ngram_min, e->o.ngram_max, ks, s->tokens + L);
-        e->ks[i] = PD_MAX(0, PD_MIN(n, ks));
-        memset(e->q_onehot + (size_t)i * e->k, 1, (size_t)e->k);
+        e->ks[i] = PD_MAX(0, PD_MIN(n, ks)); /* q_onehot is all ones in an n-gram engine (set at creation) */
     }
 }
 
@@ -969,6 +968,7 @@ pd_status mdl_engine_create(mdl_model *m, const mdl_engine_opts *o, mdl_event_cb
         e->n_known = calloc((size_t)S, sizeof(int));
         e->map = malloc((size_t)S * sizeof(int));
         ok = ok && e->q && e->q_onehot && e->pbuf && e->g && e->known && e->n_known && e->map;
+        if (ok && e->ngram) memset(e->q_onehot, 1, (size_t)S * k); /* prompt-lookup drafts are deterministic */
     }
     if (!ok) {
         st = PD_ERR_NOMEM;

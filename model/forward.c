@@ -256,15 +256,18 @@ typedef struct {
     const mdl_kv_pool *kv;
     const int *table;
     int layer, k0, nt, nq, H, kvl, rope, ngroups;
+    int last;             /* keys the chunk sees: its last query's position + 1 */
     krn_attn_tile_args a; /* the chunk's arguments; per piece: keys, state and units change */
 } dec_attn_job;
+
+/* Keys of tile t of the round. */
+static int tile_keys(const dec_attn_job *j, int t) { return PD_MIN(ATTN_TILE, j->last - (j->k0 + t * ATTN_TILE)); }
 
 static void dec_gather_task(void *p, int ith, int nth)
 {
     const dec_attn_job *j = p;
     for (int t = ith; t < j->nt; t += nth) {
-        const int k0 = j->k0 + t * ATTN_TILE, nk = PD_MIN(ATTN_TILE, j->a.q_limit[j->nq - 1] + 1 - k0);
-        kv_gather(j->kv, j->table, j->layer, k0, nk, j->kvl, j->x->dlat + (size_t)t * ATTN_TILE * j->kvl,
+        kv_gather(j->kv, j->table, j->layer, j->k0 + t * ATTN_TILE, tile_keys(j, t), j->kvl, j->x->dlat + (size_t)t * ATTN_TILE * j->kvl,
                   j->x->dkpe + (size_t)t * ATTN_TILE * j->rope);
     }
 }
@@ -276,10 +279,9 @@ static void dec_attend_task(void *p, int ith, int nth)
     const int units = j->nq * j->H, slot = j->x->dq * j->H;
     for (int piece = ith; piece < j->nt * j->ngroups; piece += nth) {
         const int t = piece / j->ngroups, u0 = piece % j->ngroups * DEC_UGROUP, u1 = PD_MIN(units, u0 + DEC_UGROUP);
-        const int k0 = j->k0 + t * ATTN_TILE;
         krn_attn_tile_args a = j->a;
-        a.nk = PD_MIN(ATTN_TILE, a.q_limit[j->nq - 1] + 1 - k0);
-        a.k_pos0 = k0;
+        a.nk = tile_keys(j, t);
+        a.k_pos0 = j->k0 + t * ATTN_TILE;
         a.ka = a.v = x->dlat + (size_t)t * ATTN_TILE * j->kvl;
         a.kb = x->dkpe + (size_t)t * ATTN_TILE * j->rope;
         a.m = x->dm + (size_t)t * slot;
@@ -389,7 +391,7 @@ static void attention(mdl_ctx *x, mdl_kv_pool *kv, const mdl_batch *b, const mdl
                 PD_ASSERT(nq <= x->dq && x->q_limit[t0 + q0 + nq - 1] + 1 == last);
                 dec_attn_job j = {
                     .x = x, .kv = kv, .table = table, .layer = cache_layer, .nq = nq, .H = H, .kvl = kvl,
-                    .rope = rope, .ngroups = (nq * H + DEC_UGROUP - 1) / DEC_UGROUP,
+                    .rope = rope, .ngroups = (nq * H + DEC_UGROUP - 1) / DEC_UGROUP, .last = last,
                     .a = {.nq = nq, .nh = H, .da = kvl, .db = rope, .dv = kvl,
                           .qa = x->qabs, .qa_stride = H * kvl, .qa_hstride = kvl,
                           .qb = x->q + (size_t)(t0 + q0) * H * qk + nope, .qb_stride = H * qk, .qb_hstride = qk,
