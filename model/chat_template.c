@@ -743,7 +743,17 @@ typedef struct {
     jctx *c;
     token *t;
     size_t pos;
+    int depth; /* nesting of the recursive productions, bounded by JT_MAX_DEPTH */
 } parser;
+
+/* Nesting bound for expressions and statements, in the parser and the interpreter alike: recursion is on the C
+ * stack, and a template or a left-leaning chain (1+1+...+1) must not overflow it. Real templates nest < 20. */
+#define JT_MAX_DEPTH 200
+
+static void parse_enter(parser *p, int line)
+{
+    if (++p->depth > JT_MAX_DEPTH) jfail(p->c, JE_SYNTAX, line, "expression or block nested deeper than %d", JT_MAX_DEPTH);
+}
 
 static token *peek(parser *p) { return &p->t[p->pos]; }
 static token *next_tok(parser *p)
@@ -1019,7 +1029,9 @@ static node *parse_unary(parser *p, int with_filter)
     if (is_op(t, "-") || is_op(t, "+")) {
         next_tok(p);
         n = mk(p, is_op(t, "-") ? E_NEG : E_POS, t->line);
+        parse_enter(p, t->line);
         n->a = parse_unary(p, 0);
+        p->depth--;
     } else n = parse_postfix(p, parse_primary(p));
     return with_filter ? parse_filters_tests(p, n) : n;
 }
@@ -1098,7 +1110,9 @@ static node *parse_not(parser *p)
     if (is_name(t, "not")) {
         next_tok(p);
         node *n = mk(p, E_NOT, t->line);
+        parse_enter(p, t->line);
         n->a = parse_not(p);
+        p->depth--;
         return n;
     }
     return parse_compare(p);
@@ -1132,6 +1146,7 @@ static node *parse_or(parser *p)
 
 static node *parse_expr(parser *p)
 {
+    parse_enter(p, peek(p)->line);
     node *n = parse_or(p);
     while (is_name(peek(p), "if")) {
         token *t = next_tok(p);
@@ -1144,6 +1159,7 @@ static node *parse_expr(parser *p)
         }
         n = e;
     }
+    p->depth--;
     return n;
 }
 
@@ -1156,7 +1172,18 @@ static void expect_block_end(parser *p)
     if (t->t != T_BLOCK_END) jfail(p->c, JE_SYNTAX, t->line, "expected '%%}'");
 }
 
+static node *parse_statement_kw(parser *p);
+
 static node *parse_statement(parser *p)
+{
+    int depth = p->depth;
+    parse_enter(p, peek(p)->line);
+    node *n = parse_statement_kw(p);
+    p->depth = depth; /* an if's elif chain nests one level per elif (see below) */
+    return n;
+}
+
+static node *parse_statement_kw(parser *p)
 {
     token *kw = next_tok(p);
     if (kw->t != T_NAME) jfail(p->c, JE_SYNTAX, kw->line, "expected a statement keyword after '{%%'");
@@ -1169,6 +1196,7 @@ static node *parse_statement(parser *p)
             const char *st;
             parse_body(p, &cur->list, stops, 3, &st);
             if (!strcmp(st, "elif")) {
+                parse_enter(p, peek(p)->line); /* an elif is an if inside the else: one level deeper */
                 node *e = mk(p, N_IF, peek(p)->line);
                 e->a = parse_expr(p);
                 expect_block_end(p);
@@ -1324,6 +1352,7 @@ typedef enum { FL_NORMAL, FL_BREAK, FL_CONTINUE } flow;
 typedef struct {
     jctx *c;
     sbuf out;
+    int depth; /* eval/exec recursion, bounded by JT_MAX_DEPTH (a chain such as 1+1+...+1 nests at run time) */
 } interp;
 
 enum {
@@ -2310,7 +2339,17 @@ static value *arith(interp *in, const char *op, value *a, value *b, int line)
     return v_int(c, !strcmp(op, "//") ? q : r);
 }
 
+static value *eval_node(interp *in, scope *sc, node *n);
+
 static value *eval(interp *in, scope *sc, node *n)
+{
+    if (++in->depth > JT_MAX_DEPTH) jfail(in->c, JE_RUNTIME, n->line, "expression nested deeper than %d", JT_MAX_DEPTH);
+    value *v = eval_node(in, sc, n);
+    in->depth--;
+    return v;
+}
+
+static value *eval_node(interp *in, scope *sc, node *n)
 {
     jctx *c = in->c;
     jstep(c, n->line);
@@ -2427,7 +2466,17 @@ static void assign_targets(interp *in, scope *sc, node *n, value *item)
     for (size_t i = 0; i < n->n_names; i++) dict_set(in->c, &sc->vars, n->names[i], n->name_lens[i], l->l.v[i]);
 }
 
+static flow exec_stmt(interp *in, scope *sc, node *n);
+
 static flow exec_node(interp *in, scope *sc, node *n)
+{
+    if (++in->depth > JT_MAX_DEPTH) jfail(in->c, JE_RUNTIME, n->line, "blocks nested deeper than %d", JT_MAX_DEPTH);
+    flow f = exec_stmt(in, sc, n);
+    in->depth--;
+    return f;
+}
+
+static flow exec_stmt(interp *in, scope *sc, node *n)
 {
     jctx *c = in->c;
     jstep(c, n->line);
@@ -2520,6 +2569,7 @@ static pd_status render_impl(mdl_chat_template t, const cJSON *messages, int add
     jc->max_bytes = jc->max_steps = SIZE_MAX; /* the input's own values are not the template's work */
     in.c = jc;
     in.out = (sbuf){jc, NULL, 0, 0, 1};
+    in.depth = 0;
     if (setjmp(jc->jb)) {
         free(in.out.p);
         arena_free(&ar);
@@ -2596,7 +2646,7 @@ pd_status mdl_chat_template_create(const char *source, const char *bos_token, co
     tokvec tv = {&jc, NULL, 0, 0};
     /* The AST points into the source text: keep a copy for the template's lifetime. */
     lex(&tv, jstrndup(&jc, source, strlen(source)));
-    parser p = {&jc, tv.v, 0};
+    parser p = {&jc, tv.v, 0, 0};
     const char *stopped = NULL;
     parse_body(&p, &t->body, NULL, 0, &stopped);
 

@@ -641,6 +641,39 @@ START_TEST(test_chat_template_budget)
         ck_assert_ptr_null(out);
         mdl_chat_template_destroy(t);
     }
+    /* Nesting is bounded (recursion is on the C stack; found by fuzz_chat_template as stack overflows under ASan):
+     * deep parses fail at load, a long left-leaning chain at render; 150 levels are fine. */
+    mdl_chat_template_set_budget(0, 0);
+    char deep[4096];
+    for (int depth = 150; depth <= 1000; depth += 850) {
+        struct { const char *open, *close, *expr; } shapes[] = {{"-", "", "1"}, {"(", ")", "1"}, {"not ", "", "1"},
+                                                                 {"[", "]", "1"}, {"{% if 1 %}", "{% endif %}", ""}};
+        for (size_t k = 0; k < PD_ARRAY_LEN(shapes); k++) {
+            size_t o = (size_t)snprintf(deep, sizeof deep, "%s", shapes[k].expr[0] ? "{{ " : "");
+            for (int i = 0; i < depth && o + 16 < sizeof deep / 2; i++) o += (size_t)snprintf(deep + o, sizeof deep - o, "%s", shapes[k].open);
+            o += (size_t)snprintf(deep + o, sizeof deep - o, "%s", shapes[k].expr[0] ? shapes[k].expr : "x");
+            for (int i = 0; i < depth && o + 16 < sizeof deep; i++) o += (size_t)snprintf(deep + o, sizeof deep - o, "%s", shapes[k].close);
+            snprintf(deep + o, sizeof deep - o, "%s", shapes[k].expr[0] ? " }}" : "");
+            mdl_chat_template t = NULL;
+            char err[256] = "";
+            pd_status st = mdl_chat_template_create(deep, BOS, EOS, &t, err, sizeof err);
+            if (depth == 150) ck_assert_msg(st == PD_OK, "shape %zu depth %d: %s", k, depth, err);
+            else ck_assert_msg(st == PD_ERR_FORMAT && strstr(err, "nested deeper"), "shape %zu: %s", k, err);
+            mdl_chat_template_destroy(t);
+        }
+    }
+    {
+        size_t o = (size_t)snprintf(deep, sizeof deep, "{{ 1");
+        for (int i = 0; i < 1000; i++) o += (size_t)snprintf(deep + o, sizeof deep - o, "+1");
+        snprintf(deep + o, sizeof deep - o, " }}");
+        mdl_chat_template t = NULL;
+        char err[256] = "", *out = NULL;
+        size_t len;
+        ck_assert_int_eq(mdl_chat_template_create(deep, BOS, EOS, &t, err, sizeof err), PD_OK);
+        ck_assert_int_eq(mdl_chat_template_render(t, msgs, 1, NULL, &out, &len, err, sizeof err), PD_ERR_INVALID);
+        ck_assert_msg(strstr(err, "nested deeper") != NULL, "%s", err);
+        mdl_chat_template_destroy(t);
+    }
     cJSON_Delete(msgs);
     /* The default budget: DeepSeek-V3's template over 20,000 messages (about 1 MB of conversation). */
     mdl_chat_template_set_budget(0, 0);
