@@ -802,8 +802,27 @@ static ucp_err_handling_mode_t kv__choose_err_mode(ucp_context_h ucp)
  *    report a dead peer over TCP) UCX 1.13 moves active-message rendezvous data as zero-copy fragments of at most
  *    one receive segment; 8x fewer fragments per MiB took kv_bench over tcp from 2.9-3.4 to 5.2 GB/s at 1 MiB and
  *    from 1.3-3.4 to 2.6-6.1 GB/s at 9 MiB (docs/kvtransfer.md, Measured). */
+/* Whether UCX_TLS lets UCX use tcp: unset, "all", a list naming tcp, or an exclusion list ("^...") without it.
+ * A transport key set while no transport has it makes UCX warn "invalid configuration" on stdout. */
+static int kv__tls_has_tcp(void)
+{
+    const char *tls = getenv("UCX_TLS");
+    if (!tls || !*tls) return 1;
+    const int excl = tls[0] == '^';
+    int named = 0, all = 0;
+    char buf[256];
+    snprintf(buf, sizeof buf, "%s", tls + excl);
+    char *save = NULL;
+    for (char *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        named |= !strcmp(t, "tcp");
+        all |= !strcmp(t, "all");
+    }
+    return excl ? !named : named || all;
+}
+
 static void kv__tune_config(ucp_config_t *cfg)
 {
+    if (!kv__tls_has_tcp()) return;
     /* key: as ucp_config_modify takes a transport's field (it applies to every transport that has it; only tcp
      * has RX_SEG_SIZE); env: the variable that overrides it */
     static const struct { const char *key, *env, *value; } TUNE[] = {{"RX_SEG_SIZE", "UCX_TCP_RX_SEG_SIZE", "512K"}};
