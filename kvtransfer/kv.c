@@ -796,12 +796,6 @@ static ucp_err_handling_mode_t kv__choose_err_mode(ucp_context_h ucp)
     return mode;
 }
 
-/* UCX defaults that pdserve changes, unless the environment sets them (UCX_<NAME> wins). Keep them equal on every
- * process of a deployment: a TCP endpoint sizes its sends by its own receive segment and trusts the peer's to match.
- *  - TCP_RX_SEG_SIZE 64K -> 512K: with peer-failure handling (UCP_ERR_HANDLING_MODE_PEER, which libpdkv needs to
- *    report a dead peer over TCP) UCX 1.13 moves active-message rendezvous data as zero-copy fragments of at most
- *    one receive segment; 8x fewer fragments per MiB took kv_bench over tcp from 2.9-3.4 to 5.2 GB/s at 1 MiB and
- *    from 1.3-3.4 to 2.6-6.1 GB/s at 9 MiB (docs/kvtransfer.md, Measured). */
 /* Whether UCX_TLS lets UCX use tcp: unset, "all", a list naming tcp, or an exclusion list ("^...") without it.
  * A transport key set while no transport has it makes UCX warn "invalid configuration" on stdout. */
 static int kv__tls_has_tcp(void)
@@ -820,6 +814,12 @@ static int kv__tls_has_tcp(void)
     return excl ? !named : named || all;
 }
 
+/* UCX defaults that pdserve changes, unless the environment sets them (UCX_<NAME> wins). Keep them equal on every
+ * process of a deployment: a TCP endpoint sizes its sends by its own receive segment and trusts the peer's to match.
+ *  - TCP_RX_SEG_SIZE 64K -> 512K: with peer-failure handling (UCP_ERR_HANDLING_MODE_PEER, which libpdkv needs to
+ *    report a dead peer over TCP) UCX 1.13 moves active-message rendezvous data as zero-copy fragments of at most
+ *    one receive segment; 8x fewer fragments per MiB took kv_bench over tcp from 2.9-3.4 to 5.2 GB/s at 1 MiB and
+ *    from 1.3-3.4 to 2.6-6.1 GB/s at 9 MiB (docs/kvtransfer.md, Measured). */
 static void kv__tune_config(ucp_config_t *cfg)
 {
     if (!kv__tls_has_tcp()) return;
