@@ -82,6 +82,14 @@ static void jstep(jctx *c, int line)
     if (++c->steps > c->max_steps) jfail(c, JE_RUNTIME, line, "template exceeds its work budget (%zu steps)", c->max_steps);
 }
 
+/* A builtin that scans `bytes` without allocating (comparisons, searches, length): one step per 64 bytes, so a loop
+ * over a large string costs its size, not one step per iteration. */
+static void jscan(jctx *c, size_t bytes)
+{
+    c->steps += bytes >> 6;
+    jstep(c, 0);
+}
+
 static void *jalloc(jctx *c, size_t n)
 {
     arena *a = c->ar;
@@ -1430,8 +1438,9 @@ static int is_num(const value *v) { return v->t == V_INT || v->t == V_FLOAT || v
 static double num_f(const value *v) { return v->t == V_FLOAT ? v->f : v->t == V_INT ? (double)v->i : v->b; }
 static int64_t num_i(const value *v) { return v->t == V_INT ? v->i : v->b; }
 
-static int values_equal(const value *a, const value *b)
+static int values_equal(jctx *c, const value *a, const value *b)
 {
+    jstep(c, 0);
     if (is_num(a) && is_num(b)) {
         if (a->t == V_FLOAT || b->t == V_FLOAT) return num_f(a) == num_f(b);
         return num_i(a) == num_i(b);
@@ -1440,17 +1449,20 @@ static int values_equal(const value *a, const value *b)
     switch (a->t) {
     case V_UNDEF:
     case V_NONE: return 1;
-    case V_STR: return a->s.n == b->s.n && !memcmp(a->s.s, b->s.s, a->s.n);
+    case V_STR:
+        if (a->s.n != b->s.n) return 0;
+        jscan(c, a->s.n);
+        return !memcmp(a->s.s, b->s.s, a->s.n);
     case V_LIST:
         if (a->l.n != b->l.n) return 0;
         for (size_t i = 0; i < a->l.n; i++)
-            if (!values_equal(a->l.v[i], b->l.v[i])) return 0;
+            if (!values_equal(c, a->l.v[i], b->l.v[i])) return 0;
         return 1;
     case V_DICT:
         if (a->d.n != b->d.n) return 0;
         for (size_t i = 0; i < a->d.n; i++) {
             value *o = dict_get(b, a->d.v[i].k, a->d.v[i].kn);
-            if (!o || !values_equal(a->d.v[i].v, o)) return 0;
+            if (!o || !values_equal(c, a->d.v[i].v, o)) return 0;
         }
         return 1;
     default: return a == b;
@@ -1464,14 +1476,16 @@ static int values_cmp(interp *in, const value *a, const value *b, int line)
         double x = num_f(a), y = num_f(b);
         return x < y ? -1 : x > y;
     }
+    jstep(in->c, line);
     if (a->t == V_STR && b->t == V_STR) {
         size_t n = PD_MIN(a->s.n, b->s.n);
+        jscan(in->c, n);
         int r = memcmp(a->s.s, b->s.s, n);
         return r ? r : (a->s.n > b->s.n) - (a->s.n < b->s.n);
     }
     if (a->t == V_LIST && b->t == V_LIST) {
         for (size_t i = 0; i < a->l.n && i < b->l.n; i++) {
-            if (values_equal(a->l.v[i], b->l.v[i])) continue;
+            if (values_equal(in->c, a->l.v[i], b->l.v[i])) continue;
             return values_cmp(in, a->l.v[i], b->l.v[i], line);
         }
         return (a->l.n > b->l.n) - (a->l.n < b->l.n);
@@ -1490,8 +1504,9 @@ static size_t *cp_offsets(jctx *c, const char *s, size_t len, size_t *n)
     return o;
 }
 
-static size_t cp_len(const char *s, size_t len)
+static size_t cp_len(jctx *c, const char *s, size_t len)
 {
+    jscan(c, len);
     size_t k = 0;
     for (size_t i = 0; i < len; i++) k += ((unsigned char)s[i] & 0xC0) != 0x80;
     return k;
@@ -1650,10 +1665,12 @@ static value *py_strip(interp *in, value *s, value *chars, int left, int right)
     return v_str(in->c, p, (size_t)(e - p));
 }
 
-static const char *memmem_s(const char *h, size_t hn, const char *n, size_t nn)
+static const char *memmem_s(jctx *c, const char *h, size_t hn, const char *n, size_t nn)
 {
     if (nn == 0) return h;
-    return memmem(h, hn, n, nn);
+    const char *f = memmem(h, hn, n, nn);
+    jscan(c, f ? (size_t)(f - h) + nn : hn); /* what it read: successive searches of a split charge each byte once */
+    return f;
 }
 
 static value *py_split(interp *in, value *s, value *sep, int64_t maxsplit, int from_right, int line)
@@ -1691,7 +1708,7 @@ static value *py_split(interp *in, value *s, value *sep, int64_t maxsplit, int f
     if (!from_right || maxsplit < 0) {
         int64_t splits = 0;
         for (;;) {
-            const char *f = maxsplit >= 0 && splits >= maxsplit ? NULL : memmem_s(p, (size_t)(e - p), sep->s.s, sep->s.n);
+            const char *f = maxsplit >= 0 && splits >= maxsplit ? NULL : memmem_s(in->c, p, (size_t)(e - p), sep->s.s, sep->s.n);
             if (!f) {
                 list_push(in->c, r, v_str(in->c, p, (size_t)(e - p)));
                 return r;
@@ -1738,7 +1755,7 @@ static value *py_replace(interp *in, value *s, value *old, value *new_, int64_t 
         return v_str(in->c, b.p ? b.p : "", b.n);
     }
     while (p < e) {
-        const char *f = count >= 0 && done >= count ? NULL : memmem_s(p, (size_t)(e - p), old->s.s, old->s.n);
+        const char *f = count >= 0 && done >= count ? NULL : memmem_s(in->c, p, (size_t)(e - p), old->s.s, old->s.n);
         if (!f) break;
         sb_add(&b, p, (size_t)(f - p));
         sb_add(&b, new_->s.s, new_->s.n);
@@ -1860,12 +1877,12 @@ static value *call_fn(interp *in, value *f, node *call, value **args, size_t nar
     case FN_S_COUNT: {
         value *x = need_str(in, ARG(0, "sub"), "find/count argument", line);
         if (f->fn.fn == FN_S_FIND) {
-            const char *p = memmem_s(self->s.s, self->s.n, x->s.s, x->s.n);
-            return v_int(c, p ? (int64_t)cp_len(self->s.s, (size_t)(p - self->s.s)) : -1);
+            const char *p = memmem_s(in->c, self->s.s, self->s.n, x->s.s, x->s.n);
+            return v_int(c, p ? (int64_t)cp_len(in->c, self->s.s, (size_t)(p - self->s.s)) : -1);
         }
-        if (x->s.n == 0) return v_int(c, (int64_t)cp_len(self->s.s, self->s.n) + 1);
+        if (x->s.n == 0) return v_int(c, (int64_t)cp_len(in->c, self->s.s, self->s.n) + 1);
         int64_t k = 0;
-        for (const char *p = self->s.s, *e = self->s.s + self->s.n; (p = memmem_s(p, (size_t)(e - p), x->s.s, x->s.n));
+        for (const char *p = self->s.s, *e = self->s.s + self->s.n; (p = memmem_s(in->c, p, (size_t)(e - p), x->s.s, x->s.n));
              p += x->s.n)
             k++;
         return v_int(c, k);
@@ -1965,18 +1982,18 @@ static int test_value(interp *in, node *n, value *v, value **args, size_t nargs)
         if (v->t != V_INT || a->t != V_INT || a->i == 0) jfail(in->c, JE_RUNTIME, n->line, "divisibleby needs integers");
         return v->i % a->i == 0;
     }
-    if (IS("eq") || IS("equalto")) return values_equal(v, a);
-    if (IS("ne")) return !values_equal(v, a);
+    if (IS("eq") || IS("equalto")) return values_equal(in->c, v, a);
+    if (IS("ne")) return !values_equal(in->c, v, a);
     if (IS("sameas")) return v->t == a->t && (v->t == V_NONE || v->t == V_UNDEF || (v->t == V_BOOL && v->b == a->b) || v == a);
     if (IS("gt")) return values_cmp(in, v, a, n->line) > 0;
     if (IS("lt")) return values_cmp(in, v, a, n->line) < 0;
     if (IS("ge")) return values_cmp(in, v, a, n->line) >= 0;
     if (IS("le")) return values_cmp(in, v, a, n->line) <= 0;
     if (IS("in")) {
-        if (a->t == V_STR && v->t == V_STR) return memmem_s(a->s.s, a->s.n, v->s.s, v->s.n) != NULL;
+        if (a->t == V_STR && v->t == V_STR) return memmem_s(in->c, a->s.s, a->s.n, v->s.s, v->s.n) != NULL;
         if (a->t == V_LIST) {
             for (size_t i = 0; i < a->l.n; i++)
-                if (values_equal(a->l.v[i], v)) return 1;
+                if (values_equal(in->c, a->l.v[i], v)) return 1;
             return 0;
         }
         if ((a->t == V_DICT || a->t == V_NS) && v->t == V_STR) return dict_get(a, v->s.s, v->s.n) != NULL;
@@ -2032,7 +2049,7 @@ static value *apply_filter(interp *in, scope *sc, node *n, value *v, value **arg
 #define ARG(i, kw) arg_or(n, args, nargs, (i), (kw), kwv)
     if (IS("length") || IS("count")) {
         switch (v->t) {
-        case V_STR: return v_int(c, (int64_t)cp_len(v->s.s, v->s.n));
+        case V_STR: return v_int(c, (int64_t)cp_len(in->c, v->s.s, v->s.n));
         case V_LIST: return v_int(c, (int64_t)v->l.n);
         case V_DICT:
         case V_NS: return v_int(c, (int64_t)v->d.n);
@@ -2238,7 +2255,7 @@ static value *apply_filter(interp *in, scope *sc, node *n, value *v, value **arg
             value *r = v_new(c, V_LIST);
             for (size_t i = 0; i < l->l.n; i++) {
                 int seen = 0;
-                for (size_t j = 0; j < r->l.n && !seen; j++) seen = values_equal(r->l.v[j], l->l.v[i]);
+                for (size_t j = 0; j < r->l.n && !seen; j++) seen = values_equal(in->c, r->l.v[j], l->l.v[i]);
                 if (!seen) list_push(c, r, l->l.v[i]);
             }
             return r;
@@ -2396,8 +2413,8 @@ static value *eval_node(interp *in, scope *sc, node *n)
     case E_BIN: {
         value *a = eval(in, sc, n->a), *b = eval(in, sc, n->b);
         const char *op = n->s;
-        if (!strcmp(op, "==")) return v_bool(values_equal(a, b));
-        if (!strcmp(op, "!=")) return v_bool(!values_equal(a, b));
+        if (!strcmp(op, "==")) return v_bool(values_equal(in->c, a, b));
+        if (!strcmp(op, "!=")) return v_bool(!values_equal(in->c, a, b));
         if (!strcmp(op, "<")) return v_bool(values_cmp(in, a, b, n->line) < 0);
         if (!strcmp(op, ">")) return v_bool(values_cmp(in, a, b, n->line) > 0);
         if (!strcmp(op, "<=")) return v_bool(values_cmp(in, a, b, n->line) <= 0);
@@ -2406,10 +2423,10 @@ static value *eval_node(interp *in, scope *sc, node *n)
             int r;
             if (b->t == V_STR) {
                 if (a->t != V_STR) jfail(c, JE_RUNTIME, n->line, "'in <string>' requires a string on the left");
-                r = memmem_s(b->s.s, b->s.n, a->s.s, a->s.n) != NULL;
+                r = memmem_s(in->c, b->s.s, b->s.n, a->s.s, a->s.n) != NULL;
             } else if (b->t == V_LIST) {
                 r = 0;
-                for (size_t i = 0; i < b->l.n && !r; i++) r = values_equal(b->l.v[i], a);
+                for (size_t i = 0; i < b->l.n && !r; i++) r = values_equal(in->c, b->l.v[i], a);
             } else if (b->t == V_DICT || b->t == V_NS) r = a->t == V_STR && dict_get(b, a->s.s, a->s.n) != NULL;
             else if (b->t == V_UNDEF) r = 0;
             else jfail(c, JE_RUNTIME, n->line, "argument of type '%s' is not iterable", type_name(b));
