@@ -631,7 +631,8 @@ START_TEST(test_chat_template_budget)
         /* scans of a large string cost its size (found by fuzz_chat_template: |length of a doubled string in nested
          * loops ran 56 s at one step per call) */
         {"{% set ns = namespace(s='x') %}{% for i in range(24) %}{% set ns.s = ns.s + ns.s %}{% endfor %}"
-         "{% for i in range(1000) %}{% if ns.s | length == 0 or 'y' in ns.s %}z{% endif %}{% endfor %}", "work budget", 0, 0},
+         "{% for i in range(1000) %}{% if ns.s | length == 0 or 'y' in ns.s %}z{% endif %}{% endfor %}", "work budget",
+         100000, 0}, /* 1000 iterations are about 10k steps; one scan of the 16 MB string is 262k */
     };
     cJSON *msgs = cJSON_Parse("[{\"role\":\"user\",\"content\":\"x\"}]");
     for (size_t i = 0; i < PD_ARRAY_LEN(cases); i++) {
@@ -718,6 +719,7 @@ static Suite *tokenizer_suite(void)
     tcase_add_test(tc, test_load_errors);
     suite_add_tcase(s, tc);
     TCase *tt = tcase_create("chat_template");
+    tcase_set_timeout(tt, 60); /* the budget cases allocate and scan tens of MB, slow under ASan */
     tcase_add_test(tt, test_chat_templates_match_reference);
     tcase_add_test(tt, test_chat_template_load_from_checkpoint);
     tcase_add_test(tt, test_chat_template_errors_at_load);
