@@ -302,7 +302,9 @@ static int scan_body(const unsigned char *p, size_t n, int max_depth, rt_error *
                 if (field) return bad(e, field, "'%s' must not contain NUL characters (\\u0000)", field);
                 return bad(e, NULL, "request body strings must not contain NUL characters (\\u0000)");
             }
-            if (c == '\\' && i + 1 < n) len = 2; /* the escaped character is not a delimiter */
+            /* the escaped character is not a delimiter; a non-ASCII byte after a backslash is no JSON escape and is
+             * checked as UTF-8 on its own (it must not reach a key that an error message echoes) */
+            if (c == '\\' && i + 1 < n && p[i + 1] < 0x80) len = 2;
             else if (c >= 0x80 && !(len = utf8_seq(p + i, n - i))) {
                 if (field) return bad(e, field, "'%s' is not valid UTF-8 text", field);
                 return bad(e, NULL, "request body is not valid UTF-8");
