@@ -760,6 +760,17 @@ START_TEST(test_paths_w8a8)
 }
 END_TEST
 
+/* Random attention inputs: queries (two parts) scaled down, keys (two parts), values unless they are the keys. */
+static void attn_random_inputs(int nq, int nh, int nk, int hk, int da, int db, int dv, int shared, float *q,
+                               float *qb, float *k, float *kb, float *v)
+{
+    for (int i = 0; i < nq * nh * da; i++) q[i] = randn() * 0.3f;
+    for (int i = 0; i < nq * nh * db; i++) qb[i] = randn() * 0.3f;
+    for (int i = 0; i < nk * hk * da; i++) k[i] = randn();
+    for (int i = 0; i < nk * db; i++) kb[i] = randn();
+    if (!shared) for (int i = 0; i < nk * hk * dv; i++) v[i] = randn();
+}
+
 /* Attention over nk keys with every table: causal, chunked into tiles of `tile` keys, against float64. */
 static void attn_case(int nq, int nh, int da, int db, int dv, int p0, int tile, int shared)
 {
@@ -770,11 +781,7 @@ static void attn_case(int nq, int nh, int da, int db, int dv, int p0, int tile, 
     float *m = malloc(sizeof(float) * nq * nh), *l = malloc(sizeof(float) * nq * nh);
     float *acc = malloc(sizeof(float) * nq * nh * dv), *scores = malloc(sizeof(float) * tile);
     int *lim = malloc(sizeof(int) * nq);
-    for (int i = 0; i < nq * nh * da; i++) q[i] = randn() * 0.3f;
-    for (int i = 0; i < nq * nh * db; i++) qb[i] = randn() * 0.3f;
-    for (int i = 0; i < nk * hk * da; i++) k[i] = randn();
-    for (int i = 0; i < nk * db; i++) kb[i] = randn();
-    if (!shared) for (int i = 0; i < nk * hk * dv; i++) v[i] = randn();
+    attn_random_inputs(nq, nh, nk, hk, da, db, dv, shared, q, qb, k, kb, v);
     for (int i = 0; i < nq; i++) lim[i] = p0 + i;
     const int vstride = shared ? da : hk * dv;
     for (int ti = 0; ti < g_ntables; ti++) {
@@ -847,11 +854,7 @@ static void attn_rows_case(int nh, int da, int db, int dv, int shared)
     float *m = malloc(sizeof(float) * NQ * nh), *l = malloc(sizeof(float) * NQ * nh);
     float *all = malloc(sizeof(float) * NQ * nh * dv), *one = malloc(sizeof(float) * nh * dv);
     int lim[NQ];
-    for (int i = 0; i < NQ * nh * da; i++) q[i] = randn() * 0.3f;
-    for (int i = 0; i < NQ * nh * db; i++) qb[i] = randn() * 0.3f;
-    for (int i = 0; i < NK * hk * da; i++) k[i] = randn();
-    for (int i = 0; i < NK * db; i++) kb[i] = randn();
-    if (!shared) for (int i = 0; i < NK * hk * dv; i++) v[i] = randn();
+    attn_random_inputs(NQ, nh, NK, hk, da, db, dv, shared, q, qb, k, kb, v);
     for (int i = 0; i < NQ; i++) lim[i] = P0 + i;
     for (int ti = 0; ti < g_ntables; ti++) {
         krn__ops_force(g_tables[ti]);
