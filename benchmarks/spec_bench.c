@@ -126,10 +126,15 @@ static result run_m(mdl_model *m, prompts *pr, int batch, int max_tokens, int k,
     r.accept = s.spec_drafted ? (double)s.spec_accepted / (double)s.spec_drafted : 0;
     r.mean_len = s.spec_mean_accepted_len;
     r.equal = 1;
-    if (pr->ref)
-        for (int i = 0; i < batch; i++)
-            r.equal &= out->n_out[i] == pr->ref->n_out[i] &&
-                       !memcmp(out->out[i], pr->ref->out[i], (size_t)out->n_out[i] * sizeof(int32_t));
+    for (int i = 0; pr->ref && i < batch; i++) { /* the first differing token of each request that differs */
+        int j = 0;
+        while (j < out->n_out[i] && j < pr->ref->n_out[i] && out->out[i][j] == pr->ref->out[i][j]) j++;
+        if (j < out->n_out[i] || j < pr->ref->n_out[i]) {
+            r.equal = 0;
+            fprintf(stderr, "spec_bench: batch %d k=%d %s: request %d differs from k=0 at token %d\n", batch, k,
+                    meth == MDL_SPEC_NGRAM ? "verify-only" : "MTP", i, j);
+        }
+    }
     return r;
 }
 

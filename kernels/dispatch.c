@@ -96,9 +96,10 @@ static int threads_for(double macs, int units)
     return nt <= 1 ? 1 : PD_MIN(4 * nt, units);
 }
 
-/* F32 weights (the router; float32 models): up to this many rows through the GEMV, whose rows do not depend on
- * m (a decode batch of 16 sequences verifying k+1 = 4 positions each is 64 rows); sgemm above. */
-#define KRN_F32_GEMV_ROWS 64
+/* F32 weights (the router; float32 models) on the AVX-512 table: the GEMV kernel for any m, whose rows do not depend
+ * on m; pieces are (16 outputs) x (F32_MROWS rows) so that a prefill over a small matrix (the router: 4 blocks
+ * of 16 outputs) still spreads over the pool. */
+#define F32_MROWS 64
 /* Items per pool job in krn_linear_group (more run as further jobs). */
 #define KRN_GROUP_MAX 64
 typedef struct {
@@ -140,12 +141,21 @@ static void gemm_i8_task(void *p, int ith, int nth)
     if (b0 < b1) j->gemm_i8(j->w, j->xq, j->xs, j->m, j->y, j->ldy, b0, b1);
 }
 
+/* units: row chunk r (F32_MROWS rows) x output block b (16 outputs), u = r * nb + b; a piece runs its units as
+ * one call per row chunk */
 static void gemv_f32_task(void *p, int ith, int nth)
 {
     const lin_job *j = p;
-    int n0, n1;
-    split(j->units, ith, nth, &n0, &n1);
-    if (n0 < n1) j->gemv(j->w, j->x, j->m, j->y, j->ldy, n0 * 16, PD_MIN(n1 * 16, j->w->rows));
+    const int nb = (j->w->rows + 15) / 16;
+    int u0, u1;
+    split(j->units, ith, nth, &u0, &u1);
+    while (u0 < u1) {
+        const int r = u0 / nb, b0 = u0 % nb, b1 = PD_MIN(nb, b0 + (u1 - u0));
+        const int i0 = r * F32_MROWS, mr = PD_MIN(F32_MROWS, j->m - i0);
+        j->gemv(j->w, j->x + (size_t)i0 * j->w->cols, mr, j->y + (size_t)i0 * j->ldy, j->ldy, b0 * 16,
+                PD_MIN(b1 * 16, j->w->rows));
+        u0 += b1 - b0;
+    }
 }
 
 static void sgemm_task(void *p, int ith, int nth)
@@ -214,9 +224,14 @@ void krn_linear(const krn_mat *w, const float *x, int m, float *y, int ldy, floa
     if (w->type == KRN_F32) {
         const int units = (w->rows + 15) / 16;
         lin_job j = {.w = w, .x = x, .m = m, .ldy = ldy, .y = y, .gemv = o->gemv_f32, .units = units};
-        if (m <= KRN_F32_GEMV_ROWS && o->gemv_f32) krn_parallel(gemv_f32_task, &j, threads_for(macs, units));
-        else if (m > 1) krn_parallel(sgemm_task, &j, threads_for(macs, units));
-        else krn__linear_ref(w, x, m, y, ldy, scratch);
+        if (o->gemv_f32) {
+            j.units = units * ((m + F32_MROWS - 1) / F32_MROWS);
+            krn_parallel(gemv_f32_task, &j, threads_for(macs, j.units));
+        } else if (m > 1) {
+            krn_parallel(sgemm_task, &j, threads_for(macs, units));
+        } else {
+            krn__linear_ref(w, x, m, y, ldy, scratch);
+        }
         return;
     }
     krn__linear_ref(w, x, m, y, ldy, scratch);
