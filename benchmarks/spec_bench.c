@@ -7,8 +7,10 @@
  * --pairs R: instead, R back-to-back rounds of (k = 0, k = max_k known with MTP, k = max_k known verify-only) per
  * batch size; prints medians and the median per-round speed-ups (the figures to quote on a shared machine).
  * Usage: spec_bench --model DIR [--model DIR]... [--tokens N] [--batches 1,4,16] [--max-k 3]
- *                   [--plan-batches 1,2,4] [--tokenizer DIR] [--pairs R] [--draft-vocab N]
- * --draft-vocab N: MTP drafts score token ids [0, N) only (the pruned draft head, draft_vocab_size). */
+ *                   [--plan-batches 1,2,4] [--tokenizer DIR] [--pairs R] [--draft-vocab N] [--logprobs N]
+ * --draft-vocab N: MTP drafts score token ids [0, N) only (the pruned draft head, draft_vocab_size).
+ * --logprobs N: the requests' top_logprobs; default -1, none, as the router asks for a request without logprobs
+ * (0: the sampled token's logprob, which costs a copy and a log-sum-exp over the vocabulary per row). */
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
@@ -85,6 +87,7 @@ typedef struct {
  * meth: MDL_SPEC_MTP (known drafts replace the MTP layer's, which still runs) or MDL_SPEC_NGRAM (known drafts replace
  * prompt lookup's: the step is verification alone). */
 static int g_draft_vocab; /* --draft-vocab: the MTP runs' pruned draft head (0: whole vocabulary) */
+static int g_logprobs = -1; /* --logprobs: the requests' top_logprobs */
 
 static result run_m(mdl_model *m, prompts *pr, int batch, int max_tokens, int k, int known, int sizes,
                     mdl_spec_method meth, sink *out)
@@ -109,6 +112,7 @@ static result run_m(mdl_model *m, prompts *pr, int batch, int max_tokens, int k,
         p.sampling.temperature = 0;
         p.max_tokens = max_tokens;
         p.ignore_eos = 1;
+        p.top_logprobs = g_logprobs;
         st = mdl_engine_submit(e, (uint64_t)i, NULL, pr->ids[i % NPROMPTS], pr->n[i % NPROMPTS], &p, MDL_REQ_LOCAL);
         if (st != PD_OK) {
             fprintf(stderr, "submit: %s\n", pd_status_str(st));
@@ -330,9 +334,14 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--tokenizer")) tok_dir = v;
         else if (!strcmp(a, "--pairs")) n_pairs = PD_MIN(64, atoi(v));
         else if (!strcmp(a, "--draft-vocab")) g_draft_vocab = atoi(v);
+        else if (!strcmp(a, "--logprobs")) {
+            g_logprobs = atoi(v);
+            g_logprobs = PD_MAX(-1, PD_MIN(MDL_MAX_TOP_LOGPROBS, g_logprobs));
+        }
         else {
             fprintf(stderr, "usage: spec_bench --model DIR [--model DIR]... [--tokens N] [--batches 1,4,16] "
-                            "[--max-k 3] [--plan-batches 1,2,4] [--tokenizer DIR] [--pairs R] [--draft-vocab N]\n");
+                            "[--max-k 3] [--plan-batches 1,2,4] [--tokenizer DIR] [--pairs R] [--draft-vocab N] "
+                            "[--logprobs -1]\n");
             return 2;
         }
     }

@@ -194,14 +194,16 @@ static int is_stop(const mdl_engine *e, const seq *s, int32_t t)
 }
 
 /* Logprobs of one logits row (the model's raw distribution, before penalties and temperature, as vLLM reports
- * them): keeps a raw copy in e->raw, fills ev's top alternatives and returns the log-sum-exp. */
+ * them): keeps a raw copy in e->raw, fills ev's top alternatives and returns the log-sum-exp. A request that asked
+ * for no logprobs (top_logprobs -1) skips all of it (a 129k-entry copy and log-sum-exp per row); see logprob_of. */
 static float row_logprobs(mdl_engine *e, const seq *s, const float *lg, mdl_event *ev)
 {
     const int V = e->m->cfg.vocab_size;
+    ev->n_top = 0;
+    if (s->p.top_logprobs < 0) return 0;
     memcpy(e->raw, lg, (size_t)V * sizeof(float));
     const float lse = krn_logsumexp(lg, V);
     const int k = PD_MIN(s->p.top_logprobs, MDL_MAX_TOP_LOGPROBS);
-    ev->n_top = 0;
     for (int i = 0; i < V && k > 0; i++) { /* keep the k best in descending order */
         if (ev->n_top == k && lg[i] <= ev->top_lps[k - 1]) continue;
         int j = ev->n_top < k ? ev->n_top++ : k - 1;
@@ -215,6 +217,12 @@ static float row_logprobs(mdl_engine *e, const seq *s, const float *lg, mdl_even
     }
     for (int j = 0; j < ev->n_top; j++) ev->top_lps[j] -= lse;
     return lse;
+}
+
+/* The raw logprob of token t of the row row_logprobs saw last (0 when the request asked for none). */
+static float logprob_of(const mdl_engine *e, const seq *s, int32_t t, float lse)
+{
+    return s->p.top_logprobs < 0 ? 0.0f : e->raw[t] - lse;
 }
 
 /* Processes logits row lg (modified: min_tokens mask, then krn_sample's penalties) as the (n_out+1)-th generated
@@ -235,7 +243,7 @@ static int32_t sample(mdl_engine *e, seq *s, float *lg, float *logprob, mdl_even
 {
     float lse = row_logprobs(e, s, lg, ev);
     int32_t t = process_sample(e, s, lg, s->n_gen, &s->rng, NULL);
-    *logprob = e->raw[t] - lse;
+    *logprob = logprob_of(e, s, t, lse);
     return t;
 }
 
@@ -566,7 +574,7 @@ static void accept(mdl_engine *e, seq *s, int i, int row0)
             if (ok) x = d;
         }
         e->r_tok[i * e->tps + n] = x;
-        e->r_lp[i * e->tps + n] = e->raw[x] - lse;
+        e->r_lp[i * e->tps + n] = logprob_of(e, s, x, lse);
         n++;
         if (j < ks && !ok) break;
         if (j < ks) acc++;
@@ -1033,7 +1041,7 @@ pd_status mdl_engine_submit(mdl_engine *e, uint64_t id, void *user, const int32_
 {
     const mdl_config *c = &e->m->cfg;
     if (n_prompt < 1 || p->max_tokens < 1 || p->n_stop_ids < 0 || p->n_stop_ids > MDL_MAX_STOP_IDS ||
-        p->top_logprobs < 0 || p->top_logprobs > MDL_MAX_TOP_LOGPROBS || p->sampling.temperature < 0)
+        p->top_logprobs < -1 || p->top_logprobs > MDL_MAX_TOP_LOGPROBS || p->sampling.temperature < 0)
         return PD_ERR_INVALID;
     for (int i = 0; i < n_prompt; i++)
         if (prompt[i] < 0 || prompt[i] >= c->vocab_size) return PD_ERR_INVALID;

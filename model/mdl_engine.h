@@ -31,7 +31,9 @@ typedef struct {
     int ignore_eos;
     int32_t stop_ids[MDL_MAX_STOP_IDS]; /* besides eos */
     int n_stop_ids;
-    int top_logprobs;          /* 0..20 alternatives per token; the sampled token's logprob is always given */
+    int top_logprobs;          /* 0..20 alternatives per token and the sampled token's logprob; -1: no logprobs
+                                * at all (events carry logprob 0, no alternatives; saves a copy and a log-sum-exp
+                                * over the vocabulary per sampled row) */
 } mdl_gen_params;
 
 typedef enum {

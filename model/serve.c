@@ -332,7 +332,7 @@ pd_status mdl_serve_parse_gen(const mdl_model *m, const cJSON *root, int default
     }
     int ok = json_int(root, "max_tokens", 16, 1, 1 << 24, &p->max_tokens, err, n) &&
              json_int(root, "min_tokens", 0, 0, 1 << 24, &p->min_tokens, err, n) &&
-             json_int(root, "logprobs", 0, 0, MDL_MAX_TOP_LOGPROBS, &p->top_logprobs, err, n);
+             json_int(root, "logprobs", 0, -1, MDL_MAX_TOP_LOGPROBS, &p->top_logprobs, err, n);
     if (ok && sp)
         ok = json_num(sp, "temperature", 1.0, 0, 100, &p->sampling.temperature, err, n) &&
              json_num(sp, "top_p", 1.0, 1e-9, 1, &p->sampling.top_p, err, n) &&

@@ -147,7 +147,7 @@ static cJSON *gen_body(rt_choice *c)
     cJSON *sp = cJSON_Duplicate(r->sampling, 1);
     if (c->has_seed) cJSON_AddNumberToObject(sp, "seed", (double)c->seed);
     cJSON_AddItemToObject(b, "sampling", sp);
-    cJSON_AddNumberToObject(b, "logprobs", r->logprobs > 0 ? r->logprobs : 0);
+    cJSON_AddNumberToObject(b, "logprobs", r->logprobs >= 0 ? r->logprobs : -1); /* -1: none asked for */
     return b;
 }
 

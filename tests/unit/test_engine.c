@@ -243,6 +243,51 @@ END_TEST
 START_TEST(test_pd_equals_local_seeded) { pd_vs_local(0.8f); }
 END_TEST
 
+/* top_logprobs -1 (a request that asked for no logprobs): the same tokens as with 0, greedy and seeded, with and
+ * without speculative drafts; its events carry logprob 0 where the other's carry the real (negative) values. */
+START_TEST(test_no_logprobs)
+{
+    setup();
+    const int T = 12;
+    for (int spec = 0; spec <= 2; spec += 2) {
+        sink *k = sink_new();
+        mdl_engine_opts o = {.max_num_seqs = 8, .max_num_batched_tokens = 64, .max_model_len = 128, .block_size = 8,
+                             .n_blocks = 256, .num_speculative_tokens = spec};
+        mdl_engine *e = NULL;
+        ck_assert_int_eq(mdl_engine_create(g_m, &o, on_event, k, &e), PD_OK);
+        int32_t t[64];
+        int n;
+        for (int i = 0; i < 8; i++) { /* pairs 2j (no logprobs) and 2j+1 (logprobs) share a prompt */
+            prompt_of(i / 2, t, &n);
+            mdl_gen_params p = greedy(T);
+            if (i >= 4) {
+                p.sampling.temperature = 0.8f;
+                p.seed = 1000 + (uint64_t)(i / 2);
+                p.has_seed = 1;
+            }
+            p.top_logprobs = i % 2 ? 0 : -1;
+            ck_assert_int_eq(mdl_engine_submit(e, (uint64_t)i, NULL, t, n, &p, MDL_REQ_LOCAL), PD_OK);
+        }
+        mdl_gen_params bad = greedy(T);
+        bad.top_logprobs = -2;
+        ck_assert_int_eq(mdl_engine_submit(e, 9, NULL, t, n, &bad, MDL_REQ_LOCAL), PD_ERR_INVALID);
+        for (int i = 0; i < 8; i++) wait_for(k, &k->done[i]);
+        for (int i = 0; i < 8; i += 2) {
+            ck_assert_int_eq(k->n_out[i], T);
+            ck_assert_int_eq(k->n_out[i + 1], T);
+            for (int j = 0; j < T; j++) {
+                ck_assert_msg(k->out[i][j] == k->out[i + 1][j], "k=%d request %d token %d: %d without logprobs, %d with",
+                              spec, i, j, k->out[i][j], k->out[i + 1][j]);
+                ck_assert(k->lps[i][j] == 0.0f);
+                ck_assert(k->lps[i + 1][j] < 0.0f && isfinite(k->lps[i + 1][j]));
+            }
+        }
+        mdl_engine_destroy(e);
+        free(k);
+    }
+}
+END_TEST
+
 START_TEST(test_abort_and_refusal)
 {
     setup();
@@ -398,6 +443,7 @@ int main(void)
     tcase_add_test(tc, test_pd_equals_local_greedy);
     tcase_add_test(tc, test_pd_equals_local_seeded);
     tcase_add_test(tc, test_abort_and_refusal);
+    tcase_add_test(tc, test_no_logprobs);
     tcase_add_test(tc, test_preemption_keeps_outputs);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
