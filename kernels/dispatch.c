@@ -287,14 +287,15 @@ void krn_linear_group(const krn_linear_item *items, int n, float *scratch)
     }
 }
 
-void krn_matmul_sub(const krn_mat *w, int r0, int c0, const float *x, int m, int k, int n, float *y, int accumulate)
+void krn_matmul_sub(const krn_mat *w, int r0, int c0, const float *x, size_t ldx, int m, int k, int n, float *y,
+                    size_t ldy, int accumulate)
 {
-    krn__ops_get()->matmul_sub(w, r0, c0, x, m, k, n, y, accumulate);
+    krn__ops_get()->matmul_sub(w, r0, c0, x, ldx, m, k, n, y, ldy, accumulate);
 }
 
-void krn_linear_rows(const krn_mat *w, int r0, int n, const float *x, float *y)
+void krn_linear_rows(const krn_mat *w, int r0, int n, const float *x, size_t ldx, int m, float *y, size_t ldy)
 {
-    krn__ops_get()->linear_rows(w, r0, n, x, y);
+    krn__ops_get()->linear_rows(w, r0, n, x, ldx, m, y, ldy);
 }
 
 /* ---- attention ------------------------------------------------------------------------------------------ */

@@ -180,12 +180,14 @@ typedef struct {
  * items (W8A8, F32, the portable path) run one after another through krn_linear. No two items may write the
  * same y element, and no item may read another's y. scratch: krn_linear_scratch(max cols) floats. */
 void krn_linear_group(const krn_linear_item *items, int n, float *scratch);
-/* y[m, n] (+)= x[m, k] . W[r0:r0+k, c0:c0+n] — the "transposed" use of a sub-block of W, used by MLA's absorbed
- * decode form (W is kv_b_proj). accumulate: 0 overwrite, 1 add. */
-void krn_matmul_sub(const krn_mat *w, int r0, int c0, const float *x, int m, int k, int n, float *y, int accumulate);
-/* y[j] = dot(x, W[r0 + j, :]) for j < n: a single vector against a band of rows (MLA's absorbed value
- * projection uses a head's rows of kv_b_proj). */
-void krn_linear_rows(const krn_mat *w, int r0, int n, const float *x, float *y);
+/* y[i*ldy + c] (+)= sum_d x[i*ldx + d] * W[r0 + d, c0 + c] for i < m, c < n, d < k — the "transposed" use of a
+ * sub-block of W, used by MLA's absorbed decode form (W is kv_b_proj; the rows of x are one head's q_nope of
+ * several tokens). accumulate: 0 overwrite, 1 add. Each output is one FMA chain over d in order, whatever m. */
+void krn_matmul_sub(const krn_mat *w, int r0, int c0, const float *x, size_t ldx, int m, int k, int n, float *y,
+                    size_t ldy, int accumulate);
+/* y[i*ldy + j] = dot(x[i*ldx ..], W[r0 + j, :]) for i < m, j < n: vectors against a band of rows (MLA's absorbed
+ * value projection uses a head's rows of kv_b_proj). Each output is summed the same way whatever m. */
+void krn_linear_rows(const krn_mat *w, int r0, int n, const float *x, size_t ldx, int m, float *y, size_t ldy);
 /* Copies row r of W as float32 into out[cols] (embedding lookup). */
 void krn_mat_row(const krn_mat *w, int r, float *out);
 

@@ -26,9 +26,9 @@ typedef struct {
     krn__quant_rows_fn quant_rows;
     krn__gemv_f32_fn gemv_f32;     /* NULL: reference */
     void (*attn_tile)(const krn_attn_tile_args *a, int u0, int u1); /* (query, head) units u = i*nh + h */
-    void (*matmul_sub)(const krn_mat *w, int r0, int c0, const float *x, int m, int k, int n, float *y,
-                       int accumulate);
-    void (*linear_rows)(const krn_mat *w, int r0, int n, const float *x, float *y);
+    void (*matmul_sub)(const krn_mat *w, int r0, int c0, const float *x, size_t ldx, int m, int k, int n, float *y,
+                       size_t ldy, int accumulate);
+    void (*linear_rows)(const krn_mat *w, int r0, int n, const float *x, size_t ldx, int m, float *y, size_t ldy);
     float (*logsumexp)(const float *x, int n);
     void (*to_f32)(krn_type t, const void *src, float *dst, int n);
 } krn__ops;
@@ -48,9 +48,10 @@ void krn__gemm_i8_ref(const krn_mat *w, const uint8_t *xq, const float *xs, int 
                       int nb1);
 void krn__quant_rows_ref(const float *x, int m, int k, int kq4, uint8_t *xq, float *xs);
 void krn__attn_tile_ref(const krn_attn_tile_args *a, int u0, int u1);
-void krn__matmul_sub_ref(const krn_mat *w, int r0, int c0, const float *x, int m, int k, int n, float *y,
-                         int accumulate);
-void krn__linear_rows_ref(const krn_mat *w, int r0, int n, const float *x, float *y);
+void krn__matmul_sub_ref(const krn_mat *w, int r0, int c0, const float *x, size_t ldx, int m, int k, int n,
+                         float *y, size_t ldy, int accumulate);
+void krn__linear_rows_ref(const krn_mat *w, int r0, int n, const float *x, size_t ldx, int m, float *y,
+                          size_t ldy);
 float krn__logsumexp_ref(const float *x, int n);
 void krn__to_f32_ref(krn_type t, const void *src, float *dst, int n);
 
@@ -64,9 +65,10 @@ void krn__gemm_i8_avx512vnni_12x32(const krn_mat *w, const uint8_t *xq, const fl
 void krn__quant_rows_avx512(const float *x, int m, int k, int kq4, uint8_t *xq, float *xs);
 void krn__gemv_f32_avx512_4x16(const krn_mat *w, const float *x, int m, float *y, int ldy, int n0, int n1);
 void krn__attn_tile_avx512(const krn_attn_tile_args *a, int u0, int u1);
-void krn__matmul_sub_avx512(const krn_mat *w, int r0, int c0, const float *x, int m, int k, int n, float *y,
-                            int accumulate);
-void krn__linear_rows_avx512(const krn_mat *w, int r0, int n, const float *x, float *y);
+void krn__matmul_sub_avx512(const krn_mat *w, int r0, int c0, const float *x, size_t ldx, int m, int k, int n,
+                         float *y, size_t ldy, int accumulate);
+void krn__linear_rows_avx512(const krn_mat *w, int r0, int n, const float *x, size_t ldx, int m, float *y,
+                          size_t ldy);
 float krn__logsumexp_avx512(const float *x, int n);
 void krn__to_f32_avx512(krn_type t, const void *src, float *dst, int n);
 

@@ -12,6 +12,7 @@
 #define DEC_QCHUNK 16  /* decode-mode queries per absorbed chunk */
 #define DEC_SPLIT 4    /* decode: key tiles scored side by side (split-K), then merged in tile order */
 #define DEC_UGROUP 16  /* decode: (query, head) units per piece, the attention kernel's lanes */
+#define DEC_ABS 32     /* decode: tokens (of any sequences) whose absorbed products run together, per head */
 /* Up to this many tokens, a MoE layer runs all its experts' products as two pool jobs (gate/up, then down) over
  * per-slot copies of the inputs; above it each expert has enough rows to run on its own. */
 #define MOE_GROUP_TOKENS 32
@@ -35,8 +36,9 @@ struct mdl_ctx_s {
     float *kvb;      /* [ATTN_TILE, H*(nope+v)] */
     float *scores;   /* [ATTN_TILE] */
     /* decode attention */
-    float *qabs;     /* [DEC_QCHUNK, H, kv_lora] */
-    float *acc_lat;  /* [DEC_QCHUNK, H, kv_lora] */
+    float *qabs;     /* [da, H, kv_lora] */
+    float *acc_lat;  /* [da, H, kv_lora] */
+    int da;          /* tokens per absorbed chunk this context holds: min(DEC_ABS, max_tokens) */
     int dq;          /* decode queries per chunk this context holds: min(DEC_QCHUNK, max_tokens) */
     float *dlat;     /* [DEC_SPLIT, ATTN_TILE, kv_lora] each split's latent rows */
     float *dkpe;     /* [DEC_SPLIT, ATTN_TILE, rope] */
@@ -109,8 +111,9 @@ pd_status mdl_ctx_create(const mdl_model *m, int max_tokens, int max_logits, mdl
     ALLOC(kpe, ATTN_TILE * rope);
     ALLOC(kvb, ATTN_TILE * H * nv);
     ALLOC(scores, ATTN_TILE);
-    ALLOC(qabs, DEC_QCHUNK * H * kvl);
-    ALLOC(acc_lat, DEC_QCHUNK * H * kvl);
+    x->da = (int)PD_MIN((size_t)DEC_ABS, T);
+    ALLOC(qabs, (size_t)x->da * H * kvl);
+    ALLOC(acc_lat, (size_t)x->da * H * kvl);
     x->dq = (int)PD_MIN((size_t)DEC_QCHUNK, T);
     ALLOC(dlat, (size_t)DEC_SPLIT * ATTN_TILE * kvl);
     ALLOC(dkpe, (size_t)DEC_SPLIT * ATTN_TILE * rope);
@@ -208,16 +211,19 @@ static void kv_gather(const mdl_kv_pool *kv, const int *table, int layer, int p0
 
 /* ---- attention ---------------------------------------------------------------------------------------- */
 
-/* MLA's absorbed decode products, one (query, head) unit u = i*H + h at a time, split over the pool: the key
- * half (value = 0) maps q_nope[i, h] to qabs[u] through kv_b's rows of head h; the value half (value = 1) maps
- * acc_lat[u] back to out[i, h]. Each unit is computed by one piece alone, so results do not depend on the split. */
+/* MLA's absorbed decode products for the n tokens of a chunk, one head at a time (every token of the chunk, of
+ * whichever sequence, against that head's rows of kv_b: the weights are read once per chunk, not once per token),
+ * split over the pool by heads: the key half (value = 0) maps q_nope[t, h] to qabs[t, h] through kv_b's rows of
+ * head h; the value half (value = 1) maps acc_lat[t, h] back to out[t, h]. Each (token, head) is one fixed
+ * sequence of FMAs whatever n and the split (krn_matmul_sub / krn_linear_rows rows are independent), so a query
+ * gets the same bits in a verify pass as in a decode step. */
 typedef struct {
     const mdl_layer *L;
     const mdl_config *c;
-    const float *q;  /* [nq, H*qk] queries (key half) */
-    float *lat;      /* [nq*H, kvl]: qabs (written, key half) or acc_lat (read, value half) */
-    float *out;      /* [nq, H*v] (value half) */
-    int value, units;
+    const float *q;  /* [n, H*qk] queries (key half) */
+    float *lat;      /* [n, H, kvl]: qabs (written, key half) or acc_lat (read, value half) */
+    float *out;      /* [n, H*v] (value half) */
+    int value, n;
 } absorb_job;
 
 static void absorb_task(void *p, int ith, int nth)
@@ -226,24 +232,23 @@ static void absorb_task(void *p, int ith, int nth)
     const mdl_config *c = j->c;
     const int H = c->num_attention_heads, nope = c->qk_nope_head_dim, vd = c->v_head_dim, kvl = c->kv_lora_rank;
     const int qk = nope + c->qk_rope_head_dim, nv = nope + vd;
-    const int u0 = (int)((long)j->units * ith / nth), u1 = (int)((long)j->units * (ith + 1) / nth);
-    for (int u = u0; u < u1; u++) {
-        const int i = u / H, h = u % H;
+    const int h0 = (int)((long)H * ith / nth), h1 = (int)((long)H * (ith + 1) / nth);
+    for (int h = h0; h < h1; h++) {
         if (!j->value)
-            krn_matmul_sub(&j->L->kv_b, h * nv, 0, j->q + (size_t)i * H * qk + (size_t)h * qk, 1, nope, kvl,
-                           j->lat + (size_t)u * kvl, 0);
+            krn_matmul_sub(&j->L->kv_b, h * nv, 0, j->q + (size_t)h * qk, (size_t)H * qk, j->n, nope, kvl,
+                           j->lat + (size_t)h * kvl, (size_t)H * kvl, 0);
         else
-            krn_linear_rows(&j->L->kv_b, h * nv + nope, vd, j->lat + (size_t)u * kvl,
-                            j->out + (size_t)i * H * vd + (size_t)h * vd);
+            krn_linear_rows(&j->L->kv_b, h * nv + nope, vd, j->lat + (size_t)h * kvl, (size_t)H * kvl, j->n,
+                            j->out + (size_t)h * vd, (size_t)H * vd);
     }
 }
 
-/* Pieces for `units` absorbed products of `macs` each: inline below 64K multiply-adds (waking the pool costs
+/* Pieces for `heads` absorbed products of `macs` each: inline below 64K multiply-adds (waking the pool costs
  * more), else two per thread. */
-static int absorb_pieces(int units, int macs)
+static int absorb_pieces(int heads, double macs)
 {
-    if ((double)units * macs < (1 << 16)) return 1;
-    return PD_MIN(units, 2 * krn_threads_get());
+    if ((double)heads * macs < (1 << 16)) return 1;
+    return PD_MIN(heads, 2 * krn_threads_get());
 }
 
 /* Decode attention over the latent rows, split over the keys (flash-decoding): the key tiles of a round are
@@ -257,6 +262,7 @@ typedef struct {
     const int *table;
     int layer, k0, nt, nq, H, kvl, rope, ngroups;
     int last;             /* keys the chunk sees: its last query's position + 1 */
+    float *acc;           /* [nq, H, kvl] the chunk's running state (in acc_lat) */
     krn_attn_tile_args a; /* the chunk's arguments; per piece: keys, state and units change */
 } dec_attn_job;
 
@@ -303,7 +309,7 @@ static void dec_merge_task(void *p, int ith, int nth)
     const int units = j->nq * j->H, slot = j->x->dq * j->H, kvl = j->kvl;
     const int u0 = (int)((long)units * ith / nth), u1 = (int)((long)units * (ith + 1) / nth);
     for (int u = u0; u < u1; u++) {
-        float *acc = x->acc_lat + (size_t)u * kvl;
+        float *acc = j->acc + (size_t)u * kvl;
         for (int t = 0; t < j->nt; t++) {
             const float m2 = x->dm[(size_t)t * slot + u];
             if (m2 == -INFINITY) continue; /* the unit saw no key of this tile */
@@ -354,49 +360,56 @@ static void attention(mdl_ctx *x, mdl_kv_pool *kv, const mdl_batch *b, const mdl
         }
     }
 
-    for (int s = 0; s < b->n_seqs; s++) {
+    for (int s = 0; s < b->n_seqs && b->attn == MDL_ATTN_PREFILL; s++) {
         const int t0 = b->seq_start[s], n = b->seq_start[s + 1] - t0;
         if (n == 0) continue;
         const int total = b->ctx_len[s] + n; /* keys 0 .. total-1 */
         const int *table = b->block_table[s];
-        if (b->attn == MDL_ATTN_PREFILL) {
-            float *acc = x->attn + (size_t)t0 * H * vd;
-            krn_attn_init(n, H, vd, x->am, x->al, acc, H * vd, vd);
-            for (int k0 = 0; k0 < total; k0 += ATTN_TILE) {
-                int nk = PD_MIN(ATTN_TILE, total - k0);
-                kv_gather(kv, table, cache_layer, k0, nk, kvl, x->lat, x->kpe);
-                linear(x, &L->kv_b, x->lat, nk, x->kvb, H * nv);
-                krn_attn_tile_args a = {
-                    .nq = n, .nh = H, .nk = nk, .da = nope, .db = rope, .dv = vd,
-                    .qa = x->q + (size_t)t0 * H * qk, .qa_stride = H * qk, .qa_hstride = qk,
-                    .qb = x->q + (size_t)t0 * H * qk + nope, .qb_stride = H * qk, .qb_hstride = qk,
-                    .ka = x->kvb, .ka_stride = H * nv, .ka_hstride = nv,
-                    .kb = x->kpe, .kb_stride = rope,
-                    .v = x->kvb + nope, .v_stride = H * nv, .v_hstride = nv,
-                    .q_limit = x->q_limit + t0, .k_pos0 = k0, .scale = x->m->softmax_scale,
-                    .m = x->am, .l = x->al, .acc = acc, .acc_stride = H * vd, .acc_hstride = vd,
-                    .scores = x->scores,
-                };
-                krn_attn_tile(&a);
-            }
-            krn_attn_finish(n, H, vd, x->al, acc, H * vd, vd);
-        } else {
-            for (int q0 = 0; q0 < n; q0 += DEC_QCHUNK) {
-                int nq = PD_MIN(DEC_QCHUNK, n - q0);
-                /* absorb kv_b's key half into the query: q_abs[h] = q_nope[h] . Wk[h]  ([nope] x [nope, kvl]) */
-                absorb_job aj = {L, c, x->q + (size_t)(t0 + q0) * H * qk, x->qabs, NULL, 0, nq * H};
-                krn_parallel(absorb_task, &aj, absorb_pieces(nq * H, nope * kvl));
-                krn_attn_init(nq, H, kvl, x->am, x->al, x->acc_lat, H * kvl, kvl);
-                int last = b->ctx_len[s] + q0 + nq; /* keys this chunk can see: up to its last query's position */
-                PD_ASSERT(nq <= x->dq && x->q_limit[t0 + q0 + nq - 1] + 1 == last);
+        float *acc = x->attn + (size_t)t0 * H * vd;
+        krn_attn_init(n, H, vd, x->am, x->al, acc, H * vd, vd);
+        for (int k0 = 0; k0 < total; k0 += ATTN_TILE) {
+            int nk = PD_MIN(ATTN_TILE, total - k0);
+            kv_gather(kv, table, cache_layer, k0, nk, kvl, x->lat, x->kpe);
+            linear(x, &L->kv_b, x->lat, nk, x->kvb, H * nv);
+            krn_attn_tile_args a = {
+                .nq = n, .nh = H, .nk = nk, .da = nope, .db = rope, .dv = vd,
+                .qa = x->q + (size_t)t0 * H * qk, .qa_stride = H * qk, .qa_hstride = qk,
+                .qb = x->q + (size_t)t0 * H * qk + nope, .qb_stride = H * qk, .qb_hstride = qk,
+                .ka = x->kvb, .ka_stride = H * nv, .ka_hstride = nv,
+                .kb = x->kpe, .kb_stride = rope,
+                .v = x->kvb + nope, .v_stride = H * nv, .v_hstride = nv,
+                .q_limit = x->q_limit + t0, .k_pos0 = k0, .scale = x->m->softmax_scale,
+                .m = x->am, .l = x->al, .acc = acc, .acc_stride = H * vd, .acc_hstride = vd,
+                .scores = x->scores,
+            };
+            krn_attn_tile(&a);
+        }
+        krn_attn_finish(n, H, vd, x->al, acc, H * vd, vd);
+    }
+    /* decode form: per chunk of up to da tokens (of any sequences), kv_b's key half absorbed into every query of
+     * the chunk head by head, attention over the latent rows per sequence, then the value half */
+    for (int c0 = 0; c0 < T && b->attn != MDL_ATTN_PREFILL; c0 += x->da) {
+        const int c1 = PD_MIN(T, c0 + x->da), nc = c1 - c0;
+        /* q_abs[t, h] = q_nope[t, h] . Wk[h]  ([nope] x [nope, kvl]) */
+        absorb_job aj = {L, c, x->q + (size_t)c0 * H * qk, x->qabs, NULL, 0, nc};
+        krn_parallel(absorb_task, &aj, absorb_pieces(H, (double)nc * nope * kvl));
+        for (int s = 0; s < b->n_seqs; s++) {
+            const int t0 = PD_MAX(b->seq_start[s], c0), t1 = PD_MIN(b->seq_start[s + 1], c1);
+            for (int q0 = t0; q0 < t1; q0 += DEC_QCHUNK) {
+                const int nq = PD_MIN(DEC_QCHUNK, t1 - q0);
+                float *qa = x->qabs + (size_t)(q0 - c0) * H * kvl, *acc = x->acc_lat + (size_t)(q0 - c0) * H * kvl;
+                krn_attn_init(nq, H, kvl, x->am, x->al, acc, H * kvl, kvl);
+                /* keys this group of queries can see: up to its last query's position */
+                const int last = b->ctx_len[s] + (q0 - b->seq_start[s]) + nq;
+                PD_ASSERT(nq <= x->dq && x->q_limit[q0 + nq - 1] + 1 == last);
                 dec_attn_job j = {
-                    .x = x, .kv = kv, .table = table, .layer = cache_layer, .nq = nq, .H = H, .kvl = kvl,
-                    .rope = rope, .ngroups = (nq * H + DEC_UGROUP - 1) / DEC_UGROUP, .last = last,
+                    .x = x, .kv = kv, .table = b->block_table[s], .layer = cache_layer, .nq = nq, .H = H, .kvl = kvl,
+                    .rope = rope, .ngroups = (nq * H + DEC_UGROUP - 1) / DEC_UGROUP, .last = last, .acc = acc,
                     .a = {.nq = nq, .nh = H, .da = kvl, .db = rope, .dv = kvl,
-                          .qa = x->qabs, .qa_stride = H * kvl, .qa_hstride = kvl,
-                          .qb = x->q + (size_t)(t0 + q0) * H * qk + nope, .qb_stride = H * qk, .qb_hstride = qk,
+                          .qa = qa, .qa_stride = H * kvl, .qa_hstride = kvl,
+                          .qb = x->q + (size_t)q0 * H * qk + nope, .qb_stride = H * qk, .qb_hstride = qk,
                           .ka_stride = kvl, .ka_hstride = 0, .kb_stride = rope, .v_stride = kvl, .v_hstride = 0,
-                          .q_limit = x->q_limit + t0 + q0, .scale = x->m->softmax_scale,
+                          .q_limit = x->q_limit + q0, .scale = x->m->softmax_scale,
                           .acc_stride = H * kvl, .acc_hstride = kvl, .scores = x->scores},
                 };
                 const int ntile = (last + ATTN_TILE - 1) / ATTN_TILE, nth = krn_threads_get();
@@ -409,12 +422,12 @@ static void attention(mdl_ctx *x, mdl_kv_pool *kv, const mdl_batch *b, const mdl
                     krn_parallel(dec_attend_task, &j, PD_MIN(par, j.nt * j.ngroups));
                     krn_parallel(dec_merge_task, &j, PD_MIN(par, nq * H));
                 }
-                krn_attn_finish(nq, H, kvl, x->al, x->acc_lat, H * kvl, kvl);
-                /* back out of the latent space through kv_b's value half: out[h] = Wv[h] . acc_lat[h] */
-                absorb_job vj = {L, c, NULL, x->acc_lat, x->attn + (size_t)(t0 + q0) * H * vd, 1, nq * H};
-                krn_parallel(absorb_task, &vj, absorb_pieces(nq * H, vd * kvl));
+                krn_attn_finish(nq, H, kvl, x->al, acc, H * kvl, kvl);
             }
         }
+        /* back out of the latent space through kv_b's value half: out[t, h] = Wv[h] . acc_lat[t, h] */
+        absorb_job vj = {L, c, NULL, x->acc_lat, x->attn + (size_t)c0 * H * vd, 1, nc};
+        krn_parallel(absorb_task, &vj, absorb_pieces(H, (double)nc * vd * kvl));
     }
     linear(x, &L->o, x->attn, T, x->tmp, D);
     for (size_t i = 0; i < (size_t)T * D; i++) x->x[i] += x->tmp[i];

@@ -99,32 +99,34 @@ void krn__linear_ref(const krn_mat *w, const float *x, int m, float *y, int ldy,
     }
 }
 
-void krn__linear_rows_ref(const krn_mat *w, int r0, int n, const float *x, float *y)
+void krn__linear_rows_ref(const krn_mat *w, int r0, int n, const float *x, size_t ldx, int m, float *y, size_t ldy)
 {
     float buf[256];
-    for (int j = 0; j < n; j++) {
-        float acc = 0;
-        for (int c0 = 0; c0 < w->cols; c0 += (int)PD_ARRAY_LEN(buf)) {
-            int nc = PD_MIN((int)PD_ARRAY_LEN(buf), w->cols - c0);
-            krn_mat_row_part(w, r0 + j, c0, nc, buf);
-            acc += dot_f32(x + c0, buf, nc);
+    for (int i = 0; i < m; i++)
+        for (int j = 0; j < n; j++) {
+            float acc = 0;
+            for (int c0 = 0; c0 < w->cols; c0 += (int)PD_ARRAY_LEN(buf)) {
+                int nc = PD_MIN((int)PD_ARRAY_LEN(buf), w->cols - c0);
+                krn_mat_row_part(w, r0 + j, c0, nc, buf);
+                acc += dot_f32(x + (size_t)i * ldx + c0, buf, nc);
+            }
+            y[(size_t)i * ldy + j] = acc;
         }
-        y[j] = acc;
-    }
 }
 
-void krn__matmul_sub_ref(const krn_mat *w, int r0, int c0, const float *x, int m, int k, int n, float *y,
-                         int accumulate)
+void krn__matmul_sub_ref(const krn_mat *w, int r0, int c0, const float *x, size_t ldx, int m, int k, int n, float *y,
+                         size_t ldy, int accumulate)
 {
     float buf[256];
-    if (!accumulate) memset(y, 0, (size_t)m * n * sizeof(float));
+    if (!accumulate)
+        for (int i = 0; i < m; i++) memset(y + (size_t)i * ldy, 0, (size_t)n * sizeof(float));
     for (int d = 0; d < k; d++) {
         for (int cc = 0; cc < n; cc += (int)PD_ARRAY_LEN(buf)) {
             int nc = PD_MIN((int)PD_ARRAY_LEN(buf), n - cc);
             krn_mat_row_part(w, r0 + d, c0 + cc, nc, buf);
             for (int i = 0; i < m; i++) {
-                float a = x[(size_t)i * k + d];
-                float *yi = y + (size_t)i * n + cc;
+                float a = x[(size_t)i * ldx + d];
+                float *yi = y + (size_t)i * ldy + cc;
                 for (int c = 0; c < nc; c++) yi[c] += a * buf[c];
             }
         }

@@ -109,12 +109,12 @@ START_TEST(test_linear_types)
                                   yr[i * n + j]);
             /* band of rows against one vector */
             float yb[200];
-            krn_linear_rows(&w, n / 3, n - n / 3, x, yb);
+            krn_linear_rows(&w, n / 3, n - n / 3, x, (size_t)k, 1, yb, 0);
             for (int j = n / 3; j < n; j++) ck_assert(fabs(yb[j - n / 3] - yr[j]) < 1e-4 * (1 + fabs(yr[j])));
             /* transposed sub-block: y[c] = sum_d x[d] W[r0+d, c0+c] */
             float ys[300];
             int r0 = 1, c0 = 2, kk = PD_MIN(5, n - 1), nn = k - 2;
-            krn_matmul_sub(&w, r0, c0, x, 1, kk, nn, ys, 0);
+            krn_matmul_sub(&w, r0, c0, x, (size_t)kk, 1, kk, nn, ys, (size_t)nn, 0);
             for (int c = 0; c < nn; c++) {
                 double s = 0;
                 for (int d = 0; d < kk; d++) s += (double)x[d] * Wd[(size_t)(r0 + d) * k + c0 + c];
@@ -395,12 +395,12 @@ START_TEST(test_paths_linear)
                     }
                     /* MLA's absorbed products read the plain rows */
                     float yb[200], ys[1300];
-                    krn_linear_rows(&tm.w, n / 3, n - n / 3, x, yb);
+                    krn_linear_rows(&tm.w, n / 3, n - n / 3, x, (size_t)k, 1, yb, 0);
                     for (int j = n / 3; j < n; j++) ck_assert(fabs(yb[j - n / 3] - yr[j]) < 1e-4 * (1 + fabs(yr[j])));
                     int r0 = n > 1 ? 1 : 0, c0 = k > 2 ? 2 : 0, kk = PD_MIN(5, n - r0), nn = k - c0;
                     int mm = PD_MIN(m, 2);
                     for (int i = 0; i < mm * nn; i++) ys[i] = 1.0f;
-                    krn_matmul_sub(&tm.w, r0, c0, x, mm, kk, nn, ys, 1);
+                    krn_matmul_sub(&tm.w, r0, c0, x, (size_t)kk, mm, kk, nn, ys, (size_t)nn, 1);
                     for (int i = 0; i < mm; i++)
                         for (int c = 0; c < nn; c++) {
                             double s = 1.0;
@@ -887,6 +887,70 @@ static void attn_rows_case(int nh, int da, int db, int dv, int shared)
     free(q); free(qb); free(k); free(kb); if (!shared) free(v); free(m); free(l); free(all); free(one);
 }
 
+/* MLA's absorbed products over several rows at once (one head's queries of a whole pass, strided as in the
+ * q / latent buffers): on every table each row equals the same product for that row alone, bit for bit (a verify
+ * pass must score a position as a decode step does), and the products match float64 on awkward sizes. */
+START_TEST(test_paths_absorbed_rows)
+{
+    const int shapes[][3] = {{40, 70, 130}, {24, 16, 64}, {9, 5, 33}}; /* band rows, k (d), cols */
+    const int ms[] = {1, 3, 4, 5, 9, 16};
+    collect_tables();
+    for (int ti = 0; ti < g_ntables; ti++) {
+        krn__ops_force(g_tables[ti]);
+        for (size_t si = 0; si < PD_ARRAY_LEN(shapes); si++) {
+            const int nr = shapes[si][0], kd = shapes[si][1], cols = shapes[si][2];
+            const krn_type types[] = {KRN_BF16, KRN_F32, KRN_F8E4M3};
+            for (int t = 0; t < 3; t++) {
+                test_mat tm;
+                make_mat(&tm, types[t], nr + kd, cols);
+                for (size_t mi = 0; mi < PD_ARRAY_LEN(ms); mi++) {
+                    const int m = ms[mi];
+                    const size_t ldx = (size_t)cols + 7, ldy = (size_t)cols + 5;
+                    float *x = malloc(sizeof(float) * m * ldx), *y = malloc(sizeof(float) * m * ldy);
+                    float *one = malloc(sizeof(float) * ldy);
+                    for (size_t i = 0; i < (size_t)m * ldx; i++) x[i] = randn();
+                    for (size_t i = 0; i < (size_t)m * ldy; i++) y[i] = randn();
+                    float *y0 = malloc(sizeof(float) * m * ldy);
+                    memcpy(y0, y, sizeof(float) * m * ldy);
+                    /* transposed sub-block, accumulating: rows kd of W from r0 = 3, columns from c0 = 1 */
+                    const int nn = cols - 1;
+                    krn_matmul_sub(&tm.w, 3, 1, x, ldx, m, kd, nn, y, ldy, 1);
+                    for (int i = 0; i < m; i++) {
+                        memcpy(one, y0 + (size_t)i * ldy, sizeof(float) * ldy);
+                        krn_matmul_sub(&tm.w, 3, 1, x + (size_t)i * ldx, (size_t)kd, 1, kd, nn, one, ldy, 1);
+                        ck_assert_msg(!memcmp(one, y + (size_t)i * ldy, sizeof(float) * nn),
+                                      "%s %s matmul_sub m%d k%d n%d: row %d differs from the row alone",
+                                      g_tables[ti]->name, krn_type_name(types[t]), m, kd, nn, i);
+                        for (int c = 0; c < nn; c++) {
+                            double s = y0[(size_t)i * ldy + c];
+                            for (int d = 0; d < kd; d++) s += (double)x[(size_t)i * ldx + d] * tm.exact[(size_t)(3 + d) * cols + 1 + c];
+                            ck_assert(fabs(y[(size_t)i * ldy + c] - s) < 1e-4 * (1 + fabs(s)));
+                        }
+                        for (int c = nn; c < (int)ldy; c++) ck_assert(y[(size_t)i * ldy + c] == y0[(size_t)i * ldy + c]);
+                    }
+                    /* band of nr rows from r0 = kd against m vectors of length cols */
+                    krn_linear_rows(&tm.w, kd, nr, x, ldx, m, y, ldy);
+                    for (int i = 0; i < m; i++) {
+                        krn_linear_rows(&tm.w, kd, nr, x + (size_t)i * ldx, (size_t)cols, 1, one, 0);
+                        ck_assert_msg(!memcmp(one, y + (size_t)i * ldy, sizeof(float) * nr),
+                                      "%s %s linear_rows m%d: row %d differs from the row alone", g_tables[ti]->name,
+                                      krn_type_name(types[t]), m, i);
+                        for (int j = 0; j < nr; j++) {
+                            double s = 0;
+                            for (int c = 0; c < cols; c++) s += (double)x[(size_t)i * ldx + c] * tm.exact[(size_t)(kd + j) * cols + c];
+                            ck_assert(fabs(y[(size_t)i * ldy + j] - s) < 1e-4 * (1 + fabs(s)));
+                        }
+                    }
+                    free(x); free(y); free(y0); free(one);
+                }
+                free_mat(&tm);
+            }
+        }
+    }
+    krn__ops_force(NULL);
+}
+END_TEST
+
 START_TEST(test_paths_attention_rows_independent)
 {
     collect_tables();
@@ -914,6 +978,7 @@ int main(void)
     tcase_add_test(tp, test_paths_logsumexp);
     tcase_add_test(tp, test_paths_to_f32);
     tcase_add_test(tp, test_paths_rows_independent);
+    tcase_add_test(tp, test_paths_absorbed_rows);
     tcase_add_test(tp, test_paths_group);
     tcase_add_test(tp, test_paths_bf16dot);
     tcase_add_test(tp, test_paths_attention);
