@@ -46,12 +46,20 @@ typedef struct {
     mdl_ctx *ctx;
 } plan;
 
+/* What sampling one logits row needs besides the row: a sampler (its scratch), the raw row kept for logprobs and the
+ * processed target distribution of a verified row. Acceptance of different sequences runs on different pieces of the
+ * pool, each with its own workspace. */
+typedef struct {
+    krn_sampler sampler;
+    float *raw;  /* [vocab] raw logits of the row being sampled */
+    float *pbuf; /* [vocab] processed target distribution of the row being verified (k > 0) */
+} row_ws;
+
 struct mdl_engine_s {
     mdl_model *m;
     mdl_engine_opts o;
     mdl_kv_pool *kv;
     mdl_ctx *ctx;
-    krn_sampler sampler;
     mdl_event_cb cb;
     void *cb_arg;
     pthread_t thread;
@@ -66,7 +74,8 @@ struct mdl_engine_s {
     const int **b_tables;
     seq **b_seqs;
     float *logits;            /* [max_num_seqs][vocab] */
-    float *raw;               /* [vocab] raw logits of the row being sampled */
+    row_ws *ws;               /* [n_ws] sampling workspaces: ws[0] for the engine thread, one per piece of acceptance */
+    int n_ws;
     float *mtp_hidden;        /* [max_tokens][hidden] */
     int32_t *mtp_tokens;
     int max_tokens;
@@ -78,7 +87,6 @@ struct mdl_engine_s {
     int tps;                  /* new tokens per sequence in a decode step: k + 1 */
     float *q;                 /* [max_num_seqs][k][vocab] processed draft distributions (temperature > 0) */
     uint8_t *q_onehot;        /* [max_num_seqs][k] the draft came from the known-drafts hook */
-    float *pbuf;              /* [vocab] processed target distribution of the row being verified */
     float *g;                 /* [max_num_seqs][hidden] MTP output fed back in recursive drafting */
     int32_t *known;           /* [max_num_seqs][k] */
     int *n_known, *ks;        /* [max_num_seqs] known drafts, drafts this step */
@@ -194,14 +202,14 @@ static int is_stop(const mdl_engine *e, const seq *s, int32_t t)
 }
 
 /* Logprobs of one logits row (the model's raw distribution, before penalties and temperature, as vLLM reports
- * them): keeps a raw copy in e->raw, fills ev's top alternatives and returns the log-sum-exp. A request that asked
+ * them): keeps a raw copy in w->raw, fills ev's top alternatives and returns the log-sum-exp. A request that asked
  * for no logprobs (top_logprobs -1) skips all of it (a 129k-entry copy and log-sum-exp per row); see logprob_of. */
-static float row_logprobs(mdl_engine *e, const seq *s, const float *lg, mdl_event *ev)
+static float row_logprobs(const mdl_engine *e, row_ws *w, const seq *s, const float *lg, mdl_event *ev)
 {
     const int V = e->m->cfg.vocab_size;
     ev->n_top = 0;
     if (s->p.top_logprobs < 0) return 0;
-    memcpy(e->raw, lg, (size_t)V * sizeof(float));
+    memcpy(w->raw, lg, (size_t)V * sizeof(float));
     const float lse = krn_logsumexp(lg, V);
     const int k = PD_MIN(s->p.top_logprobs, MDL_MAX_TOP_LOGPROBS);
     for (int i = 0; i < V && k > 0; i++) { /* keep the k best in descending order */
@@ -220,30 +228,31 @@ static float row_logprobs(mdl_engine *e, const seq *s, const float *lg, mdl_even
 }
 
 /* The raw logprob of token t of the row row_logprobs saw last (0 when the request asked for none). */
-static float logprob_of(const mdl_engine *e, const seq *s, int32_t t, float lse)
+static float logprob_of(const row_ws *w, const seq *s, int32_t t, float lse)
 {
-    return s->p.top_logprobs < 0 ? 0.0f : e->raw[t] - lse;
+    return s->p.top_logprobs < 0 ? 0.0f : w->raw[t] - lse;
 }
 
 /* Processes logits row lg (modified: min_tokens mask, then krn_sample's penalties) as the (n_out+1)-th generated
  * token of s, whose output so far is s->tokens[n_prompt .. n_prompt + n_out), and samples it with rng.
  * probs_out (optional) receives the processed distribution. */
-static int32_t process_sample(mdl_engine *e, seq *s, float *lg, int n_out, pd_rng *rng, float *probs_out)
+static int32_t process_sample(const mdl_engine *e, row_ws *w, seq *s, float *lg, int n_out, pd_rng *rng,
+                              float *probs_out)
 {
     if (n_out < s->p.min_tokens) { /* stop tokens may not end it yet */
         if (!s->p.ignore_eos) lg[e->m->cfg.eos_token_id] = -INFINITY;
         for (int i = 0; i < s->p.n_stop_ids; i++) lg[s->p.stop_ids[i]] = -INFINITY;
     }
-    return krn_sample(e->sampler, lg, &s->p.sampling, s->tokens, s->n_prompt, s->tokens + s->n_prompt, n_out, rng,
+    return krn_sample(w->sampler, lg, &s->p.sampling, s->tokens, s->n_prompt, s->tokens + s->n_prompt, n_out, rng,
                       NULL, probs_out);
 }
 
 /* Samples the first token of s from logits row lg (modified). */
 static int32_t sample(mdl_engine *e, seq *s, float *lg, float *logprob, mdl_event *ev)
 {
-    float lse = row_logprobs(e, s, lg, ev);
-    int32_t t = process_sample(e, s, lg, s->n_gen, &s->rng, NULL);
-    *logprob = logprob_of(e, s, t, lse);
+    float lse = row_logprobs(e, &e->ws[0], s, lg, ev);
+    int32_t t = process_sample(e, &e->ws[0], s, lg, s->n_gen, &s->rng, NULL);
+    *logprob = logprob_of(&e->ws[0], s, t, lse);
     return t;
 }
 
@@ -391,7 +400,7 @@ static void pick_draft(mdl_engine *e, seq *s, int i, int j, float *lg)
     } else {
         /* the same processing as the target's row for this position: penalties see drafts 1..j-1 */
         float *q = s->p.sampling.temperature > 1e-6f ? e->q + ((size_t)i * k + j - 1) * V : NULL;
-        d = process_sample(e, s, lg, s->n_gen + j - 1, &s->rng, q);
+        d = process_sample(e, &e->ws[0], s, lg, s->n_gen + j - 1, &s->rng, q);
         e->q_onehot[i * k + j - 1] = 0;
     }
     s->tokens[L + j - 1] = d;
@@ -512,7 +521,7 @@ static void ngram_draft(mdl_engine *e, seq **dec, int nd)
 }
 
 /* A draw from norm(max(0, p - q)) (q one-hot on d when q is NULL): where rejection sampling goes on a reject. */
-static int32_t sample_residual(mdl_engine *e, seq *s, const float *p, const float *q, int32_t d)
+static int32_t sample_residual(const mdl_engine *e, seq *s, const float *p, const float *q, int32_t d)
 {
     const int V = e->m->cfg.vocab_size;
     double sum = 0;
@@ -543,7 +552,7 @@ static int32_t sample_residual(mdl_engine *e, seq *s, const float *p, const floa
  * to emit: greedy accepts a draft when it is the target's argmax; with temperature, draft x is accepted with
  * probability min(1, p(x)/q(x)) and a reject draws from norm(max(0, p - q)), so every emitted token has the
  * non-speculative distribution. The row after the last accepted draft gives one more token (the bonus). */
-static void accept(mdl_engine *e, seq *s, int i, int row0)
+static void accept(mdl_engine *e, row_ws *w, seq *s, int i, int row0)
 {
     const int V = e->m->cfg.vocab_size, k = e->k, ks = k > 0 ? e->ks[i] : 0;
     const int L = s->n_prompt + s->n_gen;
@@ -553,34 +562,49 @@ static void accept(mdl_engine *e, seq *s, int i, int row0)
         float *lg = e->logits + (size_t)(row0 + j) * V;
         mdl_event *tm = &e->r_tmpl[i * e->tps + j];
         memset(tm, 0, sizeof *tm);
-        float lse = row_logprobs(e, s, lg, tm);
+        float lse = row_logprobs(e, w, s, lg, tm);
         int32_t x;
         int ok = 0;
         if (j == ks) {
-            x = process_sample(e, s, lg, s->n_gen + j, &s->rng, NULL);
+            x = process_sample(e, w, s, lg, s->n_gen + j, &s->rng, NULL);
         } else {
             const int32_t d = s->tokens[L + j];
             if (greedy) {
-                x = process_sample(e, s, lg, s->n_gen + j, &s->rng, NULL);
+                x = process_sample(e, w, s, lg, s->n_gen + j, &s->rng, NULL);
                 ok = x == d || e->accept_all;
             } else {
                 pd_rng scratch = s->rng; /* p only: the pick krn_sample makes with it is not used */
-                (void)process_sample(e, s, lg, s->n_gen + j, &scratch, e->pbuf);
+                (void)process_sample(e, w, s, lg, s->n_gen + j, &scratch, w->pbuf);
                 const float *q = e->q_onehot[i * k + j] ? NULL : e->q + ((size_t)i * k + j) * V;
                 double qd = q ? q[d] : 1.0, u = pd_rng_uniform(&s->rng);
-                ok = e->accept_all || (qd > 0 && u * qd < e->pbuf[d]);
-                x = ok ? d : sample_residual(e, s, e->pbuf, q, d);
+                ok = e->accept_all || (qd > 0 && u * qd < w->pbuf[d]);
+                x = ok ? d : sample_residual(e, s, w->pbuf, q, d);
             }
             if (ok) x = d;
         }
         e->r_tok[i * e->tps + n] = x;
-        e->r_lp[i * e->tps + n] = logprob_of(e, s, x, lse);
+        e->r_lp[i * e->tps + n] = logprob_of(w, s, x, lse);
         n++;
         if (j < ks && !ok) break;
         if (j < ks) acc++;
     }
     e->r_n[i] = n;
     e->r_acc[i] = acc;
+}
+
+/* Acceptance of the step's sequences, spread over the pool: sequences [i0, i1) of piece ith with workspace ith. Each
+ * sequence's tokens depend only on its own rows and generator, so the split changes nothing in the output. */
+typedef struct {
+    mdl_engine *e;
+    seq **dec;
+    int nd;
+} accept_job;
+
+static void accept_task(void *p, int ith, int nth)
+{
+    const accept_job *j = p;
+    const int i0 = (int)((long)j->nd * ith / nth), i1 = (int)((long)j->nd * (ith + 1) / nth);
+    for (int i = i0; i < i1; i++) accept(j->e, &j->e->ws[ith], j->dec[i], i, j->e->b_start[i]);
 }
 
 /* One decode step over the nd running sequences (engine thread, lock not held): drafts (k > 0), one main-model
@@ -681,7 +705,8 @@ static void run_decode(mdl_engine *e, seq **dec, int nd)
         for (int i = 0; i < nd; i++)
             memcpy(dec[i]->hidden, h + (size_t)e->b_start[i] * D, (size_t)(e->ks[i] + 1) * D * sizeof(float));
     }
-    for (int i = 0; i < nd; i++) accept(e, dec[i], i, e->b_start[i]);
+    accept_job aj = {e, dec, nd};
+    krn_parallel(accept_task, &aj, PD_MIN(nd, e->n_ws));
 }
 
 static void *engine_main(void *arg)
@@ -947,14 +972,28 @@ pd_status mdl_engine_create(mdl_model *m, const mdl_engine_opts *o, mdl_event_cb
             e->n_plans++;
         }
     }
-    if ((st = krn_sampler_create(V, &e->sampler)) != PD_OK) goto fail_engine;
+    e->n_ws = PD_MIN(S, PD_MIN(2 * krn_threads_get(), 16)); /* pieces of acceptance (krn_parallel: up to 2 per thread) */
+    e->n_ws = PD_MAX(e->n_ws, 1);
+    e->ws = calloc((size_t)e->n_ws, sizeof *e->ws);
+    if (!e->ws) {
+        st = PD_ERR_NOMEM;
+        goto fail_engine;
+    }
+    for (int i = 0; i < e->n_ws; i++) {
+        if ((st = krn_sampler_create(V, &e->ws[i].sampler)) != PD_OK) goto fail_engine;
+        e->ws[i].raw = malloc((size_t)V * sizeof(float));
+        e->ws[i].pbuf = k > 0 ? malloc((size_t)V * sizeof(float)) : NULL;
+        if (!e->ws[i].raw || (k > 0 && !e->ws[i].pbuf)) {
+            st = PD_ERR_NOMEM;
+            goto fail_engine;
+        }
+    }
     e->b_tokens = malloc((size_t)e->max_tokens * sizeof(int32_t));
     e->b_start = malloc((size_t)(S + 1) * sizeof(int));
     e->b_ctx = malloc((size_t)S * sizeof(int));
     e->b_rows = malloc((size_t)e->max_tokens * sizeof(int));
     e->b_tables = malloc((size_t)S * sizeof(int *));
     e->logits = malloc((size_t)S * e->tps * V * sizeof(float));
-    e->raw = malloc((size_t)V * sizeof(float));
     e->mtp_hidden = malloc((size_t)e->max_tokens * D * sizeof(float));
     e->mtp_tokens = malloc((size_t)e->max_tokens * sizeof(int32_t));
     e->cap_evs = 64;
@@ -965,17 +1004,16 @@ pd_status mdl_engine_create(mdl_model *m, const mdl_engine_opts *o, mdl_event_cb
     e->r_tmpl = malloc((size_t)S * e->tps * sizeof(mdl_event));
     e->r_n = calloc((size_t)S, sizeof(int));
     e->r_acc = calloc((size_t)S, sizeof(int));
-    int ok = e->b_tokens && e->b_start && e->b_ctx && e->b_rows && e->b_tables && e->logits && e->raw && e->mtp_hidden &&
+    int ok = e->b_tokens && e->b_start && e->b_ctx && e->b_rows && e->b_tables && e->logits && e->mtp_hidden &&
              e->mtp_tokens && e->evs && e->ks && e->r_tok && e->r_lp && e->r_tmpl && e->r_n && e->r_acc;
     if (k > 0) {
         e->q = malloc((size_t)S * k * V * sizeof(float));
         e->q_onehot = calloc((size_t)S * k, 1);
-        e->pbuf = malloc((size_t)V * sizeof(float));
         e->g = malloc((size_t)S * D * sizeof(float));
         e->known = malloc((size_t)S * k * sizeof(int32_t));
         e->n_known = calloc((size_t)S, sizeof(int));
         e->map = malloc((size_t)S * sizeof(int));
-        ok = ok && e->q && e->q_onehot && e->pbuf && e->g && e->known && e->n_known && e->map;
+        ok = ok && e->q && e->q_onehot && e->g && e->known && e->n_known && e->map;
         if (ok && e->ngram) memset(e->q_onehot, 1, (size_t)S * k); /* prompt-lookup drafts are deterministic */
     }
     if (!ok) {
@@ -1013,10 +1051,15 @@ void mdl_engine_destroy(mdl_engine *e)
     for (int i = 0; i < e->n_plans; i++) mdl_ctx_destroy(e->plans[i].ctx);
     mdl_ctx_destroy(e->ctx);
     mdl_kv_pool_destroy(e->kv);
-    krn_sampler_destroy(e->sampler);
-    void *bufs[] = {e->b_tokens, e->b_start, e->b_ctx, e->b_rows, e->b_tables, e->logits, e->raw, e->mtp_hidden,
+    for (int i = 0; e->ws && i < e->n_ws; i++) {
+        krn_sampler_destroy(e->ws[i].sampler);
+        free(e->ws[i].raw);
+        free(e->ws[i].pbuf);
+    }
+    free(e->ws);
+    void *bufs[] = {e->b_tokens, e->b_start, e->b_ctx, e->b_rows, e->b_tables, e->logits, e->mtp_hidden,
                     e->mtp_tokens, e->evs, e->ks, e->r_tok, e->r_lp, e->r_tmpl, e->r_n, e->r_acc, e->q, e->q_onehot,
-                    e->pbuf, e->g, e->known, e->n_known, e->map, e->scratch_blocks};
+                    e->g, e->known, e->n_known, e->map, e->scratch_blocks};
     for (size_t i = 0; i < PD_ARRAY_LEN(bufs); i++) free(bufs[i]);
     free(e);
 }
