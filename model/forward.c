@@ -9,7 +9,7 @@
 #include "model/mdl.h"
 
 #define ATTN_TILE 256  /* keys per attention tile (one kernel call; its queries are transposed once per call) */
-#define DEC_QCHUNK 16  /* decode-mode queries per absorbed chunk */
+#define DEC_QCHUNK 16  /* decode: queries of one sequence attended together (one group of latent-row passes) */
 #define DEC_SPLIT 4    /* decode: key tiles scored side by side (split-K), then merged in tile order */
 #define DEC_UGROUP 16  /* decode: (query, head) units per piece, the attention kernel's lanes */
 #define DEC_ABS 32     /* decode: tokens (of any sequences) whose absorbed products run together, per head */
