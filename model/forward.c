@@ -323,44 +323,15 @@ static void dec_merge_task(void *p, int ith, int nth)
     }
 }
 
-static void attention(mdl_ctx *x, mdl_kv_pool *kv, const mdl_batch *b, const mdl_layer *L, int cache_layer)
+/* Prefill form: per sequence, kv_b decompresses each tile of latent rows into keys and values, then one online
+ * softmax pass over the tiles (flash attention); out: x->attn. */
+static void attn_prefill(mdl_ctx *x, mdl_kv_pool *kv, const mdl_batch *b, const mdl_layer *L, int cache_layer)
 {
     const mdl_config *c = &x->m->cfg;
-    const int T = b->n_tokens, D = c->hidden_size, H = c->num_attention_heads;
+    const int H = c->num_attention_heads;
     const int nope = c->qk_nope_head_dim, rope = c->qk_rope_head_dim, vd = c->v_head_dim;
     const int qk = nope + rope, kvl = c->kv_lora_rank, nv = nope + vd;
-    const float eps = c->rms_norm_eps;
-
-    /* queries */
-    /* both products of the normalised input in one pool job: the query's first one and kv_a (latent + rope key) */
-    const krn_linear_item first[2] = {
-        c->q_lora_rank > 0 ? (krn_linear_item){&L->q_a, x->xn, T, c->q_lora_rank, x->qa, x->lin_flags}
-                           : (krn_linear_item){&L->q, x->xn, T, H * qk, x->q, x->lin_flags},
-        {&L->kv_a, x->xn, T, kvl + rope, x->kva, x->lin_flags},
-    };
-    krn_linear_group(first, 2, x->scratch);
-    if (c->q_lora_rank > 0) {
-        for (int t = 0; t < T; t++) {
-            float *r = x->qa + (size_t)t * c->q_lora_rank;
-            krn_rmsnorm(r, L->q_a_norm, c->q_lora_rank, eps, r);
-        }
-        linear(x, &L->q_b, x->qa, T, x->q, H * qk);
-    }
-    /* latent + rope key, written to the cache */
     for (int s = 0; s < b->n_seqs; s++) {
-        for (int t = b->seq_start[s]; t < b->seq_start[s + 1]; t++) {
-            int pos = b->ctx_len[s] + (t - b->seq_start[s]);
-            const float *cs = x->cosb + (size_t)t * rope / 2, *sn = x->sinb + (size_t)t * rope / 2;
-            float *row = x->kva + (size_t)t * (kvl + rope);
-            krn_rmsnorm(row, L->kv_a_norm, kvl, eps, row);
-            krn_rope_interleaved(row + kvl, rope, cs, sn);
-            for (int h = 0; h < H; h++) krn_rope_interleaved(x->q + (size_t)t * H * qk + (size_t)h * qk + nope, rope, cs, sn);
-            kv_store(kv, b->block_table[s], cache_layer, pos, row);
-            x->q_limit[t] = pos;
-        }
-    }
-
-    for (int s = 0; s < b->n_seqs && b->attn == MDL_ATTN_PREFILL; s++) {
         const int t0 = b->seq_start[s], n = b->seq_start[s + 1] - t0;
         if (n == 0) continue;
         const int total = b->ctx_len[s] + n; /* keys 0 .. total-1 */
@@ -386,9 +357,17 @@ static void attention(mdl_ctx *x, mdl_kv_pool *kv, const mdl_batch *b, const mdl
         }
         krn_attn_finish(n, H, vd, x->al, acc, H * vd, vd);
     }
-    /* decode form: per chunk of up to da tokens (of any sequences), kv_b's key half absorbed into every query of
-     * the chunk head by head, attention over the latent rows per sequence, then the value half */
-    for (int c0 = 0; c0 < T && b->attn != MDL_ATTN_PREFILL; c0 += x->da) {
+}
+
+/* Decode (absorbed) form: per chunk of up to da tokens (of any sequences), kv_b's key half absorbed into every query
+ * of the chunk head by head, attention over the latent rows per sequence, then the value half; out: x->attn. */
+static void attn_decode(mdl_ctx *x, mdl_kv_pool *kv, const mdl_batch *b, const mdl_layer *L, int cache_layer)
+{
+    const mdl_config *c = &x->m->cfg;
+    const int T = b->n_tokens, H = c->num_attention_heads;
+    const int nope = c->qk_nope_head_dim, rope = c->qk_rope_head_dim, vd = c->v_head_dim;
+    const int qk = nope + rope, kvl = c->kv_lora_rank;
+    for (int c0 = 0; c0 < T; c0 += x->da) {
         const int c1 = PD_MIN(T, c0 + x->da), nc = c1 - c0;
         /* q_abs[t, h] = q_nope[t, h] . Wk[h]  ([nope] x [nope, kvl]) */
         absorb_job aj = {L, c, x->q + (size_t)c0 * H * qk, x->qabs, NULL, 0, nc};
@@ -429,6 +408,47 @@ static void attention(mdl_ctx *x, mdl_kv_pool *kv, const mdl_batch *b, const mdl
         absorb_job vj = {L, c, NULL, x->acc_lat, x->attn + (size_t)c0 * H * vd, 1, nc};
         krn_parallel(absorb_task, &vj, absorb_pieces(H, (double)nc * vd * kvl));
     }
+}
+
+static void attention(mdl_ctx *x, mdl_kv_pool *kv, const mdl_batch *b, const mdl_layer *L, int cache_layer)
+{
+    const mdl_config *c = &x->m->cfg;
+    const int T = b->n_tokens, D = c->hidden_size, H = c->num_attention_heads;
+    const int nope = c->qk_nope_head_dim, rope = c->qk_rope_head_dim;
+    const int qk = nope + rope, kvl = c->kv_lora_rank;
+    const float eps = c->rms_norm_eps;
+
+    /* queries */
+    /* both products of the normalised input in one pool job: the query's first one and kv_a (latent + rope key) */
+    const krn_linear_item first[2] = {
+        c->q_lora_rank > 0 ? (krn_linear_item){&L->q_a, x->xn, T, c->q_lora_rank, x->qa, x->lin_flags}
+                           : (krn_linear_item){&L->q, x->xn, T, H * qk, x->q, x->lin_flags},
+        {&L->kv_a, x->xn, T, kvl + rope, x->kva, x->lin_flags},
+    };
+    krn_linear_group(first, 2, x->scratch);
+    if (c->q_lora_rank > 0) {
+        for (int t = 0; t < T; t++) {
+            float *r = x->qa + (size_t)t * c->q_lora_rank;
+            krn_rmsnorm(r, L->q_a_norm, c->q_lora_rank, eps, r);
+        }
+        linear(x, &L->q_b, x->qa, T, x->q, H * qk);
+    }
+    /* latent + rope key, written to the cache */
+    for (int s = 0; s < b->n_seqs; s++) {
+        for (int t = b->seq_start[s]; t < b->seq_start[s + 1]; t++) {
+            int pos = b->ctx_len[s] + (t - b->seq_start[s]);
+            const float *cs = x->cosb + (size_t)t * rope / 2, *sn = x->sinb + (size_t)t * rope / 2;
+            float *row = x->kva + (size_t)t * (kvl + rope);
+            krn_rmsnorm(row, L->kv_a_norm, kvl, eps, row);
+            krn_rope_interleaved(row + kvl, rope, cs, sn);
+            for (int h = 0; h < H; h++) krn_rope_interleaved(x->q + (size_t)t * H * qk + (size_t)h * qk + nope, rope, cs, sn);
+            kv_store(kv, b->block_table[s], cache_layer, pos, row);
+            x->q_limit[t] = pos;
+        }
+    }
+
+    if (b->attn == MDL_ATTN_PREFILL) attn_prefill(x, kv, b, L, cache_layer);
+    else attn_decode(x, kv, b, L, cache_layer);
     linear(x, &L->o, x->attn, T, x->tmp, D);
     for (size_t i = 0; i < (size_t)T * D; i++) x->x[i] += x->tmp[i];
 }
