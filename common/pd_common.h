@@ -72,6 +72,12 @@ void pd_abort(const char *file, int line, const char *expr) __attribute__((noret
 /* Allocation helpers that abort on failure are deliberately absent: callers handle PD_ERR_NOMEM.
  * pd_aligned_alloc returns 64-byte aligned, zeroed memory or NULL; free with free(). */
 void *pd_aligned_alloc(size_t bytes);
+/* A private anonymous mapping of at least `bytes` (zeroed, 2 MiB-aligned) advised MADV_HUGEPAGE, so that the
+ * kernel backs it with transparent huge pages where it can (THP "always" or "madvise"): for memory that is
+ * streamed whole, such as packed weights, one TLB entry then covers 2 MiB instead of 4 KiB. NULL when the
+ * mapping fails; pages untouched cost nothing. Free with pd_huge_unmap(p, bytes). */
+void *pd_huge_map(size_t bytes);
+void pd_huge_unmap(void *p, size_t bytes);
 
 /* Monotonic clock. */
 double pd_time_now(void);    /* seconds */

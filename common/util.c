@@ -4,7 +4,9 @@
 #include <errno.h>
 #include <math.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
+#include <unistd.h>
 
 void *pd_aligned_alloc(size_t bytes)
 {
@@ -13,6 +15,37 @@ void *pd_aligned_alloc(size_t bytes)
     if (posix_memalign(&p, 64, bytes) != 0) return NULL;
     memset(p, 0, bytes);
     return p;
+}
+
+#define PD_HUGE_PAGE ((size_t)2 << 20)
+
+static size_t page_round(size_t bytes)
+{
+    const long ps = sysconf(_SC_PAGESIZE);
+    const size_t pg = ps > 0 ? (size_t)ps : 4096;
+    return (PD_MAX(bytes, (size_t)1) + pg - 1) / pg * pg;
+}
+
+void *pd_huge_map(size_t bytes)
+{
+    const size_t len = page_round(bytes);
+    if (len > SIZE_MAX - PD_HUGE_PAGE) return NULL;
+    /* over-map by one huge page, then trim to a 2 MiB-aligned start */
+    uint8_t *p = mmap(NULL, len + PD_HUGE_PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return NULL;
+    uint8_t *a = (uint8_t *)(((uintptr_t)p + PD_HUGE_PAGE - 1) & ~(uintptr_t)(PD_HUGE_PAGE - 1));
+    if (a > p) munmap(p, (size_t)(a - p));
+    const size_t tail = (size_t)(p + len + PD_HUGE_PAGE - (a + len));
+    if (tail) munmap(a + len, tail);
+#ifdef MADV_HUGEPAGE
+    (void)madvise(a, len, MADV_HUGEPAGE); /* advice only: EINVAL without THP support changes nothing */
+#endif
+    return a;
+}
+
+void pd_huge_unmap(void *p, size_t bytes)
+{
+    if (p) munmap(p, page_round(bytes));
 }
 
 double pd_time_now(void)

@@ -1,6 +1,6 @@
-/* The paged KV pool: one page-aligned region of n_blocks blocks (registered for RMA by the servers), and a
- * free-list of block ids. Allocation is all-or-nothing so a failed reservation never strands blocks. */
-#include <sys/mman.h>
+/* The paged KV pool: one page-aligned region of n_blocks blocks (registered for RMA by the servers; a huge-page
+ * mapping when the pool owns it), and a free-list of block ids. Allocation is all-or-nothing so a failed
+ * reservation never strands blocks. */
 #include <unistd.h>
 
 #include "model/mdl.h"
@@ -36,8 +36,8 @@ pd_status mdl_kv_pool_create_in(const mdl_config *c, int n_mtp, krn_type type, i
     }
     void *base = mem;
     if (!base) {
-        base = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        if (base == MAP_FAILED) {
+        base = pd_huge_map(total); /* attention streams the cached rows of every sequence, every step */
+        if (!base) {
             free(p);
             return PD_ERR_NOMEM;
         }
@@ -46,7 +46,7 @@ pd_status mdl_kv_pool_create_in(const mdl_config *c, int n_mtp, krn_type type, i
     p->base = base;
     p->free_list = malloc((size_t)n_blocks * sizeof *p->free_list);
     if (!p->free_list) {
-        if (p->owns_base) munmap(base, total);
+        if (p->owns_base) pd_huge_unmap(base, total);
         free(p);
         return PD_ERR_NOMEM;
     }
@@ -60,7 +60,7 @@ pd_status mdl_kv_pool_create_in(const mdl_config *c, int n_mtp, krn_type type, i
 void mdl_kv_pool_destroy(mdl_kv_pool *p)
 {
     if (!p) return;
-    if (p->base && p->owns_base) munmap(p->base, p->block_bytes * (size_t)p->n_blocks);
+    if (p->base && p->owns_base) pd_huge_unmap(p->base, p->block_bytes * (size_t)p->n_blocks);
     free(p->free_list);
     free(p);
 }

@@ -10,10 +10,23 @@
 #include "model/mdl_tensors.h"
 #include "model/safetensors.h"
 
+/* Converted and packed weights live in huge-page mappings (pd_huge_map): a step streams every packed matrix, and
+ * with 4 KiB pages each 4 KiB of them costs a TLB entry (DeepSeek-V3's ~700 GB would need ~1.3 GB of page
+ * tables). Buffers of STORE_CHUNK / 4 or more get a mapping of their own; smaller ones are carved, 4 KiB-aligned,
+ * from STORE_CHUNK mappings (an unused tail is address space only). */
+#define STORE_CHUNK ((size_t)64 << 20)
+
+typedef struct {
+    void *p;
+    size_t len;
+} store_map;
+
 struct mdl__store {
     mdl_st st;
-    void **owned;
-    size_t n_owned, cap_owned;
+    store_map *maps;
+    size_t n_maps, cap_maps;
+    uint8_t *chunk; /* the chunk small buffers are carved from; chunk_used bytes of it taken */
+    size_t chunk_used;
     size_t done_bytes, total_bytes;
     int last_pct;
     int progress;
@@ -21,17 +34,34 @@ struct mdl__store {
 
 #define fail(err, errlen, st, ...) PD_FAIL(err, errlen, st, NULL, __VA_ARGS__)
 
+static void *store_map_new(struct mdl__store *s, size_t len)
+{
+    if (s->n_maps == s->cap_maps) {
+        size_t nc = s->cap_maps ? s->cap_maps * 2 : 64;
+        store_map *n = realloc(s->maps, nc * sizeof *n);
+        if (!n) return NULL;
+        s->maps = n;
+        s->cap_maps = nc;
+    }
+    void *p = pd_huge_map(len);
+    if (p) s->maps[s->n_maps++] = (store_map){p, len};
+    return p;
+}
+
+/* Zeroed, 4 KiB-aligned (so 64-byte aligned, as the packed kernels need), owned by the store. */
 static void *store_alloc(struct mdl__store *s, size_t bytes)
 {
-    if (s->n_owned == s->cap_owned) {
-        size_t nc = s->cap_owned ? s->cap_owned * 2 : 256;
-        void **n = realloc(s->owned, nc * sizeof *n);
-        if (!n) return NULL;
-        s->owned = n;
-        s->cap_owned = nc;
+    if (bytes > SIZE_MAX / 2) return NULL;
+    bytes = (PD_MAX(bytes, (size_t)1) + 4095) & ~(size_t)4095;
+    if (bytes >= STORE_CHUNK / 4) return store_map_new(s, bytes);
+    if (!s->chunk || s->chunk_used + bytes > STORE_CHUNK) {
+        uint8_t *c = store_map_new(s, STORE_CHUNK);
+        if (!c) return NULL;
+        s->chunk = c;
+        s->chunk_used = 0;
     }
-    void *p = pd_aligned_alloc(bytes);
-    if (p) s->owned[s->n_owned++] = p;
+    void *p = s->chunk + s->chunk_used;
+    s->chunk_used += bytes;
     return p;
 }
 
@@ -389,8 +419,8 @@ void mdl_model_destroy(mdl_model *m)
         free(m->layers);
     }
     if (m->store) {
-        for (size_t i = 0; i < m->store->n_owned; i++) free(m->store->owned[i]);
-        free(m->store->owned);
+        for (size_t i = 0; i < m->store->n_maps; i++) pd_huge_unmap(m->store->maps[i].p, m->store->maps[i].len);
+        free(m->store->maps);
         mdl_st_close(m->store->st);
         free(m->store);
     }

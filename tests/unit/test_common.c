@@ -1,6 +1,7 @@
 /* Unit tests of libpdcommon: status strings, log level parsing, the PRNG, whole-file reads. */
 #include <check.h>
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -84,6 +85,49 @@ START_TEST(test_parse_size)
 }
 END_TEST
 
+/* The VmFlags of the mapping holding p in /proc/self/smaps, or "" when not found. */
+static void vm_flags_of(const void *p, char *out, size_t outlen)
+{
+    out[0] = '\0';
+    FILE *f = fopen("/proc/self/smaps", "r");
+    if (!f) return;
+    char line[512];
+    int in = 0;
+    while (fgets(line, sizeof line, f)) {
+        unsigned long lo, hi;
+        if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && strchr(line, '-') == line + strspn(line, "0123456789abcdef")) {
+            in = (uintptr_t)p >= lo && (uintptr_t)p < hi;
+        } else if (in && !strncmp(line, "VmFlags:", 8)) {
+            snprintf(out, outlen, "%.*s", (int)PD_MIN(outlen - 1, (size_t)200), line + 8);
+            break;
+        }
+    }
+    fclose(f);
+}
+
+START_TEST(test_huge_map)
+{
+    const size_t n = (5u << 20) + 123;
+    uint8_t *p = pd_huge_map(n);
+    ck_assert_ptr_nonnull(p);
+    ck_assert_uint_eq((uintptr_t)p % (2u << 20), 0);
+    size_t nonzero = 0, wrong = 0;
+    for (size_t i = 0; i < n; i++) nonzero += p[i] != 0;
+    ck_assert_uint_eq(nonzero, 0);
+    for (size_t i = 0; i < n; i++) p[i] = (uint8_t)(i * 7);
+    for (size_t i = 0; i < n; i++) wrong += p[i] != (uint8_t)(i * 7);
+    ck_assert_uint_eq(wrong, 0);
+    /* the advice reached the kernel where it has transparent huge pages ("hg" in the mapping's VmFlags) */
+    if (access("/sys/kernel/mm/transparent_hugepage/enabled", F_OK) == 0) {
+        char flags[512];
+        vm_flags_of(p, flags, sizeof flags);
+        ck_assert_msg(strstr(flags, " hg") != NULL, "VmFlags of the mapping: '%s'", flags);
+    }
+    pd_huge_unmap(p, n);
+    ck_assert_ptr_null(pd_huge_map(SIZE_MAX - 4096));
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("common");
@@ -93,6 +137,7 @@ int main(void)
     tcase_add_test(tc, test_rng_deterministic_and_normal);
     tcase_add_test(tc, test_file_read);
     tcase_add_test(tc, test_parse_size);
+    tcase_add_test(tc, test_huge_map);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
