@@ -54,6 +54,11 @@ static void fill(void)
             .logsumexp = krn__logsumexp_avx512,
             .to_f32 = krn__to_f32_avx512,
         };
+        if (f->avx512_bf16 && !env_off("PDSERVE_ARGMAX_SCREEN")) {
+            g_avx512.round_bf16_pairs = krn__round_bf16_pairs_avx512;
+            g_avx512.gemm_bf16dot_rows = krn__gemm_bf16dot_rows_avx512;
+            g_avx512.screen = krn__screen_avx512;
+        }
         if (g_avx512.gemm_bf16dot) g_avx512.name = "avx512+bf16dot";
         g_have_avx512 = 1;
         g_ops = &g_avx512;
@@ -285,6 +290,140 @@ void krn_linear_group(const krn_linear_item *items, int n, float *scratch)
         group_job j = {it, fns, cnt, units};
         krn_parallel(group_task, &j, threads_for(macs, units));
     }
+}
+
+/* ---- greedy argmax with a screen ------------------------------------------------------------------------ */
+
+#define SCREEN_CAP 1024 /* candidates per row; more (a nearly flat row) and the row is computed exactly */
+
+static uint64_t g_screen_rows, g_screen_whole; /* krn_linear_argmax_counts */
+
+void krn_linear_argmax_counts(uint64_t *rows, uint64_t *whole)
+{
+    *rows = __atomic_load_n(&g_screen_rows, __ATOMIC_RELAXED);
+    *whole = __atomic_load_n(&g_screen_whole, __ATOMIC_RELAXED);
+}
+
+static size_t screen_ldxb(int cols) { return ((size_t)(cols + 1) / 2 + 15) & ~(size_t)15; }
+
+size_t krn_linear_argmax_scratch(int cols, int m)
+{
+    return (size_t)m * (screen_ldxb(cols) * 4 + SCREEN_CAP * 4) + 64;
+}
+
+pd_status krn_mat_row_norms(const krn_mat *w, float *out)
+{
+    float buf[256];
+    for (int r = 0; r < w->rows; r++) {
+        double s = 0;
+        for (int c0 = 0; c0 < w->cols; c0 += 256) {
+            const int n = PD_MIN(256, w->cols - c0);
+            krn_mat_row_part(w, r, c0, n, buf);
+            for (int c = 0; c < n; c++) s += (double)buf[c] * buf[c];
+        }
+        const float v = (float)(sqrt(s) * (1 + 0x1p-40));
+        out[r] = nextafterf(v, INFINITY); /* an upper bound whatever the two roundings did */
+        if (!isfinite(out[r])) return PD_ERR_RANGE;
+    }
+    return PD_OK;
+}
+
+typedef struct {
+    const krn__ops *o;
+    krn_mat h; /* w, its first n rows */
+    const float *rn, *x;
+    const uint32_t *xb;
+    size_t ldxb;
+    int m, ldy, units;
+    float *y;
+    int32_t *out, *cand;
+} screen_job;
+
+static void screen_gemm_task(void *p, int ith, int nth)
+{
+    const screen_job *j = p;
+    int u0, u1;
+    split(j->units, ith, nth, &u0, &u1);
+    if (u0 < u1) j->o->gemm_bf16dot_rows(&j->h, j->xb, j->ldxb, j->m, j->y, j->ldy, u0, u1);
+}
+
+/* Row r: the screen's candidates, then their panels computed exactly (the product krn_linear runs, one panel at a
+ * time: an output's bits do not depend on which outputs or rows it is computed with). A flat row (too many
+ * candidates, or a screen that could not bound it) is computed whole. */
+static void pick_row(const screen_job *j, int r)
+{
+    const krn__ops *o = j->o;
+    const krn_mat *h = &j->h;
+    const int K = h->cols, n = h->rows, nb = krn__nblocks(n);
+    const float *x = j->x + (size_t)r * K;
+    float *a = j->y + (size_t)r * j->ldy;
+    int32_t *cand = j->cand + (size_t)r * SCREEN_CAP;
+    double ss = 0;
+    for (int i = 0; i < K; i++) ss += (double)x[i] * x[i];
+    const double xn = sqrt(ss) * (1 + 0x1p-40);
+    /* |exact - screen| <= (2^-8 (bf16's unit roundoff on x) + ~4K 2^-24 (both sums' roundings)) |x| |w_o| by
+     * Cauchy-Schwarz, plus terms below 2^-100 for flushed subnormals; 2^-12 more covers the scan's own float
+     * roundings (docs/kernels.md, "Greedy argmax") */
+    const double c = (0x1p-8 * 1.01 + 4.2 * K * 0x1p-24) * (1 + 0x1p-12);
+    int nc = -1;
+    if (isfinite(xn) && xn > 1e-30) nc = o->screen(a, j->rn, n, (float)(c * xn * (1 + 0x1p-20)) + 0x1p-120f, 0x1p-100f, cand, SCREEN_CAP);
+    int panels = 0;
+    for (int i = 0; i < nc; i++) panels += i == 0 || cand[i] / KRN_NR != cand[i - 1] / KRN_NR;
+    int best = -1;
+    float bv = 0;
+    if (nc > 0 && panels <= nb / 8 + 1) {
+        for (int i = 0; i < nc && best != -2;) {
+            const int p = cand[i] / KRN_NR;
+            o->gemm_bf16(h, x, 1, a, j->ldy, p, p + 1); /* the kernel writes panel p's outputs at a + 32 p */
+            for (; i < nc && cand[i] / KRN_NR == p; i++) {
+                const float v = a[cand[i]];
+                if (isnan(v)) {
+                    best = -2;
+                    break;
+                }
+                if (best < 0 || v > bv) {
+                    best = cand[i];
+                    bv = v;
+                }
+            }
+        }
+    }
+    if (best < 0) { /* the whole row, exactly */
+        o->gemm_bf16(h, x, 1, a, j->ldy, 0, nb);
+        best = krn_argmax(a, n);
+        __atomic_add_fetch(&g_screen_whole, 1, __ATOMIC_RELAXED);
+    }
+    __atomic_add_fetch(&g_screen_rows, 1, __ATOMIC_RELAXED);
+    j->out[r] = best;
+}
+
+static void pick_task(void *p, int ith, int nth)
+{
+    const screen_job *j = p;
+    int r0, r1;
+    split(j->m, ith, nth, &r0, &r1);
+    for (int r = r0; r < r1; r++) pick_row(j, r);
+}
+
+int krn_linear_argmax(const krn_mat *w, const float *rownorm, int n, const float *x, int m, float *y, int ldy,
+                      int32_t *out, void *scratch)
+{
+    const krn__ops *o = krn__ops_get();
+    if (!o->screen || w->pack != KRN_PACK_BF16_N32K2 || !rownorm || m < 1 || n < 1 || n > w->rows || ldy < n)
+        return 0;
+    const int K = w->cols;
+    const size_t ldxb = screen_ldxb(K);
+    uint8_t *sp = (uint8_t *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
+    screen_job j = {.o = o, .h = *w, .rn = rownorm, .x = x, .ldxb = ldxb, .m = m, .ldy = ldy, .y = y, .out = out};
+    j.h.rows = n; /* a prefix of rows is a valid view of the packed form: panels of 32 rows, in order */
+    uint32_t *xb = (uint32_t *)sp;
+    j.xb = xb;
+    j.cand = (int32_t *)(sp + (size_t)m * ldxb * 4);
+    o->round_bf16_pairs(x, (size_t)K, m, K, xb, ldxb);
+    j.units = krn__nblocks(n);
+    krn_parallel(screen_gemm_task, &j, threads_for((double)m * n * K, j.units));
+    krn_parallel(pick_task, &j, PD_MIN(m, krn_threads_get()));
+    return 1;
 }
 
 void krn_matmul_sub(const krn_mat *w, int r0, int c0, const float *x, size_t ldx, int m, int k, int n, float *y,

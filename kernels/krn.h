@@ -188,6 +188,23 @@ void krn_matmul_sub(const krn_mat *w, int r0, int c0, const float *x, size_t ldx
 /* y[i*ldy + j] = dot(x[i*ldx ..], W[r0 + j, :]) for i < m, j < n: vectors against a band of rows (MLA's absorbed
  * value projection uses a head's rows of kv_b_proj). Each output is summed the same way whatever m. */
 void krn_linear_rows(const krn_mat *w, int r0, int n, const float *x, size_t ldx, int m, float *y, size_t ldy);
+/* Greedy decoding's argmax, without every logit computed exactly. out[i] = the index of the largest of
+ * y_i[o] = x_i . W[o, :] over o < n, the first on ties: the answer krn_argmax gives on krn_linear's output, always
+ * (it is exact, not an estimate). A cheap product over x rounded to bf16 (vdpbf16ps) screens the outputs with a
+ * proven error bound (|x| |W[o, :]| times bf16's unit roundoff plus both sums' rounding); only the outputs that can
+ * still be the largest are computed with krn_linear's own kernel. Returns 1 when done, 0 when this CPU or matrix
+ * has no screen (packed BF16 weights on AVX512-BF16 only; PDSERVE_ARGMAX_SCREEN=0 turns it off): the caller then
+ * computes the logits itself. rownorm: krn_mat_row_norms of w. y: m rows (stride ldy >= n) of scratch whose
+ * contents afterwards are unspecified. scratch: krn_linear_argmax_scratch(w->cols, m) bytes. */
+int krn_linear_argmax(const krn_mat *w, const float *rownorm, int n, const float *x, int m, float *y, int ldy,
+                      int32_t *out, void *scratch);
+size_t krn_linear_argmax_scratch(int cols, int m);
+/* Since the process started: rows krn_linear_argmax answered, and how many of them it computed whole (a flat row:
+ * too many outputs close to the largest for the screen to rule out). */
+void krn_linear_argmax_counts(uint64_t *rows, uint64_t *whole);
+/* out[r] >= the Euclidean norm of row r of W (an upper bound, for krn_linear_argmax); PD_ERR_RANGE when one is
+ * not finite (the screen cannot bound such a matrix). */
+pd_status krn_mat_row_norms(const krn_mat *w, float *out);
 /* Copies row r of W as float32 into out[cols] (embedding lookup). */
 void krn_mat_row(const krn_mat *w, int r, float *out);
 

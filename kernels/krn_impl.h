@@ -31,6 +31,12 @@ typedef struct {
     void (*linear_rows)(const krn_mat *w, int r0, int n, const float *x, size_t ldx, int m, float *y, size_t ldy);
     float (*logsumexp)(const float *x, int n);
     void (*to_f32)(krn_type t, const void *src, float *dst, int n);
+    /* krn_linear_argmax's screen (NULL: none; the caller then computes the logits): x rounded to bf16 pairs, the
+     * approximate products of packed BF16 weights over it, and one row's candidate scan */
+    void (*round_bf16_pairs)(const float *x, size_t ldx, int m, int k, uint32_t *dst, size_t ldd);
+    void (*gemm_bf16dot_rows)(const krn_mat *w, const uint32_t *xb, size_t ldxb, int m, float *y, int ldy, int nb0,
+                              int nb1);
+    int (*screen)(const float *a, const float *wn, int n, float cx, float a0, int32_t *cand, int cap);
 } krn__ops;
 
 /* The table in use (filled on first call; PDSERVE_PORTABLE=1 gives the reference one). */
@@ -59,6 +65,10 @@ void krn__to_f32_ref(krn_type t, const void *src, float *dst, int n);
  * when the CPU has AVX512-BF16) */
 void krn__gemm_bf16_avx512_12x32(const krn_mat *w, const float *x, int m, float *y, int ldy, int nb0, int nb1);
 void krn__gemm_bf16dot_avx512_12x32(const krn_mat *w, const float *x, int m, float *y, int ldy, int nb0, int nb1);
+void krn__round_bf16_pairs_avx512(const float *x, size_t ldx, int m, int k, uint32_t *dst, size_t ldd);
+void krn__gemm_bf16dot_rows_avx512(const krn_mat *w, const uint32_t *xb, size_t ldxb, int m, float *y, int ldy,
+                                   int nb0, int nb1);
+int krn__screen_avx512(const float *a, const float *wn, int n, float cx, float a0, int32_t *cand, int cap);
 void krn__gemm_f8_avx512_12x32(const krn_mat *w, const float *x, int m, float *y, int ldy, int nb0, int nb1);
 void krn__gemm_i8_avx512vnni_12x32(const krn_mat *w, const uint8_t *xq, const float *xs, int m, float *y, int ldy,
                                    int nb0, int nb1);

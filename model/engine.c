@@ -71,6 +71,8 @@ struct mdl_engine_s {
     /* step buffers (engine thread only) */
     int32_t *b_tokens;
     int *b_start, *b_ctx, *b_rows;
+    uint8_t *b_amax_only; /* [max_tokens] decode rows that want only their argmax (mdl_batch.argmax_only) */
+    int32_t *b_amax;      /* [max_tokens] their argmax */
     const int **b_tables;
     seq **b_seqs;
     float *logits;            /* [max_num_seqs][vocab] */
@@ -231,6 +233,17 @@ static float row_logprobs(const mdl_engine *e, row_ws *w, const seq *s, const fl
 static float logprob_of(const row_ws *w, const seq *s, int32_t t, float lse)
 {
     return s->p.top_logprobs < 0 ? 0.0f : w->raw[t] - lse;
+}
+
+/* 1 when the (n_out+1)-th generated token of s is the plain argmax of its logits row: greedy, no penalties, no
+ * logprobs, no min_tokens mask (what process_sample + krn_sample do then), so the step may hand the row to the
+ * lm_head screen (mdl_batch.argmax_only) instead of computing its logits. */
+static int argmax_row(const mdl_engine *e, const seq *s, int n_out)
+{
+    const krn_sampling_params *p = &s->p.sampling;
+    return !e->o.full_logits && !(p->temperature > 1e-6f) && s->p.top_logprobs < 0 && n_out >= s->p.min_tokens &&
+           !(p->repetition_penalty != 1.0f && p->repetition_penalty > 0) && p->frequency_penalty == 0.0f &&
+           p->presence_penalty == 0.0f;
 }
 
 /* Processes logits row lg (modified: min_tokens mask, then krn_sample's penalties) as the (n_out+1)-th generated
@@ -565,12 +578,13 @@ static void accept(mdl_engine *e, row_ws *w, seq *s, int i, int row0)
         float lse = row_logprobs(e, w, s, lg, tm);
         int32_t x;
         int ok = 0;
+        const int amax = e->b_amax_only[row0 + j]; /* the step found this row's token (argmax_row) */
         if (j == ks) {
-            x = process_sample(e, w, s, lg, s->n_gen + j, &s->rng, NULL);
+            x = amax ? e->b_amax[row0 + j] : process_sample(e, w, s, lg, s->n_gen + j, &s->rng, NULL);
         } else {
             const int32_t d = s->tokens[L + j];
             if (greedy) {
-                x = process_sample(e, w, s, lg, s->n_gen + j, &s->rng, NULL);
+                x = amax ? e->b_amax[row0 + j] : process_sample(e, w, s, lg, s->n_gen + j, &s->rng, NULL);
                 ok = x == d || e->accept_all;
             } else {
                 pd_rng scratch = s->rng; /* p only: the pick krn_sample makes with it is not used */
@@ -681,6 +695,7 @@ static void run_decode(mdl_engine *e, seq **dec, int nd)
         for (int j = 0; j <= ks; j++, nt++) {
             e->b_tokens[nt] = s->tokens[L - 1 + j];
             e->b_rows[nt] = nt;
+            e->b_amax_only[nt] = (uint8_t)argmax_row(e, s, s->n_gen + j);
         }
     }
     const int nl = nt;
@@ -697,7 +712,8 @@ static void run_decode(mdl_engine *e, seq **dec, int nd)
     e->b_start[ns] = nt;
     e->last_plan = pi;
     mdl_batch b = {.n_seqs = ns, .n_tokens = nt, .tokens = e->b_tokens, .seq_start = e->b_start, .ctx_len = e->b_ctx,
-                   .block_table = e->b_tables, .logits_rows = e->b_rows, .n_logits = nl, .attn = MDL_ATTN_DECODE};
+                   .block_table = e->b_tables, .logits_rows = e->b_rows, .n_logits = nl, .attn = MDL_ATTN_DECODE,
+                   .argmax_only = e->b_amax_only, .argmax = e->b_amax};
     pd_status st = mdl_forward(ctx, e->kv, &b, e->logits);
     PD_ASSERT(st == PD_OK);
     if (k > 0 && !e->ngram) { /* main hidden states of the verified positions: the next step's MTP pairs */
@@ -992,6 +1008,8 @@ pd_status mdl_engine_create(mdl_model *m, const mdl_engine_opts *o, mdl_event_cb
     e->b_start = malloc((size_t)(S + 1) * sizeof(int));
     e->b_ctx = malloc((size_t)S * sizeof(int));
     e->b_rows = malloc((size_t)e->max_tokens * sizeof(int));
+    e->b_amax_only = malloc((size_t)e->max_tokens);
+    e->b_amax = malloc((size_t)e->max_tokens * sizeof(int32_t));
     e->b_tables = malloc((size_t)S * sizeof(int *));
     e->logits = malloc((size_t)S * e->tps * V * sizeof(float));
     e->mtp_hidden = malloc((size_t)e->max_tokens * D * sizeof(float));
@@ -1004,7 +1022,7 @@ pd_status mdl_engine_create(mdl_model *m, const mdl_engine_opts *o, mdl_event_cb
     e->r_tmpl = malloc((size_t)S * e->tps * sizeof(mdl_event));
     e->r_n = calloc((size_t)S, sizeof(int));
     e->r_acc = calloc((size_t)S, sizeof(int));
-    int ok = e->b_tokens && e->b_start && e->b_ctx && e->b_rows && e->b_tables && e->logits && e->mtp_hidden &&
+    int ok = e->b_tokens && e->b_start && e->b_ctx && e->b_rows && e->b_amax_only && e->b_amax && e->b_tables && e->logits && e->mtp_hidden &&
              e->mtp_tokens && e->evs && e->ks && e->r_tok && e->r_lp && e->r_tmpl && e->r_n && e->r_acc;
     if (k > 0) {
         e->q = malloc((size_t)S * k * V * sizeof(float));
@@ -1057,7 +1075,7 @@ void mdl_engine_destroy(mdl_engine *e)
         free(e->ws[i].pbuf);
     }
     free(e->ws);
-    void *bufs[] = {e->b_tokens, e->b_start, e->b_ctx, e->b_rows, e->b_tables, e->logits, e->mtp_hidden,
+    void *bufs[] = {e->b_tokens, e->b_start, e->b_ctx, e->b_rows, e->b_amax_only, e->b_amax, e->b_tables, e->logits, e->mtp_hidden,
                     e->mtp_tokens, e->evs, e->ks, e->r_tok, e->r_lp, e->r_tmpl, e->r_n, e->r_acc, e->q, e->q_onehot,
                     e->g, e->known, e->n_known, e->map, e->scratch_blocks};
     for (size_t i = 0; i < PD_ARRAY_LEN(bufs); i++) free(bufs[i]);

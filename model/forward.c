@@ -61,6 +61,10 @@ struct mdl_ctx_s {
     krn_linear_item *items; /* [2E + 2] */
     float *lrows;    /* [max_logits, D] */
     float *scratch;  /* krn_linear scratch */
+    uint8_t *amax_ws; /* krn_linear_argmax scratch for max_logits rows */
+    float *lrows2;    /* [max_logits, D] lrows reordered: full rows, then screened rows */
+    int *lperm;       /* [max_logits] the logits row of each reordered row */
+    int32_t *lamax;   /* [max_logits] the screened rows' argmax */
     unsigned lin_flags; /* this pass's products: KRN_LINEAR_BF16_ACT for prompt prefill (mdl_batch.act_bf16), else 0 */
 };
 
@@ -141,6 +145,10 @@ pd_status mdl_ctx_create(const mdl_model *m, int max_tokens, int max_logits, mdl
     ALLOC(gu, GK * Fm);
     ALLOC(items, 2 * E + 2);
     ALLOC(scratch, krn_linear_scratch((int)max_cols(c)));
+    ALLOC(amax_ws, krn_linear_argmax_scratch(D, PD_MAX(max_logits, 1)));
+    ALLOC(lrows2, (size_t)PD_MAX(max_logits, 1) * D);
+    ALLOC(lperm, PD_MAX(max_logits, 1));
+    ALLOC(lamax, PD_MAX(max_logits, 1));
 #undef ALLOC
     if (!ok) {
         mdl_ctx_destroy(x);
@@ -157,7 +165,7 @@ void mdl_ctx_destroy(mdl_ctx *x)
                     x->al, x->lat, x->kpe, x->kvb, x->scores, x->qabs, x->acc_lat, x->g, x->u, x->xg, x->yg,
                     x->moe, x->rscore, x->rsel, x->topi, x->topw, x->ecount, x->eoff, x->elist, x->ecat,
                     x->lrows, x->scratch, x->gx, x->gy, x->gg, x->gu, x->items, x->dlat, x->dkpe, x->dm, x->dl,
-                    x->dacc};
+                    x->dacc, x->amax_ws, x->lrows2, x->lperm, x->lamax};
     for (size_t i = 0; i < PD_ARRAY_LEN(bufs); i++) free(bufs[i]);
     free(x);
 }
@@ -658,20 +666,46 @@ static void rope_tables(mdl_ctx *x, const mdl_batch *b)
         }
 }
 
-static void logits_out(mdl_ctx *x, const mdl_batch *b, const float *norm, const krn_mat *head, float *logits)
+/* head_norms: krn_mat_row_norms of head, for greedy rows (mdl_batch.argmax_only); NULL: none */
+static void logits_out(mdl_ctx *x, const mdl_batch *b, const float *norm, const krn_mat *head,
+                       const float *head_norms, float *logits)
 {
     const mdl_config *c = &x->m->cfg;
-    const int D = c->hidden_size;
-    if (b->n_logits == 0 || !logits) return;
-    for (int i = 0; i < b->n_logits; i++)
+    const int D = c->hidden_size, n = b->n_logits;
+    if (n == 0 || !logits) return;
+    for (int i = 0; i < n; i++)
         krn_rmsnorm(x->x + (size_t)b->logits_rows[i] * D, norm, D, c->rms_norm_eps, x->lrows + (size_t)i * D);
     /* exact in every pass: a few rows (no speed to gain) whose argmax is the first token */
     const int V = c->vocab_size, nv = b->n_vocab > 0 && b->n_vocab < V ? b->n_vocab : V;
     krn_mat h = *head;
     h.rows = nv; /* a prefix of rows is a valid view of every packed form: panels of 32 rows, in order */
-    krn_linear(&h, x->lrows, b->n_logits, logits, V, x->scratch);
-    for (int i = 0; i < b->n_logits && nv < V; i++)
+    const int want = b->argmax_only && b->argmax;
+    int ns = 0;
+    for (int i = 0; i < n && want && head_norms; i++) ns += b->argmax_only[i] != 0;
+    if (ns > 0) {
+        /* rows in the order: full rows (ascending), then the screened ones; the screen uses logits rows nf.. as
+         * scratch, the full rows are computed into rows 0.. and then moved up to their own rows */
+        const int nf = n - ns;
+        for (int i = 0, f = 0, r = nf; i < n; i++) x->lperm[b->argmax_only[i] ? r++ : f++] = i;
+        for (int r = 0; r < n; r++)
+            memcpy(x->lrows2 + (size_t)r * D, x->lrows + (size_t)x->lperm[r] * D, (size_t)D * sizeof(float));
+        if (krn_linear_argmax(head, head_norms, nv, x->lrows2 + (size_t)nf * D, ns, logits + (size_t)nf * V, V,
+                              x->lamax, x->amax_ws)) {
+            for (int r = nf; r < n; r++) b->argmax[x->lperm[r]] = x->lamax[r - nf];
+            if (nf > 0) krn_linear(&h, x->lrows2, nf, logits, V, x->scratch);
+            for (int r = nf - 1; r >= 0; r--) { /* lperm[r] >= r: moving the last first overwrites nothing unmoved */
+                float *dst = logits + (size_t)x->lperm[r] * V;
+                if (x->lperm[r] != r) memcpy(dst, logits + (size_t)r * V, (size_t)nv * sizeof(float));
+                for (int v = nv; v < V; v++) dst[v] = -INFINITY;
+            }
+            return;
+        }
+    }
+    krn_linear(&h, x->lrows, n, logits, V, x->scratch);
+    for (int i = 0; i < n && nv < V; i++)
         for (int v = nv; v < V; v++) logits[(size_t)i * V + v] = -INFINITY;
+    for (int i = 0; i < n && want; i++)
+        if (b->argmax_only[i]) b->argmax[i] = krn_argmax(logits + (size_t)i * V, V);
 }
 
 pd_status mdl_forward(mdl_ctx *x, mdl_kv_pool *kv, const mdl_batch *b, float *logits)
@@ -684,7 +718,7 @@ pd_status mdl_forward(mdl_ctx *x, mdl_kv_pool *kv, const mdl_batch *b, float *lo
     for (int t = 0; t < b->n_tokens; t++) krn_mat_row(&m->embed, b->tokens[t], x->x + (size_t)t * D);
     rope_tables(x, b);
     for (int l = 0; l < m->n_layers; l++) layer_forward(x, kv, b, &m->layers[l], l);
-    logits_out(x, b, m->final_norm, &m->lm_head, logits);
+    logits_out(x, b, m->final_norm, &m->lm_head, m->lm_head_norms, logits);
     return PD_OK;
 }
 
@@ -707,6 +741,6 @@ pd_status mdl_forward_mtp(mdl_ctx *x, mdl_kv_pool *kv, const mdl_batch *b, float
     linear(x, &L->eh_proj, x->ecat, T, x->x, D);
     rope_tables(x, b);
     layer_forward(x, kv, b, L, m->n_layers);
-    logits_out(x, b, L->head_norm, &L->head, logits);
+    logits_out(x, b, L->head_norm, &L->head, NULL, logits);
     return PD_OK;
 }

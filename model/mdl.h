@@ -69,6 +69,8 @@ typedef struct mdl_model_s {
     int n_mtp;              /* 0 or 1 MTP layers loaded */
     float *final_norm;      /* [hidden] f32 */
     krn_mat lm_head;        /* [vocab, hidden] */
+    float *lm_head_norms;   /* [vocab] krn_mat_row_norms of lm_head for greedy rows' argmax (mdl_batch.argmax_only);
+                             * NULL where the kernels have no screen or a norm is not finite */
     float *rope_freqs;      /* [rope/2] f32 per-pair inverse frequency (YaRN applied) */
     float softmax_scale;
     struct mdl__store *store; /* owns mmaps and converted copies */
@@ -152,6 +154,13 @@ typedef struct {
      * chunking. 0 (the default): exact f32 activations, required for decode and verify passes (speculative decoding
      * is exact only if a row gives the same bits whatever the pass) and for recomputing generated tokens. */
     int act_bf16;
+    /* Optional, mdl_forward only: argmax_only[i] set means logits row i is wanted only for its argmax (a greedy row
+     * with nothing that changes its logits: no penalties, masks or logprobs). argmax[i] then receives the index of
+     * the row's largest logit, the first on ties: the index krn_argmax finds in the exact logits. Where the lm_head
+     * screen exists (krn_linear_argmax) it is found without computing every logit exactly and logits row i is left
+     * unspecified; elsewhere the row's logits are written as usual. Rows not marked get their exact logits. */
+    const uint8_t *argmax_only;
+    int32_t *argmax;
 } mdl_batch;
 
 typedef struct mdl_ctx_s mdl_ctx;

@@ -112,6 +112,10 @@ typedef struct {
      * (the same KV bits) and its generated tokens exactly, as decode computed them; decode and verify are always
      * exact. 1: prompt prefill exact as well (--no-prefill-bf16). */
     int exact_prefill;
+    /* 0 (default): a decode step whose rows are all greedy with nothing that changes their logits (no penalties,
+     * logprobs or min_tokens mask in effect) finds each row's argmax with the lm_head screen (krn_linear_argmax:
+     * the same tokens, without computing every logit exactly; AVX512-BF16 only). 1: every logit, always. */
+    int full_logits;
 } mdl_engine_opts;
 
 /* Blocks the engine's pool holds for these options: n_blocks for requests plus scratch blocks that padded rows

@@ -388,6 +388,17 @@ pd_status mdl_model_load(const char *dir, const mdl_load_opts *opts, mdl_model *
                   errlen, &st))
         goto fail_model;
     if (!prepack(m->store, &m->lm_head, KRN_PREPACK_FAST, top[2].name, err, errlen, &st)) goto fail_model;
+    if (m->lm_head.pack == KRN_PACK_BF16_N32K2) { /* for greedy rows' screened argmax (krn_linear_argmax) */
+        m->lm_head_norms = store_alloc(m->store, (size_t)m->lm_head.rows * sizeof(float));
+        if (!m->lm_head_norms) {
+            st = fail(err, errlen, PD_ERR_NOMEM, "out of memory");
+            goto fail_model;
+        }
+        if (krn_mat_row_norms(&m->lm_head, m->lm_head_norms) != PD_OK) {
+            pd_warn("%s: a row of %s has a non-finite norm; greedy decoding computes every logit", dir, top[2].name);
+            m->lm_head_norms = NULL;
+        }
+    }
     for (int l = 0; l < m->n_layers + m->n_mtp; l++)
         if (!load_layer(m->store, c, l, o.weight_type, o.fp8_dequant, o.quant, &m->layers[l], err, errlen, &st))
             goto fail_model;

@@ -361,6 +361,88 @@ static void free_mat(test_mat *tm)
     free(tm->pack);
 }
 
+/* krn_linear_argmax gives krn_argmax of the exact product, bit for bit in the index: random rows, exact ties (a
+ * duplicated weight row: the lower index wins), a one-ulp near tie, a pruned prefix of the outputs, a flat row (every
+ * output a candidate) and a partial last panel; on a table without the screen it declines (returns 0). */
+START_TEST(test_paths_linear_argmax)
+{
+    const int shapes[][2] = {{1000, 301}, {777, 512}, {4100, 64}};
+    const int ms[] = {1, 2, 3, 4, 5, 13, 16};
+    uint64_t screened = 0, extra_whole = 0;
+    collect_tables();
+    for (int si = 0; si < 3; si++) {
+        const int n = shapes[si][0], k = shapes[si][1];
+        test_mat tm;
+        make_mat(&tm, KRN_BF16, n, k);
+        krn_bf16 *d = tm.data;
+        for (int c = 0; c < k; c++) { /* row 20 long; 700 its copy; 701 the copy one bf16 ulp off in one place */
+            d[20 * k + c] = krn_f32_to_bf16(4 * krn_bf16_to_f32(d[20 * k + c]));
+            d[700 * k + c] = d[20 * k + c];
+            d[701 * k + c] = (krn_bf16)(d[20 * k + c] + (c == k / 2));
+        }
+        for (int i = 0; i < n * k; i++) tm.exact[i] = krn_bf16_to_f32(d[i]);
+        pack_mat(&tm, KRN_PREPACK_FAST);
+        float *rn = malloc(sizeof(float) * n);
+        ck_assert_int_eq(krn_mat_row_norms(&tm.w, rn), PD_OK);
+        for (int r = 0; r < n; r += 97) { /* an upper bound, tight */
+            double s = 0;
+            for (int c = 0; c < k; c++) s += (double)tm.exact[r * k + c] * tm.exact[r * k + c];
+            ck_assert(rn[r] >= sqrt(s) && rn[r] <= sqrt(s) * (1 + 1e-6));
+        }
+        float *x = malloc(sizeof(float) * 16 * k), *y = malloc(sizeof(float) * 16 * n), *yr = malloc(sizeof(float) * 16 * n);
+        float *scr = malloc(sizeof(float) * krn_linear_scratch(k));
+        void *ws = malloc(krn_linear_argmax_scratch(k, 16));
+        for (int ti = 0; ti < g_ntables; ti++) {
+            krn__ops_force(g_tables[ti]);
+            pack_mat(&tm, KRN_PREPACK_FAST);
+            for (size_t mi = 0; mi < sizeof ms / sizeof ms[0]; mi++) {
+                const int m = ms[mi];
+                for (int i = 0; i < m; i++)
+                    for (int c = 0; c < k; c++) {
+                        float v = randn();
+                        if (i % 3 == 1) v = tm.exact[20 * k + c] * (1 + 0.01f * randn()); /* near rows 20/700/701 */
+                        if (i % 3 == 2 && i % 2 == 0) v = tm.exact[20 * k + c];          /* exactly row 20 */
+                        if (i == 5) v = 0;                                               /* flat: all 0 */
+                        x[i * k + c] = v;
+                    }
+                for (int pruned = 0; pruned < 2; pruned++) {
+                    const int nn = pruned ? n / 2 + 3 : n;
+                    int32_t got[16], want[16];
+                    krn_linear(&tm.w, x, m, yr, n, scr);
+                    for (int i = 0; i < m; i++) want[i] = krn_argmax(yr + (size_t)i * n, nn);
+                    uint64_t rows0, whole0, rows1, whole1;
+                    krn_linear_argmax_counts(&rows0, &whole0);
+                    const int done = krn_linear_argmax(&tm.w, rn, nn, x, m, y, n, got, ws);
+                    krn_linear_argmax_counts(&rows1, &whole1);
+                    ck_assert_int_eq(done, g_tables[ti]->screen != NULL && tm.w.pack == KRN_PACK_BF16_N32K2);
+                    /* the screen really decides: only the flat row (i == 5) is computed whole */
+                    ck_assert_uint_eq(rows1 - rows0, done ? (uint64_t)m : 0);
+                    screened += rows1 - rows0;
+                    extra_whole += (whole1 - whole0) - (done && m > 5 ? 1 : 0);
+                    ck_assert_uint_ge(whole1 - whole0, done && m > 5 ? 1 : 0); /* the flat row cannot be screened */
+                    for (int i = 0; i < m && done; i++)
+                        ck_assert_msg(got[i] == want[i], "table %s n %d k %d m %d row %d (of %d outputs): %d, exact %d",
+                                      g_tables[ti]->name, n, k, m, i, nn, got[i], want[i]);
+                }
+            }
+        }
+        krn__ops_force(NULL);
+        free(x);
+        free(y);
+        free(yr);
+        free(scr);
+        free(ws);
+        free(rn);
+        free_mat(&tm);
+    }
+    /* the screen really decides: besides the flat rows, few rows (only on these small matrices, where a handful of
+     * candidate panels is already a large share) are computed whole */
+    fprintf(stderr, "linear_argmax: %llu rows screened, %llu computed whole besides the flat ones\n",
+            (unsigned long long)screened, (unsigned long long)extra_whole);
+    ck_assert_uint_le(extra_whole * 20, screened);
+}
+END_TEST
+
 START_TEST(test_paths_linear)
 {
     /* m: decode 1-4, a 12-row tile plus remainder, past the 144-row M block; k: odd, past the 256-value K block */
@@ -974,6 +1056,7 @@ int main(void)
     TCase *tp = tcase_create("paths");
     tcase_set_timeout(tp, 300);
     tcase_add_test(tp, test_paths_linear);
+    tcase_add_test(tp, test_paths_linear_argmax);
     tcase_add_test(tp, test_paths_w8a8);
     tcase_add_test(tp, test_paths_logsumexp);
     tcase_add_test(tp, test_paths_to_f32);

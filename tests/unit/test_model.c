@@ -336,6 +336,58 @@ START_TEST(test_prefill_chunking_bitwise)
 }
 END_TEST
 
+/* Rows marked argmax_only get the argmax of the exact logits (krn_argmax's index), and unmarked rows of the same
+ * pass keep their exact logits bit for bit, whether no, some (interleaved) or all rows are marked. Where the lm_head
+ * screen exists (AVX512-BF16, BF16 head) the marked rows are screened, not computed whole. */
+START_TEST(test_argmax_rows)
+{
+    char dir[512];
+    make_model("argmax", NULL, 0, 0, 0, dir, sizeof dir);
+    mdl_model *m = load(dir, KRN_BF16, KRN_F16);
+    const int V = m->cfg.vocab_size, n = 40;
+    int32_t t[40];
+    random_tokens(t, n, V, 91);
+    mdl_runner r;
+    ck_assert_int_eq(mdl_runner_open(&r, m, n, n, 8), PD_OK);
+    int start[2] = {0, n}, ctx_len = 0, rows[40];
+    for (int i = 0; i < n; i++) rows[i] = i;
+    const int *table = r.blocks;
+    float *plain = malloc((size_t)n * V * sizeof(float)), *lg = malloc((size_t)n * V * sizeof(float));
+    mdl_batch b = {.n_seqs = 1, .n_tokens = n, .tokens = t, .seq_start = start, .ctx_len = &ctx_len,
+                   .block_table = &table, .logits_rows = rows, .n_logits = n, .attn = MDL_ATTN_PREFILL};
+    ck_assert_int_eq(mdl_forward(r.ctx, r.kv, &b, plain), PD_OK);
+    const int screen = m->lm_head_norms != NULL;
+    ck_assert_int_eq(screen, strstr(krn_kernels_name(), "bf16dot") != NULL); /* BF16 head on AVX512-BF16 */
+    for (int pattern = 0; pattern < 3; pattern++) {
+        uint8_t only[40];
+        int32_t amax[40], marked = 0;
+        for (int i = 0; i < n; i++) marked += only[i] = pattern == 2 || (pattern == 1 && i % 3 != 1);
+        for (int i = 0; i < n; i++) amax[i] = -7;
+        b.argmax_only = only;
+        b.argmax = amax;
+        uint64_t rows0, whole0, rows1, whole1;
+        krn_linear_argmax_counts(&rows0, &whole0);
+        ck_assert_int_eq(mdl_forward(r.ctx, r.kv, &b, lg), PD_OK);
+        krn_linear_argmax_counts(&rows1, &whole1);
+        ck_assert_uint_eq(rows1 - rows0, screen ? (uint64_t)marked : 0);
+        ck_assert_uint_le(whole1 - whole0, (rows1 - rows0) / 10);
+        for (int i = 0; i < n; i++) {
+            const float *p = plain + (size_t)i * V;
+            if (only[i])
+                ck_assert_msg(amax[i] == krn_argmax(p, V), "pattern %d row %d: %d, exact argmax %d", pattern, i, amax[i],
+                              krn_argmax(p, V));
+            else
+                ck_assert_msg(amax[i] == -7 && !memcmp(lg + (size_t)i * V, p, (size_t)V * sizeof(float)),
+                              "pattern %d row %d: the exact logits changed", pattern, i);
+        }
+    }
+    free(plain);
+    free(lg);
+    mdl_runner_close(&r);
+    mdl_model_destroy(m);
+}
+END_TEST
+
 START_TEST(test_batch_equals_alone)
 {
     char dir[512];
@@ -584,6 +636,7 @@ int main(void)
     tcase_add_test(tv, test_variant_v2_group_limited_yarn);
     tcase_add_test(tv, test_batch_equals_alone);
     tcase_add_test(tv, test_prefill_chunking_bitwise);
+    tcase_add_test(tv, test_argmax_rows);
     tcase_add_test(tv, test_sharded_equals_single_and_fp8);
     tcase_add_test(tv, test_generate_deterministic);
     suite_add_tcase(s, tv);

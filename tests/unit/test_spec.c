@@ -143,13 +143,14 @@ static mdl_model *demo_model(void)
  * short phrases) when g_ngram is set. */
 static int g_ngram;
 static int g_draft_vocab; /* MTP: the pruned draft head's vocabulary (0: whole) */
+static int g_full_logits; /* mdl_engine_opts.full_logits: every logit, no lm_head screen for greedy rows */
 
 static mdl_engine *engine(mdl_model *m, sink *k, int spec, int max_seqs)
 {
     mdl_engine_opts o = {.max_num_seqs = max_seqs, .max_num_batched_tokens = 64, .max_model_len = 128,
                          .block_size = 8, .n_blocks = 1200, .num_speculative_tokens = spec,
                          .spec_method = g_ngram ? MDL_SPEC_NGRAM : MDL_SPEC_MTP, .ngram_min = 1, .ngram_max = 3,
-                         .draft_vocab_size = g_ngram || !spec ? 0 : g_draft_vocab};
+                         .draft_vocab_size = g_ngram || !spec ? 0 : g_draft_vocab, .full_logits = g_full_logits};
     mdl_engine *e = NULL;
     ck_assert_int_eq(mdl_engine_create(m, &o, on_event, k, &e), PD_OK);
     return e;
@@ -244,6 +245,7 @@ static void make_params(mdl_model *m, plan_params *pp)
     run_all(m, 0, 0, &plain, ref);
     for (int i = 0; i < NPROMPTS; i++) {
         mdl_gen_params p = greedy(5 + (i * 5) % (GEN - 4));
+        p.top_logprobs = i % 3 ? -1 : 0; /* most ask for no logprobs: their greedy rows may take the lm_head screen */
         switch (i % 4) {
         case 0: break; /* max_tokens only */
         case 1:        /* a stop id that occurs in the reference output */
@@ -283,11 +285,23 @@ static void greedy_equal(mdl_model *m, const char *what, int ngram)
     g_ngram = ngram;
     plan_params *pp = malloc(sizeof *pp);
     make_params(m, pp);
+    /* the reference computes every logit; the runs compared with it find greedy rows' tokens with the lm_head
+     * screen where it exists (mdl_engine_opts.full_logits), k = 0 included */
     sink *base = sink_new(m->cfg.hidden_size);
+    g_full_logits = 1;
     run_all(m, 0, 0, pp, base);
+    g_full_logits = 0;
     int stops = 0;
     for (int i = 0; i < NPROMPTS; i++) stops += base->why[i] == MDL_FINISH_STOP;
     ck_assert_int_ge(stops, NPROMPTS / 4); /* the stop conditions are really exercised */
+    uint64_t screened0, whole0, screened1, whole1;
+    krn_linear_argmax_counts(&screened0, &whole0);
+    sink *k0 = sink_new(m->cfg.hidden_size);
+    run_all(m, 0, 0, pp, k0);
+    check_equal(base, k0, "screened greedy rows", 0);
+    sink_free(k0);
+    krn_linear_argmax_counts(&screened1, &whole1);
+    if (m->lm_head_norms) ck_assert_uint_gt(screened1, screened0);
     for (int spec = 1; spec <= 3; spec++) {
         for (int pd = 0; pd <= 1; pd++) {
             sink *k = sink_new(m->cfg.hidden_size);
