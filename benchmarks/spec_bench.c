@@ -442,27 +442,43 @@ int main(int argc, char **argv)
         /* why the figures look as they do: what one linear layer costs for m rows (the verify pass runs the
          * model on batch x (k+1) rows; speculation pays only where m rows cost about what one row costs) */
         bytes_bound(m, max_k);
-        printf("\nlm_head [%d x %d] through krn_linear, by rows m:\n\n| m | ms | ms / row | vs m=1 |\n|---|---|---|---|\n",
+        printf("\nlm_head [%d x %d] by rows m: every logit (krn_linear), and greedy rows' argmax through the screen "
+               "(krn_linear_argmax, the same tokens; - where this CPU has none):\n\n"
+               "| m | krn_linear ms | ms / row | vs m=1 | screen ms | vs m=1 |\n|---|---|---|---|---|---|\n",
                m->cfg.vocab_size, m->cfg.hidden_size);
         {
             const int D = m->cfg.hidden_size, V = m->cfg.vocab_size;
             float *x = malloc((size_t)64 * D * sizeof(float)), *y = malloc((size_t)64 * V * sizeof(float));
             float *scr = malloc(krn_linear_scratch(D) * sizeof(float));
+            void *ws = malloc(krn_linear_argmax_scratch(D, 64));
+            int32_t amax[64];
             for (int i = 0; i < 64 * D; i++) x[i] = (float)((i * 7919) % 1000) / 1000.0f - 0.5f;
-            double t1 = 0;
+            double t1 = 0, s1 = 0;
             const int rows[] = {1, 2, 3, 4, 8, 16, 64};
             for (size_t ri = 0; ri < sizeof rows / sizeof rows[0]; ri++) {
-                int reps = 5;
+                const int reps = 5;
                 krn_linear(&m->lm_head, x, rows[ri], y, V, scr);
                 double t0 = pd_time_now();
                 for (int r = 0; r < reps; r++) krn_linear(&m->lm_head, x, rows[ri], y, V, scr);
-                double ms = 1e3 * (pd_time_now() - t0) / reps;
-                if (ri == 0) t1 = ms;
-                printf("| %d | %.2f | %.2f | %.2fx |\n", rows[ri], ms, ms / rows[ri], ms / t1);
+                const double ms = 1e3 * (pd_time_now() - t0) / reps;
+                double sms = -1;
+                if (krn_linear_argmax(&m->lm_head, m->lm_head_norms, V, x, rows[ri], y, V, amax, ws)) {
+                    t0 = pd_time_now();
+                    for (int r = 0; r < reps; r++)
+                        krn_linear_argmax(&m->lm_head, m->lm_head_norms, V, x, rows[ri], y, V, amax, ws);
+                    sms = 1e3 * (pd_time_now() - t0) / reps;
+                }
+                if (ri == 0) t1 = ms, s1 = sms;
+                if (sms >= 0)
+                    printf("| %d | %.2f | %.2f | %.2fx | %.2f | %.2fx |\n", rows[ri], ms, ms / rows[ri], ms / t1, sms,
+                           sms / s1);
+                else
+                    printf("| %d | %.2f | %.2f | %.2fx | - | - |\n", rows[ri], ms, ms / rows[ri], ms / t1);
             }
             free(x);
             free(y);
             free(scr);
+            free(ws);
         }
         mdl_model_destroy(m);
     }
