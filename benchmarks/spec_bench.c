@@ -270,6 +270,7 @@ static void pairs(mdl_model *m, prompts *pr, const int *batches, int nb, int tok
            "ms/step | MTP speed-up (min-max) | verify-only speed-up (min-max) | output == k=0 | k=0 step GB/s of weights / "
            "stream GB/s (ratio) |\n", max_k, max_k);
     printf("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    double allv[8][MAXP]; /* each pair's verify-only speed-up, in run order, per batch size */
     for (int bi = 0; bi < nb; bi++) {
         const int b = batches[bi];
         if (b > MAXREQ) continue;
@@ -290,7 +291,7 @@ static void pairs(mdl_model *m, prompts *pr, const int *batches, int nb, int tok
             sk[r] = rk.step_ms;
             sv[r] = rv.step_ms;
             sp[r] = rk.tok_s / r0.tok_s;
-            spv[r] = rv.tok_s / r0.tok_s;
+            spv[r] = allv[bi][r] = rv.tok_s / r0.tok_s;
             equal &= (!mtp || rk.equal) && rv.equal;
         }
         double lo = sp[0], hi = sp[0], lov = spv[0], hiv = spv[0];
@@ -309,6 +310,13 @@ static void pairs(mdl_model *m, prompts *pr, const int *batches, int nb, int tok
         else
             printf("- |\n");
         fflush(stdout);
+    }
+    printf("\nVerify-only speed-up of each pair, in run order (to pool runs):\n");
+    for (int bi = 0; bi < nb; bi++) {
+        if (batches[bi] > MAXREQ) continue;
+        printf("- batch %d:", batches[bi]);
+        for (int r = 0; r < reps; r++) printf(" %.2f", allv[bi][r]);
+        printf("\n");
     }
     free(sbuf);
 }
