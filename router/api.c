@@ -76,9 +76,20 @@ static cJSON *chunk_base(rt_req *r)
     return o;
 }
 
-static void add_lp(cJSON *dst, rt_req *r, cJSON *entries)
+/* Characters (code points) of a UTF-8 string, as Python's len() counts them. */
+static long utf8_chars(const char *s)
 {
-    /* chat: {"content":[entries]}; completions: {"tokens":[...],"token_logprobs":[...],"top_logprobs":[...]} */
+    long n = 0;
+    for (; *s; s++) n += ((unsigned char)*s & 0xC0) != 0x80;
+    return n;
+}
+
+/* c: the choice the entries belong to; completions' text_offset runs on over its chunks (c->lp_offset) */
+static void add_lp(cJSON *dst, rt_req *r, rt_choice *c, cJSON *entries)
+{
+    /* chat: {"content":[entries]}; completions: {"tokens":[...],"token_logprobs":[...],"top_logprobs":[...],
+     * "text_offset":[...]}, text_offset being where each token's text starts in the choice's text, as vLLM counts
+     * it (the sum of the earlier tokens' lengths in characters) */
     if (r->chat) {
         cJSON *o = cJSON_CreateObject();
         cJSON_AddItemToObject(o, "content", entries);
@@ -87,11 +98,14 @@ static void add_lp(cJSON *dst, rt_req *r, cJSON *entries)
     }
     cJSON *o = cJSON_CreateObject(), *toks = cJSON_AddArrayToObject(o, "tokens");
     cJSON *lps = cJSON_AddArrayToObject(o, "token_logprobs"), *tops = cJSON_AddArrayToObject(o, "top_logprobs");
-    cJSON_AddItemToObject(o, "text_offset", cJSON_CreateArray());
+    cJSON *offs = cJSON_AddArrayToObject(o, "text_offset");
     const cJSON *e;
     cJSON_ArrayForEach(e, entries)
     {
-        cJSON_AddItemToArray(toks, cJSON_Duplicate(cJSON_GetObjectItem(e, "token"), 1));
+        const cJSON *tok = cJSON_GetObjectItem(e, "token");
+        cJSON_AddItemToArray(toks, cJSON_Duplicate(tok, 1));
+        cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)c->lp_offset));
+        if (cJSON_IsString(tok)) c->lp_offset += utf8_chars(tok->valuestring);
         cJSON_AddItemToArray(lps, cJSON_Duplicate(cJSON_GetObjectItem(e, "logprob"), 1));
         const cJSON *t = cJSON_GetObjectItem(e, "top_logprobs");
         cJSON *m = cJSON_CreateObject();
@@ -149,7 +163,7 @@ void rt_req_choice_delta(rt_req *r, rt_choice *c, const char *rs, size_t rl, con
     } else {
         cJSON_AddItemToObject(ch, "text", str_n(cs ? cs : "", cl));
     }
-    if (lps) add_lp(ch, r, lps);
+    if (lps) add_lp(ch, r, c, lps);
     else cJSON_AddNullToObject(ch, "logprobs");
     cJSON_AddNullToObject(ch, "finish_reason");
     cJSON_AddItemToArray(chs, ch);
@@ -303,7 +317,7 @@ void rt_req_choice_done(rt_req *r, rt_choice *c)
                 cJSON_AddStringToObject(ch, "text", x->content ? x->content : "");
             }
             if (x->lp_tokens) {
-                add_lp(ch, r, x->lp_tokens);
+                add_lp(ch, r, x, x->lp_tokens);
                 x->lp_tokens = NULL;
             } else {
                 cJSON_AddNullToObject(ch, "logprobs");

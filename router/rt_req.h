@@ -60,6 +60,7 @@ typedef struct {
     char *content, *reasoning;    /* accumulated (non-stream) */
     size_t content_len, reasoning_len, content_cap, reasoning_cap;
     cJSON *lp_tokens;             /* logprob entries (array), NULL when not requested */
+    long lp_offset;               /* completions' text_offset of the next logprob entry (characters) */
     int n_gen;
     int done;
     const char *finish;           /* "stop", "length", "abort", or NULL */

@@ -32,6 +32,11 @@ try:
         else:
             prompts.append(" ".join(rng.choice(words) for _ in range(n)))
 
+    def check_offsets(toks, offs):
+        # each token's text starts where the earlier ones end (vLLM's text_offset), across stream chunks too
+        want = [sum(len(t) for t in toks[:i]) for i in range(len(toks))]
+        assert offs == want, ("text_offset", offs, want, toks)
+
     def complete(dep, prompt, stream):
         body = {"model": "tiny", "prompt": prompt, "max_tokens": 12, "temperature": 0, "logprobs": 0,
                 "ignore_eos": True}
@@ -39,12 +44,13 @@ try:
             st, o, _ = harness.request(dep.port, "POST", "/v1/completions", body)
             assert st == 200, (st, o)
             ch = o["choices"][0]
+            check_offsets(ch["logprobs"]["tokens"], ch["logprobs"]["text_offset"])
             return ch["logprobs"]["tokens"], ch["text"], o["usage"]
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
         st, evs, done, raw = harness.sse(dep.port, "/v1/completions", body)
         assert st == 200 and done, (st, raw[:300])
-        toks, text, usage = [], "", None
+        toks, offs, text, usage = [], [], "", None
         for e in evs:
             if e.get("usage"):
                 usage = e["usage"]
@@ -52,6 +58,8 @@ try:
                 text += c["text"]
                 if c.get("logprobs"):
                     toks += c["logprobs"]["tokens"]
+                    offs += c["logprobs"]["text_offset"]
+        check_offsets(toks, offs)
         return toks, text, usage
 
     # 1. PD == colocated, greedy, streamed and not
