@@ -401,8 +401,9 @@ static int pick_plan(const mdl_engine *e, int nd, int tps)
     return best;
 }
 
-/* Picks draft j (1-based) of decode slot i from MTP logits row lg (modified) and writes it after s's tokens. */
-static void pick_draft(mdl_engine *e, seq *s, int i, int j, float *lg)
+/* Picks draft j (1-based) of decode slot i from MTP logits row lg (modified), or takes amax (>= 0: the row's
+ * argmax, found by the pass for a row argmax_row marked), and writes it after s's tokens. */
+static void pick_draft(mdl_engine *e, seq *s, int i, int j, float *lg, int32_t amax)
 {
     const int V = e->m->cfg.vocab_size, k = e->k;
     const int L = s->n_prompt + s->n_gen;
@@ -410,6 +411,9 @@ static void pick_draft(mdl_engine *e, seq *s, int i, int j, float *lg)
     if (j <= e->n_known[i]) {
         d = e->known[i * k + j - 1];
         e->q_onehot[i * k + j - 1] = 1;
+    } else if (amax >= 0) {
+        d = amax; /* greedy with nothing that changes the row: what process_sample would pick */
+        e->q_onehot[i * k + j - 1] = 0;
     } else {
         /* the same processing as the target's row for this position: penalties see drafts 1..j-1 */
         float *q = s->p.sampling.temperature > 1e-6f ? e->q + ((size_t)i * k + j - 1) * V : NULL;
@@ -450,13 +454,15 @@ static void draft(mdl_engine *e, mdl_ctx *ctx, seq **dec, int nd)
             e->mtp_tokens[nt] = s->tokens[s->n_mtp_cached + j + 1];
             memcpy(e->mtp_hidden + (size_t)nt * D, s->hidden + (size_t)j * D, (size_t)D * sizeof(float));
         }
+        e->b_amax_only[ns] = (uint8_t)argmax_row(e, s, s->n_gen);
         e->b_rows[ns++] = nt - 1;
     }
     if (ns == 0) return;
     e->b_start[ns] = nt;
     mdl_batch b = {.n_seqs = ns, .n_tokens = nt, .tokens = e->mtp_tokens, .seq_start = e->b_start, .ctx_len = e->b_ctx,
                    .block_table = e->b_tables, .logits_rows = e->b_rows, .n_logits = ns, .attn = MDL_ATTN_DECODE,
-                   .mtp_hidden = e->mtp_hidden, .n_vocab = e->o.draft_vocab_size};
+                   .mtp_hidden = e->mtp_hidden, .n_vocab = e->o.draft_vocab_size, .argmax_only = e->b_amax_only,
+                   .argmax = e->b_amax};
     pd_status st = mdl_forward_mtp(ctx, e->kv, &b, e->logits);
     PD_ASSERT(st == PD_OK);
     const float *h = mdl_ctx_hidden(ctx);
@@ -466,7 +472,7 @@ static void draft(mdl_engine *e, mdl_ctx *ctx, seq **dec, int nd)
         s->n_mtp_cached += s->n_hid;
         s->n_hid = 0;
         memcpy(e->g + (size_t)i * D, h + (size_t)(e->b_start[r + 1] - 1) * D, (size_t)D * sizeof(float));
-        pick_draft(e, s, i, 1, e->logits + (size_t)r * V);
+        pick_draft(e, s, i, 1, e->logits + (size_t)r * V, e->b_amax_only[r] ? e->b_amax[r] : -1);
     }
     /* passes 2..k: the MTP layer applied to its own output and the previous draft, one position further on */
     for (int j = 2; j <= k; j++) {
@@ -480,6 +486,7 @@ static void draft(mdl_engine *e, mdl_ctx *ctx, seq **dec, int nd)
             e->b_ctx[ns] = L + j - 3;
             e->b_tables[ns] = s->blocks;
             e->b_rows[ns] = ns;
+            e->b_amax_only[ns] = (uint8_t)argmax_row(e, s, s->n_gen + j - 1);
             e->mtp_tokens[ns] = s->tokens[L + j - 2];
             memcpy(e->mtp_hidden + (size_t)ns * D, e->g + (size_t)i * D, (size_t)D * sizeof(float));
             ns++;
@@ -488,14 +495,15 @@ static void draft(mdl_engine *e, mdl_ctx *ctx, seq **dec, int nd)
         e->b_start[ns] = ns;
         mdl_batch rb = {.n_seqs = ns, .n_tokens = ns, .tokens = e->mtp_tokens, .seq_start = e->b_start,
                         .ctx_len = e->b_ctx, .block_table = e->b_tables, .logits_rows = e->b_rows, .n_logits = ns,
-                        .attn = MDL_ATTN_DECODE, .mtp_hidden = e->mtp_hidden, .n_vocab = e->o.draft_vocab_size};
+                        .attn = MDL_ATTN_DECODE, .mtp_hidden = e->mtp_hidden, .n_vocab = e->o.draft_vocab_size,
+                        .argmax_only = e->b_amax_only, .argmax = e->b_amax};
         st = mdl_forward_mtp(ctx, e->kv, &rb, e->logits);
         PD_ASSERT(st == PD_OK);
         h = mdl_ctx_hidden(ctx);
         for (int r = 0; r < ns; r++) {
             int i = e->map[r];
             memcpy(e->g + (size_t)i * D, h + (size_t)r * D, (size_t)D * sizeof(float));
-            pick_draft(e, dec[i], i, j, e->logits + (size_t)r * V);
+            pick_draft(e, dec[i], i, j, e->logits + (size_t)r * V, e->b_amax_only[r] ? e->b_amax[r] : -1);
         }
     }
 }

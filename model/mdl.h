@@ -31,6 +31,7 @@ typedef struct {
     krn_mat eh_proj;        /* [hidden, 2 * hidden] */
     float *head_norm;       /* [hidden] f32 shared_head.norm */
     krn_mat head;           /* [vocab, hidden] shared_head.head */
+    float *head_norms;      /* [vocab] krn_mat_row_norms of head for greedy drafts' argmax; NULL: none */
     krn_mat embed;          /* [vocab, hidden] the MTP layer's embed_tokens */
 } mdl_layer;
 
@@ -154,7 +155,7 @@ typedef struct {
      * chunking. 0 (the default): exact f32 activations, required for decode and verify passes (speculative decoding
      * is exact only if a row gives the same bits whatever the pass) and for recomputing generated tokens. */
     int act_bf16;
-    /* Optional, mdl_forward only: argmax_only[i] set means logits row i is wanted only for its argmax (a greedy row
+    /* Optional (mdl_forward and mdl_forward_mtp): argmax_only[i] set means logits row i is wanted only for its argmax (a greedy row
      * with nothing that changes its logits: no penalties, masks or logprobs). argmax[i] then receives the index of
      * the row's largest logit, the first on ties: the index krn_argmax finds in the exact logits. Where the lm_head
      * screen exists (krn_linear_argmax) it is found without computing every logit exactly and logits row i is left

@@ -232,6 +232,26 @@ static int prepack(struct mdl__store *s, krn_mat *m, krn_prepack_mode mode, cons
     return 1;
 }
 
+/* The row norms of a packed BF16 head, for greedy rows' screened argmax (krn_linear_argmax); *out stays NULL for
+ * other heads, and for one with a non-finite row (greedy rows then get every logit). 0 on out of memory. */
+static int head_norms(struct mdl__store *s, const krn_mat *head, const char *dir, const char *name, float **out,
+                      char *err, size_t errlen, pd_status *st)
+{
+    *out = NULL;
+    if (head->pack != KRN_PACK_BF16_N32K2) return 1;
+    float *n = store_alloc(s, (size_t)head->rows * sizeof(float));
+    if (!n) {
+        *st = fail(err, errlen, PD_ERR_NOMEM, "out of memory");
+        return 0;
+    }
+    if (krn_mat_row_norms(head, n) != PD_OK) {
+        pd_warn("%s: a row of %s has a non-finite norm; greedy decoding computes every logit", dir, name);
+        return 1;
+    }
+    *out = n;
+    return 1;
+}
+
 /* Precomputes per-pair RoPE frequencies as DeepSeek's reference does (float32), with YaRN's blend of
  * interpolated and extrapolated frequencies when rope_scaling is yarn. */
 static void rope_freqs(const mdl_config *c, float *f)
@@ -388,19 +408,13 @@ pd_status mdl_model_load(const char *dir, const mdl_load_opts *opts, mdl_model *
                   errlen, &st))
         goto fail_model;
     if (!prepack(m->store, &m->lm_head, KRN_PREPACK_FAST, top[2].name, err, errlen, &st)) goto fail_model;
-    if (m->lm_head.pack == KRN_PACK_BF16_N32K2) { /* for greedy rows' screened argmax (krn_linear_argmax) */
-        m->lm_head_norms = store_alloc(m->store, (size_t)m->lm_head.rows * sizeof(float));
-        if (!m->lm_head_norms) {
-            st = fail(err, errlen, PD_ERR_NOMEM, "out of memory");
-            goto fail_model;
-        }
-        if (krn_mat_row_norms(&m->lm_head, m->lm_head_norms) != PD_OK) {
-            pd_warn("%s: a row of %s has a non-finite norm; greedy decoding computes every logit", dir, top[2].name);
-            m->lm_head_norms = NULL;
-        }
-    }
+    if (!head_norms(m->store, &m->lm_head, dir, top[2].name, &m->lm_head_norms, err, errlen, &st)) goto fail_model;
     for (int l = 0; l < m->n_layers + m->n_mtp; l++)
         if (!load_layer(m->store, c, l, o.weight_type, o.fp8_dequant, o.quant, &m->layers[l], err, errlen, &st))
+            goto fail_model;
+    for (int l = m->n_layers; l < m->n_layers + m->n_mtp; l++)
+        if (!head_norms(m->store, &m->layers[l].head, dir, "shared_head.head", &m->layers[l].head_norms, err, errlen,
+                        &st))
             goto fail_model;
 
     m->rope_freqs = store_alloc(m->store, (size_t)c->qk_rope_head_dim / 2 * sizeof(float));

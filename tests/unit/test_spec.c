@@ -311,6 +311,17 @@ static void greedy_equal(mdl_model *m, const char *what, int ngram)
                     pd ? "PD" : "local", spec, k->spec_accepted, k->spec_drafted,
                     100.0 * k->spec_accepted / PD_MAX(1, k->spec_drafted));
             if (ngram) ck_assert_int_gt(k->spec_accepted, 0); /* lookups really matched and were verified */
+            if (!pd && !ngram) { /* greedy drafts through the MTP head's screen are the drafts of its full logits */
+                sink *f = sink_new(m->cfg.hidden_size);
+                g_full_logits = 1;
+                run_all(m, spec, 0, pp, f);
+                g_full_logits = 0;
+                check_equal(base, f, "every logit", spec);
+                ck_assert_msg(f->spec_drafted == k->spec_drafted && f->spec_accepted == k->spec_accepted,
+                              "k=%d: %d/%d drafts accepted with every logit, %d/%d with the screen", spec,
+                              f->spec_accepted, f->spec_drafted, k->spec_accepted, k->spec_drafted);
+                sink_free(f);
+            }
             sink_free(k);
         }
     }
