@@ -56,6 +56,7 @@ typedef struct {
     pd_metric *kv_wait;                                                     /* decode: reservation -> KV ready */
     pd_metric *spec_drafts, *spec_draft_tokens, *spec_accepted, *spec_accepted_pos; /* MTP speculation */
     pd_metric *graph_steps, *graph_padded;                                  /* captured batch sizes */
+    pd_metric *screen_rows;                                                 /* greedy rows through the screen */
     pd_metric *preemptions;
 } mdl_serve_metrics;
 

@@ -439,6 +439,10 @@ static void collect_cb(pd_metrics *reg, void *arg)
         pd_counter_set(m->graph_steps, PD_LV(size), (double)st.graph_steps[i]);
     }
     pd_counter_set(m->graph_padded, NULL, (double)st.graph_padded_rows);
+    uint64_t rows, whole;
+    krn_linear_argmax_counts(&rows, &whole);
+    pd_counter_set(m->screen_rows, PD_LV("screened"), (double)(rows - whole));
+    pd_counter_set(m->screen_rows, PD_LV("whole"), (double)whole);
 }
 
 pd_status mdl_serve_metrics_create(mdl_engine *e, const char *role, mdl_serve_metrics **out)
@@ -472,6 +476,8 @@ pd_status mdl_serve_metrics_create(mdl_engine *e, const char *role, mdl_serve_me
     C(graph_steps, "pdserve_decode_graph_steps_total", "Decode steps by captured batch size (eager: general path).",
       "size");
     C(graph_padded, "pdserve_decode_graph_padded_rows_total", "Padding rows added to reach a captured size.", NULL);
+    C(screen_rows, "pdserve_argmax_screen_rows_total", "Greedy rows whose token the lm_head screen found "
+      "(whole: a flat row, computed in full).", "outcome");
     H(queue, "pdserve_request_queue_time_seconds", "Time requests waited before their prefill started.",
       pd_buckets_ttft);
     H(prefill, "pdserve_request_prefill_time_seconds", "Time requests spent in prefill compute.", pd_buckets_ttft);
