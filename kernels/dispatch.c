@@ -405,12 +405,16 @@ static void pick_task(void *p, int ith, int nth)
     for (int r = r0; r < r1; r++) pick_row(j, r);
 }
 
+int krn_linear_argmax_available(const krn_mat *w)
+{
+    return krn__ops_get()->screen && w->pack == KRN_PACK_BF16_N32K2;
+}
+
 int krn_linear_argmax(const krn_mat *w, const float *rownorm, int n, const float *x, int m, float *y, int ldy,
                       int32_t *out, void *scratch)
 {
     const krn__ops *o = krn__ops_get();
-    if (!o->screen || w->pack != KRN_PACK_BF16_N32K2 || !rownorm || m < 1 || n < 1 || n > w->rows || ldy < n)
-        return 0;
+    if (!krn_linear_argmax_available(w) || !rownorm || m < 1 || n < 1 || n > w->rows || ldy < n) return 0;
     const int K = w->cols;
     const size_t ldxb = screen_ldxb(K);
     uint8_t *sp = (uint8_t *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);

@@ -199,6 +199,8 @@ void krn_linear_rows(const krn_mat *w, int r0, int n, const float *x, size_t ldx
 int krn_linear_argmax(const krn_mat *w, const float *rownorm, int n, const float *x, int m, float *y, int ldy,
                       int32_t *out, void *scratch);
 size_t krn_linear_argmax_scratch(int cols, int m);
+/* 1 when krn_linear_argmax can screen w on this CPU (with its row norms). */
+int krn_linear_argmax_available(const krn_mat *w);
 /* Since the process started: rows krn_linear_argmax answered, and how many of them it computed whole (a flat row:
  * too many outputs close to the largest for the screen to rule out). */
 void krn_linear_argmax_counts(uint64_t *rows, uint64_t *whole);

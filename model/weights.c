@@ -232,13 +232,14 @@ static int prepack(struct mdl__store *s, krn_mat *m, krn_prepack_mode mode, cons
     return 1;
 }
 
-/* The row norms of a packed BF16 head, for greedy rows' screened argmax (krn_linear_argmax); *out stays NULL for
- * other heads, and for one with a non-finite row (greedy rows then get every logit). 0 on out of memory. */
+/* The row norms of a head the screen can take (krn_linear_argmax_available), for greedy rows' screened argmax;
+ * *out stays NULL for other heads, and for one with a non-finite row (greedy rows then get every logit). 0 on out
+ * of memory. */
 static int head_norms(struct mdl__store *s, const krn_mat *head, const char *dir, const char *name, float **out,
                       char *err, size_t errlen, pd_status *st)
 {
     *out = NULL;
-    if (head->pack != KRN_PACK_BF16_N32K2) return 1;
+    if (!krn_linear_argmax_available(head)) return 1;
     float *n = store_alloc(s, (size_t)head->rows * sizeof(float));
     if (!n) {
         *st = fail(err, errlen, PD_ERR_NOMEM, "out of memory");

@@ -415,6 +415,7 @@ START_TEST(test_paths_linear_argmax)
                     const int done = krn_linear_argmax(&tm.w, rn, nn, x, m, y, n, got, ws);
                     krn_linear_argmax_counts(&rows1, &whole1);
                     ck_assert_int_eq(done, g_tables[ti]->screen != NULL && tm.w.pack == KRN_PACK_BF16_N32K2);
+                    ck_assert_int_eq(done, krn_linear_argmax_available(&tm.w));
                     /* the screen really decides: only the flat row (i == 5) is computed whole */
                     ck_assert_uint_eq(rows1 - rows0, done ? (uint64_t)m : 0);
                     screened += rows1 - rows0;
