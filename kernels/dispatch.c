@@ -311,10 +311,20 @@ size_t krn_linear_argmax_scratch(int cols, int m)
     return (size_t)m * (screen_ldxb(cols) * 4 + SCREEN_CAP * 4) + 64;
 }
 
-pd_status krn_mat_row_norms(const krn_mat *w, float *out)
+typedef struct {
+    const krn_mat *w;
+    float *out;
+    int bad; /* a row's norm is not finite */
+} norms_job;
+
+static void norms_task(void *p, int ith, int nth)
 {
+    norms_job *j = p;
+    const krn_mat *w = j->w;
+    int r0, r1;
+    split(w->rows, ith, nth, &r0, &r1);
     float buf[256];
-    for (int r = 0; r < w->rows; r++) {
+    for (int r = r0; r < r1; r++) {
         double s = 0;
         for (int c0 = 0; c0 < w->cols; c0 += 256) {
             const int n = PD_MIN(256, w->cols - c0);
@@ -322,10 +332,16 @@ pd_status krn_mat_row_norms(const krn_mat *w, float *out)
             for (int c = 0; c < n; c++) s += (double)buf[c] * buf[c];
         }
         const float v = (float)(sqrt(s) * (1 + 0x1p-40));
-        out[r] = nextafterf(v, INFINITY); /* an upper bound whatever the two roundings did */
-        if (!isfinite(out[r])) return PD_ERR_RANGE;
+        j->out[r] = nextafterf(v, INFINITY); /* an upper bound whatever the two roundings did */
+        if (!isfinite(j->out[r])) __atomic_store_n(&j->bad, 1, __ATOMIC_RELAXED);
     }
-    return PD_OK;
+}
+
+pd_status krn_mat_row_norms(const krn_mat *w, float *out)
+{
+    norms_job j = {w, out, 0};
+    krn_parallel(norms_task, &j, threads_for((double)w->rows * w->cols, w->rows));
+    return j.bad ? PD_ERR_RANGE : PD_OK;
 }
 
 typedef struct {

@@ -436,6 +436,14 @@ START_TEST(test_paths_linear_argmax)
         free(rn);
         free_mat(&tm);
     }
+    { /* a head with a non-finite weight cannot be bounded: no norms, so no screen */
+        test_mat bad;
+        make_mat(&bad, KRN_BF16, 70, 33);
+        ((krn_bf16 *)bad.data)[45 * 33 + 7] = 0x7f80; /* +inf */
+        float rn[70];
+        ck_assert_int_eq(krn_mat_row_norms(&bad.w, rn), PD_ERR_RANGE);
+        free_mat(&bad);
+    }
     /* the screen really decides: besides the flat rows, few rows (only on these small matrices, where a handful of
      * candidate panels is already a large share) are computed whole */
     fprintf(stderr, "linear_argmax: %llu rows screened, %llu computed whole besides the flat ones\n",
