@@ -88,6 +88,8 @@ typedef struct {
  * prompt lookup's: the step is verification alone). */
 static int g_draft_vocab; /* --draft-vocab: the MTP runs' pruned draft head (0: whole vocabulary) */
 static int g_logprobs = -1; /* --logprobs: the requests' top_logprobs */
+static int g_full_logits;   /* the engines' full_logits (no lm_head screen for greedy rows) */
+static int g_screen_ab;     /* --screen-ab 1: each pair also runs with every logit computed */
 
 static result run_m(mdl_model *m, prompts *pr, int batch, int max_tokens, int k, int known, int sizes,
                     mdl_spec_method meth, sink *out)
@@ -98,7 +100,8 @@ static result run_m(mdl_model *m, prompts *pr, int batch, int max_tokens, int k,
     mdl_engine_opts o = {.max_num_seqs = PD_MAX(batch, 1), .max_num_batched_tokens = 2048, .max_model_len = 1024,
                          .block_size = 16, .n_blocks = batch * (1024 / 16) + 16, .num_speculative_tokens = k,
                          .spec_method = meth, .ngram_min = 2, .ngram_max = 4, .n_graph_batch_sizes = sizes,
-                         .draft_vocab_size = meth == MDL_SPEC_MTP && k > 0 ? g_draft_vocab : 0};
+                         .draft_vocab_size = meth == MDL_SPEC_MTP && k > 0 ? g_draft_vocab : 0,
+                         .full_logits = g_full_logits};
     mdl_engine *e = NULL;
     pd_status st = mdl_engine_create(m, &o, on_event, out, &e);
     if (st != PD_OK) {
@@ -271,11 +274,14 @@ static void pairs(mdl_model *m, prompts *pr, const int *batches, int nb, int tok
            "stream GB/s (ratio) |\n", max_k, max_k);
     printf("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     double allv[8][MAXP]; /* each pair's verify-only speed-up, in run order, per batch size */
+    double ab[8][6];      /* --screen-ab: medians of k=0 / MTP / verify-only ms per step, screen then every logit */
+    int ab_equal[8];
     for (int bi = 0; bi < nb; bi++) {
         const int b = batches[bi];
         if (b > MAXREQ) continue;
         double t0[MAXP], tk[MAXP], tv[MAXP], s0[MAXP], sk[MAXP], sv[MAXP], sp[MAXP], spv[MAXP], bw[MAXP], st[MAXP];
-        int equal = 1;
+        double fs0[MAXP], fsk[MAXP], fsv[MAXP];
+        int equal = 1, ab_eq = 1;
         for (int r = 0; r < reps; r++) {
             st[r] = stream_gbs(sbuf, sn);
             pr->ref = NULL;
@@ -293,6 +299,30 @@ static void pairs(mdl_model *m, prompts *pr, const int *batches, int nb, int tok
             sp[r] = rk.tok_s / r0.tok_s;
             spv[r] = allv[bi][r] = rv.tok_s / r0.tok_s;
             equal &= (!mtp || rk.equal) && rv.equal;
+            if (g_screen_ab) { /* the same three runs with every logit computed, right after (same outputs) */
+                g_full_logits = 1;
+                result f0 = run(m, pr, b, tokens, 0, 0, 0, out);
+                result fk = mtp ? run(m, pr, b, tokens, max_k, 1, 0, out) : (result){0};
+                result fv = run_m(m, pr, b, tokens, max_k, 1, 0, MDL_SPEC_NGRAM, out);
+                g_full_logits = 0;
+                fs0[r] = f0.step_ms;
+                fsk[r] = fk.step_ms;
+                fsv[r] = fv.step_ms;
+                ab_eq &= f0.equal && (!mtp || fk.equal) && fv.equal;
+            }
+        }
+        if (g_screen_ab) {
+            double c0[MAXP], ck[MAXP], cv[MAXP];
+            memcpy(c0, s0, sizeof c0);
+            memcpy(ck, sk, sizeof ck);
+            memcpy(cv, sv, sizeof cv);
+            ab[bi][0] = median(c0, reps);
+            ab[bi][1] = median(ck, reps);
+            ab[bi][2] = median(cv, reps);
+            ab[bi][3] = median(fs0, reps);
+            ab[bi][4] = median(fsk, reps);
+            ab[bi][5] = median(fsv, reps);
+            ab_equal[bi] = ab_eq;
         }
         double lo = sp[0], hi = sp[0], lov = spv[0], hiv = spv[0];
         for (int r = 1; r < reps; r++) {
@@ -310,6 +340,19 @@ static void pairs(mdl_model *m, prompts *pr, const int *batches, int nb, int tok
         else
             printf("- |\n");
         fflush(stdout);
+    }
+    if (g_screen_ab) {
+        printf("\nThe lm_head screen against every logit computed (greedy rows; each pair's runs repeated with "
+               "mdl_engine_opts.full_logits right after), medians of ms per step:\n\n"
+               "| batch | k=0 screen / every logit | k=%d MTP screen / every logit | k=%d verify-only screen / every logit "
+               "| outputs equal |\n|---|---|---|---|---|\n", max_k, max_k);
+        for (int bi = 0; bi < nb; bi++) {
+            if (batches[bi] > MAXREQ) continue;
+            printf("| %d | %.1f / %.1f (%.2fx) | %.1f / %.1f (%.2fx) | %.1f / %.1f (%.2fx) | %s |\n", batches[bi],
+                   ab[bi][0], ab[bi][3], ab[bi][3] / ab[bi][0], ab[bi][1], ab[bi][4],
+                   ab[bi][1] > 0 ? ab[bi][4] / ab[bi][1] : 0, ab[bi][2], ab[bi][5], ab[bi][5] / ab[bi][2],
+                   ab_equal[bi] ? "yes" : "NO");
+        }
     }
     printf("\nVerify-only speed-up of each pair, in run order (to pool runs):\n");
     for (int bi = 0; bi < nb; bi++) {
@@ -342,6 +385,7 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--tokenizer")) tok_dir = v;
         else if (!strcmp(a, "--pairs")) n_pairs = PD_MIN(64, atoi(v));
         else if (!strcmp(a, "--draft-vocab")) g_draft_vocab = atoi(v);
+        else if (!strcmp(a, "--screen-ab")) g_screen_ab = atoi(v) != 0;
         else if (!strcmp(a, "--logprobs")) {
             g_logprobs = atoi(v);
             g_logprobs = PD_MAX(-1, PD_MIN(MDL_MAX_TOP_LOGPROBS, g_logprobs));
@@ -349,7 +393,7 @@ int main(int argc, char **argv)
         else {
             fprintf(stderr, "usage: spec_bench --model DIR [--model DIR]... [--tokens N] [--batches 1,4,16] "
                             "[--max-k 3] [--plan-batches 1,2,4] [--tokenizer DIR] [--pairs R] [--draft-vocab N] "
-                            "[--logprobs -1]\n");
+                            "[--logprobs -1] [--screen-ab 0|1]\n");
             return 2;
         }
     }
