@@ -675,7 +675,8 @@ static void logits_out(mdl_ctx *x, const mdl_batch *b, const float *norm, const 
     if (n == 0 || !logits) return;
     for (int i = 0; i < n; i++)
         krn_rmsnorm(x->x + (size_t)b->logits_rows[i] * D, norm, D, c->rms_norm_eps, x->lrows + (size_t)i * D);
-    /* exact in every pass: a few rows (no speed to gain) whose argmax is the first token */
+    /* exact in every pass (prefill's rows too: whose argmax is the first token); rows marked argmax_only get their
+     * argmax through the screen, exact as well, where it exists */
     const int V = c->vocab_size, nv = b->n_vocab > 0 && b->n_vocab < V ? b->n_vocab : V;
     krn_mat h = *head;
     h.rows = nv; /* a prefix of rows is a valid view of every packed form: panels of 32 rows, in order */

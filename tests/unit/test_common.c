@@ -95,7 +95,7 @@ static void vm_flags_of(const void *p, char *out, size_t outlen)
     int in = 0;
     while (fgets(line, sizeof line, f)) {
         unsigned long lo, hi;
-        if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && strchr(line, '-') == line + strspn(line, "0123456789abcdef")) {
+        if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2) { /* a mapping's first line; field lines do not parse */
             in = (uintptr_t)p >= lo && (uintptr_t)p < hi;
         } else if (in && !strncmp(line, "VmFlags:", 8)) {
             snprintf(out, outlen, "%.*s", (int)PD_MIN(outlen - 1, (size_t)200), line + 8);
