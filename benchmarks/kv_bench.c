@@ -3,7 +3,10 @@
  * blocks, then [flush,] notice) and reports MB/s (2^20 bytes, as ucx_perftest does) over --bytes.
  * --slots N: the blocks cycle through N distinct block slots per side (regions of N x size on both ends).
  * The default, blocks x window, streams through a pool as a real KV pool larger than the cache does;
- * --slots 1 rewrites one message-size buffer on each side, the working set of ucx_perftest's bw tests. */
+ * --slots 1 rewrites one message-size buffer on each side, the working set of ucx_perftest's bw tests.
+ * The receiver runs a libevent loop (kv_context_attach), as the decode server does; the sender loops on
+ * kv_progress_wait. --linger US sets kv_params_t.linger on both (default: the library's). */
+#include <event2/event.h>
 #include <getopt.h>
 #include <signal.h>
 #include <string.h>
@@ -12,15 +15,15 @@
 
 #include "kvtransfer/kv.h"
 
-static volatile sig_atomic_t stop;
-static void on_term(int sig) { stop = 1; }
+static void on_signal(evutil_socket_t sig, short what, void *base) { event_base_loopbreak(base); }
 
 static struct {
     const char *desc_out, *desc;
     size_t size, bytes, notice;
     int blocks, window, slots; /* slots 0: blocks x window */
     kv_proto proto;
-} opt = {.size = 1 << 20, .bytes = (size_t)4 << 30, .blocks = 16, .window = 4, .notice = 4096};
+    double linger; /* < 0: the library's default */
+} opt = {.linger = -1, .size = 1 << 20, .bytes = (size_t)4 << 30, .blocks = 16, .window = 4, .notice = 4096};
 
 static int inflight, done_xfers, failed;
 
@@ -51,7 +54,7 @@ int main(int argc, char **argv)
     static struct option lo[] = {{"desc-out", 1, 0, 'o'}, {"desc", 1, 0, 'd'},   {"size", 1, 0, 's'},
                                  {"bytes", 1, 0, 'b'},    {"blocks", 1, 0, 'k'}, {"window", 1, 0, 'w'},
                                  {"proto", 1, 0, 'p'},    {"slots", 1, 0, 'n'},  {"notice", 1, 0, 'N'},
-                                 {0, 0, 0, 0}};
+                                 {"linger", 1, 0, 'l'},   {0, 0, 0, 0}};
     if (argc < 2) goto usage;
     optind = 2;
     int c;
@@ -65,6 +68,7 @@ int main(int argc, char **argv)
         case 'w': opt.window = atoi(optarg); break;
         case 'n': opt.slots = atoi(optarg); break;
         case 'N': opt.notice = strtoull(optarg, NULL, 0); break;
+        case 'l': opt.linger = atof(optarg) * 1e-6; break;
         case 'p':
             if (kv_proto_parse(optarg, &opt.proto) != PD_OK) goto usage;
             break;
@@ -75,6 +79,10 @@ int main(int argc, char **argv)
     if (!opt.slots) opt.slots = opt.blocks * opt.window;
     size_t region = opt.size * (size_t)opt.slots;
     kv_params_t p = {.field_mask = KV_PARAM_FIELD_PROTO, .proto = opt.proto};
+    if (opt.linger >= 0) {
+        p.field_mask |= KV_PARAM_FIELD_LINGER;
+        p.linger = opt.linger;
+    }
     kv_context_t ctx;
     if (kv_context_create(&p, &ctx) != PD_OK) return 2;
     /* The receiving pool comes from kv_region_alloc (shared-memory capable); --user-mem registers mmap'd
@@ -89,8 +97,12 @@ int main(int argc, char **argv)
     }
     memset(kv_region_base(reg), 1, region);
     if (!strcmp(argv[1], "recv") && opt.desc_out) {
-        signal(SIGTERM, on_term);
-        signal(SIGINT, on_term);
+        struct event_base *base = event_base_new();
+        struct event *sig_term = base ? evsignal_new(base, SIGTERM, on_signal, base) : NULL;
+        struct event *sig_int = base ? evsignal_new(base, SIGINT, on_signal, base) : NULL;
+        if (!sig_term || !sig_int || event_add(sig_term, NULL) || event_add(sig_int, NULL) ||
+            kv_context_attach(ctx, base) != PD_OK)
+            return 2;
         char *d, tmp[4096];
         if (kv_region_descriptor(reg, &d) != PD_OK) return 2;
         snprintf(tmp, sizeof(tmp), "%s.tmp", opt.desc_out);
@@ -100,7 +112,13 @@ int main(int argc, char **argv)
         fclose(f);
         rename(tmp, opt.desc_out);
         free(d);
-        while (!stop) kv_progress_wait(ctx, 0.1);
+        event_base_dispatch(base);
+        kv_region_destroy(reg);
+        kv_context_destroy(ctx);
+        event_free(sig_term);
+        event_free(sig_int);
+        event_base_free(base);
+        return 0;
     } else if (!strcmp(argv[1], "send") && opt.desc) {
         char *d = read_desc(opt.desc);
         kv_remote_t remote;
@@ -148,10 +166,12 @@ int main(int argc, char **argv)
     if (mem) munmap(mem, region);
     return failed ? 1 : 0;
 usage:
-    fprintf(stderr, "usage: kv_bench recv --desc-out FILE [--size B --blocks K --window W --slots N]\n"
+    fprintf(stderr, "usage: kv_bench recv --desc-out FILE [--size B --blocks K --window W --slots N --linger US]\n"
                     "       kv_bench send --desc FILE [--size B --blocks K --window W --slots N --bytes N\n"
-                    "                                  --notice BYTES --proto auto|put|am]\n"
+                    "                                  --notice BYTES --proto auto|put|am --linger US]\n"
                     "  --slots N: distinct block slots per side (default K x W; 1 = ucx_perftest's working set)\n"
-                    "  --notice BYTES: notice payload per transfer (default 4096)\n");
+                    "  --notice BYTES: notice payload per transfer (default 4096)\n"
+                    "  --linger US: re-poll the worker for US microseconds after activity before sleeping armed\n"
+                    "               (kv_params_t.linger; 0 = arm at once)\n");
     return 2;
 }

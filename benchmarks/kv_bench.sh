@@ -6,11 +6,13 @@
 #  - streaming: kv_bench's default, 64 distinct block slots per side (4 transfers x 16 blocks), a pool
 #    larger than the cache from 1 MiB up, as real KV pools are; compared with the same perftest figures.
 # Units are MB/s as ucx_perftest reports them (2^20 bytes/s); the table shows GB/s = MB/s / 1024.
-# Usage: benchmarks/kv_bench.sh [build-dir]   (env BYTES: bytes per kv_bench run, default 4e9)
+# Usage: benchmarks/kv_bench.sh [build-dir]   (env BYTES: bytes per kv_bench run, default 4e9;
+#        KVB_ARGS: more kv_bench arguments for both sides, e.g. "--linger 0" for the A/B of interrupt moderation)
 set -euo pipefail
 BUILD=${1:-build}
 KVB=$BUILD/benchmarks/kv_bench
 BYTES=${BYTES:-4000000000}
+KVB_ARGS=${KVB_ARGS:-}
 TMP=$(mktemp -d)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$TMP"; }
@@ -20,8 +22,8 @@ PORT=$((20000 + RANDOM % 20000))
 
 kvbench() { # size slots (0: kv_bench's default, streaming) -> MB/s
   rm -f "$TMP/desc"
-  "$KVB" recv --desc-out "$TMP/desc" --size "$1" --slots "$2" 2>/dev/null & local r=$!; PIDS+=($r)
-  local out; out=$(timeout 120 "$KVB" send --desc "$TMP/desc" --size "$1" --slots "$2" --bytes "$BYTES" 2>/dev/null | grep RESULT || true)
+  "$KVB" recv --desc-out "$TMP/desc" --size "$1" --slots "$2" $KVB_ARGS 2>/dev/null & local r=$!; PIDS+=($r)
+  local out; out=$(timeout 120 "$KVB" send --desc "$TMP/desc" --size "$1" --slots "$2" --bytes "$BYTES" $KVB_ARGS 2>/dev/null | grep RESULT || true)
   kill $r 2>/dev/null || true; wait $r 2>/dev/null || true
   echo "$out" | sed -n 's/.*MBps=\([0-9.]*\).*/\1/p'
 }

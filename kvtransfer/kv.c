@@ -7,6 +7,8 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/timerfd.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "kvtransfer/kv_internal.h"
@@ -682,10 +684,9 @@ static int kv__dispatch(kv_context_t ctx)
 
 static int kv__progress(kv_context_t ctx)
 {
-    int n = 0;
+    int n = 0, active = 0;
     for (;;) {
-        while (ucp_worker_progress(ctx->worker)) {
-        }
+        while (ucp_worker_progress(ctx->worker)) active = 1;
         double now = pd_time_now();
         if (now >= ctx->next_tick) {
             ctx->next_tick = now + ctx->tick;
@@ -693,9 +694,59 @@ static int kv__progress(kv_context_t ctx)
         }
         int d = kv__dispatch(ctx);
         n += d;
+        if (d || active) ctx->last_active = now;
         if (!d && kv__list_empty(&ctx->xqueue) && kv__list_empty(&ctx->equeue)) break;
     }
     return n;
+}
+
+/* Interrupt moderation. A sleeping worker is woken by its peers: over shared memory each message to an
+ * armed worker costs its sender a signal (a datagram on a unix socket) and this process a wake-up. While
+ * messages keep coming (the worker found work within the last `linger`), the worker stays unarmed and
+ * is re-polled every `nap` instead, so a stream of notices costs neither side a syscall per notice; once
+ * `linger` passes without work, it is armed and sleeps on its event fd as before. */
+static int kv__lingering(kv_context_t ctx, double now) { return now - ctx->last_active < ctx->linger; }
+
+/* The nap timer: periodic every `nap` while on, so a stream of naps costs no timerfd_settime each. */
+static void kv__nap_timer(kv_context_t ctx, int on)
+{
+    if (ctx->napping == on) return;
+    long ns = on ? (long)(ctx->nap * 1e9) : 0;
+    struct itimerspec its = {.it_value = {.tv_sec = 0, .tv_nsec = ns}, .it_interval = {.tv_sec = 0, .tv_nsec = ns}};
+    if (timerfd_settime(ctx->tfd, 0, &its, NULL) != 0) {
+        pd_error("kv: timerfd_settime failed (%s); arming the worker at once from now on", strerror(errno));
+        ctx->linger = 0;
+        return;
+    }
+    ctx->napping = on;
+}
+
+/* Loop side: 1 if the worker stays unarmed for now. While lingering the event fd is left out of the loop
+ * (unarmed, it stays readable from the signal that woke us, which would spin the loop: measured, the
+ * receiver's CPU per byte x3.5) and the nap timer calls kv__loop_cb instead. */
+static int kv__linger(kv_context_t ctx)
+{
+    if (ctx->tfd < 0) return 0;
+    if (!kv__lingering(ctx, pd_time_now())) {
+        kv__nap_timer(ctx, 0);
+        return 0;
+    }
+    kv__nap_timer(ctx, 1);
+    if (!ctx->napping) return 0;
+    if (ctx->efd_watched) {
+        event_del(ctx->ev_efd);
+        ctx->efd_watched = 0;
+    }
+    return 1;
+}
+
+static void kv__watch_efd(kv_context_t ctx)
+{
+    if (ctx->efd_watched) return;
+    if (event_add(ctx->ev_efd, NULL) == 0)
+        ctx->efd_watched = 1;
+    else
+        pd_error("kv: cannot add the worker's event fd back to the event loop");
 }
 
 /* Progress until the worker can be armed. A worker that stays busy (seen after a shared-memory peer was
@@ -706,15 +757,28 @@ static void kv__loop_cb(evutil_socket_t fd, short what, void *arg)
     kv_context_t ctx = arg;
     for (int tries = 0; tries < KV__ARM_TRIES; tries++) {
         kv__progress(ctx);
+        if (kv__linger(ctx)) return;
         ucs_status_t st = ucp_worker_arm(ctx->worker);
-        if (st == UCS_OK) return;
+        if (st == UCS_OK) {
+            kv__watch_efd(ctx);
+            return;
+        }
         if (st != UCS_ERR_BUSY) {
             pd_error("kv: ucp_worker_arm failed: %s", ucs_status_string(st));
             break;
         }
     }
+    kv__watch_efd(ctx);
     struct timeval tv = {.tv_sec = 0, .tv_usec = 1000};
     evtimer_add(ctx->ev_retry, &tv);
+}
+
+static void kv__nap_cb(evutil_socket_t fd, short what, void *arg)
+{
+    uint64_t expirations;
+    if (read(fd, &expirations, sizeof(expirations)) < 0 && errno != EAGAIN)
+        pd_error("kv: reading the nap timer failed: %s", strerror(errno));
+    kv__loop_cb(fd, what, arg);
 }
 
 pd_status kv_context_attach(kv_context_t ctx, struct event_base *base)
@@ -724,8 +788,17 @@ pd_status kv_context_attach(kv_context_t ctx, struct event_base *base)
     ctx->ev_tick = event_new(base, -1, EV_PERSIST, kv__loop_cb, ctx);
     ctx->ev_retry = evtimer_new(base, kv__loop_cb, ctx);
     if (!ctx->ev_efd || !ctx->ev_tick || !ctx->ev_retry) goto free_events;
+    if (ctx->linger > 0) {
+        ctx->tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+        if (ctx->tfd < 0) pd_warn("kv: timerfd_create failed (%s); the worker is armed at once", strerror(errno));
+        if (ctx->tfd >= 0 && !(ctx->ev_nap = event_new(base, ctx->tfd, EV_READ | EV_PERSIST, kv__nap_cb, ctx)))
+            goto free_events;
+    }
     struct timeval tv = {.tv_sec = (long)ctx->tick, .tv_usec = (long)((ctx->tick - (long)ctx->tick) * 1e6)};
-    if (event_add(ctx->ev_efd, NULL) != 0 || event_add(ctx->ev_tick, &tv) != 0) goto free_events;
+    if (event_add(ctx->ev_efd, NULL) != 0 || event_add(ctx->ev_tick, &tv) != 0 ||
+        (ctx->ev_nap && event_add(ctx->ev_nap, NULL) != 0))
+        goto free_events;
+    ctx->efd_watched = 1;
     ctx->base = base;
     event_active(ctx->ev_efd, EV_READ, 0);
     return PD_OK;
@@ -735,7 +808,10 @@ free_events:
     if (ctx->ev_efd) event_free(ctx->ev_efd);
     if (ctx->ev_tick) event_free(ctx->ev_tick);
     if (ctx->ev_retry) event_free(ctx->ev_retry);
-    ctx->ev_efd = ctx->ev_tick = ctx->ev_retry = NULL;
+    if (ctx->ev_nap) event_free(ctx->ev_nap);
+    if (ctx->tfd >= 0) close(ctx->tfd);
+    ctx->tfd = -1;
+    ctx->ev_efd = ctx->ev_tick = ctx->ev_retry = ctx->ev_nap = NULL;
     return PD_ERR_INTERNAL;
 }
 
@@ -747,6 +823,12 @@ pd_status kv_progress_wait(kv_context_t ctx, double timeout_s)
         if (kv__progress(ctx) > 0) return PD_OK;
         double now = pd_time_now();
         if (now >= deadline) return PD_ERR_TIMEOUT;
+        if (kv__lingering(ctx, now)) {
+            double nap = PD_MIN(ctx->nap, deadline - now);
+            struct timespec ts = {.tv_sec = 0, .tv_nsec = (long)(nap * 1e9)};
+            nanosleep(&ts, NULL);
+            continue;
+        }
         ucs_status_t st = ucp_worker_arm(ctx->worker);
         if (st == UCS_ERR_BUSY && ++busy < KV__ARM_TRIES) continue;
         double until = PD_MIN(deadline, ctx->next_tick);
@@ -852,6 +934,8 @@ pd_status kv_context_create(const kv_params_t *params, kv_context_t *out)
     ctx->error_timeout = 1.0;
     ctx->xfer_timeout = 30.0;
     ctx->max_notice = 64 * 1024;
+    ctx->linger = 200e-6;
+    ctx->tfd = -1;
     pd_status s = PD_ERR_INVALID;
     if (params) {
         uint64_t m = params->field_mask;
@@ -863,10 +947,12 @@ pd_status kv_context_create(const kv_params_t *params, kv_context_t *out)
             ctx->event_arg = params->event_arg;
         }
         if (m & KV_PARAM_FIELD_MAX_NOTICE) ctx->max_notice = params->max_notice;
+        if (m & KV_PARAM_FIELD_LINGER) ctx->linger = params->linger;
     }
-    if (!(ctx->error_timeout > 0) || !(ctx->xfer_timeout > 0) || ctx->proto > KV_PROTO_AM) {
-        pd_error("kv: invalid parameters (error_timeout %g, xfer_timeout %g, proto %d)", ctx->error_timeout,
-                 ctx->xfer_timeout, (int)ctx->proto);
+    if (!(ctx->error_timeout > 0) || !(ctx->xfer_timeout > 0) || ctx->proto > KV_PROTO_AM ||
+        !(ctx->linger >= 0 && ctx->linger <= 0.01)) {
+        pd_error("kv: invalid parameters (error_timeout %g, xfer_timeout %g, proto %d, linger %g)",
+                 ctx->error_timeout, ctx->xfer_timeout, (int)ctx->proto, ctx->linger);
         goto free_ctx;
     }
     const char *env = getenv("PDSERVE_KV_PROTO");
@@ -875,6 +961,7 @@ pd_status kv_context_create(const kv_params_t *params, kv_context_t *out)
         goto free_ctx;
     }
     ctx->tick = PD_MIN(0.1, ctx->error_timeout / 4);
+    ctx->nap = ctx->linger / 2;
     ctx->llc_size = kv__llc_size();
     ctx->pid = (uint32_t)getpid();
     char state;
@@ -1001,6 +1088,8 @@ void kv_context_destroy(kv_context_t ctx)
     if (ctx->ev_efd) event_free(ctx->ev_efd);
     if (ctx->ev_tick) event_free(ctx->ev_tick);
     if (ctx->ev_retry) event_free(ctx->ev_retry);
+    if (ctx->ev_nap) event_free(ctx->ev_nap);
+    if (ctx->tfd >= 0) close(ctx->tfd);
     free(ctx->self_desc);
     ucp_worker_release_address(ctx->worker, ctx->addr);
     if (kv__list_empty(&ctx->ops) && !ctx->keep_worker) {

@@ -55,6 +55,7 @@ enum {
     KV_PARAM_FIELD_XFER_TIMEOUT = 1u << 2,
     KV_PARAM_FIELD_EVENT_CB = 1u << 3,
     KV_PARAM_FIELD_MAX_NOTICE = 1u << 4,
+    KV_PARAM_FIELD_LINGER = 1u << 5,
 };
 
 typedef struct {
@@ -65,6 +66,10 @@ typedef struct {
     kv_event_cb event_cb;   /* receiver callbacks (optional for pure senders) */
     void *event_arg;
     size_t max_notice;      /* largest notice payload accepted or sent (default 64 KiB) */
+    double linger;          /* s, at most 0.01: after the worker did something, keep re-polling it every
+                             * linger/2 for this long before sleeping armed on its event fd, so a peer that
+                             * streams messages need not signal (wake) this process for each one; a message in
+                             * such a stream waits up to linger/2 (default 200e-6; 0: arm at once) */
 } kv_params_t;
 
 /* Creates the UCX context and worker (UCX_* environment applies: UCX_TLS, UCX_NET_DEVICES, ...).
@@ -78,7 +83,8 @@ void kv_context_destroy(kv_context_t ctx);
 uint64_t kv_context_id(kv_context_t ctx);
 
 /* Progress from a libevent loop: watches the worker's event fd (ucp_worker_arm) and runs a timer for
- * deadlines and liveness checks, so the loop neither busy-polls nor stalls. Call once; the context
+ * deadlines and liveness checks, so the loop neither busy-polls nor stalls. Within `linger` of activity
+ * the worker is re-polled from a microsecond timer (timerfd) instead of armed. Call once; the context
  * detaches in kv_context_destroy. */
 pd_status kv_context_attach(kv_context_t ctx, struct event_base *base);
 /* For tools and tests without a loop: progresses and dispatches callbacks; if nothing happened, sleeps

@@ -184,8 +184,13 @@ struct kv_context {
     size_t max_notice;
 
     struct event_base *base;
-    struct event *ev_efd, *ev_tick, *ev_retry;
+    struct event *ev_efd, *ev_tick, *ev_retry, *ev_nap;
     double next_tick;
+    double linger, nap;  /* see kv_params_t.linger; nap: the re-poll interval while lingering */
+    double last_active;  /* when progress last found work (UCX progress or a dispatched callback) */
+    int tfd;             /* timerfd behind ev_nap (-1: none; the worker is then armed at once) */
+    int napping;         /* the nap timer runs (periodic, every nap) */
+    int efd_watched;     /* ev_efd is added: the worker is armed, or about to be */
 
     kv__link peers, regions, remotes, xfers, rxs, ops, hellos;
     kv__link xqueue; /* kv_xfer.qlink: sender callbacks due */

@@ -63,14 +63,21 @@ static struct {
     int n_desc;
     size_t size, notice_size;
     int count, conc, slot, slots, expect_complete, expect_failed, cancel_every, expect_fail_mask, long_mask;
-    double timeout, error_timeout, xfer_timeout;
+    double timeout, error_timeout, xfer_timeout, linger; /* linger < 0: the library's default */
     kv_proto proto;
     size_t sizes[8];
     int n_sizes;
     uint64_t seed;
     int alloc; /* recv: the region comes from kv_region_alloc (shared-memory capable), not mmap */
 } opt = {.size = 256u << 20, .notice_size = 7168, .count = 20, .conc = 2, .slots = 1, .timeout = 60,
-         .error_timeout = 1.0, .xfer_timeout = 30, .sizes = {4096, 65536, 1 << 20, 9 << 20}, .n_sizes = 4};
+         .error_timeout = 1.0, .xfer_timeout = 30, .linger = -1, .sizes = {4096, 65536, 1 << 20, 9 << 20}, .n_sizes = 4};
+
+static void set_linger(kv_params_t *p)
+{
+    if (opt.linger < 0) return;
+    p->field_mask |= KV_PARAM_FIELD_LINGER;
+    p->linger = opt.linger;
+}
 
 /* ---------------- receiver ---------------- */
 
@@ -186,6 +193,7 @@ static int run_recv(void)
                                    KV_PARAM_FIELD_PROTO,
                      .event_cb = recv_event_cb, .error_timeout = opt.error_timeout, .xfer_timeout = opt.xfer_timeout,
                      .proto = opt.proto};
+    set_linger(&p);
     kv_context_t ctx;
     if (kv_context_create(&p, &ctx) != PD_OK) return 2;
     void *mem = NULL;
@@ -408,6 +416,7 @@ static int run_send(void)
                                    KV_PARAM_FIELD_EVENT_CB,
                      .error_timeout = opt.error_timeout, .xfer_timeout = opt.xfer_timeout, .proto = opt.proto,
                      .event_cb = send_event_cb};
+    set_linger(&p);
     if (kv_context_create(&p, &g_ctx) != PD_OK) return 2;
     pd_rng_seed(&S.rng, opt.seed ? opt.seed : (uint64_t)getpid());
     S.window = (opt.size / (size_t)(opt.slots * opt.conc)) & ~(size_t)4095;
@@ -481,7 +490,7 @@ static void usage(void)
             "usage: kv_peer recv --desc-out FILE [--size B] [--alloc] [--count N] [--expect-complete K] [--expect-failed F]\n"
             "       kv_peer send --desc FILE [--desc FILE...] [--slot I --slots S] [--count N] [--conc C]\n"
             "common: --proto auto|put|am --timeout S --error-timeout S --xfer-timeout S --sizes a,b,c\n"
-            "        --notice-size B --cancel-every K --expect-fail-mask M --seed X\n");
+            "        --notice-size B --cancel-every K --expect-fail-mask M --seed X --linger US\n");
 }
 
 int main(int argc, char **argv)
@@ -492,7 +501,7 @@ int main(int argc, char **argv)
                                  {"proto", 1, 0, 'p'},    {"timeout", 1, 0, 't'},       {"error-timeout", 1, 0, 'e'},
                                  {"xfer-timeout", 1, 0, 'x'}, {"sizes", 1, 0, 's'},     {"notice-size", 1, 0, 'N'},
                                  {"cancel-every", 1, 0, 'C'}, {"expect-fail-mask", 1, 0, 'm'}, {"seed", 1, 0, 'r'}, {"long-mask", 1, 0, 'L'},
-                                 {"alloc", 0, 0, 'A'},    {0, 0, 0, 0}};
+                                 {"alloc", 0, 0, 'A'},    {"linger", 1, 0, 'g'},        {0, 0, 0, 0}};
     if (argc < 2) {
         usage();
         return 2;
@@ -535,6 +544,7 @@ int main(int argc, char **argv)
         case 'L': opt.long_mask = atoi(optarg); break;
         case 'r': opt.seed = strtoull(optarg, NULL, 0); break;
         case 'A': opt.alloc = 1; break;
+        case 'g': opt.linger = atof(optarg) * 1e-6; break;
         default: usage(); return 2;
         }
     }

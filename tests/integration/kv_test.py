@@ -107,6 +107,8 @@ def common(extra=()):
     a = ["--proto", ARGS.proto, "--error-timeout", "1", "--timeout", "90"]
     if ARGS.region == "alloc":
         a += ["--alloc"]  # receivers' regions from kv_region_alloc: direct copies over shared memory
+    if ARGS.linger is not None:
+        a += ["--linger", str(ARGS.linger)]
     if ARGS.small:
         # regions of a quarter of the last-level cache (32 MiB here) or less: direct copies go through the
         # cache, not streaming stores
@@ -211,6 +213,33 @@ def sc_cancel(env):
         fail("canceled %d transfers but the receiver saw %d aborts" % (canceled, aborted))
 
 
+def cpu_seconds(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def sc_idle(env):
+    # After a stream of notices the receiver lingers (re-polls its worker from a timer instead of sleeping
+    # armed) for kv_params_t.linger, then must sleep on its event fd again: a loop that never re-arms, or
+    # that spins on a readable event fd, shows up as CPU time while nothing arrives.
+    r = Peer("recv0", ["recv", "--desc-out", desc(0), "--count", "1000000"] + common(), env)
+    s = Peer("send0", ["send", "--desc", desc(0), "--count", "40"] + common(), env)
+    expect_ok([s])
+    time.sleep(0.2)
+    c0, t0 = cpu_seconds(r.p.pid), time.time()
+    time.sleep(2.0)
+    used = (cpu_seconds(r.p.pid) - c0) / (time.time() - t0)
+    print("idle receiver: %.1f ms of CPU per second" % (used * 1000))
+    if used > 0.02:
+        fail("the idle receiver used %.1f ms of CPU per second (more than 20)" % (used * 1000))
+    # and it still serves: a second sender's transfers complete after the idle period
+    s2 = Peer("send1", ["send", "--desc", desc(0), "--count", "20", "--seed", "7"] + common(), env)
+    expect_ok([s2])
+    r.p.send_signal(signal.SIGTERM)
+    expect_ok([r])
+
+
 def sc_netns(env):
     if os.geteuid() != 0 or not shutil.which("ip"):
         print("SKIP: needs root and iproute2")
@@ -247,7 +276,8 @@ def sc_netns(env):
 
 
 SCENARIOS = {"pair": sc_pair, "many_senders": sc_many_senders, "many_receivers": sc_many_receivers,
-             "kill_sender": sc_kill_sender, "kill_receiver": sc_kill_receiver, "cancel": sc_cancel, "netns": sc_netns}
+             "kill_sender": sc_kill_sender, "kill_receiver": sc_kill_receiver, "cancel": sc_cancel, "netns": sc_netns,
+             "idle": sc_idle}
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
@@ -257,6 +287,7 @@ if __name__ == "__main__":
     ap.add_argument("--region", choices=["user", "alloc"], default="user",
                     help="receivers register mmap'd memory (user) or take it from kv_region_alloc (alloc)")
     ap.add_argument("--small", action="store_true", help="8 MiB regions and blocks up to 1 MiB")
+    ap.add_argument("--linger", type=float, help="kv_params_t.linger in microseconds (default: the library's)")
     ap.add_argument("scenario", choices=sorted(SCENARIOS))
     ARGS = ap.parse_args()
     signal.signal(signal.SIGTERM, on_signal)

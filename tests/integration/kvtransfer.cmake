@@ -36,6 +36,14 @@ if(Python3_FOUND)
   add_test(NAME kv_pair_tcp_alloc COMMAND ${KV_TEST} --transport tcp --region alloc pair)
   set_tests_properties(kv_pair_small_sm_alloc kv_pair_am_sm_alloc kv_pair_tcp_alloc PROPERTIES TIMEOUT 180
                        LABELS kvtransfer)
+  # Interrupt moderation (kv_params_t.linger): an idle receiver sleeps again after a stream, and the path
+  # without it (linger 0: arm after every event) still delivers.
+  add_test(NAME kv_idle_smtcp_alloc COMMAND ${KV_TEST} --transport smtcp --region alloc idle)
+  add_test(NAME kv_idle_tcp COMMAND ${KV_TEST} --transport tcp idle)
+  add_test(NAME kv_pair_nolinger_sm_alloc COMMAND ${KV_TEST} --transport sm --region alloc --linger 0 pair)
+  add_test(NAME kv_pair_nolinger_tcp COMMAND ${KV_TEST} --transport tcp --linger 0 pair)
+  set_tests_properties(kv_idle_smtcp_alloc kv_idle_tcp kv_pair_nolinger_sm_alloc kv_pair_nolinger_tcp PROPERTIES
+                       TIMEOUT 180 LABELS kvtransfer)
   add_test(NAME kv_pair_am_sm COMMAND ${KV_TEST} --transport sm --proto am pair)
   add_test(NAME kv_netns_tcp COMMAND ${KV_TEST} --transport tcp netns)
   set_tests_properties(kv_pair_am_sm kv_netns_tcp PROPERTIES TIMEOUT 180 SKIP_RETURN_CODE 77 LABELS kvtransfer)
