@@ -210,7 +210,39 @@ static void linear_i8(const krn__ops *o, const krn_mat *w, const float *x, int m
     }
 }
 
+/* The portable path's exact products: krn__linear_fixed_ref over pieces of 16 outputs, so that a row's bits do
+ * not depend on m (decode and verify rows get what a single-row step gives them). Piece i converts F16/F8
+ * weight rows into its own slot of scratch (krn_linear_scratch has KRN_LINEAR_BLOCK slots of cols + 4). */
+typedef struct {
+    const krn_mat *w;
+    const float *x;
+    int m, ldy, units;
+    float *y, *scratch;
+} fixed_job;
+
+static void fixed_task(void *p, int ith, int nth)
+{
+    const fixed_job *j = p;
+    int u0, u1;
+    split(j->units, ith, nth, &u0, &u1);
+    if (u0 < u1)
+        krn__linear_fixed_ref(j->w, u0 * 16, PD_MIN(u1 * 16, j->w->rows), j->x, j->m, j->y, j->ldy,
+                              j->scratch + (size_t)ith * (j->w->cols + 4));
+}
+
+static void linear_fixed(const krn_mat *w, const float *x, int m, float *y, int ldy, float *scratch)
+{
+    fixed_job j = {w, x, m, ldy, (w->rows + 15) / 16, y, scratch};
+    const int pieces = PD_MIN(threads_for((double)m * w->rows * w->cols, j.units), KRN_LINEAR_BLOCK);
+    krn_parallel(fixed_task, &j, pieces);
+}
+
 void krn_linear(const krn_mat *w, const float *x, int m, float *y, int ldy, float *scratch)
+{
+    krn_linear_ex(w, x, m, y, ldy, scratch, 0);
+}
+
+void krn_linear_ex(const krn_mat *w, const float *x, int m, float *y, int ldy, float *scratch, unsigned flags)
 {
     if (m <= 0) return;
     const krn__ops *o = krn__ops_get();
@@ -226,20 +258,25 @@ void krn_linear(const krn_mat *w, const float *x, int m, float *y, int ldy, floa
         krn_parallel(gemm_task, &j, threads_for(macs, nb));
         return;
     }
-    if (w->type == KRN_F32) {
+    if (w->type == KRN_F32 && o->gemv_f32) {
         const int units = (w->rows + 15) / 16;
         lin_job j = {.w = w, .x = x, .m = m, .ldy = ldy, .y = y, .gemv = o->gemv_f32, .units = units};
-        if (o->gemv_f32) {
-            j.units = units * ((m + F32_MROWS - 1) / F32_MROWS);
-            krn_parallel(gemv_f32_task, &j, threads_for(macs, j.units));
-        } else if (m > 1) {
-            krn_parallel(sgemm_task, &j, threads_for(macs, units));
+        j.units = units * ((m + F32_MROWS - 1) / F32_MROWS);
+        krn_parallel(gemv_f32_task, &j, threads_for(macs, j.units));
+        return;
+    }
+    /* The portable path. Prompt rows (KRN_LINEAR_BF16_ACT) may go through sgemm together, fast, their bits then
+     * depending on their company; every other product sums each output in one fixed order. */
+    if ((flags & KRN_LINEAR_BF16_ACT) && m > 2) {
+        if (w->type == KRN_F32) {
+            lin_job j = {.w = w, .x = x, .m = m, .ldy = ldy, .y = y, .units = (w->rows + 15) / 16};
+            krn_parallel(sgemm_task, &j, threads_for(macs, j.units));
         } else {
             krn__linear_ref(w, x, m, y, ldy, scratch);
         }
         return;
     }
-    krn__linear_ref(w, x, m, y, ldy, scratch);
+    linear_fixed(w, x, m, y, ldy, scratch);
 }
 
 typedef struct {
@@ -283,7 +320,7 @@ void krn_linear_group(const krn_linear_item *items, int n, float *scratch)
                 units += krn__nblocks(w->rows);
                 macs += (double)it[i].m * w->rows * w->cols;
             } else if (it[i].m > 0) {
-                krn_linear(w, it[i].x, it[i].m, it[i].y, it[i].ldy, scratch);
+                krn_linear_ex(w, it[i].x, it[i].m, it[i].y, it[i].ldy, scratch, it[i].flags);
             }
         }
         if (!units) continue;

@@ -156,15 +156,20 @@ void krn_mat_row_part(const krn_mat *w, int r, int c0, int n, float *out);
 static inline size_t krn_linear_scratch(int cols) { return (size_t)KRN_LINEAR_BLOCK * (size_t)(cols + 4) + 64; }
 
 /* y[m, w->rows] = x[m, w->cols] . W^T, float32 accumulation. ldy: row stride of y (>= w->rows).
- * scratch: krn_linear_scratch(w->cols) floats. */
+ * scratch: krn_linear_scratch(w->cols) floats. Each output is summed in one fixed order whatever m, on every
+ * kernel table: a row's bits do not depend on the rows beside it (decode, verify; docs/kernels.md). */
 void krn_linear(const krn_mat *w, const float *x, int m, float *y, int ldy, float *scratch);
+/* krn_linear with KRN_LINEAR_* flags (below; 0: krn_linear). */
+void krn_linear_ex(const krn_mat *w, const float *x, int m, float *y, int ldy, float *scratch, unsigned flags);
 /* Options of one product (krn_linear_item.flags). 0: the exact default.
  * KRN_LINEAR_BF16_ACT: the product may round x to bf16 (round to nearest even; inputs and products below 2^-126
  * count as 0)
  * where that is faster: packed BF16 weights on a CPU with AVX512-BF16 (vdpbf16ps, f32 accumulation). Each output
  * is then still summed in one fixed order, so a row's result does not depend on m, but it differs from the exact
  * result by up to 2^-8 (bf16's unit roundoff) relative per product term. For prompt prefill only: decode and verify passes must stay exact
- * (docs/kernels.md, "Numerics choice"). Ignored elsewhere (other weights, no AVX512-BF16, PDSERVE_BF16_DOT=0). */
+ * (docs/kernels.md, "Numerics choice"). Ignored elsewhere (other weights, no AVX512-BF16, PDSERVE_BF16_DOT=0),
+ * except on the portable path, where a product of more than 2 rows so marked goes through sgemm, and its rows'
+ * bits then depend on m. */
 #define KRN_LINEAR_BF16_ACT 1u
 /* One product of a group: y[m, w->rows] = x[m, w->cols] . W^T (ldy: row stride of y). */
 typedef struct {

@@ -50,6 +50,10 @@ void krn__ops_force(const krn__ops *ops);
 
 /* reference kernels (kernels/ref/) */
 void krn__linear_ref(const krn_mat *w, const float *x, int m, float *y, int ldy, float *scratch);
+/* Outputs [n0, n1) of y[m, w->rows] = x . W^T, each one dot product in one fixed order whatever m: every row
+ * gets the bits krn__linear_ref gives a single row. Reads each weight row once for all m rows. rowbuf: w->cols
+ * floats (F16/F8 weights are converted a row at a time). */
+void krn__linear_fixed_ref(const krn_mat *w, int n0, int n1, const float *x, int m, float *y, int ldy, float *rowbuf);
 void krn__gemm_i8_ref(const krn_mat *w, const uint8_t *xq, const float *xs, int m, float *y, int ldy, int nb0,
                       int nb1);
 void krn__quant_rows_ref(const float *x, int m, int k, int kq4, uint8_t *xq, float *xs);

@@ -99,6 +99,24 @@ void krn__linear_ref(const krn_mat *w, const float *x, int m, float *y, int ldy,
     }
 }
 
+void krn__linear_fixed_ref(const krn_mat *w, int n0, int n1, const float *x, int m, float *y, int ldy, float *rowbuf)
+{
+    const int K = w->cols;
+    for (int n = n0; n < n1; n++) {
+        if (w->type == KRN_BF16) {
+            const krn_bf16 *wr = (const krn_bf16 *)w->data + (size_t)n * K;
+            for (int i = 0; i < m; i++) y[(size_t)i * ldy + n] = dot_bf16(x + (size_t)i * K, wr, K);
+            continue;
+        }
+        const float *wr = (const float *)w->data + (size_t)n * K;
+        if (w->type != KRN_F32) {
+            krn_mat_row(w, n, rowbuf);
+            wr = rowbuf;
+        }
+        for (int i = 0; i < m; i++) y[(size_t)i * ldy + n] = dot_f32(x + (size_t)i * K, wr, K);
+    }
+}
+
 void krn__linear_rows_ref(const krn_mat *w, int r0, int n, const float *x, size_t ldx, int m, float *y, size_t ldy)
 {
     float buf[256];

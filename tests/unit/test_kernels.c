@@ -509,19 +509,20 @@ START_TEST(test_paths_linear)
 }
 END_TEST
 
-/* The packed BF16/FP8 kernels and the F32 one (the router) sum every output in one fixed order whatever the row
- * count: a row's result is the same bits alone (decode), among 4 (verify pass of k = 3) or 16 rows, or inside a
- * 150-row prefill (MC blocks; F32: past its 64-row pieces and, at k = 2100, its 28-row L2 blocks), at any thread
- * count. Speculative decoding and batching rely on it to stay exactly lossless, and a prompt's KV on it not to
- * depend on how the prompt was chunked or batched. The reference path does not promise this (it switches from
- * dot products to sgemm by m). */
+/* Every table sums each output of krn_linear in one fixed order whatever the row count: a row's result is the
+ * same bits alone (decode), among 4 (verify pass of k = 3) or 16 rows, or inside a 150-row prefill (packed
+ * BF16/FP8: MC blocks; F32: past its 64-row pieces and, at k = 2100, its 28-row L2 blocks), at any thread count.
+ * Speculative decoding and batching rely on it to stay exactly lossless, and seeded sampling on it to give the
+ * same text whatever else is batched. On the portable table (unpacked weights) that holds for exact products; it
+ * once switched from dot products to sgemm above 2 rows, and a verify pass then differed from decode steps. */
 START_TEST(test_paths_rows_independent)
 {
     const int shapes[][2] = {{37, 53}, {65, 600}, {129, 257}, {33, 1}, {100, 513}, {64, 2100}};
     const int ms[] = {2, 3, 4, 5, 12, 13, 16, 17, 64, 150};
-    const krn__ops *fast = krn__ops_avx512();
-    if (!fast) return; /* no AVX-512 here: nothing to check */
-    krn__ops_force(fast);
+    collect_tables();
+    for (int ti = 0; ti < 2 * g_ntables; ti++) {
+    /* ti odd: the same table with the weights left unpacked (the portable path's form) */
+    krn__ops_force(g_tables[ti / 2]);
     for (int nth = 1; nth <= 3; nth += 2) {
         ck_assert_int_eq(krn_threads_init(nth), PD_OK);
         for (size_t si = 0; si < PD_ARRAY_LEN(shapes); si++) {
@@ -533,20 +534,22 @@ START_TEST(test_paths_rows_independent)
                 const krn_type type = t == 0 ? KRN_BF16 : t == 1 ? KRN_F8E4M3 : KRN_F32;
                 test_mat tm;
                 make_mat(&tm, type, n, k);
-                pack_mat(&tm, KRN_PREPACK_FAST);
-                if (type != KRN_F32) ck_assert_int_ne(tm.w.pack, KRN_PACK_NONE);
+                if (ti % 2 == 0) pack_mat(&tm, KRN_PREPACK_FAST);
+                if (ti == 2 && type != KRN_F32) ck_assert_int_ne(tm.w.pack, KRN_PACK_NONE);
                 for (int i = 0; i < M; i++) krn_linear(&tm.w, x + (size_t)i * k, 1, y1 + (size_t)i * ldy, ldy, scratch);
                 for (size_t mi = 0; mi < PD_ARRAY_LEN(ms); mi++) {
                     const int m = ms[mi], r0 = (int)(mi * 7) % (M - m + 1); /* rows r0..r0+m-1 */
                     krn_linear(&tm.w, x + (size_t)r0 * k, m, ym, ldy, scratch);
                     for (int i = 0; i < m; i++)
                         ck_assert_msg(!memcmp(ym + (size_t)i * ldy, y1 + (size_t)(r0 + i) * ldy, sizeof(float) * n),
-                                      "%s n%d k%d m%d row %d differs from the row alone", krn_type_name(type), n, k, m, i);
+                                      "%s %s%s n%d k%d m%d row %d differs from the row alone", g_tables[ti / 2]->name,
+                                      ti % 2 ? "unpacked " : "", krn_type_name(type), n, k, m, i);
                 }
                 free_mat(&tm);
             }
             free(x); free(y1); free(ym); free(scratch);
         }
+    }
     }
     krn__ops_force(NULL);
     krn_threads_init(0);
@@ -609,7 +612,17 @@ START_TEST(test_paths_bf16dot)
                 const krn_linear_item it = {&tm.w, x, m, ldy, y, KRN_LINEAR_BF16_ACT};
                 krn_linear_group(&it, 1, scratch);
                 krn_linear(&tm.w, x, m, ye, ldy, scratch);
-                if (!dot) {
+                if (!dot && tm.w.pack == KRN_PACK_NONE && m > 2) {
+                    /* the portable path: flagged prompt rows go through sgemm, exact ones through fixed-order dots;
+                     * both are the exact product up to f32 rounding */
+                    ref_linear(x, tm.exact, m, n, k, yx);
+                    for (int i = 0; i < m; i++)
+                        for (int j = 0; j < n; j++)
+                            ck_assert_msg(fabs(y[i * ldy + j] - yx[i * n + j]) < 1e-4 * (1 + fabs(yx[i * n + j])) &&
+                                              fabs(ye[i * ldy + j] - yx[i * n + j]) < 1e-4 * (1 + fabs(yx[i * n + j])),
+                                          "%s m%d n%d k%d at %d,%d: %g / %g vs %g", g_tables[ti]->name, m, n, k, i, j,
+                                          y[i * ldy + j], ye[i * ldy + j], yx[i * n + j]);
+                } else if (!dot) {
                     ck_assert_msg(!memcmp(y, ye, sizeof(float) * m * ldy), "%s: the flag changed the result",
                                   g_tables[ti]->name);
                 } else {
