@@ -122,6 +122,7 @@ typedef struct {
     krn__gemm_i8_fn gemm_i8;
     krn__gemv_f32_fn gemv;
     int units;
+    float *scratch; /* fixed_task: KRN_LINEAR_BLOCK slots of cols + 4 floats */
 } lin_job;
 
 static void split(int units, int ith, int nth, int *u0, int *u1)
@@ -213,16 +214,9 @@ static void linear_i8(const krn__ops *o, const krn_mat *w, const float *x, int m
 /* The portable path's exact products: krn__linear_fixed_ref over pieces of 16 outputs, so that a row's bits do
  * not depend on m (decode and verify rows get what a single-row step gives them). Piece i converts F16/F8
  * weight rows into its own slot of scratch (krn_linear_scratch has KRN_LINEAR_BLOCK slots of cols + 4). */
-typedef struct {
-    const krn_mat *w;
-    const float *x;
-    int m, ldy, units;
-    float *y, *scratch;
-} fixed_job;
-
 static void fixed_task(void *p, int ith, int nth)
 {
-    const fixed_job *j = p;
+    const lin_job *j = p;
     int u0, u1;
     split(j->units, ith, nth, &u0, &u1);
     if (u0 < u1)
@@ -232,7 +226,7 @@ static void fixed_task(void *p, int ith, int nth)
 
 static void linear_fixed(const krn_mat *w, const float *x, int m, float *y, int ldy, float *scratch)
 {
-    fixed_job j = {w, x, m, ldy, (w->rows + 15) / 16, y, scratch};
+    lin_job j = {.w = w, .x = x, .m = m, .ldy = ldy, .y = y, .units = (w->rows + 15) / 16, .scratch = scratch};
     const int pieces = PD_MIN(threads_for((double)m * w->rows * w->cols, j.units), KRN_LINEAR_BLOCK);
     krn_parallel(fixed_task, &j, pieces);
 }
