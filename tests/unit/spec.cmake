@@ -13,3 +13,8 @@ if(NOT PD_SANITIZE)
                          TIMEOUT 1200)
   endforeach()
 endif()
+# A replayed decode step allocates nothing: jemalloc's per-thread counters on the engine thread and the kernel pool.
+# Not in the sanitizer build, where the sanitizer's allocator serves malloc and jemalloc's counters would stay still.
+if(NOT PD_SANITIZE)
+  pd_unit_test(test_step_alloc pdmodel PkgConfig::JEMALLOC)
+endif()
