@@ -1,6 +1,6 @@
 /* The one kernel table: filled at first use from CPU feature detection (AVX-512 F/BW/VL, plus VNNI for W8A8 and
- * AVX512-BF16 for the opt-in bf16-activation prefill GEMM), or the portable reference when PDSERVE_PORTABLE=1 or
- * the CPU lacks them. The public kernel entry points live here: they pick the kernel for the matrix's packed form
+ * AVX512-BF16 for the opt-in bf16-activation prefill GEMM; else AVX2 + FMA), or the portable reference when
+ * PDSERVE_PORTABLE=1 or the CPU has neither. PDSERVE_KERNELS picks a lower table. The public kernel entry points live here: they pick the kernel for the matrix's packed form
  * (and the call's flags) and split the work over the pool. */
 #include <cblas.h>
 #include <pthread.h>
@@ -21,9 +21,9 @@ static const krn__ops g_ref = {
     .to_f32 = krn__to_f32_ref,
 };
 
-static krn__ops g_avx512;
-static const krn__ops *g_ops;
-static int g_have_avx512;
+static krn__ops g_avx2, g_avx512;
+static const krn__ops *g_ops, *g_detected;
+static int g_have_avx2, g_have_avx512;
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 
 /* PDSERVE_BF16_DOT=0 (and the like) turns the bf16-activation prefill kernel off for the whole process. */
@@ -33,10 +33,44 @@ static int env_off(const char *name)
     return v && (!strcmp(v, "0") || !strcasecmp(v, "off") || !strcasecmp(v, "false") || !strcasecmp(v, "no"));
 }
 
+/* PDSERVE_KERNELS=portable|avx2|avx512 picks a table below the best this CPU has (tests, benchmarks, a user
+ * comparing paths); a table the CPU lacks, or an unknown name, keeps the detected one with a warning. */
+static const krn__ops *env_table(const krn__ops *detected)
+{
+    const char *v = getenv("PDSERVE_KERNELS");
+    if (!v || !*v) return detected;
+    if (!strcasecmp(v, "portable") || !strcasecmp(v, "ref")) return &g_ref;
+    if (!strcasecmp(v, "avx2") && g_have_avx2) return &g_avx2;
+    if (!strcasecmp(v, "avx512") && g_have_avx512) return &g_avx512;
+    pd_warn("PDSERVE_KERNELS='%s': not a kernel table this CPU runs (portable, avx2 with FMA, avx512); using %s", v,
+            detected->name);
+    return detected;
+}
+
 static void fill(void)
 {
     const krn_cpu_features *f = krn_cpu_get();
-    g_ops = &g_ref;
+    g_detected = &g_ref;
+    if (f->avx2 && f->fma) {
+        /* the packed GEMMs and the F32 GEMV; attention, MLA's absorbed products, W8A8 and the rest stay portable */
+        g_avx2 = (krn__ops){
+            .name = "avx2",
+            .fast_bf16 = KRN_PACK_BF16_N32K2,
+            .fast_f8 = KRN_PACK_F8_N32K1,
+            .gemm_bf16 = krn__gemm_bf16_avx2_2x32,
+            .gemm_f8 = krn__gemm_f8_avx2_2x32,
+            .gemm_i8 = krn__gemm_i8_ref,
+            .quant_rows = krn__quant_rows_ref,
+            .gemv_f32 = krn__gemv_f32_avx2_4x8,
+            .attn_tile = krn__attn_tile_ref,
+            .matmul_sub = krn__matmul_sub_ref,
+            .linear_rows = krn__linear_rows_ref,
+            .logsumexp = krn__logsumexp_ref,
+            .to_f32 = krn__to_f32_ref,
+        };
+        g_have_avx2 = 1;
+        g_detected = &g_avx2;
+    }
     if (f->avx512f && f->avx512bw && f->avx512vl) {
         g_avx512 = (krn__ops){
             .name = "avx512",
@@ -61,8 +95,10 @@ static void fill(void)
         }
         if (g_avx512.gemm_bf16dot) g_avx512.name = "avx512+bf16dot";
         g_have_avx512 = 1;
-        g_ops = &g_avx512;
+        g_detected = &g_avx512;
     }
+    g_detected = env_table(g_detected);
+    g_ops = g_detected;
 }
 
 const krn__ops *krn__ops_get(void)
@@ -73,6 +109,12 @@ const krn__ops *krn__ops_get(void)
 
 const krn__ops *krn__ops_ref(void) { return &g_ref; }
 
+const krn__ops *krn__ops_avx2(void)
+{
+    pthread_once(&g_once, fill);
+    return g_have_avx2 ? &g_avx2 : NULL;
+}
+
 const krn__ops *krn__ops_avx512(void)
 {
     pthread_once(&g_once, fill);
@@ -82,7 +124,7 @@ const krn__ops *krn__ops_avx512(void)
 void krn__ops_force(const krn__ops *ops)
 {
     pthread_once(&g_once, fill);
-    g_ops = ops ? ops : (g_have_avx512 ? &g_avx512 : &g_ref);
+    g_ops = ops ? ops : g_detected;
 }
 
 const char *krn_kernels_name(void) { return krn__ops_get()->name; }

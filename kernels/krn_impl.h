@@ -39,13 +39,14 @@ typedef struct {
     int (*screen)(const float *a, const float *wn, int n, float cx, float a0, int32_t *cand, int cap);
 } krn__ops;
 
-/* The table in use (filled on first call; PDSERVE_PORTABLE=1 gives the reference one). */
+/* The table in use (filled on first call; PDSERVE_PORTABLE=1 gives the reference one, PDSERVE_KERNELS a lower one). */
 const krn__ops *krn__ops_get(void);
-/* Both tables, for tests that compare them: the reference one always exists; avx512 is NULL when the CPU
- * lacks AVX-512 F/BW/VL (or PDSERVE_PORTABLE=1). */
+/* The tables, for tests that compare them: the reference one always exists; avx2 is NULL when the CPU lacks AVX2 or
+ * FMA, avx512 when it lacks AVX-512 F/BW/VL (both NULL with PDSERVE_PORTABLE=1). */
 const krn__ops *krn__ops_ref(void);
+const krn__ops *krn__ops_avx2(void);
 const krn__ops *krn__ops_avx512(void);
-/* Uses the given table for the rest of the process (tests and benchmarks); NULL restores detection. */
+/* Uses the given table for the rest of the process (tests and benchmarks); NULL restores the detected one. */
 void krn__ops_force(const krn__ops *ops);
 
 /* reference kernels (kernels/ref/) */
@@ -64,6 +65,12 @@ void krn__linear_rows_ref(const krn_mat *w, int r0, int n, const float *x, size_
                           size_t ldy);
 float krn__logsumexp_ref(const float *x, int n);
 void krn__to_f32_ref(krn_type t, const void *src, float *dst, int n);
+
+/* AVX2 + FMA kernels (kernels/avx2/, compiled with those flags; only called after detection). Same packed layouts
+ * as AVX-512; the BF16 and FP8 results are bit for bit the AVX-512 kernels'. */
+void krn__gemm_bf16_avx2_2x32(const krn_mat *w, const float *x, int m, float *y, int ldy, int nb0, int nb1);
+void krn__gemm_f8_avx2_2x32(const krn_mat *w, const float *x, int m, float *y, int ldy, int nb0, int nb1);
+void krn__gemv_f32_avx2_4x8(const krn_mat *w, const float *x, int m, float *y, int ldy, int n0, int n1);
 
 /* AVX-512 kernels (kernels/avx512/, compiled with AVX-512 flags; only called after detection; *_bf16dot_* only
  * when the CPU has AVX512-BF16) */

@@ -18,3 +18,9 @@ endif()
 if(NOT PD_SANITIZE)
   pd_unit_test(test_step_alloc pdmodel PkgConfig::JEMALLOC)
 endif()
+# Speculative decoding's promises on the AVX2 table too (greedy equality local and PD, the chi-square test).
+foreach(case greedy sampling)
+  add_test(NAME test_spec_avx2_${case} COMMAND test_spec)
+  set_tests_properties(test_spec_avx2_${case} PROPERTIES ENVIRONMENT "PDSERVE_KERNELS=avx2;CK_RUN_CASE=${case}"
+                       TIMEOUT 1200)
+endforeach()

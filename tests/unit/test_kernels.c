@@ -296,13 +296,14 @@ END_TEST
 
 /* ---- every path --------------------------------------------------------------------------------------- */
 
-static const krn__ops *g_tables[2];
+static const krn__ops *g_tables[3];
 static int g_ntables;
 
 static void collect_tables(void)
 {
     g_ntables = 0;
     g_tables[g_ntables++] = krn__ops_ref();
+    if (krn__ops_avx2()) g_tables[g_ntables++] = krn__ops_avx2();
     if (krn__ops_avx512()) g_tables[g_ntables++] = krn__ops_avx512();
 }
 
@@ -535,7 +536,7 @@ START_TEST(test_paths_rows_independent)
                 test_mat tm;
                 make_mat(&tm, type, n, k);
                 if (ti % 2 == 0) pack_mat(&tm, KRN_PREPACK_FAST);
-                if (ti == 2 && type != KRN_F32) ck_assert_int_ne(tm.w.pack, KRN_PACK_NONE);
+                if (ti >= 2 && ti % 2 == 0 && type != KRN_F32) ck_assert_int_ne(tm.w.pack, KRN_PACK_NONE);
                 for (int i = 0; i < M; i++) krn_linear(&tm.w, x + (size_t)i * k, 1, y1 + (size_t)i * ldy, ldy, scratch);
                 for (size_t mi = 0; mi < PD_ARRAY_LEN(ms); mi++) {
                     const int m = ms[mi], r0 = (int)(mi * 7) % (M - m + 1); /* rows r0..r0+m-1 */
@@ -553,6 +554,41 @@ START_TEST(test_paths_rows_independent)
     }
     krn__ops_force(NULL);
     krn_threads_init(0);
+}
+END_TEST
+
+/* The AVX2 table's packed BF16 and FP8 products are the AVX-512 table's bit for bit (the same FMA chains in the same
+ * order, 8 lanes instead of 16), so a deployment mixing the two CPU kinds gives the same tokens; its F32 GEMV sums
+ * 8 lanes, so only its row-independence is promised (test_paths_rows_independent). Runs where the CPU has both. */
+START_TEST(test_paths_avx2_matches_avx512)
+{
+    const krn__ops *t2 = krn__ops_avx2(), *t5 = krn__ops_avx512();
+    ck_assert_ptr_nonnull(krn__ops_ref()); /* the reference is always there; the comparison needs both others */
+    if (!t2 || !t5) return;
+    const int sizes[][3] = {{1, 37, 53}, {2, 65, 130}, {4, 33, 600}, {13, 70, 257}, {150, 45, 300}, {5, 1, 7},
+                            {3, 100, 2100}};
+    for (size_t si = 0; si < PD_ARRAY_LEN(sizes); si++) {
+        const int m = sizes[si][0], n = sizes[si][1], k = sizes[si][2], ldy = n + 2;
+        float *x = malloc(sizeof(float) * m * k), *y2 = malloc(sizeof(float) * m * ldy);
+        float *y5 = malloc(sizeof(float) * m * ldy), *scratch = malloc(sizeof(float) * krn_linear_scratch(k));
+        for (int i = 0; i < m * k; i++) x[i] = randn();
+        for (int t = 0; t < 2; t++) {
+            test_mat tm;
+            make_mat(&tm, t ? KRN_F8E4M3 : KRN_BF16, n, k);
+            krn__ops_force(t2);
+            pack_mat(&tm, KRN_PREPACK_FAST); /* the same layout for both tables */
+            ck_assert_int_ne(tm.w.pack, KRN_PACK_NONE);
+            krn_linear(&tm.w, x, m, y2, ldy, scratch);
+            krn__ops_force(t5);
+            krn_linear(&tm.w, x, m, y5, ldy, scratch);
+            for (int i = 0; i < m; i++)
+                ck_assert_msg(!memcmp(y2 + (size_t)i * ldy, y5 + (size_t)i * ldy, sizeof(float) * n),
+                              "%s m%d n%d k%d row %d: avx2 and avx512 differ", t ? "f8" : "bf16", m, n, k, i);
+            free_mat(&tm);
+        }
+        free(x); free(y2); free(y5); free(scratch);
+    }
+    krn__ops_force(NULL);
 }
 END_TEST
 
@@ -1083,6 +1119,7 @@ int main(void)
     tcase_add_test(tp, test_paths_logsumexp);
     tcase_add_test(tp, test_paths_to_f32);
     tcase_add_test(tp, test_paths_rows_independent);
+    tcase_add_test(tp, test_paths_avx2_matches_avx512);
     tcase_add_test(tp, test_paths_absorbed_rows);
     tcase_add_test(tp, test_paths_group);
     tcase_add_test(tp, test_paths_bf16dot);
