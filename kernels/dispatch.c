@@ -53,21 +53,13 @@ static void fill(void)
     g_detected = &g_ref;
     if (f->avx2 && f->fma) {
         /* the packed GEMMs and the F32 GEMV; attention, MLA's absorbed products, W8A8 and the rest stay portable */
-        g_avx2 = (krn__ops){
-            .name = "avx2",
-            .fast_bf16 = KRN_PACK_BF16_N32K2,
-            .fast_f8 = KRN_PACK_F8_N32K1,
-            .gemm_bf16 = krn__gemm_bf16_avx2_2x32,
-            .gemm_f8 = krn__gemm_f8_avx2_2x32,
-            .gemm_i8 = krn__gemm_i8_ref,
-            .quant_rows = krn__quant_rows_ref,
-            .gemv_f32 = krn__gemv_f32_avx2_4x8,
-            .attn_tile = krn__attn_tile_ref,
-            .matmul_sub = krn__matmul_sub_ref,
-            .linear_rows = krn__linear_rows_ref,
-            .logsumexp = krn__logsumexp_ref,
-            .to_f32 = krn__to_f32_ref,
-        };
+        g_avx2 = g_ref;
+        g_avx2.name = "avx2";
+        g_avx2.fast_bf16 = KRN_PACK_BF16_N32K2;
+        g_avx2.fast_f8 = KRN_PACK_F8_N32K1;
+        g_avx2.gemm_bf16 = krn__gemm_bf16_avx2_2x32;
+        g_avx2.gemm_f8 = krn__gemm_f8_avx2_2x32;
+        g_avx2.gemv_f32 = krn__gemv_f32_avx2_4x8;
         g_have_avx2 = 1;
         g_detected = &g_avx2;
     }
