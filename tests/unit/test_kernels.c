@@ -296,7 +296,8 @@ END_TEST
 
 /* ---- every path --------------------------------------------------------------------------------------- */
 
-static const krn__ops *g_tables[3];
+#define MAX_TABLES 3 /* ref, avx2, avx512 */
+static const krn__ops *g_tables[MAX_TABLES];
 static int g_ntables;
 
 static void collect_tables(void)
@@ -863,7 +864,7 @@ START_TEST(test_paths_w8a8)
     collect_tables();
     for (size_t si = 0; si < PD_ARRAY_LEN(sizes); si++) {
         const int m = sizes[si][0], n = sizes[si][1], k = sizes[si][2];
-        float *x = malloc(sizeof(float) * m * k), *y[2], *scratch = malloc(sizeof(float) * krn_linear_scratch(k));
+        float *x = malloc(sizeof(float) * m * k), *y[MAX_TABLES], *scratch = malloc(sizeof(float) * krn_linear_scratch(k));
         double *yr = malloc(sizeof(double) * m * n);
         for (int i = 0; i < m * k; i++) x[i] = randn();
         for (int t = 1; t < 3; t++) { /* from BF16 and FP8 checkpoints */
