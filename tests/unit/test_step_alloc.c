@@ -28,13 +28,13 @@ static pthread_t g_ctr_tid[MAXTHR];
 static int g_nctr, g_want;
 static pthread_mutex_t g_ctr_mu = PTHREAD_MUTEX_INITIALIZER;
 
+/* The calling thread's cumulative allocated-bytes counter (NULL if jemalloc will not say). No Check asserts here:
+ * pool workers and the engine thread call it too. */
 static uint64_t *my_counter(void)
 {
     uint64_t *p = NULL;
     size_t sz = sizeof p;
-    ck_assert_int_eq(mallctl("thread.allocatedp", &p, &sz, NULL, 0), 0);
-    ck_assert_ptr_nonnull(p);
-    return p;
+    return mallctl("thread.allocatedp", &p, &sz, NULL, 0) == 0 ? p : NULL;
 }
 
 /* Each piece records the pointer of the thread that runs it, then waits until every pool thread has one: a thread
@@ -42,9 +42,8 @@ static uint64_t *my_counter(void)
 static void collect_task(void *ctx, int ith, int nth)
 {
     (void)ctx, (void)ith, (void)nth;
-    uint64_t *p = NULL;
-    size_t sz = sizeof p;
-    int ok = mallctl("thread.allocatedp", &p, &sz, NULL, 0) == 0 && p;
+    uint64_t *p = my_counter();
+    const int ok = p != NULL;
     pthread_mutex_lock(&g_ctr_mu);
     int seen = 0;
     for (int i = 0; i < g_nctr; i++) seen |= pthread_equal(g_ctr_tid[i], pthread_self());
@@ -102,11 +101,7 @@ static uint64_t sum_counters(const sink *k)
 static void on_event(const mdl_event *ev, void *arg)
 {
     sink *k = arg;
-    if (!k->engine_ctr) { /* first event: takes the engine thread's counter (mallctl may allocate; warm-up) */
-        uint64_t *p = NULL;
-        size_t sz = sizeof p;
-        if (mallctl("thread.allocatedp", &p, &sz, NULL, 0) == 0) k->engine_ctr = p;
-    }
+    if (!k->engine_ctr) k->engine_ctr = my_counter(); /* first event: the engine thread's (mallctl may allocate) */
     const int i = (int)ev->id;
     pthread_mutex_lock(&k->mu);
     if (ev->type == MDL_EV_TOKEN && i >= 0 && i < NREQ) {
@@ -244,6 +239,7 @@ START_TEST(test_counters_see_allocations)
     model();
     sink k = {0};
     k.engine_ctr = my_counter();
+    ck_assert_ptr_nonnull(k.engine_ctr);
     const uint64_t a = sum_counters(&k);
     void *ptrs[MAXTHR] = {0};
     krn_parallel(alloc_task, ptrs, g_nctr);
