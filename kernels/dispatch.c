@@ -52,7 +52,8 @@ static void fill(void)
     const krn_cpu_features *f = krn_cpu_get();
     g_detected = &g_ref;
     if (f->avx2 && f->fma) {
-        /* the packed GEMMs and the F32 GEMV; attention, MLA's absorbed products, W8A8 and the rest stay portable */
+        /* the packed GEMMs, the F32 GEMV, the attention tile and MLA's absorbed products; W8A8, the sampler's
+         * reductions and the rest stay portable */
         g_avx2 = g_ref;
         g_avx2.name = "avx2";
         g_avx2.fast_bf16 = KRN_PACK_BF16_N32K2;
@@ -60,6 +61,9 @@ static void fill(void)
         g_avx2.gemm_bf16 = krn__gemm_bf16_avx2_2x32;
         g_avx2.gemm_f8 = krn__gemm_f8_avx2_2x32;
         g_avx2.gemv_f32 = krn__gemv_f32_avx2_4x8;
+        g_avx2.attn_tile = krn__attn_tile_avx2;
+        g_avx2.matmul_sub = krn__matmul_sub_avx2;
+        g_avx2.linear_rows = krn__linear_rows_avx2;
         g_have_avx2 = 1;
         g_detected = &g_avx2;
     }

@@ -1092,6 +1092,96 @@ START_TEST(test_paths_absorbed_rows)
 }
 END_TEST
 
+/* One attention pass (causal, tiles of `tile` keys) on table t, into acc (nq x nh x dv). */
+static void attn_on_table(const krn__ops *t, int nq, int nh, int da, int db, int dv, int p0, int tile, int shared,
+                          const float *q, const float *qb, const float *k, const float *kb, const float *v, float *acc)
+{
+    const int nk = p0 + nq, hk = shared ? 1 : nh, vstride = shared ? da : hk * dv;
+    float *m = malloc(sizeof(float) * nq * nh), *l = malloc(sizeof(float) * nq * nh);
+    int *lim = malloc(sizeof(int) * nq);
+    for (int i = 0; i < nq; i++) lim[i] = p0 + i;
+    krn__ops_force(t);
+    krn_attn_init(nq, nh, dv, m, l, acc, nh * dv, dv);
+    for (int k0 = 0; k0 < nk; k0 += tile) {
+        krn_attn_tile_args a = {.nq = nq, .nh = nh, .nk = PD_MIN(tile, nk - k0), .da = da, .db = db, .dv = dv,
+                                .qa = q, .qa_stride = nh * da, .qa_hstride = da,
+                                .qb = qb, .qb_stride = nh * db, .qb_hstride = db,
+                                .ka = k + (size_t)k0 * hk * da, .ka_stride = hk * da, .ka_hstride = shared ? 0 : da,
+                                .kb = kb + (size_t)k0 * db, .kb_stride = db,
+                                .v = v + (size_t)k0 * vstride, .v_stride = vstride, .v_hstride = shared ? 0 : dv,
+                                .q_limit = lim, .k_pos0 = k0, .scale = 0.2f, .m = m, .l = l,
+                                .acc = acc, .acc_stride = nh * dv, .acc_hstride = dv, .scores = NULL};
+        krn_attn_tile(&a);
+    }
+    krn_attn_finish(nq, nh, dv, l, acc, nh * dv, dv);
+    krn__ops_force(NULL);
+    free(m); free(l); free(lim);
+}
+
+/* The AVX2 table's attention tile and MLA absorbed products give the AVX-512 table's bits (lanes never mix; the
+ * same chains, exp and reduction order), on the shapes of test_paths_attention and test_paths_absorbed_rows plus
+ * a peaked softmax (scores spread over hundreds). Runs where the CPU has both. */
+START_TEST(test_paths_avx2_attention_matches_avx512)
+{
+    const krn__ops *t2 = krn__ops_avx2(), *t5 = krn__ops_avx512();
+    ck_assert_ptr_nonnull(krn__ops_ref());
+    if (!t2 || !t5) return;
+    const int cases[][8] = {{7, 3, 6, 4, 5, 11, 5, 0},     {19, 5, 64, 32, 64, 70, 64, 0},
+                            {3, 4, 144, 16, 144, 300, 64, 1}, {2, 2, 40, 8, 40, 600, 300, 1},
+                            {37, 3, 64, 32, 64, 5, 64, 0},   {5, 16, 128, 32, 128, 90, 64, 1},
+                            {9, 5, 16, 8, 16, 3, 20, 1},     {4, 16, 128, 32, 128, 200, 64, 1}};
+    for (size_t ci = 0; ci < PD_ARRAY_LEN(cases); ci++) {
+        const int *c = cases[ci], nq = c[0], nh = c[1], da = c[2], db = c[3], dv = c[4], p0 = c[5], tile = c[6];
+        const int shared = c[7], nk = p0 + nq, hk = shared ? 1 : nh;
+        float *q = malloc(sizeof(float) * nq * nh * da), *qb = malloc(sizeof(float) * nq * nh * db);
+        float *k = malloc(sizeof(float) * nk * hk * da), *kb = malloc(sizeof(float) * nk * db);
+        float *v = shared ? k : malloc(sizeof(float) * nk * hk * dv);
+        float *a2 = malloc(sizeof(float) * nq * nh * dv), *a5 = malloc(sizeof(float) * nq * nh * dv);
+        attn_random_inputs(nq, nh, nk, hk, da, db, dv, shared, q, qb, k, kb, v);
+        if (ci == PD_ARRAY_LEN(cases) - 1) /* wide score range: most keys' weights underflow */
+            for (int i = 0; i < nq * nh * da; i++) q[i] *= 40.0f;
+        attn_on_table(t2, nq, nh, da, db, dv, p0, tile, shared, q, qb, k, kb, v, a2);
+        attn_on_table(t5, nq, nh, da, db, dv, p0, tile, shared, q, qb, k, kb, v, a5);
+        for (int i = 0; i < nq * nh * dv; i++)
+            ck_assert_msg(!memcmp(a2 + i, a5 + i, sizeof(float)), "attention case %zu at %d: avx2 %a, avx512 %a", ci, i,
+                          a2[i], a5[i]);
+        free(q); free(qb); free(k); free(kb); if (!shared) free(v); free(a2); free(a5);
+    }
+    const int shapes[][3] = {{40, 70, 130}, {24, 16, 64}, {9, 5, 33}, {128, 128, 144}}; /* band rows, k (d), cols */
+    const krn_type types[] = {KRN_BF16, KRN_F32, KRN_F8E4M3};
+    for (size_t si = 0; si < PD_ARRAY_LEN(shapes); si++)
+        for (int t = 0; t < 3; t++) {
+            const int nr = shapes[si][0], kd = shapes[si][1], cols = shapes[si][2], m = 5;
+            const size_t ldx = (size_t)cols + 7, ldy = (size_t)cols + 5;
+            test_mat tm;
+            make_mat(&tm, types[t], nr + kd, cols);
+            float *x = malloc(sizeof(float) * m * ldx), *y0 = malloc(sizeof(float) * m * ldy);
+            float *y2 = malloc(sizeof(float) * m * ldy), *y5 = malloc(sizeof(float) * m * ldy);
+            for (size_t i = 0; i < (size_t)m * ldx; i++) x[i] = randn();
+            for (size_t i = 0; i < (size_t)m * ldy; i++) y0[i] = randn();
+            for (int acc = 0; acc < 2; acc++) {
+                memcpy(y2, y0, sizeof(float) * m * ldy);
+                memcpy(y5, y0, sizeof(float) * m * ldy);
+                krn__ops_force(t2);
+                krn_matmul_sub(&tm.w, 3, 1, x, ldx, m, kd, cols - 1, y2, ldy, acc);
+                krn__ops_force(t5);
+                krn_matmul_sub(&tm.w, 3, 1, x, ldx, m, kd, cols - 1, y5, ldy, acc);
+                ck_assert_msg(!memcmp(y2, y5, sizeof(float) * m * ldy), "%s matmul_sub k%d n%d acc %d: avx2 and avx512 differ",
+                              krn_type_name(types[t]), kd, cols - 1, acc);
+            }
+            krn__ops_force(t2);
+            krn_linear_rows(&tm.w, kd, nr, x, ldx, m, y2, ldy);
+            krn__ops_force(t5);
+            krn_linear_rows(&tm.w, kd, nr, x, ldx, m, y5, ldy);
+            ck_assert_msg(!memcmp(y2, y5, sizeof(float) * m * ldy), "%s linear_rows rows %d cols %d: avx2 and avx512 differ",
+                          krn_type_name(types[t]), nr, cols);
+            krn__ops_force(NULL);
+            free(x); free(y0); free(y2); free(y5);
+            free_mat(&tm);
+        }
+}
+END_TEST
+
 START_TEST(test_paths_attention_rows_independent)
 {
     collect_tables();
@@ -1121,6 +1211,7 @@ int main(void)
     tcase_add_test(tp, test_paths_to_f32);
     tcase_add_test(tp, test_paths_rows_independent);
     tcase_add_test(tp, test_paths_avx2_matches_avx512);
+    tcase_add_test(tp, test_paths_avx2_attention_matches_avx512);
     tcase_add_test(tp, test_paths_absorbed_rows);
     tcase_add_test(tp, test_paths_group);
     tcase_add_test(tp, test_paths_bf16dot);
