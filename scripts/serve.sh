@@ -1,50 +1,113 @@
 #!/usr/bin/env bash
 # The main job: sets up (idempotently), generates the default model if it is missing, starts a local
 # pdserve-router + pdserve-prefill + pdserve-decode (configs/local-1p1d/), waits until they are healthy and
-# prints a working curl example. Ctrl-C stops all three.
-# Usage: scripts/serve.sh [--model DIR] [--config-dir DIR]
+# prints a working curl example once all three answer /health. Ctrl-C stops all three.
+# It also supervises them: a process that exits on its own (a crash, an abort inside a library, the OOM killer) is
+# started again with the same arguments after a back-off (1 s, doubling to 30 s; reset once it has run for 60 s),
+# and the router takes it back into scheduling when its /health answers. Five exits within 60 s of their starts in
+# a row stop everything with an error instead (a process that cannot start, say a port in use). --no-restart turns
+# supervision off: the first exit then stops the others.
+# Usage: scripts/serve.sh [--model DIR] [--config-dir DIR] [--log-dir DIR] [--no-restart]
+# Environment: PD_BUILD_DIR (default build), PD_SKIP_SETUP=1 (do not run scripts/setup.sh: the binaries are built)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=models/tiny
 CONF=configs/local-1p1d
+LOGS=logs
+RESTART=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --model) MODEL=$2; shift 2 ;;
     --config-dir) CONF=$2; shift 2 ;;
-    *) echo "usage: scripts/serve.sh [--model DIR] [--config-dir DIR]" >&2; exit 2 ;;
+    --log-dir) LOGS=$2; shift 2 ;;
+    --no-restart) RESTART=0; shift ;;
+    *) echo "usage: scripts/serve.sh [--model DIR] [--config-dir DIR] [--log-dir DIR] [--no-restart]" >&2; exit 2 ;;
   esac
 done
-scripts/setup.sh >/dev/null
+BUILD=${PD_BUILD_DIR:-build}
+[ "${PD_SKIP_SETUP:-0}" = 1 ] || scripts/setup.sh >/dev/null
 if [ ! -f "$MODEL/config.json" ]; then
   echo "serve: generating the default model in $MODEL (tiny preset, DeepSeek-V3 layout and tokenizer)"
-  build/tools/pdserve-model generate --preset tiny --out "$MODEL"
+  "$BUILD/tools/pdserve-model" generate --preset tiny --out "$MODEL"
 fi
-mkdir -p logs
-pids=()
+mkdir -p "$LOGS"
+
+NAMES=(decode prefill router)
+declare -A CMD PID STARTED FAST BACKOFF
+CMD[decode]="$BUILD/decode/pdserve-decode --config $CONF/decode.yaml --model $MODEL"
+CMD[prefill]="$BUILD/prefill/pdserve-prefill --config $CONF/prefill.yaml --model $MODEL"
+CMD[router]="$BUILD/router/pdserve-router --config $CONF/router.yaml --model $MODEL"
+stopping=0
+
+start() { # name: starts it, its stderr appended to $LOGS/<name>.log
+  local n=$1
+  # shellcheck disable=SC2086 # the command's words were built above, paths without spaces
+  ${CMD[$n]} > /dev/null 2>> "$LOGS/$n.log" &
+  PID[$n]=$!
+  STARTED[$n]=$SECONDS
+}
+
 cleanup() {
   trap - INT TERM EXIT
-  [ ${#pids[@]} -gt 0 ] && kill -TERM "${pids[@]}" 2>/dev/null
+  stopping=1
+  local p=()
+  for n in "${NAMES[@]}"; do [ -n "${PID[$n]:-}" ] && p+=("${PID[$n]}"); done
+  [ ${#p[@]} -gt 0 ] && kill -TERM "${p[@]}" 2>/dev/null
   wait 2>/dev/null || true
   echo "serve: stopped"
 }
 trap cleanup INT TERM EXIT
-build/decode/pdserve-decode --config "$CONF/decode.yaml" --model "$MODEL" > /dev/null 2> logs/decode.log & pids+=($!)
-build/prefill/pdserve-prefill --config "$CONF/prefill.yaml" --model "$MODEL" > /dev/null 2> logs/prefill.log & pids+=($!)
-build/router/pdserve-router --config "$CONF/router.yaml" --model "$MODEL" > /dev/null 2> logs/router.log & pids+=($!)
+
 PORT=$(awk '/^port:/{print $2}' "$CONF/router.yaml")
-for _ in $(seq 1 300); do
-  curl -sf "http://127.0.0.1:$PORT/health" > /dev/null 2>&1 && break
-  for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null || { echo "serve: a process exited; see logs/*.log" >&2; tail -5 logs/*.log >&2; exit 1; }; done
+PPORT=$(awk '/^port:/{print $2}' "$CONF/prefill.yaml")
+DPORT=$(awk '/^port:/{print $2}' "$CONF/decode.yaml")
+for n in "${NAMES[@]}"; do : > "$LOGS/$n.log"; start "$n"; FAST[$n]=0; BACKOFF[$n]=1; done
+healthy() { # all three answer /health with 200
+  local p
+  for p in "$PORT" "$PPORT" "$DPORT"; do curl -sf "http://127.0.0.1:$p/health" > /dev/null 2>&1 || return 1; done
+}
+for _ in $(seq 1 600); do
+  healthy && break
+  for n in "${NAMES[@]}"; do
+    kill -0 "${PID[$n]}" 2>/dev/null || { echo "serve: pdserve-$n exited at start-up; see $LOGS/*.log" >&2; tail -5 "$LOGS"/*.log >&2; exit 1; }
+  done
   sleep 0.2
 done
-curl -sf "http://127.0.0.1:$PORT/health" > /dev/null || { echo "serve: not healthy after 60 s; see logs/" >&2; exit 1; }
+healthy || { echo "serve: not healthy after 120 s; see $LOGS/" >&2; exit 1; }
 NAME=$(basename "$MODEL")
 cat <<MSG
-serve: router http://127.0.0.1:$PORT (OpenAI API), prefill :8100, decode :8200; logs in logs/. Try:
+serve: router http://127.0.0.1:$PORT (OpenAI API), prefill :$PPORT, decode :$DPORT; logs in $LOGS/. Try:
 
   curl http://127.0.0.1:$PORT/v1/chat/completions -H 'Content-Type: application/json' \\
     -d '{"model": "$NAME", "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 32}'
 
 Ctrl-C stops all three.
 MSG
-wait
+
+# Supervision: wait for any child; one that exited while we are not stopping is started again.
+while [ $stopping = 0 ]; do
+  wait -n 2>/dev/null || true
+  [ $stopping = 1 ] && break
+  for n in "${NAMES[@]}"; do
+    kill -0 "${PID[$n]}" 2>/dev/null && continue
+    rc=0; wait "${PID[$n]}" 2>/dev/null || rc=$?
+    ran=$((SECONDS - ${STARTED[$n]}))
+    if [ $RESTART = 0 ]; then
+      echo "serve: pdserve-$n exited (status $rc) after ${ran} s; stopping (--no-restart); see $LOGS/$n.log" >&2
+      exit 1
+    fi
+    if [ $ran -ge 60 ]; then FAST[$n]=0; BACKOFF[$n]=1; else FAST[$n]=$((${FAST[$n]} + 1)); fi
+    if [ "${FAST[$n]}" -ge 5 ]; then
+      echo "serve: pdserve-$n exited 5 times in a row within 60 s of starting (last status $rc); stopping; see $LOGS/$n.log" >&2
+      tail -5 "$LOGS/$n.log" >&2
+      exit 1
+    fi
+    echo "serve: pdserve-$n exited (status $rc) after ${ran} s; restarting it in ${BACKOFF[$n]} s; see $LOGS/$n.log" >&2
+    echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) serve: exited with status $rc after ${ran} s; restarting in ${BACKOFF[$n]} s" >> "$LOGS/$n.log"
+    sleep "${BACKOFF[$n]}" & wait $! || true
+    [ $stopping = 1 ] && break
+    b=$((${BACKOFF[$n]} * 2)); BACKOFF[$n]=$((b > 30 ? 30 : b))
+    start "$n"
+    echo "serve: pdserve-$n started again (pid ${PID[$n]})" >&2
+  done
+done

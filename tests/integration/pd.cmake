@@ -28,3 +28,11 @@ if(TARGET pdserve-router AND TARGET pdserve-prefill AND TARGET pdserve-decode)
                    --build ${CMAKE_BINARY_DIR} --model ${CMAKE_BINARY_DIR}/models/tiny)
   set_tests_properties(independent_scaling PROPERTIES FIXTURES_REQUIRED tiny_model TIMEOUT 300)
 endif()
+if(TARGET pdserve-router AND TARGET pdserve-prefill AND TARGET pdserve-decode)
+  # scripts/serve.sh (the README's main job) on ports the test picks: serves, restarts a killed instance, stops on
+  # Ctrl-C, and gives up with an error on an instance that cannot start.
+  add_test(NAME serve_script
+           COMMAND ${Python3_EXECUTABLE} ${CMAKE_CURRENT_SOURCE_DIR}/integration/serve_test.py
+                   --build ${CMAKE_BINARY_DIR} --model ${CMAKE_BINARY_DIR}/models/tiny --source ${CMAKE_SOURCE_DIR})
+  set_tests_properties(serve_script PROPERTIES FIXTURES_REQUIRED tiny_model TIMEOUT 600)
+endif()

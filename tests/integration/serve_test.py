@@ -1,0 +1,190 @@
+"""scripts/serve.sh, the README's main job, run as a user runs it (configs/local-1p1d/ with ports this test picks,
+logs in a temporary directory): it answers the OpenAI API; a pool process that dies (SIGKILL: a crash) is started
+again by the script and serves; a process that cannot start stops the script with an error instead of a restart
+loop; Ctrl-C (SIGINT to the process group) stops every process."""
+import argparse, os, re, select, signal, socket, subprocess, sys, tempfile, time
+
+sys.path.insert(0, os.path.dirname(__file__))
+import harness
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--build", required=True)
+ap.add_argument("--model", required=True)
+ap.add_argument("--source", required=True)
+args = ap.parse_args()
+check = harness.Checks()
+
+
+def free_ports(n):
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def write_conf(d, router, prefill, decode):
+    """configs/local-1p1d/ with this test's ports."""
+    os.makedirs(d, exist_ok=True)
+    src = os.path.join(args.source, "configs", "local-1p1d")
+    ports = {"router.yaml": router, "prefill.yaml": prefill, "decode.yaml": decode}
+    for name, port in ports.items():
+        text = open(os.path.join(src, name)).read()
+        text = re.sub(r"(?m)^port:\s*\d+", "port: %d" % port, text)
+        text = re.sub(r"(?m)^prefill:\s*\S+", "prefill: 127.0.0.1:%d" % prefill, text)
+        text = re.sub(r"(?m)^decode:\s*\S+", "decode: 127.0.0.1:%d" % decode, text)
+        text = re.sub(r"(?m)^kv-cache-memory:\s*\S+", "kv-cache-memory: 256M", text)
+        open(os.path.join(d, name), "w").write(text)
+
+
+class Serve:
+    """scripts/serve.sh in its own process group, its output read line by line."""
+
+    def __init__(self, conf, logs, extra=()):
+        env = dict(os.environ, PD_BUILD_DIR=os.path.abspath(args.build), PD_SKIP_SETUP="1")
+        self.p = subprocess.Popen(["bash", os.path.join(args.source, "scripts", "serve.sh"), "--model", args.model,
+                                   "--config-dir", conf, "--log-dir", logs] + list(extra),
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        self.out = []
+
+    def wait_line(self, pattern, timeout):
+        deadline = time.time() + timeout
+        for line in self.out:
+            if re.search(pattern, line):
+                return line
+        while time.time() < deadline:
+            r, _, _ = select.select([self.p.stdout], [], [], max(0.0, min(1.0, deadline - time.time())))
+            if not r:
+                continue
+            raw = self.p.stdout.readline()
+            if not raw:
+                break
+            line = raw.decode(errors="replace").rstrip()
+            print("  serve.sh | " + line, flush=True)
+            self.out.append(line)
+            if re.search(pattern, line):
+                return line
+        return None
+
+    def stop(self, sig=signal.SIGINT, timeout=60):
+        """Signals the whole group (as Ctrl-C does); returns serve.sh's exit status, or None if it did not end."""
+        try:
+            os.killpg(self.p.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            self.wait_line(r"^serve: stopped", timeout)
+            return self.p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def kill_all(self):
+        try:
+            os.killpg(self.p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.p.wait()
+
+
+def pids_with(text):
+    """Processes whose command line contains text (this test's config directory)."""
+    found = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            cmd = open("/proc/%s/cmdline" % d, "rb").read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmd and "pdserve-" in cmd:
+            found.append((int(d), cmd))
+    return found
+
+
+def chat(port, timeout=60):
+    body = {"model": os.path.basename(args.model), "messages": [{"role": "user", "content": "Hello!"}],
+            "max_tokens": 8}
+    try:
+        st, obj, _ = harness.request(port, "POST", "/v1/chat/completions", body, timeout=timeout)
+        return st, obj
+    except OSError as e:
+        return 0, str(e)
+
+
+tmp = tempfile.mkdtemp(prefix="serve_test_")
+conf, logs = os.path.join(tmp, "conf"), os.path.join(tmp, "logs")
+rport, pport, dport = free_ports(3)
+write_conf(conf, rport, pport, dport)
+s = Serve(conf, logs)
+try:
+    ready = s.wait_line(r"^serve: router http://127\.0\.0\.1:%d" % rport, 180)
+    check(ready is not None, "serve.sh printed its ready line with the configured router port")
+    if ready:
+        st, obj = chat(rport)
+        check(st == 200 and obj["choices"], "the README's chat completion answers 200 (%s %s)" % (st, str(obj)[:200]))
+
+        victims = [p for p, cmd in pids_with(conf) if "pdserve-prefill" in cmd]
+        check(len(victims) == 1, "one pdserve-prefill process under serve.sh (%s)" % victims)
+        if victims:
+            os.kill(victims[0], signal.SIGKILL)
+            t0 = time.time()
+            line = s.wait_line(r"^serve: pdserve-prefill exited \(status 137\).*restarting it in 1 s", 30)
+            check(line is not None, "serve.sh reports the killed prefill instance's exit and its restart")
+            check(s.wait_line(r"^serve: pdserve-prefill started again", 30) is not None, "and starts it again")
+            after = [p for p, cmd in pids_with(conf) if "pdserve-prefill" in cmd]
+            check(len(after) == 1 and after[0] != victims[0], "a new pdserve-prefill process runs (%s)" % after)
+            # the router takes it back once its /health answers: requests succeed again
+            st, obj = 0, None
+            deadline = time.time() + 90
+            while time.time() < deadline:
+                st, obj = chat(rport)
+                if st == 200:
+                    break
+                time.sleep(0.5)
+            check(st == 200 and obj["choices"],
+                  "a chat completion answers 200 again after the restart (%s %s)" % (st, str(obj)[:200]))
+            print("prefill killed -> serving again in %.1f s" % (time.time() - t0))
+            log = open(os.path.join(logs, "prefill.log"), errors="replace").read()
+            check("serve: exited with status 137" in log, "prefill.log records the exit and the restart")
+
+    rc = s.stop()
+    check(rc is not None, "Ctrl-C (SIGINT to the group) stops serve.sh")
+    time.sleep(0.5)
+    left = pids_with(conf)
+    check(not left, "no pdserve process is left after Ctrl-C (%s)" % left)
+
+    # A process that cannot start (its port is taken) stops the script with an error, not a restart loop.
+    blocker = socket.socket()
+    blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    rport2, pport2, dport2 = free_ports(3)
+    blocker.bind(("127.0.0.1", pport2))
+    blocker.listen(1)
+    conf2 = os.path.join(tmp, "conf2")
+    write_conf(conf2, rport2, pport2, dport2)
+    s2 = Serve(conf2, os.path.join(tmp, "logs2"))
+    try:
+        t0 = time.time()
+        err = s2.wait_line(r"^serve: pdserve-prefill exited (at start-up|5 times in a row)", 120)
+        check(err is not None, "a prefill instance that cannot bind its port stops serve.sh with an error")
+        try:
+            rc2 = s2.p.wait(60)
+        except subprocess.TimeoutExpired:
+            rc2 = None
+        check(rc2 not in (None, 0), "serve.sh exits non-zero then (%s), in %.1f s" % (rc2, time.time() - t0))
+        time.sleep(0.5)
+        left = pids_with(conf2)
+        check(not left, "and leaves no process behind (%s)" % left)
+    finally:
+        blocker.close()
+        if s2.p.poll() is None:
+            s2.kill_all()
+finally:
+    if s.p.poll() is None:
+        s.kill_all()
+    for pid, _ in pids_with(tmp):
+        os.kill(pid, signal.SIGKILL)
+for name in ("router", "prefill", "decode"):
+    harness._logs.append(os.path.join(logs, name + ".log"))
+check.finish()
