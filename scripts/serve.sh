@@ -2,11 +2,12 @@
 # The main job: sets up (idempotently), generates the default model if it is missing, starts a local
 # pdserve-router + pdserve-prefill + pdserve-decode (configs/local-1p1d/), waits until they are healthy and
 # prints a working curl example once all three answer /health. Ctrl-C stops all three.
-# It also supervises them: a process that exits on its own (a crash, an abort inside a library, the OOM killer) is
-# started again with the same arguments after a back-off (1 s, doubling to 30 s; reset once it has run for 60 s),
-# and the router takes it back into scheduling when its /health answers. Five exits within 60 s of their starts in
-# a row stop everything with an error instead (a process that cannot start, say a port in use). --no-restart turns
-# supervision off: the first exit then stops the others.
+# It also supervises them: a process that fails (non-zero status or a signal: a crash, an abort inside a library,
+# the OOM killer) is started again with the same arguments after a back-off (1 s, doubling to 30 s; reset once it
+# has run for 60 s), and the router takes it back into scheduling when its /health answers. Five failures within
+# 60 s of their starts in a row stop everything with an error instead (a process that cannot start, say a port in
+# use). A clean exit (status 0: an instance drained with POST /internal/drain) is not restarted, as systemd's
+# Restart=on-failure does. --no-restart turns supervision off: the first failure then stops the others.
 # Usage: scripts/serve.sh [--model DIR] [--config-dir DIR] [--log-dir DIR] [--no-restart]
 # Environment: PD_BUILD_DIR (default build), PD_SKIP_SETUP=1 (do not run scripts/setup.sh: the binaries are built)
 set -euo pipefail
@@ -69,7 +70,7 @@ healthy() { # all three answer /health with 200
 for _ in $(seq 1 600); do
   healthy && break
   for n in "${NAMES[@]}"; do
-    kill -0 "${PID[$n]}" 2>/dev/null || { echo "serve: pdserve-$n exited at start-up; see $LOGS/*.log" >&2; tail -5 "$LOGS"/*.log >&2; exit 1; }
+    kill -0 "${PID[$n]}" 2>/dev/null || { echo "serve: pdserve-$n exited at start-up; see $LOGS/*.log" >&2; tail -n 5 "$LOGS"/*.log >&2; exit 1; }
   done
   sleep 0.2
 done
@@ -89,21 +90,29 @@ while [ $stopping = 0 ]; do
   wait -n 2>/dev/null || true
   [ $stopping = 1 ] && break
   for n in "${NAMES[@]}"; do
+    [ -z "${PID[$n]}" ] && continue
     kill -0 "${PID[$n]}" 2>/dev/null && continue
     rc=0; wait "${PID[$n]}" 2>/dev/null || rc=$?
     ran=$((SECONDS - ${STARTED[$n]}))
+    if [ $rc = 0 ]; then # a clean exit (a drained instance, a deliberate stop): not a failure, as systemd's on-failure
+      echo "serve: pdserve-$n exited cleanly after ${ran} s (drained or stopped); not restarting it" >&2
+      PID[$n]=""
+      left=0; for m in "${NAMES[@]}"; do [ -n "${PID[$m]}" ] && left=1; done
+      [ $left = 0 ] && { echo "serve: no process left" >&2; exit 0; }
+      continue
+    fi
     if [ $RESTART = 0 ]; then
-      echo "serve: pdserve-$n exited (status $rc) after ${ran} s; stopping (--no-restart); see $LOGS/$n.log" >&2
+      echo "serve: pdserve-$n failed (status $rc) after ${ran} s; stopping (--no-restart); see $LOGS/$n.log" >&2
       exit 1
     fi
     if [ $ran -ge 60 ]; then FAST[$n]=0; BACKOFF[$n]=1; else FAST[$n]=$((${FAST[$n]} + 1)); fi
     if [ "${FAST[$n]}" -ge 5 ]; then
-      echo "serve: pdserve-$n exited 5 times in a row within 60 s of starting (last status $rc); stopping; see $LOGS/$n.log" >&2
-      tail -5 "$LOGS/$n.log" >&2
+      echo "serve: pdserve-$n failed 5 times in a row within 60 s of starting (last status $rc); stopping; see $LOGS/$n.log" >&2
+      tail -n 5 "$LOGS/$n.log" >&2
       exit 1
     fi
-    echo "serve: pdserve-$n exited (status $rc) after ${ran} s; restarting it in ${BACKOFF[$n]} s; see $LOGS/$n.log" >&2
-    echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) serve: exited with status $rc after ${ran} s; restarting in ${BACKOFF[$n]} s" >> "$LOGS/$n.log"
+    echo "serve: pdserve-$n failed (status $rc) after ${ran} s; restarting it in ${BACKOFF[$n]} s; see $LOGS/$n.log" >&2
+    echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) serve: failed with status $rc after ${ran} s; restarting in ${BACKOFF[$n]} s" >> "$LOGS/$n.log"
     sleep "${BACKOFF[$n]}" & wait $! || true
     [ $stopping = 1 ] && break
     b=$((${BACKOFF[$n]} * 2)); BACKOFF[$n]=$((b > 30 ? 30 : b))

@@ -1,7 +1,7 @@
 """scripts/serve.sh, the README's main job, run as a user runs it (configs/local-1p1d/ with ports this test picks,
 logs in a temporary directory): it answers the OpenAI API; a pool process that dies (SIGKILL: a crash) is started
-again by the script and serves; a process that cannot start stops the script with an error instead of a restart
-loop; Ctrl-C (SIGINT to the process group) stops every process."""
+again by the script and serves; a drained instance (clean exit) stays down; a process that cannot start stops the
+script with an error instead of a restart loop; Ctrl-C (SIGINT to the process group) stops every process."""
 import argparse, os, re, select, signal, socket, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -130,7 +130,7 @@ try:
         if victims:
             os.kill(victims[0], signal.SIGKILL)
             t0 = time.time()
-            line = s.wait_line(r"^serve: pdserve-prefill exited \(status 137\).*restarting it in 1 s", 30)
+            line = s.wait_line(r"^serve: pdserve-prefill failed \(status 137\).*restarting it in 1 s", 30)
             check(line is not None, "serve.sh reports the killed prefill instance's exit and its restart")
             check(s.wait_line(r"^serve: pdserve-prefill started again", 30) is not None, "and starts it again")
             after = [p for p, cmd in pids_with(conf) if "pdserve-prefill" in cmd]
@@ -147,7 +147,17 @@ try:
                   "a chat completion answers 200 again after the restart (%s %s)" % (st, str(obj)[:200]))
             print("prefill killed -> serving again in %.1f s" % (time.time() - t0))
             log = open(os.path.join(logs, "prefill.log"), errors="replace").read()
-            check("serve: exited with status 137" in log, "prefill.log records the exit and the restart")
+            check("serve: failed with status 137" in log, "prefill.log records the failure and the restart")
+
+            # a drained instance exits 0 once idle: that is not a failure, so it stays down (systemd's on-failure)
+            st, _, _ = harness.request(pport, "POST", "/internal/drain", {})
+            check(st in (200, 202), "POST /internal/drain on the prefill instance answers (%s)" % st)
+            line = s.wait_line(r"^serve: pdserve-prefill exited cleanly.*not restarting it", 150)
+            check(line is not None, "serve.sh leaves a drained (cleanly exited) instance down")
+            time.sleep(2)
+            check(not [p for p, cmd in pids_with(conf) if "pdserve-prefill" in cmd], "and no prefill process runs")
+            check(not [l for l in s.out if "pdserve-prefill started again" in l][1:],
+                  "the drained instance was not started again")
 
     rc = s.stop()
     check(rc is not None, "Ctrl-C (SIGINT to the group) stops serve.sh")
@@ -166,7 +176,7 @@ try:
     s2 = Serve(conf2, os.path.join(tmp, "logs2"))
     try:
         t0 = time.time()
-        err = s2.wait_line(r"^serve: pdserve-prefill exited (at start-up|5 times in a row)", 120)
+        err = s2.wait_line(r"^serve: pdserve-prefill (exited at start-up|failed 5 times in a row)", 120)
         check(err is not None, "a prefill instance that cannot bind its port stops serve.sh with an error")
         try:
             rc2 = s2.p.wait(60)
