@@ -133,7 +133,10 @@ try:
             line = s.wait_line(r"^serve: pdserve-prefill failed \(status 137\).*restarting it in 1 s", 30)
             check(line is not None, "serve.sh reports the killed prefill instance's exit and its restart")
             check(s.wait_line(r"^serve: pdserve-prefill started again", 30) is not None, "and starts it again")
-            after = [p for p, cmd in pids_with(conf) if "pdserve-prefill" in cmd]
+            after, deadline = [], time.time() + 20  # the script's child execs the binary a moment after the fork
+            while not after and time.time() < deadline:
+                after = [p for p, cmd in pids_with(conf) if "pdserve-prefill" in cmd]
+                time.sleep(0.1)
             check(len(after) == 1 and after[0] != victims[0], "a new pdserve-prefill process runs (%s)" % after)
             # the router takes it back once its /health answers: requests succeed again
             st, obj = 0, None
