@@ -7,8 +7,9 @@
  * --pairs R: instead, R back-to-back rounds of (k = 0, k = max_k known with MTP, k = max_k known verify-only) per
  * batch size; prints medians and the median per-round speed-ups (the figures to quote on a shared machine).
  * Usage: spec_bench --model DIR [--model DIR]... [--tokens N] [--batches 1,4,16] [--max-k 3]
- *                   [--plan-batches 1,2,4] [--tokenizer DIR] [--pairs R] [--draft-vocab N] [--logprobs N]
+ *                   [--plan-batches 1,2,4] [--tokenizer DIR] [--pairs R] [--draft-vocab N] [--draft-head int8] [--logprobs N]
  * --draft-vocab N: MTP drafts score token ids [0, N) only (the pruned draft head, draft_vocab_size).
+ * --draft-head int8: MTP drafts score with an int8 copy of the MTP head (draft_head_dtype "int8").
  * --logprobs N: the requests' top_logprobs; default -1, none, as the router asks for a request without logprobs
  * (0: the sampled token's logprob, which costs a copy and a log-sum-exp over the vocabulary per row). */
 #include <pthread.h>
@@ -88,6 +89,7 @@ typedef struct {
  * meth: MDL_SPEC_MTP (known drafts replace the MTP layer's, which still runs) or MDL_SPEC_NGRAM (known drafts replace
  * prompt lookup's: the step is verification alone). */
 static int g_draft_vocab; /* --draft-vocab: the MTP runs' pruned draft head (0: whole vocabulary) */
+static int g_draft_int8;  /* --draft-head int8: the MTP runs' drafts score with an int8 copy of the head */
 static int g_logprobs = -1; /* --logprobs: the requests' top_logprobs */
 static int g_full_logits;   /* the engines' full_logits (no lm_head screen for greedy rows) */
 static int g_screen_ab;     /* --screen-ab 1: each pair also runs with every logit computed */
@@ -102,6 +104,7 @@ static result run_m(mdl_model *m, prompts *pr, int batch, int max_tokens, int k,
                          .block_size = 16, .n_blocks = batch * (1024 / 16) + 16, .num_speculative_tokens = k,
                          .spec_method = meth, .ngram_min = 2, .ngram_max = 4, .n_graph_batch_sizes = sizes,
                          .draft_vocab_size = meth == MDL_SPEC_MTP && k > 0 ? g_draft_vocab : 0,
+                         .draft_head_int8 = meth == MDL_SPEC_MTP && k > 0 ? g_draft_int8 : 0,
                          .full_logits = g_full_logits};
     mdl_engine *e = NULL;
     pd_status st = mdl_engine_create(m, &o, on_event, out, &e);
@@ -236,7 +239,7 @@ static void bytes_bound(const mdl_model *m, int k)
     if (m->n_mtp < 1 || k < 1) return;
     double main1 = mat_bytes(&m->lm_head), main_k[2], mtp1, mtp_k[2];
     const mdl_layer *T = &m->layers[m->n_layers];
-    const double head = mat_bytes(&T->head) *
+    const double head = (g_draft_int8 ? (double)T->head.rows * T->head.cols : mat_bytes(&T->head)) *
                         (g_draft_vocab > 0 && g_draft_vocab < m->cfg.vocab_size ? (double)g_draft_vocab / m->cfg.vocab_size : 1);
     const double mtp_fixed = mat_bytes(&T->eh_proj) + head;
     for (int l = 0; l < m->n_layers; l++) main1 += layer_bytes(m, &m->layers[l], 1, 1);
@@ -385,6 +388,13 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--tokenizer")) tok_dir = v;
         else if (!strcmp(a, "--pairs")) n_pairs = PD_MIN(64, atoi(v));
         else if (!strcmp(a, "--draft-vocab")) g_draft_vocab = atoi(v);
+        else if (!strcmp(a, "--draft-head")) {
+            if (strcmp(v, "int8") && strcmp(v, "auto")) {
+                fprintf(stderr, "--draft-head: auto or int8\n");
+                return 2;
+            }
+            g_draft_int8 = !strcmp(v, "int8");
+        }
         else if (!strcmp(a, "--screen-ab")) g_screen_ab = atoi(v) != 0;
         else if (!strcmp(a, "--logprobs")) {
             g_logprobs = atoi(v);
@@ -445,6 +455,7 @@ int main(int argc, char **argv)
         printf("\n## %s (%d layers, hidden %d, vocab %d), %d greedy tokens per request", models[mi], m->n_layers,
                m->cfg.hidden_size, m->cfg.vocab_size, tokens);
         if (g_draft_vocab) printf("; MTP draft head pruned to ids [0, %d)", g_draft_vocab);
+        if (g_draft_int8) printf("; MTP drafts score with an int8 copy of the head");
         printf("\n\n");
         if (n_pairs > 0) {
             pairs(m, &pr, batches, nb, tokens, PD_MAX(max_k, 1), n_pairs, ref, out);

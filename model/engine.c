@@ -90,6 +90,9 @@ struct mdl_engine_s {
     float *q;                 /* [max_num_seqs][k][vocab] processed draft distributions (temperature > 0) */
     uint8_t *q_onehot;        /* [max_num_seqs][k] the draft came from the known-drafts hook */
     float *g;                 /* [max_num_seqs][hidden] MTP output fed back in recursive drafting */
+    krn_mat dhead;            /* draft_head_int8: the int8 copy of the MTP head's draft rows (W8A8 packed) */
+    void *dhead_buf;          /* its packed weights (dhead_bytes, huge pages); NULL: drafts use the layer's head */
+    size_t dhead_bytes;
     int32_t *known;           /* [max_num_seqs][k] */
     int *n_known, *ks;        /* [max_num_seqs] known drafts, drafts this step */
     int *map;                 /* [max_num_seqs] batch slot -> decode index */
@@ -462,7 +465,7 @@ static void draft(mdl_engine *e, mdl_ctx *ctx, seq **dec, int nd)
     mdl_batch b = {.n_seqs = ns, .n_tokens = nt, .tokens = e->mtp_tokens, .seq_start = e->b_start, .ctx_len = e->b_ctx,
                    .block_table = e->b_tables, .logits_rows = e->b_rows, .n_logits = ns, .attn = MDL_ATTN_DECODE,
                    .mtp_hidden = e->mtp_hidden, .n_vocab = e->o.draft_vocab_size, .argmax_only = e->b_amax_only,
-                   .argmax = e->b_amax};
+                   .argmax = e->b_amax, .mtp_head = e->dhead_buf ? &e->dhead : NULL};
     pd_status st = mdl_forward_mtp(ctx, e->kv, &b, e->logits);
     PD_ASSERT(st == PD_OK);
     const float *h = mdl_ctx_hidden(ctx);
@@ -496,7 +499,8 @@ static void draft(mdl_engine *e, mdl_ctx *ctx, seq **dec, int nd)
         mdl_batch rb = {.n_seqs = ns, .n_tokens = ns, .tokens = e->mtp_tokens, .seq_start = e->b_start,
                         .ctx_len = e->b_ctx, .block_table = e->b_tables, .logits_rows = e->b_rows, .n_logits = ns,
                         .attn = MDL_ATTN_DECODE, .mtp_hidden = e->mtp_hidden, .n_vocab = e->o.draft_vocab_size,
-                        .argmax_only = e->b_amax_only, .argmax = e->b_amax};
+                        .argmax_only = e->b_amax_only, .argmax = e->b_amax,
+                        .mtp_head = e->dhead_buf ? &e->dhead : NULL};
         st = mdl_forward_mtp(ctx, e->kv, &rb, e->logits);
         PD_ASSERT(st == PD_OK);
         h = mdl_ctx_hidden(ctx);
@@ -940,6 +944,29 @@ int mdl_engine_pool_blocks(const mdl_engine_opts *o)
     return o->n_blocks + (tps + o->block_size - 1) / o->block_size;
 }
 
+/* draft_head_int8: an int8 (W8A8-packed) copy of the MTP head's first draft_vocab_size rows (or all), which the
+ * draft passes score with (mdl_batch.mtp_head). 0 on out of memory. */
+static int make_draft_head(mdl_engine *e)
+{
+    const krn_mat *src = &e->m->layers[e->m->n_layers].head;
+    const int nv = e->o.draft_vocab_size > 0 ? e->o.draft_vocab_size : e->m->cfg.vocab_size;
+    krn_mat h = {.type = src->type, .rows = nv, .cols = src->cols, .data = src->data, .scale = src->scale,
+                 .block_r = src->block_r, .block_c = src->block_c};
+    const size_t bytes = krn_mat_prepack_size(&h, KRN_PREPACK_W8A8);
+    void *buf = bytes ? pd_huge_map(bytes) : NULL;
+    if (!buf) return 0;
+    if (krn_mat_prepack(&h, KRN_PREPACK_W8A8, buf) != PD_OK) {
+        pd_huge_unmap(buf, bytes);
+        return 0;
+    }
+    e->dhead = h;
+    e->dhead_buf = buf;
+    e->dhead_bytes = bytes;
+    pd_info("MTP drafts score with an int8 copy of the MTP head: %d rows, %.1f MB (the checkpoint's: %.1f MB)", nv,
+            bytes / 1e6, (double)nv * src->cols * krn_type_size(src->type) / 1e6);
+    return 1;
+}
+
 pd_status mdl_engine_create(mdl_model *m, const mdl_engine_opts *o, mdl_event_cb cb, void *cb_arg, mdl_engine **out)
 {
     if (o->max_num_seqs < 1 || o->max_num_seqs > 256 || o->max_num_batched_tokens < 1 || o->block_size < 1 ||
@@ -1041,6 +1068,7 @@ pd_status mdl_engine_create(mdl_model *m, const mdl_engine_opts *o, mdl_event_cb
         e->map = malloc((size_t)S * sizeof(int));
         ok = ok && e->q && e->q_onehot && e->g && e->known && e->n_known && e->map;
         if (ok && e->ngram) memset(e->q_onehot, 1, (size_t)S * k); /* prompt-lookup drafts are deterministic */
+        if (ok && !e->ngram && o->draft_head_int8) ok = make_draft_head(e);
     }
     if (!ok) {
         st = PD_ERR_NOMEM;
@@ -1074,6 +1102,7 @@ void mdl_engine_destroy(mdl_engine *e)
         nx = s->next;
         seq_free(s);
     }
+    if (e->dhead_buf) pd_huge_unmap(e->dhead_buf, e->dhead_bytes);
     for (int i = 0; i < e->n_plans; i++) mdl_ctx_destroy(e->plans[i].ctx);
     mdl_ctx_destroy(e->ctx);
     mdl_kv_pool_destroy(e->kv);

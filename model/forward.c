@@ -742,6 +742,7 @@ pd_status mdl_forward_mtp(mdl_ctx *x, mdl_kv_pool *kv, const mdl_batch *b, float
     linear(x, &L->eh_proj, x->ecat, T, x->x, D);
     rope_tables(x, b);
     layer_forward(x, kv, b, L, m->n_layers);
-    logits_out(x, b, L->head_norm, &L->head, L->head_norms, logits);
+    if (b->mtp_head) logits_out(x, b, L->head_norm, b->mtp_head, NULL, logits); /* no screen for the copy */
+    else logits_out(x, b, L->head_norm, &L->head, L->head_norms, logits);
     return PD_OK;
 }

@@ -150,6 +150,9 @@ typedef struct {
     /* > 0: logits only for token ids [0, n_vocab) (a pruned draft head: the head's first rows are read, the
      * rest of each row is -inf); 0: the whole vocabulary. Rows keep their vocab_size stride. */
     int n_vocab;
+    /* MTP only, optional: the head to score with instead of the MTP layer's shared_head.head (a compressed draft copy
+     * with at least n_vocab rows, or vocab_size when n_vocab is 0); NULL: the layer's own head (and its screen). */
+    const krn_mat *mtp_head;
     /* 1: a prompt-prefill pass; its products over BF16 weights may round activations to bf16 (KRN_LINEAR_BF16_ACT,
      * vdpbf16ps; lm_head and the router stay exact; ignored on W8A8 models). Every token's result still does not depend on the batch or the
      * chunking. 0 (the default): exact f32 activations, required for decode and verify passes (speculative decoding

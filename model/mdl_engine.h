@@ -102,6 +102,12 @@ typedef struct {
      * sampled drafts' q is the pruned distribution. BPE ids are ranked by merge order, which roughly follows
      * frequency, so the low ids cover most text (in one English sample, 93% of tokens had ids < 32768). */
     int draft_vocab_size;
+    /* MTP only: 1: draft passes score with an int8 copy of the MTP head (its first draft_vocab_size rows, or all;
+     * per-row scales, activations quantised per row: the W8A8 kernels), made at engine creation. Half the head's
+     * bytes per draft pass; a draft's quality may change at a near tie, never the output: the main model verifies
+     * every draft, and a sampled draft's q is the int8 head's distribution, which rejection sampling divides by.
+     * 0 (default): the checkpoint's head, exact. */
+    int draft_head_int8;
     /* Captured batch sizes (ascending, each 1..max_num_seqs): a decode step runs on the plan of the smallest size
      * that holds its sequences, padded up to it; larger batches take the general path. n_graph_batch_sizes 0:
      * the default list (powers of two up to max_num_seqs); -1: none (every step takes the general path). */

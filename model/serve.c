@@ -74,8 +74,22 @@ static int spec_int(const cJSON *j, const char *name, int lo, int hi, int *v, ch
     return 0;
 }
 
+/* "draft_head_dtype": "auto" (the checkpoint's head; the default) or "int8" (mdl_engine_opts.draft_head_int8). */
+static int spec_head_dtype(const cJSON *j, int *int8, char *err, size_t errlen)
+{
+    const cJSON *d = cJSON_GetObjectItemCaseSensitive(j, "draft_head_dtype");
+    *int8 = 0;
+    if (!d) return 1;
+    if (cJSON_IsString(d) && (!strcmp(d->valuestring, "auto") || !strcmp(d->valuestring, "int8"))) {
+        *int8 = !strcmp(d->valuestring, "int8");
+        return 1;
+    }
+    snprintf(err, errlen, "--speculative-config: 'draft_head_dtype' must be \"auto\" or \"int8\"");
+    return 0;
+}
+
 /* --speculative-config: vLLM's JSON form. method "mtp" (or vLLM's older name "deepseek_mtp") drafts with the
- * model's MTP layer (draft_vocab_size, ours: a pruned draft head); "ngram" with prompt lookup (prompt_lookup_min /
+ * model's MTP layer (draft_vocab_size and draft_head_dtype, ours: a pruned or int8 draft head); "ngram" with prompt lookup (prompt_lookup_min /
  * prompt_lookup_max, vLLM's keys). Writes k, method, the n-gram sizes and the draft vocabulary into eo. */
 static pd_status parse_spec(const char *s, mdl_engine_opts *eo, char *err, size_t errlen)
 {
@@ -96,8 +110,11 @@ static pd_status parse_spec(const char *s, mdl_engine_opts *eo, char *err, size_
     else if (!ngram && (cJSON_GetObjectItemCaseSensitive(j, "prompt_lookup_min") ||
                         cJSON_GetObjectItemCaseSensitive(j, "prompt_lookup_max")))
         snprintf(err, errlen, "--speculative-config: prompt_lookup_min/max apply to method \"ngram\" only");
-    else if (ngram && cJSON_GetObjectItemCaseSensitive(j, "draft_vocab_size"))
-        snprintf(err, errlen, "--speculative-config: draft_vocab_size applies to method \"mtp\" only");
+    else if (ngram && (cJSON_GetObjectItemCaseSensitive(j, "draft_vocab_size") ||
+                       cJSON_GetObjectItemCaseSensitive(j, "draft_head_dtype")))
+        snprintf(err, errlen, "--speculative-config: draft_vocab_size and draft_head_dtype apply to method \"mtp\" only");
+    else if (!spec_head_dtype(j, &eo->draft_head_int8, err, errlen))
+        ;
     else if (spec_int(j, "prompt_lookup_min", 1, MDL_MAX_NGRAM, &eo->ngram_min, err, errlen) &&
              spec_int(j, "prompt_lookup_max", 1, MDL_MAX_NGRAM, &eo->ngram_max, err, errlen) &&
              spec_int(j, "draft_vocab_size", MDL_MIN_DRAFT_VOCAB, 1 << 24, &eo->draft_vocab_size, err, errlen)) {
@@ -209,6 +226,7 @@ pd_status mdl_serve_load(mdl_serve_opts *o, mdl_model **out, mdl_engine_opts *eo
     eo->ngram_min = parsed.ngram_min;
     eo->ngram_max = parsed.ngram_max;
     eo->draft_vocab_size = parsed.draft_vocab_size;
+    eo->draft_head_int8 = parsed.draft_head_int8;
     eo->exact_prefill = !o->prefill_bf16;
     eo->n_graph_batch_sizes = parsed.n_graph_batch_sizes;
     memcpy(eo->graph_batch_sizes, parsed.graph_batch_sizes, sizeof eo->graph_batch_sizes);

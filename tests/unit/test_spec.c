@@ -143,6 +143,7 @@ static mdl_model *demo_model(void)
  * short phrases) when g_ngram is set. */
 static int g_ngram;
 static int g_draft_vocab; /* MTP: the pruned draft head's vocabulary (0: whole) */
+static int g_draft_int8;  /* MTP: drafts score with an int8 copy of the MTP head (draft_head_int8) */
 static int g_full_logits; /* mdl_engine_opts.full_logits: every logit, no lm_head screen for greedy rows */
 
 static mdl_engine *engine(mdl_model *m, sink *k, int spec, int max_seqs)
@@ -150,7 +151,8 @@ static mdl_engine *engine(mdl_model *m, sink *k, int spec, int max_seqs)
     mdl_engine_opts o = {.max_num_seqs = max_seqs, .max_num_batched_tokens = 64, .max_model_len = 128,
                          .block_size = 8, .n_blocks = 1200, .num_speculative_tokens = spec,
                          .spec_method = g_ngram ? MDL_SPEC_NGRAM : MDL_SPEC_MTP, .ngram_min = 1, .ngram_max = 3,
-                         .draft_vocab_size = g_ngram || !spec ? 0 : g_draft_vocab, .full_logits = g_full_logits};
+                         .draft_vocab_size = g_ngram || !spec ? 0 : g_draft_vocab, .full_logits = g_full_logits,
+                         .draft_head_int8 = g_ngram ? 0 : g_draft_int8};
     mdl_engine *e = NULL;
     ck_assert_int_eq(mdl_engine_create(m, &o, on_event, k, &e), PD_OK);
     return e;
@@ -362,6 +364,38 @@ START_TEST(test_greedy_equal_pruned_draft_demo)
     ck_assert_int_eq(mdl_engine_create(m, &o, on_event, k, &e), PD_OK);
     mdl_engine_destroy(e);
     sink_free(k);
+}
+END_TEST
+
+/* The int8 draft head (draft_head_dtype "int8"): drafts may change at a near tie, the output does not (k = 1..3,
+ * local and PD); and the drafts stay about as good as the checkpoint head's (a broken copy would still be lossless,
+ * but its drafts would be rejected), alone and with the pruned vocabulary. */
+START_TEST(test_greedy_equal_int8_draft_demo)
+{
+    mdl_model *m = demo_model();
+    g_draft_int8 = 1;
+    greedy_equal(m, "demo-v3 int8 draft head", 0);
+    g_draft_int8 = 0;
+    plan_params *pp = malloc(sizeof *pp);
+    make_params(m, pp);
+    for (int pruned = 0; pruned <= 1; pruned++) {
+        g_draft_vocab = pruned ? 32768 : 0;
+        sink *a = sink_new(m->cfg.hidden_size), *b = sink_new(m->cfg.hidden_size);
+        run_all(m, 2, 0, pp, a);
+        g_draft_int8 = 1;
+        run_all(m, 2, 0, pp, b);
+        g_draft_int8 = 0;
+        check_equal(a, b, "int8 draft head", 2);
+        fprintf(stderr, "demo-v3 k=2%s: %d/%d drafts accepted with the checkpoint's MTP head, %d/%d with its int8 copy\n",
+                pruned ? " draft vocab 32768" : "", a->spec_accepted, a->spec_drafted, b->spec_accepted, b->spec_drafted);
+        ck_assert_int_gt(a->spec_accepted, 0);
+        ck_assert_msg(b->spec_accepted * 10 >= a->spec_accepted * 9, "int8 draft head: %d accepted against %d",
+                      b->spec_accepted, a->spec_accepted);
+        sink_free(a);
+        sink_free(b);
+    }
+    g_draft_vocab = 0;
+    free(pp);
 }
 END_TEST
 
@@ -588,7 +622,8 @@ static double chi_square_arm(mdl_model *m, const int32_t *prompt, int n, float T
     sink *k = sink_new(m->cfg.hidden_size);
     mdl_engine_opts o = {.max_num_seqs = 32, .max_num_batched_tokens = 256, .max_model_len = 64, .block_size = 8,
                          .n_blocks = 2000, .num_speculative_tokens = spec,
-                         .spec_method = ngram ? MDL_SPEC_NGRAM : MDL_SPEC_MTP, .ngram_min = 1, .ngram_max = 2};
+                         .spec_method = ngram ? MDL_SPEC_NGRAM : MDL_SPEC_MTP, .ngram_min = 1, .ngram_max = 2,
+                         .draft_head_int8 = ngram ? 0 : g_draft_int8};
     mdl_engine *e = NULL;
     ck_assert_int_eq(mdl_engine_create(m, &o, on_event, k, &e), PD_OK);
     if (accept_all) mdl__engine_test_accept_all(e, 1);
@@ -653,12 +688,15 @@ START_TEST(test_distribution_chi_square)
     double c0 = chi_square_arm(m, prompt, 5, T, 0, 0, 0, expected, &df, &acc);
     fprintf(stderr, "chi-square k=0: %.1f (df %d, limit %.1f)\n", c0, df, CHI_LIMIT(df));
     ck_assert_msg(c0 < CHI_LIMIT(df), "no speculation: chi-square %.1f over %.1f (df %d)", c0, CHI_LIMIT(df), df);
-    /* MTP drafts k = 1, 2, then prompt-lookup drafts k = 2 (one-hot q: accepted with probability p(x)) */
-    for (int arm = 1; arm <= 3; arm++) {
-        const int spec = arm < 3 ? arm : 2, ngram = arm == 3;
+    /* MTP drafts k = 1, 2, then prompt-lookup drafts k = 2 (one-hot q: accepted with probability p(x)), then MTP
+     * k = 2 drafting with the int8 copy of the MTP head (q is that copy's distribution) */
+    for (int arm = 1; arm <= 4; arm++) {
+        const int spec = arm == 1 ? 1 : 2, ngram = arm == 3;
+        g_draft_int8 = arm == 4;
         double c = chi_square_arm(m, prompt, 5, T, spec, ngram, 0, expected, &df, &acc);
+        g_draft_int8 = 0;
         fprintf(stderr, "chi-square k=%d %s: %.1f (df %d, limit %.1f), %.0f%% of drafts accepted\n", spec,
-                ngram ? "ngram" : "MTP", c, df, CHI_LIMIT(df), 100 * acc);
+                ngram ? "ngram" : arm == 4 ? "MTP int8 head" : "MTP", c, df, CHI_LIMIT(df), 100 * acc);
         ck_assert_msg(c < CHI_LIMIT(df), "k=%d: chi-square %.1f over %.1f (df %d)", spec, c, CHI_LIMIT(df), df);
         ck_assert(acc > 0.05 && acc < 0.95); /* both accept and reject paths ran */
     }
@@ -730,6 +768,12 @@ START_TEST(test_serve_options)
     so.speculative_config = strdup("{\"method\":\"mtp\",\"num_speculative_tokens\":1,\"draft_vocab_size\":400}");
     ck_assert_msg(mdl_serve_load(&so, &m, &eo, err, sizeof err) == PD_OK, "%s", err);
     ck_assert_int_eq(eo.draft_vocab_size, 400);
+    ck_assert_int_eq(eo.draft_head_int8, 0);
+    mdl_model_destroy(m);
+    free(so.speculative_config);
+    so.speculative_config = strdup("{\"method\":\"mtp\",\"num_speculative_tokens\":2,\"draft_head_dtype\":\"int8\"}");
+    ck_assert_msg(mdl_serve_load(&so, &m, &eo, err, sizeof err) == PD_OK, "%s", err);
+    ck_assert_int_eq(eo.draft_head_int8, 1);
     mdl_model_destroy(m);
     const char *bad_spec[] = {"{\"method\":\"medusa\",\"num_speculative_tokens\":3}",
                               "{\"method\":\"mtp\",\"num_speculative_tokens\":5}", "mtp",
@@ -740,7 +784,10 @@ START_TEST(test_serve_options)
                               "{\"method\":\"ngram\",\"num_speculative_tokens\":2,\"prompt_lookup_max\":\"4\"}",
                               "{\"method\":\"ngram\",\"num_speculative_tokens\":2,\"draft_vocab_size\":100}",
                               "{\"method\":\"mtp\",\"num_speculative_tokens\":2,\"draft_vocab_size\":3}",
-                              "{\"method\":\"mtp\",\"num_speculative_tokens\":2,\"draft_vocab_size\":501}"};
+                              "{\"method\":\"mtp\",\"num_speculative_tokens\":2,\"draft_vocab_size\":501}",
+                              "{\"method\":\"mtp\",\"num_speculative_tokens\":2,\"draft_head_dtype\":\"int4\"}",
+                              "{\"method\":\"mtp\",\"num_speculative_tokens\":2,\"draft_head_dtype\":8}",
+                              "{\"method\":\"ngram\",\"num_speculative_tokens\":2,\"draft_head_dtype\":\"int8\"}"};
     for (size_t i = 0; i < PD_ARRAY_LEN(bad_spec); i++) {
         free(so.speculative_config);
         so.speculative_config = strdup(bad_spec[i]);
@@ -783,7 +830,8 @@ int main(void)
         {"greedy", {test_greedy_equal_generated, test_known_drafts_all_accepted, test_graph_sizes_fallback}},
         {"ngram", {test_ngram_propose, test_greedy_equal_ngram, test_ngram_without_mtp_layer}},
         {"sampling", {test_seeded_reproducible, test_distribution_chi_square}},
-        {"demo", {test_greedy_equal_demo, test_greedy_equal_ngram_demo, test_greedy_equal_pruned_draft_demo}},
+        {"demo", {test_greedy_equal_demo, test_greedy_equal_ngram_demo, test_greedy_equal_pruned_draft_demo,
+                  test_greedy_equal_int8_draft_demo}},
     };
     for (size_t c = 0; c < PD_ARRAY_LEN(cases); c++) {
         TCase *tc = tcase_create(cases[c].name);

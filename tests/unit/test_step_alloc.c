@@ -1,10 +1,11 @@
 /* A replayed decode step allocates nothing (issue 7, "captured batch sizes"): every buffer a step on a captured
  * size uses was made when the engine was created. Counted with jemalloc's per-thread allocation counters
  * (`thread.allocatedp`) on the engine thread and on every kernel-pool worker, read from the event callback, which
- * runs on the engine thread between steps. Plain decode (k = 0), MTP drafting (k = 2) and prompt lookup, greedy and
- * seeded sampling, one sequence and three (padded to a plan of 4). The counters cover malloc, calloc, realloc and
- * the aligned forms, including allocations glibc makes inside its own functions (jemalloc replaces malloc for the
- * whole process). Not in the sanitizer build: there the sanitizer's allocator, not jemalloc, serves malloc. */
+ * runs on the engine thread between steps. Plain decode (k = 0), MTP drafting (k = 2, also with the int8 draft head)
+ * and prompt lookup, greedy and seeded sampling, one sequence and three (padded to a plan of 4). The counters cover
+ * malloc, calloc, realloc and the aligned forms, including allocations glibc makes inside its own functions
+ * (jemalloc replaces malloc for the whole process). Not in the sanitizer build: there the sanitizer's allocator,
+ * not jemalloc, serves malloc. */
 #include <check.h>
 #include <jemalloc/jemalloc.h>
 #include <pthread.h>
@@ -148,6 +149,8 @@ static mdl_model *model(void)
 /* Runs n_req requests of GEN tokens on an engine with captured sizes {1, 2, 4} and checks that no thread of the step
  * allocated between the moment every request had its 2nd token (prefills and the first decode step behind) and the
  * first request's end. Returns the number of steps that window covered. */
+static int g_draft_int8; /* MTP: drafts score with an int8 copy of the MTP head */
+
 static int run(int spec, int ngram, int n_req, float temperature)
 {
     mdl_model *m = model();
@@ -158,7 +161,7 @@ static int run(int spec, int ngram, int n_req, float temperature)
     mdl_engine_opts o = {.max_num_seqs = 4, .max_num_batched_tokens = 64, .max_model_len = 128, .block_size = 8,
                          .n_blocks = 256, .num_speculative_tokens = spec,
                          .spec_method = ngram ? MDL_SPEC_NGRAM : MDL_SPEC_MTP, .ngram_min = 1, .ngram_max = 3,
-                         .graph_batch_sizes = {1, 2, 4}, .n_graph_batch_sizes = 3};
+                         .graph_batch_sizes = {1, 2, 4}, .n_graph_batch_sizes = 3, .draft_head_int8 = g_draft_int8};
     mdl_engine *e = NULL;
     ck_assert_int_eq(mdl_engine_create(m, &o, on_event, k, &e), PD_OK);
     for (int r = 0; r < n_req; r++) {
@@ -219,6 +222,16 @@ START_TEST(test_mtp)
 }
 END_TEST
 
+/* MTP drafts scored with the int8 copy of the MTP head (the W8A8 kernels quantise each row into the pass's scratch) */
+START_TEST(test_mtp_int8_head)
+{
+    g_draft_int8 = 1;
+    ck_assert_int_gt(run(2, 0, 1, 0.0f), 10);
+    ck_assert_int_gt(run(2, 0, 3, 0.8f), 10);
+    g_draft_int8 = 0;
+}
+END_TEST
+
 START_TEST(test_ngram)
 {
     ck_assert_int_gt(run(3, 1, 1, 0.0f), 10);
@@ -267,6 +280,7 @@ int main(void)
     tcase_add_test(tc, test_counters_see_allocations);
     tcase_add_test(tc, test_plain_decode);
     tcase_add_test(tc, test_mtp);
+    tcase_add_test(tc, test_mtp_int8_head);
     tcase_add_test(tc, test_ngram);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
