@@ -52,8 +52,8 @@ static void fill(void)
     const krn_cpu_features *f = krn_cpu_get();
     g_detected = &g_ref;
     if (f->avx2 && f->fma) {
-        /* the packed GEMMs, the F32 GEMV, the attention tile and MLA's absorbed products; W8A8, the sampler's
-         * reductions and the rest stay portable */
+        /* the packed GEMMs, W8A8's int8 GEMM, the F32 GEMV, the attention tile and MLA's absorbed products; the
+         * activation quantiser, the sampler's reductions and the rest stay portable */
         g_avx2 = g_ref;
         g_avx2.name = "avx2";
         g_avx2.fast_bf16 = KRN_PACK_BF16_N32K2;
@@ -61,6 +61,7 @@ static void fill(void)
         g_avx2.gemm_bf16 = krn__gemm_bf16_avx2_2x32;
         g_avx2.gemm_f8 = krn__gemm_f8_avx2_2x32;
         g_avx2.gemv_f32 = krn__gemv_f32_avx2_4x8;
+        g_avx2.gemm_i8 = krn__gemm_i8_avx2_2x32;
         g_avx2.attn_tile = krn__attn_tile_avx2;
         g_avx2.matmul_sub = krn__matmul_sub_avx2;
         g_avx2.linear_rows = krn__linear_rows_avx2;
@@ -75,7 +76,9 @@ static void fill(void)
             .gemm_bf16 = krn__gemm_bf16_avx512_12x32,
             .gemm_bf16dot = f->avx512_bf16 && !env_off("PDSERVE_BF16_DOT") ? krn__gemm_bf16dot_avx512_12x32 : NULL,
             .gemm_f8 = krn__gemm_f8_avx512_12x32,
-            .gemm_i8 = f->avx512_vnni ? krn__gemm_i8_avx512vnni_12x32 : krn__gemm_i8_ref,
+            .gemm_i8 = f->avx512_vnni ? krn__gemm_i8_avx512vnni_12x32
+                       : g_have_avx2  ? krn__gemm_i8_avx2_2x32
+                                      : krn__gemm_i8_ref,
             .quant_rows = krn__quant_rows_avx512,
             .gemv_f32 = krn__gemv_f32_avx512_4x16,
             .attn_tile = krn__attn_tile_avx512,

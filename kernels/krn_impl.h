@@ -68,10 +68,12 @@ void krn__to_f32_ref(krn_type t, const void *src, float *dst, int n);
 
 /* AVX2 + FMA kernels (kernels/avx2/, compiled with those flags; only called after detection). Same packed layouts
  * as AVX-512; the BF16 and FP8 products, the attention tile and MLA's absorbed products give the AVX-512 kernels'
- * bits. */
+ * bits, the int8 GEMM the VNNI kernel's and the reference's. */
 void krn__gemm_bf16_avx2_2x32(const krn_mat *w, const float *x, int m, float *y, int ldy, int nb0, int nb1);
 void krn__gemm_f8_avx2_2x32(const krn_mat *w, const float *x, int m, float *y, int ldy, int nb0, int nb1);
 void krn__gemv_f32_avx2_4x8(const krn_mat *w, const float *x, int m, float *y, int ldy, int n0, int n1);
+void krn__gemm_i8_avx2_2x32(const krn_mat *w, const uint8_t *xq, const float *xs, int m, float *y, int ldy, int nb0,
+                            int nb1);
 void krn__attn_tile_avx2(const krn_attn_tile_args *a, int u0, int u1);
 void krn__matmul_sub_avx2(const krn_mat *w, int r0, int c0, const float *x, size_t ldx, int m, int k, int n, float *y,
                           size_t ldy, int accumulate);
