@@ -964,6 +964,9 @@ static int make_draft_head(mdl_engine *e)
     e->dhead_bytes = bytes;
     pd_info("MTP drafts score with an int8 copy of the MTP head: %d rows, %.1f MB (the checkpoint's: %.1f MB)", nv,
             bytes / 1e6, (double)nv * src->cols * krn_type_size(src->type) / 1e6);
+    if (!strcmp(krn_kernels_name(), "ref"))
+        pd_warn("draft_head_dtype int8 on the portable kernels: their int8 product is scalar and slower than the "
+                "checkpoint's head; leave it out here");
     return 1;
 }
 
