@@ -59,6 +59,16 @@ void krn__gemm_i8_ref(const krn_mat *w, const uint8_t *xq, const float *xs, int 
                       int nb1);
 void krn__quant_rows_ref(const float *x, int m, int k, int kq4, uint8_t *xq, float *xs);
 void krn__attn_tile_ref(const krn_attn_tile_args *a, int u0, int u1);
+/* The units [u0, u1) of an attention tile in blocks that read the same keys and values, for the vector tiles: with
+ * one shared K/V head (MLA absorbed decode) up to qb consecutive units (a query's heads, then the next query's); else,
+ * per head, up to qb of its queries. fn runs each block (kernels/attn_blocks.c). */
+#define KRN__ATTN_QB_MAX 16
+typedef struct {
+    int n; /* units in the block */
+    int u[KRN__ATTN_QB_MAX], i[KRN__ATTN_QB_MAX], h[KRN__ATTN_QB_MAX];
+} krn__attn_block;
+void krn__attn_blocks(const krn_attn_tile_args *a, int u0, int u1, int qb,
+                      void (*fn)(const krn_attn_tile_args *a, const krn__attn_block *b, void *arg), void *arg);
 void krn__matmul_sub_ref(const krn_mat *w, int r0, int c0, const float *x, size_t ldx, int m, int k, int n,
                          float *y, size_t ldy, int accumulate);
 void krn__linear_rows_ref(const krn_mat *w, int r0, int n, const float *x, size_t ldx, int m, float *y,

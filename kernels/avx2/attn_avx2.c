@@ -57,11 +57,6 @@ AVX2_INLINE __m256 exp256(__m256 x)
     return _mm256_mul_ps(p, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n2, bias), 23)));
 }
 
-typedef struct {
-    int n; /* units in the block */
-    int u[QB], i[QB], h[QB];
-} block;
-
 /* Scores of keys [j0, j0 + nj) for the block's lanes into S[j][8], scaled, -inf where a lane may not see the key;
  * returns the lane-wise max. */
 AVX2_INLINE __m256 block_scores(const krn_attn_tile_args *a, const float *Qt, int h, int j0, int nj, __m256i lim,
@@ -104,7 +99,8 @@ AVX2_INLINE __m256 block_scores(const krn_attn_tile_args *a, const float *Qt, in
 }
 
 /* acc[unit] = acc * corr + sum_j P[j][lane] v[j] for the block's units, values [0, dv). */
-static void block_pv(const krn_attn_tile_args *a, const block *b, int j0, int nj, const float *P, const float *corr)
+static void block_pv(const krn_attn_tile_args *a, const krn__attn_block *b, int j0, int nj, const float *P,
+                     const float *corr)
 {
     const int dv = a->dv, h = b->h[0];
     for (int d0 = 0; d0 < dv; d0 += DVB * 8) {
@@ -143,7 +139,7 @@ static void block_pv(const krn_attn_tile_args *a, const block *b, int j0, int nj
     }
 }
 
-static void run_block(const krn_attn_tile_args *a, const block *b, float *Qt, float *S)
+static void run_block(const krn_attn_tile_args *a, const krn__attn_block *b, float *Qt, float *S)
 {
     const int da = a->da, db = a->db, h = b->h[0];
     int lim_a[QB] __attribute__((aligned(32)));
@@ -201,6 +197,16 @@ static void run_block(const krn_attn_tile_args *a, const block *b, float *Qt, fl
     }
 }
 
+typedef struct {
+    float *Qt, *S;
+} block_bufs;
+
+static void block_cb(const krn_attn_tile_args *a, const krn__attn_block *b, void *arg)
+{
+    const block_bufs *bb = arg;
+    run_block(a, b, bb->Qt, bb->S);
+}
+
 void krn__attn_tile_avx2(const krn_attn_tile_args *a, int u0, int u1)
 {
     if (a->da + a->db > DMAX) {
@@ -209,33 +215,8 @@ void krn__attn_tile_avx2(const krn_attn_tile_args *a, int u0, int u1)
     }
     float Qt[DMAX * QB] __attribute__((aligned(32)));
     float S[CHUNK * QB] __attribute__((aligned(32)));
-    block b;
-    const int nh = a->nh;
-    if (a->ka_hstride == 0 && a->v_hstride == 0) { /* one shared head: consecutive units */
-        for (int u = u0; u < u1; u += QB) {
-            b.n = PD_MIN(QB, u1 - u);
-            for (int k = 0; k < b.n; k++) {
-                b.u[k] = u + k;
-                b.i[k] = (u + k) / nh;
-                b.h[k] = (u + k) % nh;
-            }
-            run_block(a, &b, Qt, S);
-        }
-        return;
-    }
-    for (int h = 0; h < nh; h++) { /* per head: the queries whose unit i*nh+h lies in [u0, u1) */
-        const int i0 = u0 <= h ? 0 : (u0 - h + nh - 1) / nh;
-        const int i1 = u1 - 1 < h ? -1 : (u1 - 1 - h) / nh; /* inclusive */
-        for (int i = i0; i <= i1; i += QB) {
-            b.n = PD_MIN(QB, i1 - i + 1);
-            for (int k = 0; k < b.n; k++) {
-                b.i[k] = i + k;
-                b.h[k] = h;
-                b.u[k] = (i + k) * nh + h;
-            }
-            run_block(a, &b, Qt, S);
-        }
-    }
+    block_bufs bufs = {Qt, S};
+    krn__attn_blocks(a, u0, u1, QB, block_cb, &bufs);
 }
 
 /* ---- MLA's absorbed products ------------------------------------------------------------------------------- */

@@ -912,6 +912,34 @@ static void attn_random_inputs(int nq, int nh, int nk, int hk, int da, int db, i
     if (!shared) for (int i = 0; i < nk * hk * dv; i++) v[i] = randn();
 }
 
+/* One attention pass (causal, tiles of `tile` keys) on table t, into acc (nq x nh x dv); scores: the tile's optional
+ * scratch (tile floats) or NULL. */
+static void attn_on_table(const krn__ops *t, int nq, int nh, int da, int db, int dv, int p0, int tile, int shared,
+                          const float *q, const float *qb, const float *k, const float *kb, const float *v, float *acc,
+                          float *scores)
+{
+    const int nk = p0 + nq, hk = shared ? 1 : nh, vstride = shared ? da : hk * dv;
+    float *m = malloc(sizeof(float) * nq * nh), *l = malloc(sizeof(float) * nq * nh);
+    int *lim = malloc(sizeof(int) * nq);
+    for (int i = 0; i < nq; i++) lim[i] = p0 + i;
+    krn__ops_force(t);
+    krn_attn_init(nq, nh, dv, m, l, acc, nh * dv, dv);
+    for (int k0 = 0; k0 < nk; k0 += tile) {
+        krn_attn_tile_args a = {.nq = nq, .nh = nh, .nk = PD_MIN(tile, nk - k0), .da = da, .db = db, .dv = dv,
+                                .qa = q, .qa_stride = nh * da, .qa_hstride = da,
+                                .qb = qb, .qb_stride = nh * db, .qb_hstride = db,
+                                .ka = k + (size_t)k0 * hk * da, .ka_stride = hk * da, .ka_hstride = shared ? 0 : da,
+                                .kb = kb + (size_t)k0 * db, .kb_stride = db,
+                                .v = v + (size_t)k0 * vstride, .v_stride = vstride, .v_hstride = shared ? 0 : dv,
+                                .q_limit = lim, .k_pos0 = k0, .scale = 0.2f, .m = m, .l = l,
+                                .acc = acc, .acc_stride = nh * dv, .acc_hstride = dv, .scores = scores};
+        krn_attn_tile(&a);
+    }
+    krn_attn_finish(nq, nh, dv, l, acc, nh * dv, dv);
+    krn__ops_force(NULL);
+    free(m); free(l); free(lim);
+}
+
 /* Attention over nk keys with every table: causal, chunked into tiles of `tile` keys, against float64. */
 static void attn_case(int nq, int nh, int da, int db, int dv, int p0, int tile, int shared)
 {
@@ -919,28 +947,13 @@ static void attn_case(int nq, int nh, int da, int db, int dv, int p0, int tile, 
     float *q = malloc(sizeof(float) * nq * nh * da), *qb = malloc(sizeof(float) * nq * nh * db);
     float *k = malloc(sizeof(float) * nk * hk * da), *kb = malloc(sizeof(float) * nk * db);
     float *v = shared ? k : malloc(sizeof(float) * nk * hk * dv);
-    float *m = malloc(sizeof(float) * nq * nh), *l = malloc(sizeof(float) * nq * nh);
     float *acc = malloc(sizeof(float) * nq * nh * dv), *scores = malloc(sizeof(float) * tile);
     int *lim = malloc(sizeof(int) * nq);
     attn_random_inputs(nq, nh, nk, hk, da, db, dv, shared, q, qb, k, kb, v);
     for (int i = 0; i < nq; i++) lim[i] = p0 + i;
-    const int vstride = shared ? da : hk * dv;
     for (int ti = 0; ti < g_ntables; ti++) {
-        krn__ops_force(g_tables[ti]);
         krn_threads_init(1 + ti);
-        krn_attn_init(nq, nh, dv, m, l, acc, nh * dv, dv);
-        for (int k0 = 0; k0 < nk; k0 += tile) {
-            krn_attn_tile_args a = {.nq = nq, .nh = nh, .nk = PD_MIN(tile, nk - k0), .da = da, .db = db, .dv = dv,
-                                    .qa = q, .qa_stride = nh * da, .qa_hstride = da,
-                                    .qb = qb, .qb_stride = nh * db, .qb_hstride = db,
-                                    .ka = k + (size_t)k0 * hk * da, .ka_stride = hk * da, .ka_hstride = shared ? 0 : da,
-                                    .kb = kb + (size_t)k0 * db, .kb_stride = db,
-                                    .v = v + (size_t)k0 * vstride, .v_stride = vstride, .v_hstride = shared ? 0 : dv,
-                                    .q_limit = lim, .k_pos0 = k0, .scale = 0.2f, .m = m, .l = l,
-                                    .acc = acc, .acc_stride = nh * dv, .acc_hstride = dv, .scores = scores};
-            krn_attn_tile(&a);
-        }
-        krn_attn_finish(nq, nh, dv, l, acc, nh * dv, dv);
+        attn_on_table(g_tables[ti], nq, nh, da, db, dv, p0, tile, shared, q, qb, k, kb, v, acc, scores);
         for (int i = 0; i < nq; i++)
             for (int h = 0; h < nh; h++) {
                 double *s = malloc(sizeof(double) * nk), mx = -1e30, sum = 0;
@@ -966,7 +979,7 @@ static void attn_case(int nq, int nh, int da, int db, int dv, int p0, int tile, 
             }
     }
     krn__ops_force(NULL);
-    free(q); free(qb); free(k); free(kb); if (!shared) free(v); free(m); free(l); free(acc); free(scores); free(lim);
+    free(q); free(qb); free(k); free(kb); if (!shared) free(v); free(acc); free(scores); free(lim);
 }
 
 START_TEST(test_paths_attention)
@@ -1092,32 +1105,6 @@ START_TEST(test_paths_absorbed_rows)
 }
 END_TEST
 
-/* One attention pass (causal, tiles of `tile` keys) on table t, into acc (nq x nh x dv). */
-static void attn_on_table(const krn__ops *t, int nq, int nh, int da, int db, int dv, int p0, int tile, int shared,
-                          const float *q, const float *qb, const float *k, const float *kb, const float *v, float *acc)
-{
-    const int nk = p0 + nq, hk = shared ? 1 : nh, vstride = shared ? da : hk * dv;
-    float *m = malloc(sizeof(float) * nq * nh), *l = malloc(sizeof(float) * nq * nh);
-    int *lim = malloc(sizeof(int) * nq);
-    for (int i = 0; i < nq; i++) lim[i] = p0 + i;
-    krn__ops_force(t);
-    krn_attn_init(nq, nh, dv, m, l, acc, nh * dv, dv);
-    for (int k0 = 0; k0 < nk; k0 += tile) {
-        krn_attn_tile_args a = {.nq = nq, .nh = nh, .nk = PD_MIN(tile, nk - k0), .da = da, .db = db, .dv = dv,
-                                .qa = q, .qa_stride = nh * da, .qa_hstride = da,
-                                .qb = qb, .qb_stride = nh * db, .qb_hstride = db,
-                                .ka = k + (size_t)k0 * hk * da, .ka_stride = hk * da, .ka_hstride = shared ? 0 : da,
-                                .kb = kb + (size_t)k0 * db, .kb_stride = db,
-                                .v = v + (size_t)k0 * vstride, .v_stride = vstride, .v_hstride = shared ? 0 : dv,
-                                .q_limit = lim, .k_pos0 = k0, .scale = 0.2f, .m = m, .l = l,
-                                .acc = acc, .acc_stride = nh * dv, .acc_hstride = dv, .scores = NULL};
-        krn_attn_tile(&a);
-    }
-    krn_attn_finish(nq, nh, dv, l, acc, nh * dv, dv);
-    krn__ops_force(NULL);
-    free(m); free(l); free(lim);
-}
-
 /* The AVX2 table's attention tile and MLA absorbed products give the AVX-512 table's bits (lanes never mix; the
  * same chains, exp and reduction order), on the shapes of test_paths_attention and test_paths_absorbed_rows plus
  * a peaked softmax (scores spread over hundreds). Runs where the CPU has both. */
@@ -1140,8 +1127,8 @@ START_TEST(test_paths_avx2_attention_matches_avx512)
         attn_random_inputs(nq, nh, nk, hk, da, db, dv, shared, q, qb, k, kb, v);
         if (ci == PD_ARRAY_LEN(cases) - 1) /* wide score range: most keys' weights underflow */
             for (int i = 0; i < nq * nh * da; i++) q[i] *= 40.0f;
-        attn_on_table(t2, nq, nh, da, db, dv, p0, tile, shared, q, qb, k, kb, v, a2);
-        attn_on_table(t5, nq, nh, da, db, dv, p0, tile, shared, q, qb, k, kb, v, a5);
+        attn_on_table(t2, nq, nh, da, db, dv, p0, tile, shared, q, qb, k, kb, v, a2, NULL);
+        attn_on_table(t5, nq, nh, da, db, dv, p0, tile, shared, q, qb, k, kb, v, a5, NULL);
         for (int i = 0; i < nq * nh * dv; i++)
             ck_assert_msg(!memcmp(a2 + i, a5 + i, sizeof(float)), "attention case %zu at %d: avx2 %a, avx512 %a", ci, i,
                           a2[i], a5[i]);
