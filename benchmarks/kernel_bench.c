@@ -18,7 +18,6 @@
 #include "model/mdl.h"
 #include "model/mdl_runner.h"
 
-
 static pd_rng g_rng;
 static volatile float g_sink;
 

@@ -954,9 +954,10 @@ static int make_draft_head(mdl_engine *e)
                  .block_r = src->block_r, .block_c = src->block_c};
     const size_t bytes = krn_mat_prepack_size(&h, KRN_PREPACK_W8A8);
     void *buf = bytes ? pd_huge_map(bytes) : NULL;
-    if (!buf) return 0;
-    if (krn_mat_prepack(&h, KRN_PREPACK_W8A8, buf) != PD_OK) {
-        pd_huge_unmap(buf, bytes);
+    if (!buf || krn_mat_prepack(&h, KRN_PREPACK_W8A8, buf) != PD_OK) {
+        pd_error("draft_head_dtype int8: cannot make the int8 copy of the MTP head (%d rows, %.1f MB)", nv,
+                 bytes / 1e6);
+        if (buf) pd_huge_unmap(buf, bytes);
         return 0;
     }
     e->dhead = h;

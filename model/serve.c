@@ -89,8 +89,9 @@ static int spec_head_dtype(const cJSON *j, int *int8, char *err, size_t errlen)
 }
 
 /* --speculative-config: vLLM's JSON form. method "mtp" (or vLLM's older name "deepseek_mtp") drafts with the
- * model's MTP layer (draft_vocab_size and draft_head_dtype, ours: a pruned or int8 draft head); "ngram" with prompt lookup (prompt_lookup_min /
- * prompt_lookup_max, vLLM's keys). Writes k, method, the n-gram sizes and the draft vocabulary into eo. */
+ * model's MTP layer (draft_vocab_size and draft_head_dtype, ours: a pruned or int8 draft head); "ngram" with prompt
+ * lookup (prompt_lookup_min / prompt_lookup_max, vLLM's keys). Writes k, method, the n-gram sizes and the draft
+ * head's options into eo. */
 static pd_status parse_spec(const char *s, mdl_engine_opts *eo, char *err, size_t errlen)
 {
     eo->num_speculative_tokens = 0;
@@ -114,7 +115,7 @@ static pd_status parse_spec(const char *s, mdl_engine_opts *eo, char *err, size_
                        cJSON_GetObjectItemCaseSensitive(j, "draft_head_dtype")))
         snprintf(err, errlen, "--speculative-config: draft_vocab_size and draft_head_dtype apply to method \"mtp\" only");
     else if (!spec_head_dtype(j, &eo->draft_head_int8, err, errlen))
-        ;
+        ; /* err says why */
     else if (spec_int(j, "prompt_lookup_min", 1, MDL_MAX_NGRAM, &eo->ngram_min, err, errlen) &&
              spec_int(j, "prompt_lookup_max", 1, MDL_MAX_NGRAM, &eo->ngram_max, err, errlen) &&
              spec_int(j, "draft_vocab_size", MDL_MIN_DRAFT_VOCAB, 1 << 24, &eo->draft_vocab_size, err, errlen)) {
