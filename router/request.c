@@ -55,7 +55,9 @@ static int opt_num(const cJSON *o, const char *k, double lo, double hi, int want
     if (!v || cJSON_IsNull(v)) return 1;
     if (!cJSON_IsNumber(v)) return bad(e, k, "'%s' must be a number", k);
     /* the range first: casting a double outside long long's range is undefined */
-    if (v->valuedouble < lo || v->valuedouble > hi) return bad(e, k, "'%s' must be in [%g, %g]", k, lo, hi);
+    if (v->valuedouble < lo || v->valuedouble > hi)
+        return want_int ? bad(e, k, "'%s' must be an integer in [%lld, %lld]", k, (long long)lo, (long long)hi)
+                        : bad(e, k, "'%s' must be in [%g, %g]", k, lo, hi);
     if (want_int && v->valuedouble != (double)(long long)v->valuedouble) return bad(e, k, "'%s' must be an integer", k);
     *out = v->valuedouble;
     return 1;
@@ -396,10 +398,16 @@ pd_status rt_request_parse(const char *body, size_t len, int chat, const rt_limi
         goto refuse;
     }
     const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
-    if (model && !cJSON_IsNull(model) &&
-        (!cJSON_IsString(model) || strcmp(model->valuestring, lim->served_model_name) != 0)) {
-        bad(e, "model", "the model '%s' does not exist; this server serves '%s'",
-            cJSON_IsString(model) ? model->valuestring : "?", lim->served_model_name);
+    if (model && !cJSON_IsNull(model) && !cJSON_IsString(model)) {
+        bad(e, "model", "'model' must be a string");
+        goto refuse;
+    }
+    if (cJSON_IsString(model) && strcmp(model->valuestring, lim->served_model_name) != 0) {
+        /* 404, as OpenAI and vLLM answer a model they do not serve */
+        bad(e, "model", "the model '%s' does not exist; this server serves '%s'", model->valuestring,
+            lim->served_model_name);
+        e->status = 404;
+        e->type = pd_http_error_type(404);
         goto refuse;
     }
     /* prompts */

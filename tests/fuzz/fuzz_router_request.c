@@ -36,7 +36,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 
 static void check_refusal(const rt_error *e, size_t size)
 {
-    CHECK(e->status == 400 || e->status == 413);
+    CHECK(e->status == 400 || e->status == 413 || (e->status == 404 && !strcmp(e->param, "model")));
     CHECK((e->status == 413) == (size > lim.max_body));
     CHECK(e->type && !strcmp(e->type, pd_http_error_type(e->status)));
     size_t n = strnlen(e->msg, sizeof e->msg);

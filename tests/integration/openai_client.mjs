@@ -59,7 +59,7 @@ try {
   await client.chat.completions.create({ model: "no-such-model", messages: [{ role: "user", content: "x" }] });
   check(false, "an unknown model must fail");
 } catch (e) {
-  check(e instanceof OpenAI.BadRequestError && /does not exist/.test(e.message), "unknown model: " + e);
+  check(e instanceof OpenAI.NotFoundError && /does not exist/.test(e.message), "unknown model: " + e);
 }
 console.log(`${passed} passed, ${failed} failed`);
 process.exit(failed ? 1 : 0);

@@ -165,7 +165,7 @@ try:
     err("/v1/completions", b"{not json", 400)
     err("/v1/completions", b"[1,2]", 400)
     err("/v1/completions", {"prompt": 5}, 400, "prompt")
-    err("/v1/completions", {"prompt": "hi", "model": "gpt-4"}, 400, "model")
+    err("/v1/completions", {"prompt": "hi", "model": "gpt-4"}, 404, "model")  # as OpenAI and vLLM: not served
     err("/v1/completions", {"prompt": "hi", "max_tokens": "ten"}, 400, "max_tokens")
     err("/v1/completions", {"prompt": "hi", "temperature": -1}, 400, "temperature")
     err("/v1/completions", {"prompt": "hi", "max_tokens": 2000}, 400, "max_tokens")
