@@ -239,22 +239,23 @@ static float logprob_of(const row_ws *w, const seq *s, int32_t t, float lse)
 }
 
 /* 1 when the (n_out+1)-th generated token of s is the plain argmax of its logits row: greedy, no penalties, no
- * logprobs, no min_tokens mask (what process_sample + krn_sample do then), so the step may hand the row to the
- * lm_head screen (mdl_batch.argmax_only) instead of computing its logits. */
+ * logit_bias, no logprobs, no min_tokens mask (what process_sample + krn_sample do then), so the step may hand the
+ * row to the lm_head screen (mdl_batch.argmax_only) instead of computing its logits. */
 static int argmax_row(const mdl_engine *e, const seq *s, int n_out)
 {
     const krn_sampling_params *p = &s->p.sampling;
     return !e->o.full_logits && !(p->temperature > 1e-6f) && s->p.top_logprobs < 0 && n_out >= s->p.min_tokens &&
            !(p->repetition_penalty != 1.0f && p->repetition_penalty > 0) && p->frequency_penalty == 0.0f &&
-           p->presence_penalty == 0.0f;
+           p->presence_penalty == 0.0f && s->p.n_bias == 0;
 }
 
-/* Processes logits row lg (modified: min_tokens mask, then krn_sample's penalties) as the (n_out+1)-th generated
- * token of s, whose output so far is s->tokens[n_prompt .. n_prompt + n_out), and samples it with rng.
- * probs_out (optional) receives the processed distribution. */
+/* Processes logits row lg (modified: logit_bias, the min_tokens mask, then krn_sample's penalties) as the
+ * (n_out+1)-th generated token of s, whose output so far is s->tokens[n_prompt .. n_prompt + n_out), and samples it
+ * with rng. probs_out (optional) receives the processed distribution. */
 static int32_t process_sample(const mdl_engine *e, row_ws *w, seq *s, float *lg, int n_out, pd_rng *rng,
                               float *probs_out)
 {
+    for (int i = 0; i < s->p.n_bias; i++) lg[s->p.bias_ids[i]] += s->p.bias[i];
     if (n_out < s->p.min_tokens) { /* stop tokens may not end it yet */
         if (!s->p.ignore_eos) lg[e->m->cfg.eos_token_id] = -INFINITY;
         for (int i = 0; i < s->p.n_stop_ids; i++) lg[s->p.stop_ids[i]] = -INFINITY;

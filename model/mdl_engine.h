@@ -13,6 +13,7 @@
 #include "model/mdl.h"
 
 #define MDL_MAX_STOP_IDS 16
+#define MDL_MAX_LOGIT_BIAS 300 /* logit_bias entries per request (OpenAI's limit) */
 #define MDL_MAX_TOP_LOGPROBS 20
 #define MDL_MAX_SPEC_TOKENS 4   /* num_speculative_tokens 0..4 */
 #define MDL_MAX_NGRAM 64        /* prompt lookup n-gram sizes 1..64 */
@@ -31,6 +32,11 @@ typedef struct {
     int ignore_eos;
     int32_t stop_ids[MDL_MAX_STOP_IDS]; /* besides eos */
     int n_stop_ids;
+    /* logit_bias: bias[i] is added to the logit of token bias_ids[i] before anything else processes the row (the
+     * min_tokens mask, penalties, temperature); logprobs stay those of the model's logits */
+    int32_t bias_ids[MDL_MAX_LOGIT_BIAS];
+    float bias[MDL_MAX_LOGIT_BIAS];
+    int n_bias;
     int top_logprobs;          /* 0..20 alternatives per token and the sampled token's logprob; -1: no logprobs
                                 * at all (events carry logprob 0, no alternatives; saves a copy and a log-sum-exp
                                 * over the vocabulary per sampled row) */

@@ -370,6 +370,27 @@ pd_status mdl_serve_parse_gen(const mdl_model *m, const cJSON *root, int default
             ok = 0;
         }
     }
+    const cJSON *lb = sp ? cJSON_GetObjectItemCaseSensitive(sp, "logit_bias") : NULL;
+    if (ok && lb && !cJSON_IsNull(lb)) {
+        if (!cJSON_IsObject(lb) || cJSON_GetArraySize(lb) > MDL_MAX_LOGIT_BIAS) {
+            snprintf(err, n, "'logit_bias' must be an object of at most %d token ids", MDL_MAX_LOGIT_BIAS);
+            ok = 0;
+        } else {
+            cJSON_ArrayForEach(v, lb)
+            {
+                char *end = NULL;
+                const long id = strtol(v->string, &end, 10);
+                if (!v->string[0] || *end || id < 0 || id >= m->cfg.vocab_size || !cJSON_IsNumber(v) ||
+                    !(v->valuedouble >= -100 && v->valuedouble <= 100)) {
+                    snprintf(err, n, "'logit_bias' must map token ids of this model to numbers in [-100, 100]");
+                    ok = 0;
+                    break;
+                }
+                p->bias_ids[p->n_bias] = (int32_t)id;
+                p->bias[p->n_bias++] = (float)v->valuedouble;
+            }
+        }
+    }
     if (ok && !p->has_seed && default_seed >= 0) {
         p->has_seed = 1;
         p->seed = (uint64_t)default_seed ^ salt;

@@ -1,6 +1,7 @@
 /* Parsing and validation of a completions or chat completions body, with no HTTP in it: bytes in, either a
  * request ready to run (prompts tokenized, choices laid out, sampling object built) or an OpenAI-shaped error
  * naming the field out. api.c runs the result; tests/fuzz/fuzz_router_request.c throws hostile bytes at it. */
+#include <errno.h>
 #include <stdarg.h>
 #include <string.h>
 
@@ -277,6 +278,48 @@ static int parse_stop(const rt_limits *lim, const cJSON *root, rt_req *r, rt_err
     return 1;
 }
 
+/* logit_bias (OpenAI's form): null, or an object mapping token ids (decimal strings) to biases in [-100, 100] added to
+ * their logits before sampling; at most RT_MAX_LOGIT_BIAS entries. *out: the entries with normalised keys, for the
+ * pools (NULL when there are none). */
+static int parse_logit_bias(const rt_limits *lim, const cJSON *root, cJSON **out, rt_error *e)
+{
+    const cJSON *lb = cJSON_GetObjectItemCaseSensitive(root, "logit_bias");
+    *out = NULL;
+    if (!lb || cJSON_IsNull(lb)) return 1;
+    if (!cJSON_IsObject(lb)) return bad(e, "logit_bias", "'logit_bias' must be an object of token ids to biases");
+    if (cJSON_GetArraySize(lb) > RT_MAX_LOGIT_BIAS)
+        return bad(e, "logit_bias", "'logit_bias' may hold at most %d token ids", RT_MAX_LOGIT_BIAS);
+    if (cJSON_GetArraySize(lb) == 0) return 1;
+    cJSON *o = cJSON_CreateObject();
+    if (!o) return bad(e, "logit_bias", "out of memory");
+    const cJSON *v;
+    cJSON_ArrayForEach(v, lb)
+    {
+        const char *k = v->string;
+        char *end = NULL;
+        errno = 0;
+        const long id = strtol(k, &end, 10);
+        if (!(k[0] >= '0' && k[0] <= '9') || *end || errno || id < 0 || id >= lim->vocab_size || (k[0] == '0' && k[1])) {
+            cJSON_Delete(o);
+            return bad(e, "logit_bias", "'logit_bias' key '%.40s' is not a token id of this model (vocabulary %d)", k,
+                       lim->vocab_size);
+        }
+        if (!cJSON_IsNumber(v) || !(v->valuedouble >= -100 && v->valuedouble <= 100)) {
+            cJSON_Delete(o);
+            return bad(e, "logit_bias", "'logit_bias' values must be numbers in [-100, 100]");
+        }
+        char key[16];
+        snprintf(key, sizeof key, "%ld", id);
+        if (cJSON_GetObjectItemCaseSensitive(o, key)) {
+            cJSON_Delete(o);
+            return bad(e, "logit_bias", "'logit_bias' names token %ld twice", id);
+        }
+        cJSON_AddNumberToObject(o, key, v->valuedouble);
+    }
+    *out = o;
+    return 1;
+}
+
 /* ---- the request ---------------------------------------------------------------------------------------- */
 
 /* One pass over the raw body before cJSON sees it. Nesting depth: cJSON recurses up to its own limit of 1000 and
@@ -361,7 +404,7 @@ pd_status rt_request_parse(const char *body, size_t len, int chat, const rt_limi
     int starts[RT_MAX_PROMPTS], lens[RT_MAX_PROMPTS], n_prompts = 0;
     char *text = NULL;
     rt_req *r = NULL;
-    cJSON *root = NULL;
+    cJSON *root = NULL, *bias = NULL; /* bias: the normalised logit_bias until r->sampling owns it */
     if (len > lim->max_body) {
         bad(e, NULL, "request body larger than %zu bytes", lim->max_body);
         e->status = 413;
@@ -431,11 +474,7 @@ pd_status rt_request_parse(const char *body, size_t len, int chat, const rt_limi
         bad(e, "suffix", "'suffix' is not supported");
         goto refuse;
     }
-    const cJSON *lb = cJSON_GetObjectItemCaseSensitive(root, "logit_bias");
-    if (cJSON_IsObject(lb) && cJSON_GetArraySize(lb) > 0) {
-        bad(e, "logit_bias", "'logit_bias' is not supported");
-        goto refuse;
-    }
+    if (!parse_logit_bias(lim, root, &bias, e)) goto refuse;
     const cJSON *rf = cJSON_GetObjectItemCaseSensitive(root, "response_format"), *rft = rf ? cJSON_GetObjectItem(rf, "type") : NULL;
     if (rf && !cJSON_IsNull(rf) && !(cJSON_IsString(rft) && !strcmp(rft->valuestring, "text"))) {
         bad(e, "response_format", "only response_format {\"type\": \"text\"} is supported");
@@ -531,6 +570,8 @@ pd_status rt_request_parse(const char *body, size_t len, int chat, const rt_limi
     cJSON_AddNumberToObject(r->sampling, "presence_penalty", pres);
     cJSON_AddNumberToObject(r->sampling, "frequency_penalty", freq);
     cJSON_AddNumberToObject(r->sampling, "repetition_penalty", rep);
+    if (bias) cJSON_AddItemToObject(r->sampling, "logit_bias", bias);
+    bias = NULL;
     /* choices */
     r->n_ch = n_prompts * (int)n;
     r->ch = calloc((size_t)r->n_ch, sizeof *r->ch);
@@ -562,6 +603,7 @@ refuse:
         e->type = pd_http_error_type(400);
     }
     cJSON_Delete(root);
+    cJSON_Delete(bias);
     free(text);
     rt_request_free(r);
     return PD_ERR_INVALID;

@@ -5,6 +5,7 @@
 
 #include <cJSON.h>
 
+#include "model/mdl_engine.h"
 #include "router/router.h"
 
 #define RT_MAX_STOP 16
@@ -106,6 +107,7 @@ struct rt_req {
 /* request.c: a completions / chat completions body -> a request, or an OpenAI-shaped error. No HTTP. */
 #define RT_MAX_PROMPTS 64         /* prompts in one completions request */
 #define RT_MAX_JSON_DEPTH 64      /* nesting of arrays and objects in a body; the body object is level 1 */
+#define RT_MAX_LOGIT_BIAS MDL_MAX_LOGIT_BIAS /* logit_bias entries a request may give (the pools' limit) */
 
 typedef struct {
     mdl_tokenizer tok;
@@ -121,7 +123,7 @@ typedef struct {
 } rt_limits;
 
 typedef struct {
-    int status;                   /* HTTP status: 400, 413; 503 when max_model_len <= 0 or out of memory */
+    int status;                   /* HTTP status: 400, 413, 404 (a model not served); 503 when max_model_len <= 0 or out of memory */
     const char *type;             /* OpenAI error type for status (pd_http_error_type) */
     char param[64];               /* the offending field; "" when the body as a whole is at fault */
     char msg[512];                /* never empty */

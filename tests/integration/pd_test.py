@@ -89,6 +89,12 @@ try:
             for i, pr in enumerate(prompts[:20]):
                 a = complete(dep, pr, i % 2 == 1)
                 same += a[0] == base[i][0] and a[1] == base[i][1]
+            # logit_bias with speculation: verify rows and drafts are processed as plain decode rows are
+            st, o, _ = harness.request(dep.port, "POST", "/v1/completions",
+                                       {"prompt": [3, 5, 7], "max_tokens": 6, "temperature": 0, "logit_bias": {"1000": 100}})
+            st2, w, _ = harness.request(dep.port, "POST", "/detokenize", {"tokens": [1000] * 6})
+            check(st == 200 and o["choices"][0]["text"] == w["prompt"], "%s %s: logit_bias +100 on 1000 gives %r"
+                  % (mode, cfg, o["choices"][0]["text"] if st == 200 else o))
             st, metrics, _ = harness.request(dep.decode_port, "GET", "/metrics")
             drafted = sum(float(l.split()[-1]) for l in metrics.decode().splitlines()
                           if l.startswith("pdserve_spec_decode_num_draft_tokens_total"))
@@ -183,6 +189,19 @@ try:
     st, o, _ = harness.request(pd.port, "POST", "/tokenize", {"prompt": "Hello world"})
     st2, o2, _ = harness.request(pd.port, "POST", "/detokenize", {"tokens": o["tokens"]})
     check(st == 200 and o["count"] == len(o["tokens"]) and o2["prompt"].endswith("Hello world"), "tokenize round trip")
+
+    # logit_bias: +100 on one token makes it every generated token (the prefill instance's first one and the decode
+    # instance's rest), greedy and sampled, PD and colocated
+    biased = o["tokens"][-1]
+    st, want, _ = harness.request(pd.port, "POST", "/detokenize", {"tokens": [biased] * 4})
+    for dep, name in ((pd, "PD"), (co, "colocated")):
+        for temp in (0, 1.0):
+            st, o, _ = harness.request(dep.port, "POST", "/v1/completions",
+                                       {"prompt": [3, 5, 7], "max_tokens": 4, "temperature": temp, "seed": 3,
+                                        "logit_bias": {str(biased): 100}})
+            check(st == 200 and o["choices"][0]["text"] == want["prompt"],
+                  "%s logit_bias +100 on %d at temperature %g: %r, want %r"
+                  % (name, biased, temp, o["choices"][0]["text"] if st == 200 else o, want["prompt"]))
 
     # 6. the official OpenAI client, unmodified, against the PD deployment
     import subprocess

@@ -262,6 +262,45 @@ END_TEST
 
 /* Regression: a chat request that names no max_tokens gets what fits, capped at --max-tokens-limit; it used to be
  * refused for exceeding a limit with a value the client never sent. */
+/* logit_bias (OpenAI's form): token ids as decimal strings to biases in [-100, 100], forwarded to the pools with
+ * normalised keys; anything else is refused naming the field. */
+START_TEST(test_logit_bias)
+{
+    rt_req *r = accepted("{\"prompt\": \"hi\", \"logit_bias\": {\"5\": 10, \"7\": -100, \"0\": 0.5}}", 0);
+    const cJSON *lb = cJSON_GetObjectItemCaseSensitive(r->sampling, "logit_bias");
+    ck_assert(cJSON_IsObject(lb));
+    ck_assert_int_eq(cJSON_GetArraySize(lb), 3);
+    ck_assert(cJSON_GetObjectItemCaseSensitive(lb, "7")->valuedouble == -100);
+    ck_assert(cJSON_GetObjectItemCaseSensitive(lb, "0")->valuedouble == 0.5);
+    rt_request_free(r);
+    r = accepted("{\"prompt\": \"hi\", \"logit_bias\": {}}", 0); /* empty or null: none */
+    ck_assert_ptr_null(cJSON_GetObjectItemCaseSensitive(r->sampling, "logit_bias"));
+    rt_request_free(r);
+    r = accepted("{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"logit_bias\": null}", 1);
+    ck_assert_ptr_null(cJSON_GetObjectItemCaseSensitive(r->sampling, "logit_bias"));
+    rt_request_free(r);
+    char body[256];
+    snprintf(body, sizeof body, "{\"prompt\": \"hi\", \"logit_bias\": {\"%d\": 1}}", lim.vocab_size);
+    const char *bad_bias[] = {"{\"prompt\": \"hi\", \"logit_bias\": [1, 2]}",
+                              "{\"prompt\": \"hi\", \"logit_bias\": {\"abc\": 1}}",
+                              "{\"prompt\": \"hi\", \"logit_bias\": {\"-1\": 1}}",
+                              "{\"prompt\": \"hi\", \"logit_bias\": {\" 5\": 1}}",
+                              "{\"prompt\": \"hi\", \"logit_bias\": {\"05\": 1}}",
+                              "{\"prompt\": \"hi\", \"logit_bias\": {\"5\": 101}}",
+                              "{\"prompt\": \"hi\", \"logit_bias\": {\"5\": \"1\"}}",
+                              "{\"prompt\": \"hi\", \"logit_bias\": {\"5\": 1, \"5\": 2}}",
+                              body};
+    for (size_t i = 0; i < PD_ARRAY_LEN(bad_bias); i++) refused(bad_bias[i], 0, 400, "logit_bias");
+    /* more than RT_MAX_LOGIT_BIAS entries */
+    char *many = malloc(16 * (RT_MAX_LOGIT_BIAS + 2) + 64);
+    strcpy(many, "{\"prompt\": \"hi\", \"logit_bias\": {");
+    for (int i = 0; i <= RT_MAX_LOGIT_BIAS; i++) sprintf(many + strlen(many), "%s\"%d\": 1", i ? ", " : "", i);
+    strcat(many, "}}");
+    refused(many, 0, 400, "logit_bias");
+    free(many);
+}
+END_TEST
+
 START_TEST(test_chat_default_max_tokens)
 {
     rt_req *r = accepted("{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}]}", 1);
@@ -291,6 +330,7 @@ int main(void)
     tcase_add_test(tc, test_single_stop_string);
     tcase_add_test(tc, test_stop_token_ids_integers);
     tcase_add_test(tc, test_chat_default_max_tokens);
+    tcase_add_test(tc, test_logit_bias);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
