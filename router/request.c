@@ -291,7 +291,12 @@ static int parse_logit_bias(const rt_limits *lim, const cJSON *root, cJSON **out
         return bad(e, "logit_bias", "'logit_bias' may hold at most %d token ids", RT_MAX_LOGIT_BIAS);
     if (cJSON_GetArraySize(lb) == 0) return 1;
     cJSON *o = cJSON_CreateObject();
-    if (!o) return bad(e, "logit_bias", "out of memory");
+    if (!o) {
+        bad(e, "logit_bias", "out of memory");
+        e->status = 503;
+        e->type = pd_http_error_type(503);
+        return 0;
+    }
     const cJSON *v;
     cJSON_ArrayForEach(v, lb)
     {
@@ -301,7 +306,8 @@ static int parse_logit_bias(const rt_limits *lim, const cJSON *root, cJSON **out
         const long id = strtol(k, &end, 10);
         if (!(k[0] >= '0' && k[0] <= '9') || *end || errno || id < 0 || id >= lim->vocab_size || (k[0] == '0' && k[1])) {
             cJSON_Delete(o);
-            return bad(e, "logit_bias", "'logit_bias' key '%.40s' is not a token id of this model (vocabulary %d)", k,
+            /* the key whole: bad() cuts an over-long message only where UTF-8 allows */
+            return bad(e, "logit_bias", "'logit_bias' key '%s' is not a token id of this model (vocabulary %d)", k,
                        lim->vocab_size);
         }
         if (!cJSON_IsNumber(v) || !(v->valuedouble >= -100 && v->valuedouble <= 100)) {

@@ -297,6 +297,11 @@ START_TEST(test_logit_bias)
     for (int i = 0; i <= RT_MAX_LOGIT_BIAS; i++) sprintf(many + strlen(many), "%s\"%d\": 1", i ? ", " : "", i);
     strcat(many, "}}");
     refused(many, 0, 400, "logit_bias");
+    /* a long key of multi-byte characters: echoed into the message, which stays valid UTF-8 (refused checks) */
+    strcpy(many, "{\"prompt\": \"hi\", \"logit_bias\": {\"");
+    for (int i = 0; i < 400; i++) strcat(many, "\xc3\xa9");
+    strcat(many, "\": 1}}");
+    refused(many, 0, 400, "logit_bias");
     free(many);
 }
 END_TEST
