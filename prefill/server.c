@@ -545,6 +545,9 @@ pd_status pf_server_create(struct event_base *base, pf_opts *o, pf_server **out,
         pd_error("prefill: %s", err);
         goto fail_server;
     }
+    /* a prefill instance never runs a draft pass (its requests end after the first token): no int8 draft head copy,
+     * even when it shares the decode instances' --speculative-config */
+    s->eo.draft_head_int8 = 0;
     s->msg_size = sizeof(mdl_event) + (size_t)s->m->cfg.hidden_size * sizeof(float);
     if ((st = pd_mailbox_create(base, s->msg_size, on_engine_event, s, &s->mb)) != PD_OK) goto fail_server;
     if ((st = mdl_engine_create(s->m, &s->eo, engine_cb, s, &s->eng)) != PD_OK) {
