@@ -20,14 +20,35 @@ static seq *find(mdl_engine *e, uint64_t id)
     return NULL;
 }
 
+/* A request-path allocation that is to fail on purpose (tests only: mdl__engine_test_oom). */
+static int alloc_fails(mdl_engine *e)
+{
+    int n = atomic_load(&e->test_fail_allocs);
+    while (n > 0 && !atomic_compare_exchange_weak(&e->test_fail_allocs, &n, n - 1)) continue;
+    return n > 0;
+}
+
+static void deliver_events(mdl_engine *e);
+
+/* A new pending event for s (under the lock, engine thread). When the buffer cannot grow, the pending events go out
+ * first (as they would after the step; callbacks may call in) and their room is reused: nothing is lost. */
 static mdl_event *push_ev(mdl_engine *e, mdl_event_type t, const seq *s)
 {
-    if (e->n_evs == e->cap_evs) {
-        int nc = e->cap_evs ? e->cap_evs * 2 : 64;
-        mdl_event *n = realloc(e->evs, (size_t)nc * sizeof *n);
-        PD_ASSERT(n != NULL);
-        e->evs = n;
-        e->cap_evs = nc;
+    const int capped = e->test_ev_cap > 0 && e->n_evs >= e->test_ev_cap;
+    if (capped || e->n_evs == e->cap_evs) {
+        int nc = e->cap_evs * 2;
+        mdl_event *n = capped ? NULL : realloc(e->evs, (size_t)nc * sizeof *n);
+        if (n) {
+            e->evs = n;
+            e->cap_evs = nc;
+            e->evs_short = 0;
+        } else {
+            if (!e->evs_short)
+                pd_warn("engine: out of memory growing the event buffer at %d pending events; delivering them "
+                        "before the step ends", e->n_evs);
+            e->evs_short = 1;
+            deliver_events(e);
+        }
     }
     mdl_event *ev = &e->evs[e->n_evs++];
     memset(ev, 0, sizeof *ev);
@@ -120,16 +141,6 @@ static int emit_token(mdl_engine *e, seq *s, int32_t t, float lp, const mdl_even
 }
 
 /* ---- the engine thread ------------------------------------------------------------------------------------- */
-
-/* What one step carries from planning through computation to its results (engine thread only). */
-typedef struct {
-    chunk *ch;                /* [max_num_seqs] prompt chunks */
-    seq **dec;                /* [max_num_seqs] decoding sequences */
-    int32_t *first;           /* [max_num_seqs] first token sampled for each completed chunk */
-    float *first_lp;
-    mdl_event *tmpl;          /* its top logprobs */
-    int nc, nd;
-} step;
 
 /* Aborts and releases asked for since the last step (under the lock). */
 static void step_commands(mdl_engine *e)
@@ -294,27 +305,18 @@ static int step_plan(mdl_engine *e, step *st)
 static void *engine_main(void *arg)
 {
     mdl_engine *e = arg;
-    const int S = e->o.max_num_seqs;
-    step st = {.ch = calloc((size_t)S, sizeof *st.ch), .dec = calloc((size_t)S, sizeof *st.dec),
-               .first = calloc((size_t)S, sizeof *st.first), .first_lp = calloc((size_t)S, sizeof *st.first_lp),
-               .tmpl = calloc((size_t)S, sizeof *st.tmpl)};
-    PD_ASSERT(st.ch && st.dec && st.first && st.first_lp && st.tmpl);
+    step *st = &e->stp;
     pthread_mutex_lock(&e->mu);
     while (!e->stop) {
-        if (!step_plan(e, &st)) continue;
+        if (!step_plan(e, st)) continue;
         pthread_mutex_unlock(&e->mu);
-        const double t_dec = step_compute(e, &st);
+        const double t_dec = step_compute(e, st);
         pthread_mutex_lock(&e->mu);
-        step_prefilled(e, &st, pd_time_now());
-        step_decoded(e, &st, t_dec);
+        step_prefilled(e, st, pd_time_now());
+        step_decoded(e, st, t_dec);
         e->st.steps++;
     }
     pthread_mutex_unlock(&e->mu);
-    free(st.ch);
-    free(st.dec);
-    free(st.first);
-    free(st.first_lp);
-    free(st.tmpl);
     return NULL;
 }
 
@@ -403,9 +405,14 @@ pd_status mdl_engine_create(mdl_model *m, const mdl_engine_opts *o, mdl_event_cb
     e->r_tmpl = malloc((size_t)S * e->tps * sizeof(mdl_event));
     e->r_n = calloc((size_t)S, sizeof(int));
     e->r_acc = calloc((size_t)S, sizeof(int));
+    e->stp.ch = calloc((size_t)S, sizeof *e->stp.ch);
+    e->stp.dec = calloc((size_t)S, sizeof *e->stp.dec);
+    e->stp.first = calloc((size_t)S, sizeof *e->stp.first);
+    e->stp.first_lp = calloc((size_t)S, sizeof *e->stp.first_lp);
+    e->stp.tmpl = calloc((size_t)S, sizeof *e->stp.tmpl);
     int ok = e->b_tokens && e->b_start && e->b_ctx && e->b_rows && e->b_amax_only && e->b_amax && e->b_tables &&
              e->logits && e->mtp_hidden && e->mtp_tokens && e->evs && e->ks && e->r_tok && e->r_lp && e->r_tmpl &&
-             e->r_n && e->r_acc;
+             e->r_n && e->r_acc && e->stp.ch && e->stp.dec && e->stp.first && e->stp.first_lp && e->stp.tmpl;
     if (k > 0) {
         e->q = malloc((size_t)S * k * V * sizeof(float));
         e->q_onehot = calloc((size_t)S * k, 1);
@@ -461,7 +468,8 @@ void mdl_engine_destroy(mdl_engine *e)
     free(e->ws);
     void *bufs[] = {e->b_tokens, e->b_start, e->b_ctx, e->b_rows, e->b_amax_only, e->b_amax, e->b_tables, e->logits,
                     e->mtp_hidden, e->mtp_tokens, e->evs, e->ks, e->r_tok, e->r_lp, e->r_tmpl, e->r_n, e->r_acc, e->q,
-                    e->q_onehot, e->g, e->known, e->n_known, e->map, e->scratch_blocks};
+                    e->q_onehot, e->g, e->known, e->n_known, e->map, e->scratch_blocks, e->stp.ch, e->stp.dec,
+                    e->stp.first, e->stp.first_lp, e->stp.tmpl};
     for (size_t i = 0; i < PD_ARRAY_LEN(bufs); i++) free(bufs[i]);
     free(e);
 }
@@ -471,6 +479,14 @@ void mdl_engine_set_draft_hook(mdl_engine *e, mdl_draft_cb cb, void *arg)
     pthread_mutex_lock(&e->mu);
     e->draft_cb = cb;
     e->draft_arg = arg;
+    pthread_mutex_unlock(&e->mu);
+}
+
+void mdl__engine_test_oom(mdl_engine *e, int fail_allocs, int ev_cap)
+{
+    pthread_mutex_lock(&e->mu);
+    atomic_store(&e->test_fail_allocs, fail_allocs);
+    e->test_ev_cap = ev_cap;
     pthread_mutex_unlock(&e->mu);
 }
 
@@ -497,12 +513,15 @@ pd_status mdl_engine_submit(mdl_engine *e, uint64_t id, void *user, const int32_
     /* the whole sequence must fit the pool on its own; the prompt's blocks are taken now, the rest as it grows */
     int cap = mdl_kv_blocks_for(e->kv, n_prompt + gen), nb = mdl_kv_blocks_for(e->kv, n_prompt);
     if (cap > e->o.n_blocks) return PD_ERR_RANGE;
-    seq *s = calloc(1, sizeof *s);
-    if (!s) return PD_ERR_NOMEM;
-    s->tokens = malloc((size_t)(n_prompt + p->max_tokens) * sizeof(int32_t));
-    s->blocks = malloc((size_t)cap * sizeof(int));
-    s->hidden = malloc((size_t)(e->k + 1) * c->hidden_size * sizeof(float));
-    if (!s->tokens || !s->blocks || !s->hidden) {
+    seq *s = alloc_fails(e) ? NULL : calloc(1, sizeof *s);
+    if (s) {
+        s->tokens = malloc((size_t)(n_prompt + p->max_tokens) * sizeof(int32_t));
+        s->blocks = malloc((size_t)cap * sizeof(int));
+        s->hidden = malloc((size_t)(e->k + 1) * c->hidden_size * sizeof(float));
+    }
+    if (!s || !s->tokens || !s->blocks || !s->hidden) {
+        pd_error("engine: out of memory admitting request %llu (%d prompt tokens, %d blocks); refused",
+                 (unsigned long long)id, n_prompt, cap);
         seq_free(s);
         return PD_ERR_NOMEM;
     }

@@ -5,6 +5,7 @@
 #define MDL_ENGINE_INTERNAL_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <string.h>
 
 #include "model/mdl_engine.h"
@@ -54,6 +55,24 @@ typedef struct {
     float *raw;  /* [vocab] raw logits of the row being sampled */
     float *pbuf; /* [vocab] processed target distribution of the row being verified (k > 0) */
 } row_ws;
+
+/* One prompt chunk of a step: n tokens of s's n_fill from n_cached on. */
+typedef struct {
+    seq *s;
+    int n;        /* tokens of this step */
+    int done;     /* prompt completes in this step */
+} chunk;
+
+/* What one step carries from planning through computation to its results (engine thread only; [max_num_seqs]
+ * each, allocated with the engine). */
+typedef struct {
+    chunk *ch;                /* prompt chunks */
+    seq **dec;                /* decoding sequences */
+    int32_t *first;           /* first token sampled for each completed chunk */
+    float *first_lp;
+    mdl_event *tmpl;          /* its top logprobs */
+    int nc, nd;
+} step;
 
 struct mdl_engine_s {
     mdl_model *m;
@@ -110,14 +129,18 @@ struct mdl_engine_s {
     int *scratch_blocks, n_scratch; /* KV rows of padding sequences */
     int last_plan;            /* plan of the last decode step, -1: general path */
     int last_padded;          /* padding rows of the last decode step */
+    step stp;                 /* the step being run */
+    int evs_short;            /* the event buffer could not grow: events go out early (logged once per episode) */
+    /* tests only (mdl__engine_test_oom): request-path allocations still to fail, and an event buffer that cannot
+     * grow past test_ev_cap entries (0: no limit) */
+    atomic_int test_fail_allocs;
+    int test_ev_cap;
 };
 
-/* One prompt chunk of a step: n tokens of s's n_fill from n_cached on. */
-typedef struct {
-    seq *s;
-    int n;        /* tokens of this step */
-    int done;     /* prompt completes in this step */
-} chunk;
+/* ---- engine.c -------------------------------------------------------------------------------------------- */
+/* Tests only: fault injection for out of memory. The next fail_allocs request-path allocations (a submitted
+ * request's) fail; ev_cap > 0: the event buffer behaves as if it could not grow past ev_cap pending events. */
+void mdl__engine_test_oom(mdl_engine *e, int fail_allocs, int ev_cap);
 
 /* ---- sched.c --------------------------------------------------------------------------------------------- */
 /* The step's prompt chunks (under the lock): waiting prompts in arrival order up to the token budget, into
