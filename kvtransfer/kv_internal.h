@@ -1,6 +1,6 @@
-/* libpdkv internals shared by kv.c (context, progress, peers, regions) and xfer.c (sender state machine,
- * receiver active-message handlers). Every UCX request in flight is a kv__op on ctx->ops, so teardown
- * can cancel or wait for each one before its buffers go. */
+/* libpdkv internals shared by the core (context.c, peers.c, regions.c, progress.c) and, on top of it, xfer.c
+ * (sender state machine, receiver active-message handlers). The core calls up only through ctx->xl. Every UCX
+ * request in flight is a kv__op on ctx->ops, so teardown can cancel or wait for each one before its buffers go. */
 #ifndef PD_KV_INTERNAL_H
 #define PD_KV_INTERNAL_H
 
@@ -30,7 +30,8 @@ static inline void kv__list_del(kv__link *e)
 }
 #define KV__CONTAINER(ptr, type, member) ((type *)((char *)(ptr) - offsetof(type, member)))
 /* Safe against deletion of the current element. */
-#define KV__FOREACH(it, tmp, head) for ((it) = (head)->next, (tmp) = (it)->next; (it) != (head); (it) = (tmp), (tmp) = (it)->next)
+#define KV__FOREACH(it, tmp, head)                                                                                 \
+    for ((it) = (head)->next, (tmp) = (it)->next; (it) != (head); (it) = (tmp), (tmp) = (it)->next)
 
 enum { KV__AM_HELLO = 11, KV__AM_DATA = 12, KV__AM_NOTICE = 13, KV__AM_ABORT = 14 };
 
@@ -165,7 +166,10 @@ typedef struct {
     char *desc;
 } kv__hello;
 
+typedef struct kv__xfer_layer kv__xfer_layer;
+
 struct kv_context {
+    const kv__xfer_layer *xl; /* the transfer layer (kv__xfer_ops), set before anything can call it */
     ucp_context_h ucp;
     ucp_worker_h worker;
     int efd;
@@ -204,31 +208,49 @@ struct kv_context {
     ucp_err_handling_mode_t err_mode; /* PEER when a network transport can report failures, else NONE */
 };
 
-/* kv.c */
+/* context.c */
+pd_status kv__status_from_ucs(ucs_status_t s);
+/* Reads state and start time (field 22) of /proc/<pid>/stat. Returns 0 on success. */
+int kv__proc_stat(uint32_t pid, char *state, uint64_t *start_time);
+
+/* progress.c */
 kv__op *kv__op_new(kv_context_t ctx, kv__op_kind kind);
 /* Takes the result of a ucp_*_nbx call: completes inline (NULL / error) or records the request. */
 void kv__op_track(kv__op *op, ucs_status_ptr_t sp);
 void kv__op_send_cb(void *request, ucs_status_t status, void *user_data);
 void kv__op_recv_cb(void *request, ucs_status_t status, size_t length, void *user_data);
-pd_status kv__status_from_ucs(ucs_status_t s);
-void kv__peer_fail(kv__peer *peer, pd_status st);
-kv__peer *kv__peer_find(kv_context_t ctx, uint64_t id);
-kv_region_t kv__region_find(kv_context_t ctx, uint64_t id);
 void kv__queue_event(kv_context_t ctx, const kv_event *ev, void *owned_payload);
 void kv__kick(kv_context_t ctx);
+/* Progresses until no op matching (region, include_close) remains or timeout_s passes; returns those left. */
+int kv__drain(kv_context_t ctx, kv_region_t region, int include_close, double timeout_s);
+/* Worker progress, deadlines and dispatch until nothing is due; returns how many user callbacks ran. */
+int kv__progress(kv_context_t ctx);
 
-/* xfer.c */
-void kv__op_done_xfer(kv__op *op, ucs_status_t status);
-void kv__op_done_rx(kv__op *op, ucs_status_t status);
-void kv__xfer_end(kv_xfer_t x, pd_status st);
-void kv__xfer_maybe_free(kv_xfer_t x);
-void kv__rx_end(kv__rx *rx, pd_status st);
-void kv__tick_xfers(kv_context_t ctx, double now);
-void kv__copy_pass(kv_context_t ctx);
-void kv__cancel_pass(kv_context_t ctx);
-void kv__rx_free_all(kv_context_t ctx);
+/* peers.c */
+kv__peer *kv__peer_find(kv_context_t ctx, uint64_t id);
+/* Finds or connects the peer of a descriptor (HELLO on a new endpoint when send_hello). */
+pd_status kv__peer_get(kv_context_t ctx, const kv_desc_t *d, int send_hello, kv__peer **out);
+/* Marks a peer failed (from a UCX callback or a liveness check); handled from dispatch. */
+void kv__peer_fail(kv__peer *peer, pd_status st);
+void kv__peer_handle_failure(kv__peer *p);
+void kv__peer_close_ep(kv__peer *p, int force);
+void kv__peers_check(kv_context_t ctx);
+
+/* regions.c */
+kv_region_t kv__region_find(kv_context_t ctx, uint64_t id);
 void kv__remote_unref(kv_remote_t r);
-pd_status kv__am_register(kv_context_t ctx);
-void kv__send_abort(kv__peer *peer, uint64_t xfer_id, uint64_t tag, pd_status st);
+
+/* xfer.c, as the core sees it: every call from the core up into the transfer layer goes through this table. */
+struct kv__xfer_layer {
+    pd_status (*am_register)(kv_context_t ctx);       /* context creation: the active-message handlers */
+    void (*op_done)(kv__op *op, ucs_status_t status); /* a sender or receiver request ended (ops of those kinds) */
+    void (*peer_failed)(kv__peer *p);                 /* ends transfers to p and those arriving from it */
+    void (*region_closing)(kv_region_t r);            /* kv_region_destroy: ends receives landing in r */
+    void (*tick)(kv_context_t ctx, double now);       /* deadlines of transfers and receives */
+    int (*dispatch)(kv_context_t ctx);                /* cancels, direct copies, due sender callbacks: how many ran */
+    void (*cancel_all)(kv_context_t ctx);             /* context teardown: cancels every transfer and receive */
+    void (*free_all)(kv_context_t ctx);               /* context teardown, requests drained: frees them */
+};
+extern const kv__xfer_layer kv__xfer_ops;
 
 #endif

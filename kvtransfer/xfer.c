@@ -1,8 +1,10 @@
 /* Transfers. Sender: post every block (RMA put or AM send) -> [PUT: ep flush, so the data is remotely
  * complete] -> send the notice -> callback. A PUT into a peer region mapped here (shared memory) is instead
- * a CPU copy made at the next dispatch, fenced, then the notice: no UCX request and no flush round trip. Receiver: AM data lands at its offset (rendezvous straight
- * into the registered region), the notice is held until every announced block is in, then surfaces as
- * a KV_EVENT_NOTICE. Failures end a transfer on both sides; cancels run from dispatch, never nested. */
+ * a CPU copy made at the next dispatch, fenced, then the notice: no UCX request and no flush round trip.
+ * Receiver: AM data lands at its offset (rendezvous straight into the registered region), the notice is held
+ * until every announced block is in, then surfaces as a KV_EVENT_NOTICE. Failures end a transfer on both sides;
+ * cancels run from dispatch, never nested. The layer on top of the core files, which reach it only through
+ * kv__xfer_ops (end of file). */
 #include <stdatomic.h>
 #include <string.h>
 #if defined(__x86_64__)
@@ -10,6 +12,8 @@
 #endif
 
 #include "kvtransfer/kv_internal.h"
+
+static void kv__xfer_end(kv_xfer_t x, pd_status st);
 
 /* ---- sender ---- */
 
@@ -21,7 +25,7 @@ static void kv__xfer_queue(kv_xfer_t x)
     kv__kick(x->ctx);
 }
 
-void kv__xfer_maybe_free(kv_xfer_t x)
+static void kv__xfer_maybe_free(kv_xfer_t x)
 {
     if (!x->reported || x->inflight > 0) return;
     kv__list_del(&x->link);
@@ -96,7 +100,7 @@ static void kv__xfer_advance(kv_xfer_t x)
     }
 }
 
-void kv__op_done_xfer(kv__op *op, ucs_status_t status)
+static void kv__op_done_xfer(kv__op *op, ucs_status_t status)
 {
     kv_xfer_t x = op->xfer;
     if (!x) return; /* context teardown orphaned it */
@@ -111,7 +115,7 @@ void kv__op_done_xfer(kv__op *op, ucs_status_t status)
     else kv__xfer_advance(x);
 }
 
-void kv__send_abort(kv__peer *peer, uint64_t xfer_id, uint64_t tag, pd_status st)
+static void kv__send_abort(kv__peer *peer, uint64_t xfer_id, uint64_t tag, pd_status st)
 {
     if (peer->failed || !peer->ep) return;
     kv__op *op = kv__op_new(peer->ctx, KV__OP_ABORT);
@@ -126,7 +130,7 @@ void kv__send_abort(kv__peer *peer, uint64_t xfer_id, uint64_t tag, pd_status st
     kv__op_track(op, ucp_am_send_nbx(peer->ep, KV__AM_ABORT, &op->hdr, sizeof(op->hdr), NULL, 0, &prm));
 }
 
-void kv__xfer_end(kv_xfer_t x, pd_status st)
+static void kv__xfer_end(kv_xfer_t x, pd_status st)
 {
     if (x->ending || x->queued) return;
     kv__list_del(&x->clink); /* a direct PUT not copied yet never will be */
@@ -269,7 +273,7 @@ static void kv__copy(char *dst, const char *src, size_t len, int nt)
 
 /* Runs the copies of direct PUTs, then posts their notices. The fence orders every store of the data
  * (streaming stores are weakly ordered) before the notice's, so the receiver never sees a notice first. */
-void kv__copy_pass(kv_context_t ctx)
+static void kv__copy_pass(kv_context_t ctx)
 {
     while (!kv__list_empty(&ctx->xcopy)) {
         kv_xfer_t x = KV__CONTAINER(ctx->xcopy.next, struct kv_xfer, clink);
@@ -330,7 +334,7 @@ static void kv__rx_free(kv__rx *rx)
     free(rx);
 }
 
-void kv__rx_free_all(kv_context_t ctx)
+static void kv__rx_free_all(kv_context_t ctx)
 {
     while (!kv__list_empty(&ctx->rxs)) kv__rx_free(KV__CONTAINER(ctx->rxs.next, kv__rx, link));
 }
@@ -358,7 +362,7 @@ static void kv__rx_check(kv__rx *rx)
     }
 }
 
-void kv__rx_end(kv__rx *rx, pd_status st)
+static void kv__rx_end(kv__rx *rx, pd_status st)
 {
     if (rx->ending) return;
     rx->ending = 1;
@@ -368,7 +372,7 @@ void kv__rx_end(kv__rx *rx, pd_status st)
     else kv__rx_check(rx);
 }
 
-void kv__op_done_rx(kv__op *op, ucs_status_t status)
+static void kv__op_done_rx(kv__op *op, ucs_status_t status)
 {
     kv__rx *rx = op->rx;
     if (!rx) return;
@@ -388,7 +392,7 @@ void kv__op_done_rx(kv__op *op, ucs_status_t status)
 
 /* Cancels every request of an ended transfer. One request at a time, rescanning after each, because a
  * cancel may complete requests (and end other transfers) re-entrantly. */
-void kv__cancel_pass(kv_context_t ctx)
+static void kv__cancel_pass(kv_context_t ctx)
 {
     ctx->cancel_needed = 0;
     for (;;) {
@@ -407,7 +411,7 @@ void kv__cancel_pass(kv_context_t ctx)
     }
 }
 
-void kv__tick_xfers(kv_context_t ctx, double now)
+static void kv__tick_xfers(kv_context_t ctx, double now)
 {
     kv__link *it, *tmp;
     KV__FOREACH(it, tmp, &ctx->xfers) {
@@ -433,8 +437,9 @@ void kv__tick_xfers(kv_context_t ctx, double now)
             continue;
         }
         if (!rx->ending && now - rx->last_activity > ctx->xfer_timeout) {
-            pd_warn("kv: incoming transfer %llu (tag %llu) from %016llx stalled for %.1fs", (unsigned long long)rx->xfer_id,
-                    (unsigned long long)rx->tag, (unsigned long long)rx->sender_id, now - rx->last_activity);
+            pd_warn("kv: incoming transfer %llu (tag %llu) from %016llx stalled for %.1fs",
+                    (unsigned long long)rx->xfer_id, (unsigned long long)rx->tag, (unsigned long long)rx->sender_id,
+                    now - rx->last_activity);
             kv__rx_end(rx, PD_ERR_TIMEOUT);
         } else if (rx->ending && rx->inflight > 0 && now >= rx->kill_deadline) {
             pd_error("kv: incoming transfer %llu from %016llx: %d receives still in flight %.1fs after it ended",
@@ -590,7 +595,7 @@ static ucs_status_t kv__am_hello_cb(void *arg, const void *header, size_t header
     return UCS_OK;
 }
 
-pd_status kv__am_register(kv_context_t ctx)
+static pd_status kv__am_register(kv_context_t ctx)
 {
     static const struct {
         unsigned id;
@@ -614,3 +619,89 @@ pd_status kv__am_register(kv_context_t ctx)
     }
     return PD_OK;
 }
+
+/* ---- what the core files call (ctx->xl) ---- */
+
+static void kv__xl_op_done(kv__op *op, ucs_status_t status)
+{
+    if (op->kind == KV__OP_RECV_DATA || op->kind == KV__OP_RECV_NOTICE) kv__op_done_rx(op, status);
+    else kv__op_done_xfer(op, status);
+}
+
+static void kv__xl_peer_failed(kv__peer *p)
+{
+    kv_context_t ctx = p->ctx;
+    kv__link *it, *tmp;
+    KV__FOREACH(it, tmp, &ctx->xfers) {
+        kv_xfer_t x = KV__CONTAINER(it, struct kv_xfer, link);
+        if (x->peer == p) kv__xfer_end(x, p->fail_status);
+    }
+    KV__FOREACH(it, tmp, &ctx->rxs) {
+        kv__rx *rx = KV__CONTAINER(it, kv__rx, link);
+        if (rx->sender_id == p->id) kv__rx_end(rx, PD_ERR_PEER);
+    }
+}
+
+static void kv__xl_region_closing(kv_region_t r)
+{
+    kv_context_t ctx = r->ctx;
+    kv__link *it, *tmp;
+    KV__FOREACH(it, tmp, &ctx->xfers) {
+        kv_xfer_t x = KV__CONTAINER(it, struct kv_xfer, link);
+        PD_ASSERT(x->local != r || x->reported); /* contract: local transfers completed first */
+        if (x->local == r) x->local = NULL;
+    }
+    KV__FOREACH(it, tmp, &ctx->ops) {
+        kv__op *op = KV__CONTAINER(it, kv__op, link);
+        if (op->region == r && op->rx) kv__rx_end(op->rx, PD_ERR_CANCELED);
+    }
+}
+
+static int kv__xl_dispatch(kv_context_t ctx)
+{
+    int n = 0;
+    if (ctx->cancel_needed) kv__cancel_pass(ctx);
+    kv__copy_pass(ctx);
+    while (!kv__list_empty(&ctx->xqueue)) {
+        kv_xfer_t x = KV__CONTAINER(ctx->xqueue.next, struct kv_xfer, qlink);
+        kv__list_del(&x->qlink);
+        x->reported = 1;
+        x->cb(x, x->status, x->arg);
+        n++;
+        kv__xfer_maybe_free(x);
+    }
+    return n;
+}
+
+static void kv__xl_cancel_all(kv_context_t ctx)
+{
+    kv__link *it, *tmp;
+    KV__FOREACH(it, tmp, &ctx->xfers) {
+        kv_xfer_t x = KV__CONTAINER(it, struct kv_xfer, link);
+        if (!x->queued) kv__xfer_end(x, PD_ERR_CANCELED);
+    }
+    KV__FOREACH(it, tmp, &ctx->rxs) kv__rx_end(KV__CONTAINER(it, kv__rx, link), PD_ERR_CANCELED);
+}
+
+static void kv__xl_free_all(kv_context_t ctx)
+{
+    kv__link *it, *tmp;
+    kv__rx_free_all(ctx);
+    KV__FOREACH(it, tmp, &ctx->xfers) {
+        kv_xfer_t x = KV__CONTAINER(it, struct kv_xfer, link);
+        kv__list_del(&x->link);
+        free(x->notice);
+        free(x);
+    }
+}
+
+const kv__xfer_layer kv__xfer_ops = {
+    .am_register = kv__am_register,
+    .op_done = kv__xl_op_done,
+    .peer_failed = kv__xl_peer_failed,
+    .region_closing = kv__xl_region_closing,
+    .tick = kv__tick_xfers,
+    .dispatch = kv__xl_dispatch,
+    .cancel_all = kv__xl_cancel_all,
+    .free_all = kv__xl_free_all,
+};

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "model/engine_internal.h" /* mdl__engine_test_oom */
 #include "model/mdl_engine.h"
 #include "model/mdl_generate.h"
 #include "model/mdl_presets.h"
@@ -344,6 +345,54 @@ START_TEST(test_abort_and_refusal)
 }
 END_TEST
 
+/* Out of memory on a request path is an error for that request, never an abort: a request whose memory cannot be
+ * had is refused with PD_ERR_NOMEM holding nothing, and an event buffer that cannot grow delivers its events early,
+ * losing none; the engine serves on with the tokens an unconstrained engine gives. */
+START_TEST(test_out_of_memory)
+{
+    setup();
+    const int N = 12, T = 20;
+    sink *ref = sink_new(), *k = sink_new();
+    mdl_engine *a = engine(ref, 8, 256, 16), *e = engine(k, 8, 256, 16);
+    int32_t t[64];
+    int n;
+    mdl_gen_params p = greedy(T);
+    prompt_of(0, t, &n);
+    mdl__engine_test_oom(e, 1, 0);
+    ck_assert_int_eq(mdl_engine_submit(e, 0, NULL, t, n, &p, MDL_REQ_LOCAL), PD_ERR_NOMEM);
+    mdl_engine_stats st;
+    mdl_engine_get_stats(e, &st);
+    ck_assert_int_eq(st.free_blocks, 256);
+    ck_assert_int_eq(st.running + st.waiting, 0);
+    mdl__engine_test_oom(e, 0, 1); /* the event buffer cannot grow past one pending event */
+    for (int i = 0; i < N; i++) {
+        prompt_of(i, t, &n);
+        ck_assert_int_eq(mdl_engine_submit(a, (uint64_t)i, NULL, t, n, &p, MDL_REQ_LOCAL), PD_OK);
+        ck_assert_int_eq(mdl_engine_submit(e, (uint64_t)i, NULL, t, n, &p, MDL_REQ_LOCAL), PD_OK);
+    }
+    for (int i = 0; i < N; i++) {
+        wait_for(ref, &ref->done[i]);
+        wait_for(k, &k->done[i]);
+    }
+    for (int i = 0; i < N; i++) {
+        ck_assert_int_eq(k->why[i], MDL_FINISH_LENGTH);
+        ck_assert_int_eq(k->n_out[i], T);
+        for (int j = 0; j < T; j++) {
+            ck_assert_msg(k->out[i][j] == ref->out[i][j], "request %d token %d: %d, %d unconstrained", i, j,
+                          k->out[i][j], ref->out[i][j]);
+            ck_assert_float_eq_tol(k->lps[i][j], ref->lps[i][j], 1e-3);
+        }
+    }
+    mdl_engine_get_stats(e, &st);
+    ck_assert_int_eq(st.free_blocks, 256);
+    ck_assert_int_eq(st.running + st.waiting, 0);
+    mdl_engine_destroy(a);
+    mdl_engine_destroy(e);
+    free(ref);
+    free(k);
+}
+END_TEST
+
 /* Sequences take blocks as they grow. A pool far smaller than what the batch needs at its longest preempts
  * (recompute), and every request still gets exactly the tokens a roomy pool gives it: greedy and seeded, with and
  * without MTP speculation (float32 weights and KV, so the recomputed prefill path rounds like decode did). */
@@ -445,6 +494,7 @@ int main(void)
     tcase_add_test(tc, test_abort_and_refusal);
     tcase_add_test(tc, test_no_logprobs);
     tcase_add_test(tc, test_preemption_keeps_outputs);
+    tcase_add_test(tc, test_out_of_memory);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_set_fork_status(sr, CK_NOFORK);
