@@ -8,6 +8,7 @@
 
 #include "kernels/krn.h"
 #include "kernels/krn_impl.h"
+#include "pd_check.h"
 
 static pd_rng g_rng;
 
@@ -1240,33 +1241,12 @@ int main(void)
 {
     pd_rng_seed(&g_rng, 1234);
     Suite *s = suite_create("kernels");
-    TCase *tc = tcase_create("ref");
-    tcase_add_test(tc, test_formats);
-    tcase_add_test(tc, test_linear_types);
-    tcase_add_test(tc, test_attention_tile_vs_naive);
-    tcase_add_test(tc, test_sampler);
-    tcase_add_test(tc, test_argmax);
-    suite_add_tcase(s, tc);
-    TCase *tp = tcase_create("paths");
-    tcase_set_timeout(tp, 300);
-    tcase_add_test(tp, test_dispatch_features);
-    tcase_add_test(tp, test_paths_linear);
-    tcase_add_test(tp, test_paths_linear_argmax);
-    tcase_add_test(tp, test_paths_w8a8);
-    tcase_add_test(tp, test_paths_logsumexp);
-    tcase_add_test(tp, test_paths_to_f32);
-    tcase_add_test(tp, test_paths_rows_independent);
-    tcase_add_test(tp, test_paths_avx2_matches_avx512);
-    tcase_add_test(tp, test_paths_avx2_attention_matches_avx512);
-    tcase_add_test(tp, test_paths_absorbed_rows);
-    tcase_add_test(tp, test_paths_group);
-    tcase_add_test(tp, test_paths_bf16dot);
-    tcase_add_test(tp, test_paths_attention);
-    tcase_add_test(tp, test_paths_attention_rows_independent);
-    suite_add_tcase(s, tp);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
+    PD_CHECK_CASE(s, "ref", 0, test_formats, test_linear_types, test_attention_tile_vs_naive, test_sampler,
+                  test_argmax);
+    PD_CHECK_CASE(s, "paths", 300, test_dispatch_features, test_paths_linear, test_paths_linear_argmax, test_paths_w8a8,
+                  test_paths_logsumexp, test_paths_to_f32, test_paths_rows_independent, test_paths_avx2_matches_avx512,
+                  test_paths_avx2_attention_matches_avx512, test_paths_absorbed_rows, test_paths_group,
+                  test_paths_bf16dot, test_paths_attention, test_paths_attention_rows_independent);
+    int failed = pd_check_run(s, 0);
     return failed ? 1 : 0;
 }
