@@ -1,7 +1,8 @@
 /* The one kernel table: filled at first use from CPU feature detection (AVX-512 F/BW/VL, plus VNNI for W8A8 and
  * AVX512-BF16 for the opt-in bf16-activation prefill GEMM; else AVX2 + FMA), or the portable reference when
- * PDSERVE_PORTABLE=1 or the CPU has neither. PDSERVE_KERNELS picks a lower table. The public kernel entry points live here: they pick the kernel for the matrix's packed form
- * (and the call's flags) and split the work over the pool. */
+ * PDSERVE_PORTABLE=1 or the CPU has neither. PDSERVE_KERNELS picks a lower table. The public kernel entry points
+ * live here: they pick the kernel for the matrix's packed form (and the call's flags) and split the work over the
+ * pool. */
 #include <cblas.h>
 #include <pthread.h>
 #include <strings.h>
@@ -21,9 +22,9 @@ static const krn__ops g_ref = {
     .to_f32 = krn__to_f32_ref,
 };
 
-static krn__ops g_avx2, g_avx512;
+static krn__ops g_avx2, g_avx512, g_avx512_base;
 static const krn__ops *g_ops, *g_detected;
-static int g_have_avx2, g_have_avx512;
+static int g_have_avx2, g_have_avx512, g_have_avx512_base;
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 
 /* PDSERVE_BF16_DOT=0 (and the like) turns the bf16-activation prefill kernel off for the whole process. */
@@ -47,55 +48,67 @@ static const krn__ops *env_table(const krn__ops *detected)
     return detected;
 }
 
+unsigned krn__ops_fill(const krn_cpu_features *f, krn__ops *avx2, krn__ops *avx512)
+{
+    unsigned have = 0;
+    if (f->avx2 && f->fma) {
+        /* kernels/avx2/: the packed GEMMs, W8A8's int8 GEMM, the F32 GEMV, the attention tile and MLA's absorbed
+         * products; the activation quantiser, the sampler's reductions and the rest stay portable */
+        *avx2 = g_ref;
+        avx2->name = "avx2";
+        avx2->fast_bf16 = KRN_PACK_BF16_N32K2;
+        avx2->fast_f8 = KRN_PACK_F8_N32K1;
+        avx2->gemm_bf16 = krn__gemm_bf16_avx2_2x32;
+        avx2->gemm_f8 = krn__gemm_f8_avx2_2x32;
+        avx2->gemv_f32 = krn__gemv_f32_avx2_4x8;
+        avx2->gemm_i8 = krn__gemm_i8_avx2_2x32;
+        avx2->attn_tile = krn__attn_tile_avx2;
+        avx2->matmul_sub = krn__matmul_sub_avx2;
+        avx2->linear_rows = krn__linear_rows_avx2;
+        have |= KRN__HAVE_AVX2;
+    }
+    /* kernels/avx512/ is built with F/BW/VL and FMA (which every AVX-512 CPU has; checked all the same) */
+    if (!(f->avx512f && f->avx512bw && f->avx512vl && f->fma)) return have;
+    *avx512 = (krn__ops){
+        .name = "avx512",
+        .fast_bf16 = KRN_PACK_BF16_N32K2,
+        .fast_f8 = KRN_PACK_F8_N32K1,
+        .gemm_bf16 = krn__gemm_bf16_avx512_12x32,
+        .gemm_f8 = krn__gemm_f8_avx512_12x32,
+        .gemm_i8 = (have & KRN__HAVE_AVX2) ? krn__gemm_i8_avx2_2x32 : krn__gemm_i8_ref,
+        .quant_rows = krn__quant_rows_avx512,
+        .gemv_f32 = krn__gemv_f32_avx512_4x16,
+        .attn_tile = krn__attn_tile_avx512,
+        .matmul_sub = krn__matmul_sub_avx512,
+        .linear_rows = krn__linear_rows_avx512,
+        .logsumexp = krn__logsumexp_avx512,
+        .to_f32 = krn__to_f32_avx512,
+    };
+    if (f->avx512_vnni) avx512->gemm_i8 = krn__gemm_i8_avx512vnni_12x32; /* kernels/avx512_vnni/ */
+    if (f->avx512_bf16) {                                                 /* kernels/avx512_bf16/ */
+        if (!env_off("PDSERVE_BF16_DOT")) avx512->gemm_bf16dot = krn__gemm_bf16dot_avx512_12x32;
+        if (!env_off("PDSERVE_ARGMAX_SCREEN")) {
+            avx512->round_bf16_pairs = krn__round_bf16_pairs_avx512;
+            avx512->gemm_bf16dot_rows = krn__gemm_bf16dot_rows_avx512;
+            avx512->screen = krn__screen_avx512;
+        }
+    }
+    if (avx512->gemm_bf16dot) avx512->name = "avx512+bf16dot";
+    return have | KRN__HAVE_AVX512;
+}
+
 static void fill(void)
 {
     const krn_cpu_features *f = krn_cpu_get();
-    g_detected = &g_ref;
-    if (f->avx2 && f->fma) {
-        /* the packed GEMMs, W8A8's int8 GEMM, the F32 GEMV, the attention tile and MLA's absorbed products; the
-         * activation quantiser, the sampler's reductions and the rest stay portable */
-        g_avx2 = g_ref;
-        g_avx2.name = "avx2";
-        g_avx2.fast_bf16 = KRN_PACK_BF16_N32K2;
-        g_avx2.fast_f8 = KRN_PACK_F8_N32K1;
-        g_avx2.gemm_bf16 = krn__gemm_bf16_avx2_2x32;
-        g_avx2.gemm_f8 = krn__gemm_f8_avx2_2x32;
-        g_avx2.gemv_f32 = krn__gemv_f32_avx2_4x8;
-        g_avx2.gemm_i8 = krn__gemm_i8_avx2_2x32;
-        g_avx2.attn_tile = krn__attn_tile_avx2;
-        g_avx2.matmul_sub = krn__matmul_sub_avx2;
-        g_avx2.linear_rows = krn__linear_rows_avx2;
-        g_have_avx2 = 1;
-        g_detected = &g_avx2;
-    }
-    if (f->avx512f && f->avx512bw && f->avx512vl) {
-        g_avx512 = (krn__ops){
-            .name = "avx512",
-            .fast_bf16 = KRN_PACK_BF16_N32K2,
-            .fast_f8 = KRN_PACK_F8_N32K1,
-            .gemm_bf16 = krn__gemm_bf16_avx512_12x32,
-            .gemm_bf16dot = f->avx512_bf16 && !env_off("PDSERVE_BF16_DOT") ? krn__gemm_bf16dot_avx512_12x32 : NULL,
-            .gemm_f8 = krn__gemm_f8_avx512_12x32,
-            .gemm_i8 = f->avx512_vnni ? krn__gemm_i8_avx512vnni_12x32
-                       : g_have_avx2  ? krn__gemm_i8_avx2_2x32
-                                      : krn__gemm_i8_ref,
-            .quant_rows = krn__quant_rows_avx512,
-            .gemv_f32 = krn__gemv_f32_avx512_4x16,
-            .attn_tile = krn__attn_tile_avx512,
-            .matmul_sub = krn__matmul_sub_avx512,
-            .linear_rows = krn__linear_rows_avx512,
-            .logsumexp = krn__logsumexp_avx512,
-            .to_f32 = krn__to_f32_avx512,
-        };
-        if (f->avx512_bf16 && !env_off("PDSERVE_ARGMAX_SCREEN")) {
-            g_avx512.round_bf16_pairs = krn__round_bf16_pairs_avx512;
-            g_avx512.gemm_bf16dot_rows = krn__gemm_bf16dot_rows_avx512;
-            g_avx512.screen = krn__screen_avx512;
-        }
-        if (g_avx512.gemm_bf16dot) g_avx512.name = "avx512+bf16dot";
-        g_have_avx512 = 1;
-        g_detected = &g_avx512;
-    }
+    const unsigned have = krn__ops_fill(f, &g_avx2, &g_avx512);
+    g_have_avx2 = (have & KRN__HAVE_AVX2) != 0;
+    g_have_avx512 = (have & KRN__HAVE_AVX512) != 0;
+    g_detected = g_have_avx512 ? &g_avx512 : g_have_avx2 ? &g_avx2 : &g_ref;
+    /* what a CPU with this one's AVX-512 F/BW/VL but no VNNI or BF16 gets, for tests to run on this one */
+    krn_cpu_features base = *f;
+    base.avx512_vnni = base.avx512_bf16 = 0;
+    krn__ops unused;
+    g_have_avx512_base = (krn__ops_fill(&base, &unused, &g_avx512_base) & KRN__HAVE_AVX512) != 0;
     g_detected = env_table(g_detected);
     g_ops = g_detected;
 }
@@ -118,6 +131,12 @@ const krn__ops *krn__ops_avx512(void)
 {
     pthread_once(&g_once, fill);
     return g_have_avx512 ? &g_avx512 : NULL;
+}
+
+const krn__ops *krn__ops_avx512_base(void)
+{
+    pthread_once(&g_once, fill);
+    return g_have_avx512_base ? &g_avx512_base : NULL;
 }
 
 void krn__ops_force(const krn__ops *ops)

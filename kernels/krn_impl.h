@@ -46,6 +46,15 @@ const krn__ops *krn__ops_get(void);
 const krn__ops *krn__ops_ref(void);
 const krn__ops *krn__ops_avx2(void);
 const krn__ops *krn__ops_avx512(void);
+/* The AVX-512 table a CPU with this one's AVX-512 F/BW/VL but neither VNNI nor BF16 gets (NULL when this one lacks
+ * F/BW/VL): kernels/avx512/ only, the AVX2 int8 GEMM, no bf16-activation GEMM and no argmax screen. */
+const krn__ops *krn__ops_avx512_base(void);
+/* Fills the AVX2 and AVX-512 tables a CPU with features f gets (PDSERVE_BF16_DOT and PDSERVE_ARGMAX_SCREEN apply;
+ * PDSERVE_KERNELS does not): each ISA group of kernels (kernels/CMakeLists.txt) only when f has every flag it is
+ * built with. Returns which it filled (KRN__HAVE_*); the others are left as they were. */
+#define KRN__HAVE_AVX2 1u
+#define KRN__HAVE_AVX512 2u
+unsigned krn__ops_fill(const krn_cpu_features *f, krn__ops *avx2, krn__ops *avx512);
 /* Uses the given table for the rest of the process (tests and benchmarks); NULL restores the detected one. */
 void krn__ops_force(const krn__ops *ops);
 
@@ -89,8 +98,9 @@ void krn__matmul_sub_avx2(const krn_mat *w, int r0, int c0, const float *x, size
                           size_t ldy, int accumulate);
 void krn__linear_rows_avx2(const krn_mat *w, int r0, int n, const float *x, size_t ldx, int m, float *y, size_t ldy);
 
-/* AVX-512 kernels (kernels/avx512/, compiled with AVX-512 flags; only called after detection; *_bf16dot_* only
- * when the CPU has AVX512-BF16) */
+/* AVX-512 kernels, only called after detection: kernels/avx512/ (F/BW/VL + FMA), kernels/avx512_vnni/ (+ VNNI:
+ * krn__gemm_i8_avx512vnni_12x32) and kernels/avx512_bf16/ (+ BF16: *_bf16dot_*, krn__round_bf16_pairs_avx512 and
+ * krn__screen_avx512) */
 void krn__gemm_bf16_avx512_12x32(const krn_mat *w, const float *x, int m, float *y, int ldy, int nb0, int nb1);
 void krn__gemm_bf16dot_avx512_12x32(const krn_mat *w, const float *x, int m, float *y, int ldy, int nb0, int nb1);
 void krn__round_bf16_pairs_avx512(const float *x, size_t ldx, int m, int k, uint32_t *dst, size_t ldd);

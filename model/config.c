@@ -83,6 +83,127 @@ static const char *get_str(const cJSON *o, const char *name)
 
 #define BIG (1 << 30)
 
+/* The MoE sizes that depend on each other, and the router's scoring and top-k method (defaults per architecture). */
+static pd_status parse_routing(const cJSON *root, mdl_config *c, char *err, size_t errlen)
+{
+    pd_status st = PD_OK;
+    if (c->n_routed_experts > 0) {
+        if (!get_int(root, "moe_intermediate_size", 1, 0, 1, BIG, &c->moe_intermediate_size, err, errlen, &st))
+            return st;
+        if (c->num_experts_per_tok < 1 || c->num_experts_per_tok > c->n_routed_experts) {
+            st = fail(err, errlen, PD_ERR_FORMAT,
+                      "field 'num_experts_per_tok' = %d must be in [1, n_routed_experts=%d]",
+                      c->num_experts_per_tok, c->n_routed_experts);
+            return st;
+        }
+        if (c->n_routed_experts % c->n_group) {
+            st = fail(err, errlen, PD_ERR_FORMAT, "field 'n_group' = %d must divide n_routed_experts = %d", c->n_group,
+                      c->n_routed_experts);
+            return st;
+        }
+        if (c->topk_group > c->n_group) {
+            st = fail(err, errlen, PD_ERR_FORMAT, "field 'topk_group' = %d exceeds n_group = %d", c->topk_group,
+                      c->n_group);
+            return st;
+        }
+    }
+
+    const char *sf = get_str(root, "scoring_func");
+    if (!sf) sf = c->arch == MDL_ARCH_DEEPSEEK_V3 ? "sigmoid" : "softmax";
+    if (!strcmp(sf, "softmax")) c->scoring_func = MDL_SCORE_SOFTMAX;
+    else if (!strcmp(sf, "sigmoid")) c->scoring_func = MDL_SCORE_SIGMOID;
+    else {
+        st = fail(err, errlen, PD_ERR_UNSUPPORTED, "field 'scoring_func': '%s' is not supported (softmax, sigmoid)",
+                  sf);
+        return st;
+    }
+    const char *tm = get_str(root, "topk_method");
+    if (!tm) tm = c->arch == MDL_ARCH_DEEPSEEK_V3 ? "noaux_tc" : "greedy";
+    if (!strcmp(tm, "greedy")) c->topk_method = MDL_TOPK_GREEDY;
+    else if (!strcmp(tm, "group_limited_greedy")) c->topk_method = MDL_TOPK_GROUP_LIMITED_GREEDY;
+    else if (!strcmp(tm, "noaux_tc")) c->topk_method = MDL_TOPK_NOAUX_TC;
+    else {
+        st = fail(err, errlen, PD_ERR_UNSUPPORTED,
+                  "field 'topk_method': '%s' is not supported (greedy, group_limited_greedy, noaux_tc)", tm);
+        return st;
+    }
+    if (c->topk_method == MDL_TOPK_NOAUX_TC && c->arch != MDL_ARCH_DEEPSEEK_V3) {
+        st = fail(err, errlen, PD_ERR_UNSUPPORTED, "field 'topk_method': noaux_tc needs DeepseekV3ForCausalLM");
+        return st;
+    }
+
+    return PD_OK;
+}
+
+/* rope_scaling: null or absent, or YaRN. */
+static pd_status parse_rope_scaling(const cJSON *root, mdl_config *c, char *err, size_t errlen)
+{
+    pd_status st = PD_OK;
+    const cJSON *rs = cJSON_GetObjectItemCaseSensitive(root, "rope_scaling");
+    if (rs && !cJSON_IsNull(rs)) {
+        if (!cJSON_IsObject(rs)) {
+            st = fail(err, errlen, PD_ERR_FORMAT, "field 'rope_scaling' must be an object or null");
+            return st;
+        }
+        const char *type = get_str(rs, "type");
+        if (!type) type = get_str(rs, "rope_type");
+        if (!type || strcmp(type, "yarn") != 0) {
+            st = fail(err, errlen, PD_ERR_UNSUPPORTED, "field 'rope_scaling.type': '%s' is not supported (yarn)",
+                      type ? type : "(missing)");
+            return st;
+        }
+        c->rope_yarn = 1;
+        double orig;
+        if (!get_num(rs, "factor", 1, 1, 1e-6, 1e6, &c->rope_factor, err, errlen, &st) ||
+            !get_num(rs, "original_max_position_embeddings", 0, 4096, 1, 1e9, &orig, err, errlen, &st) ||
+            !get_num(rs, "beta_fast", 0, 32, 0, 1e6, &c->rope_beta_fast, err, errlen, &st) ||
+            !get_num(rs, "beta_slow", 0, 1, 0, 1e6, &c->rope_beta_slow, err, errlen, &st) ||
+            !get_num(rs, "mscale", 0, 1, 0, 1e6, &c->rope_mscale, err, errlen, &st) ||
+            !get_num(rs, "mscale_all_dim", 0, 0, 0, 1e6, &c->rope_mscale_all_dim, err, errlen, &st))
+            return st;
+        c->rope_original_max_pos = (int)orig;
+    }
+
+    return PD_OK;
+}
+
+/* quantization_config: null or absent, or FP8 e4m3 in blocks (128 x 128 unless weight_block_size says). */
+static pd_status parse_quantization(const cJSON *root, mdl_config *c, char *err, size_t errlen)
+{
+    pd_status st = PD_OK;
+    const cJSON *qc = cJSON_GetObjectItemCaseSensitive(root, "quantization_config");
+    if (qc && !cJSON_IsNull(qc)) {
+        const char *qm = get_str(qc, "quant_method");
+        if (!qm || strcmp(qm, "fp8") != 0) {
+            st = fail(err, errlen, PD_ERR_UNSUPPORTED,
+                      "field 'quantization_config.quant_method': '%s' is not supported (fp8)",
+                      qm ? qm : "(missing)");
+            return st;
+        }
+        const char *fmt = get_str(qc, "fmt");
+        if (fmt && strcmp(fmt, "e4m3") != 0) {
+            st = fail(err, errlen, PD_ERR_UNSUPPORTED,
+                      "field 'quantization_config.fmt': '%s' is not supported (e4m3)", fmt);
+            return st;
+        }
+        c->fp8 = 1;
+        c->fp8_block[0] = c->fp8_block[1] = 128;
+        const cJSON *bs = cJSON_GetObjectItemCaseSensitive(qc, "weight_block_size");
+        if (bs) {
+            if (!cJSON_IsArray(bs) || cJSON_GetArraySize(bs) != 2 || !cJSON_IsNumber(cJSON_GetArrayItem(bs, 0)) ||
+                !cJSON_IsNumber(cJSON_GetArrayItem(bs, 1)) || cJSON_GetArrayItem(bs, 0)->valueint < 1 ||
+                cJSON_GetArrayItem(bs, 1)->valueint < 1) {
+                st = fail(err, errlen, PD_ERR_FORMAT,
+                          "field 'quantization_config.weight_block_size' must be [rows, cols]");
+                return st;
+            }
+            c->fp8_block[0] = cJSON_GetArrayItem(bs, 0)->valueint;
+            c->fp8_block[1] = cJSON_GetArrayItem(bs, 1)->valueint;
+        }
+    }
+    return PD_OK;
+}
+
 pd_status mdl_config_parse(const char *json, mdl_config *out, char *err, size_t errlen)
 {
     pd_status st = PD_OK;
@@ -173,101 +294,10 @@ pd_status mdl_config_parse(const char *json, mdl_config *out, char *err, size_t 
     if (!get_num(root, "routed_scaling_factor", 0, 1.0, 0, 1e6, &d, err, errlen, &st)) goto done;
     c.routed_scaling_factor = (float)d;
 
-    if (c.n_routed_experts > 0) {
-        if (!get_int(root, "moe_intermediate_size", 1, 0, 1, BIG, &c.moe_intermediate_size, err, errlen, &st))
-            goto done;
-        if (c.num_experts_per_tok < 1 || c.num_experts_per_tok > c.n_routed_experts) {
-            st = fail(err, errlen, PD_ERR_FORMAT, "field 'num_experts_per_tok' = %d must be in [1, n_routed_experts=%d]",
-                      c.num_experts_per_tok, c.n_routed_experts);
-            goto done;
-        }
-        if (c.n_routed_experts % c.n_group) {
-            st = fail(err, errlen, PD_ERR_FORMAT, "field 'n_group' = %d must divide n_routed_experts = %d", c.n_group,
-                      c.n_routed_experts);
-            goto done;
-        }
-        if (c.topk_group > c.n_group) {
-            st = fail(err, errlen, PD_ERR_FORMAT, "field 'topk_group' = %d exceeds n_group = %d", c.topk_group,
-                      c.n_group);
-            goto done;
-        }
-    }
-
-    const char *sf = get_str(root, "scoring_func");
-    if (!sf) sf = c.arch == MDL_ARCH_DEEPSEEK_V3 ? "sigmoid" : "softmax";
-    if (!strcmp(sf, "softmax")) c.scoring_func = MDL_SCORE_SOFTMAX;
-    else if (!strcmp(sf, "sigmoid")) c.scoring_func = MDL_SCORE_SIGMOID;
-    else {
-        st = fail(err, errlen, PD_ERR_UNSUPPORTED, "field 'scoring_func': '%s' is not supported (softmax, sigmoid)", sf);
+    if ((st = parse_routing(root, &c, err, errlen)) != PD_OK ||
+        (st = parse_rope_scaling(root, &c, err, errlen)) != PD_OK ||
+        (st = parse_quantization(root, &c, err, errlen)) != PD_OK)
         goto done;
-    }
-    const char *tm = get_str(root, "topk_method");
-    if (!tm) tm = c.arch == MDL_ARCH_DEEPSEEK_V3 ? "noaux_tc" : "greedy";
-    if (!strcmp(tm, "greedy")) c.topk_method = MDL_TOPK_GREEDY;
-    else if (!strcmp(tm, "group_limited_greedy")) c.topk_method = MDL_TOPK_GROUP_LIMITED_GREEDY;
-    else if (!strcmp(tm, "noaux_tc")) c.topk_method = MDL_TOPK_NOAUX_TC;
-    else {
-        st = fail(err, errlen, PD_ERR_UNSUPPORTED,
-                  "field 'topk_method': '%s' is not supported (greedy, group_limited_greedy, noaux_tc)", tm);
-        goto done;
-    }
-    if (c.topk_method == MDL_TOPK_NOAUX_TC && c.arch != MDL_ARCH_DEEPSEEK_V3) {
-        st = fail(err, errlen, PD_ERR_UNSUPPORTED, "field 'topk_method': noaux_tc needs DeepseekV3ForCausalLM");
-        goto done;
-    }
-
-    const cJSON *rs = cJSON_GetObjectItemCaseSensitive(root, "rope_scaling");
-    if (rs && !cJSON_IsNull(rs)) {
-        if (!cJSON_IsObject(rs)) {
-            st = fail(err, errlen, PD_ERR_FORMAT, "field 'rope_scaling' must be an object or null");
-            goto done;
-        }
-        const char *type = get_str(rs, "type");
-        if (!type) type = get_str(rs, "rope_type");
-        if (!type || strcmp(type, "yarn") != 0) {
-            st = fail(err, errlen, PD_ERR_UNSUPPORTED, "field 'rope_scaling.type': '%s' is not supported (yarn)",
-                      type ? type : "(missing)");
-            goto done;
-        }
-        c.rope_yarn = 1;
-        double orig;
-        if (!get_num(rs, "factor", 1, 1, 1e-6, 1e6, &c.rope_factor, err, errlen, &st) ||
-            !get_num(rs, "original_max_position_embeddings", 0, 4096, 1, 1e9, &orig, err, errlen, &st) ||
-            !get_num(rs, "beta_fast", 0, 32, 0, 1e6, &c.rope_beta_fast, err, errlen, &st) ||
-            !get_num(rs, "beta_slow", 0, 1, 0, 1e6, &c.rope_beta_slow, err, errlen, &st) ||
-            !get_num(rs, "mscale", 0, 1, 0, 1e6, &c.rope_mscale, err, errlen, &st) ||
-            !get_num(rs, "mscale_all_dim", 0, 0, 0, 1e6, &c.rope_mscale_all_dim, err, errlen, &st))
-            goto done;
-        c.rope_original_max_pos = (int)orig;
-    }
-
-    const cJSON *qc = cJSON_GetObjectItemCaseSensitive(root, "quantization_config");
-    if (qc && !cJSON_IsNull(qc)) {
-        const char *qm = get_str(qc, "quant_method");
-        if (!qm || strcmp(qm, "fp8") != 0) {
-            st = fail(err, errlen, PD_ERR_UNSUPPORTED, "field 'quantization_config.quant_method': '%s' is not supported (fp8)",
-                      qm ? qm : "(missing)");
-            goto done;
-        }
-        const char *fmt = get_str(qc, "fmt");
-        if (fmt && strcmp(fmt, "e4m3") != 0) {
-            st = fail(err, errlen, PD_ERR_UNSUPPORTED, "field 'quantization_config.fmt': '%s' is not supported (e4m3)", fmt);
-            goto done;
-        }
-        c.fp8 = 1;
-        c.fp8_block[0] = c.fp8_block[1] = 128;
-        const cJSON *bs = cJSON_GetObjectItemCaseSensitive(qc, "weight_block_size");
-        if (bs) {
-            if (!cJSON_IsArray(bs) || cJSON_GetArraySize(bs) != 2 || !cJSON_IsNumber(cJSON_GetArrayItem(bs, 0)) ||
-                !cJSON_IsNumber(cJSON_GetArrayItem(bs, 1)) || cJSON_GetArrayItem(bs, 0)->valueint < 1 ||
-                cJSON_GetArrayItem(bs, 1)->valueint < 1) {
-                st = fail(err, errlen, PD_ERR_FORMAT, "field 'quantization_config.weight_block_size' must be [rows, cols]");
-                goto done;
-            }
-            c.fp8_block[0] = cJSON_GetArrayItem(bs, 0)->valueint;
-            c.fp8_block[1] = cJSON_GetArrayItem(bs, 1)->valueint;
-        }
-    }
     *out = c;
 done:
     cJSON_Delete(root);

@@ -354,13 +354,10 @@ static pd_status check_metadata(const st_file *f, const cJSON *m, char *err, siz
     return PD_OK;
 }
 
-/* Maps f->path, validates its header and appends its tensors to st (sorted by offset, names indexed). */
-static pd_status load_file(mdl_st st, st_file *f, char *err, size_t errlen)
+/* Maps f->path (a regular file of at least 8 bytes) read-only into f->map / f->size. */
+static pd_status map_file(st_file *f, char *err, size_t errlen)
 {
     pd_status rc = PD_OK;
-    char *hdr = NULL;
-    cJSON *root = NULL;
-
     int fd = open(f->path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
         int e = errno;
@@ -370,31 +367,82 @@ static pd_status load_file(mdl_st st, st_file *f, char *err, size_t errlen)
     if (fstat(fd, &sb) != 0) {
         int e = errno;
         rc = fail(err, errlen, PD_ERR_IO, "%s: cannot stat: %s", f->path, strerror(e));
-        goto close_fd;
+        goto done;
     }
     if (!S_ISREG(sb.st_mode)) {
         rc = fail(err, errlen, PD_ERR_FORMAT, "%s: not a regular file", f->path);
-        goto close_fd;
+        goto done;
     }
     if (sb.st_size < 8) {
         rc = fail(err, errlen, PD_ERR_FORMAT, "%s: file is %lld bytes, shorter than the 8-byte header length",
                   f->path, (long long)sb.st_size);
-        goto close_fd;
+        goto done;
     }
     if ((uint64_t)sb.st_size > SIZE_MAX) {
         rc = fail(err, errlen, PD_ERR_IO, "%s: file too large to map", f->path);
-        goto close_fd;
+        goto done;
     }
     void *map = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
     if (map == MAP_FAILED) {
         int e = errno;
         rc = fail(err, errlen, e == ENOMEM ? PD_ERR_NOMEM : PD_ERR_IO, "%s: mmap failed: %s", f->path, strerror(e));
-        goto close_fd;
+        goto done;
     }
     f->map = map;
     f->size = (size_t)sb.st_size;
+done:
     close(fd);
-    fd = -1;
+    return rc;
+}
+
+/* Sorts the count views just parsed from f (after st's first st->ntensors) by offset, adds their names to the
+ * name table and their bytes to the total; a name defined twice or two tensors that overlap are errors. */
+static pd_status index_views(mdl_st st, const st_file *f, size_t count, char *err, size_t errlen)
+{
+    pd_status rc = PD_OK;
+    mdl_tensor_view *first = st->tensors + st->ntensors;
+    qsort(first, count, sizeof *first, view_cmp);
+    for (size_t i = 0; i < count; i++) {
+        uint32_t prev;
+        int r = strmap_put(&st->by_name, first[i].name, (uint32_t)(st->ntensors + i), &prev);
+        if (r < 0) {
+            rc = fail(err, errlen, PD_ERR_NOMEM, "%s: no memory for the name table", f->path);
+            return rc;
+        }
+        if (r == 0) {
+            const char *other = prev < st->ntensors ? st->tensors[prev].file : f->path;
+            if (other == f->path)
+                rc = fail(err, errlen, PD_ERR_FORMAT, "%s: tensor '%s' is defined twice", f->path, first[i].name);
+            else
+                rc = fail(err, errlen, PD_ERR_FORMAT, "%s: tensor '%s' is also defined in %s", f->path,
+                          first[i].name, other);
+            return rc;
+        }
+    }
+    /* Sorted by begin, so any overlap shows between neighbours; empty tensors occupy nothing. */
+    const mdl_tensor_view *last = NULL;
+    for (size_t i = 0; i < count; i++) {
+        const mdl_tensor_view *t = &first[i];
+        if (!t->nbytes) continue;
+        if (last && (const char *)t->data < (const char *)last->data + last->nbytes) {
+            rc = fail(err, errlen, PD_ERR_FORMAT, "%s: tensor '%s' overlaps tensor '%s' in the data buffer", f->path,
+                      t->name, last->name);
+            return rc;
+        }
+        last = t;
+        st->total_bytes += t->nbytes;
+    }
+    return PD_OK;
+}
+
+/* Maps f->path, validates its header and appends its tensors to st (sorted by offset, names indexed). */
+static pd_status load_file(mdl_st st, st_file *f, char *err, size_t errlen)
+{
+    pd_status rc = PD_OK;
+    char *hdr = NULL;
+    cJSON *root = NULL;
+
+    if ((rc = map_file(f, err, errlen)) != PD_OK) return rc;
 
     uint64_t hlen = 0;
     for (int i = 7; i >= 0; i--) hlen = (hlen << 8) | f->map[i];
@@ -477,45 +525,12 @@ static pd_status load_file(mdl_st st, st_file *f, char *err, size_t errlen)
         v++;
     }
 
-    mdl_tensor_view *first = st->tensors + st->ntensors;
-    qsort(first, count, sizeof *first, view_cmp);
-    for (size_t i = 0; i < count; i++) {
-        uint32_t prev;
-        int r = strmap_put(&st->by_name, first[i].name, (uint32_t)(st->ntensors + i), &prev);
-        if (r < 0) {
-            rc = fail(err, errlen, PD_ERR_NOMEM, "%s: no memory for the name table", f->path);
-            goto done;
-        }
-        if (r == 0) {
-            const char *other = prev < st->ntensors ? st->tensors[prev].file : f->path;
-            if (other == f->path)
-                rc = fail(err, errlen, PD_ERR_FORMAT, "%s: tensor '%s' is defined twice", f->path, first[i].name);
-            else
-                rc = fail(err, errlen, PD_ERR_FORMAT, "%s: tensor '%s' is also defined in %s", f->path,
-                          first[i].name, other);
-            goto done;
-        }
-    }
-    /* Sorted by begin, so any overlap shows between neighbours; empty tensors occupy nothing. */
-    const mdl_tensor_view *last = NULL;
-    for (size_t i = 0; i < count; i++) {
-        const mdl_tensor_view *t = &first[i];
-        if (!t->nbytes) continue;
-        if (last && (const char *)t->data < (const char *)last->data + last->nbytes) {
-            rc = fail(err, errlen, PD_ERR_FORMAT, "%s: tensor '%s' overlaps tensor '%s' in the data buffer", f->path,
-                      t->name, last->name);
-            goto done;
-        }
-        last = t;
-        st->total_bytes += t->nbytes;
-    }
+    if ((rc = index_views(st, f, count, err, errlen)) != PD_OK) goto done;
     st->ntensors += count;
 
 done:
     cJSON_Delete(root);
     free(hdr);
-close_fd:
-    if (fd >= 0) close(fd);
     return rc;
 }
 

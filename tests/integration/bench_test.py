@@ -1,25 +1,16 @@
 """pdserve-bench against a real PD deployment: a short sweep with warm-ups and SLOs, a fixed-prompt run and a
 text-prompt run; the result JSON holds vLLM's keys with counts that add up, no failures and plausible latencies.
 Then compare turns the files into well-formed SVG plots and a markdown table. No timing thresholds."""
-import argparse, json, os, subprocess, sys, tempfile
+import json, os, subprocess, sys, tempfile
 import xml.etree.ElementTree as ET
 
 sys.path.insert(0, os.path.dirname(__file__))
 import harness
 
-ap = argparse.ArgumentParser()
-ap.add_argument("--build", required=True)
-ap.add_argument("--model", required=True)
-args = ap.parse_args()
+args = harness.arg_parser().parse_args()
 out = tempfile.mkdtemp(prefix="bench_test_")
 bench = os.path.join(args.build, "benchmarks", "pdserve-bench")
-failures = []
-
-
-def check(cond, what):
-    if not cond:
-        failures.append(what)
-        print("FAIL:", what, flush=True)
+check = harness.Checks()
 
 
 def run(port, *extra):
@@ -106,10 +97,4 @@ p = subprocess.run([bench, "compare", os.path.join(out, "missing.json"), "--out-
                    text=True)
 check(p.returncode != 0, "compare refuses a missing file")
 
-harness.stop_all()  # sanitizer builds write leak reports at exit
-for _name, _report in harness.sanitizer_reports():
-    check(False, "sanitizer report in %s:\n%s" % (_name, _report))
-if failures:
-    print("%d failure(s); files in %s" % (len(failures), out))
-    sys.exit(1)
-print("bench: all checks passed")
+check.finish(out)

@@ -3,23 +3,15 @@ dependencies): against a live PD deployment under load, the page renders the ins
 /admin/stats, draws its charts, fetches nothing from outside the router, and logs no console errors. The
 screenshot goes to the build directory. Chromium and chromedriver are required: without them this test fails
 (install: apt-get install chromium chromium-driver, or PD_TEST_TOOLS=1 scripts/setup.sh)."""
-import argparse, base64, http.client, json, os, shutil, socket, subprocess, sys, tempfile, threading, time
+import base64, http.client, json, os, shutil, subprocess, sys, tempfile, threading, time
 
 sys.path.insert(0, os.path.dirname(__file__))
 import harness
 
-ap = argparse.ArgumentParser()
-ap.add_argument("--build", required=True)
-ap.add_argument("--model", required=True)
+ap = harness.arg_parser()
 ap.add_argument("--screenshot", required=True)
 args = ap.parse_args()
-failures = []
-
-
-def check(cond, what):
-    if not cond:
-        failures.append(what)
-        print("FAIL:", what, flush=True)
+check = harness.Checks()
 
 
 chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
@@ -29,14 +21,6 @@ if not chromium or not driver:
           "(chromium: %s, chromedriver: %s). Install them: apt-get install chromium chromium-driver "
           "(or PD_TEST_TOOLS=1 scripts/setup.sh)." % (chromium, driver), flush=True)
     sys.exit(1)
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def wd(port, method, path, body=None, timeout=60):
@@ -52,7 +36,7 @@ def wd(port, method, path, body=None, timeout=60):
 
 logdir = tempfile.mkdtemp(prefix="dashboard_test_")
 udd = tempfile.mkdtemp(prefix="chromium_profile_")
-dport = free_port()
+dport = harness.free_port()
 drv = subprocess.Popen([driver, "--port=%d" % dport, "--allowed-ips=127.0.0.1"], stdout=subprocess.DEVNULL,
                        stderr=open(os.path.join(logdir, "chromedriver.log"), "wb"))
 harness._procs.append(drv)
@@ -150,10 +134,4 @@ finally:
     harness.stop(drv)
     shutil.rmtree(udd, ignore_errors=True)
 
-harness.stop_all()  # sanitizer builds write leak reports at exit
-for _name, _report in harness.sanitizer_reports():
-    check(False, "sanitizer report in %s:\n%s" % (_name, _report))
-if failures:
-    print("%d failure(s); logs in %s" % (len(failures), logdir))
-    sys.exit(1)
-print("dashboard: all checks passed")
+check.finish(logdir)

@@ -4,14 +4,12 @@ mid-stream (the client gets an error event and [DONE] within 2 s), a prefill ins
 decode instance's KV deadline gives the request to another prefill instance; the stalled one writes nothing
 when it wakes), overload by requests and by queued prompt tokens at the router and at a prefill instance (429 with
 Retry-After). After each, no KV block is stranded and a normal request is served."""
-import argparse, concurrent.futures, http.client, json, os, signal, socket, sys, tempfile, threading, time
+import concurrent.futures, http.client, json, os, signal, socket, sys, tempfile, threading, time
 
 sys.path.insert(0, os.path.dirname(__file__))
 import harness
 
-ap = argparse.ArgumentParser()
-ap.add_argument("--build", required=True)
-ap.add_argument("--model", required=True)
+ap = harness.arg_parser()
 ap.add_argument("--disconnects", type=int, default=1000)
 args = ap.parse_args()
 logdir = tempfile.mkdtemp(prefix="fault_test_")

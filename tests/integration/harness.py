@@ -1,6 +1,6 @@
 """Starts real pdserve processes on loopback ports they pick (--port 0, 'READY <port>' on stdout), waits until
 the router is healthy, and always stops them. Used by the integration tests."""
-import atexit, http.client, json, os, signal, subprocess, sys, time
+import argparse, atexit, http.client, json, os, signal, socket, subprocess, sys, time
 
 _procs = []
 _logs = []
@@ -50,6 +50,30 @@ def exe(build, name):
     return os.path.join(build, name.split("-")[1], name)
 
 
+def arg_parser():
+    """The integration tests' command line: --build (the build tree) and --model (the tiny model's directory); a test
+    adds its own options and calls parse_args()."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--build", required=True)
+    ap.add_argument("--model", required=True)
+    return ap
+
+
+def free_ports(n):
+    """n loopback ports free now (bound together so that they differ, then released for the caller's processes)."""
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def free_port():
+    return free_ports(1)[0]
+
+
 class Checks:
     """Counts checks; a failed one is printed at once. finish() prints the closing line and exits."""
 
@@ -63,10 +87,13 @@ class Checks:
             self.failures.append(what)
             print("FAIL:", what, flush=True)
 
-    def finish(self):
+    def finish(self, files=None):
+        """files: where the test left its logs or outputs, named when a check failed."""
         _kill_all()  # leak reports are written at exit
         for name, report in sanitizer_reports():
             self(False, "sanitizer report in %s:\n%s" % (name, report))
+        if self.failures and files:
+            print("files in", files)
         print("%d passed, %d failed" % (self.passed, len(self.failures)))
         sys.exit(1 if self.failures else 0)
 

@@ -1,14 +1,11 @@
 """The PD path end to end: router + prefill + decode against router + colocated decode, on the tiny model with
 the real DeepSeek-V3 tokenizer. Greedy PD output must equal colocated output token for token."""
-import argparse, concurrent.futures, os, random, sys, tempfile, time
+import concurrent.futures, os, random, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(__file__))
 import harness
 
-ap = argparse.ArgumentParser()
-ap.add_argument("--build", required=True)
-ap.add_argument("--model", required=True)
-args = ap.parse_args()
+args = harness.arg_parser().parse_args()
 logdir = tempfile.mkdtemp(prefix="pd_test_")
 check = harness.Checks()
 

@@ -1,13 +1,11 @@
 """Runs every curl example of README.md against a real deployment (router + prefill + decode) on ports this test
 picks: each must succeed and return what its endpoint promises."""
-import argparse, json, os, re, subprocess, sys, tempfile
+import json, os, re, subprocess, sys, tempfile
 
 sys.path.insert(0, os.path.dirname(__file__))
 import harness
 
-ap = argparse.ArgumentParser()
-ap.add_argument("--build", required=True)
-ap.add_argument("--model", required=True)
+ap = harness.arg_parser()
 ap.add_argument("--readme", required=True)
 args = ap.parse_args()
 

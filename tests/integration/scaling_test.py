@@ -2,29 +2,18 @@
 instance joins and another drains (admin API) while traffic flows without a failed request, a prefill
 instance drains on SIGTERM and exits cleanly, a restarted router learns its instances again, and the bucket-aware
 policy packs decode batches into the captured sizes where least-load spreads them."""
-import argparse, json, os, signal, socket, sys, tempfile, threading, time
+import json, os, signal, socket, sys, tempfile, threading, time
 
 sys.path.insert(0, os.path.dirname(__file__))
 import harness
 
-ap = argparse.ArgumentParser()
-ap.add_argument("--build", required=True)
-ap.add_argument("--model", required=True)
-args = ap.parse_args()
+args = harness.arg_parser().parse_args()
 logdir = tempfile.mkdtemp(prefix="scaling_test_")
 check = harness.Checks()
 
 
 def exe(name):
     return harness.exe(args.build, name)
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def wait(cond, timeout, what):
@@ -40,7 +29,7 @@ def wait(cond, timeout, what):
     return False
 
 
-rport = free_port()
+rport = harness.free_port()
 router_argv = [exe("pdserve-router"), "--port", str(rport), "--model", args.model, "--health-interval", "0.2"]
 url = "http://127.0.0.1:%d" % rport
 common = ["--model", args.model, "--kv-cache-memory", "128M", "--max-model-len", "1024", "--router-url", url,

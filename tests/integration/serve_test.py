@@ -2,27 +2,15 @@
 logs in a temporary directory): it answers the OpenAI API; a pool process that dies (SIGKILL: a crash) is started
 again by the script and serves; a drained instance (clean exit) stays down; a process that cannot start stops the
 script with an error instead of a restart loop; Ctrl-C (SIGINT to the process group) stops every process."""
-import argparse, os, re, select, signal, socket, subprocess, sys, tempfile, time
+import os, re, select, signal, socket, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(__file__))
 import harness
 
-ap = argparse.ArgumentParser()
-ap.add_argument("--build", required=True)
-ap.add_argument("--model", required=True)
+ap = harness.arg_parser()
 ap.add_argument("--source", required=True)
 args = ap.parse_args()
 check = harness.Checks()
-
-
-def free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def write_conf(d, router, prefill, decode):
@@ -115,7 +103,7 @@ def chat(port, timeout=60):
 
 tmp = tempfile.mkdtemp(prefix="serve_test_")
 conf, logs = os.path.join(tmp, "conf"), os.path.join(tmp, "logs")
-rport, pport, dport = free_ports(3)
+rport, pport, dport = harness.free_ports(3)
 write_conf(conf, rport, pport, dport)
 s = Serve(conf, logs)
 try:
@@ -171,7 +159,7 @@ try:
     # A process that cannot start (its port is taken) stops the script with an error, not a restart loop.
     blocker = socket.socket()
     blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    rport2, pport2, dport2 = free_ports(3)
+    rport2, pport2, dport2 = harness.free_ports(3)
     blocker.bind(("127.0.0.1", pport2))
     blocker.listen(1)
     conf2 = os.path.join(tmp, "conf2")

@@ -7,6 +7,7 @@
 
 #include "common/pd_common.h"
 #include "common/pd_opts.h"
+#include "pd_check.h"
 
 START_TEST(test_status_str)
 {
@@ -131,17 +132,8 @@ END_TEST
 int main(void)
 {
     Suite *s = suite_create("common");
-    TCase *tc = tcase_create("core");
-    tcase_add_test(tc, test_status_str);
-    tcase_add_test(tc, test_log_level_parse);
-    tcase_add_test(tc, test_rng_deterministic_and_normal);
-    tcase_add_test(tc, test_file_read);
-    tcase_add_test(tc, test_parse_size);
-    tcase_add_test(tc, test_huge_map);
-    suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
+    PD_CHECK_CASE(s, "core", 0, test_status_str, test_log_level_parse, test_rng_deterministic_and_normal,
+                  test_file_read, test_parse_size, test_huge_map);
+    int failed = pd_check_run(s, 0);
     return failed ? 1 : 0;
 }

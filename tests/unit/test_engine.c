@@ -13,6 +13,7 @@
 #include "model/mdl_generate.h"
 #include "model/mdl_presets.h"
 #include "model/mdl_runner.h"
+#include "pd_check.h"
 
 #define MAXR 16
 typedef struct {
@@ -486,21 +487,9 @@ END_TEST
 int main(void)
 {
     Suite *s = suite_create("engine");
-    TCase *tc = tcase_create("engine");
-    tcase_set_timeout(tc, 300);
-    tcase_add_test(tc, test_batched_equals_alone);
-    tcase_add_test(tc, test_pd_equals_local_greedy);
-    tcase_add_test(tc, test_pd_equals_local_seeded);
-    tcase_add_test(tc, test_abort_and_refusal);
-    tcase_add_test(tc, test_no_logprobs);
-    tcase_add_test(tc, test_preemption_keeps_outputs);
-    tcase_add_test(tc, test_out_of_memory);
-    suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_set_fork_status(sr, CK_NOFORK);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
+    PD_CHECK_CASE(s, "engine", 300, test_batched_equals_alone, test_pd_equals_local_greedy, test_pd_equals_local_seeded,
+                  test_abort_and_refusal, test_no_logprobs, test_preemption_keeps_outputs, test_out_of_memory);
+    int failed = pd_check_run(s, 1);
     mdl_model_destroy(g_m);
     char cmd[300];
     snprintf(cmd, sizeof cmd, "rm -rf %s", g_dir);

@@ -8,6 +8,7 @@
 
 #include "kernels/krn.h"
 #include "kernels/krn_impl.h"
+#include "pd_check.h"
 
 static pd_rng g_rng;
 
@@ -296,7 +297,7 @@ END_TEST
 
 /* ---- every path --------------------------------------------------------------------------------------- */
 
-#define MAX_TABLES 3 /* ref, avx2, avx512 */
+#define MAX_TABLES 4 /* ref, avx2, avx512, avx512 without VNNI/BF16 */
 static const krn__ops *g_tables[MAX_TABLES];
 static int g_ntables;
 
@@ -306,7 +307,65 @@ static void collect_tables(void)
     g_tables[g_ntables++] = krn__ops_ref();
     if (krn__ops_avx2()) g_tables[g_ntables++] = krn__ops_avx2();
     if (krn__ops_avx512()) g_tables[g_ntables++] = krn__ops_avx512();
+    if (krn__ops_avx512_base()) g_tables[g_ntables++] = krn__ops_avx512_base();
 }
+
+/* Which kernels a CPU gets from its features: each ISA group only when every flag it is compiled with is there (an
+ * AVX-512F/BW/VL CPU without VNNI or BF16 never reaches kernels/avx512_vnni/ or kernels/avx512_bf16/). */
+START_TEST(test_dispatch_features)
+{
+    const int bf16dot_on = !getenv("PDSERVE_BF16_DOT"), screen_on = !getenv("PDSERVE_ARGMAX_SCREEN");
+    krn__ops t2, t5;
+    krn_cpu_features f = {0};
+    ck_assert_uint_eq(krn__ops_fill(&f, &t2, &t5), 0);
+    f.avx2 = 1;
+    ck_assert_uint_eq(krn__ops_fill(&f, &t2, &t5), 0); /* AVX2 without FMA: portable */
+    f.fma = 1;
+    ck_assert_uint_eq(krn__ops_fill(&f, &t2, &t5), KRN__HAVE_AVX2);
+    ck_assert_str_eq(t2.name, "avx2");
+    ck_assert_ptr_eq(t2.gemm_i8, krn__gemm_i8_avx2_2x32);
+    ck_assert_ptr_eq(t2.quant_rows, krn__quant_rows_ref);
+    ck_assert_ptr_null(t2.gemm_bf16dot);
+    f.avx512f = f.avx512bw = 1;
+    ck_assert_uint_eq(krn__ops_fill(&f, &t2, &t5), KRN__HAVE_AVX2); /* no VL: no AVX-512 table */
+    f.avx512vl = 1;
+    ck_assert_uint_eq(krn__ops_fill(&f, &t2, &t5), KRN__HAVE_AVX2 | KRN__HAVE_AVX512);
+    ck_assert_str_eq(t5.name, "avx512");
+    ck_assert_ptr_eq(t5.gemm_bf16, krn__gemm_bf16_avx512_12x32);
+    ck_assert_ptr_eq(t5.quant_rows, krn__quant_rows_avx512);
+    ck_assert_ptr_eq(t5.gemm_i8, krn__gemm_i8_avx2_2x32); /* no VNNI: the AVX2 int8 GEMM */
+    ck_assert_ptr_null(t5.gemm_bf16dot);
+    ck_assert_ptr_null(t5.round_bf16_pairs);
+    ck_assert_ptr_null(t5.gemm_bf16dot_rows);
+    ck_assert_ptr_null(t5.screen);
+    f.avx512_vnni = 1;
+    krn__ops_fill(&f, &t2, &t5);
+    ck_assert_ptr_eq(t5.gemm_i8, krn__gemm_i8_avx512vnni_12x32);
+    ck_assert_ptr_null(t5.gemm_bf16dot);
+    f.avx512_vnni = 0;
+    f.avx512_bf16 = 1;
+    krn__ops_fill(&f, &t2, &t5);
+    ck_assert_ptr_eq(t5.gemm_i8, krn__gemm_i8_avx2_2x32);
+    if (bf16dot_on) {
+        ck_assert_ptr_eq(t5.gemm_bf16dot, krn__gemm_bf16dot_avx512_12x32);
+        ck_assert_str_eq(t5.name, "avx512+bf16dot");
+    }
+    if (screen_on) ck_assert_ptr_eq(t5.screen, krn__screen_avx512);
+    /* AVX-512 without AVX2 (no such CPU, but the table must not reach kernels/avx2/) */
+    f.avx2 = 0;
+    ck_assert_uint_eq(krn__ops_fill(&f, &t2, &t5), KRN__HAVE_AVX512);
+    ck_assert_ptr_eq(t5.gemm_i8, krn__gemm_i8_ref);
+    /* this CPU's tables agree with what its features give */
+    const krn__ops *base = krn__ops_avx512_base();
+    ck_assert(!base == !krn__ops_avx512());
+    if (base) {
+        ck_assert_ptr_eq(base->gemm_i8, krn__ops_avx2() ? krn__gemm_i8_avx2_2x32 : krn__gemm_i8_ref);
+        ck_assert_ptr_null(base->gemm_bf16dot);
+        ck_assert_ptr_null(base->screen);
+        ck_assert_ptr_eq(base->quant_rows, krn__quant_rows_avx512);
+    }
+}
+END_TEST
 
 /* Weights of type t (random, FP8 with awkward block scales) and their exact float values. */
 typedef struct {
@@ -1182,32 +1241,12 @@ int main(void)
 {
     pd_rng_seed(&g_rng, 1234);
     Suite *s = suite_create("kernels");
-    TCase *tc = tcase_create("ref");
-    tcase_add_test(tc, test_formats);
-    tcase_add_test(tc, test_linear_types);
-    tcase_add_test(tc, test_attention_tile_vs_naive);
-    tcase_add_test(tc, test_sampler);
-    tcase_add_test(tc, test_argmax);
-    suite_add_tcase(s, tc);
-    TCase *tp = tcase_create("paths");
-    tcase_set_timeout(tp, 300);
-    tcase_add_test(tp, test_paths_linear);
-    tcase_add_test(tp, test_paths_linear_argmax);
-    tcase_add_test(tp, test_paths_w8a8);
-    tcase_add_test(tp, test_paths_logsumexp);
-    tcase_add_test(tp, test_paths_to_f32);
-    tcase_add_test(tp, test_paths_rows_independent);
-    tcase_add_test(tp, test_paths_avx2_matches_avx512);
-    tcase_add_test(tp, test_paths_avx2_attention_matches_avx512);
-    tcase_add_test(tp, test_paths_absorbed_rows);
-    tcase_add_test(tp, test_paths_group);
-    tcase_add_test(tp, test_paths_bf16dot);
-    tcase_add_test(tp, test_paths_attention);
-    tcase_add_test(tp, test_paths_attention_rows_independent);
-    suite_add_tcase(s, tp);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
+    PD_CHECK_CASE(s, "ref", 0, test_formats, test_linear_types, test_attention_tile_vs_naive, test_sampler,
+                  test_argmax);
+    PD_CHECK_CASE(s, "paths", 300, test_dispatch_features, test_paths_linear, test_paths_linear_argmax, test_paths_w8a8,
+                  test_paths_logsumexp, test_paths_to_f32, test_paths_rows_independent, test_paths_avx2_matches_avx512,
+                  test_paths_avx2_attention_matches_avx512, test_paths_absorbed_rows, test_paths_group,
+                  test_paths_bf16dot, test_paths_attention, test_paths_attention_rows_independent);
+    int failed = pd_check_run(s, 0);
     return failed ? 1 : 0;
 }

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "kvtransfer/kv.h"
+#include "pd_check.h"
 
 static kv_desc_t sample(uint8_t *addr, size_t addr_len, uint8_t *rkey, size_t rkey_len)
 {
@@ -133,16 +134,8 @@ int main(void)
 {
     pd_log_set_level(PD_LOG_ERROR); /* malformed-input warnings are expected here */
     Suite *s = suite_create("kv_desc");
-    TCase *tc = tcase_create("core");
-    tcase_add_test(tc, test_round_trip);
-    tcase_add_test(tc, test_bare_peer);
-    tcase_add_test(tc, test_malformed);
-    tcase_add_test(tc, test_encode_rejects_bad_input);
-    tcase_add_test(tc, test_proto_parse);
-    suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
+    PD_CHECK_CASE(s, "core", 0, test_round_trip, test_bare_peer, test_malformed, test_encode_rejects_bad_input,
+                  test_proto_parse);
+    int failed = pd_check_run(s, 0);
     return failed ? 1 : 0;
 }

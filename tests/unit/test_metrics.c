@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "common/pd_metrics.h"
+#include "pd_check.h"
 
 START_TEST(test_register_rules)
 {
@@ -164,15 +165,7 @@ END_TEST
 int main(void)
 {
     Suite *s = suite_create("metrics");
-    TCase *tc = tcase_create("core");
-    tcase_add_test(tc, test_register_rules);
-    tcase_add_test(tc, test_render_exact);
-    tcase_add_test(tc, test_collect_hook);
-    tcase_add_test(tc, test_threads);
-    suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
+    PD_CHECK_CASE(s, "core", 0, test_register_rules, test_render_exact, test_collect_hook, test_threads);
+    int failed = pd_check_run(s, 0);
     return failed ? 1 : 0;
 }

@@ -13,6 +13,7 @@
 #include "model/mdl_generate.h"
 #include "model/mdl_presets.h"
 #include "model/mdl_runner.h"
+#include "pd_check.h"
 
 static double rel_l2(const float *a, const float *ref, int n)
 {
@@ -623,32 +624,14 @@ int main(void)
     snprintf(g_tmp, sizeof g_tmp, "/tmp/pd_model_XXXXXX");
     if (!mkdtemp(g_tmp)) return 1;
     Suite *s = suite_create("model");
-    TCase *tg = tcase_create("golden");
-    tcase_set_timeout(tg, 600);
+    TCase *tg = PD_CHECK_CASE(s, "golden", 600, test_fp8_stays_fp8);
     tcase_add_loop_test(tg, test_golden, 0, PD_ARRAY_LEN(goldens));
-    tcase_add_test(tg, test_fp8_stays_fp8);
-    suite_add_tcase(s, tg);
-    TCase *tv = tcase_create("variants");
-    tcase_set_timeout(tv, 600);
-    tcase_add_test(tv, test_variant_v3_default);
-    tcase_add_test(tv, test_variant_v3_long_context);
-    tcase_add_test(tv, test_variant_v2_greedy_no_qlora);
-    tcase_add_test(tv, test_variant_v2_group_limited_yarn);
-    tcase_add_test(tv, test_batch_equals_alone);
-    tcase_add_test(tv, test_prefill_chunking_bitwise);
-    tcase_add_test(tv, test_argmax_rows);
-    tcase_add_test(tv, test_sharded_equals_single_and_fp8);
-    tcase_add_test(tv, test_generate_deterministic);
-    suite_add_tcase(s, tv);
-    TCase *te = tcase_create("errors");
-    tcase_add_test(te, test_config_errors);
-    tcase_add_test(te, test_checkpoint_errors);
-    tcase_add_test(te, test_param_counts);
-    suite_add_tcase(s, te);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
+    PD_CHECK_CASE(s, "variants", 600, test_variant_v3_default, test_variant_v3_long_context,
+                  test_variant_v2_greedy_no_qlora, test_variant_v2_group_limited_yarn, test_batch_equals_alone,
+                  test_prefill_chunking_bitwise, test_argmax_rows, test_sharded_equals_single_and_fp8,
+                  test_generate_deterministic);
+    PD_CHECK_CASE(s, "errors", 0, test_config_errors, test_checkpoint_errors, test_param_counts);
+    int failed = pd_check_run(s, 0);
     char cmd[300];
     snprintf(cmd, sizeof cmd, "rm -rf %s", g_tmp);
     if (system(cmd) != 0) return 1;

@@ -9,6 +9,7 @@
 #include "model/mdl_engine.h"
 #include "router/rt_req.h"
 #include "tests/test_utf8.h"
+#include "pd_check.h"
 
 static rt_limits lim;
 
@@ -321,25 +322,10 @@ END_TEST
 int main(void)
 {
     Suite *s = suite_create("router_request");
-    TCase *tc = tcase_create("parse");
+    TCase *tc = PD_CHECK_CASE(s, "parse", 60, test_non_object_bodies, test_wrong_types, test_nulls_and_unknown_fields,
+                  test_limits, test_body_size, test_utf8_nul_depth, test_long_echo_stays_utf8, test_huge_numbers,
+                  test_single_stop_string, test_stop_token_ids_integers, test_chat_default_max_tokens, test_logit_bias);
     tcase_add_checked_fixture(tc, setup, teardown);
-    tcase_set_timeout(tc, 60);
-    tcase_add_test(tc, test_non_object_bodies);
-    tcase_add_test(tc, test_wrong_types);
-    tcase_add_test(tc, test_nulls_and_unknown_fields);
-    tcase_add_test(tc, test_limits);
-    tcase_add_test(tc, test_body_size);
-    tcase_add_test(tc, test_utf8_nul_depth);
-    tcase_add_test(tc, test_long_echo_stays_utf8);
-    tcase_add_test(tc, test_huge_numbers);
-    tcase_add_test(tc, test_single_stop_string);
-    tcase_add_test(tc, test_stop_token_ids_integers);
-    tcase_add_test(tc, test_chat_default_max_tokens);
-    tcase_add_test(tc, test_logit_bias);
-    suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
+    int failed = pd_check_run(s, 0);
     return failed ? 1 : 0;
 }

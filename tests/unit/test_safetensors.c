@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "model/safetensors.h"
+#include "pd_check.h"
 
 /* ---- helpers ------------------------------------------------------------------------------------ */
 
@@ -725,43 +726,19 @@ END_TEST
 static Suite *suite(void)
 {
     Suite *s = suite_create("safetensors");
-    TCase *tc = tcase_create("core");
+    TCase *tc = PD_CHECK_CASE(s, "core", 120, test_dtype_table, test_roundtrip, test_writer_empty_file,
+                  test_writer_misuse, test_sharded_index, test_directory_resolution, test_fixture_v3tiny,
+                  test_fixture_v3yarn_fp8, test_bad_short_file, test_bad_header_len_zero, test_bad_header_len_huge,
+                  test_bad_header_json, test_bad_header_not_object, test_bad_entry_not_object, test_bad_metadata,
+                  test_bad_dtype, test_bad_shape, test_bad_offsets, test_bad_end_beyond_buffer, test_bad_size_mismatch,
+                  test_bad_overlap, test_bad_duplicate_name, test_bad_duplicate_across_shards, test_bad_index,
+                  test_not_a_regular_file);
     tcase_add_checked_fixture(tc, setup_tmp, teardown_tmp);
-    tcase_set_timeout(tc, 120);
-    tcase_add_test(tc, test_dtype_table);
-    tcase_add_test(tc, test_roundtrip);
-    tcase_add_test(tc, test_writer_empty_file);
-    tcase_add_test(tc, test_writer_misuse);
-    tcase_add_test(tc, test_sharded_index);
-    tcase_add_test(tc, test_directory_resolution);
-    tcase_add_test(tc, test_fixture_v3tiny);
-    tcase_add_test(tc, test_fixture_v3yarn_fp8);
-    tcase_add_test(tc, test_bad_short_file);
-    tcase_add_test(tc, test_bad_header_len_zero);
-    tcase_add_test(tc, test_bad_header_len_huge);
-    tcase_add_test(tc, test_bad_header_json);
-    tcase_add_test(tc, test_bad_header_not_object);
-    tcase_add_test(tc, test_bad_entry_not_object);
-    tcase_add_test(tc, test_bad_metadata);
-    tcase_add_test(tc, test_bad_dtype);
-    tcase_add_test(tc, test_bad_shape);
-    tcase_add_test(tc, test_bad_offsets);
-    tcase_add_test(tc, test_bad_end_beyond_buffer);
-    tcase_add_test(tc, test_bad_size_mismatch);
-    tcase_add_test(tc, test_bad_overlap);
-    tcase_add_test(tc, test_bad_duplicate_name);
-    tcase_add_test(tc, test_bad_duplicate_across_shards);
-    tcase_add_test(tc, test_bad_index);
-    tcase_add_test(tc, test_not_a_regular_file);
-    suite_add_tcase(s, tc);
     return s;
 }
 
 int main(void)
 {
-    SRunner *sr = srunner_create(suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
+    int failed = pd_check_run(suite(), 0);
     return failed ? EXIT_FAILURE : EXIT_SUCCESS;
 }

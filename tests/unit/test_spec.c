@@ -15,6 +15,7 @@
 #include "model/mdl_presets.h"
 #include "model/mdl_runner.h"
 #include "model/mdl_serve.h"
+#include "pd_check.h"
 
 #define MAXR 64
 #define MAXT 48
@@ -834,16 +835,11 @@ int main(void)
                   test_greedy_equal_int8_draft_demo}},
     };
     for (size_t c = 0; c < PD_ARRAY_LEN(cases); c++) {
-        TCase *tc = tcase_create(cases[c].name);
-        tcase_set_timeout(tc, 1200);
-        for (int t = 0; t < 4 && cases[c].tests[t]; t++) tcase_add_test(tc, cases[c].tests[t]);
-        suite_add_tcase(s, tc);
+        size_t n = 0;
+        while (n < 4 && cases[c].tests[n]) n++;
+        pd_check_case(s, cases[c].name, 1200, cases[c].tests, n);
     }
-    SRunner *sr = srunner_create(s);
-    srunner_set_fork_status(sr, CK_NOFORK);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
+    int failed = pd_check_run(s, 1);
     mdl_model_destroy(g_gen);
     mdl_model_destroy(g_small);
     mdl_model_destroy(g_demo);

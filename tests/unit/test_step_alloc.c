@@ -20,6 +20,7 @@
 #include "model/mdl_generate.h"
 #include "model/mdl_presets.h"
 #include "model/mdl_runner.h"
+#include "pd_check.h"
 
 /* ---- every thread's counter ------------------------------------------------------------------------------ */
 
@@ -275,19 +276,9 @@ static void cleanup(void)
 int main(void)
 {
     Suite *s = suite_create("step_alloc");
-    TCase *tc = tcase_create("core");
-    tcase_set_timeout(tc, 600);
-    tcase_add_test(tc, test_counters_see_allocations);
-    tcase_add_test(tc, test_plain_decode);
-    tcase_add_test(tc, test_mtp);
-    tcase_add_test(tc, test_mtp_int8_head);
-    tcase_add_test(tc, test_ngram);
-    suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_set_fork_status(sr, CK_NOFORK);
-    srunner_run_all(sr, CK_NORMAL);
-    int nf = srunner_ntests_failed(sr);
-    srunner_free(sr);
+    PD_CHECK_CASE(s, "core", 600, test_counters_see_allocations, test_plain_decode, test_mtp, test_mtp_int8_head,
+                  test_ngram);
+    int nf = pd_check_run(s, 1);
     cleanup();
     return nf ? 1 : 0;
 }

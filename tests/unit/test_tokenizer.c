@@ -10,6 +10,7 @@
 
 #include "model/chat_template.h"
 #include "model/tokenizer.h"
+#include "pd_check.h"
 
 static mdl_tokenizer tok;
 static cJSON *cases; /* array of {text, ids, decoded, decoded_skip} */
@@ -705,26 +706,14 @@ END_TEST
 static Suite *tokenizer_suite(void)
 {
     Suite *s = suite_create("tokenizer");
-    TCase *tc = tcase_create("core");
-    tcase_set_timeout(tc, 120);
-    tcase_add_test(tc, test_corpus_ids_identical);
-    tcase_add_test(tc, test_corpus_decode_roundtrip);
-    tcase_add_test(tc, test_detok_equals_decode_over_corpus);
-    tcase_add_test(tc, test_detok_multibyte_split_across_byte_tokens);
-    tcase_add_test(tc, test_detok_special_skip_keep);
-    tcase_add_test(tc, test_encode_invalid_utf8);
-    tcase_add_test(tc, test_special_tokens_and_flags);
-    tcase_add_test(tc, test_encode_concurrent);
-    tcase_add_test(tc, test_merges_both_forms_and_added_strip);
-    tcase_add_test(tc, test_load_errors);
-    suite_add_tcase(s, tc);
-    TCase *tt = tcase_create("chat_template");
+    PD_CHECK_CASE(s, "core", 120, test_corpus_ids_identical, test_corpus_decode_roundtrip,
+                  test_detok_equals_decode_over_corpus, test_detok_multibyte_split_across_byte_tokens,
+                  test_detok_special_skip_keep, test_encode_invalid_utf8, test_special_tokens_and_flags,
+                  test_encode_concurrent, test_merges_both_forms_and_added_strip, test_load_errors);
+    TCase *tt = PD_CHECK_CASE(s, "chat_template", 0, test_chat_templates_match_reference,
+                  test_chat_template_load_from_checkpoint, test_chat_template_errors_at_load,
+                  test_chat_template_budget);
     tcase_set_timeout(tt, 60); /* the budget cases allocate and scan tens of MB, slow under ASan */
-    tcase_add_test(tt, test_chat_templates_match_reference);
-    tcase_add_test(tt, test_chat_template_load_from_checkpoint);
-    tcase_add_test(tt, test_chat_template_errors_at_load);
-    tcase_add_test(tt, test_chat_template_budget);
-    suite_add_tcase(s, tt);
     return s;
 }
 
@@ -745,10 +734,7 @@ int main(void)
         return 1;
     }
     fprintf(stderr, "expectations: %s\n", expect);
-    SRunner *sr = srunner_create(tokenizer_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
+    int failed = pd_check_run(tokenizer_suite(), 0);
     cJSON_Delete(exp);
     mdl_tokenizer_destroy(tok);
     return failed ? 1 : 0;

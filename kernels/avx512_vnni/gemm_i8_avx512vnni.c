@@ -1,33 +1,11 @@
-/* W8A8 on AVX-512: per-row activation quantisation, and the int8 GEMM with VNNI (vpdpbusd: u8 activations x
- * s8 weights, four products summed into each int32 lane), tile 12 rows x 32 outputs over KRN_PACK_I8_N32K4.
+/* W8A8's int8 GEMM on AVX-512 VNNI (vpdpbusd: u8 activations x s8 weights, four products summed into each int32
+ * lane), tile 12 rows x 32 outputs over KRN_PACK_I8_N32K4; the activations come from kernels/avx512/quant_avx512.c.
  * y = (acc - 128 * rowsum(W)) * (x_scale * w_scale), in the reference's order, so results are bit-identical
  * to kernels/ref/gemm_i8_ref.c. */
 #include "kernels/avx512/avx512_util.h"
 
 #define MR 12
 #define MC 192
-
-void krn__quant_rows_avx512(const float *x, int m, int k, int kq4, uint8_t *xq, float *xs)
-{
-    for (int i = 0; i < m; i++) {
-        const float *r = x + (size_t)i * k;
-        uint8_t *q = xq + (size_t)i * kq4;
-        __m512 mx = _mm512_setzero_ps();
-        for (int c = 0; c < k; c += 16)
-            mx = _mm512_max_ps(mx, _mm512_abs_ps(_mm512_maskz_loadu_ps(krn__mask16(k - c), r + c)));
-        const float amax = _mm512_reduce_max_ps(mx);
-        const float inv = amax > 0 ? 127.0f / amax : 0.0f;
-        xs[i] = amax / 127.0f;
-        const __m512 vinv = _mm512_set1_ps(inv);
-        const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127), off = _mm512_set1_epi32(128);
-        for (int c = 0; c < kq4; c += 16) {
-            const __mmask16 km = krn__mask16(k - c);
-            __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(km, r + c), vinv));
-            v = _mm512_add_epi32(_mm512_min_epi32(_mm512_max_epi32(v, lo), hi), off);
-            _mm_mask_storeu_epi8(q + c, krn__mask16(kq4 - c), _mm512_cvtepi32_epi8(v));
-        }
-    }
-}
 
 KRN_INLINE void ukr(const int mr, const int kq, const uint8_t *A, const size_t lda, const int8_t *B, const float *xs,
                     const float *wscale, const int32_t *wsum, float *C, const size_t ldc, const __mmask16 m0,
