@@ -7,21 +7,6 @@
 
 #include "router/rt_req.h"
 
-static void append(char **buf, size_t *len, size_t *cap, const char *s, size_t n)
-{
-    if (*len + n + 1 > *cap) {
-        size_t nc = (*cap ? *cap * 2 : 256);
-        while (nc < *len + n + 1) nc *= 2;
-        char *b = realloc(*buf, nc);
-        PD_ASSERT(b != NULL); /* a few KB per choice; running out here is not recoverable */
-        *buf = b;
-        *cap = nc;
-    }
-    memcpy(*buf + *len, s, n);
-    *len += n;
-    (*buf)[*len] = '\0';
-}
-
 /* Largest k <= want such that buf[0..k) ends on a character boundary. */
 static size_t char_boundary(const char *buf, size_t want)
 {
@@ -32,7 +17,7 @@ static size_t char_boundary(const char *buf, size_t want)
 static const char THINK_OPEN[] = "<think>", THINK_CLOSE[] = "</think>";
 
 /* Moves released raw text [split_pos, upto) into reasoning/content deltas; final: no more text follows. */
-static void split_and_emit(rt_choice *c, size_t upto, int final, cJSON *lps)
+static pd_status split_and_emit(rt_choice *c, size_t upto, int final, cJSON *lps)
 {
     rt_req *r = c->req;
     const char *rs = NULL, *cs = NULL;
@@ -40,25 +25,25 @@ static void split_and_emit(rt_choice *c, size_t upto, int final, cJSON *lps)
     const size_t open_n = sizeof THINK_OPEN - 1, close_n = sizeof THINK_CLOSE - 1;
     if (r->chat && !c->open_checked) { /* output that starts with <think> opens a reasoning block */
         size_t have = upto - pos;
-        if (have < open_n && !final && !strncmp(c->raw + pos, THINK_OPEN, have)) goto emit; /* undecided */
+        if (have < open_n && !final && !strncmp(c->raw.data + pos, THINK_OPEN, have)) goto emit; /* undecided */
         c->open_checked = 1;
-        if (have >= open_n && !strncmp(c->raw + pos, THINK_OPEN, open_n)) {
+        if (have >= open_n && !strncmp(c->raw.data + pos, THINK_OPEN, open_n)) {
             c->in_think = 1;
             pos += open_n;
         }
     }
     if (c->in_think) {
-        const char *end = strstr(c->raw + pos, THINK_CLOSE);
-        if (end && (size_t)(end - c->raw) + close_n <= upto) {
-            rs = c->raw + pos;
-            rl = (size_t)(end - c->raw) - pos;
-            pos = (size_t)(end - c->raw) + close_n;
+        const char *end = strstr(c->raw.data + pos, THINK_CLOSE);
+        if (end && (size_t)(end - c->raw.data) + close_n <= upto) {
+            rs = c->raw.data + pos;
+            rl = (size_t)(end - c->raw.data) - pos;
+            pos = (size_t)(end - c->raw.data) + close_n;
             c->in_think = 0;
         } else {
             size_t safe = final ? upto : upto >= close_n - 1 ? upto - (close_n - 1) : 0;
-            safe = char_boundary(c->raw, safe);
+            safe = char_boundary(c->raw.data, safe);
             if (safe > pos) {
-                rs = c->raw + pos;
+                rs = c->raw.data + pos;
                 rl = safe - pos;
                 pos = safe;
             }
@@ -66,17 +51,18 @@ static void split_and_emit(rt_choice *c, size_t upto, int final, cJSON *lps)
         }
     }
     if (upto > pos) {
-        cs = c->raw + pos;
+        cs = c->raw.data + pos;
         cl = upto - pos;
         pos = upto;
     }
 emit:
     c->split_pos = pos;
-    if (rl || cl || lps) rt_req_choice_delta(r, c, rs, rl, cs, cl, lps);
+    return rl || cl || lps ? rt_req_choice_delta(r, c, rs, rl, cs, cl, lps) : PD_OK;
 }
 
-/* Runs the stop-string stage over new raw text; returns 1 when a stop string ended the choice. */
-static int stop_stage(rt_choice *c, int final, cJSON *lps)
+/* Runs the stop-string stage over new raw text; *stopped = 1 when a stop string ended the choice. PD_ERR_NOMEM when
+ * the released text could not be kept. */
+static pd_status stop_stage(rt_choice *c, int final, cJSON *lps, int *stopped)
 {
     rt_req *r = c->req;
     size_t from = c->released;
@@ -85,27 +71,28 @@ static int stop_stage(rt_choice *c, int final, cJSON *lps)
     for (int i = 0; i < r->n_stops; i++) {
         size_t sl = strlen(r->stops[i]);
         size_t start = from >= sl - 1 ? from - (sl - 1) : 0;
-        const char *hit = strstr(c->raw + start, r->stops[i]);
-        if (hit && (size_t)(hit - c->raw) < best) {
-            best = (size_t)(hit - c->raw);
+        const char *hit = strstr(c->raw.data + start, r->stops[i]);
+        if (hit && (size_t)(hit - c->raw.data) < best) {
+            best = (size_t)(hit - c->raw.data);
             which = i;
         }
     }
     if (which >= 0) {
-        c->raw_len = best; /* the stop string and what follows are not part of the output */
-        c->raw[best] = '\0';
+        c->raw.len = best; /* the stop string and what follows are not part of the output */
+        c->raw.data[best] = '\0';
         snprintf(c->stop_str, sizeof c->stop_str, "%s", r->stops[which]);
         c->released = best;
-        split_and_emit(c, best, 1, lps);
-        return 1;
+        *stopped = 1;
+        return split_and_emit(c, best, 1, lps);
     }
-    size_t safe = final || r->max_stop_len == 0 ? c->raw_len
-                  : c->raw_len >= r->max_stop_len - 1 ? c->raw_len - (r->max_stop_len - 1) : 0;
-    safe = char_boundary(c->raw, safe);
+    size_t raw_len = c->raw.len;
+    size_t safe = final || r->max_stop_len == 0 ? raw_len
+                  : raw_len >= r->max_stop_len - 1 ? raw_len - (r->max_stop_len - 1) : 0;
+    safe = char_boundary(c->raw.data, safe);
     if (safe < c->released) safe = c->released;
     c->released = safe;
-    split_and_emit(c, safe, final, lps);
-    return 0;
+    *stopped = 0;
+    return split_and_emit(c, safe, final, lps);
 }
 
 static void release_decode(rt_choice *c);
@@ -286,16 +273,26 @@ static void on_token(rt_choice *c, const cJSON *o)
         pd_counter_add(m->gen_tokens, NULL, 1);
         const char *piece;
         size_t n;
-        if (mdl_detok_push(c->detok, id, &piece, &n) == PD_OK && n) append(&c->raw, &c->raw_len, &c->raw_cap, piece, n);
+        if (mdl_detok_push(c->detok, id, &piece, &n) == PD_OK && n && pd_buf_append(&c->raw, piece, n) != PD_OK)
+            goto fail_nomem;
         if (c->lp_tokens) {
             const cJSON *lp = cJSON_GetArrayItem(lps, i), *top = cJSON_IsArray(tops) ? cJSON_GetArrayItem(tops, i) : NULL;
             cJSON *e = rt_token_logprob_entry(r->rt, r->chat, id, cJSON_IsNumber(lp) ? lp->valuedouble : 0.0, top);
             if (!lp_out) lp_out = cJSON_CreateArray();
-            cJSON_AddItemToArray(lp_out, e);
+            if (!e || !lp_out || !cJSON_AddItemToArray(lp_out, e)) {
+                cJSON_Delete(e);
+                goto fail_nomem;
+            }
         }
         i++;
     }
-    if (stop_stage(c, 0, lp_out)) finish_choice(c, "stop");
+    int stopped = 0;
+    if (stop_stage(c, 0, lp_out, &stopped) != PD_OK) fail_choice(c, 503, "out of memory");
+    else if (stopped) finish_choice(c, "stop");
+    return;
+fail_nomem:
+    cJSON_Delete(lp_out);
+    fail_choice(c, 503, "out of memory");
 }
 
 static void on_d_line(pd_http_call *call, const char *line, size_t len, void *arg)
@@ -328,8 +325,13 @@ static void on_d_line(pd_http_call *call, const char *line, size_t len, void *ar
         }
         const char *piece;
         size_t n;
-        if (mdl_detok_flush(c->detok, &piece, &n) == PD_OK && n) append(&c->raw, &c->raw_len, &c->raw_cap, piece, n);
-        int stopped = stop_stage(c, 1, NULL);
+        int stopped = 0;
+        if ((mdl_detok_flush(c->detok, &piece, &n) == PD_OK && n && pd_buf_append(&c->raw, piece, n) != PD_OK) ||
+            stop_stage(c, 1, NULL, &stopped) != PD_OK) {
+            cJSON_Delete(o);
+            fail_choice(c, 503, "out of memory");
+            return;
+        }
         const char *why = stopped ? "stop" : cJSON_IsString(fr) ? fr->valuestring : "stop";
         why = !strcmp(why, "length") ? "length" : !strcmp(why, "abort") ? "abort" : "stop";
         if (c->p_call) c->pending_finish = why; /* the prefill reply (with its timings) follows shortly */
@@ -372,12 +374,16 @@ void rt_choice_start(rt_choice *c)
     rt_req *r = c->req;
     rt_router *rt = r->rt;
     c->stop_token = -1;
-    if (!c->raw) append(&c->raw, &c->raw_len, &c->raw_cap, "", 0); /* the text pipeline reads it before any text */
-    if (!c->detok && mdl_detok_create(rt->tok, 1, &c->detok) != PD_OK) {
+    /* the text pipeline reads raw before any text */
+    if ((!c->raw.data && pd_buf_append(&c->raw, "", 0) != PD_OK) ||
+        (!c->detok && mdl_detok_create(rt->tok, 1, &c->detok) != PD_OK)) {
         fail_choice(c, 503, "out of memory");
         return;
     }
-    if ((r->logprobs >= 0 || r->chat_logprobs) && !c->lp_tokens) c->lp_tokens = cJSON_CreateArray();
+    if ((r->logprobs >= 0 || r->chat_logprobs) && !c->lp_tokens && !(c->lp_tokens = cJSON_CreateArray())) {
+        fail_choice(c, 503, "out of memory");
+        return;
+    }
     if (r->think) { /* the prompt opened the reasoning block already (R1's generation prompt) */
         c->in_think = 1;
         c->open_checked = 1;
@@ -432,8 +438,8 @@ void rt_choice_free(rt_choice *c)
 {
     rt_choice_cancel(c);
     mdl_detok_destroy(c->detok);
-    free(c->raw);
-    free(c->content);
-    free(c->reasoning);
+    pd_buf_free(&c->raw);
+    pd_buf_free(&c->content);
+    pd_buf_free(&c->reasoning);
     cJSON_Delete(c->lp_tokens);
 }

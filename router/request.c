@@ -242,6 +242,15 @@ int rt_chat_prompt(const rt_limits *lim, const cJSON *root, rt_req *r, int *len,
     return 1;
 }
 
+/* Out of memory while parsing: 503 (the request may succeed later), never an abort. Returns 0. */
+static int nomem(rt_error *e, const char *param)
+{
+    bad(e, param, "out of memory");
+    e->status = 503;
+    e->type = pd_http_error_type(503);
+    return 0;
+}
+
 static int parse_stop(const rt_limits *lim, const cJSON *root, rt_req *r, rt_error *e)
 {
     const cJSON *stop = cJSON_GetObjectItemCaseSensitive(root, "stop");
@@ -249,7 +258,7 @@ static int parse_stop(const rt_limits *lim, const cJSON *root, rt_req *r, rt_err
         if (cJSON_IsString(stop)) { /* one string: the limits of a list of one */
             if (stop->valuestring[0] && lim->max_stop < 1) return bad(e, "stop", "at most %d stop strings", lim->max_stop);
             if (strlen(stop->valuestring) > 200) return bad(e, "stop", "stop strings are at most 200 bytes");
-            if (stop->valuestring[0]) r->stops[r->n_stops++] = strdup(stop->valuestring);
+            if (stop->valuestring[0] && !(r->stops[r->n_stops++] = strdup(stop->valuestring))) return nomem(e, "stop");
         } else if (cJSON_IsArray(stop)) {
             if (cJSON_GetArraySize(stop) > lim->max_stop) return bad(e, "stop", "at most %d stop strings", lim->max_stop);
             const cJSON *v;
@@ -258,7 +267,7 @@ static int parse_stop(const rt_limits *lim, const cJSON *root, rt_req *r, rt_err
                 if (!cJSON_IsString(v)) return bad(e, "stop", "'stop' must hold strings");
                 if (!v->valuestring[0]) continue;
                 if (strlen(v->valuestring) > 200) return bad(e, "stop", "stop strings are at most 200 bytes");
-                r->stops[r->n_stops++] = strdup(v->valuestring);
+                if (!(r->stops[r->n_stops++] = strdup(v->valuestring))) return nomem(e, "stop");
             }
         } else return bad(e, "stop", "'stop' must be a string or a list of strings");
     }
