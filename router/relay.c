@@ -1,98 +1,25 @@
 /* One choice of a client request: opens it on a decode instance, hands the reservation to a prefill
- * instance (PD) or lets a colocated instance prefill, and turns the decode stream into text. Text goes
- * through two stages before the client sees it: stop strings (bytes that could still begin a stop string are
- * held back), then the reasoning split (<think> ... </think> becomes reasoning_content). Releases are cut at
- * UTF-8 character boundaries, so a character never straddles two chunks. */
+ * instance (PD) or lets a colocated instance prefill, and turns the decode stream into text. The detokenized
+ * text goes through the choice's text pipeline (text.c: stop strings, reasoning split, UTF-8-safe cuts), whose
+ * deltas go to the request's output. */
 #include <string.h>
 
 #include "router/rt_req.h"
+#include "router/rt_text.h"
 
-/* Largest k <= want such that buf[0..k) ends on a character boundary. */
-static size_t char_boundary(const char *buf, size_t want)
+/* The text pipeline's sink: its deltas go to the request's output (aux: the tokens' logprob entries or NULL). */
+static pd_status text_delta_cb(void *arg, const char *rs, size_t rl, const char *cs, size_t cl, void *aux)
 {
-    while (want > 0 && ((unsigned char)buf[want] & 0xC0) == 0x80) want--;
-    return want;
+    rt_choice *c = arg;
+    return rt_req_choice_delta(c->req, c, rs, rl, cs, cl, aux);
 }
 
-static const char THINK_OPEN[] = "<think>", THINK_CLOSE[] = "</think>";
-
-/* Moves released raw text [split_pos, upto) into reasoning/content deltas; final: no more text follows. */
-static pd_status split_and_emit(rt_choice *c, size_t upto, int final, cJSON *lps)
+/* Releases what the text pipeline has decided; *stopped = 1 when a stop string ended the choice. */
+static pd_status text_release(rt_choice *c, int final, cJSON *lps, int *stopped)
 {
-    rt_req *r = c->req;
-    const char *rs = NULL, *cs = NULL;
-    size_t rl = 0, cl = 0, pos = c->split_pos;
-    const size_t open_n = sizeof THINK_OPEN - 1, close_n = sizeof THINK_CLOSE - 1;
-    if (r->chat && !c->open_checked) { /* output that starts with <think> opens a reasoning block */
-        size_t have = upto - pos;
-        if (have < open_n && !final && !strncmp(c->raw.data + pos, THINK_OPEN, have)) goto emit; /* undecided */
-        c->open_checked = 1;
-        if (have >= open_n && !strncmp(c->raw.data + pos, THINK_OPEN, open_n)) {
-            c->in_think = 1;
-            pos += open_n;
-        }
-    }
-    if (c->in_think) {
-        const char *end = strstr(c->raw.data + pos, THINK_CLOSE);
-        if (end && (size_t)(end - c->raw.data) + close_n <= upto) {
-            rs = c->raw.data + pos;
-            rl = (size_t)(end - c->raw.data) - pos;
-            pos = (size_t)(end - c->raw.data) + close_n;
-            c->in_think = 0;
-        } else {
-            size_t safe = final ? upto : upto >= close_n - 1 ? upto - (close_n - 1) : 0;
-            safe = char_boundary(c->raw.data, safe);
-            if (safe > pos) {
-                rs = c->raw.data + pos;
-                rl = safe - pos;
-                pos = safe;
-            }
-            goto emit;
-        }
-    }
-    if (upto > pos) {
-        cs = c->raw.data + pos;
-        cl = upto - pos;
-        pos = upto;
-    }
-emit:
-    c->split_pos = pos;
-    return rl || cl || lps ? rt_req_choice_delta(r, c, rs, rl, cs, cl, lps) : PD_OK;
-}
-
-/* Runs the stop-string stage over new raw text; *stopped = 1 when a stop string ended the choice. PD_ERR_NOMEM when
- * the released text could not be kept. */
-static pd_status stop_stage(rt_choice *c, int final, cJSON *lps, int *stopped)
-{
-    rt_req *r = c->req;
-    size_t from = c->released;
-    size_t best = (size_t)-1;
-    int which = -1;
-    for (int i = 0; i < r->n_stops; i++) {
-        size_t sl = strlen(r->stops[i]);
-        size_t start = from >= sl - 1 ? from - (sl - 1) : 0;
-        const char *hit = strstr(c->raw.data + start, r->stops[i]);
-        if (hit && (size_t)(hit - c->raw.data) < best) {
-            best = (size_t)(hit - c->raw.data);
-            which = i;
-        }
-    }
-    if (which >= 0) {
-        c->raw.len = best; /* the stop string and what follows are not part of the output */
-        c->raw.data[best] = '\0';
-        snprintf(c->stop_str, sizeof c->stop_str, "%s", r->stops[which]);
-        c->released = best;
-        *stopped = 1;
-        return split_and_emit(c, best, 1, lps);
-    }
-    size_t raw_len = c->raw.len;
-    size_t safe = final || r->max_stop_len == 0 ? raw_len
-                  : raw_len >= r->max_stop_len - 1 ? raw_len - (r->max_stop_len - 1) : 0;
-    safe = char_boundary(c->raw.data, safe);
-    if (safe < c->released) safe = c->released;
-    c->released = safe;
-    *stopped = 0;
-    return split_and_emit(c, safe, final, lps);
+    pd_status st = rt_text_release(c->text, final, lps, stopped);
+    if (*stopped) snprintf(c->stop_str, sizeof c->stop_str, "%s", rt_text_stop_str(c->text));
+    return st;
 }
 
 static void release_decode(rt_choice *c);
@@ -273,7 +200,7 @@ static void on_token(rt_choice *c, const cJSON *o)
         pd_counter_add(m->gen_tokens, NULL, 1);
         const char *piece;
         size_t n;
-        if (mdl_detok_push(c->detok, id, &piece, &n) == PD_OK && n && pd_buf_append(&c->raw, piece, n) != PD_OK)
+        if (mdl_detok_push(c->detok, id, &piece, &n) == PD_OK && rt_text_feed(c->text, piece, n) != PD_OK)
             goto fail_nomem;
         if (c->lp_tokens) {
             const cJSON *lp = cJSON_GetArrayItem(lps, i), *top = cJSON_IsArray(tops) ? cJSON_GetArrayItem(tops, i) : NULL;
@@ -287,7 +214,7 @@ static void on_token(rt_choice *c, const cJSON *o)
         i++;
     }
     int stopped = 0;
-    if (stop_stage(c, 0, lp_out, &stopped) != PD_OK) fail_choice(c, 503, "out of memory");
+    if (text_release(c, 0, lp_out, &stopped) != PD_OK) fail_choice(c, 503, "out of memory");
     else if (stopped) finish_choice(c, "stop");
     return;
 fail_nomem:
@@ -326,8 +253,8 @@ static void on_d_line(pd_http_call *call, const char *line, size_t len, void *ar
         const char *piece;
         size_t n;
         int stopped = 0;
-        if ((mdl_detok_flush(c->detok, &piece, &n) == PD_OK && n && pd_buf_append(&c->raw, piece, n) != PD_OK) ||
-            stop_stage(c, 1, NULL, &stopped) != PD_OK) {
+        if ((mdl_detok_flush(c->detok, &piece, &n) == PD_OK && rt_text_feed(c->text, piece, n) != PD_OK) ||
+            text_release(c, 1, NULL, &stopped) != PD_OK) {
             cJSON_Delete(o);
             fail_choice(c, 503, "out of memory");
             return;
@@ -374,8 +301,10 @@ void rt_choice_start(rt_choice *c)
     rt_req *r = c->req;
     rt_router *rt = r->rt;
     c->stop_token = -1;
-    /* the text pipeline reads raw before any text */
-    if ((!c->raw.data && pd_buf_append(&c->raw, "", 0) != PD_OK) ||
+    rt_text_params tp = {.stops = (const char *const *)r->stops, .n_stops = r->n_stops, .split_think = r->chat,
+                         .in_think = r->think};
+    rt_text_sink sink = {.delta_cb = text_delta_cb, .arg = c};
+    if ((!c->text && rt_text_create(&tp, &sink, &c->text) != PD_OK) ||
         (!c->detok && mdl_detok_create(rt->tok, 1, &c->detok) != PD_OK)) {
         fail_choice(c, 503, "out of memory");
         return;
@@ -383,10 +312,6 @@ void rt_choice_start(rt_choice *c)
     if ((r->logprobs >= 0 || r->chat_logprobs) && !c->lp_tokens && !(c->lp_tokens = cJSON_CreateArray())) {
         fail_choice(c, 503, "out of memory");
         return;
-    }
-    if (r->think) { /* the prompt opened the reasoning block already (R1's generation prompt) */
-        c->in_think = 1;
-        c->open_checked = 1;
     }
     c->d = rt_pick_decode(rt->reg, c->n_prompt + r->max_tokens);
     if (!c->d) {
@@ -438,7 +363,7 @@ void rt_choice_free(rt_choice *c)
 {
     rt_choice_cancel(c);
     mdl_detok_destroy(c->detok);
-    pd_buf_free(&c->raw);
+    rt_text_destroy(c->text);
     pd_buf_free(&c->content);
     pd_buf_free(&c->reasoning);
     cJSON_Delete(c->lp_tokens);

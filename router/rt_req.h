@@ -51,12 +51,7 @@ typedef struct {
     char used[160];               /* "P>D" addresses of the instances that served it, for the request log */
     pd_http_call *d_call, *p_call;
     mdl_detok detok;
-    /* text pipeline: raw output -> stop strings (held back until decided) -> reasoning split -> deltas */
-    pd_buf raw;                   /* everything generated, as text */
-    size_t released;              /* raw bytes past the stop-string check */
-    int in_think;                 /* inside <think> ... </think> */
-    int open_checked;             /* whether the output opens with <think> is decided */
-    size_t split_pos;             /* released bytes already split into reasoning/content */
+    struct rt_text *text;         /* text pipeline (text.c): raw output -> stop strings -> reasoning split -> deltas */
     pd_buf content, reasoning;    /* accumulated (non-stream) */
     cJSON *lp_tokens;             /* logprob entries (array), NULL when not requested */
     long lp_offset;               /* completions' text_offset of the next logprob entry (characters) */
