@@ -297,72 +297,38 @@ pd_status pd_histogram_get(pd_metric *m, const char *const *lv, uint64_t *count,
 
 /* ---- rendering -------------------------------------------------------------------------------------------- */
 
-typedef struct {
-    char *buf;
-    size_t len, cap;
-    int oom;
-} sbuf;
-
-static void sb_printf(sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void sb_printf(sbuf *b, const char *fmt, ...)
-{
-    if (b->oom) return;
-    for (;;) {
-        va_list ap;
-        va_start(ap, fmt);
-        int n = vsnprintf(b->buf + b->len, b->cap - b->len, fmt, ap);
-        va_end(ap);
-        if (n < 0) {
-            b->oom = 1;
-            return;
-        }
-        if ((size_t)n < b->cap - b->len) {
-            b->len += (size_t)n;
-            return;
-        }
-        size_t nc = b->cap * 2 + (size_t)n;
-        char *nb = realloc(b->buf, nc);
-        if (!nb) {
-            b->oom = 1;
-            return;
-        }
-        b->buf = nb;
-        b->cap = nc;
-    }
-}
-
 /* Escapes \ and newline (help) and also " (label values). */
-static void sb_escaped(sbuf *b, const char *s, int quote)
+static void sb_escaped(pd_buf *b, const char *s, int quote)
 {
     for (; *s; s++) {
-        if (*s == '\\') sb_printf(b, "\\\\");
-        else if (*s == '\n') sb_printf(b, "\\n");
-        else if (quote && *s == '"') sb_printf(b, "\\\"");
-        else sb_printf(b, "%c", *s);
+        if (*s == '\\') pd_buf_printf(b, "\\\\");
+        else if (*s == '\n') pd_buf_printf(b, "\\n");
+        else if (quote && *s == '"') pd_buf_printf(b, "\\\"");
+        else pd_buf_printf(b, "%c", *s);
     }
 }
 
-static void sb_value(sbuf *b, double v)
+static void sb_value(pd_buf *b, double v)
 {
-    if (isnan(v)) sb_printf(b, "NaN");
-    else if (isinf(v)) sb_printf(b, v > 0 ? "+Inf" : "-Inf");
-    else if (v == (double)(long long)v && fabs(v) < 1e15) sb_printf(b, "%lld", (long long)v);
-    else sb_printf(b, "%.10g", v);
+    if (isnan(v)) pd_buf_printf(b, "NaN");
+    else if (isinf(v)) pd_buf_printf(b, v > 0 ? "+Inf" : "-Inf");
+    else if (v == (double)(long long)v && fabs(v) < 1e15) pd_buf_printf(b, "%lld", (long long)v);
+    else pd_buf_printf(b, "%.10g", v);
 }
 
 /* name{labels[,le="x"]} */
-static void sb_series_name(sbuf *b, const pd_metric *m, const series *s, const char *suffix, const char *le)
+static void sb_series_name(pd_buf *b, const pd_metric *m, const series *s, const char *suffix, const char *le)
 {
-    sb_printf(b, "%s%s", m->name, suffix);
+    pd_buf_printf(b, "%s%s", m->name, suffix);
     if (m->n_labels == 0 && !le) return;
-    sb_printf(b, "{");
+    pd_buf_printf(b, "{");
     for (int i = 0; i < m->n_labels; i++) {
-        sb_printf(b, "%s%s=\"", i ? "," : "", m->labels[i]);
+        pd_buf_printf(b, "%s%s=\"", i ? "," : "", m->labels[i]);
         sb_escaped(b, s->lv[i], 1);
-        sb_printf(b, "\"");
+        pd_buf_printf(b, "\"");
     }
-    if (le) sb_printf(b, "%sle=\"%s\"", m->n_labels ? "," : "", le);
-    sb_printf(b, "}");
+    if (le) pd_buf_printf(b, "%sle=\"%s\"", m->n_labels ? "," : "", le);
+    pd_buf_printf(b, "}");
 }
 
 pd_status pd_metrics_render(pd_metrics *r, char **out, size_t *len)
@@ -371,20 +337,19 @@ pd_status pd_metrics_render(pd_metrics *r, char **out, size_t *len)
     hook *hooks = r->hooks;
     pthread_mutex_unlock(&r->mu);
     for (hook *h = hooks; h; h = h->next) h->cb(r, h->arg); /* hooks are only ever appended */
-    sbuf b = {malloc(4096), 0, 4096, 0};
-    if (!b.buf) return PD_ERR_NOMEM;
+    pd_buf b = {0};
     static const char *types[] = {"counter", "gauge", "histogram"};
     pthread_mutex_lock(&r->mu);
     for (const pd_metric *m = r->families; m; m = m->next) {
-        sb_printf(&b, "# HELP %s ", m->name);
+        pd_buf_printf(&b, "# HELP %s ", m->name);
         sb_escaped(&b, m->help, 0);
-        sb_printf(&b, "\n# TYPE %s %s\n", m->name, types[m->type]);
+        pd_buf_printf(&b, "\n# TYPE %s %s\n", m->name, types[m->type]);
         for (const series *s = m->series; s; s = s->next) {
             if (m->type != PD_METRIC_HISTOGRAM) {
                 sb_series_name(&b, m, s, "", NULL);
-                sb_printf(&b, " ");
+                pd_buf_printf(&b, " ");
                 sb_value(&b, s->value);
-                sb_printf(&b, "\n");
+                pd_buf_printf(&b, "\n");
                 continue;
             }
             uint64_t cum = 0;
@@ -394,22 +359,22 @@ pd_status pd_metrics_render(pd_metrics *r, char **out, size_t *len)
                 if (i < m->n_bounds) snprintf(le, sizeof le, "%.10g", m->bounds[i]);
                 else snprintf(le, sizeof le, "+Inf");
                 sb_series_name(&b, m, s, "_bucket", le);
-                sb_printf(&b, " %llu\n", (unsigned long long)cum);
+                pd_buf_printf(&b, " %llu\n", (unsigned long long)cum);
             }
             sb_series_name(&b, m, s, "_sum", NULL);
-            sb_printf(&b, " ");
+            pd_buf_printf(&b, " ");
             sb_value(&b, s->sum);
-            sb_printf(&b, "\n");
+            pd_buf_printf(&b, "\n");
             sb_series_name(&b, m, s, "_count", NULL);
-            sb_printf(&b, " %llu\n", (unsigned long long)s->count);
+            pd_buf_printf(&b, " %llu\n", (unsigned long long)s->count);
         }
     }
     pthread_mutex_unlock(&r->mu);
-    if (b.oom) {
-        free(b.buf);
+    if (b.failed || pd_buf_append(&b, "", 0) != PD_OK) { /* appending nothing: a page with no families is "" */
+        pd_buf_free(&b);
         return PD_ERR_NOMEM;
     }
-    *out = b.buf;
+    *out = b.data;
     *len = b.len;
     return PD_OK;
 }

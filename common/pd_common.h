@@ -79,6 +79,21 @@ void *pd_aligned_alloc(size_t bytes);
 void *pd_huge_map(size_t bytes);
 void pd_huge_unmap(void *p, size_t bytes);
 
+/* A growable byte buffer, zero-initialised ({0}) before use: data is NUL-terminated after len bytes once anything
+ * was appended (NULL before). Appends return PD_ERR_NOMEM when memory runs out, leaving data and len as they were,
+ * and never abort; a failure is sticky (failed stays set and later appends fail too, until pd_buf_reset), so a run
+ * of appends may be checked once at its end. pd_buf_free accepts NULL and a buffer never appended to. */
+typedef struct {
+    char *data;
+    size_t len, cap;
+    int failed;
+} pd_buf;
+pd_status pd_buf_append(pd_buf *b, const void *s, size_t n);
+pd_status pd_buf_printf(pd_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Empties the buffer (keeps its memory) and clears failed. */
+void pd_buf_reset(pd_buf *b);
+void pd_buf_free(pd_buf *b);
+
 /* Monotonic clock. */
 double pd_time_now(void);    /* seconds */
 uint64_t pd_time_ns(void);   /* nanoseconds */

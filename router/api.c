@@ -118,21 +118,6 @@ static void add_lp(cJSON *dst, rt_req *r, rt_choice *c, cJSON *entries)
     cJSON_AddItemToObject(dst, "logprobs", o);
 }
 
-static void grow_append(char **buf, size_t *len, size_t *cap, const char *s, size_t n)
-{
-    if (*len + n + 1 > *cap) {
-        size_t nc = *cap ? *cap * 2 : 256;
-        while (nc < *len + n + 1) nc *= 2;
-        char *b = realloc(*buf, nc);
-        PD_ASSERT(b != NULL);
-        *buf = b;
-        *cap = nc;
-    }
-    memcpy(*buf + *len, s, n);
-    *len += n;
-    (*buf)[*len] = '\0';
-}
-
 static cJSON *str_n(const char *s, size_t n)
 {
     char *t = strndup(s, n);
@@ -141,17 +126,19 @@ static cJSON *str_n(const char *s, size_t n)
     return o;
 }
 
-void rt_req_choice_delta(rt_req *r, rt_choice *c, const char *rs, size_t rl, const char *cs, size_t cl, cJSON *lps)
+pd_status rt_req_choice_delta(rt_req *r, rt_choice *c, const char *rs, size_t rl, const char *cs, size_t cl,
+                              cJSON *lps)
 {
     if (!r->stream) { /* accumulate */
-        if (rl) grow_append(&c->reasoning, &c->reasoning_len, &c->reasoning_cap, rs, rl);
-        if (cl) grow_append(&c->content, &c->content_len, &c->content_cap, cs, cl);
+        pd_status st = PD_OK;
+        if (rl) st = pd_buf_append(&c->reasoning, rs, rl);
+        if (cl && st == PD_OK) st = pd_buf_append(&c->content, cs, cl);
         if (lps) {
             cJSON *e;
             while ((e = cJSON_DetachItemFromArray(lps, 0)) != NULL) cJSON_AddItemToArray(c->lp_tokens, e);
             cJSON_Delete(lps);
         }
-        return;
+        return st;
     }
     sse_start(r);
     cJSON *o = chunk_base(r), *chs = cJSON_AddArrayToObject(o, "choices"), *ch = cJSON_CreateObject();
@@ -169,6 +156,7 @@ void rt_req_choice_delta(rt_req *r, rt_choice *c, const char *rs, size_t rl, con
     cJSON_AddItemToArray(chs, ch);
     sse_send(r, o);
     cJSON_Delete(o);
+    return PD_OK;
 }
 
 static cJSON *usage_json(rt_req *r)
@@ -311,10 +299,10 @@ void rt_req_choice_done(rt_req *r, rt_choice *c)
             if (r->chat) {
                 cJSON *m = cJSON_AddObjectToObject(ch, "message");
                 cJSON_AddStringToObject(m, "role", "assistant");
-                cJSON_AddStringToObject(m, "content", x->content ? x->content : "");
-                if (x->reasoning_len) cJSON_AddStringToObject(m, "reasoning_content", x->reasoning);
+                cJSON_AddStringToObject(m, "content", x->content.data ? x->content.data : "");
+                if (x->reasoning.len) cJSON_AddStringToObject(m, "reasoning_content", x->reasoning.data);
             } else {
-                cJSON_AddStringToObject(ch, "text", x->content ? x->content : "");
+                cJSON_AddStringToObject(ch, "text", x->content.data ? x->content.data : "");
             }
             if (x->lp_tokens) {
                 add_lp(ch, r, x, x->lp_tokens);
@@ -486,10 +474,16 @@ static void handle_generate(rt_router *rt, struct evhttp_request *http, int chat
     r->t0 = t0;
     r->created = created;
     memcpy(r->id, id, sizeof id);
+    if (!(r->timer = evtimer_new(rt->base, timeout_cb, r))) {
+        rt_request_free(r);
+        count_error(rt, 503);
+        pd_warn("router: %s refused (503): out of memory", id);
+        pd_http_reply_retry(http, 503, "out of memory");
+        return;
+    }
     r->http = http;
     r->next = rt->reqs;
     rt->reqs = r;
-    r->timer = evtimer_new(rt->base, timeout_cb, r);
     rt_req_progress(r);
     evhttp_connection_set_closecb(evhttp_request_get_connection(http), close_cb, r);
     for (int i = 0; i < r->n_ch && r->http && !r->error_sent; i++) {

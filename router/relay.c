@@ -1,111 +1,25 @@
 /* One choice of a client request: opens it on a decode instance, hands the reservation to a prefill
- * instance (PD) or lets a colocated instance prefill, and turns the decode stream into text. Text goes
- * through two stages before the client sees it: stop strings (bytes that could still begin a stop string are
- * held back), then the reasoning split (<think> ... </think> becomes reasoning_content). Releases are cut at
- * UTF-8 character boundaries, so a character never straddles two chunks. */
+ * instance (PD) or lets a colocated instance prefill, and turns the decode stream into text. The detokenized
+ * text goes through the choice's text pipeline (text.c: stop strings, reasoning split, UTF-8-safe cuts), whose
+ * deltas go to the request's output. */
 #include <string.h>
 
 #include "router/rt_req.h"
+#include "router/rt_text.h"
 
-static void append(char **buf, size_t *len, size_t *cap, const char *s, size_t n)
+/* The text pipeline's sink: its deltas go to the request's output (aux: the tokens' logprob entries or NULL). */
+static pd_status text_delta_cb(void *arg, const char *rs, size_t rl, const char *cs, size_t cl, void *aux)
 {
-    if (*len + n + 1 > *cap) {
-        size_t nc = (*cap ? *cap * 2 : 256);
-        while (nc < *len + n + 1) nc *= 2;
-        char *b = realloc(*buf, nc);
-        PD_ASSERT(b != NULL); /* a few KB per choice; running out here is not recoverable */
-        *buf = b;
-        *cap = nc;
-    }
-    memcpy(*buf + *len, s, n);
-    *len += n;
-    (*buf)[*len] = '\0';
+    rt_choice *c = arg;
+    return rt_req_choice_delta(c->req, c, rs, rl, cs, cl, aux);
 }
 
-/* Largest k <= want such that buf[0..k) ends on a character boundary. */
-static size_t char_boundary(const char *buf, size_t want)
+/* Releases what the text pipeline has decided; *stopped = 1 when a stop string ended the choice. */
+static pd_status text_release(rt_choice *c, int final, cJSON *lps, int *stopped)
 {
-    while (want > 0 && ((unsigned char)buf[want] & 0xC0) == 0x80) want--;
-    return want;
-}
-
-static const char THINK_OPEN[] = "<think>", THINK_CLOSE[] = "</think>";
-
-/* Moves released raw text [split_pos, upto) into reasoning/content deltas; final: no more text follows. */
-static void split_and_emit(rt_choice *c, size_t upto, int final, cJSON *lps)
-{
-    rt_req *r = c->req;
-    const char *rs = NULL, *cs = NULL;
-    size_t rl = 0, cl = 0, pos = c->split_pos;
-    const size_t open_n = sizeof THINK_OPEN - 1, close_n = sizeof THINK_CLOSE - 1;
-    if (r->chat && !c->open_checked) { /* output that starts with <think> opens a reasoning block */
-        size_t have = upto - pos;
-        if (have < open_n && !final && !strncmp(c->raw + pos, THINK_OPEN, have)) goto emit; /* undecided */
-        c->open_checked = 1;
-        if (have >= open_n && !strncmp(c->raw + pos, THINK_OPEN, open_n)) {
-            c->in_think = 1;
-            pos += open_n;
-        }
-    }
-    if (c->in_think) {
-        const char *end = strstr(c->raw + pos, THINK_CLOSE);
-        if (end && (size_t)(end - c->raw) + close_n <= upto) {
-            rs = c->raw + pos;
-            rl = (size_t)(end - c->raw) - pos;
-            pos = (size_t)(end - c->raw) + close_n;
-            c->in_think = 0;
-        } else {
-            size_t safe = final ? upto : upto >= close_n - 1 ? upto - (close_n - 1) : 0;
-            safe = char_boundary(c->raw, safe);
-            if (safe > pos) {
-                rs = c->raw + pos;
-                rl = safe - pos;
-                pos = safe;
-            }
-            goto emit;
-        }
-    }
-    if (upto > pos) {
-        cs = c->raw + pos;
-        cl = upto - pos;
-        pos = upto;
-    }
-emit:
-    c->split_pos = pos;
-    if (rl || cl || lps) rt_req_choice_delta(r, c, rs, rl, cs, cl, lps);
-}
-
-/* Runs the stop-string stage over new raw text; returns 1 when a stop string ended the choice. */
-static int stop_stage(rt_choice *c, int final, cJSON *lps)
-{
-    rt_req *r = c->req;
-    size_t from = c->released;
-    size_t best = (size_t)-1;
-    int which = -1;
-    for (int i = 0; i < r->n_stops; i++) {
-        size_t sl = strlen(r->stops[i]);
-        size_t start = from >= sl - 1 ? from - (sl - 1) : 0;
-        const char *hit = strstr(c->raw + start, r->stops[i]);
-        if (hit && (size_t)(hit - c->raw) < best) {
-            best = (size_t)(hit - c->raw);
-            which = i;
-        }
-    }
-    if (which >= 0) {
-        c->raw_len = best; /* the stop string and what follows are not part of the output */
-        c->raw[best] = '\0';
-        snprintf(c->stop_str, sizeof c->stop_str, "%s", r->stops[which]);
-        c->released = best;
-        split_and_emit(c, best, 1, lps);
-        return 1;
-    }
-    size_t safe = final || r->max_stop_len == 0 ? c->raw_len
-                  : c->raw_len >= r->max_stop_len - 1 ? c->raw_len - (r->max_stop_len - 1) : 0;
-    safe = char_boundary(c->raw, safe);
-    if (safe < c->released) safe = c->released;
-    c->released = safe;
-    split_and_emit(c, safe, final, lps);
-    return 0;
+    pd_status st = rt_text_release(c->text, final, lps, stopped);
+    if (*stopped) snprintf(c->stop_str, sizeof c->stop_str, "%s", rt_text_stop_str(c->text));
+    return st;
 }
 
 static void release_decode(rt_choice *c);
@@ -286,16 +200,26 @@ static void on_token(rt_choice *c, const cJSON *o)
         pd_counter_add(m->gen_tokens, NULL, 1);
         const char *piece;
         size_t n;
-        if (mdl_detok_push(c->detok, id, &piece, &n) == PD_OK && n) append(&c->raw, &c->raw_len, &c->raw_cap, piece, n);
+        if (mdl_detok_push(c->detok, id, &piece, &n) == PD_OK && rt_text_feed(c->text, piece, n) != PD_OK)
+            goto fail_nomem;
         if (c->lp_tokens) {
             const cJSON *lp = cJSON_GetArrayItem(lps, i), *top = cJSON_IsArray(tops) ? cJSON_GetArrayItem(tops, i) : NULL;
             cJSON *e = rt_token_logprob_entry(r->rt, r->chat, id, cJSON_IsNumber(lp) ? lp->valuedouble : 0.0, top);
             if (!lp_out) lp_out = cJSON_CreateArray();
-            cJSON_AddItemToArray(lp_out, e);
+            if (!e || !lp_out || !cJSON_AddItemToArray(lp_out, e)) {
+                cJSON_Delete(e);
+                goto fail_nomem;
+            }
         }
         i++;
     }
-    if (stop_stage(c, 0, lp_out)) finish_choice(c, "stop");
+    int stopped = 0;
+    if (text_release(c, 0, lp_out, &stopped) != PD_OK) fail_choice(c, 503, "out of memory");
+    else if (stopped) finish_choice(c, "stop");
+    return;
+fail_nomem:
+    cJSON_Delete(lp_out);
+    fail_choice(c, 503, "out of memory");
 }
 
 static void on_d_line(pd_http_call *call, const char *line, size_t len, void *arg)
@@ -328,8 +252,13 @@ static void on_d_line(pd_http_call *call, const char *line, size_t len, void *ar
         }
         const char *piece;
         size_t n;
-        if (mdl_detok_flush(c->detok, &piece, &n) == PD_OK && n) append(&c->raw, &c->raw_len, &c->raw_cap, piece, n);
-        int stopped = stop_stage(c, 1, NULL);
+        int stopped = 0;
+        if ((mdl_detok_flush(c->detok, &piece, &n) == PD_OK && rt_text_feed(c->text, piece, n) != PD_OK) ||
+            text_release(c, 1, NULL, &stopped) != PD_OK) {
+            cJSON_Delete(o);
+            fail_choice(c, 503, "out of memory");
+            return;
+        }
         const char *why = stopped ? "stop" : cJSON_IsString(fr) ? fr->valuestring : "stop";
         why = !strcmp(why, "length") ? "length" : !strcmp(why, "abort") ? "abort" : "stop";
         if (c->p_call) c->pending_finish = why; /* the prefill reply (with its timings) follows shortly */
@@ -372,15 +301,17 @@ void rt_choice_start(rt_choice *c)
     rt_req *r = c->req;
     rt_router *rt = r->rt;
     c->stop_token = -1;
-    if (!c->raw) append(&c->raw, &c->raw_len, &c->raw_cap, "", 0); /* the text pipeline reads it before any text */
-    if (!c->detok && mdl_detok_create(rt->tok, 1, &c->detok) != PD_OK) {
+    rt_text_params tp = {.stops = (const char *const *)r->stops, .n_stops = r->n_stops, .split_think = r->chat,
+                         .in_think = r->think};
+    rt_text_sink sink = {.delta_cb = text_delta_cb, .arg = c};
+    if ((!c->text && rt_text_create(&tp, &sink, &c->text) != PD_OK) ||
+        (!c->detok && mdl_detok_create(rt->tok, 1, &c->detok) != PD_OK)) {
         fail_choice(c, 503, "out of memory");
         return;
     }
-    if ((r->logprobs >= 0 || r->chat_logprobs) && !c->lp_tokens) c->lp_tokens = cJSON_CreateArray();
-    if (r->think) { /* the prompt opened the reasoning block already (R1's generation prompt) */
-        c->in_think = 1;
-        c->open_checked = 1;
+    if ((r->logprobs >= 0 || r->chat_logprobs) && !c->lp_tokens && !(c->lp_tokens = cJSON_CreateArray())) {
+        fail_choice(c, 503, "out of memory");
+        return;
     }
     c->d = rt_pick_decode(rt->reg, c->n_prompt + r->max_tokens);
     if (!c->d) {
@@ -432,8 +363,8 @@ void rt_choice_free(rt_choice *c)
 {
     rt_choice_cancel(c);
     mdl_detok_destroy(c->detok);
-    free(c->raw);
-    free(c->content);
-    free(c->reasoning);
+    rt_text_destroy(c->text);
+    pd_buf_free(&c->content);
+    pd_buf_free(&c->reasoning);
     cJSON_Delete(c->lp_tokens);
 }

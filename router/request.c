@@ -242,6 +242,15 @@ int rt_chat_prompt(const rt_limits *lim, const cJSON *root, rt_req *r, int *len,
     return 1;
 }
 
+/* Out of memory while parsing: 503 (the request may succeed later), never an abort. Returns 0. */
+static int nomem(rt_error *e, const char *param)
+{
+    bad(e, param, "out of memory");
+    e->status = 503;
+    e->type = pd_http_error_type(503);
+    return 0;
+}
+
 static int parse_stop(const rt_limits *lim, const cJSON *root, rt_req *r, rt_error *e)
 {
     const cJSON *stop = cJSON_GetObjectItemCaseSensitive(root, "stop");
@@ -249,7 +258,7 @@ static int parse_stop(const rt_limits *lim, const cJSON *root, rt_req *r, rt_err
         if (cJSON_IsString(stop)) { /* one string: the limits of a list of one */
             if (stop->valuestring[0] && lim->max_stop < 1) return bad(e, "stop", "at most %d stop strings", lim->max_stop);
             if (strlen(stop->valuestring) > 200) return bad(e, "stop", "stop strings are at most 200 bytes");
-            if (stop->valuestring[0]) r->stops[r->n_stops++] = strdup(stop->valuestring);
+            if (stop->valuestring[0] && !(r->stops[r->n_stops++] = strdup(stop->valuestring))) return nomem(e, "stop");
         } else if (cJSON_IsArray(stop)) {
             if (cJSON_GetArraySize(stop) > lim->max_stop) return bad(e, "stop", "at most %d stop strings", lim->max_stop);
             const cJSON *v;
@@ -258,7 +267,7 @@ static int parse_stop(const rt_limits *lim, const cJSON *root, rt_req *r, rt_err
                 if (!cJSON_IsString(v)) return bad(e, "stop", "'stop' must hold strings");
                 if (!v->valuestring[0]) continue;
                 if (strlen(v->valuestring) > 200) return bad(e, "stop", "stop strings are at most 200 bytes");
-                r->stops[r->n_stops++] = strdup(v->valuestring);
+                if (!(r->stops[r->n_stops++] = strdup(v->valuestring))) return nomem(e, "stop");
             }
         } else return bad(e, "stop", "'stop' must be a string or a list of strings");
     }
@@ -404,6 +413,181 @@ static int scan_body(const unsigned char *p, size_t n, int max_depth, rt_error *
     return 1;
 }
 
+/* 503 for what the server lacks now (memory, a decode instance), not the request's fault. Returns 0. */
+static int unavailable(rt_error *e, const char *msg)
+{
+    e->status = 503;
+    e->type = pd_http_error_type(503);
+    snprintf(e->msg, sizeof e->msg, "%s", msg);
+    return 0;
+}
+
+/* The body's bytes -> *root, a JSON object (the whole of len: a NUL after the JSON does not end it early). *text
+ * keeps the NUL-terminated copy cJSON parsed; the caller frees both, also on failure. */
+static int parse_body(const char *body, size_t len, const rt_limits *lim, char **text, cJSON **root, rt_error *e)
+{
+    if (len > lim->max_body) {
+        bad(e, NULL, "request body larger than %zu bytes", lim->max_body);
+        e->status = 413;
+        e->type = pd_http_error_type(413);
+        return 0;
+    }
+    if (!(*text = malloc(len + 1))) return unavailable(e, "out of memory"); /* cJSON wants a NUL-terminated string */
+    if (!scan_body((const unsigned char *)body, len, lim->max_depth, e)) return 0;
+    memcpy(*text, body, len);
+    (*text)[len] = '\0';
+    const char *end = NULL;
+    cJSON *o = cJSON_ParseWithLengthOpts(*text, len, &end, 0);
+    while (o && end < *text + len && (*end == ' ' || *end == '\t' || *end == '\n' || *end == '\r')) end++;
+    if (o && end != *text + len) {
+        cJSON_Delete(o);
+        o = NULL;
+    }
+    if (!o) return bad(e, NULL, "request body is not valid JSON");
+    *root = o;
+    if (!cJSON_IsObject(o)) return bad(e, NULL, "request body must be a JSON object");
+    return 1;
+}
+
+static int check_model(const rt_limits *lim, const cJSON *root, rt_error *e)
+{
+    const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
+    if (model && !cJSON_IsNull(model) && !cJSON_IsString(model)) return bad(e, "model", "'model' must be a string");
+    if (cJSON_IsString(model) && strcmp(model->valuestring, lim->served_model_name) != 0) {
+        /* 404, as OpenAI and vLLM answer a model they do not serve */
+        bad(e, "model", "the model '%s' does not exist; this server serves '%s'", model->valuestring,
+            lim->served_model_name);
+        e->status = 404;
+        e->type = pd_http_error_type(404);
+        return 0;
+    }
+    return 1;
+}
+
+/* Unsupported options are refused rather than silently ignored; logit_bias is checked in their order. */
+static int parse_options(const rt_limits *lim, const cJSON *root, cJSON **bias, rt_error *e)
+{
+    int echo = 0;
+    if (!opt_bool(root, "echo", &echo, e)) return 0;
+    if (echo) return bad(e, "echo", "'echo' is not supported");
+    const cJSON *suffix = cJSON_GetObjectItemCaseSensitive(root, "suffix");
+    if (cJSON_IsString(suffix) && suffix->valuestring[0]) return bad(e, "suffix", "'suffix' is not supported");
+    if (!parse_logit_bias(lim, root, bias, e)) return 0;
+    const cJSON *rf = cJSON_GetObjectItemCaseSensitive(root, "response_format");
+    const cJSON *rft = rf ? cJSON_GetObjectItem(rf, "type") : NULL;
+    if (rf && !cJSON_IsNull(rf) && !(cJSON_IsString(rft) && !strcmp(rft->valuestring, "text")))
+        return bad(e, "response_format", "only response_format {\"type\": \"text\"} is supported");
+    return 1;
+}
+
+/* The sampling parameters and limits of a body, before they are checked against the prompts. */
+typedef struct {
+    double temperature, top_p, top_k, min_p, pres, freq, rep, seed, n, max_tokens, min_tokens;
+    int ignore_eos, stream;
+    const char *mt_name;          /* the field max_tokens came from (chat: max_completion_tokens when given) */
+} gen_params;
+
+static int parse_sampling(const rt_limits *lim, const cJSON *root, int chat, gen_params *g, rt_error *e)
+{
+    *g = (gen_params){.temperature = 1.0, .top_p = 1.0, .rep = 1, .seed = -1, .n = 1, .max_tokens = chat ? -1 : 16,
+                      .mt_name = "max_tokens"};
+    const cJSON *mct = cJSON_GetObjectItemCaseSensitive(root, "max_completion_tokens");
+    if (chat && mct && !cJSON_IsNull(mct)) g->mt_name = "max_completion_tokens";
+    if (!opt_num(root, g->mt_name, 1, 1 << 30, 1, &g->max_tokens, e) ||
+        !opt_num(root, "temperature", 0, 2, 0, &g->temperature, e) || !opt_num(root, "top_p", 0, 1, 0, &g->top_p, e) ||
+        !opt_num(root, "top_k", -1, 1 << 30, 1, &g->top_k, e) || !opt_num(root, "min_p", 0, 1, 0, &g->min_p, e) ||
+        !opt_num(root, "presence_penalty", -2, 2, 0, &g->pres, e) ||
+        !opt_num(root, "frequency_penalty", -2, 2, 0, &g->freq, e) ||
+        !opt_num(root, "repetition_penalty", 1e-6, 100, 0, &g->rep, e) ||
+        !opt_num(root, "seed", -9.2e18, 9.2e18, 1, &g->seed, e) || !opt_num(root, "n", 1, lim->max_n, 1, &g->n, e) ||
+        !opt_num(root, "min_tokens", 0, 1 << 30, 1, &g->min_tokens, e) ||
+        !opt_bool(root, "ignore_eos", &g->ignore_eos, e) || !opt_bool(root, "stream", &g->stream, e))
+        return 0;
+    if (g->top_p <= 0) return bad(e, "top_p", "'top_p' must be in (0, 1]");
+    const cJSON *bo = cJSON_GetObjectItemCaseSensitive(root, "best_of");
+    if (cJSON_IsNumber(bo) && bo->valuedouble != g->n) return bad(e, "best_of", "'best_of' other than n is not supported");
+    return 1;
+}
+
+/* logprobs (chat: a bool with top_logprobs; completions: a count) and stream_options. */
+static int parse_output(const cJSON *root, int chat, rt_req *r, rt_error *e)
+{
+    if (chat) {
+        int lp = 0;
+        double top = 0;
+        if (!opt_bool(root, "logprobs", &lp, e) || !opt_num(root, "top_logprobs", 0, MDL_MAX_TOP_LOGPROBS, 1, &top, e))
+            return 0;
+        if (top > 0 && !lp) return bad(e, "top_logprobs", "'top_logprobs' needs 'logprobs': true");
+        r->chat_logprobs = lp;
+        r->logprobs = lp ? (int)top : -1;
+    } else {
+        double lp = -1;
+        if (!opt_num(root, "logprobs", 0, MDL_MAX_TOP_LOGPROBS, 1, &lp, e)) return 0;
+        r->logprobs = (int)lp;
+    }
+    const cJSON *so = cJSON_GetObjectItemCaseSensitive(root, "stream_options");
+    if (so && !cJSON_IsNull(so)) {
+        if (!cJSON_IsObject(so)) return bad(e, "stream_options", "'stream_options' must be an object");
+        if (!opt_bool(so, "include_usage", &r->include_usage, e)) return 0;
+    }
+    return 1;
+}
+
+/* max_tokens (chat without one: what fits) against the server's limit and the context length mml. */
+static int check_lengths(const rt_limits *lim, int mml, int max_prompt, gen_params *g, rt_error *e)
+{
+    if (g->max_tokens < 0) { /* chat without a limit: what fits, up to the server's limit */
+        g->max_tokens = mml - max_prompt;
+        if (lim->max_tokens_limit > 0 && g->max_tokens > lim->max_tokens_limit) g->max_tokens = lim->max_tokens_limit;
+    }
+    if (lim->max_tokens_limit > 0 && g->max_tokens > lim->max_tokens_limit)
+        return bad(e, g->mt_name, "'%s' = %.0f exceeds this server's limit %d", g->mt_name, g->max_tokens,
+                   lim->max_tokens_limit);
+    if (max_prompt >= mml || max_prompt + g->max_tokens > mml)
+        return bad(e, max_prompt >= mml ? "prompt" : g->mt_name,
+                   "this model's maximum context length is %d tokens; the prompt has %d tokens and %.0f more were "
+                   "requested", mml, max_prompt, g->max_tokens < 1 ? 1 : g->max_tokens);
+    if (g->min_tokens > g->max_tokens) return bad(e, "min_tokens", "'min_tokens' exceeds the maximum number of tokens");
+    return 1;
+}
+
+/* The internal sampling object (it takes *bias); the choices, prompt x n, each with its seed. */
+static int build_choices(const cJSON *root, const gen_params *g, const int *starts, const int *lens, int n_prompts,
+                         cJSON **bias, rt_req *r, rt_error *e)
+{
+    r->max_tokens = (int)g->max_tokens;
+    r->min_tokens = (int)g->min_tokens;
+    r->ignore_eos = g->ignore_eos;
+    r->stream = g->stream;
+    if (!(r->sampling = cJSON_CreateObject())) return unavailable(e, "out of memory");
+    cJSON_AddNumberToObject(r->sampling, "temperature", g->temperature);
+    cJSON_AddNumberToObject(r->sampling, "top_p", g->top_p);
+    cJSON_AddNumberToObject(r->sampling, "top_k", g->top_k < 0 ? 0 : g->top_k);
+    cJSON_AddNumberToObject(r->sampling, "min_p", g->min_p);
+    cJSON_AddNumberToObject(r->sampling, "presence_penalty", g->pres);
+    cJSON_AddNumberToObject(r->sampling, "frequency_penalty", g->freq);
+    cJSON_AddNumberToObject(r->sampling, "repetition_penalty", g->rep);
+    if (*bias) cJSON_AddItemToObject(r->sampling, "logit_bias", *bias);
+    *bias = NULL;
+    int n = (int)g->n;
+    r->n_ch = n_prompts * n;
+    if (!(r->ch = calloc((size_t)r->n_ch, sizeof *r->ch))) return unavailable(e, "out of memory");
+    for (int i = 0; i < n_prompts; i++) r->prompt_tokens += lens[i];
+    int seeded = g->seed != -1 || cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(root, "seed"));
+    for (int i = 0; i < r->n_ch; i++) {
+        rt_choice *c = &r->ch[i];
+        c->req = r;
+        c->index = i;
+        c->prompt = r->prompts + starts[i / n];
+        c->n_prompt = lens[i / n];
+        if (seeded) {
+            c->has_seed = 1;
+            c->seed = (uint64_t)(int64_t)g->seed + (uint64_t)(i % n); /* n samples of one prompt differ */
+        }
+    }
+    return 1;
+}
+
 pd_status rt_request_parse(const char *body, size_t len, int chat, const rt_limits *lim, rt_req **out, rt_error *e)
 {
     memset(e, 0, sizeof *e);
@@ -411,194 +595,37 @@ pd_status rt_request_parse(const char *body, size_t len, int chat, const rt_limi
     char *text = NULL;
     rt_req *r = NULL;
     cJSON *root = NULL, *bias = NULL; /* bias: the normalised logit_bias until r->sampling owns it */
-    if (len > lim->max_body) {
-        bad(e, NULL, "request body larger than %zu bytes", lim->max_body);
-        e->status = 413;
-        e->type = pd_http_error_type(413);
+    gen_params g;
+    if (len > lim->max_body) { /* before anything is allocated for it */
+        parse_body(body, len, lim, &text, &root, e);
         goto refuse;
     }
-    text = malloc(len + 1); /* cJSON wants a NUL-terminated string */
-    r = calloc(1, sizeof *r);
-    if (!text || !r) {
-        e->status = 503;
-        e->type = pd_http_error_type(503);
-        snprintf(e->msg, sizeof e->msg, "out of memory");
+    if (!(r = calloc(1, sizeof *r))) {
+        unavailable(e, "out of memory");
         goto refuse;
-    }
-    if (!scan_body((const unsigned char *)body, len, lim->max_depth, e)) goto refuse;
-    memcpy(text, body, len);
-    text[len] = '\0';
-    /* the whole of len: a NUL after the JSON does not end the body early */
-    const char *end = NULL;
-    root = cJSON_ParseWithLengthOpts(text, len, &end, 0);
-    while (root && end < text + len && (*end == ' ' || *end == '\t' || *end == '\n' || *end == '\r')) end++;
-    if (root && end != text + len) {
-        cJSON_Delete(root);
-        root = NULL;
     }
     r->chat = chat;
     r->logprobs = -1;
-    if (!root) {
-        bad(e, NULL, "request body is not valid JSON");
-        goto refuse;
-    }
-    if (!cJSON_IsObject(root)) {
-        bad(e, NULL, "request body must be a JSON object");
-        goto refuse;
-    }
-    const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
-    if (model && !cJSON_IsNull(model) && !cJSON_IsString(model)) {
-        bad(e, "model", "'model' must be a string");
-        goto refuse;
-    }
-    if (cJSON_IsString(model) && strcmp(model->valuestring, lim->served_model_name) != 0) {
-        /* 404, as OpenAI and vLLM answer a model they do not serve */
-        bad(e, "model", "the model '%s' does not exist; this server serves '%s'", model->valuestring,
-            lim->served_model_name);
-        e->status = 404;
-        e->type = pd_http_error_type(404);
-        goto refuse;
-    }
-    /* prompts */
+    if (!parse_body(body, len, lim, &text, &root, e) || !check_model(lim, root, e)) goto refuse;
     if (chat) {
         if (!rt_chat_prompt(lim, root, r, &lens[0], e)) goto refuse;
         starts[0] = 0;
         n_prompts = 1;
     } else if (!rt_completion_prompts(lim, cJSON_GetObjectItemCaseSensitive(root, "prompt"), r, starts, lens, &n_prompts,
-                                   RT_MAX_PROMPTS, e)) {
+                                      RT_MAX_PROMPTS, e)) {
         goto refuse;
     }
-    /* unsupported options are refused rather than silently ignored */
-    int echo = 0;
-    if (!opt_bool(root, "echo", &echo, e)) goto refuse;
-    if (echo) {
-        bad(e, "echo", "'echo' is not supported");
-        goto refuse;
-    }
-    const cJSON *suffix = cJSON_GetObjectItemCaseSensitive(root, "suffix");
-    if (cJSON_IsString(suffix) && suffix->valuestring[0]) {
-        bad(e, "suffix", "'suffix' is not supported");
-        goto refuse;
-    }
-    if (!parse_logit_bias(lim, root, &bias, e)) goto refuse;
-    const cJSON *rf = cJSON_GetObjectItemCaseSensitive(root, "response_format"), *rft = rf ? cJSON_GetObjectItem(rf, "type") : NULL;
-    if (rf && !cJSON_IsNull(rf) && !(cJSON_IsString(rft) && !strcmp(rft->valuestring, "text"))) {
-        bad(e, "response_format", "only response_format {\"type\": \"text\"} is supported");
-        goto refuse;
-    }
-    /* sampling and limits */
+    if (!parse_options(lim, root, &bias, e)) goto refuse;
     int mml = lim->max_model_len;
     if (mml <= 0) {
-        e->status = 503;
-        e->type = pd_http_error_type(503);
-        snprintf(e->msg, sizeof e->msg, "no healthy decode instance");
+        unavailable(e, "no healthy decode instance");
         goto refuse;
     }
     int max_prompt = 0;
     for (int i = 0; i < n_prompts; i++) max_prompt = PD_MAX(max_prompt, lens[i]);
-    double temperature = 1.0, top_p = 1.0, top_k = 0, min_p = 0, pres = 0, freq = 0, rep = 1, seed = -1, n = 1;
-    double max_tokens = chat ? -1 : 16, min_tokens = 0;
-    int ignore_eos = 0, stream = 0;
-    const char *mt_name = "max_tokens";
-    if (chat && cJSON_GetObjectItemCaseSensitive(root, "max_completion_tokens") &&
-        !cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(root, "max_completion_tokens")))
-        mt_name = "max_completion_tokens";
-    if (!opt_num(root, mt_name, 1, 1 << 30, 1, &max_tokens, e) || !opt_num(root, "temperature", 0, 2, 0, &temperature, e) ||
-        !opt_num(root, "top_p", 0, 1, 0, &top_p, e) || !opt_num(root, "top_k", -1, 1 << 30, 1, &top_k, e) ||
-        !opt_num(root, "min_p", 0, 1, 0, &min_p, e) || !opt_num(root, "presence_penalty", -2, 2, 0, &pres, e) ||
-        !opt_num(root, "frequency_penalty", -2, 2, 0, &freq, e) ||
-        !opt_num(root, "repetition_penalty", 1e-6, 100, 0, &rep, e) ||
-        !opt_num(root, "seed", -9.2e18, 9.2e18, 1, &seed, e) || !opt_num(root, "n", 1, lim->max_n, 1, &n, e) ||
-        !opt_num(root, "min_tokens", 0, 1 << 30, 1, &min_tokens, e) || !opt_bool(root, "ignore_eos", &ignore_eos, e) ||
-        !opt_bool(root, "stream", &stream, e))
+    if (!parse_sampling(lim, root, chat, &g, e) || !parse_output(root, chat, r, e) || !parse_stop(lim, root, r, e) ||
+        !check_lengths(lim, mml, max_prompt, &g, e) || !build_choices(root, &g, starts, lens, n_prompts, &bias, r, e))
         goto refuse;
-    if (top_p <= 0) {
-        bad(e, "top_p", "'top_p' must be in (0, 1]");
-        goto refuse;
-    }
-    const cJSON *bo = cJSON_GetObjectItemCaseSensitive(root, "best_of");
-    if (cJSON_IsNumber(bo) && bo->valuedouble != n) {
-        bad(e, "best_of", "'best_of' other than n is not supported");
-        goto refuse;
-    }
-    if (chat) {
-        int lp = 0;
-        double top = 0;
-        if (!opt_bool(root, "logprobs", &lp, e) || !opt_num(root, "top_logprobs", 0, MDL_MAX_TOP_LOGPROBS, 1, &top, e))
-            goto refuse;
-        if (top > 0 && !lp) {
-            bad(e, "top_logprobs", "'top_logprobs' needs 'logprobs': true");
-            goto refuse;
-        }
-        r->chat_logprobs = lp;
-        r->logprobs = lp ? (int)top : -1;
-    } else {
-        double lp = -1;
-        if (!opt_num(root, "logprobs", 0, MDL_MAX_TOP_LOGPROBS, 1, &lp, e)) goto refuse;
-        r->logprobs = (int)lp;
-    }
-    const cJSON *so = cJSON_GetObjectItemCaseSensitive(root, "stream_options");
-    if (so && !cJSON_IsNull(so)) {
-        if (!cJSON_IsObject(so)) {
-            bad(e, "stream_options", "'stream_options' must be an object");
-            goto refuse;
-        }
-        if (!opt_bool(so, "include_usage", &r->include_usage, e)) goto refuse;
-    }
-    if (!parse_stop(lim, root, r, e)) goto refuse;
-    if (max_tokens < 0) { /* chat without a limit: what fits, up to the server's limit */
-        max_tokens = mml - max_prompt;
-        if (lim->max_tokens_limit > 0 && max_tokens > lim->max_tokens_limit) max_tokens = lim->max_tokens_limit;
-    }
-    if (lim->max_tokens_limit > 0 && max_tokens > lim->max_tokens_limit) {
-        bad(e, mt_name, "'%s' = %.0f exceeds this server's limit %d", mt_name, max_tokens, lim->max_tokens_limit);
-        goto refuse;
-    }
-    if (max_prompt >= mml || max_prompt + max_tokens > mml) {
-        bad(e, max_prompt >= mml ? "prompt" : mt_name,
-            "this model's maximum context length is %d tokens; the prompt has %d tokens and %.0f more were requested",
-            mml, max_prompt, max_tokens < 1 ? 1 : max_tokens);
-        goto refuse;
-    }
-    if (min_tokens > max_tokens) {
-        bad(e, "min_tokens", "'min_tokens' exceeds the maximum number of tokens");
-        goto refuse;
-    }
-    r->max_tokens = (int)max_tokens;
-    r->min_tokens = (int)min_tokens;
-    r->ignore_eos = ignore_eos;
-    r->stream = stream;
-    r->sampling = cJSON_CreateObject();
-    cJSON_AddNumberToObject(r->sampling, "temperature", temperature);
-    cJSON_AddNumberToObject(r->sampling, "top_p", top_p);
-    cJSON_AddNumberToObject(r->sampling, "top_k", top_k < 0 ? 0 : top_k);
-    cJSON_AddNumberToObject(r->sampling, "min_p", min_p);
-    cJSON_AddNumberToObject(r->sampling, "presence_penalty", pres);
-    cJSON_AddNumberToObject(r->sampling, "frequency_penalty", freq);
-    cJSON_AddNumberToObject(r->sampling, "repetition_penalty", rep);
-    if (bias) cJSON_AddItemToObject(r->sampling, "logit_bias", bias);
-    bias = NULL;
-    /* choices */
-    r->n_ch = n_prompts * (int)n;
-    r->ch = calloc((size_t)r->n_ch, sizeof *r->ch);
-    if (!r->ch) {
-        e->status = 503;
-        e->type = pd_http_error_type(503);
-        snprintf(e->msg, sizeof e->msg, "out of memory");
-        goto refuse;
-    }
-    for (int i = 0; i < n_prompts; i++) r->prompt_tokens += lens[i];
-    for (int i = 0; i < r->n_ch; i++) {
-        rt_choice *c = &r->ch[i];
-        c->req = r;
-        c->index = i;
-        c->prompt = r->prompts + starts[i / (int)n];
-        c->n_prompt = lens[i / (int)n];
-        if (seed != -1 || cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(root, "seed"))) {
-            c->has_seed = 1;
-            c->seed = (uint64_t)(int64_t)seed + (uint64_t)(i % (int)n); /* n samples of one prompt differ */
-        }
-    }
     cJSON_Delete(root);
     free(text);
     *out = r;

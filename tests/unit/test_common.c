@@ -1,4 +1,4 @@
-/* Unit tests of libpdcommon: status strings, log level parsing, the PRNG, whole-file reads. */
+/* Unit tests of libpdcommon: status strings, log level parsing, the PRNG, whole-file reads, the growable buffer. */
 #include <check.h>
 #include <math.h>
 #include <stdio.h>
@@ -129,11 +129,61 @@ START_TEST(test_huge_map)
 }
 END_TEST
 
+START_TEST(test_buf)
+{
+    pd_buf b = {0};
+    ck_assert_int_eq(pd_buf_append(&b, "", 0), PD_OK); /* appending nothing still gives a terminated string */
+    ck_assert_ptr_nonnull(b.data);
+    ck_assert_str_eq(b.data, "");
+    ck_assert_uint_eq(b.len, 0);
+    ck_assert_int_eq(pd_buf_append(&b, "abc", 3), PD_OK);
+    ck_assert_int_eq(pd_buf_printf(&b, "-%d-%s", 42, "x"), PD_OK);
+    ck_assert_str_eq(b.data, "abc-42-x");
+    ck_assert_uint_eq(b.len, 8);
+    /* growth past the first block, through both appends, keeps every byte */
+    char big[1000];
+    for (size_t i = 0; i < sizeof big; i++) big[i] = (char)('a' + i % 26);
+    for (int k = 0; k < 5; k++) ck_assert_int_eq(pd_buf_append(&b, big, sizeof big), PD_OK);
+    ck_assert_uint_eq(b.len, 8 + 5 * sizeof big);
+    ck_assert_int_eq(memcmp(b.data + 8 + 4 * sizeof big, big, sizeof big), 0);
+    ck_assert_int_eq(pd_buf_printf(&b, "%.*s", 600, big), PD_OK); /* longer than the room left in one go */
+    ck_assert_uint_eq(b.len, 8 + 5 * sizeof big + 600);
+    ck_assert_int_eq(b.data[b.len], '\0');
+    ck_assert_uint_eq(strlen(b.data), b.len);
+    /* binary bytes, a NUL among them */
+    pd_buf_reset(&b);
+    ck_assert_uint_eq(b.len, 0);
+    ck_assert_str_eq(b.data, "");
+    ck_assert_int_eq(pd_buf_append(&b, "a\0b", 3), PD_OK);
+    ck_assert_uint_eq(b.len, 3);
+    ck_assert_int_eq(memcmp(b.data, "a\0b", 4), 0);
+    /* a size that cannot be had: PD_ERR_NOMEM, contents unchanged, sticky until reset; no abort */
+    ck_assert_int_eq(pd_buf_append(&b, "x", SIZE_MAX - 1), PD_ERR_NOMEM);
+    ck_assert_uint_eq(b.len, 3);
+    ck_assert_int_eq(memcmp(b.data, "a\0b", 4), 0);
+    ck_assert_int_eq(pd_buf_append(&b, "c", 1), PD_ERR_NOMEM);
+    ck_assert_int_eq(pd_buf_printf(&b, "c"), PD_ERR_NOMEM);
+    ck_assert_uint_eq(b.len, 3);
+    pd_buf_reset(&b);
+    ck_assert_int_eq(pd_buf_append(&b, "c", 1), PD_OK);
+    ck_assert_str_eq(b.data, "c");
+    pd_buf_free(&b);
+    ck_assert_ptr_null(b.data);
+    ck_assert_uint_eq(b.len, 0);
+    pd_buf_free(&b); /* twice, and NULL, are fine */
+    pd_buf_free(NULL);
+    pd_buf e = {0}; /* printf into a buffer never appended to */
+    ck_assert_int_eq(pd_buf_printf(&e, "%s", ""), PD_OK);
+    ck_assert_str_eq(e.data, "");
+    pd_buf_free(&e);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("common");
     PD_CHECK_CASE(s, "core", 0, test_status_str, test_log_level_parse, test_rng_deterministic_and_normal,
-                  test_file_read, test_parse_size, test_huge_map);
+                  test_file_read, test_parse_size, test_huge_map, test_buf);
     int failed = pd_check_run(s, 0);
     return failed ? 1 : 0;
 }
