@@ -368,6 +368,7 @@ static void handle_open(dec_server *s, struct evhttp_request *req)
                                 np, p.max_tokens, s->eo.max_model_len);
         else if (st == PD_ERR_FULL) pd_http_reply_retry(req, 429, "the decode queue is full; retry later");
         else if (st == PD_ERR_BUSY) pd_http_reply_retry(req, 503, "no KV cache blocks free; retry later");
+        else if (st == PD_ERR_NOMEM) pd_http_reply_retry(req, 503, "out of memory; retry later");
         else pd_http_reply_error(req, 400, NULL, NULL, "request refused: %s", pd_status_str(st));
         goto done;
     }

@@ -450,15 +450,24 @@ static void handle_prefill(pf_server *s, struct evhttp_request *req)
     pd_status st = mdl_engine_submit(s->eng, r->id, r, prompt, np, &p, MDL_REQ_PREFILL_ONLY);
     if (st != PD_OK) {
         pd_counter_add(s->metrics->rejected, NULL, 1);
-        status = st == PD_ERR_BUSY || st == PD_ERR_FULL ? 429 : 400;
-        snprintf(err, sizeof err, "%s", st == PD_ERR_BUSY || st == PD_ERR_FULL ? "prefill queue or KV cache full; retry later"
+        int full = st == PD_ERR_BUSY || st == PD_ERR_FULL;
+        status = full ? 429 : st == PD_ERR_NOMEM ? 503 : 400;
+        snprintf(err, sizeof err, "%s", full ? "prefill queue or KV cache full; retry later"
+                                        : st == PD_ERR_NOMEM ? "out of memory; retry later"
                                         : st == PD_ERR_RANGE ? "prompt longer than this instance's max model length"
                                                              : "request refused");
         if (status == 429) evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", "1");
         goto refuse;
     }
     r->src = malloc((size_t)r->n_src * sizeof(int));
-    if (!r->src || mdl_engine_blocks(s->eng, r->id, r->src, r->n_src) != r->n_src) PD_ASSERT(!"engine lost a request");
+    if (!r->src) { /* r is not listed yet: the engine's DONE for it finds nothing to free */
+        mdl_engine_abort(s->eng, r->id);
+        status = 503;
+        snprintf(err, sizeof err, "out of memory; retry later");
+        pd_error("prefill %s: out of memory for its block list", r->ext_id);
+        goto refuse;
+    }
+    if (mdl_engine_blocks(s->eng, r->id, r->src, r->n_src) != r->n_src) PD_ASSERT(!"engine lost a request");
     r->http = req;
     r->next = s->reqs;
     s->reqs = r;
