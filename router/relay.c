@@ -200,7 +200,7 @@ static void on_token(rt_choice *c, const cJSON *o)
         pd_counter_add(m->gen_tokens, NULL, 1);
         const char *piece;
         size_t n;
-        if (mdl_detok_push(c->detok, id, &piece, &n) == PD_OK && rt_text_feed(c->text, piece, n) != PD_OK)
+        if (txt_detok_push(c->detok, id, &piece, &n) == PD_OK && rt_text_feed(c->text, piece, n) != PD_OK)
             goto fail_nomem;
         if (c->lp_tokens) {
             const cJSON *lp = cJSON_GetArrayItem(lps, i), *top = cJSON_IsArray(tops) ? cJSON_GetArrayItem(tops, i) : NULL;
@@ -253,7 +253,7 @@ static void on_d_line(pd_http_call *call, const char *line, size_t len, void *ar
         const char *piece;
         size_t n;
         int stopped = 0;
-        if ((mdl_detok_flush(c->detok, &piece, &n) == PD_OK && rt_text_feed(c->text, piece, n) != PD_OK) ||
+        if ((txt_detok_flush(c->detok, &piece, &n) == PD_OK && rt_text_feed(c->text, piece, n) != PD_OK) ||
             text_release(c, 1, NULL, &stopped) != PD_OK) {
             cJSON_Delete(o);
             fail_choice(c, 503, "out of memory");
@@ -305,7 +305,7 @@ void rt_choice_start(rt_choice *c)
                          .in_think = r->think};
     rt_text_sink sink = {.delta_cb = text_delta_cb, .arg = c};
     if ((!c->text && rt_text_create(&tp, &sink, &c->text) != PD_OK) ||
-        (!c->detok && mdl_detok_create(rt->tok, 1, &c->detok) != PD_OK)) {
+        (!c->detok && txt_detok_create(rt->tok, 1, &c->detok) != PD_OK)) {
         fail_choice(c, 503, "out of memory");
         return;
     }
@@ -362,7 +362,7 @@ void rt_choice_cancel(rt_choice *c)
 void rt_choice_free(rt_choice *c)
 {
     rt_choice_cancel(c);
-    mdl_detok_destroy(c->detok);
+    txt_detok_destroy(c->detok);
     rt_text_destroy(c->text);
     pd_buf_free(&c->content);
     pd_buf_free(&c->reasoning);

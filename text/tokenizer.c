@@ -1,9 +1,9 @@
-/* tokenizer.json -> mdl_tokenizer, and text <-> ids. Encode: added tokens are cut out of the text first (longest
+/* tokenizer.json -> txt_tokenizer, and text <-> ids. Encode: added tokens are cut out of the text first (longest
  * match, lstrip/rstrip/single_word as HF), each remaining section goes depth-first through the pre-tokenizer's
  * steps (PCRE2-JIT regex splits), each final piece through byte-level BPE on token ids. Decode: bytes of each
  * token, concatenated, invalid UTF-8 replaced by U+FFFD (the maximal-subpart rule of Rust's from_utf8_lossy and
  * WHATWG's TextDecoder); the incremental detokenizer applies the same rule as bytes arrive. */
-#include "model/tokenizer.h"
+#include "text/txt_tokenizer.h"
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <cJSON.h>
@@ -66,7 +66,7 @@ typedef struct {
     int invert;
 } pretok_step;
 
-struct mdl_tokenizer_s {
+struct txt_tokenizer_s {
     int n_vocab;
     tok_entry *tokens;       /* [n_vocab] */
     strmap by_str;           /* tokenizer.json form / added content -> id */
@@ -264,7 +264,7 @@ static int32_t strmap_get(const strmap *m, const char *s, size_t len)
 static inline uint64_t pair_key(int32_t a, int32_t b) { return (uint64_t)(uint32_t)a << 32 | (uint32_t)b; }
 static inline size_t pair_hash(uint64_t k, size_t mask) { return (size_t)((k * 0x9E3779B97F4A7C15ull) >> 32) & mask; }
 
-static void merge_put(mdl_tokenizer t, int32_t a, int32_t b, int32_t rank, int32_t id)
+static void merge_put(txt_tokenizer t, int32_t a, int32_t b, int32_t rank, int32_t id)
 {
     uint64_t k = pair_key(a, b);
     size_t i = pair_hash(k, t->merge_mask);
@@ -273,7 +273,7 @@ static void merge_put(mdl_tokenizer t, int32_t a, int32_t b, int32_t rank, int32
 }
 
 /* Rank of merging (a, b), INT_MAX when they do not merge; *id gets the merged token. */
-static inline int32_t merge_get(const struct mdl_tokenizer_s *t, int32_t a, int32_t b, int32_t *id)
+static inline int32_t merge_get(const struct txt_tokenizer_s *t, int32_t a, int32_t b, int32_t *id)
 {
     uint64_t k = pair_key(a, b);
     size_t i = pair_hash(k, t->merge_mask);
@@ -305,7 +305,7 @@ typedef struct {
 } heap_item;
 
 typedef struct {
-    const struct mdl_tokenizer_s *t;
+    const struct txt_tokenizer_s *t;
     int32_t *ids;
     size_t n_ids, cap_ids;
     seg_vec *segs;              /* one per pre-tokenizer step */
@@ -402,7 +402,7 @@ static heap_item heap_pop(heap_item *h, size_t *n)
  * first, until none applies: HF's and transformers.js's order. */
 static int bpe_piece(enc_ctx *c, const uint8_t *s, size_t n)
 {
-    const struct mdl_tokenizer_s *t = c->t;
+    const struct txt_tokenizer_s *t = c->t;
     if (n == 0) return 1;
     if (n == 1) return push_id(c, t->byte_id[s[0]]);
     if (t->ignore_merges) {
@@ -564,7 +564,7 @@ static void apply_behavior(split_behavior b, seg_vec *v)
 
 static int pretok_run(enc_ctx *c, int step, const char *s, size_t n)
 {
-    const struct mdl_tokenizer_s *t = c->t;
+    const struct txt_tokenizer_s *t = c->t;
     if (n == 0) return 1;
     if (step == t->n_steps) {
         if (t->prefix_space && s[0] != ' ') {
@@ -592,7 +592,7 @@ static int pretok_run(enc_ctx *c, int step, const char *s, size_t n)
 }
 
 /* Longest added token starting at s[0..n); -1 when none. */
-static int added_match(const struct mdl_tokenizer_s *t, const uint8_t *s, size_t n, int split_special, size_t *mlen)
+static int added_match(const struct txt_tokenizer_s *t, const uint8_t *s, size_t n, int split_special, size_t *mlen)
 {
     int best = -1;
     int32_t node = 0;
@@ -651,7 +651,7 @@ static void trim_ws(const uint8_t *base, size_t *s, size_t *e, int dir)
     }
 }
 
-pd_status mdl_tokenizer_encode(mdl_tokenizer t, const char *text, size_t len, unsigned flags, int32_t **ids,
+pd_status txt_tokenizer_encode(txt_tokenizer t, const char *text, size_t len, unsigned flags, int32_t **ids,
                                size_t *n_ids)
 {
     const uint8_t *s = (const uint8_t *)text;
@@ -672,9 +672,9 @@ pd_status mdl_tokenizer_encode(mdl_tokenizer t, const char *text, size_t len, un
     c.md = pcre2_match_data_create(1, NULL);
     c.mctx = pcre2_match_context_create(NULL);
     if (!c.segs || !c.md || !c.mctx) goto fail_ctx;
-    if ((flags & MDL_ENCODE_ADD_BOS) && t->bos >= 0 && !push_id(&c, t->bos)) goto fail_ctx;
+    if ((flags & TXT_ENCODE_ADD_BOS) && t->bos >= 0 && !push_id(&c, t->bos)) goto fail_ctx;
 
-    int split_special = (flags & MDL_ENCODE_SPLIT_SPECIAL) != 0;
+    int split_special = (flags & TXT_ENCODE_SPLIT_SPECIAL) != 0;
     size_t sec = 0, pos = 0;
     int rstrip_pending = 0;
     while (pos < len) {
@@ -791,7 +791,7 @@ static void cleanup_spaces(char *s, size_t *n)
     }
 }
 
-pd_status mdl_tokenizer_decode(mdl_tokenizer t, const int32_t *ids, size_t n, int skip_special, char **text,
+pd_status txt_tokenizer_decode(txt_tokenizer t, const int32_t *ids, size_t n, int skip_special, char **text,
                                size_t *len)
 {
     buf_t raw = {0}, out = {0};
@@ -824,17 +824,17 @@ fail_nomem:
 
 /* ---- incremental detokenizer ---- */
 
-struct mdl_detok_s {
-    mdl_tokenizer t;
+struct txt_detok_s {
+    txt_tokenizer t;
     int skip_special;
     uint8_t pend[8];
     size_t n_pend;
     buf_t in, out;
 };
 
-pd_status mdl_detok_create(mdl_tokenizer t, int skip_special, mdl_detok *out)
+pd_status txt_detok_create(txt_tokenizer t, int skip_special, txt_detok *out)
 {
-    mdl_detok d = calloc(1, sizeof *d);
+    txt_detok d = calloc(1, sizeof *d);
     if (!d) {
         pd_error("tokenizer: out of memory creating a detokenizer");
         return PD_ERR_NOMEM;
@@ -845,7 +845,7 @@ pd_status mdl_detok_create(mdl_tokenizer t, int skip_special, mdl_detok *out)
     return PD_OK;
 }
 
-void mdl_detok_destroy(mdl_detok d)
+void txt_detok_destroy(txt_detok d)
 {
     if (!d) return;
     free(d->in.p);
@@ -853,7 +853,7 @@ void mdl_detok_destroy(mdl_detok d)
     free(d);
 }
 
-pd_status mdl_detok_push(mdl_detok d, int32_t id, const char **piece, size_t *len)
+pd_status txt_detok_push(txt_detok d, int32_t id, const char **piece, size_t *len)
 {
     if (id < 0 || id >= d->t->n_vocab) {
         pd_error("tokenizer: detokenizer: id %d is outside the vocabulary [0, %d)", id, d->t->n_vocab);
@@ -878,7 +878,7 @@ fail_nomem:
     return PD_ERR_NOMEM;
 }
 
-pd_status mdl_detok_flush(mdl_detok d, const char **piece, size_t *len)
+pd_status txt_detok_flush(txt_detok d, const char **piece, size_t *len)
 {
     size_t held;
     d->out.n = 0;
@@ -894,32 +894,32 @@ pd_status mdl_detok_flush(mdl_detok d, const char **piece, size_t *len)
 
 /* ---- accessors ---- */
 
-int mdl_tokenizer_vocab_size(mdl_tokenizer t) { return t->n_vocab; }
-int32_t mdl_tokenizer_bos(mdl_tokenizer t) { return t->bos; }
-int32_t mdl_tokenizer_eos(mdl_tokenizer t) { return t->eos; }
-int mdl_tokenizer_add_bos_default(mdl_tokenizer t) { return t->add_bos; }
-const char *mdl_tokenizer_bos_str(mdl_tokenizer t) { return t->bos_str ? t->bos_str : ""; }
-const char *mdl_tokenizer_eos_str(mdl_tokenizer t) { return t->eos_str ? t->eos_str : ""; }
+int txt_tokenizer_vocab_size(txt_tokenizer t) { return t->n_vocab; }
+int32_t txt_tokenizer_bos(txt_tokenizer t) { return t->bos; }
+int32_t txt_tokenizer_eos(txt_tokenizer t) { return t->eos; }
+int txt_tokenizer_add_bos_default(txt_tokenizer t) { return t->add_bos; }
+const char *txt_tokenizer_bos_str(txt_tokenizer t) { return t->bos_str ? t->bos_str : ""; }
+const char *txt_tokenizer_eos_str(txt_tokenizer t) { return t->eos_str ? t->eos_str : ""; }
 
-int mdl_tokenizer_is_special(mdl_tokenizer t, int32_t id)
+int txt_tokenizer_is_special(txt_tokenizer t, int32_t id)
 {
     return id >= 0 && id < t->n_vocab && (t->tokens[id].flags & TOK_SPECIAL) != 0;
 }
 
-const char *mdl_tokenizer_token_str(mdl_tokenizer t, int32_t id)
+const char *txt_tokenizer_token_str(txt_tokenizer t, int32_t id)
 {
     if (id < 0 || id >= t->n_vocab || !(t->tokens[id].flags & TOK_PRESENT)) return NULL;
     return t->tokens[id].str;
 }
 
-int32_t mdl_tokenizer_token_id(mdl_tokenizer t, const char *token_text)
+int32_t txt_tokenizer_token_id(txt_tokenizer t, const char *token_text)
 {
     return token_text ? strmap_get(&t->by_str, token_text, strlen(token_text)) : -1;
 }
 
 /* ---- load ---- */
 
-void mdl_tokenizer_destroy(mdl_tokenizer t)
+void txt_tokenizer_destroy(txt_tokenizer t)
 {
     if (!t) return;
     if (t->tokens)
@@ -954,7 +954,7 @@ static const char *json_str(const cJSON *o, const char *k)
 
 static const char *GPT2_PATTERN = "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
 
-static pd_status add_regex_step(mdl_tokenizer t, const char *pattern, int literal, split_behavior b, int invert,
+static pd_status add_regex_step(txt_tokenizer t, const char *pattern, int literal, split_behavior b, int invert,
                                 char *err, size_t errlen)
 {
     pretok_step *p = realloc(t->steps, (size_t)(t->n_steps + 1) * sizeof *p);
@@ -976,7 +976,7 @@ static pd_status add_regex_step(mdl_tokenizer t, const char *pattern, int litera
     return PD_OK;
 }
 
-static pd_status parse_pretok(mdl_tokenizer t, const cJSON *pt, int *saw_byte_level, char *err, size_t errlen)
+static pd_status parse_pretok(txt_tokenizer t, const cJSON *pt, int *saw_byte_level, char *err, size_t errlen)
 {
     if (!pt || cJSON_IsNull(pt)) return PD_OK;
     const char *type = json_str(pt, "type");
@@ -1055,7 +1055,7 @@ static pd_status check_decoder(const cJSON *d, char *err, size_t errlen)
 
 /* Sets tokens[id] from the tokenizer.json string s; bytes are the byte-level decoding (or s itself when it has
  * characters outside the byte alphabet, as HF's ByteLevel decoder does). */
-static int set_token(mdl_tokenizer t, int32_t id, const char *s, const uint32_t b2c[256], int added)
+static int set_token(txt_tokenizer t, int32_t id, const char *s, const uint32_t b2c[256], int added)
 {
     tok_entry *e = &t->tokens[id];
     char *keep = e->vocab_str;
@@ -1103,7 +1103,7 @@ static const char *config_token(const cJSON *cfg, const char *key)
     return NULL;
 }
 
-static pd_status load_config(mdl_tokenizer t, const char *dir, char *err, size_t errlen)
+static pd_status load_config(txt_tokenizer t, const char *dir, char *err, size_t errlen)
 {
     char path[4096];
     snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
@@ -1123,12 +1123,12 @@ static pd_status load_config(mdl_tokenizer t, const char *dir, char *err, size_t
     const char *bos = config_token(cfg, "bos_token"), *eos = config_token(cfg, "eos_token");
     st = PD_OK;
     if (bos) {
-        t->bos = mdl_tokenizer_token_id(t, bos);
+        t->bos = txt_tokenizer_token_id(t, bos);
         if (t->bos < 0) st = fail(err, errlen, PD_ERR_FORMAT, "%s: bos_token '%s' is not in the vocabulary", path, bos);
         else if (!(t->bos_str = strdup(bos))) st = fail(err, errlen, PD_ERR_NOMEM, "out of memory");
     }
     if (st == PD_OK && eos) {
-        t->eos = mdl_tokenizer_token_id(t, eos);
+        t->eos = txt_tokenizer_token_id(t, eos);
         if (t->eos < 0) st = fail(err, errlen, PD_ERR_FORMAT, "%s: eos_token '%s' is not in the vocabulary", path, eos);
         else if (!(t->eos_str = strdup(eos))) st = fail(err, errlen, PD_ERR_NOMEM, "out of memory");
     }
@@ -1136,7 +1136,7 @@ static pd_status load_config(mdl_tokenizer t, const char *dir, char *err, size_t
     return st;
 }
 
-static pd_status build_trie(mdl_tokenizer t, char *err, size_t errlen)
+static pd_status build_trie(txt_tokenizer t, char *err, size_t errlen)
 {
     size_t total = 1;
     for (int i = 0; i < t->n_added; i++) total += t->added[i].len;
@@ -1163,7 +1163,7 @@ static pd_status build_trie(mdl_tokenizer t, char *err, size_t errlen)
     return PD_OK;
 }
 
-pd_status mdl_tokenizer_load(const char *dir, mdl_tokenizer *out, char *err, size_t errlen)
+pd_status txt_tokenizer_load(const char *dir, txt_tokenizer *out, char *err, size_t errlen)
 {
     char path[4096];
     snprintf(path, sizeof path, "%s/tokenizer.json", dir);
@@ -1177,7 +1177,7 @@ pd_status mdl_tokenizer_load(const char *dir, mdl_tokenizer *out, char *err, siz
         cJSON_Delete(root);
         return fail(err, errlen, PD_ERR_FORMAT, "%s is not a JSON object", path);
     }
-    mdl_tokenizer t = calloc(1, sizeof *t);
+    txt_tokenizer t = calloc(1, sizeof *t);
     if (!t) {
         st = fail(err, errlen, PD_ERR_NOMEM, "out of memory");
         goto fail_json;
@@ -1346,7 +1346,7 @@ pd_status mdl_tokenizer_load(const char *dir, mdl_tokenizer *out, char *err, siz
     return PD_OK;
 
 fail_tok:
-    mdl_tokenizer_destroy(t);
+    txt_tokenizer_destroy(t);
 fail_json:
     cJSON_Delete(root);
     return st;
