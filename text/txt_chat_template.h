@@ -36,8 +36,8 @@ pd_status txt_chat_template_render(txt_chat_template t, const cJSON *messages, i
 /* Every render has a budget beyond its input: interpreter steps (statements, expressions, loop iterations) and
  * bytes allocated. A render that exceeds it fails with PD_ERR_INVALID ("template exceeds its work budget"), so a
  * looping template or a conversation that makes one blow up costs bounded time and memory. Defaults 10 million
- * steps (DeepSeek-V3's template spends 10-100 per message, 2.5 us in all) and 256 MiB. 0 keeps a value's default. Process-
- * wide; set it before rendering starts (tests and fuzzing use small budgets). */
+ * steps (DeepSeek-V3's template spends 10-100 per message, 2.5 us in all) and 256 MiB. 0 keeps a value's default.
+ * Process-wide; set it before rendering starts (tests and fuzzing use small budgets). */
 void txt_chat_template_set_budget(size_t max_steps, size_t max_bytes);
 
 #endif
