@@ -5,7 +5,7 @@
 
 #include <cJSON.h>
 
-#include "model/mdl_engine.h"
+#include "proto/pr_gen.h"
 #include "router/router.h"
 
 #define RT_MAX_STOP 16
@@ -81,7 +81,7 @@ struct rt_req {
     rt_choice *ch;
     int n_ch, n_done;
     int max_tokens, min_tokens, ignore_eos;
-    int32_t stop_ids[16];
+    int32_t stop_ids[PR_MAX_STOP_IDS];
     int n_stop_ids;
     char *stops[RT_MAX_STOP];
     int n_stops;
@@ -89,7 +89,7 @@ struct rt_req {
     int logprobs;                 /* completions: top alternatives (0..20) with tokens; -1: off */
     int chat_logprobs;            /* chat: logprobs requested */
     int think;                    /* the prompt opened a <think> block */
-    cJSON *sampling;              /* internal sampling object (without seed) */
+    cJSON *sampling;              /* internal sampling object (without seed; pr_gen_encode adds a choice's) */
     int sse_started;
     int error_sent;
     double t0;
@@ -100,7 +100,7 @@ struct rt_req {
 /* request.c: a completions / chat completions body -> a request, or an OpenAI-shaped error. No HTTP. */
 #define RT_MAX_PROMPTS 64         /* prompts in one completions request */
 #define RT_MAX_JSON_DEPTH 64      /* nesting of arrays and objects in a body; the body object is level 1 */
-#define RT_MAX_LOGIT_BIAS MDL_MAX_LOGIT_BIAS /* logit_bias entries a request may give (the pools' limit) */
+#define RT_MAX_LOGIT_BIAS PR_MAX_LOGIT_BIAS /* logit_bias entries a request may give (the pools' limit) */
 
 typedef struct {
     txt_tokenizer tok;
