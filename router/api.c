@@ -7,8 +7,6 @@
 #include <string.h>
 #include <time.h>
 
-#include "model/mdl_config.h"
-#include "model/mdl_engine.h"
 #include "router/rt_req.h"
 
 /* ---- requests -------------------------------------------------------------------------------------------- */
@@ -699,8 +697,8 @@ pd_status rt_router_create(struct event_base *base, rt_opts *o, rt_router **out,
         rt->tmpl = NULL;
     }
     rt->vocab_size = txt_tokenizer_vocab_size(rt->tok);
-    mdl_config cfg;
-    if (o->model && mdl_config_load(o->model, &cfg, err, sizeof err) == PD_OK) rt->vocab_size = cfg.vocab_size;
+    int vocab;
+    if (o->model && txt_config_vocab_size(o->model, &vocab, err, sizeof err) == PD_OK) rt->vocab_size = vocab;
     rt_policy policy;
     if (rt_policy_parse(o->policy, &policy) != PD_OK) {
         pd_error("router: --policy '%s' is not least-load, round-robin or bucket", o->policy);

@@ -1,9 +1,10 @@
 /* tokenizer.json (+ tokenizer_config.json) -> txt_tokenizer: the vocabulary, merges, added tokens and the
  * pre-tokenizer's steps, each checked against what this implementation does exactly; anything else fails the load
- * with a message naming the field. */
+ * with a message naming the field. Also the one field of config.json the router needs (vocab_size). */
 #include "text/tokenizer_internal.h"
 
 #include <limits.h>
+#include <math.h>
 #include <string.h>
 
 /* ---- load ---- */
@@ -436,4 +437,27 @@ fail_tok:
 fail_json:
     cJSON_Delete(root);
     return st;
+}
+
+pd_status txt_config_vocab_size(const char *path, int *out, char *err, size_t errlen)
+{
+    char file[4096];
+    size_t n = strlen(path);
+    if (n > 5 && !strcmp(path + n - 5, ".json")) snprintf(file, sizeof file, "%s", path);
+    else snprintf(file, sizeof file, "%s/config.json", path);
+    char *text = NULL;
+    size_t len;
+    pd_status st = pd_file_read(file, &text, &len);
+    if (st != PD_OK) return fail(err, errlen, st, "cannot read %s: %s", file, pd_status_str(st));
+    cJSON *root = cJSON_ParseWithLength(text, len);
+    free(text);
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, "vocab_size");
+    if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble) || v->valuedouble < 2 ||
+        v->valuedouble > (1 << 30)) {
+        cJSON_Delete(root);
+        return fail(err, errlen, PD_ERR_FORMAT, "%s: 'vocab_size' must be an integer in [2, %d]", file, 1 << 30);
+    }
+    *out = (int)v->valuedouble;
+    cJSON_Delete(root);
+    return PD_OK;
 }

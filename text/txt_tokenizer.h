@@ -56,6 +56,12 @@ int32_t txt_tokenizer_token_id(txt_tokenizer t, const char *token_text);
 const char *txt_tokenizer_bos_str(txt_tokenizer t);
 const char *txt_tokenizer_eos_str(txt_tokenizer t);
 
+/* vocab_size of the checkpoint's config.json (DIR/config.json, or PATH itself when it ends in .json): the id space
+ * the model scores, which may exceed the tokenizer's (DeepSeek-V3: 129280 ids, 128815 tokens). Reads that one field
+ * (an integer in [2, 2^30]) and nothing of the architecture. PD_ERR_NOT_FOUND and the I/O errors of pd_file_read,
+ * PD_ERR_FORMAT; logged, with the message in err. *out is written only on success. */
+pd_status txt_config_vocab_size(const char *path, int *out, char *err, size_t errlen);
+
 /* Incremental detokenizer for one stream. Each push returns the text that became complete: UTF-8 characters are
  * never split across two pieces, bytes that can never form a character come out as U+FFFD exactly where the
  * one-shot decode puts them, so the concatenation of all pieces plus flush equals txt_tokenizer_decode of all
