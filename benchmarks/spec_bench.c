@@ -20,7 +20,7 @@
 
 #include "benchmarks/kernel_bench_peak.h"
 #include "model/mdl_engine.h"
-#include "model/tokenizer.h"
+#include "text/txt_tokenizer.h"
 
 #define MAXREQ 64
 #define MAXTOK 512
@@ -422,8 +422,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "spec_bench: no tokenizer.json in the model directories; pass --tokenizer DIR\n");
         return 2;
     }
-    mdl_tokenizer tk;
-    if (mdl_tokenizer_load(tok_dir, &tk, err, sizeof err) != PD_OK) {
+    txt_tokenizer tk;
+    if (txt_tokenizer_load(tok_dir, &tk, err, sizeof err) != PD_OK) {
         fprintf(stderr, "tokenizer: %s\n", err);
         return 1;
     }
@@ -431,14 +431,14 @@ int main(int argc, char **argv)
     for (int i = 0; i < NPROMPTS; i++) {
         int32_t *ids;
         size_t n;
-        if (mdl_tokenizer_encode(tk, PROMPTS[i], strlen(PROMPTS[i]), 0, &ids, &n) != PD_OK) return 1;
+        if (txt_tokenizer_encode(tk, PROMPTS[i], strlen(PROMPTS[i]), 0, &ids, &n) != PD_OK) return 1;
         pr.ids[i] = malloc((n + 1) * sizeof(int32_t));
-        pr.ids[i][0] = mdl_tokenizer_bos(tk) >= 0 ? mdl_tokenizer_bos(tk) : 0;
+        pr.ids[i][0] = txt_tokenizer_bos(tk) >= 0 ? txt_tokenizer_bos(tk) : 0;
         memcpy(pr.ids[i] + 1, ids, n * sizeof(int32_t));
         pr.n[i] = (int)n + 1;
         free(ids);
     }
-    mdl_tokenizer_destroy(tk);
+    txt_tokenizer_destroy(tk);
     sink *ref = calloc(1, sizeof *ref), *out = calloc(1, sizeof *out);
     pthread_mutex_init(&ref->mu, NULL);
     pthread_cond_init(&ref->cv, NULL);

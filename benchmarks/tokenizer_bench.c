@@ -8,7 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "model/tokenizer.h"
+#include "text/txt_tokenizer.h"
 
 static const char *const EN[] = {
     "the", "model", "serves", "requests", "from", "a", "pool", "of", "prefill", "and", "decode", "instances",
@@ -100,8 +100,8 @@ int main(int argc, char **argv)
         }
     }
     char err[512];
-    mdl_tokenizer t;
-    if (mdl_tokenizer_load(dir, &t, err, sizeof err) != PD_OK) {
+    txt_tokenizer t;
+    if (txt_tokenizer_load(dir, &t, err, sizeof err) != PD_OK) {
         fprintf(stderr, "tokenizer_bench: %s\n", err);
         return 1;
     }
@@ -128,7 +128,7 @@ int main(int argc, char **argv)
         {
             int32_t *ids;
             size_t n;
-            if (mdl_tokenizer_encode(t, d->valuestring, strlen(d->valuestring), 0, &ids, &n) != PD_OK) return 1;
+            if (txt_tokenizer_encode(t, d->valuestring, strlen(d->valuestring), 0, &ids, &n) != PD_OK) return 1;
             tokens += n;
             free(ids);
         }
@@ -172,6 +172,6 @@ int main(int argc, char **argv)
         if (!keep) unlink(path);
     }
     cJSON_Delete(docs);
-    mdl_tokenizer_destroy(t);
+    txt_tokenizer_destroy(t);
     return rc;
 }

@@ -11,10 +11,11 @@
 #define MDL_ENGINE_H
 
 #include "model/mdl.h"
+#include "proto/pr_gen.h"
 
 #define MDL_MAX_STOP_IDS 16
-#define MDL_MAX_LOGIT_BIAS 300 /* logit_bias entries per request (OpenAI's limit) */
-#define MDL_MAX_TOP_LOGPROBS 20
+#define MDL_MAX_LOGIT_BIAS PR_MAX_LOGIT_BIAS /* logit_bias entries per request: the internal protocol's limit */
+#define MDL_MAX_TOP_LOGPROBS PR_MAX_TOP_LOGPROBS
 #define MDL_MAX_SPEC_TOKENS 4   /* num_speculative_tokens 0..4 */
 #define MDL_MAX_NGRAM 64        /* prompt lookup n-gram sizes 1..64 */
 #define MDL_MIN_DRAFT_VOCAB (MDL_MAX_STOP_IDS + 2) /* smallest pruned MTP draft vocabulary: min_tokens masks eos and

@@ -36,10 +36,11 @@ void mdl_serve_options(mdl_serve_opts *o, pd_opt *table);
  * the model: MTP drafting needs its MTP layer); errors are written to err, nothing is left loaded on failure. */
 pd_status mdl_serve_load(mdl_serve_opts *o, mdl_model **m, mdl_engine_opts *eo, char *err, size_t errlen);
 
-/* Parses the generation fields of an internal request body (prompt, max_tokens, min_tokens, logprobs,
- * ignore_eos, stop_token_ids, sampling{temperature, top_p, top_k, min_p, repetition_penalty,
- * frequency_penalty, presence_penalty, seed}). Requests without a seed get default_seed ^ salt when
- * default_seed >= 0. PD_ERR_INVALID with a message naming the field; *prompt is malloc'd on success. */
+/* Parses the generation fields of an internal request body with proto's decoder (pr_gen_decode: prompt,
+ * max_tokens, min_tokens, logprobs, ignore_eos, stop_token_ids, sampling{...}, each against proto's limits and
+ * token ids against the model's vocabulary) into the engine's parameters. Requests without a seed get
+ * default_seed ^ salt when default_seed >= 0. PD_ERR_INVALID with a message naming the field, PD_ERR_NOMEM;
+ * *prompt is malloc'd on success. */
 pd_status mdl_serve_parse_gen(const mdl_model *m, const cJSON *root, int default_seed, uint64_t salt, int32_t **prompt,
                               int *n_prompt, mdl_gen_params *p, char *err, size_t errlen);
 

@@ -1,9 +1,11 @@
 /* Serving-process set-up shared by pdserve-prefill and pdserve-decode, and the ready-notice codec. */
+#include <float.h>
 #include <string.h>
 
 #include <cJSON.h>
 
 #include "model/mdl_serve.h"
+#include "proto/pr_gen.h"
 
 void mdl_serve_defaults(mdl_serve_opts *o)
 {
@@ -284,144 +286,45 @@ pd_status mdl_handoff_decode(const void *buf, size_t len, mdl_handoff *h)
 
 /* ---- request parsing, health, metrics ---------------------------------------------------------------------- */
 
-static int json_int(const cJSON *o, const char *k, int def, int lo, int hi, int *out, char *err, size_t n)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
-    if (!v || cJSON_IsNull(v)) {
-        *out = def;
-        return 1;
-    }
-    if (!cJSON_IsNumber(v) || v->valuedouble != (double)(long long)v->valuedouble || v->valuedouble < lo ||
-        v->valuedouble > hi) {
-        snprintf(err, n, "'%s' must be an integer in [%d, %d]", k, lo, hi);
-        return 0;
-    }
-    *out = (int)v->valuedouble;
-    return 1;
-}
+/* The generate request as proto decodes it (limits and all), converted to the engine's parameters. */
+_Static_assert(PR_MAX_STOP_IDS <= MDL_MAX_STOP_IDS, "a decoded request's stop ids fit mdl_gen_params");
 
-static int json_num(const cJSON *o, const char *k, double def, double lo, double hi, float *out, char *err, size_t n)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
-    if (!v || cJSON_IsNull(v)) {
-        *out = (float)def;
-        return 1;
-    }
-    if (!cJSON_IsNumber(v) || v->valuedouble < lo || v->valuedouble > hi) {
-        snprintf(err, n, "'%s' must be a number in [%g, %g]", k, lo, hi);
-        return 0;
-    }
-    *out = (float)v->valuedouble;
-    return 1;
-}
-
-/* Parses the request fields shared with the prefill API (prompt, sampling, limits). */
 pd_status mdl_serve_parse_gen(const mdl_model *m, const cJSON *root, int default_seed, uint64_t salt, int32_t **prompt,
                               int *n_prompt, mdl_gen_params *p, char *err, size_t n)
 {
-    const cJSON *pr = cJSON_GetObjectItemCaseSensitive(root, "prompt");
-    if (!cJSON_IsArray(pr) || cJSON_GetArraySize(pr) < 1) {
-        snprintf(err, n, "'prompt' must be a non-empty array of token ids");
-        return PD_ERR_INVALID;
-    }
-    int np = cJSON_GetArraySize(pr), i = 0;
-    int32_t *t = malloc((size_t)np * sizeof *t);
-    if (!t) {
-        snprintf(err, n, "out of memory");
-        return PD_ERR_INVALID;
-    }
-    const cJSON *v;
-    cJSON_ArrayForEach(v, pr)
-    {
-        if (!cJSON_IsNumber(v) || v->valuedouble < 0 || v->valuedouble >= m->cfg.vocab_size ||
-            v->valuedouble != (double)(int)v->valuedouble) {
-            snprintf(err, n, "'prompt'[%d] is not a token id of this model (vocabulary %d)", i, m->cfg.vocab_size);
-            free(t);
-            return PD_ERR_INVALID;
-        }
-        t[i++] = (int32_t)v->valuedouble;
-    }
+    pr_gen g;
+    pr_sampling sp;
+    const pr_sampling *s = &sp;
+    int32_t *t;
+    int np;
+    pd_status st = pr_gen_decode(root, m->cfg.vocab_size, &g, &sp, &t, &np, err, n);
+    if (st != PD_OK) return st;
     memset(p, 0, sizeof *p);
-    p->sampling = krn_sampling_defaults();
-    const cJSON *sp = cJSON_GetObjectItemCaseSensitive(root, "sampling");
-    if (sp && !cJSON_IsObject(sp)) {
-        snprintf(err, n, "'sampling' must be an object");
-        free(t);
-        return PD_ERR_INVALID;
-    }
-    int ok = json_int(root, "max_tokens", 16, 1, 1 << 24, &p->max_tokens, err, n) &&
-             json_int(root, "min_tokens", 0, 0, 1 << 24, &p->min_tokens, err, n) &&
-             json_int(root, "logprobs", 0, -1, MDL_MAX_TOP_LOGPROBS, &p->top_logprobs, err, n);
-    if (ok && sp)
-        ok = json_num(sp, "temperature", 1.0, 0, 100, &p->sampling.temperature, err, n) &&
-             json_num(sp, "top_p", 1.0, 1e-9, 1, &p->sampling.top_p, err, n) &&
-             json_int(sp, "top_k", 0, -1, 1 << 30, &p->sampling.top_k, err, n) &&
-             json_num(sp, "min_p", 0, 0, 1, &p->sampling.min_p, err, n) &&
-             json_num(sp, "repetition_penalty", 1, 1e-6, 100, &p->sampling.repetition_penalty, err, n) &&
-             json_num(sp, "frequency_penalty", 0, -2, 2, &p->sampling.frequency_penalty, err, n) &&
-             json_num(sp, "presence_penalty", 0, -2, 2, &p->sampling.presence_penalty, err, n);
-    if (ok && sp) {
-        const cJSON *seed = cJSON_GetObjectItemCaseSensitive(sp, "seed");
-        if (cJSON_IsNumber(seed)) {
-            p->has_seed = 1;
-            p->seed = (uint64_t)(int64_t)seed->valuedouble;
-        } else if (seed && !cJSON_IsNull(seed)) {
-            snprintf(err, n, "'seed' must be an integer");
-            ok = 0;
-        }
-    }
-    const cJSON *lb = sp ? cJSON_GetObjectItemCaseSensitive(sp, "logit_bias") : NULL;
-    if (ok && lb && !cJSON_IsNull(lb)) {
-        if (!cJSON_IsObject(lb) || cJSON_GetArraySize(lb) > MDL_MAX_LOGIT_BIAS) {
-            snprintf(err, n, "'logit_bias' must be an object of at most %d token ids", MDL_MAX_LOGIT_BIAS);
-            ok = 0;
-        } else {
-            cJSON_ArrayForEach(v, lb)
-            {
-                char *end = NULL;
-                const long id = strtol(v->string, &end, 10);
-                if (!v->string[0] || *end || id < 0 || id >= m->cfg.vocab_size || !cJSON_IsNumber(v) ||
-                    !(v->valuedouble >= -100 && v->valuedouble <= 100)) {
-                    snprintf(err, n, "'logit_bias' must map token ids of this model to numbers in [-100, 100]");
-                    ok = 0;
-                    break;
-                }
-                p->bias_ids[p->n_bias] = (int32_t)id;
-                p->bias[p->n_bias++] = (float)v->valuedouble;
-            }
-        }
-    }
-    if (ok && !p->has_seed && default_seed >= 0) {
+    p->sampling = (krn_sampling_params){.temperature = (float)s->temperature,
+                                        .top_k = s->top_k,
+                                        /* a top_p below float's range still means "the top token only" */
+                                        .top_p = s->top_p < FLT_MIN ? FLT_MIN : (float)s->top_p,
+                                        .min_p = (float)s->min_p,
+                                        .repetition_penalty = (float)s->repetition_penalty,
+                                        .frequency_penalty = (float)s->frequency_penalty,
+                                        .presence_penalty = (float)s->presence_penalty};
+    p->has_seed = g.has_seed;
+    p->seed = g.seed;
+    if (!p->has_seed && default_seed >= 0) {
         p->has_seed = 1;
         p->seed = (uint64_t)default_seed ^ salt;
     }
-    const cJSON *ie = cJSON_GetObjectItemCaseSensitive(root, "ignore_eos");
-    if (ok && ie && !cJSON_IsBool(ie)) {
-        snprintf(err, n, "'ignore_eos' must be true or false");
-        ok = 0;
+    p->max_tokens = g.max_tokens;
+    p->min_tokens = g.min_tokens;
+    p->ignore_eos = g.ignore_eos;
+    p->n_stop_ids = g.n_stop_ids;
+    memcpy(p->stop_ids, g.stop_ids, (size_t)g.n_stop_ids * sizeof *g.stop_ids);
+    p->n_bias = s->n_bias;
+    for (int i = 0; i < s->n_bias; i++) {
+        p->bias_ids[i] = s->bias_ids[i];
+        p->bias[i] = (float)s->bias[i];
     }
-    p->ignore_eos = cJSON_IsTrue(ie);
-    const cJSON *st = cJSON_GetObjectItemCaseSensitive(root, "stop_token_ids");
-    if (ok && st) {
-        if (!cJSON_IsArray(st) || cJSON_GetArraySize(st) > MDL_MAX_STOP_IDS) {
-            snprintf(err, n, "'stop_token_ids' must be an array of at most %d token ids", MDL_MAX_STOP_IDS);
-            ok = 0;
-        } else {
-            cJSON_ArrayForEach(v, st)
-            {
-                if (!cJSON_IsNumber(v) || v->valuedouble < 0 || v->valuedouble >= m->cfg.vocab_size) {
-                    snprintf(err, n, "'stop_token_ids' holds a value that is not a token id");
-                    ok = 0;
-                    break;
-                }
-                p->stop_ids[p->n_stop_ids++] = (int32_t)v->valuedouble;
-            }
-        }
-    }
-    if (!ok) {
-        free(t);
-        return PD_ERR_INVALID;
-    }
+    p->top_logprobs = g.logprobs;
     *prompt = t;
     *n_prompt = np;
     return PD_OK;

@@ -7,8 +7,6 @@
 #include <string.h>
 #include <time.h>
 
-#include "model/mdl_config.h"
-#include "model/mdl_engine.h"
 #include "router/rt_req.h"
 
 /* ---- requests -------------------------------------------------------------------------------------------- */
@@ -348,7 +346,7 @@ cJSON *rt_token_logprob_entry(rt_router *rt, int chat, int32_t id, double lp, co
     char *txt = NULL;
     size_t n = 0;
     int32_t one = id;
-    if (mdl_tokenizer_decode(rt->tok, &one, 1, 0, &txt, &n) != PD_OK) txt = NULL;
+    if (txt_tokenizer_decode(rt->tok, &one, 1, 0, &txt, &n) != PD_OK) txt = NULL;
     /* a token may be part of a character: show U+FFFD for broken bytes, give the bytes as they are */
     cJSON *bytes = cJSON_CreateArray();
     char shown[512];
@@ -522,10 +520,10 @@ static void handle_tokenize(rt_router *rt, struct evhttp_request *http, int deto
         int i = 0;
         const cJSON *v;
         cJSON_ArrayForEach(v, t) ok = ok && cJSON_IsNumber(v) && v->valuedouble >= 0 &&
-                                      v->valuedouble < mdl_tokenizer_vocab_size(rt->tok) && (ids[i++] = (int32_t)v->valuedouble, 1);
+                                      v->valuedouble < txt_tokenizer_vocab_size(rt->tok) && (ids[i++] = (int32_t)v->valuedouble, 1);
         char *text = NULL;
         size_t len = 0;
-        if (!ok || !ids || mdl_tokenizer_decode(rt->tok, ids, (size_t)n, 0, &text, &len) != PD_OK) {
+        if (!ok || !ids || txt_tokenizer_decode(rt->tok, ids, (size_t)n, 0, &text, &len) != PD_OK) {
             e.status = 400;
             snprintf(e.param, sizeof e.param, "tokens");
             snprintf(e.msg, sizeof e.msg, "%s", !ok || !ids ? "'tokens' must be a list of token ids" : "cannot decode");
@@ -690,17 +688,17 @@ pd_status rt_router_create(struct event_base *base, rt_opts *o, rt_router **out,
         st = PD_ERR_INVALID;
         goto fail_router;
     }
-    if ((st = mdl_tokenizer_load(tokdir, &rt->tok, err, sizeof err)) != PD_OK) {
+    if ((st = txt_tokenizer_load(tokdir, &rt->tok, err, sizeof err)) != PD_OK) {
         pd_error("router: %s", err);
         goto fail_router;
     }
-    if (mdl_chat_template_load(tokdir, &rt->tmpl, err, sizeof err) != PD_OK) {
+    if (txt_chat_template_load(tokdir, &rt->tmpl, err, sizeof err) != PD_OK) {
         pd_warn("router: no usable chat template (%s); /v1/chat/completions is unavailable", err);
         rt->tmpl = NULL;
     }
-    rt->vocab_size = mdl_tokenizer_vocab_size(rt->tok);
-    mdl_config cfg;
-    if (o->model && mdl_config_load(o->model, &cfg, err, sizeof err) == PD_OK) rt->vocab_size = cfg.vocab_size;
+    rt->vocab_size = txt_tokenizer_vocab_size(rt->tok);
+    int vocab;
+    if (o->model && txt_config_vocab_size(o->model, &vocab, err, sizeof err) == PD_OK) rt->vocab_size = vocab;
     rt_policy policy;
     if (rt_policy_parse(o->policy, &policy) != PD_OK) {
         pd_error("router: --policy '%s' is not least-load, round-robin or bucket", o->policy);
@@ -733,7 +731,7 @@ void rt_router_destroy(rt_router *rt)
     rt_stats_destroy(rt->stats);
     rt_registry_destroy(rt->reg);
     rt_metrics_free(rt);
-    mdl_chat_template_destroy(rt->tmpl);
-    mdl_tokenizer_destroy(rt->tok);
+    txt_chat_template_destroy(rt->tmpl);
+    txt_tokenizer_destroy(rt->tok);
     free(rt);
 }

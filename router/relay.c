@@ -41,28 +41,19 @@ static void fail_choice(rt_choice *c, int status, const char *msg)
     finish_choice(c, "error");
 }
 
-/* The fields decode and prefill both take: id, prompt, sampling (with the choice's seed), limits, stop ids. */
+/* The fields decode and prefill both take (proto's generate request): id, prompt, sampling (with the choice's seed),
+ * limits, stop ids. NULL when out of memory. */
 static cJSON *gen_body(rt_choice *c)
 {
     rt_req *r = c->req;
-    cJSON *b = cJSON_CreateObject();
+    pr_gen g = {.max_tokens = r->max_tokens, .min_tokens = r->min_tokens, .ignore_eos = r->ignore_eos,
+                .n_stop_ids = r->n_stop_ids, .logprobs = r->logprobs >= 0 ? r->logprobs : -1, /* -1: none asked for */
+                .has_seed = c->has_seed, .seed = c->seed};
+    memcpy(g.stop_ids, r->stop_ids, (size_t)r->n_stop_ids * sizeof *r->stop_ids);
     char id[64];
     snprintf(id, sizeof id, "%s-%d.%d", r->id, c->index, c->retries); /* one id per attempt */
-    cJSON_AddStringToObject(b, "id", id);
-    cJSON *pr = cJSON_AddArrayToObject(b, "prompt");
-    for (int i = 0; i < c->n_prompt; i++) cJSON_AddItemToArray(pr, cJSON_CreateNumber(c->prompt[i]));
-    cJSON_AddNumberToObject(b, "max_tokens", r->max_tokens);
-    cJSON_AddNumberToObject(b, "min_tokens", r->min_tokens);
-    cJSON_AddBoolToObject(b, "ignore_eos", r->ignore_eos);
-    if (r->n_stop_ids) {
-        cJSON *a = cJSON_AddArrayToObject(b, "stop_token_ids");
-        for (int i = 0; i < r->n_stop_ids; i++) cJSON_AddItemToArray(a, cJSON_CreateNumber(r->stop_ids[i]));
-    }
-    cJSON *sp = cJSON_Duplicate(r->sampling, 1);
-    if (c->has_seed) cJSON_AddNumberToObject(sp, "seed", (double)c->seed);
-    cJSON_AddItemToObject(b, "sampling", sp);
-    cJSON_AddNumberToObject(b, "logprobs", r->logprobs >= 0 ? r->logprobs : -1); /* -1: none asked for */
-    return b;
+    cJSON *b = NULL;
+    return pr_gen_encode(&g, r->sampling, id, c->prompt, c->n_prompt, &b) == PD_OK ? b : NULL;
 }
 
 static void ignore_done(pd_http_call *call, int status, const char *body, size_t len, pd_status err, void *arg)
@@ -200,7 +191,7 @@ static void on_token(rt_choice *c, const cJSON *o)
         pd_counter_add(m->gen_tokens, NULL, 1);
         const char *piece;
         size_t n;
-        if (mdl_detok_push(c->detok, id, &piece, &n) == PD_OK && rt_text_feed(c->text, piece, n) != PD_OK)
+        if (txt_detok_push(c->detok, id, &piece, &n) == PD_OK && rt_text_feed(c->text, piece, n) != PD_OK)
             goto fail_nomem;
         if (c->lp_tokens) {
             const cJSON *lp = cJSON_GetArrayItem(lps, i), *top = cJSON_IsArray(tops) ? cJSON_GetArrayItem(tops, i) : NULL;
@@ -253,7 +244,7 @@ static void on_d_line(pd_http_call *call, const char *line, size_t len, void *ar
         const char *piece;
         size_t n;
         int stopped = 0;
-        if ((mdl_detok_flush(c->detok, &piece, &n) == PD_OK && rt_text_feed(c->text, piece, n) != PD_OK) ||
+        if ((txt_detok_flush(c->detok, &piece, &n) == PD_OK && rt_text_feed(c->text, piece, n) != PD_OK) ||
             text_release(c, 1, NULL, &stopped) != PD_OK) {
             cJSON_Delete(o);
             fail_choice(c, 503, "out of memory");
@@ -305,7 +296,7 @@ void rt_choice_start(rt_choice *c)
                          .in_think = r->think};
     rt_text_sink sink = {.delta_cb = text_delta_cb, .arg = c};
     if ((!c->text && rt_text_create(&tp, &sink, &c->text) != PD_OK) ||
-        (!c->detok && mdl_detok_create(rt->tok, 1, &c->detok) != PD_OK)) {
+        (!c->detok && txt_detok_create(rt->tok, 1, &c->detok) != PD_OK)) {
         fail_choice(c, 503, "out of memory");
         return;
     }
@@ -362,7 +353,7 @@ void rt_choice_cancel(rt_choice *c)
 void rt_choice_free(rt_choice *c)
 {
     rt_choice_cancel(c);
-    mdl_detok_destroy(c->detok);
+    txt_detok_destroy(c->detok);
     rt_text_destroy(c->text);
     pd_buf_free(&c->content);
     pd_buf_free(&c->reasoning);

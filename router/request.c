@@ -5,7 +5,7 @@
 #include <stdarg.h>
 #include <string.h>
 
-#include "model/mdl_engine.h"
+#include "proto/pr_gen.h"
 #include "router/rt_req.h"
 
 /* ---- validation helpers --------------------------------------------------------------------------------- */
@@ -112,8 +112,8 @@ int rt_completion_prompts(const rt_limits *lim, const cJSON *prompt, rt_req *r, 
         if (cJSON_IsString(p)) {
             int32_t *ids = NULL;
             size_t nid = 0;
-            unsigned flags = mdl_tokenizer_add_bos_default(lim->tok) ? MDL_ENCODE_ADD_BOS : 0;
-            if (mdl_tokenizer_encode(lim->tok, p->valuestring, strlen(p->valuestring), flags, &ids, &nid) != PD_OK)
+            unsigned flags = txt_tokenizer_add_bos_default(lim->tok) ? TXT_ENCODE_ADD_BOS : 0;
+            if (txt_tokenizer_encode(lim->tok, p->valuestring, strlen(p->valuestring), flags, &ids, &nid) != PD_OK)
                 return bad(e, "prompt", "'prompt' is not valid UTF-8 text");
             int ok = nid > 0 && add_prompt(r, ids, (int)nid, &cap);
             free(ids);
@@ -223,13 +223,13 @@ int rt_chat_prompt(const rt_limits *lim, const cJSON *root, rt_req *r, int *len,
     if (cJSON_IsArray(tools)) cJSON_AddItemToObject(vars, "tools", cJSON_Duplicate(tools, 1));
     char *text = NULL, err[512] = "";
     size_t tl = 0;
-    pd_status st = mdl_chat_template_render(lim->tmpl, msgs, agp, vars, &text, &tl, err, sizeof err);
+    pd_status st = txt_chat_template_render(lim->tmpl, msgs, agp, vars, &text, &tl, err, sizeof err);
     cJSON_Delete(msgs);
     cJSON_Delete(vars);
     if (st != PD_OK) return bad(e, "messages", "chat template: %s", err[0] ? err : pd_status_str(st));
     int32_t *ids = NULL;
     size_t n = 0;
-    st = mdl_tokenizer_encode(lim->tok, text, tl, 0, &ids, &n); /* the template carries BOS itself */
+    st = txt_tokenizer_encode(lim->tok, text, tl, 0, &ids, &n); /* the template carries BOS itself */
     size_t k = tl;
     while (k > 0 && (text[k - 1] == '\n' || text[k - 1] == ' ')) k--;
     r->think = k >= 7 && !strncmp(text + k - 7, "<think>", 7);
@@ -274,7 +274,8 @@ static int parse_stop(const rt_limits *lim, const cJSON *root, rt_req *r, rt_err
     for (int i = 0; i < r->n_stops; i++) r->max_stop_len = PD_MAX(r->max_stop_len, strlen(r->stops[i]));
     const cJSON *sti = cJSON_GetObjectItemCaseSensitive(root, "stop_token_ids");
     if (sti && !cJSON_IsNull(sti)) {
-        if (!cJSON_IsArray(sti) || cJSON_GetArraySize(sti) > 16) return bad(e, "stop_token_ids", "'stop_token_ids' must be a list of at most 16 token ids");
+        if (!cJSON_IsArray(sti) || cJSON_GetArraySize(sti) > PR_MAX_STOP_IDS)
+            return bad(e, "stop_token_ids", "'stop_token_ids' must be a list of at most %d token ids", PR_MAX_STOP_IDS);
         const cJSON *v;
         cJSON_ArrayForEach(v, sti)
         {
@@ -288,7 +289,7 @@ static int parse_stop(const rt_limits *lim, const cJSON *root, rt_req *r, rt_err
 }
 
 /* logit_bias (OpenAI's form): null, or an object mapping token ids (decimal strings) to biases in [-100, 100] added to
- * their logits before sampling; at most RT_MAX_LOGIT_BIAS entries. *out: the entries with normalised keys, for the
+ * their logits before sampling; at most PR_MAX_LOGIT_BIAS entries. *out: the entries with normalised keys, for the
  * pools (NULL when there are none). */
 static int parse_logit_bias(const rt_limits *lim, const cJSON *root, cJSON **out, rt_error *e)
 {
@@ -296,8 +297,8 @@ static int parse_logit_bias(const rt_limits *lim, const cJSON *root, cJSON **out
     *out = NULL;
     if (!lb || cJSON_IsNull(lb)) return 1;
     if (!cJSON_IsObject(lb)) return bad(e, "logit_bias", "'logit_bias' must be an object of token ids to biases");
-    if (cJSON_GetArraySize(lb) > RT_MAX_LOGIT_BIAS)
-        return bad(e, "logit_bias", "'logit_bias' may hold at most %d token ids", RT_MAX_LOGIT_BIAS);
+    if (cJSON_GetArraySize(lb) > PR_MAX_LOGIT_BIAS)
+        return bad(e, "logit_bias", "'logit_bias' may hold at most %d token ids", PR_MAX_LOGIT_BIAS);
     if (cJSON_GetArraySize(lb) == 0) return 1;
     cJSON *o = cJSON_CreateObject();
     if (!o) {
@@ -319,9 +320,9 @@ static int parse_logit_bias(const rt_limits *lim, const cJSON *root, cJSON **out
             return bad(e, "logit_bias", "'logit_bias' key '%s' is not a token id of this model (vocabulary %d)", k,
                        lim->vocab_size);
         }
-        if (!cJSON_IsNumber(v) || !(v->valuedouble >= -100 && v->valuedouble <= 100)) {
+        if (!cJSON_IsNumber(v) || !(v->valuedouble >= -PR_MAX_BIAS && v->valuedouble <= PR_MAX_BIAS)) {
             cJSON_Delete(o);
-            return bad(e, "logit_bias", "'logit_bias' values must be numbers in [-100, 100]");
+            return bad(e, "logit_bias", "'logit_bias' values must be numbers in [%g, %g]", -PR_MAX_BIAS, PR_MAX_BIAS);
         }
         char key[16];
         snprintf(key, sizeof key, "%ld", id);
@@ -493,14 +494,16 @@ static int parse_sampling(const rt_limits *lim, const cJSON *root, int chat, gen
                       .mt_name = "max_tokens"};
     const cJSON *mct = cJSON_GetObjectItemCaseSensitive(root, "max_completion_tokens");
     if (chat && mct && !cJSON_IsNull(mct)) g->mt_name = "max_completion_tokens";
-    if (!opt_num(root, g->mt_name, 1, 1 << 30, 1, &g->max_tokens, e) ||
-        !opt_num(root, "temperature", 0, 2, 0, &g->temperature, e) || !opt_num(root, "top_p", 0, 1, 0, &g->top_p, e) ||
-        !opt_num(root, "top_k", -1, 1 << 30, 1, &g->top_k, e) || !opt_num(root, "min_p", 0, 1, 0, &g->min_p, e) ||
-        !opt_num(root, "presence_penalty", -2, 2, 0, &g->pres, e) ||
-        !opt_num(root, "frequency_penalty", -2, 2, 0, &g->freq, e) ||
-        !opt_num(root, "repetition_penalty", 1e-6, 100, 0, &g->rep, e) ||
-        !opt_num(root, "seed", -9.2e18, 9.2e18, 1, &g->seed, e) || !opt_num(root, "n", 1, lim->max_n, 1, &g->n, e) ||
-        !opt_num(root, "min_tokens", 0, 1 << 30, 1, &g->min_tokens, e) ||
+    if (!opt_num(root, g->mt_name, 1, PR_MAX_TOKENS, 1, &g->max_tokens, e) ||
+        !opt_num(root, "temperature", 0, PR_MAX_TEMPERATURE, 0, &g->temperature, e) ||
+        !opt_num(root, "top_p", 0, 1, 0, &g->top_p, e) || !opt_num(root, "top_k", -1, PR_MAX_TOP_K, 1, &g->top_k, e) ||
+        !opt_num(root, "min_p", 0, 1, 0, &g->min_p, e) ||
+        !opt_num(root, "presence_penalty", -PR_MAX_PENALTY, PR_MAX_PENALTY, 0, &g->pres, e) ||
+        !opt_num(root, "frequency_penalty", -PR_MAX_PENALTY, PR_MAX_PENALTY, 0, &g->freq, e) ||
+        !opt_num(root, "repetition_penalty", PR_MIN_REPETITION, PR_MAX_REPETITION, 0, &g->rep, e) ||
+        !opt_num(root, "seed", -PR_MAX_SEED, PR_MAX_SEED, 1, &g->seed, e) ||
+        !opt_num(root, "n", 1, lim->max_n, 1, &g->n, e) ||
+        !opt_num(root, "min_tokens", 0, PR_MAX_TOKENS, 1, &g->min_tokens, e) ||
         !opt_bool(root, "ignore_eos", &g->ignore_eos, e) || !opt_bool(root, "stream", &g->stream, e))
         return 0;
     if (g->top_p <= 0) return bad(e, "top_p", "'top_p' must be in (0, 1]");
@@ -515,14 +518,14 @@ static int parse_output(const cJSON *root, int chat, rt_req *r, rt_error *e)
     if (chat) {
         int lp = 0;
         double top = 0;
-        if (!opt_bool(root, "logprobs", &lp, e) || !opt_num(root, "top_logprobs", 0, MDL_MAX_TOP_LOGPROBS, 1, &top, e))
+        if (!opt_bool(root, "logprobs", &lp, e) || !opt_num(root, "top_logprobs", 0, PR_MAX_TOP_LOGPROBS, 1, &top, e))
             return 0;
         if (top > 0 && !lp) return bad(e, "top_logprobs", "'top_logprobs' needs 'logprobs': true");
         r->chat_logprobs = lp;
         r->logprobs = lp ? (int)top : -1;
     } else {
         double lp = -1;
-        if (!opt_num(root, "logprobs", 0, MDL_MAX_TOP_LOGPROBS, 1, &lp, e)) return 0;
+        if (!opt_num(root, "logprobs", 0, PR_MAX_TOP_LOGPROBS, 1, &lp, e)) return 0;
         r->logprobs = (int)lp;
     }
     const cJSON *so = cJSON_GetObjectItemCaseSensitive(root, "stream_options");

@@ -8,8 +8,8 @@
 #include <event2/http.h>
 
 #include "common/pd_http.h"
-#include "model/chat_template.h"
-#include "model/tokenizer.h"
+#include "text/txt_chat_template.h"
+#include "text/txt_tokenizer.h"
 
 typedef struct {
     char *host;

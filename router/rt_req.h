@@ -5,7 +5,7 @@
 
 #include <cJSON.h>
 
-#include "model/mdl_engine.h"
+#include "proto/pr_gen.h"
 #include "router/router.h"
 
 #define RT_MAX_STOP 16
@@ -26,8 +26,8 @@ struct rt_router {
     struct evhttp *http;
     rt_opts *o;
     rt_registry *reg;
-    mdl_tokenizer tok;
-    mdl_chat_template tmpl;       /* NULL when the checkpoint has none */
+    txt_tokenizer tok;
+    txt_chat_template tmpl;       /* NULL when the checkpoint has none */
     int vocab_size;               /* the model's (config.json), >= the tokenizer's */
     uint64_t next_id;
     struct rt_req *reqs;
@@ -50,7 +50,7 @@ typedef struct {
     int kv_untouched;             /* the prefill instance refused before writing: decode may free at once */
     char used[160];               /* "P>D" addresses of the instances that served it, for the request log */
     pd_http_call *d_call, *p_call;
-    mdl_detok detok;
+    txt_detok detok;
     struct rt_text *text;         /* text pipeline (text.c): raw output -> stop strings -> reasoning split -> deltas */
     pd_buf content, reasoning;    /* accumulated (non-stream) */
     cJSON *lp_tokens;             /* logprob entries (array), NULL when not requested */
@@ -81,7 +81,7 @@ struct rt_req {
     rt_choice *ch;
     int n_ch, n_done;
     int max_tokens, min_tokens, ignore_eos;
-    int32_t stop_ids[16];
+    int32_t stop_ids[PR_MAX_STOP_IDS];
     int n_stop_ids;
     char *stops[RT_MAX_STOP];
     int n_stops;
@@ -89,7 +89,7 @@ struct rt_req {
     int logprobs;                 /* completions: top alternatives (0..20) with tokens; -1: off */
     int chat_logprobs;            /* chat: logprobs requested */
     int think;                    /* the prompt opened a <think> block */
-    cJSON *sampling;              /* internal sampling object (without seed) */
+    cJSON *sampling;              /* internal sampling object (without seed; pr_gen_encode adds a choice's) */
     int sse_started;
     int error_sent;
     double t0;
@@ -100,11 +100,11 @@ struct rt_req {
 /* request.c: a completions / chat completions body -> a request, or an OpenAI-shaped error. No HTTP. */
 #define RT_MAX_PROMPTS 64         /* prompts in one completions request */
 #define RT_MAX_JSON_DEPTH 64      /* nesting of arrays and objects in a body; the body object is level 1 */
-#define RT_MAX_LOGIT_BIAS MDL_MAX_LOGIT_BIAS /* logit_bias entries a request may give (the pools' limit) */
+#define RT_MAX_LOGIT_BIAS PR_MAX_LOGIT_BIAS /* logit_bias entries a request may give (the pools' limit) */
 
 typedef struct {
-    mdl_tokenizer tok;
-    mdl_chat_template tmpl;       /* NULL: chat requests are refused (400) */
+    txt_tokenizer tok;
+    txt_chat_template tmpl;       /* NULL: chat requests are refused (400) */
     const char *served_model_name;
     int vocab_size;               /* token ids are in [0, vocab_size) */
     int max_model_len;            /* prompt + max_tokens; <= 0: no healthy decode instance (503) */

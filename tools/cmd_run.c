@@ -4,7 +4,7 @@
 #include <string.h>
 
 #include "model/mdl_runner.h"
-#include "model/tokenizer.h"
+#include "text/txt_tokenizer.h"
 #include "tools/tool_util.h"
 
 static void usage(FILE *f)
@@ -102,14 +102,14 @@ int cmd_run(int argc, char **argv)
     int32_t *prompt = NULL;
     int n = 0;
     char err[1024];
-    mdl_tokenizer tok = NULL;
+    txt_tokenizer tok = NULL;
     if (text) {
         size_t nid = 0;
-        if (mdl_tokenizer_load(model, &tok, err, sizeof err) != PD_OK) { fprintf(stderr, "run: %s\n", err); return 1; }
-        unsigned flags = mdl_tokenizer_add_bos_default(tok) ? MDL_ENCODE_ADD_BOS : 0;
-        if (mdl_tokenizer_encode(tok, text, strlen(text), flags, &prompt, &nid) != PD_OK || nid == 0) {
+        if (txt_tokenizer_load(model, &tok, err, sizeof err) != PD_OK) { fprintf(stderr, "run: %s\n", err); return 1; }
+        unsigned flags = txt_tokenizer_add_bos_default(tok) ? TXT_ENCODE_ADD_BOS : 0;
+        if (txt_tokenizer_encode(tok, text, strlen(text), flags, &prompt, &nid) != PD_OK || nid == 0) {
             fprintf(stderr, "run: --prompt is not valid UTF-8 text\n");
-            mdl_tokenizer_destroy(tok);
+            txt_tokenizer_destroy(tok);
             return 2;
         }
         n = (int)nid;
@@ -122,7 +122,7 @@ int cmd_run(int argc, char **argv)
     if (mdl_model_load(model, &lo, &m, err, sizeof err) != PD_OK) {
         fprintf(stderr, "run: %s\n", err);
         free(prompt);
-        mdl_tokenizer_destroy(tok);
+        txt_tokenizer_destroy(tok);
         return 1;
     }
     double t_load = pd_time_now() - t0;
@@ -167,7 +167,7 @@ int cmd_run(int argc, char **argv)
     if (tok) {
         char *txt = NULL;
         size_t tl = 0;
-        if (mdl_tokenizer_decode(tok, out, (size_t)n_out, 1, &txt, &tl) == PD_OK) printf("%s%s\n", text, txt);
+        if (txt_tokenizer_decode(tok, out, (size_t)n_out, 1, &txt, &tl) == PD_OK) printf("%s%s\n", text, txt);
         free(txt);
     } else {
         printf("[");
@@ -183,7 +183,7 @@ done:
     free(lg);
     free(out);
     mdl_model_destroy(m);
-    mdl_tokenizer_destroy(tok);
+    txt_tokenizer_destroy(tok);
     free(prompt);
     return rc;
 }

@@ -5,17 +5,17 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "model/chat_template.h"
-#include "model/tokenizer.h"
+#include "text/txt_chat_template.h"
+#include "text/txt_tokenizer.h"
 
-static int load(const char *dir, mdl_tokenizer *t)
+static int load(const char *dir, txt_tokenizer *t)
 {
     char err[512];
     if (!dir) {
         fprintf(stderr, "missing --tokenizer DIR (a directory with tokenizer.json)\n");
         return 2;
     }
-    if (mdl_tokenizer_load(dir, t, err, sizeof err) != PD_OK) {
+    if (txt_tokenizer_load(dir, t, err, sizeof err) != PD_OK) {
         fprintf(stderr, "cannot load the tokenizer from %s: %s\n", dir, err);
         return 1;
     }
@@ -47,7 +47,7 @@ int cmd_tokenize(int argc, char **argv)
         fprintf(stderr, "tokenize: give exactly one of --text and --file\n");
         return 2;
     }
-    mdl_tokenizer t = NULL;
+    txt_tokenizer t = NULL;
     int rc = load(dir, &t);
     if (rc) return rc;
     char *buf = NULL;
@@ -56,16 +56,16 @@ int cmd_tokenize(int argc, char **argv)
         pd_status st = pd_file_read(file, &buf, &len);
         if (st != PD_OK) {
             fprintf(stderr, "tokenize: cannot read %s: %s\n", file, pd_status_str(st));
-            mdl_tokenizer_destroy(t);
+            txt_tokenizer_destroy(t);
             return 1;
         }
         text = buf;
     } else len = strlen(text);
-    unsigned flags = (no_special ? MDL_ENCODE_SPLIT_SPECIAL : 0) |
-                     ((bos < 0 ? mdl_tokenizer_add_bos_default(t) : bos) ? MDL_ENCODE_ADD_BOS : 0);
+    unsigned flags = (no_special ? TXT_ENCODE_SPLIT_SPECIAL : 0) |
+                     ((bos < 0 ? txt_tokenizer_add_bos_default(t) : bos) ? TXT_ENCODE_ADD_BOS : 0);
     int32_t *ids = NULL;
     size_t n = 0;
-    pd_status st = mdl_tokenizer_encode(t, text, len, flags, &ids, &n);
+    pd_status st = txt_tokenizer_encode(t, text, len, flags, &ids, &n);
     if (st != PD_OK) {
         fprintf(stderr, "tokenize: %s\n", pd_status_str(st));
         rc = 1;
@@ -76,7 +76,7 @@ int cmd_tokenize(int argc, char **argv)
     }
     free(ids);
     free(buf);
-    mdl_tokenizer_destroy(t);
+    txt_tokenizer_destroy(t);
     return rc;
 }
 
@@ -116,7 +116,7 @@ int cmd_detokenize(int argc, char **argv)
         ids[n++] = (int32_t)v;
         p = end;
     }
-    mdl_tokenizer t = NULL;
+    txt_tokenizer t = NULL;
     int rc = load(dir, &t);
     if (rc) {
         free(ids);
@@ -124,14 +124,14 @@ int cmd_detokenize(int argc, char **argv)
     }
     char *text = NULL;
     size_t len = 0;
-    pd_status st = mdl_tokenizer_decode(t, ids, n, skip, &text, &len);
+    pd_status st = txt_tokenizer_decode(t, ids, n, skip, &text, &len);
     if (st != PD_OK) {
         fprintf(stderr, "detokenize: %s\n", pd_status_str(st));
         rc = 1;
     } else fwrite(text, 1, len, stdout);
     free(text);
     free(ids);
-    mdl_tokenizer_destroy(t);
+    txt_tokenizer_destroy(t);
     return rc;
 }
 
@@ -165,8 +165,8 @@ int cmd_chat_template(int argc, char **argv)
     size_t n = 0;
     int rc = 1;
     cJSON *msgs = NULL, *extra = NULL;
-    mdl_chat_template t = NULL;
-    mdl_tokenizer tok = NULL;
+    txt_chat_template t = NULL;
+    txt_tokenizer tok = NULL;
     pd_status st = pd_file_read(msgs_path, &txt, &n);
     if (st != PD_OK) {
         fprintf(stderr, "chat-template: cannot read %s: %s\n", msgs_path, pd_status_str(st));
@@ -187,14 +187,14 @@ int cmd_chat_template(int argc, char **argv)
             goto done;
         }
         if (dir && load(dir, &tok)) goto done;
-        st = mdl_chat_template_create(src, tok ? mdl_tokenizer_bos_str(tok) : "", tok ? mdl_tokenizer_eos_str(tok) : "",
+        st = txt_chat_template_create(src, tok ? txt_tokenizer_bos_str(tok) : "", tok ? txt_tokenizer_eos_str(tok) : "",
                                       &t, err, sizeof err);
-    } else st = mdl_chat_template_load(dir, &t, err, sizeof err);
+    } else st = txt_chat_template_load(dir, &t, err, sizeof err);
     if (st != PD_OK) {
         fprintf(stderr, "chat-template: cannot load the template: %s\n", err);
         goto done;
     }
-    if ((st = mdl_chat_template_render(t, msgs, agp, extra, &out, &n, err, sizeof err)) != PD_OK) {
+    if ((st = txt_chat_template_render(t, msgs, agp, extra, &out, &n, err, sizeof err)) != PD_OK) {
         fprintf(stderr, "chat-template: %s\n", err);
         goto done;
     }
@@ -202,8 +202,8 @@ int cmd_chat_template(int argc, char **argv)
     rc = 0;
 done:
     free(out);
-    mdl_chat_template_destroy(t);
-    mdl_tokenizer_destroy(tok);
+    txt_chat_template_destroy(t);
+    txt_tokenizer_destroy(tok);
     cJSON_Delete(extra);
     cJSON_Delete(msgs);
     free(src);

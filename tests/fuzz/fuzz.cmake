@@ -7,12 +7,14 @@ set(PD_FUZZ_RUNS_chat_template 200000)
 set(PD_FUZZ_RUNS_yaml_opts 100000)
 set(PD_FUZZ_RUNS_router_request 10000)
 set(PD_FUZZ_ARGS_router_request -dict=${CMAKE_CURRENT_SOURCE_DIR}/fuzz/router_request.dict) # the body's field names
+set(PD_FUZZ_LIBS_safetensors pdmodel) # each target links the library it fuzzes
+set(PD_FUZZ_LIBS_tokenizer pdtext)
+set(PD_FUZZ_LIBS_chat_template pdtext)
+set(PD_FUZZ_LIBS_yaml_opts pdcommon)
+set(PD_FUZZ_LIBS_router_request rtrequest)
 foreach(t safetensors tokenizer chat_template yaml_opts router_request)
   add_executable(fuzz_${t} ${CMAKE_CURRENT_SOURCE_DIR}/fuzz/fuzz_${t}.c)
-  target_link_libraries(fuzz_${t} PRIVATE pdmodel pdcommon)
-  if(t STREQUAL router_request)
-    target_link_libraries(fuzz_${t} PRIVATE rtrequest)
-  endif()
+  target_link_libraries(fuzz_${t} PRIVATE ${PD_FUZZ_LIBS_${t}} pdcommon)
   target_link_options(fuzz_${t} PRIVATE -fsanitize=fuzzer)
   target_compile_definitions(fuzz_${t} PRIVATE PD_SOURCE_DIR="${CMAKE_SOURCE_DIR}")
   set(corpus ${CMAKE_BINARY_DIR}/fuzz-corpus/${t}) # grows as libFuzzer finds inputs; the seed corpus is read-only

