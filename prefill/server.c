@@ -10,14 +10,10 @@
 #include "kvtransfer/kv.h"
 #include "prefill/server.h"
 
-typedef struct pf_server_s pf_server;
-
 typedef struct preq {
-    pf_server *s;
-    uint64_t id;               /* engine id (ours) */
+    inst_req base;             /* id: the engine's; ext_id: the router's; http: the reply pending */
+    inst *in;
     uint64_t tag;              /* the decode instance's request number */
-    char ext_id[96];
-    struct evhttp_request *http;
     kv_remote_t remote;
     int *dst;                  /* decode blocks, in order */
     int n_dst;
@@ -36,48 +32,11 @@ typedef struct preq {
     double eng_queue, eng_prefill; /* the engine's queue and compute times */
     double not_after;          /* wall clock: the decode instance gives the reservation up then (0: no limit) */
     struct event *deadline;
-    struct preq *next;
 } preq;
-
-struct pf_server_s {
-    struct event_base *base;
-    struct evhttp *http;
-    pf_opts *o;
-    mdl_model *m;
-    mdl_engine *eng;
-    mdl_engine_opts eo;
-    int draining;
-    pd_drain *drain;
-    pd_announcer *announcer;
-    pd_mailbox *mb;
-    size_t msg_size;
-    kv_context_t kv;
-    kv_region_t region;
-    char layout[160];
-    char *desc;                /* our region's descriptor */
-    preq *reqs;
-    uint64_t next_id;
-    mdl_serve_metrics *metrics;
-};
-
-static preq *find_id(pf_server *s, uint64_t id)
-{
-    for (preq *r = s->reqs; r; r = r->next)
-        if (r->id == id) return r;
-    return NULL;
-}
-
-static preq *find_ext(pf_server *s, const char *ext)
-{
-    for (preq *r = s->reqs; r; r = r->next)
-        if (!strcmp(r->ext_id, ext)) return r;
-    return NULL;
-}
-
-static void close_cb(struct evhttp_connection *c, void *arg);
 
 static void preq_free(preq *r)
 {
+    if (!r) return;
     if (r->deadline) event_free(r->deadline);
     kv_remote_destroy(r->remote);
     free(r->dst);
@@ -90,13 +49,7 @@ static void preq_free(preq *r)
 static void maybe_free(preq *r)
 {
     if (r->outstanding > 0 || !r->engine_gone) return;
-    pf_server *s = r->s;
-    for (preq **pp = &s->reqs; *pp; pp = &(*pp)->next)
-        if (*pp == r) {
-            *pp = r->next;
-            break;
-        }
-    if (r->http) evhttp_connection_set_closecb(evhttp_request_get_connection(r->http), NULL, NULL);
+    inst_req_remove(r->in, &r->base);
     preq_free(r);
 }
 
@@ -104,8 +57,8 @@ static void maybe_free(preq *r)
 static void release_engine(preq *r)
 {
     if (r->outstanding > 0 || r->engine_gone) return;
-    if (r->prefilled) mdl_engine_release(r->s->eng, r->id);
-    else mdl_engine_abort(r->s->eng, r->id);
+    if (r->prefilled) mdl_engine_release(r->in->eng, r->base.id);
+    else mdl_engine_abort(r->in->eng, r->base.id);
     /* the engine answers with DONE; engine_gone is set there */
 }
 
@@ -113,10 +66,8 @@ static void send_abandon(preq *r);
 
 static void reply_and_end(preq *r, int status, const char *msg)
 {
-    if (!r->http) return;
-    struct evhttp_request *req = r->http;
-    evhttp_connection_set_closecb(evhttp_request_get_connection(req), NULL, NULL);
-    r->http = NULL;
+    struct evhttp_request *req = inst_req_take_http(&r->base);
+    if (!req) return;
     if (status == 200) {
         cJSON *o = cJSON_CreateObject();
         cJSON_AddNumberToObject(o, "first_token", r->h.first_token);
@@ -140,7 +91,7 @@ static void fail_req(preq *r, int status, const char *msg)
 {
     if (r->failed) return;
     r->failed = 1;
-    pd_warn("prefill %s: %s", r->ext_id, msg);
+    pd_warn("prefill %s: %s", r->base.ext_id, msg);
     reply_and_end(r, status, msg);
     for (int i = 0; i < (int)PD_ARRAY_LEN(r->xfers); i++)
         if (r->xfers[i]) kv_xfer_cancel(r->xfers[i]);
@@ -160,20 +111,20 @@ static void xfer_cb(kv_xfer_t x, pd_status st, void *arg)
     if (st != PD_OK && !r->failed) {
         char msg[160];
         snprintf(msg, sizeof msg, "KV transfer to the decode instance failed: %s", pd_status_str(st));
-        pd_counter_add(r->s->metrics->kv_failures, NULL, 1);
+        pd_counter_add(r->in->metrics->kv_failures, NULL, 1);
         fail_req(r, 503, msg);
     } else if (!r->failed) {
         if (r->notice_started && r->outstanding == 0) { /* the notice is delivered: done */
-            pd_info("prefill %s: %d prompt tokens, %d blocks, prefill %.3f s, transfer %.3f s", r->ext_id,
+            pd_info("prefill %s: %d prompt tokens, %d blocks, prefill %.3f s, transfer %.3f s", r->base.ext_id,
                     r->n_prompt, r->n_src, r->t_prefilled - r->t0, pd_time_now() - r->t_xfer0);
-            pd_histogram_observe(r->s->metrics->kv_xfer_time, NULL, pd_time_now() - r->t_prefilled);
-            pd_histogram_observe(r->s->metrics->kv_xfer_duration, NULL, pd_time_now() - r->t_xfer0);
+            pd_histogram_observe(r->in->metrics->kv_xfer_time, NULL, pd_time_now() - r->t_prefilled);
+            pd_histogram_observe(r->in->metrics->kv_xfer_duration, NULL, pd_time_now() - r->t_xfer0);
             reply_and_end(r, 200, NULL);
         } else if (r->prefilled && !r->notice_started && r->outstanding == 0) {
             start_xfer(r, r->n_src, 1);
         }
     }
-    if (r->outstanding == 0 && (r->failed || (r->notice_started && !r->http))) release_engine(r);
+    if (r->outstanding == 0 && (r->failed || (r->notice_started && !r->base.http))) release_engine(r);
     if (r->outstanding == 0 && r->failed) send_abandon(r);
     maybe_free(r);
 }
@@ -183,7 +134,7 @@ static void abandon_cb(kv_xfer_t x, pd_status st, void *arg)
     (void)x;
     preq *r = arg;
     r->outstanding--;
-    if (st != PD_OK) pd_debug("prefill %s: abandon notice not delivered: %s", r->ext_id, pd_status_str(st));
+    if (st != PD_OK) pd_debug("prefill %s: abandon notice not delivered: %s", r->base.ext_id, pd_status_str(st));
     maybe_free(r);
 }
 
@@ -198,17 +149,17 @@ static void send_abandon(preq *r)
     size_t nlen = 0;
     kv_xfer_t x;
     if (mdl_handoff_encode(&h, &notice, &nlen) != PD_OK) return;
-    kv_xfer_params_t p = {.field_mask = KV_XFER_FIELD_TAG | KV_XFER_FIELD_NOTICE, .local = r->s->region,
+    kv_xfer_params_t p = {.field_mask = KV_XFER_FIELD_TAG | KV_XFER_FIELD_NOTICE, .local = r->in->region,
                           .remote = r->remote, .blocks = NULL, .n_blocks = 0, .tag = r->tag, .notice = notice,
                           .notice_len = nlen, .cb = abandon_cb, .arg = r};
-    if (kv_xfer_start(r->s->kv, &p, &x) == PD_OK) r->outstanding++;
+    if (kv_xfer_start(r->in->kv, &p, &x) == PD_OK) r->outstanding++;
     free(notice);
 }
 
 /* Sends our blocks [sent, upto) into the decode blocks; with_notice: the ready notice follows them. */
 static void start_xfer(preq *r, int upto, int with_notice)
 {
-    pf_server *s = r->s;
+    inst *s = r->in;
     int slot = -1;
     for (int i = 0; i < (int)PD_ARRAY_LEN(r->xfers); i++)
         if (!r->xfers[i]) slot = i;
@@ -232,9 +183,17 @@ static void start_xfer(preq *r, int upto, int with_notice)
         fail_req(r, 503, "out of memory");
         return;
     }
-    kv_xfer_params_t p = {.field_mask = KV_XFER_FIELD_TAG | KV_XFER_FIELD_TIMEOUT | (with_notice ? KV_XFER_FIELD_NOTICE : 0),
-                          .local = s->region, .remote = r->remote, .blocks = b, .n_blocks = (size_t)n, .tag = r->tag,
-                          .notice = notice, .notice_len = nlen, .timeout = s->o->kv_xfer_timeout, .cb = xfer_cb,
+    kv_xfer_params_t p = {.field_mask =
+                              KV_XFER_FIELD_TAG | KV_XFER_FIELD_TIMEOUT | (with_notice ? KV_XFER_FIELD_NOTICE : 0),
+                          .local = s->region,
+                          .remote = r->remote,
+                          .blocks = b,
+                          .n_blocks = (size_t)n,
+                          .tag = r->tag,
+                          .notice = notice,
+                          .notice_len = nlen,
+                          .timeout = s->role.kv_xfer_timeout,
+                          .cb = xfer_cb,
                           .arg = r};
     if (r->t_xfer0 == 0) r->t_xfer0 = pd_time_now();
     pd_status st = kv_xfer_start(s->kv, &p, &r->xfers[slot]);
@@ -255,15 +214,13 @@ static void start_xfer(preq *r, int upto, int with_notice)
 
 /* ---- engine events ------------------------------------------------------------------------------------------ */
 
-static void on_engine_event(void *msg, void *arg)
+static void on_event(inst *s, inst_req *base, const mdl_event *ev, const float *hidden)
 {
-    pf_server *s = arg;
-    const mdl_event *ev = msg;
-    preq *r = find_id(s, ev->id);
-    if (!r) return;
+    preq *r = (preq *)base;
     switch (ev->type) {
     case MDL_EV_BLOCKS:
-        if (!r->failed && ev->n_blocks_done > r->sent && !r->prefilled) start_xfer(r, PD_MIN(ev->n_blocks_done, r->n_src), 0);
+        if (!r->failed && ev->n_blocks_done > r->sent && !r->prefilled)
+            start_xfer(r, PD_MIN(ev->n_blocks_done, r->n_src), 0);
         break;
     case MDL_EV_PREFILLED:
         r->prefilled = 1;
@@ -277,7 +234,7 @@ static void on_engine_event(void *msg, void *arg)
         memcpy(r->h.top_ids, ev->top_ids, sizeof r->h.top_ids);
         memcpy(r->h.top_lps, ev->top_lps, sizeof r->h.top_lps);
         r->h.hidden_size = s->m->cfg.hidden_size;
-        memcpy(r->hidden, (const uint8_t *)msg + sizeof(mdl_event), (size_t)r->h.hidden_size * sizeof(float));
+        memcpy(r->hidden, hidden, (size_t)r->h.hidden_size * sizeof(float));
         r->h.hidden = r->hidden;
         if (!r->failed && r->outstanding == 0) start_xfer(r, r->n_src, 1);
         else if (r->failed) release_engine(r);
@@ -293,22 +250,6 @@ static void on_engine_event(void *msg, void *arg)
     }
 }
 
-static void engine_cb(const mdl_event *ev, void *arg)
-{
-    pf_server *s = arg;
-    uint8_t *msg = calloc(1, s->msg_size);
-    if (!msg) {
-        pd_error("prefill: out of memory forwarding an engine event");
-        return;
-    }
-    memcpy(msg, ev, sizeof *ev);
-    if (ev->type == MDL_EV_PREFILLED)
-        memcpy(msg + sizeof *ev, ev->hidden, (size_t)s->m->cfg.hidden_size * sizeof(float));
-    ((mdl_event *)msg)->hidden = NULL;
-    if (pd_mailbox_post(s->mb, msg) != PD_OK) pd_error("prefill: event queue full");
-    free(msg);
-}
-
 /* ---- HTTP ------------------------------------------------------------------------------------------------------- */
 
 /* The decode instance's reservation expired (it gives the request up and, after its grace, reuses the blocks):
@@ -319,28 +260,27 @@ static void deadline_cb(evutil_socket_t fd, short what, void *arg)
     (void)what;
     preq *r = arg;
     if (r->failed || (r->notice_started && r->outstanding == 0)) return;
-    pd_counter_add(r->s->metrics->kv_failures, NULL, 1);
+    pd_counter_add(r->in->metrics->kv_failures, NULL, 1);
     fail_req(r, 504, "the decode instance's reservation expired before the KV was delivered");
     maybe_free(r);
 }
 
-static void close_cb(struct evhttp_connection *c, void *arg)
+static void client_gone(inst_req *base)
 {
-    (void)c;
-    preq *r = arg;
-    pd_http_release_detached(r->http);
-    r->http = NULL;
+    preq *r = (preq *)base;
     if (!r->failed) fail_req(r, 499, "router went away");
 }
 
-static int parse_target(pf_server *s, const cJSON *t, preq *r, char *err, size_t n)
+static int parse_target(inst *s, const cJSON *t, preq *r, char *err, size_t n)
 {
     if (!cJSON_IsObject(t)) {
         snprintf(err, n, "'target' must be an object");
         return 0;
     }
-    const cJSON *desc = cJSON_GetObjectItemCaseSensitive(t, "desc"), *blocks = cJSON_GetObjectItemCaseSensitive(t, "blocks");
-    const cJSON *layout = cJSON_GetObjectItemCaseSensitive(t, "layout"), *req = cJSON_GetObjectItemCaseSensitive(t, "req");
+    const cJSON *desc = cJSON_GetObjectItemCaseSensitive(t, "desc"),
+                *blocks = cJSON_GetObjectItemCaseSensitive(t, "blocks");
+    const cJSON *layout = cJSON_GetObjectItemCaseSensitive(t, "layout"),
+                *req = cJSON_GetObjectItemCaseSensitive(t, "req");
     if (!cJSON_IsString(layout) || strcmp(layout->valuestring, s->layout) != 0) {
         snprintf(err, n, "KV layout mismatch: decode has '%s', this prefill instance '%s'",
                  cJSON_IsString(layout) ? layout->valuestring : "?", s->layout);
@@ -391,49 +331,29 @@ static int parse_target(pf_server *s, const cJSON *t, preq *r, char *err, size_t
     return 1;
 }
 
-static void handle_prefill(pf_server *s, struct evhttp_request *req)
+static void handle_prefill(inst *s, struct evhttp_request *req)
 {
-    char *body = NULL, err[256] = "";
-    if (pd_http_body(req, 64u << 20, &body, NULL) != PD_OK) {
-        pd_http_reply_error(req, 413, NULL, NULL, "request body too large");
-        return;
-    }
-    cJSON *root = cJSON_Parse(body);
-    free(body);
-    int32_t *prompt = NULL;
-    int np = 0, status = 400;
-    mdl_gen_params p;
+    char err[256] = "";
+    int status = 400;
+    const char *param = NULL;
+    inst_open op;
     preq *r = NULL;
-    const cJSON *id = root ? cJSON_GetObjectItemCaseSensitive(root, "id") : NULL;
-    if (!cJSON_IsObject(root)) {
-        snprintf(err, sizeof err, "body must be a JSON object");
-        goto refuse;
-    }
-    if (!cJSON_IsString(id) || !id->valuestring[0] || strlen(id->valuestring) >= sizeof(((preq *)0)->ext_id)) {
-        snprintf(err, sizeof err, "'id' must be a non-empty string under 96 bytes");
-        goto refuse;
-    }
-    if (find_ext(s, id->valuestring)) {
-        snprintf(err, sizeof err, "request '%s' already exists", id->valuestring);
-        goto refuse;
-    }
-    if (mdl_serve_parse_gen(s->m, root, s->o->serve.seed, s->next_id, &prompt, &np, &p, err, sizeof err) != PD_OK)
-        goto refuse;
+    if (inst_open_read(s, req, &op, &status, &param, err, sizeof err) != PD_OK) goto refuse;
+    const int np = op.n_prompt;
     r = calloc(1, sizeof *r);
     if (!r || !(r->hidden = malloc((size_t)s->m->cfg.hidden_size * sizeof(float)))) {
         status = 503;
         snprintf(err, sizeof err, "out of memory");
         goto refuse;
     }
-    r->s = s;
-    r->id = ++s->next_id;
-    snprintf(r->ext_id, sizeof r->ext_id, "%s", id->valuestring);
+    r->in = s;
+    inst_req_init(s, &r->base, op.ext_id);
     r->n_prompt = np;
     r->t0 = pd_time_now();
     r->n_src = mdl_kv_blocks_for(mdl_engine_pool(s->eng), np);
-    if (!parse_target(s, cJSON_GetObjectItemCaseSensitive(root, "target"), r, err, sizeof err)) {
+    if (!parse_target(s, cJSON_GetObjectItemCaseSensitive(op.root, "target"), r, err, sizeof err)) {
         status = strstr(err, "cannot reach") ? 503 : strstr(err, "expired") ? 504 : 400;
-        if (status == 504) pd_warn("prefill %s: %s", r->ext_id, err);
+        if (status == 504) pd_warn("prefill %s: %s", r->base.ext_id, err);
         goto refuse;
     }
     if (r->not_after > 0) {
@@ -446,8 +366,8 @@ static void handle_prefill(pf_server *s, struct evhttp_request *req)
             goto refuse;
         }
     }
-    p.max_tokens = 1; /* the first token only */
-    pd_status st = mdl_engine_submit(s->eng, r->id, r, prompt, np, &p, MDL_REQ_PREFILL_ONLY);
+    op.p.max_tokens = 1; /* the first token only */
+    pd_status st = mdl_engine_submit(s->eng, r->base.id, r, op.prompt, np, &op.p, MDL_REQ_PREFILL_ONLY);
     if (st != PD_OK) {
         pd_counter_add(s->metrics->rejected, NULL, 1);
         int full = st == PD_ERR_BUSY || st == PD_ERR_FULL;
@@ -461,159 +381,56 @@ static void handle_prefill(pf_server *s, struct evhttp_request *req)
     }
     r->src = malloc((size_t)r->n_src * sizeof(int));
     if (!r->src) { /* r is not listed yet: the engine's DONE for it finds nothing to free */
-        mdl_engine_abort(s->eng, r->id);
+        mdl_engine_abort(s->eng, r->base.id);
         status = 503;
         snprintf(err, sizeof err, "out of memory; retry later");
-        pd_error("prefill %s: out of memory for its block list", r->ext_id);
+        pd_error("prefill %s: out of memory for its block list", r->base.ext_id);
         goto refuse;
     }
-    if (mdl_engine_blocks(s->eng, r->id, r->src, r->n_src) != r->n_src) PD_ASSERT(!"engine lost a request");
-    r->http = req;
-    r->next = s->reqs;
-    s->reqs = r;
-    evhttp_connection_set_closecb(evhttp_request_get_connection(req), close_cb, r);
-    free(prompt);
-    cJSON_Delete(root);
+    if (mdl_engine_blocks(s->eng, r->base.id, r->src, r->n_src) != r->n_src) PD_ASSERT(!"engine lost a request");
+    inst_req_add(s, &r->base, req);
+    inst_open_free(&op);
     return;
 refuse: {
     /* nothing was written for this request and nothing will be: the decode side may free its blocks at once */
-    cJSON *eo = pd_http_error_json(status, NULL, NULL, err);
+    cJSON *eo = pd_http_error_json(status, NULL, param, err);
     cJSON_AddBoolToObject(cJSON_GetObjectItem(eo, "error"), "kv_untouched", 1);
     pd_http_reply_json(req, status, eo);
     cJSON_Delete(eo);
 }
-    if (r) preq_free(r);
-    free(prompt);
-    cJSON_Delete(root);
+    preq_free(r);
+    inst_open_free(&op);
 }
 
-static int idle(void *arg) { return ((pf_server *)arg)->reqs == NULL; }
-
-void pf_server_drain(void *server)
+static void abort_req(inst *in, inst_req *base, struct evhttp_request *req)
 {
-    pf_server *s = server;
-    if (s->draining) return;
-    s->draining = 1;
-    pd_announcer_destroy(s->announcer); /* a draining instance must not register again */
-    s->announcer = NULL;
-    if (pd_drain_start(s->base, "prefill", s->o->drain_timeout, idle, s, &s->drain) != PD_OK)
-        event_base_loopexit(s->base, NULL);
+    (void)in;
+    (void)req;
+    fail_req((preq *)base, 499, "abandoned by the router");
 }
 
-static void gencb(struct evhttp_request *req, void *arg)
+static void add_health(inst *in, cJSON *o)
 {
-    pf_server *s = arg;
-    char path[256];
-    pd_http_path(req, path, sizeof path);
-    enum evhttp_cmd_type m = evhttp_request_get_command(req);
-    if (!strcmp(path, "/internal/prefill")) {
-        if (m == EVHTTP_REQ_POST && s->draining) pd_http_reply_retry(req, 503, "this instance is draining");
-        else if (m == EVHTTP_REQ_POST) handle_prefill(s, req);
-        else pd_http_reply_error(req, 405, NULL, NULL, "use POST");
-    } else if (!strncmp(path, "/internal/prefill/", 18)) {
-        if (m != EVHTTP_REQ_DELETE) {
-            pd_http_reply_error(req, 405, NULL, NULL, "use DELETE");
-            return;
-        }
-        char *ext = evhttp_uridecode(path + 18, 0, NULL);
-        preq *r = ext ? find_ext(s, ext) : NULL;
-        if (!r) pd_http_reply_error(req, 404, NULL, NULL, "no request '%s'", ext ? ext : "");
-        else {
-            fail_req(r, 499, "abandoned by the router");
-            cJSON *o = cJSON_CreateObject();
-            cJSON_AddBoolToObject(o, "aborted", 1);
-            pd_http_reply_json(req, 200, o);
-            cJSON_Delete(o);
-        }
-        free(ext);
-    } else if (!strcmp(path, "/internal/drain") && m == EVHTTP_REQ_POST) {
-        pf_server_drain(s);
-        pd_http_reply_text(req, 200, "application/json", "{\"draining\":true}", 17);
-    } else if (!strcmp(path, "/health")) {
-        cJSON *o = mdl_serve_health(s->eng, "prefill", s->o->serve.served_model_name);
-        cJSON_AddStringToObject(o, "kv_desc", s->desc); /* decode instances connect to it to hear if we die */
-        if (s->draining) cJSON_ReplaceItemInObject(o, "status", cJSON_CreateString("draining"));
-        pd_http_reply_json(req, s->draining ? 503 : 200, o);
-        cJSON_Delete(o);
-    } else if (!strcmp(path, "/metrics")) {
-        pd_http_reply_metrics(req, s->metrics->reg);
-    } else {
-        pd_http_reply_error(req, 404, NULL, NULL, "no route %s", path);
-    }
+    cJSON_AddStringToObject(o, "kv_desc", in->desc); /* decode instances connect to it to hear if we die */
 }
 
-pd_status pf_server_create(struct event_base *base, pf_opts *o, pf_server **out, int *bound_port)
+/* a prefill instance never runs a draft pass (its requests end after the first token): no int8 draft head copy,
+ * even when it shares the decode instances' --speculative-config */
+static void configure(inst *in, mdl_engine_opts *eo)
 {
-    char err[1024];
-    pf_server *s = calloc(1, sizeof *s);
-    if (!s) return PD_ERR_NOMEM;
-    s->base = base;
-    s->o = o;
-    pd_status st = mdl_serve_load(&o->serve, &s->m, &s->eo, err, sizeof err);
-    if (st != PD_OK) {
-        pd_error("prefill: %s", err);
-        goto fail_server;
-    }
-    /* a prefill instance never runs a draft pass (its requests end after the first token): no int8 draft head copy,
-     * even when it shares the decode instances' --speculative-config */
-    s->eo.draft_head_int8 = 0;
-    s->msg_size = sizeof(mdl_event) + (size_t)s->m->cfg.hidden_size * sizeof(float);
-    if ((st = pd_mailbox_create(base, s->msg_size, on_engine_event, s, &s->mb)) != PD_OK) goto fail_server;
-    if ((st = mdl_engine_create(s->m, &s->eo, engine_cb, s, &s->eng)) != PD_OK) {
-        pd_error("prefill: cannot start the engine: %s", pd_status_str(st));
-        goto fail_server;
-    }
-    mdl_engine_layout(s->eng, s->layout, sizeof s->layout);
-    if ((st = mdl_serve_metrics_create(s->eng, "prefill", &s->metrics)) != PD_OK) goto fail_server;
-    kv_params_t kp = {.field_mask = KV_PARAM_FIELD_MAX_NOTICE | KV_PARAM_FIELD_XFER_TIMEOUT,
-                      .xfer_timeout = o->kv_xfer_timeout,
-                      .max_notice = 4096 + (size_t)s->m->cfg.hidden_size * sizeof(float)};
-    if (o->kv_proto && kv_proto_parse(o->kv_proto, &kp.proto) == PD_OK) kp.field_mask |= KV_PARAM_FIELD_PROTO;
-    mdl_kv_pool *pool = mdl_engine_pool(s->eng);
-    if ((st = kv_context_create(&kp, &s->kv)) != PD_OK || (st = kv_context_attach(s->kv, base)) != PD_OK ||
-        (st = kv_region_create(s->kv, pool->base, pool->block_bytes * (size_t)pool->n_blocks, &s->region)) != PD_OK ||
-        (st = kv_region_descriptor(s->region, &s->desc)) != PD_OK) {
-        pd_error("prefill: KV transfer unavailable: %s", pd_status_str(st));
-        goto fail_server;
-    }
-    pd_http_limits lim = {.max_body = 64u << 20};
-    if ((st = pd_http_server_create(base, o->host, o->port, &lim, gencb, s, &s->http, bound_port)) != PD_OK)
-        goto fail_server;
-    if (o->router_url) {
-        char body[512];
-        const char *host = o->advertise_host ? o->advertise_host : strcmp(o->host, "0.0.0.0") ? o->host : "127.0.0.1";
-        snprintf(body, sizeof body, "{\"address\":\"%s:%d\",\"role\":\"prefill\"}", host, *bound_port);
-        if ((st = pd_announcer_create(base, o->router_url, body, 5.0, &s->announcer)) != PD_OK) goto fail_server;
-    }
-    *out = s;
-    return PD_OK;
-fail_server:
-    pf_server_destroy(s);
-    return st;
+    (void)in;
+    eo->draft_head_int8 = 0;
 }
 
-void pf_server_destroy(pf_server *s)
+static void req_free(inst_req *r) { preq_free((preq *)r); }
+
+static const inst_route routes[] = {{"/internal/prefill", handle_prefill, abort_req}};
+
+pd_status pf_start(struct event_base *base, void *arg, inst **out, int *bound_port)
 {
-    if (!s) return;
-    for (preq *r = s->reqs; r; r = r->next) /* connections go with the server: no callbacks from them */
-        if (r->http) {
-            evhttp_connection_set_closecb(evhttp_request_get_connection(r->http), NULL, NULL);
-            r->http = NULL;
-        }
-    pd_announcer_destroy(s->announcer);
-    pd_drain_destroy(s->drain);
-    if (s->http) evhttp_free(s->http);
-    kv_region_destroy(s->region);
-    kv_context_destroy(s->kv); /* cancels transfers in flight; their callbacks run while the engine lives */
-    mdl_engine_destroy(s->eng);
-    mdl_serve_metrics_destroy(s->metrics);
-    while (s->reqs) {
-        preq *r = s->reqs;
-        s->reqs = r->next;
-        preq_free(r);
-    }
-    pd_mailbox_destroy(s->mb);
-    mdl_model_destroy(s->m);
-    free(s->desc);
-    free(s);
+    pf_opts *o = arg;
+    inst_role role = {.name = "prefill", .kind = "prefill", .routes = routes, .n_routes = (int)PD_ARRAY_LEN(routes),
+                      .on_event = on_event, .want_hidden = 1, .client_gone = client_gone, .req_free = req_free,
+                      .health = add_health, .configure = configure, .arg = o, .kv_xfer_timeout = o->kv_xfer_timeout};
+    return inst_create(base, &o->inst, &role, out, bound_port);
 }

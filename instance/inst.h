@@ -1,0 +1,135 @@
+/* libpdinst: what every serving instance (prefill, decode, colocated) is besides its role. The process flow
+ * (options, event loop, signals, drain), the model and engine, the KV transfer context and region, the HTTP
+ * server with /health, /metrics and /internal/drain built in, registration with the router, the mailbox that
+ * brings engine events to the loop thread, and the table of requests in flight. prefill/ and decode/ fill in
+ * an inst_role and keep only their role's logic. Loop thread only, unless a function says otherwise. */
+#ifndef INST_H
+#define INST_H
+
+#include <cJSON.h>
+#include <event2/event.h>
+#include <event2/http.h>
+
+#include "common/pd_mailbox.h"
+#include "instance/inst_reqtab.h"
+#include "kvtransfer/kv.h"
+#include "model/mdl_serve.h"
+
+/* The options every instance has. A role's option struct holds one of these and its own fields. */
+typedef struct {
+    mdl_serve_opts serve;
+    char *host;              /* address to listen on (default 127.0.0.1) */
+    int port;
+    char *router_url;        /* register with this router (http://host:port) and keep re-registering */
+    char *advertise_host;    /* the address the router reaches us at (default: --host, or 127.0.0.1) */
+    double drain_timeout;    /* seconds a drain waits for requests in flight before exiting anyway */
+    char *kv_proto;          /* auto|put|am */
+} inst_opts;
+
+typedef struct inst_s inst;
+
+/* A resource of the role's internal API: POST path opens a request (a retryable 503 while draining), DELETE
+ * path/{id} aborts the one named (the library answers 404 when there is none, else {"aborted":true} after the
+ * role's abort). Any other method is a 405. */
+typedef struct {
+    const char *path;                                               /* "/internal/prefill" */
+    void (*open)(inst *in, struct evhttp_request *req);
+    void (*abort)(inst *in, inst_req *r, struct evhttp_request *req); /* req: the DELETE (its query string) */
+} inst_route;
+
+typedef struct {
+    const char *name;            /* "prefill" | "decode": the log prefix */
+    const char *kind;            /* "prefill" | "decode" | "colocated": /health, metrics, registration */
+    const inst_route *routes;
+    int n_routes;
+    /* An engine event for a listed request (loop thread). hidden: with MDL_EV_PREFILLED when want_hidden, the
+     * last prompt position's hidden state (hidden_size floats); NULL otherwise. */
+    void (*on_event)(inst *in, inst_req *r, const mdl_event *ev, const float *hidden);
+    int want_hidden;
+    /* The router closed r's exchange before it ended: r->http is NULL already. */
+    void (*client_gone)(inst_req *r);
+    /* Frees a request still listed when the instance is destroyed (after the engine and KV context are gone). */
+    void (*req_free)(inst_req *r);
+    void (*health)(inst *in, cJSON *body);              /* optional: the role's fields of GET /health */
+    void (*configure)(inst *in, mdl_engine_opts *eo);   /* optional: adjusts the engine options after loading */
+    void *arg;                                          /* the role's own state (in->role.arg) */
+    /* KV transfer. pool_in_region: the engine's KV pool lives in a region the KV context allocates, so a peer on
+     * this host can put into it directly (decode); otherwise the region registers the engine's pool (prefill).
+     * kv_optional: without a KV context the instance still serves (colocated). */
+    int pool_in_region, kv_optional;
+    kv_event_cb kv_event_cb;     /* optional: transfer events (notices, aborts, failed peers); arg: the inst */
+    double kv_xfer_timeout;      /* seconds a transfer may take (0: the context's default) */
+} inst_role;
+
+struct inst_s {
+    struct event_base *base;
+    inst_opts *o;
+    inst_role role;
+    mdl_model *m;
+    mdl_engine *eng;
+    mdl_engine_opts eo;
+    mdl_serve_metrics *metrics;
+    kv_context_t kv;             /* NULL when the role's KV is optional and unavailable */
+    kv_region_t region;
+    char *desc;                  /* our region's descriptor (peers connect with it) */
+    char layout[160];            /* the engine's KV layout; both ends of a transfer must agree */
+    inst_reqtab reqs;
+    uint64_t next_id;            /* the last engine id handed out */
+    int draining;
+    struct evhttp *http;
+    pd_drain *drain;
+    pd_announcer *announcer;
+    pd_mailbox *mb;
+    size_t msg_size;
+};
+
+/* Loads the model, starts the engine, the KV transfer context and region (in the order role->pool_in_region
+ * asks), the metrics, the HTTP server and, with --router-url, registration. bound_port receives the port. */
+pd_status inst_create(struct event_base *base, inst_opts *o, const inst_role *role, inst **out, int *bound_port);
+/* Stops everything in the order that keeps memory valid, frees the listed requests with role.req_free. */
+void inst_destroy(inst *in);
+/* Stops taking new requests (503 "draining", /health says so), stops registering, and leaves the event loop once
+ * no request is listed or drain_timeout passed. The pd_run_until_signal drain callback (arg: the inst). */
+void inst_drain(void *in);
+
+/* Gives r a new engine id (never reused by this instance) and the router's id; r is not listed yet. */
+void inst_req_init(inst *in, inst_req *r, const char *ext_id);
+/* Lists r (r->id and r->ext_id set) and makes http its open exchange: if the router closes it first, the role's
+ * client_gone runs. */
+void inst_req_add(inst *in, inst_req *r, struct evhttp_request *http);
+/* Takes r's exchange back from the table (no more client_gone) and returns it (NULL if none): the caller ends it. */
+struct evhttp_request *inst_req_take_http(inst_req *r);
+/* Unlists r and forgets its exchange. The caller frees r. */
+void inst_req_remove(inst *in, inst_req *r);
+inst_req *inst_req_find(const inst *in, uint64_t id);
+
+/* The body of a POST that opens a request. */
+typedef struct {
+    cJSON *root;                 /* the whole body, for the role's own fields */
+    const char *ext_id;          /* its "id": a non-empty string under INST_EXT_ID_LEN bytes no listed request has */
+    int32_t *prompt;             /* the generation fields (mdl_serve_parse_gen, seeded by --seed) */
+    int n_prompt;
+    mdl_gen_params p;
+} inst_open;
+
+/* Reads and checks the body into op. On failure, *status (400, 413), *param ("id" or NULL) and err say why and op
+ * holds nothing. inst_open_free(op) either way. */
+pd_status inst_open_read(inst *in, struct evhttp_request *req, inst_open *op, int *status, const char **param,
+                         char *err, size_t errlen);
+void inst_open_free(inst_open *op);
+
+/* A process: parses the shared and the role's options (YAML + flags), runs start on a new event loop until
+ * SIGINT or SIGTERM (SIGTERM drains), then stops. Returns the exit status. */
+typedef struct {
+    const char *name;            /* "prefill": usage and error messages */
+    int default_port;
+    inst_opts *opts;             /* the shared options inside the role's struct */
+    const pd_opt *role_opts;     /* the role's options (pointing into the same struct) */
+    int n_role_opts;
+    pd_status (*start)(struct event_base *base, void *arg, inst **out, int *bound_port);
+    void *arg;                   /* start's argument: the role's option struct */
+} inst_program;
+
+int inst_main(int argc, char **argv, const inst_program *p);
+
+#endif
