@@ -171,7 +171,7 @@ static cJSON *usage_json(rt_req *r)
 static cJSON *stop_reason(const rt_choice *c)
 {
     if (c->stop_str[0]) return cJSON_CreateString(c->stop_str);
-    if (c->stop_token >= 0 && !strcmp(c->finish, "stop")) return cJSON_CreateNumber(c->stop_token);
+    if (c->stop_token >= 0 && !strcmp(c->st.finish, "stop")) return cJSON_CreateNumber(c->stop_token);
     return cJSON_CreateNull();
 }
 
@@ -230,20 +230,18 @@ void rt_req_choice_done(rt_req *r, rt_choice *c)
 {
     rt_router *rt = r->rt;
     r->n_done++;
-    if (c->failed_status) {
+    if (c->st.state == RT_CH_FAILED) {
         /* one failed choice fails the request: stop the others */
         for (int i = 0; i < r->n_ch; i++)
-            if (!r->ch[i].done) {
-                r->ch[i].done = 1;
-                r->ch[i].finish = "abort";
-                rt_choice_cancel(&r->ch[i]);
+            if (!rt_choice_fsm_final(&r->ch[i].st)) {
+                rt_choice_abort(&r->ch[i]);
                 r->n_done++;
             }
         pd_counter_add(rt->m.failed, NULL, 1);
         pd_counter_add(rt->m.finished, PD_LV("error"), 1);
-        count_error(rt, c->failed_status);
-        pd_warn("router: %s failed: %s", r->id, c->failed_msg);
-        send_error(r, c->failed_status, c->failed_msg);
+        count_error(rt, c->st.status);
+        pd_warn("router: %s failed: %s", r->id, c->st.msg);
+        send_error(r, c->st.status, c->st.msg);
         log_request(r, "failed");
         req_free(r);
         return;
@@ -255,7 +253,7 @@ void rt_req_choice_done(rt_req *r, rt_choice *c)
         if (r->chat) cJSON_AddObjectToObject(ch, "delta");
         else cJSON_AddStringToObject(ch, "text", "");
         cJSON_AddNullToObject(ch, "logprobs");
-        cJSON_AddStringToObject(ch, "finish_reason", c->finish);
+        cJSON_AddStringToObject(ch, "finish_reason", c->st.finish);
         cJSON_AddItemToObject(ch, "stop_reason", stop_reason(c));
         cJSON_AddItemToArray(chs, ch);
         cJSON_AddItemToObject(o, "pdserve_timing", timing_json(c)); /* extension: this choice's phase times */
@@ -265,7 +263,7 @@ void rt_req_choice_done(rt_req *r, rt_choice *c)
     if (r->n_done < r->n_ch) return;
     pd_counter_add(rt->m.prompt_tokens, NULL, r->prompt_tokens);
     for (int i = 0; i < r->n_ch; i++) {
-        const char *f = r->ch[i].finish;
+        const char *f = r->ch[i].st.finish;
         pd_counter_add(rt->m.finished, PD_LV(!strcmp(f, "length") ? "length" : !strcmp(f, "abort") ? "abort" : "stop"), 1);
         rt_metrics_choice(rt, &r->ch[i]);
     }
@@ -308,7 +306,7 @@ void rt_req_choice_done(rt_req *r, rt_choice *c)
             } else {
                 cJSON_AddNullToObject(ch, "logprobs");
             }
-            cJSON_AddStringToObject(ch, "finish_reason", x->finish);
+            cJSON_AddStringToObject(ch, "finish_reason", x->st.finish);
             cJSON_AddItemToObject(ch, "stop_reason", stop_reason(x));
             cJSON_AddItemToArray(chs, ch);
         }
@@ -327,14 +325,10 @@ static void timeout_cb(evutil_socket_t fd, short what, void *arg)
     (void)what;
     rt_req *r = arg;
     for (int i = 0; i < r->n_ch; i++)
-        if (!r->ch[i].done) {
-            rt_choice *c = &r->ch[i];
-            c->failed_status = 504;
-            snprintf(c->failed_msg, sizeof c->failed_msg, "no progress for %.0f s", r->rt->o->request_timeout);
-            c->done = 1;
-            c->finish = "error";
-            rt_choice_cancel(c);
-            rt_req_choice_done(r, c); /* fails the whole request */
+        if (!rt_choice_fsm_final(&r->ch[i].st)) {
+            char msg[64];
+            snprintf(msg, sizeof msg, "no progress for %.0f s", r->rt->o->request_timeout);
+            rt_choice_timeout(&r->ch[i], msg); /* fails the whole request */
             return;
         }
 }
@@ -409,7 +403,7 @@ static long queued_tokens(rt_router *rt)
     long n = 0;
     for (rt_req *q = rt->reqs; q; q = q->next)
         for (int i = 0; i < q->n_ch; i++)
-            if (!q->ch[i].done && q->ch[i].t_first == 0) n += q->ch[i].n_prompt;
+            if (!rt_choice_fsm_final(&q->ch[i].st) && q->ch[i].t_first == 0) n += q->ch[i].n_prompt;
     return n;
 }
 

@@ -101,7 +101,7 @@ void rt_metrics_free(rt_router *rt)
 void rt_metrics_choice(rt_router *rt, const rt_choice *c)
 {
     rt_metrics *m = &rt->m;
-    if (!c->finish || c->failed_status || !strcmp(c->finish, "abort")) return;
+    if (c->st.state != RT_CH_DONE || !strcmp(c->st.finish, "abort")) return;
     pd_histogram_observe(m->queue, NULL, c->timing_queue);
     if (c->timing_prefill > 0) pd_histogram_observe(m->prefill, NULL, c->timing_prefill);
     if (c->p) pd_histogram_observe(m->transfer, NULL, c->timing_transfer);

@@ -4,6 +4,7 @@
  * deltas go to the request's output. */
 #include <string.h>
 
+#include "router/rt_choice.h"
 #include "router/rt_req.h"
 #include "router/rt_text.h"
 
@@ -22,23 +23,17 @@ static pd_status text_release(rt_choice *c, int final, cJSON *lps, int *stopped)
     return st;
 }
 
-static void release_decode(rt_choice *c);
+static void choice_apply(rt_choice *c, unsigned acts);
 
-static void finish_choice(rt_choice *c, const char *reason)
+/* Feeds ev to the choice's state machine and carries out what it says (the choice may be freed after). */
+static void choice_event(rt_choice *c, rt_choice_event ev)
 {
-    if (c->done) return;
-    c->done = 1;
-    c->finish = reason;
-    release_decode(c); /* closing the decode stream aborts it there if it still runs */
-    rt_req_choice_done(c->req, c);
+    choice_apply(c, rt_choice_step(&c->st, &ev));
 }
 
 static void fail_choice(rt_choice *c, int status, const char *msg)
 {
-    if (c->done) return;
-    c->failed_status = status;
-    snprintf(c->failed_msg, sizeof c->failed_msg, "%s", msg);
-    finish_choice(c, "error");
+    choice_event(c, (rt_choice_event){.kind = RT_EV_FAIL, .status = status, .msg = msg});
 }
 
 /* The fields decode and prefill both take (proto's generate request): id, prompt, sampling (with the choice's seed),
@@ -51,7 +46,7 @@ static cJSON *gen_body(rt_choice *c)
                 .has_seed = c->has_seed, .seed = c->seed};
     memcpy(g.stop_ids, r->stop_ids, (size_t)r->n_stop_ids * sizeof *r->stop_ids);
     char id[64];
-    snprintf(id, sizeof id, "%s-%d.%d", r->id, c->index, c->retries); /* one id per attempt */
+    snprintf(id, sizeof id, "%s-%d.%d", r->id, c->index, c->st.retries); /* one id per attempt */
     cJSON *b = NULL;
     return pr_gen_encode(&g, r->sampling, id, c->prompt, c->n_prompt, &b) == PD_OK ? b : NULL;
 }
@@ -66,36 +61,61 @@ static void ignore_done(pd_http_call *call, int status, const char *body, size_t
     (void)arg;
 }
 
-/* Ends the choice's decode request. When the prefill instance refused the request before writing anything, the
- * decode instance is told so, and frees the reservation at once instead of waiting for a transfer. */
-static void release_decode(rt_choice *c)
+/* The prefill instance refused the request before writing anything: the decode instance is told so, and frees the
+ * reservation at once instead of waiting for a transfer (the id names the failed attempt). */
+static void release_kv(rt_choice *c)
 {
-    if (c->kv_untouched && c->d_call && c->d) {
-        char path[160];
-        pd_http_call *x;
-        snprintf(path, sizeof path, "/internal/requests/%s-%d.%d?kv=untouched", c->req->id, c->index, c->retries);
-        if (pd_http_call_start(c->req->rt->base, c->d->host, c->d->port, "DELETE", path, NULL, 0, 10, NULL,
-                               ignore_done, NULL, &x) != PD_OK)
-            pd_warn("router: %s: cannot tell %s to release its reservation", c->req->id, c->d->addr);
-    }
-    rt_choice_cancel(c);
+    char path[160];
+    pd_http_call *x;
+    if (!c->d) return;
+    snprintf(path, sizeof path, "/internal/requests/%s-%d.%d?kv=untouched", c->req->id, c->index, c->st.retries);
+    if (pd_http_call_start(c->req->rt->base, c->d->host, c->d->port, "DELETE", path, NULL, 0, 10, NULL, ignore_done,
+                           NULL, &x) != PD_OK)
+        pd_warn("router: %s: cannot tell %s to release its reservation", c->req->id, c->d->addr);
 }
 
-/* A prefill-side failure before any token reached the client: run the choice again on another prefill
- * instance (with a new decode reservation). Returns 1 when it did. */
-static int retry_elsewhere(rt_choice *c)
+/* Closing the decode stream aborts the request there if it still runs. */
+static void cancel_decode(rt_choice *c)
 {
-    if (c->retries >= 1 || c->n_gen > 0 || c->done) return 0;
+    if (!c->d_call) return;
+    pd_http_call_cancel(c->d_call);
+    c->d_call = NULL;
+    if (c->d) c->d->inflight--;
+    c->d = NULL;
+}
+
+static void cancel_prefill(rt_choice *c)
+{
+    if (!c->p_call) return;
+    pd_http_call_cancel(c->p_call);
+    c->p_call = NULL;
+    if (c->p) c->p->inflight--;
+}
+
+/* A failure before any token reached the client (the machine released the attempt): run the choice again on
+ * another prefill instance, with a new decode reservation, or let the failure stand when there is none. */
+static void retry_elsewhere(rt_choice *c)
+{
     rt_instance *failed = c->p;
-    if (!rt_pick_prefill(c->req->rt->reg, NULL, failed)) return 0;
-    release_decode(c); /* names the failed attempt's id */
-    c->kv_untouched = 0;
-    c->retries++;
+    if (!rt_pick_prefill(c->req->rt->reg, NULL, failed)) {
+        choice_event(c, (rt_choice_event){.kind = RT_EV_RETRY_REFUSED});
+        return;
+    }
+    choice_event(c, (rt_choice_event){.kind = RT_EV_RETRY});
     c->failed_p = failed;
     pd_counter_add(c->req->rt->m.retries, NULL, 1);
     pd_info("router: %s: retrying on another prefill instance", c->req->id);
     rt_choice_start(c);
-    return 1;
+}
+
+/* In rt_choice.h's order: the report comes last, as it may free the request and the choice with it. */
+static void choice_apply(rt_choice *c, unsigned acts)
+{
+    if (acts & RT_ACT_RELEASE_KV) release_kv(c);
+    if (acts & RT_ACT_CANCEL_DECODE) cancel_decode(c);
+    if (acts & RT_ACT_CANCEL_PREFILL) cancel_prefill(c);
+    if (acts & RT_ACT_RETRY) retry_elsewhere(c);
+    else if (acts & RT_ACT_REPORT) rt_req_choice_done(c->req, c);
 }
 
 /* ---- prefill call ------------------------------------------------------------------------------------------ */
@@ -113,8 +133,8 @@ static void on_p_done(pd_http_call *call, int status, const char *body, size_t l
     rt_choice *c = arg;
     c->p_call = NULL;
     if (c->p) c->p->inflight--;
-    if (status == 200 || c->pending_finish) {
-        cJSON *o = status == 200 ? cJSON_Parse(body) : NULL;
+    if (status == 200) {
+        cJSON *o = cJSON_Parse(body);
         const cJSON *t = o ? cJSON_GetObjectItem(o, "timing") : NULL;
         if (t) {
             c->p_queue = num_or(t, "queue_s", 0);
@@ -123,21 +143,23 @@ static void on_p_done(pd_http_call *call, int status, const char *body, size_t l
             c->timing_queue += c->p_queue; /* the decode side's share may be in already */
         }
         cJSON_Delete(o);
-        if (c->pending_finish) finish_choice(c, c->pending_finish); /* decode was done already */
+        choice_event(c, (rt_choice_event){.kind = RT_EV_PREFILL_OK}); /* ends the choice if decode was done */
         return;
     }
     char msg[200];
     snprintf(msg, sizeof msg, "prefill instance %s failed (%s)", c->p ? c->p->addr : "?",
              err != PD_OK ? pd_status_str(err) : "error reply");
     pd_warn("router: %s: %s", c->req->id, msg);
+    int untouched = 0;
     if (status != 0) {
         cJSON *eo = cJSON_Parse(body);
         const cJSON *e = eo ? cJSON_GetObjectItem(eo, "error") : NULL;
-        c->kv_untouched = e && cJSON_IsTrue(cJSON_GetObjectItem(e, "kv_untouched"));
+        untouched = e && cJSON_IsTrue(cJSON_GetObjectItem(e, "kv_untouched"));
         cJSON_Delete(eo);
     }
-    if (status != 400 && retry_elsewhere(c)) return;
-    fail_choice(c, status == 429 ? 429 : status == 400 ? 400 : 503, msg);
+    choice_event(c, (rt_choice_event){.kind = RT_EV_PREFILL_FAILED, .msg = msg, .retryable = status != 400,
+                                      .status = status == 429 ? 429 : status == 400 ? 400 : 503,
+                                      .kv_untouched = untouched});
 }
 
 static void start_prefill(rt_choice *c, const cJSON *kv)
@@ -158,8 +180,12 @@ static void start_prefill(rt_choice *c, const cJSON *kv)
                                             strlen(txt), (int)r->rt->o->request_timeout, NULL, on_p_done, c, &c->p_call)
                        : PD_ERR_NOMEM;
     free(txt);
-    if (st != PD_OK) fail_choice(c, 503, "cannot reach the prefill instance");
-    else c->p->inflight++;
+    if (st != PD_OK) {
+        fail_choice(c, 503, "cannot reach the prefill instance");
+        return;
+    }
+    c->p->inflight++;
+    choice_event(c, (rt_choice_event){.kind = RT_EV_PREFILL_STARTED});
 }
 
 /* ---- decode stream ------------------------------------------------------------------------------------------ */
@@ -170,6 +196,7 @@ static void on_token(rt_choice *c, const cJSON *o)
     const cJSON *ids = cJSON_GetObjectItem(o, "ids"), *lps = cJSON_GetObjectItem(o, "logprobs");
     const cJSON *tops = cJSON_GetObjectItem(o, "top_logprobs");
     if (!cJSON_IsArray(ids)) return;
+    choice_event(c, (rt_choice_event){.kind = RT_EV_TOKEN, .n = cJSON_GetArraySize(ids)});
     double now = pd_time_now();
     rt_metrics *m = &r->rt->m;
     if (c->t_first == 0) {
@@ -206,7 +233,7 @@ static void on_token(rt_choice *c, const cJSON *o)
     }
     int stopped = 0;
     if (text_release(c, 0, lp_out, &stopped) != PD_OK) fail_choice(c, 503, "out of memory");
-    else if (stopped) finish_choice(c, "stop");
+    else if (stopped) choice_event(c, (rt_choice_event){.kind = RT_EV_STOPPED});
     return;
 fail_nomem:
     cJSON_Delete(lp_out);
@@ -218,7 +245,7 @@ static void on_d_line(pd_http_call *call, const char *line, size_t len, void *ar
     (void)call;
     (void)len;
     rt_choice *c = arg;
-    if (c->done) return;
+    if (!rt_choice_fsm_live(&c->st)) return;
     rt_req_progress(c->req);
     cJSON *o = cJSON_Parse(line);
     const cJSON *ev = o ? cJSON_GetObjectItem(o, "event") : NULL;
@@ -227,9 +254,9 @@ static void on_d_line(pd_http_call *call, const char *line, size_t len, void *ar
         fail_choice(c, 502, "malformed line from the decode instance");
         return;
     }
-    c->started = 1;
     if (!strcmp(ev->valuestring, "reserved")) {
-        start_prefill(c, cJSON_GetObjectItem(o, "kv"));
+        if (rt_choice_step(&c->st, &(rt_choice_event){.kind = RT_EV_RESERVED}) & RT_ACT_START_PREFILL)
+            start_prefill(c, cJSON_GetObjectItem(o, "kv"));
     } else if (!strcmp(ev->valuestring, "token")) {
         on_token(c, o);
     } else if (!strcmp(ev->valuestring, "done")) {
@@ -252,15 +279,12 @@ static void on_d_line(pd_http_call *call, const char *line, size_t len, void *ar
         }
         const char *why = stopped ? "stop" : cJSON_IsString(fr) ? fr->valuestring : "stop";
         why = !strcmp(why, "length") ? "length" : !strcmp(why, "abort") ? "abort" : "stop";
-        if (c->p_call) c->pending_finish = why; /* the prefill reply (with its timings) follows shortly */
-        else finish_choice(c, why);
+        choice_event(c, (rt_choice_event){.kind = RT_EV_DECODE_DONE, .finish = why});
     } else if (!strcmp(ev->valuestring, "error")) {
         const cJSON *st = cJSON_GetObjectItem(o, "status"), *m = cJSON_GetObjectItem(o, "message");
-        if (cJSON_IsTrue(cJSON_GetObjectItem(o, "retryable")) && retry_elsewhere(c)) {
-            cJSON_Delete(o);
-            return;
-        }
-        fail_choice(c, cJSON_IsNumber(st) ? st->valueint : 503, cJSON_IsString(m) ? m->valuestring : "decode failed");
+        choice_event(c, (rt_choice_event){.kind = RT_EV_DECODE_ERROR, .status = cJSON_IsNumber(st) ? st->valueint : 503,
+                                          .msg = cJSON_IsString(m) ? m->valuestring : "decode failed",
+                                          .retryable = cJSON_IsTrue(cJSON_GetObjectItem(o, "retryable"))});
     }
     cJSON_Delete(o);
 }
@@ -273,18 +297,20 @@ static void on_d_done(pd_http_call *call, int status, const char *body, size_t l
     c->d_call = NULL;
     if (c->d) c->d->inflight--;
     c->d = NULL;
-    if (c->done || c->pending_finish) return;
-    if (status != 200) { /* refused before streaming: pass the decode instance's answer on */
+    /* ends the choice unless it finished already (a failure then) or waits for the prefill reply (nothing) */
+    rt_choice_event ev = {.kind = RT_EV_DECODE_CLOSED, .status = 503,
+                          .msg = "the decode instance closed the stream before finishing"};
+    char msg[256];
+    if (status != 200 && rt_choice_fsm_live(&c->st)) { /* refused before streaming: pass its answer on */
         cJSON *o = cJSON_Parse(body);
         const cJSON *e = o ? cJSON_GetObjectItem(o, "error") : NULL, *m = e ? cJSON_GetObjectItem(e, "message") : NULL;
-        char msg[256];
         snprintf(msg, sizeof msg, "%s", cJSON_IsString(m) ? m->valuestring
                                         : err != PD_OK ? "the decode instance is unreachable" : "decode refused");
         cJSON_Delete(o);
-        fail_choice(c, status == 400 || status == 429 ? status : 503, msg);
-        return;
+        ev.status = status == 400 || status == 429 ? status : 503;
+        ev.msg = msg;
     }
-    fail_choice(c, 503, "the decode instance closed the stream before finishing");
+    choice_event(c, ev);
 }
 
 void rt_choice_start(rt_choice *c)
@@ -333,21 +359,22 @@ void rt_choice_start(rt_choice *c)
         return;
     }
     c->d->inflight++;
+    choice_event(c, (rt_choice_event){.kind = RT_EV_OPENED});
 }
 
 void rt_choice_cancel(rt_choice *c)
 {
-    if (c->d_call) {
-        pd_http_call_cancel(c->d_call);
-        c->d_call = NULL;
-        if (c->d) c->d->inflight--;
-        c->d = NULL;
-    }
-    if (c->p_call) {
-        pd_http_call_cancel(c->p_call);
-        c->p_call = NULL;
-        if (c->p) c->p->inflight--;
-    }
+    choice_event(c, (rt_choice_event){.kind = RT_EV_CLIENT_GONE});
+}
+
+void rt_choice_abort(rt_choice *c)
+{
+    choice_event(c, (rt_choice_event){.kind = RT_EV_ABORT});
+}
+
+void rt_choice_timeout(rt_choice *c, const char *msg)
+{
+    choice_event(c, (rt_choice_event){.kind = RT_EV_TIMEOUT, .status = 504, .msg = msg});
 }
 
 void rt_choice_free(rt_choice *c)

@@ -6,6 +6,7 @@
 #include <cJSON.h>
 
 #include "proto/pr_gen.h"
+#include "router/rt_choice.h"
 #include "router/router.h"
 
 #define RT_MAX_STOP 16
@@ -46,8 +47,7 @@ typedef struct {
     int has_seed;
     rt_instance *d, *p;
     rt_instance *failed_p;        /* a prefill instance that failed this choice (not picked again) */
-    int retries;
-    int kv_untouched;             /* the prefill instance refused before writing: decode may free at once */
+    rt_choice_fsm st;             /* its lifecycle (rt_choice.h): state, calls held, retries, finish or failure */
     char used[160];               /* "P>D" addresses of the instances that served it, for the request log */
     pd_http_call *d_call, *p_call;
     txt_detok detok;
@@ -56,17 +56,11 @@ typedef struct {
     cJSON *lp_tokens;             /* logprob entries (array), NULL when not requested */
     long lp_offset;               /* completions' text_offset of the next logprob entry (characters) */
     int n_gen;
-    int done;
-    const char *finish;           /* "stop", "length", "abort", or NULL */
     char stop_str[256];           /* the stop string that ended it, if any */
     int stop_token;               /* the stop token that ended it, or -1 */
-    int failed_status;
-    char failed_msg[256];
-    int started;                  /* decode accepted it */
     double t_first, t_last;       /* first and latest token line */
     double timing_queue, timing_prefill, timing_transfer, timing_decode;
     double p_queue;               /* the prefill instance's queue time (PD) */
-    const char *pending_finish;   /* PD: decode finished before the prefill reply (with its timings) came */
 } rt_choice;
 
 struct rt_req {
@@ -138,9 +132,13 @@ int rt_chat_prompt(const rt_limits *lim, const cJSON *root, rt_req *r, int *len,
 int rt_completion_prompts(const rt_limits *lim, const cJSON *prompt, rt_req *r, int *starts, int *lens,
                           int *n_prompts, int max_prompts, rt_error *e);
 
-/* relay.c */
+/* relay.c: drives each choice's state machine from its calls. rt_choice_cancel: the client went away (nothing is
+ * reported); rt_choice_abort: a sibling failed the request (nothing is reported); rt_choice_timeout: the choice fails
+ * with 504 and msg and is reported. Each does nothing to a choice that is final already. */
 void rt_choice_start(rt_choice *c);
 void rt_choice_cancel(rt_choice *c);
+void rt_choice_abort(rt_choice *c);
+void rt_choice_timeout(rt_choice *c, const char *msg);
 void rt_choice_free(rt_choice *c);
 /* api.c, called by relay.c. rt_req_choice_delta: PD_ERR_NOMEM when the text could not be kept (the choice fails). */
 pd_status rt_req_choice_delta(rt_req *r, rt_choice *c, const char *reasoning, size_t rlen, const char *content,
