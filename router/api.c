@@ -27,7 +27,7 @@ static void req_free(rt_req *r)
     rt_request_free(r);
 }
 
-void rt_req_progress(rt_req *r)
+static void req_progress(rt_req *r)
 {
     struct timeval tv = {(long)r->rt->o->request_timeout, 0};
     if (r->timer) evtimer_add(r->timer, &tv);
@@ -124,9 +124,11 @@ static cJSON *str_n(const char *s, size_t n)
     return o;
 }
 
-pd_status rt_req_choice_delta(rt_req *r, rt_choice *c, const char *rs, size_t rl, const char *cs, size_t cl,
-                              cJSON *lps)
+/* relay.c's callbacks (rt_choice_cbs): text, the end of a choice, progress. */
+static pd_status choice_delta_cb(void *arg, rt_choice *c, const char *rs, size_t rl, const char *cs, size_t cl,
+                                 cJSON *lps)
 {
+    rt_req *r = arg;
     if (!r->stream) { /* accumulate */
         pd_status st = PD_OK;
         if (rl) st = pd_buf_append(&c->reasoning, rs, rl);
@@ -226,8 +228,9 @@ static void log_request(rt_req *r, const char *outcome)
             outcome, r->prompt_tokens, comp, r->n_ch, ttft, pd_time_now() - r->t0, inst);
 }
 
-void rt_req_choice_done(rt_req *r, rt_choice *c)
+static void choice_done_cb(void *arg, rt_choice *c)
 {
+    rt_req *r = arg;
     rt_router *rt = r->rt;
     r->n_done++;
     if (c->st.state == RT_CH_FAILED) {
@@ -319,6 +322,12 @@ void rt_req_choice_done(rt_req *r, rt_choice *c)
     req_free(r);
 }
 
+static void choice_progress_cb(void *arg, rt_choice *c)
+{
+    (void)c;
+    req_progress(arg);
+}
+
 static void timeout_cb(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
@@ -328,55 +337,9 @@ static void timeout_cb(evutil_socket_t fd, short what, void *arg)
         if (!rt_choice_fsm_final(&r->ch[i].st)) {
             char msg[64];
             snprintf(msg, sizeof msg, "no progress for %.0f s", r->rt->o->request_timeout);
-            rt_choice_timeout(&r->ch[i], msg); /* fails the whole request */
+            rt_choice_timeout(&r->ch[i], msg); /* fails the whole request (choice_done_cb) */
             return;
         }
-}
-
-cJSON *rt_token_logprob_entry(rt_router *rt, int chat, int32_t id, double lp, const cJSON *top)
-{
-    (void)chat;
-    cJSON *e = cJSON_CreateObject();
-    char *txt = NULL;
-    size_t n = 0;
-    int32_t one = id;
-    if (txt_tokenizer_decode(rt->tok, &one, 1, 0, &txt, &n) != PD_OK) txt = NULL;
-    /* a token may be part of a character: show U+FFFD for broken bytes, give the bytes as they are */
-    cJSON *bytes = cJSON_CreateArray();
-    char shown[512];
-    size_t k = 0;
-    for (size_t i = 0; txt && i < n && k < sizeof shown - 4;) {
-        unsigned char ch = (unsigned char)txt[i];
-        int len = ch < 0x80 ? 1 : (ch >> 5) == 6 ? 2 : (ch >> 4) == 14 ? 3 : (ch >> 3) == 30 ? 4 : 0;
-        int ok = len > 0 && i + (size_t)len <= n;
-        for (int j = 1; ok && j < len; j++) ok = ((unsigned char)txt[i + j] & 0xC0) == 0x80;
-        if (ok) {
-            memcpy(shown + k, txt + i, (size_t)len);
-            k += (size_t)len;
-            i += (size_t)len;
-        } else {
-            memcpy(shown + k, "\xEF\xBF\xBD", 3);
-            k += 3;
-            i++;
-        }
-    }
-    shown[k] = '\0';
-    for (size_t i = 0; txt && i < n; i++) cJSON_AddItemToArray(bytes, cJSON_CreateNumber((unsigned char)txt[i]));
-    free(txt);
-    cJSON_AddStringToObject(e, "token", shown);
-    cJSON_AddNumberToObject(e, "logprob", lp);
-    cJSON_AddItemToObject(e, "bytes", bytes);
-    cJSON *tops = cJSON_AddArrayToObject(e, "top_logprobs");
-    const cJSON *pair;
-    cJSON_ArrayForEach(pair, top)
-    {
-        const cJSON *tid = cJSON_GetArrayItem(pair, 0), *tlp = cJSON_GetArrayItem(pair, 1);
-        if (!cJSON_IsNumber(tid) || !cJSON_IsNumber(tlp)) continue;
-        cJSON *x = rt_token_logprob_entry(rt, chat, (int32_t)tid->valuedouble, tlp->valuedouble, NULL);
-        cJSON_DeleteItemFromObject(x, "top_logprobs");
-        cJSON_AddItemToArray(tops, x);
-    }
-    return e;
 }
 
 /* The limits a body is checked against, from the options and the instances known now. */
@@ -476,11 +439,13 @@ static void handle_generate(rt_router *rt, struct evhttp_request *http, int chat
     r->http = http;
     r->next = rt->reqs;
     rt->reqs = r;
-    rt_req_progress(r);
+    req_progress(r);
     evhttp_connection_set_closecb(evhttp_request_get_connection(http), close_cb, r);
+    const rt_choice_cbs cbs = {.delta_cb = choice_delta_cb, .done_cb = choice_done_cb,
+                               .progress_cb = choice_progress_cb, .arg = r};
     for (int i = 0; i < r->n_ch && r->http && !r->error_sent; i++) {
         rt_req *alive = r;
-        rt_choice_start(&r->ch[i]);
+        rt_choice_start(&r->ch[i], &cbs);
         /* a failed start frees the request: stop touching it */
         int still = 0;
         for (rt_req *q = rt->reqs; q; q = q->next) still |= q == alive;

@@ -1,18 +1,65 @@
 /* One choice of a client request: opens it on a decode instance, hands the reservation to a prefill
  * instance (PD) or lets a colocated instance prefill, and turns the decode stream into text. The detokenized
  * text goes through the choice's text pipeline (text.c: stop strings, reasoning split, UTF-8-safe cuts), whose
- * deltas go to the request's output. */
+ * deltas, the choice's end and its progress go to its owner through the callbacks given to rt_choice_start. */
 #include <string.h>
 
 #include "router/rt_choice.h"
 #include "router/rt_req.h"
 #include "router/rt_text.h"
 
-/* The text pipeline's sink: its deltas go to the request's output (aux: the tokens' logprob entries or NULL). */
+/* The text pipeline's sink: its deltas go to the choice's owner (aux: the tokens' logprob entries or NULL). */
 static pd_status text_delta_cb(void *arg, const char *rs, size_t rl, const char *cs, size_t cl, void *aux)
 {
     rt_choice *c = arg;
-    return rt_req_choice_delta(c->req, c, rs, rl, cs, cl, aux);
+    return c->cbs.delta_cb(c->cbs.arg, c, rs, rl, cs, cl, aux);
+}
+
+/* The display text of one token (invalid UTF-8 replaced by U+FFFD) and its bytes. */
+static cJSON *token_logprob_entry(rt_router *rt, int chat, int32_t id, double lp, const cJSON *top)
+{
+    (void)chat;
+    cJSON *e = cJSON_CreateObject();
+    char *txt = NULL;
+    size_t n = 0;
+    int32_t one = id;
+    if (txt_tokenizer_decode(rt->tok, &one, 1, 0, &txt, &n) != PD_OK) txt = NULL;
+    /* a token may be part of a character: show U+FFFD for broken bytes, give the bytes as they are */
+    cJSON *bytes = cJSON_CreateArray();
+    char shown[512];
+    size_t k = 0;
+    for (size_t i = 0; txt && i < n && k < sizeof shown - 4;) {
+        unsigned char ch = (unsigned char)txt[i];
+        int len = ch < 0x80 ? 1 : (ch >> 5) == 6 ? 2 : (ch >> 4) == 14 ? 3 : (ch >> 3) == 30 ? 4 : 0;
+        int ok = len > 0 && i + (size_t)len <= n;
+        for (int j = 1; ok && j < len; j++) ok = ((unsigned char)txt[i + j] & 0xC0) == 0x80;
+        if (ok) {
+            memcpy(shown + k, txt + i, (size_t)len);
+            k += (size_t)len;
+            i += (size_t)len;
+        } else {
+            memcpy(shown + k, "\xEF\xBF\xBD", 3);
+            k += 3;
+            i++;
+        }
+    }
+    shown[k] = '\0';
+    for (size_t i = 0; txt && i < n; i++) cJSON_AddItemToArray(bytes, cJSON_CreateNumber((unsigned char)txt[i]));
+    free(txt);
+    cJSON_AddStringToObject(e, "token", shown);
+    cJSON_AddNumberToObject(e, "logprob", lp);
+    cJSON_AddItemToObject(e, "bytes", bytes);
+    cJSON *tops = cJSON_AddArrayToObject(e, "top_logprobs");
+    const cJSON *pair;
+    cJSON_ArrayForEach(pair, top)
+    {
+        const cJSON *tid = cJSON_GetArrayItem(pair, 0), *tlp = cJSON_GetArrayItem(pair, 1);
+        if (!cJSON_IsNumber(tid) || !cJSON_IsNumber(tlp)) continue;
+        cJSON *x = token_logprob_entry(rt, chat, (int32_t)tid->valuedouble, tlp->valuedouble, NULL);
+        cJSON_DeleteItemFromObject(x, "top_logprobs");
+        cJSON_AddItemToArray(tops, x);
+    }
+    return e;
 }
 
 /* Releases what the text pipeline has decided; *stopped = 1 when a stop string ended the choice. */
@@ -24,6 +71,7 @@ static pd_status text_release(rt_choice *c, int final, cJSON *lps, int *stopped)
 }
 
 static void choice_apply(rt_choice *c, unsigned acts);
+static void choice_start(rt_choice *c);
 
 /* Feeds ev to the choice's state machine and carries out what it says (the choice may be freed after). */
 static void choice_event(rt_choice *c, rt_choice_event ev)
@@ -105,7 +153,7 @@ static void retry_elsewhere(rt_choice *c)
     c->failed_p = failed;
     pd_counter_add(c->req->rt->m.retries, NULL, 1);
     pd_info("router: %s: retrying on another prefill instance", c->req->id);
-    rt_choice_start(c);
+    choice_start(c);
 }
 
 /* In rt_choice.h's order: the report comes last, as it may free the request and the choice with it. */
@@ -115,7 +163,7 @@ static void choice_apply(rt_choice *c, unsigned acts)
     if (acts & RT_ACT_CANCEL_DECODE) cancel_decode(c);
     if (acts & RT_ACT_CANCEL_PREFILL) cancel_prefill(c);
     if (acts & RT_ACT_RETRY) retry_elsewhere(c);
-    else if (acts & RT_ACT_REPORT) rt_req_choice_done(c->req, c);
+    else if (acts & RT_ACT_REPORT) c->cbs.done_cb(c->cbs.arg, c);
 }
 
 /* ---- prefill call ------------------------------------------------------------------------------------------ */
@@ -222,7 +270,7 @@ static void on_token(rt_choice *c, const cJSON *o)
             goto fail_nomem;
         if (c->lp_tokens) {
             const cJSON *lp = cJSON_GetArrayItem(lps, i), *top = cJSON_IsArray(tops) ? cJSON_GetArrayItem(tops, i) : NULL;
-            cJSON *e = rt_token_logprob_entry(r->rt, r->chat, id, cJSON_IsNumber(lp) ? lp->valuedouble : 0.0, top);
+            cJSON *e = token_logprob_entry(r->rt, r->chat, id, cJSON_IsNumber(lp) ? lp->valuedouble : 0.0, top);
             if (!lp_out) lp_out = cJSON_CreateArray();
             if (!e || !lp_out || !cJSON_AddItemToArray(lp_out, e)) {
                 cJSON_Delete(e);
@@ -246,7 +294,7 @@ static void on_d_line(pd_http_call *call, const char *line, size_t len, void *ar
     (void)len;
     rt_choice *c = arg;
     if (!rt_choice_fsm_live(&c->st)) return;
-    rt_req_progress(c->req);
+    c->cbs.progress_cb(c->cbs.arg, c);
     cJSON *o = cJSON_Parse(line);
     const cJSON *ev = o ? cJSON_GetObjectItem(o, "event") : NULL;
     if (!cJSON_IsString(ev)) {
@@ -313,7 +361,14 @@ static void on_d_done(pd_http_call *call, int status, const char *body, size_t l
     choice_event(c, ev);
 }
 
-void rt_choice_start(rt_choice *c)
+void rt_choice_start(rt_choice *c, const rt_choice_cbs *cbs)
+{
+    c->cbs = *cbs;
+    choice_start(c);
+}
+
+/* A first attempt, or a retry's (the callbacks are set). */
+static void choice_start(rt_choice *c)
 {
     rt_req *r = c->req;
     rt_router *rt = r->rt;

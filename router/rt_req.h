@@ -37,8 +37,24 @@ struct rt_router {
 };
 
 typedef struct rt_req rt_req;
+typedef struct rt_choice rt_choice;
 
+/* What relay.c reports to a choice's owner (api.c: its request), set by rt_choice_start; called on the loop thread,
+ * never re-entrantly. */
 typedef struct {
+    /* Released text (either part may be empty) and the tokens' logprob entries (an array the callee owns, or NULL).
+     * PD_ERR_NOMEM when the text could not be kept: the choice fails. */
+    pd_status (*delta_cb)(void *arg, rt_choice *c, const char *reasoning, size_t rlen, const char *content,
+                          size_t clen, cJSON *logprobs);
+    /* The choice is final: exactly once, except when the owner stopped it (rt_choice_cancel, rt_choice_abort). May
+     * free the choice. */
+    void (*done_cb)(void *arg, rt_choice *c);
+    /* A line came from the decode instance: the request makes progress. */
+    void (*progress_cb)(void *arg, rt_choice *c);
+    void *arg;
+} rt_choice_cbs;
+
+struct rt_choice {
     rt_req *req;
     int index;
     const int32_t *prompt;        /* points into req->prompts */
@@ -61,7 +77,8 @@ typedef struct {
     double t_first, t_last;       /* first and latest token line */
     double timing_queue, timing_prefill, timing_transfer, timing_decode;
     double p_queue;               /* the prefill instance's queue time (PD) */
-} rt_choice;
+    rt_choice_cbs cbs;            /* its owner's callbacks (rt_choice_start) */
+};
 
 struct rt_req {
     rt_router *rt;
@@ -135,16 +152,11 @@ int rt_completion_prompts(const rt_limits *lim, const cJSON *prompt, rt_req *r, 
 /* relay.c: drives each choice's state machine from its calls. rt_choice_cancel: the client went away (nothing is
  * reported); rt_choice_abort: a sibling failed the request (nothing is reported); rt_choice_timeout: the choice fails
  * with 504 and msg and is reported. Each does nothing to a choice that is final already. */
-void rt_choice_start(rt_choice *c);
+void rt_choice_start(rt_choice *c, const rt_choice_cbs *cbs);
 void rt_choice_cancel(rt_choice *c);
 void rt_choice_abort(rt_choice *c);
 void rt_choice_timeout(rt_choice *c, const char *msg);
 void rt_choice_free(rt_choice *c);
-/* api.c, called by relay.c. rt_req_choice_delta: PD_ERR_NOMEM when the text could not be kept (the choice fails). */
-pd_status rt_req_choice_delta(rt_req *r, rt_choice *c, const char *reasoning, size_t rlen, const char *content,
-                         size_t clen, cJSON *logprobs);
-void rt_req_choice_done(rt_req *r, rt_choice *c);
-void rt_req_progress(rt_req *r);
 /* metrics.c: registers the router's families, the instance gauges filled from the registry at each scrape. */
 pd_status rt_metrics_init(rt_router *rt);
 void rt_metrics_free(rt_router *rt);
@@ -158,7 +170,5 @@ void rt_stats_destroy(rt_stats *s);
 void rt_stats_sample(rt_stats *s, rt_sample_kind kind, double v);
 void rt_stats_reply(rt_stats *s, struct evhttp_request *req);
 void rt_dashboard_reply(struct evhttp_request *req);
-/* The display text of one token (invalid UTF-8 replaced by U+FFFD) and its bytes. */
-cJSON *rt_token_logprob_entry(rt_router *rt, int chat, int32_t id, double lp, const cJSON *top);
 
 #endif
