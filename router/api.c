@@ -82,7 +82,7 @@ static long utf8_chars(const char *s)
     return n;
 }
 
-/* c: the choice the entries belong to; completions' text_offset runs on over its chunks (c->lp_offset) */
+/* c: the choice the entries belong to; completions' text_offset runs on over its chunks (c->out.lp_offset) */
 static void add_lp(cJSON *dst, rt_req *r, rt_choice *c, cJSON *entries)
 {
     /* chat: {"content":[entries]}; completions: {"tokens":[...],"token_logprobs":[...],"top_logprobs":[...],
@@ -102,8 +102,8 @@ static void add_lp(cJSON *dst, rt_req *r, rt_choice *c, cJSON *entries)
     {
         const cJSON *tok = cJSON_GetObjectItem(e, "token");
         cJSON_AddItemToArray(toks, cJSON_Duplicate(tok, 1));
-        cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)c->lp_offset));
-        if (cJSON_IsString(tok)) c->lp_offset += utf8_chars(tok->valuestring);
+        cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)c->out.lp_offset));
+        if (cJSON_IsString(tok)) c->out.lp_offset += utf8_chars(tok->valuestring);
         cJSON_AddItemToArray(lps, cJSON_Duplicate(cJSON_GetObjectItem(e, "logprob"), 1));
         const cJSON *t = cJSON_GetObjectItem(e, "top_logprobs");
         cJSON *m = cJSON_CreateObject();
@@ -131,11 +131,11 @@ static pd_status choice_delta_cb(void *arg, rt_choice *c, const char *rs, size_t
     rt_req *r = arg;
     if (!r->stream) { /* accumulate */
         pd_status st = PD_OK;
-        if (rl) st = pd_buf_append(&c->reasoning, rs, rl);
-        if (cl && st == PD_OK) st = pd_buf_append(&c->content, cs, cl);
+        if (rl) st = pd_buf_append(&c->out.reasoning, rs, rl);
+        if (cl && st == PD_OK) st = pd_buf_append(&c->out.content, cs, cl);
         if (lps) {
             cJSON *e;
-            while ((e = cJSON_DetachItemFromArray(lps, 0)) != NULL) cJSON_AddItemToArray(c->lp_tokens, e);
+            while ((e = cJSON_DetachItemFromArray(lps, 0)) != NULL) cJSON_AddItemToArray(c->out.lp_tokens, e);
             cJSON_Delete(lps);
         }
         return st;
@@ -162,7 +162,7 @@ static pd_status choice_delta_cb(void *arg, rt_choice *c, const char *rs, size_t
 static cJSON *usage_json(rt_req *r)
 {
     int comp = 0;
-    for (int i = 0; i < r->n_ch; i++) comp += r->ch[i].n_gen;
+    for (int i = 0; i < r->n_ch; i++) comp += r->ch[i].out.n_gen;
     cJSON *u = cJSON_CreateObject();
     cJSON_AddNumberToObject(u, "prompt_tokens", r->prompt_tokens);
     cJSON_AddNumberToObject(u, "completion_tokens", comp);
@@ -172,8 +172,8 @@ static cJSON *usage_json(rt_req *r)
 
 static cJSON *stop_reason(const rt_choice *c)
 {
-    if (c->stop_str[0]) return cJSON_CreateString(c->stop_str);
-    if (c->stop_token >= 0 && !strcmp(c->st.finish, "stop")) return cJSON_CreateNumber(c->stop_token);
+    if (c->out.stop_str[0]) return cJSON_CreateString(c->out.stop_str);
+    if (c->out.stop_token >= 0 && !strcmp(c->st.finish, "stop")) return cJSON_CreateNumber(c->out.stop_token);
     return cJSON_CreateNull();
 }
 
@@ -181,10 +181,10 @@ static cJSON *stop_reason(const rt_choice *c)
 static cJSON *timing_json(const rt_choice *c)
 {
     cJSON *t = cJSON_CreateObject();
-    cJSON_AddNumberToObject(t, "queue_s", c->timing_queue);
-    cJSON_AddNumberToObject(t, "prefill_s", c->timing_prefill);
-    cJSON_AddNumberToObject(t, "transfer_s", c->timing_transfer);
-    cJSON_AddNumberToObject(t, "decode_s", c->timing_decode);
+    cJSON_AddNumberToObject(t, "queue_s", c->tm.queue);
+    cJSON_AddNumberToObject(t, "prefill_s", c->tm.prefill);
+    cJSON_AddNumberToObject(t, "transfer_s", c->tm.transfer);
+    cJSON_AddNumberToObject(t, "decode_s", c->tm.decode);
     return t;
 }
 
@@ -219,11 +219,14 @@ static void log_request(rt_req *r, const char *outcome)
     char inst[400] = "";
     size_t n = 0;
     for (int i = 0; i < r->n_ch; i++) {
-        comp += r->ch[i].n_gen;
-        if (r->ch[i].t_first > 0 && (ttft == 0 || r->ch[i].t_first - r->t0 < ttft)) ttft = r->ch[i].t_first - r->t0;
+        const double first = r->ch[i].tm.t_first;
+        comp += r->ch[i].out.n_gen;
+        if (first > 0 && (ttft == 0 || first - r->t0 < ttft)) ttft = first - r->t0;
     }
-    for (int i = 0; i < r->n_ch && n < sizeof inst - 1; i++)
-        n += (size_t)snprintf(inst + n, sizeof inst - n, "%s%s", i ? "; " : "", r->ch[i].used[0] ? r->ch[i].used : "-");
+    for (int i = 0; i < r->n_ch && n < sizeof inst - 1; i++) {
+        const char *used = r->ch[i].up.used;
+        n += (size_t)snprintf(inst + n, sizeof inst - n, "%s%s", i ? "; " : "", used[0] ? used : "-");
+    }
     pd_info("router: %s %s: %d prompt + %d completion tokens, %d choice(s), ttft %.3f s, total %.3f s (%s)", r->id,
             outcome, r->prompt_tokens, comp, r->n_ch, ttft, pd_time_now() - r->t0, inst);
 }
@@ -298,14 +301,14 @@ static void choice_done_cb(void *arg, rt_choice *c)
             if (r->chat) {
                 cJSON *m = cJSON_AddObjectToObject(ch, "message");
                 cJSON_AddStringToObject(m, "role", "assistant");
-                cJSON_AddStringToObject(m, "content", x->content.data ? x->content.data : "");
-                if (x->reasoning.len) cJSON_AddStringToObject(m, "reasoning_content", x->reasoning.data);
+                cJSON_AddStringToObject(m, "content", x->out.content.data ? x->out.content.data : "");
+                if (x->out.reasoning.len) cJSON_AddStringToObject(m, "reasoning_content", x->out.reasoning.data);
             } else {
-                cJSON_AddStringToObject(ch, "text", x->content.data ? x->content.data : "");
+                cJSON_AddStringToObject(ch, "text", x->out.content.data ? x->out.content.data : "");
             }
-            if (x->lp_tokens) {
-                add_lp(ch, r, x, x->lp_tokens);
-                x->lp_tokens = NULL;
+            if (x->out.lp_tokens) {
+                add_lp(ch, r, x, x->out.lp_tokens);
+                x->out.lp_tokens = NULL;
             } else {
                 cJSON_AddNullToObject(ch, "logprobs");
             }
@@ -366,7 +369,7 @@ static long queued_tokens(rt_router *rt)
     long n = 0;
     for (rt_req *q = rt->reqs; q; q = q->next)
         for (int i = 0; i < q->n_ch; i++)
-            if (!rt_choice_fsm_final(&q->ch[i].st) && q->ch[i].t_first == 0) n += q->ch[i].n_prompt;
+            if (!rt_choice_fsm_final(&q->ch[i].st) && q->ch[i].tm.t_first == 0) n += q->ch[i].n_prompt;
     return n;
 }
 

@@ -102,8 +102,8 @@ void rt_metrics_choice(rt_router *rt, const rt_choice *c)
 {
     rt_metrics *m = &rt->m;
     if (c->st.state != RT_CH_DONE || !strcmp(c->st.finish, "abort")) return;
-    pd_histogram_observe(m->queue, NULL, c->timing_queue);
-    if (c->timing_prefill > 0) pd_histogram_observe(m->prefill, NULL, c->timing_prefill);
-    if (c->p) pd_histogram_observe(m->transfer, NULL, c->timing_transfer);
-    pd_histogram_observe(m->decode, NULL, c->timing_decode);
+    pd_histogram_observe(m->queue, NULL, c->tm.queue);
+    if (c->tm.prefill > 0) pd_histogram_observe(m->prefill, NULL, c->tm.prefill);
+    if (c->up.p) pd_histogram_observe(m->transfer, NULL, c->tm.transfer);
+    pd_histogram_observe(m->decode, NULL, c->tm.decode);
 }

@@ -65,8 +65,8 @@ static cJSON *token_logprob_entry(rt_router *rt, int chat, int32_t id, double lp
 /* Releases what the text pipeline has decided; *stopped = 1 when a stop string ended the choice. */
 static pd_status text_release(rt_choice *c, int final, cJSON *lps, int *stopped)
 {
-    pd_status st = rt_text_release(c->text, final, lps, stopped);
-    if (*stopped) snprintf(c->stop_str, sizeof c->stop_str, "%s", rt_text_stop_str(c->text));
+    pd_status st = rt_text_release(c->txt.text, final, lps, stopped);
+    if (*stopped) snprintf(c->out.stop_str, sizeof c->out.stop_str, "%s", rt_text_stop_str(c->txt.text));
     return st;
 }
 
@@ -115,42 +115,42 @@ static void release_kv(rt_choice *c)
 {
     char path[160];
     pd_http_call *x;
-    if (!c->d) return;
+    if (!c->up.d) return;
     snprintf(path, sizeof path, "/internal/requests/%s-%d.%d?kv=untouched", c->req->id, c->index, c->st.retries);
-    if (pd_http_call_start(c->req->rt->base, c->d->host, c->d->port, "DELETE", path, NULL, 0, 10, NULL, ignore_done,
-                           NULL, &x) != PD_OK)
-        pd_warn("router: %s: cannot tell %s to release its reservation", c->req->id, c->d->addr);
+    if (pd_http_call_start(c->req->rt->base, c->up.d->host, c->up.d->port, "DELETE", path, NULL, 0, 10, NULL,
+                           ignore_done, NULL, &x) != PD_OK)
+        pd_warn("router: %s: cannot tell %s to release its reservation", c->req->id, c->up.d->addr);
 }
 
 /* Closing the decode stream aborts the request there if it still runs. */
 static void cancel_decode(rt_choice *c)
 {
-    if (!c->d_call) return;
-    pd_http_call_cancel(c->d_call);
-    c->d_call = NULL;
-    if (c->d) c->d->inflight--;
-    c->d = NULL;
+    if (!c->up.d_call) return;
+    pd_http_call_cancel(c->up.d_call);
+    c->up.d_call = NULL;
+    if (c->up.d) c->up.d->inflight--;
+    c->up.d = NULL;
 }
 
 static void cancel_prefill(rt_choice *c)
 {
-    if (!c->p_call) return;
-    pd_http_call_cancel(c->p_call);
-    c->p_call = NULL;
-    if (c->p) c->p->inflight--;
+    if (!c->up.p_call) return;
+    pd_http_call_cancel(c->up.p_call);
+    c->up.p_call = NULL;
+    if (c->up.p) c->up.p->inflight--;
 }
 
 /* A failure before any token reached the client (the machine released the attempt): run the choice again on
  * another prefill instance, with a new decode reservation, or let the failure stand when there is none. */
 static void retry_elsewhere(rt_choice *c)
 {
-    rt_instance *failed = c->p;
+    rt_instance *failed = c->up.p;
     if (!rt_pick_prefill(c->req->rt->reg, NULL, failed)) {
         choice_event(c, (rt_choice_event){.kind = RT_EV_RETRY_REFUSED});
         return;
     }
     choice_event(c, (rt_choice_event){.kind = RT_EV_RETRY});
-    c->failed_p = failed;
+    c->up.failed_p = failed;
     pd_counter_add(c->req->rt->m.retries, NULL, 1);
     pd_info("router: %s: retrying on another prefill instance", c->req->id);
     choice_start(c);
@@ -179,23 +179,23 @@ static void on_p_done(pd_http_call *call, int status, const char *body, size_t l
     (void)call;
     (void)len;
     rt_choice *c = arg;
-    c->p_call = NULL;
-    if (c->p) c->p->inflight--;
+    c->up.p_call = NULL;
+    if (c->up.p) c->up.p->inflight--;
     if (status == 200) {
         cJSON *o = cJSON_Parse(body);
         const cJSON *t = o ? cJSON_GetObjectItem(o, "timing") : NULL;
         if (t) {
-            c->p_queue = num_or(t, "queue_s", 0);
-            c->timing_prefill = num_or(t, "prefill_s", 0);
-            c->timing_transfer = num_or(t, "transfer_s", 0);
-            c->timing_queue += c->p_queue; /* the decode side's share may be in already */
+            c->tm.p_queue = num_or(t, "queue_s", 0);
+            c->tm.prefill = num_or(t, "prefill_s", 0);
+            c->tm.transfer = num_or(t, "transfer_s", 0);
+            c->tm.queue += c->tm.p_queue; /* the decode side's share may be in already */
         }
         cJSON_Delete(o);
         choice_event(c, (rt_choice_event){.kind = RT_EV_PREFILL_OK}); /* ends the choice if decode was done */
         return;
     }
     char msg[200];
-    snprintf(msg, sizeof msg, "prefill instance %s failed (%s)", c->p ? c->p->addr : "?",
+    snprintf(msg, sizeof msg, "prefill instance %s failed (%s)", c->up.p ? c->up.p->addr : "?",
              err != PD_OK ? pd_status_str(err) : "error reply");
     pd_warn("router: %s: %s", c->req->id, msg);
     int untouched = 0;
@@ -214,25 +214,26 @@ static void start_prefill(rt_choice *c, const cJSON *kv)
 {
     rt_req *r = c->req;
     const cJSON *layout = cJSON_GetObjectItem(kv, "layout");
-    if (!c->p || (cJSON_IsString(layout) && strcmp(layout->valuestring, c->p->layout) != 0)) {
+    if (!c->up.p || (cJSON_IsString(layout) && strcmp(layout->valuestring, c->up.p->layout) != 0)) {
         fail_choice(c, 503, "no healthy prefill instance with a matching KV layout");
         return;
     }
-    size_t ul = strlen(c->used);
-    snprintf(c->used + ul, sizeof c->used - ul, " <- %s", c->p->addr);
+    size_t ul = strlen(c->up.used);
+    snprintf(c->up.used + ul, sizeof c->up.used - ul, " <- %s", c->up.p->addr);
     cJSON *b = gen_body(c);
     cJSON_AddItemToObject(b, "target", cJSON_Duplicate(kv, 1));
     char *txt = cJSON_PrintUnformatted(b);
     cJSON_Delete(b);
-    pd_status st = txt ? pd_http_call_start(r->rt->base, c->p->host, c->p->port, "POST", "/internal/prefill", txt,
-                                            strlen(txt), (int)r->rt->o->request_timeout, NULL, on_p_done, c, &c->p_call)
+    pd_status st = txt ? pd_http_call_start(r->rt->base, c->up.p->host, c->up.p->port, "POST", "/internal/prefill", txt,
+                                            strlen(txt), (int)r->rt->o->request_timeout, NULL, on_p_done, c,
+                                            &c->up.p_call)
                        : PD_ERR_NOMEM;
     free(txt);
     if (st != PD_OK) {
         fail_choice(c, 503, "cannot reach the prefill instance");
         return;
     }
-    c->p->inflight++;
+    c->up.p->inflight++;
     choice_event(c, (rt_choice_event){.kind = RT_EV_PREFILL_STARTED});
 }
 
@@ -247,28 +248,28 @@ static void on_token(rt_choice *c, const cJSON *o)
     choice_event(c, (rt_choice_event){.kind = RT_EV_TOKEN, .n = cJSON_GetArraySize(ids)});
     double now = pd_time_now();
     rt_metrics *m = &r->rt->m;
-    if (c->t_first == 0) {
-        c->t_first = now;
+    if (c->tm.t_first == 0) {
+        c->tm.t_first = now;
         pd_histogram_observe(m->ttft, NULL, now - r->t0);
         rt_stats_sample(r->rt->stats, RT_SAMPLE_TTFT, now - r->t0);
     } else {
-        pd_histogram_observe(m->itl, NULL, now - c->t_last);
-        rt_stats_sample(r->rt->stats, RT_SAMPLE_ITL, now - c->t_last);
+        pd_histogram_observe(m->itl, NULL, now - c->tm.t_last);
+        rt_stats_sample(r->rt->stats, RT_SAMPLE_ITL, now - c->tm.t_last);
     }
-    c->t_last = now;
+    c->tm.t_last = now;
     cJSON *lp_out = NULL;
     int i = 0;
     const cJSON *v;
     cJSON_ArrayForEach(v, ids)
     {
         int32_t id = (int32_t)v->valuedouble;
-        c->n_gen++;
+        c->out.n_gen++;
         pd_counter_add(m->gen_tokens, NULL, 1);
         const char *piece;
         size_t n;
-        if (txt_detok_push(c->detok, id, &piece, &n) == PD_OK && rt_text_feed(c->text, piece, n) != PD_OK)
+        if (txt_detok_push(c->txt.detok, id, &piece, &n) == PD_OK && rt_text_feed(c->txt.text, piece, n) != PD_OK)
             goto fail_nomem;
-        if (c->lp_tokens) {
+        if (c->out.lp_tokens) {
             const cJSON *lp = cJSON_GetArrayItem(lps, i), *top = cJSON_IsArray(tops) ? cJSON_GetArrayItem(tops, i) : NULL;
             cJSON *e = token_logprob_entry(r->rt, r->chat, id, cJSON_IsNumber(lp) ? lp->valuedouble : 0.0, top);
             if (!lp_out) lp_out = cJSON_CreateArray();
@@ -310,16 +311,16 @@ static void on_d_line(pd_http_call *call, const char *line, size_t len, void *ar
     } else if (!strcmp(ev->valuestring, "done")) {
         const cJSON *fr = cJSON_GetObjectItem(o, "finish_reason"), *stok = cJSON_GetObjectItem(o, "stop_token");
         const cJSON *t = cJSON_GetObjectItem(o, "timing");
-        if (cJSON_IsNumber(stok)) c->stop_token = stok->valueint;
+        if (cJSON_IsNumber(stok)) c->out.stop_token = stok->valueint;
         if (t) { /* PD: queue = the prefill's queue + the wait to join the decode batch; colocated: all local */
-            c->timing_queue = c->p_queue + num_or(t, "queue_s", 0);
-            c->timing_decode = num_or(t, "decode_s", 0);
-            if (!c->p) c->timing_prefill = num_or(t, "prefill_s", 0);
+            c->tm.queue = c->tm.p_queue + num_or(t, "queue_s", 0);
+            c->tm.decode = num_or(t, "decode_s", 0);
+            if (!c->up.p) c->tm.prefill = num_or(t, "prefill_s", 0);
         }
         const char *piece;
         size_t n;
         int stopped = 0;
-        if ((txt_detok_flush(c->detok, &piece, &n) == PD_OK && rt_text_feed(c->text, piece, n) != PD_OK) ||
+        if ((txt_detok_flush(c->txt.detok, &piece, &n) == PD_OK && rt_text_feed(c->txt.text, piece, n) != PD_OK) ||
             text_release(c, 1, NULL, &stopped) != PD_OK) {
             cJSON_Delete(o);
             fail_choice(c, 503, "out of memory");
@@ -342,9 +343,9 @@ static void on_d_done(pd_http_call *call, int status, const char *body, size_t l
     (void)call;
     (void)len;
     rt_choice *c = arg;
-    c->d_call = NULL;
-    if (c->d) c->d->inflight--;
-    c->d = NULL;
+    c->up.d_call = NULL;
+    if (c->up.d) c->up.d->inflight--;
+    c->up.d = NULL;
     /* ends the choice unless it finished already (a failure then) or waits for the prefill reply (nothing) */
     rt_choice_event ev = {.kind = RT_EV_DECODE_CLOSED, .status = 503,
                           .msg = "the decode instance closed the stream before finishing"};
@@ -372,48 +373,48 @@ static void choice_start(rt_choice *c)
 {
     rt_req *r = c->req;
     rt_router *rt = r->rt;
-    c->stop_token = -1;
+    c->out.stop_token = -1;
     rt_text_params tp = {.stops = (const char *const *)r->stops, .n_stops = r->n_stops, .split_think = r->chat,
                          .in_think = r->think};
     rt_text_sink sink = {.delta_cb = text_delta_cb, .arg = c};
-    if ((!c->text && rt_text_create(&tp, &sink, &c->text) != PD_OK) ||
-        (!c->detok && txt_detok_create(rt->tok, 1, &c->detok) != PD_OK)) {
+    if ((!c->txt.text && rt_text_create(&tp, &sink, &c->txt.text) != PD_OK) ||
+        (!c->txt.detok && txt_detok_create(rt->tok, 1, &c->txt.detok) != PD_OK)) {
         fail_choice(c, 503, "out of memory");
         return;
     }
-    if ((r->logprobs >= 0 || r->chat_logprobs) && !c->lp_tokens && !(c->lp_tokens = cJSON_CreateArray())) {
+    if ((r->logprobs >= 0 || r->chat_logprobs) && !c->out.lp_tokens && !(c->out.lp_tokens = cJSON_CreateArray())) {
         fail_choice(c, 503, "out of memory");
         return;
     }
-    c->d = rt_pick_decode(rt->reg, c->n_prompt + r->max_tokens);
-    if (!c->d) {
+    c->up.d = rt_pick_decode(rt->reg, c->n_prompt + r->max_tokens);
+    if (!c->up.d) {
         fail_choice(c, 503, "no healthy decode instance");
         return;
     }
-    int local = c->d->role == RT_COLOCATED;
-    snprintf(c->used, sizeof c->used, "%s%s", c->d->addr, local ? " (colocated)" : "");
-    c->p = local ? NULL : rt_pick_prefill(rt->reg, c->d->layout, c->failed_p);
-    if (!local && !c->p) {
-        c->d = NULL;
+    int local = c->up.d->role == RT_COLOCATED;
+    snprintf(c->up.used, sizeof c->up.used, "%s%s", c->up.d->addr, local ? " (colocated)" : "");
+    c->up.p = local ? NULL : rt_pick_prefill(rt->reg, c->up.d->layout, c->up.failed_p);
+    if (!local && !c->up.p) {
+        c->up.d = NULL;
         fail_choice(c, 503, "no healthy prefill instance");
         return;
     }
     cJSON *b = gen_body(c);
     cJSON_AddStringToObject(b, "mode", local ? "local" : "pd");
-    if (c->p && c->p->kv_desc) cJSON_AddStringToObject(b, "prefill_kv_desc", c->p->kv_desc);
+    if (c->up.p && c->up.p->kv_desc) cJSON_AddStringToObject(b, "prefill_kv_desc", c->up.p->kv_desc);
     char *txt = cJSON_PrintUnformatted(b);
     cJSON_Delete(b);
-    pd_status st = txt ? pd_http_call_start(rt->base, c->d->host, c->d->port, "POST", "/internal/requests", txt,
+    pd_status st = txt ? pd_http_call_start(rt->base, c->up.d->host, c->up.d->port, "POST", "/internal/requests", txt,
                                             strlen(txt), (int)rt->o->request_timeout, on_d_line, on_d_done, c,
-                                            &c->d_call)
+                                            &c->up.d_call)
                        : PD_ERR_NOMEM;
     free(txt);
     if (st != PD_OK) {
-        c->d = NULL;
+        c->up.d = NULL;
         fail_choice(c, 503, "cannot reach the decode instance");
         return;
     }
-    c->d->inflight++;
+    c->up.d->inflight++;
     choice_event(c, (rt_choice_event){.kind = RT_EV_OPENED});
 }
 
@@ -435,9 +436,9 @@ void rt_choice_timeout(rt_choice *c, const char *msg)
 void rt_choice_free(rt_choice *c)
 {
     rt_choice_cancel(c);
-    txt_detok_destroy(c->detok);
-    rt_text_destroy(c->text);
-    pd_buf_free(&c->content);
-    pd_buf_free(&c->reasoning);
-    cJSON_Delete(c->lp_tokens);
+    txt_detok_destroy(c->txt.detok);
+    rt_text_destroy(c->txt.text);
+    pd_buf_free(&c->out.content);
+    pd_buf_free(&c->out.reasoning);
+    cJSON_Delete(c->out.lp_tokens);
 }

@@ -54,6 +54,37 @@ typedef struct {
     void *arg;
 } rt_choice_cbs;
 
+/* A choice's upstream: the instances that serve it and its calls to them (relay.c). */
+typedef struct {
+    rt_instance *d, *p;
+    rt_instance *failed_p;        /* a prefill instance that failed this choice (not picked again) */
+    pd_http_call *d_call, *p_call;
+    char used[160];               /* "P>D" addresses of the instances that served it, for the request log */
+} rt_choice_up;
+
+/* A choice's text pipeline: token ids -> bytes (detok) -> stop strings and reasoning split (text.c) -> deltas. */
+typedef struct {
+    txt_detok detok;
+    struct rt_text *text;
+} rt_choice_txt;
+
+/* What a choice produced, for the response (api.c). */
+typedef struct {
+    pd_buf content, reasoning;    /* accumulated (non-stream) */
+    cJSON *lp_tokens;             /* logprob entries (array), NULL when not requested */
+    long lp_offset;               /* completions' text_offset of the next logprob entry (characters) */
+    int n_gen;                    /* tokens generated */
+    char stop_str[256];           /* the stop string that ended it, if any */
+    int stop_token;               /* the stop token that ended it, or -1 */
+} rt_choice_out;
+
+/* A choice's timings (seconds): its token lines as seen here, its phases as the instances report them. */
+typedef struct {
+    double t_first, t_last;       /* first and latest token line (pd_time_now) */
+    double queue, prefill, transfer, decode;
+    double p_queue;               /* the prefill instance's queue time (PD) */
+} rt_choice_times;
+
 struct rt_choice {
     rt_req *req;
     int index;
@@ -61,22 +92,11 @@ struct rt_choice {
     int n_prompt;
     uint64_t seed;
     int has_seed;
-    rt_instance *d, *p;
-    rt_instance *failed_p;        /* a prefill instance that failed this choice (not picked again) */
     rt_choice_fsm st;             /* its lifecycle (rt_choice.h): state, calls held, retries, finish or failure */
-    char used[160];               /* "P>D" addresses of the instances that served it, for the request log */
-    pd_http_call *d_call, *p_call;
-    txt_detok detok;
-    struct rt_text *text;         /* text pipeline (text.c): raw output -> stop strings -> reasoning split -> deltas */
-    pd_buf content, reasoning;    /* accumulated (non-stream) */
-    cJSON *lp_tokens;             /* logprob entries (array), NULL when not requested */
-    long lp_offset;               /* completions' text_offset of the next logprob entry (characters) */
-    int n_gen;
-    char stop_str[256];           /* the stop string that ended it, if any */
-    int stop_token;               /* the stop token that ended it, or -1 */
-    double t_first, t_last;       /* first and latest token line */
-    double timing_queue, timing_prefill, timing_transfer, timing_decode;
-    double p_queue;               /* the prefill instance's queue time (PD) */
+    rt_choice_up up;
+    rt_choice_txt txt;
+    rt_choice_out out;
+    rt_choice_times tm;
     rt_choice_cbs cbs;            /* its owner's callbacks (rt_choice_start) */
 };
 
