@@ -45,16 +45,40 @@ static void close_cb(struct evhttp_connection *c, void *arg)
     req_free(r);
 }
 
-static void sse_send(rt_req *r, cJSON *o)
+/* ---- out of memory while building JSON (json.c counts the failed allocations) ------------------------------
+ * A response builder notes rt_json_failures() before it starts and checks it once at the end, instead of testing
+ * each cJSON_Create / cJSON_Add result; a response that could not be built whole becomes a 503. */
+/* o as text, or NULL when building it (since mark) or printing it ran out of memory. */
+static char *json_print(const cJSON *o, unsigned long mark)
 {
-    if (!r->http) return;
-    char *txt = cJSON_PrintUnformatted(o);
-    if (!txt) return;
-    struct evbuffer *b = evbuffer_new();
-    evbuffer_add_printf(b, "data: %s\n\n", txt);
-    evhttp_send_reply_chunk(r->http, b);
-    evbuffer_free(b);
+    if (!o || rt_json_failures() != mark) return NULL;
+    return cJSON_PrintUnformatted(o);
+}
+
+/* Replies o, or 503 with one log line when it could not be built whole (mark: rt_json_failures() before). */
+static void reply_json(struct evhttp_request *http, int status, cJSON *o, unsigned long mark, const char *what)
+{
+    char *txt = json_print(o, mark);
+    if (txt) {
+        pd_http_reply_text(http, status, "application/json", txt, strlen(txt));
+    } else {
+        pd_warn("router: out of memory building the %s reply", what);
+        pd_http_reply_retry(http, 503, "out of memory");
+    }
     free(txt);
+}
+
+/* One SSE event; PD_ERR_NOMEM (nothing sent) when o could not be built whole (since mark) or sent. */
+static pd_status sse_send(rt_req *r, const cJSON *o, unsigned long mark)
+{
+    if (!r->http) return PD_OK;
+    char *txt = json_print(o, mark);
+    struct evbuffer *b = txt ? evbuffer_new() : NULL;
+    pd_status st = b && evbuffer_add_printf(b, "data: %s\n\n", txt) >= 0 ? PD_OK : PD_ERR_NOMEM;
+    if (st == PD_OK) evhttp_send_reply_chunk(r->http, b);
+    if (b) evbuffer_free(b);
+    free(txt);
+    return st;
 }
 
 static void sse_start(rt_req *r)
@@ -141,6 +165,7 @@ static pd_status choice_delta_cb(void *arg, rt_choice *c, const char *rs, size_t
         return st;
     }
     sse_start(r);
+    const unsigned long mark = rt_json_failures();
     cJSON *o = chunk_base(r), *chs = cJSON_AddArrayToObject(o, "choices"), *ch = cJSON_CreateObject();
     cJSON_AddNumberToObject(ch, "index", c->index);
     if (r->chat) {
@@ -153,10 +178,10 @@ static pd_status choice_delta_cb(void *arg, rt_choice *c, const char *rs, size_t
     if (lps) add_lp(ch, r, c, lps);
     else cJSON_AddNullToObject(ch, "logprobs");
     cJSON_AddNullToObject(ch, "finish_reason");
-    cJSON_AddItemToArray(chs, ch);
-    sse_send(r, o);
+    if (!cJSON_AddItemToArray(chs, ch)) cJSON_Delete(ch);
+    pd_status st = sse_send(r, o, mark); /* PD_ERR_NOMEM: relay.c fails the choice (503) */
     cJSON_Delete(o);
-    return PD_OK;
+    return st;
 }
 
 static cJSON *usage_json(rt_req *r)
@@ -200,8 +225,9 @@ static void send_error(rt_req *r, int status, const char *msg)
     if (!r->http || r->error_sent) return;
     r->error_sent = 1;
     if (r->sse_started) { /* the stream has started: an error event, then [DONE] */
+        const unsigned long mark = rt_json_failures();
         cJSON *e = pd_http_error_json(status, NULL, NULL, msg);
-        sse_send(r, e);
+        (void)sse_send(r, e, mark); /* failing already: [DONE] ends the stream either way */
         cJSON_Delete(e);
         pd_http_stream_write(r->http, "data: [DONE]\n\n", 14);
         pd_http_stream_end(r->http);
@@ -231,96 +257,141 @@ static void log_request(rt_req *r, const char *outcome)
             outcome, r->prompt_tokens, comp, r->n_ch, ttft, pd_time_now() - r->t0, inst);
 }
 
+/* One failed choice (or a response out of memory) fails the request: the others stop, the client gets the error. */
+static void fail_request(rt_req *r, int status, const char *msg)
+{
+    rt_router *rt = r->rt;
+    for (int i = 0; i < r->n_ch; i++)
+        if (!rt_choice_fsm_final(&r->ch[i].st)) {
+            rt_choice_abort(&r->ch[i]);
+            r->n_done++;
+        }
+    pd_counter_add(rt->m.failed, NULL, 1);
+    pd_counter_add(rt->m.finished, PD_LV("error"), 1);
+    count_error(rt, status);
+    pd_warn("router: %s failed: %s", r->id, msg);
+    send_error(r, status, msg);
+    log_request(r, "failed");
+    req_free(r);
+}
+
+/* A streamed choice's final chunk. PD_ERR_NOMEM: nothing sent. */
+static pd_status send_final_chunk(rt_req *r, rt_choice *c)
+{
+    sse_start(r);
+    const unsigned long mark = rt_json_failures();
+    cJSON *o = chunk_base(r), *chs = cJSON_AddArrayToObject(o, "choices"), *ch = cJSON_CreateObject();
+    cJSON_AddNumberToObject(ch, "index", c->index);
+    if (r->chat) cJSON_AddObjectToObject(ch, "delta");
+    else cJSON_AddStringToObject(ch, "text", "");
+    cJSON_AddNullToObject(ch, "logprobs");
+    cJSON_AddStringToObject(ch, "finish_reason", c->st.finish);
+    cJSON_AddItemToObject(ch, "stop_reason", stop_reason(c));
+    if (!cJSON_AddItemToArray(chs, ch)) cJSON_Delete(ch);
+    cJSON_AddItemToObject(o, "pdserve_timing", timing_json(c)); /* extension: this choice's phase times */
+    pd_status st = sse_send(r, o, mark);
+    cJSON_Delete(o);
+    return st;
+}
+
+/* The whole (non-stream) response of a finished request. */
+static cJSON *response_json(rt_req *r)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "id", r->id);
+    cJSON_AddStringToObject(o, "object", r->chat ? "chat.completion" : "text_completion");
+    cJSON_AddNumberToObject(o, "created", (double)r->created);
+    cJSON_AddStringToObject(o, "model", r->rt->o->served_model_name);
+    cJSON *chs = cJSON_AddArrayToObject(o, "choices");
+    for (int i = 0; i < r->n_ch; i++) {
+        rt_choice *x = &r->ch[i];
+        cJSON *ch = cJSON_CreateObject();
+        cJSON_AddNumberToObject(ch, "index", i);
+        if (r->chat) {
+            cJSON *m = cJSON_AddObjectToObject(ch, "message");
+            cJSON_AddStringToObject(m, "role", "assistant");
+            cJSON_AddStringToObject(m, "content", x->out.content.data ? x->out.content.data : "");
+            if (x->out.reasoning.len) cJSON_AddStringToObject(m, "reasoning_content", x->out.reasoning.data);
+        } else {
+            cJSON_AddStringToObject(ch, "text", x->out.content.data ? x->out.content.data : "");
+        }
+        if (x->out.lp_tokens) {
+            add_lp(ch, r, x, x->out.lp_tokens);
+            x->out.lp_tokens = NULL;
+        } else {
+            cJSON_AddNullToObject(ch, "logprobs");
+        }
+        cJSON_AddStringToObject(ch, "finish_reason", x->st.finish);
+        cJSON_AddItemToObject(ch, "stop_reason", stop_reason(x));
+        if (!cJSON_AddItemToArray(chs, ch)) cJSON_Delete(ch);
+    }
+    cJSON_AddItemToObject(o, "usage", usage_json(r));
+    cJSON_AddItemToObject(o, "pdserve_timing", timing_json(&r->ch[0])); /* phase timings of the first choice */
+    return o;
+}
+
+/* The request's last bytes, built before anything is counted so that out of memory fails it instead (503):
+ * the usage chunk (stream with include_usage) or the whole response. NULL in *txt: nothing to send. */
+static pd_status final_text(rt_req *r, char **txt)
+{
+    *txt = NULL;
+    if (!r->http || (r->stream && !r->include_usage)) return PD_OK;
+    const unsigned long mark = rt_json_failures();
+    cJSON *o = r->stream ? chunk_base(r) : response_json(r);
+    if (r->stream) {
+        cJSON_AddArrayToObject(o, "choices");
+        cJSON_AddItemToObject(o, "usage", usage_json(r));
+    }
+    char *t = json_print(o, mark);
+    cJSON_Delete(o);
+    if (t && r->stream) { /* one SSE event */
+        size_t n = strlen(t);
+        char *e = malloc(n + 9);
+        if (e) snprintf(e, n + 9, "data: %s\n\n", t);
+        free(t);
+        t = e;
+    }
+    if (!t) return PD_ERR_NOMEM;
+    *txt = t;
+    return PD_OK;
+}
+
 static void choice_done_cb(void *arg, rt_choice *c)
 {
     rt_req *r = arg;
     rt_router *rt = r->rt;
     r->n_done++;
     if (c->st.state == RT_CH_FAILED) {
-        /* one failed choice fails the request: stop the others */
-        for (int i = 0; i < r->n_ch; i++)
-            if (!rt_choice_fsm_final(&r->ch[i].st)) {
-                rt_choice_abort(&r->ch[i]);
-                r->n_done++;
-            }
-        pd_counter_add(rt->m.failed, NULL, 1);
-        pd_counter_add(rt->m.finished, PD_LV("error"), 1);
-        count_error(rt, c->st.status);
-        pd_warn("router: %s failed: %s", r->id, c->st.msg);
-        send_error(r, c->st.status, c->st.msg);
-        log_request(r, "failed");
-        req_free(r);
+        fail_request(r, c->st.status, c->st.msg);
         return;
     }
-    if (r->stream && r->http) { /* the choice's final chunk */
-        sse_start(r);
-        cJSON *o = chunk_base(r), *chs = cJSON_AddArrayToObject(o, "choices"), *ch = cJSON_CreateObject();
-        cJSON_AddNumberToObject(ch, "index", c->index);
-        if (r->chat) cJSON_AddObjectToObject(ch, "delta");
-        else cJSON_AddStringToObject(ch, "text", "");
-        cJSON_AddNullToObject(ch, "logprobs");
-        cJSON_AddStringToObject(ch, "finish_reason", c->st.finish);
-        cJSON_AddItemToObject(ch, "stop_reason", stop_reason(c));
-        cJSON_AddItemToArray(chs, ch);
-        cJSON_AddItemToObject(o, "pdserve_timing", timing_json(c)); /* extension: this choice's phase times */
-        sse_send(r, o);
-        cJSON_Delete(o);
+    if (r->stream && r->http && send_final_chunk(r, c) != PD_OK) {
+        fail_request(r, 503, "out of memory");
+        return;
     }
     if (r->n_done < r->n_ch) return;
+    char *txt;
+    if (final_text(r, &txt) != PD_OK) {
+        fail_request(r, 503, "out of memory");
+        return;
+    }
     pd_counter_add(rt->m.prompt_tokens, NULL, r->prompt_tokens);
     for (int i = 0; i < r->n_ch; i++) {
         const char *f = r->ch[i].st.finish;
-        pd_counter_add(rt->m.finished, PD_LV(!strcmp(f, "length") ? "length" : !strcmp(f, "abort") ? "abort" : "stop"), 1);
+        pd_counter_add(rt->m.finished, PD_LV(!strcmp(f, "length") ? "length" : !strcmp(f, "abort") ? "abort" : "stop"),
+                       1);
         rt_metrics_choice(rt, &r->ch[i]);
     }
     pd_histogram_observe(rt->m.e2e, NULL, pd_time_now() - r->t0);
     rt_stats_sample(rt->stats, RT_SAMPLE_E2E, pd_time_now() - r->t0);
-    if (r->stream) {
-        if (r->include_usage) {
-            cJSON *o = chunk_base(r);
-            cJSON_AddArrayToObject(o, "choices");
-            cJSON_AddItemToObject(o, "usage", usage_json(r));
-            sse_send(r, o);
-            cJSON_Delete(o);
-        }
-        if (r->http) {
-            pd_http_stream_write(r->http, "data: [DONE]\n\n", 14);
-            pd_http_stream_end(r->http);
-        }
+    if (r->stream && r->http) {
+        if (txt) pd_http_stream_write(r->http, txt, strlen(txt));
+        pd_http_stream_write(r->http, "data: [DONE]\n\n", 14);
+        pd_http_stream_end(r->http);
     } else if (r->http) {
-        cJSON *o = cJSON_CreateObject();
-        cJSON_AddStringToObject(o, "id", r->id);
-        cJSON_AddStringToObject(o, "object", r->chat ? "chat.completion" : "text_completion");
-        cJSON_AddNumberToObject(o, "created", (double)r->created);
-        cJSON_AddStringToObject(o, "model", rt->o->served_model_name);
-        cJSON *chs = cJSON_AddArrayToObject(o, "choices");
-        for (int i = 0; i < r->n_ch; i++) {
-            rt_choice *x = &r->ch[i];
-            cJSON *ch = cJSON_CreateObject();
-            cJSON_AddNumberToObject(ch, "index", i);
-            if (r->chat) {
-                cJSON *m = cJSON_AddObjectToObject(ch, "message");
-                cJSON_AddStringToObject(m, "role", "assistant");
-                cJSON_AddStringToObject(m, "content", x->out.content.data ? x->out.content.data : "");
-                if (x->out.reasoning.len) cJSON_AddStringToObject(m, "reasoning_content", x->out.reasoning.data);
-            } else {
-                cJSON_AddStringToObject(ch, "text", x->out.content.data ? x->out.content.data : "");
-            }
-            if (x->out.lp_tokens) {
-                add_lp(ch, r, x, x->out.lp_tokens);
-                x->out.lp_tokens = NULL;
-            } else {
-                cJSON_AddNullToObject(ch, "logprobs");
-            }
-            cJSON_AddStringToObject(ch, "finish_reason", x->st.finish);
-            cJSON_AddItemToObject(ch, "stop_reason", stop_reason(x));
-            cJSON_AddItemToArray(chs, ch);
-        }
-        cJSON_AddItemToObject(o, "usage", usage_json(r));
-        cJSON_AddItemToObject(o, "pdserve_timing", timing_json(&r->ch[0])); /* phase timings of the first choice */
-        pd_http_reply_json(r->http, 200, o);
-        cJSON_Delete(o);
+        pd_http_reply_text(r->http, 200, "application/json", txt, strlen(txt));
     }
+    free(txt);
     log_request(r, "done");
     req_free(r);
 }
@@ -460,6 +531,7 @@ static void handle_generate(rt_router *rt, struct evhttp_request *http, int chat
 
 static void handle_tokenize(rt_router *rt, struct evhttp_request *http, int detok)
 {
+    const unsigned long mark = rt_json_failures();
     char *body = NULL;
     rt_error e = {0};
     rt_limits lim = request_limits(rt);
@@ -509,7 +581,7 @@ static void handle_tokenize(rt_router *rt, struct evhttp_request *http, int deto
                                     rt->o->max_model_len ? rt->o->max_model_len : rt_registry_max_model_len(rt->reg));
         }
     }
-    if (out) pd_http_reply_json(http, 200, out);
+    if (out) reply_json(http, 200, out, mark, detok ? "detokenize" : "tokenize");
     else pd_http_reply_error(http, e.status ? e.status : 400, NULL, e.param[0] ? e.param : NULL, "%s", e.msg);
     cJSON_Delete(out);
     cJSON_Delete(root);
@@ -518,6 +590,7 @@ static void handle_tokenize(rt_router *rt, struct evhttp_request *http, int deto
 
 static void handle_models(rt_router *rt, struct evhttp_request *http)
 {
+    const unsigned long mark = rt_json_failures();
     cJSON *o = cJSON_CreateObject(), *d = cJSON_AddArrayToObject(o, "data"), *m = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "object", "list");
     cJSON_AddStringToObject(m, "id", rt->o->served_model_name);
@@ -527,8 +600,8 @@ static void handle_models(rt_router *rt, struct evhttp_request *http)
     cJSON_AddStringToObject(m, "root", rt->o->model ? rt->o->model : rt->o->served_model_name);
     int mml = rt->o->max_model_len ? rt->o->max_model_len : rt_registry_max_model_len(rt->reg);
     if (mml > 0) cJSON_AddNumberToObject(m, "max_model_len", mml);
-    cJSON_AddItemToArray(d, m);
-    pd_http_reply_json(http, 200, o);
+    if (!cJSON_AddItemToArray(d, m)) cJSON_Delete(m);
+    reply_json(http, 200, o, mark, "models");
     cJSON_Delete(o);
 }
 
@@ -536,6 +609,7 @@ static void handle_models(rt_router *rt, struct evhttp_request *http)
  * POST /admin/instances/<address>/drain; DELETE /admin/instances/<address>. */
 static void handle_admin(rt_router *rt, struct evhttp_request *http, const char *rest, enum evhttp_cmd_type m)
 {
+    const unsigned long mark = rt_json_failures();
     if (!*rest && m == EVHTTP_REQ_POST) {
         char *body = NULL;
         if (pd_http_body(http, 65536, &body, NULL) != PD_OK) {
@@ -559,7 +633,7 @@ static void handle_admin(rt_router *rt, struct evhttp_request *http, const char 
             cJSON *r = cJSON_CreateObject();
             cJSON_AddStringToObject(r, "address", in->addr);
             cJSON_AddBoolToObject(r, "registered", 1);
-            pd_http_reply_json(http, 200, r);
+            reply_json(http, 200, r, mark, "admin");
             cJSON_Delete(r);
         }
         cJSON_Delete(o);
@@ -583,14 +657,14 @@ static void handle_admin(rt_router *rt, struct evhttp_request *http, const char 
         rt_registry_drain(rt->reg, in);
         cJSON *r = cJSON_CreateObject();
         cJSON_AddBoolToObject(r, "draining", 1);
-        pd_http_reply_json(http, 200, r);
+        reply_json(http, 200, r, mark, "admin");
         cJSON_Delete(r);
     } else if (!slash && m == EVHTTP_REQ_DELETE) {
         pd_info("router: removing %s (%d requests in flight finish first)", in->addr, in->inflight);
         rt_registry_remove(rt->reg, in);
         cJSON *r = cJSON_CreateObject();
         cJSON_AddBoolToObject(r, "removed", 1);
-        pd_http_reply_json(http, 200, r);
+        reply_json(http, 200, r, mark, "admin");
         cJSON_Delete(r);
     } else {
         pd_http_reply_error(http, 405, NULL, NULL, "use POST .../drain or DELETE");
@@ -604,6 +678,7 @@ static void gencb(struct evhttp_request *http, void *arg)
     pd_http_path(http, path, sizeof path);
     enum evhttp_cmd_type m = evhttp_request_get_command(http);
     int post = m == EVHTTP_REQ_POST, get = m == EVHTTP_REQ_GET;
+    const unsigned long mark = rt_json_failures();
     if (!strcmp(path, "/v1/completions") || !strcmp(path, "/v1/chat/completions")) {
         if (post) handle_generate(rt, http, path[4] == 'c' && path[5] == 'h');
         else pd_http_reply_error(http, 405, NULL, NULL, "use POST");
@@ -616,12 +691,12 @@ static void gencb(struct evhttp_request *http, void *arg)
         int ok = rt_registry_ready(rt->reg);
         cJSON_AddStringToObject(o, "status", ok ? "ok" : "unavailable");
         cJSON_AddItemToObject(o, "instances", rt_registry_json(rt->reg));
-        pd_http_reply_json(http, ok ? 200 : 503, o);
+        reply_json(http, ok ? 200 : 503, o, mark, "health");
         cJSON_Delete(o);
     } else if (!strcmp(path, "/admin/instances") && get) {
         cJSON *o = cJSON_CreateObject();
         cJSON_AddItemToObject(o, "instances", rt_registry_json(rt->reg));
-        pd_http_reply_json(http, 200, o);
+        reply_json(http, 200, o, mark, "instances");
         cJSON_Delete(o);
     } else if (!strncmp(path, "/admin/instances", 16)) {
         handle_admin(rt, http, path + 16, m);
@@ -641,6 +716,7 @@ pd_status rt_router_create(struct event_base *base, rt_opts *o, rt_router **out,
     char err[1024];
     rt_router *rt = calloc(1, sizeof *rt);
     if (!rt) return PD_ERR_NOMEM;
+    rt_json_track();
     rt->base = base;
     rt->o = o;
     const char *tokdir = o->tokenizer ? o->tokenizer : o->model;

@@ -220,9 +220,10 @@ static void start_prefill(rt_choice *c, const cJSON *kv)
     }
     size_t ul = strlen(c->up.used);
     snprintf(c->up.used + ul, sizeof c->up.used - ul, " <- %s", c->up.p->addr);
+    const unsigned long mark = rt_json_failures();
     cJSON *b = gen_body(c);
     cJSON_AddItemToObject(b, "target", cJSON_Duplicate(kv, 1));
-    char *txt = cJSON_PrintUnformatted(b);
+    char *txt = rt_json_failures() == mark ? cJSON_PrintUnformatted(b) : NULL; /* NULL: out of memory */
     cJSON_Delete(b);
     pd_status st = txt ? pd_http_call_start(r->rt->base, c->up.p->host, c->up.p->port, "POST", "/internal/prefill", txt,
                                             strlen(txt), (int)r->rt->o->request_timeout, NULL, on_p_done, c,
@@ -230,7 +231,7 @@ static void start_prefill(rt_choice *c, const cJSON *kv)
                        : PD_ERR_NOMEM;
     free(txt);
     if (st != PD_OK) {
-        fail_choice(c, 503, "cannot reach the prefill instance");
+        fail_choice(c, 503, st == PD_ERR_NOMEM ? "out of memory" : "cannot reach the prefill instance");
         return;
     }
     c->up.p->inflight++;
@@ -258,6 +259,7 @@ static void on_token(rt_choice *c, const cJSON *o)
     }
     c->tm.t_last = now;
     cJSON *lp_out = NULL;
+    const unsigned long mark = rt_json_failures(); /* the logprob entries are whole */
     int i = 0;
     const cJSON *v;
     cJSON_ArrayForEach(v, ids)
@@ -280,6 +282,7 @@ static void on_token(rt_choice *c, const cJSON *o)
         }
         i++;
     }
+    if (rt_json_failures() != mark) goto fail_nomem;
     int stopped = 0;
     if (text_release(c, 0, lp_out, &stopped) != PD_OK) fail_choice(c, 503, "out of memory");
     else if (stopped) choice_event(c, (rt_choice_event){.kind = RT_EV_STOPPED});
@@ -296,11 +299,13 @@ static void on_d_line(pd_http_call *call, const char *line, size_t len, void *ar
     rt_choice *c = arg;
     if (!rt_choice_fsm_live(&c->st)) return;
     c->cbs.progress_cb(c->cbs.arg, c);
+    const unsigned long mark = rt_json_failures();
     cJSON *o = cJSON_Parse(line);
     const cJSON *ev = o ? cJSON_GetObjectItem(o, "event") : NULL;
     if (!cJSON_IsString(ev)) {
         cJSON_Delete(o);
-        fail_choice(c, 502, "malformed line from the decode instance");
+        if (rt_json_failures() != mark) fail_choice(c, 503, "out of memory");
+        else fail_choice(c, 502, "malformed line from the decode instance");
         return;
     }
     if (!strcmp(ev->valuestring, "reserved")) {
@@ -399,10 +404,11 @@ static void choice_start(rt_choice *c)
         fail_choice(c, 503, "no healthy prefill instance");
         return;
     }
+    const unsigned long mark = rt_json_failures();
     cJSON *b = gen_body(c);
     cJSON_AddStringToObject(b, "mode", local ? "local" : "pd");
     if (c->up.p && c->up.p->kv_desc) cJSON_AddStringToObject(b, "prefill_kv_desc", c->up.p->kv_desc);
-    char *txt = cJSON_PrintUnformatted(b);
+    char *txt = rt_json_failures() == mark ? cJSON_PrintUnformatted(b) : NULL; /* NULL: out of memory */
     cJSON_Delete(b);
     pd_status st = txt ? pd_http_call_start(rt->base, c->up.d->host, c->up.d->port, "POST", "/internal/requests", txt,
                                             strlen(txt), (int)rt->o->request_timeout, on_d_line, on_d_done, c,
@@ -411,7 +417,7 @@ static void choice_start(rt_choice *c)
     free(txt);
     if (st != PD_OK) {
         c->up.d = NULL;
-        fail_choice(c, 503, "cannot reach the decode instance");
+        fail_choice(c, 503, st == PD_ERR_NOMEM ? "out of memory" : "cannot reach the decode instance");
         return;
     }
     c->up.d->inflight++;

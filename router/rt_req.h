@@ -177,6 +177,11 @@ void rt_choice_cancel(rt_choice *c);
 void rt_choice_abort(rt_choice *c);
 void rt_choice_timeout(rt_choice *c, const char *msg);
 void rt_choice_free(rt_choice *c);
+/* json.c: rt_json_track makes cJSON allocate through a counter of failed allocations (process-wide; the router
+ * builds JSON on its loop thread only). A builder compares rt_json_failures() before and after: a change means
+ * something it built is missing a part (out of memory). */
+void rt_json_track(void);
+unsigned long rt_json_failures(void);
 /* metrics.c: registers the router's families, the instance gauges filled from the registry at each scrape. */
 pd_status rt_metrics_init(rt_router *rt);
 void rt_metrics_free(rt_router *rt);
