@@ -27,7 +27,7 @@ static void req_free(rt_req *r)
     rt_request_free(r);
 }
 
-void rt_req_progress(rt_req *r)
+static void req_progress(rt_req *r)
 {
     struct timeval tv = {(long)r->rt->o->request_timeout, 0};
     if (r->timer) evtimer_add(r->timer, &tv);
@@ -45,16 +45,40 @@ static void close_cb(struct evhttp_connection *c, void *arg)
     req_free(r);
 }
 
-static void sse_send(rt_req *r, cJSON *o)
+/* ---- out of memory while building JSON (json.c counts the failed allocations) ------------------------------
+ * A response builder notes rt_json_failures() before it starts and checks it once at the end, instead of testing
+ * each cJSON_Create / cJSON_Add result; a response that could not be built whole becomes a 503. */
+/* o as text, or NULL when building it (since mark) or printing it ran out of memory. */
+static char *json_print(const cJSON *o, unsigned long mark)
 {
-    if (!r->http) return;
-    char *txt = cJSON_PrintUnformatted(o);
-    if (!txt) return;
-    struct evbuffer *b = evbuffer_new();
-    evbuffer_add_printf(b, "data: %s\n\n", txt);
-    evhttp_send_reply_chunk(r->http, b);
-    evbuffer_free(b);
+    if (!o || rt_json_failures() != mark) return NULL;
+    return cJSON_PrintUnformatted(o);
+}
+
+/* Replies o, or 503 with one log line when it could not be built whole (mark: rt_json_failures() before). */
+static void reply_json(struct evhttp_request *http, int status, cJSON *o, unsigned long mark, const char *what)
+{
+    char *txt = json_print(o, mark);
+    if (txt) {
+        pd_http_reply_text(http, status, "application/json", txt, strlen(txt));
+    } else {
+        pd_warn("router: out of memory building the %s reply", what);
+        pd_http_reply_retry(http, 503, "out of memory");
+    }
     free(txt);
+}
+
+/* One SSE event; PD_ERR_NOMEM (nothing sent) when o could not be built whole (since mark) or sent. */
+static pd_status sse_send(rt_req *r, const cJSON *o, unsigned long mark)
+{
+    if (!r->http) return PD_OK;
+    char *txt = json_print(o, mark);
+    struct evbuffer *b = txt ? evbuffer_new() : NULL;
+    pd_status st = b && evbuffer_add_printf(b, "data: %s\n\n", txt) >= 0 ? PD_OK : PD_ERR_NOMEM;
+    if (st == PD_OK) evhttp_send_reply_chunk(r->http, b);
+    if (b) evbuffer_free(b);
+    free(txt);
+    return st;
 }
 
 static void sse_start(rt_req *r)
@@ -82,7 +106,7 @@ static long utf8_chars(const char *s)
     return n;
 }
 
-/* c: the choice the entries belong to; completions' text_offset runs on over its chunks (c->lp_offset) */
+/* c: the choice the entries belong to; completions' text_offset runs on over its chunks (c->out.lp_offset) */
 static void add_lp(cJSON *dst, rt_req *r, rt_choice *c, cJSON *entries)
 {
     /* chat: {"content":[entries]}; completions: {"tokens":[...],"token_logprobs":[...],"top_logprobs":[...],
@@ -102,8 +126,8 @@ static void add_lp(cJSON *dst, rt_req *r, rt_choice *c, cJSON *entries)
     {
         const cJSON *tok = cJSON_GetObjectItem(e, "token");
         cJSON_AddItemToArray(toks, cJSON_Duplicate(tok, 1));
-        cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)c->lp_offset));
-        if (cJSON_IsString(tok)) c->lp_offset += utf8_chars(tok->valuestring);
+        cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)c->out.lp_offset));
+        if (cJSON_IsString(tok)) c->out.lp_offset += utf8_chars(tok->valuestring);
         cJSON_AddItemToArray(lps, cJSON_Duplicate(cJSON_GetObjectItem(e, "logprob"), 1));
         const cJSON *t = cJSON_GetObjectItem(e, "top_logprobs");
         cJSON *m = cJSON_CreateObject();
@@ -124,21 +148,24 @@ static cJSON *str_n(const char *s, size_t n)
     return o;
 }
 
-pd_status rt_req_choice_delta(rt_req *r, rt_choice *c, const char *rs, size_t rl, const char *cs, size_t cl,
-                              cJSON *lps)
+/* relay.c's callbacks (rt_choice_cbs): text, the end of a choice, progress. */
+static pd_status choice_delta_cb(void *arg, rt_choice *c, const char *rs, size_t rl, const char *cs, size_t cl,
+                                 cJSON *lps)
 {
+    rt_req *r = arg;
     if (!r->stream) { /* accumulate */
         pd_status st = PD_OK;
-        if (rl) st = pd_buf_append(&c->reasoning, rs, rl);
-        if (cl && st == PD_OK) st = pd_buf_append(&c->content, cs, cl);
+        if (rl) st = pd_buf_append(&c->out.reasoning, rs, rl);
+        if (cl && st == PD_OK) st = pd_buf_append(&c->out.content, cs, cl);
         if (lps) {
             cJSON *e;
-            while ((e = cJSON_DetachItemFromArray(lps, 0)) != NULL) cJSON_AddItemToArray(c->lp_tokens, e);
+            while ((e = cJSON_DetachItemFromArray(lps, 0)) != NULL) cJSON_AddItemToArray(c->out.lp_tokens, e);
             cJSON_Delete(lps);
         }
         return st;
     }
     sse_start(r);
+    const unsigned long mark = rt_json_failures();
     cJSON *o = chunk_base(r), *chs = cJSON_AddArrayToObject(o, "choices"), *ch = cJSON_CreateObject();
     cJSON_AddNumberToObject(ch, "index", c->index);
     if (r->chat) {
@@ -151,16 +178,16 @@ pd_status rt_req_choice_delta(rt_req *r, rt_choice *c, const char *rs, size_t rl
     if (lps) add_lp(ch, r, c, lps);
     else cJSON_AddNullToObject(ch, "logprobs");
     cJSON_AddNullToObject(ch, "finish_reason");
-    cJSON_AddItemToArray(chs, ch);
-    sse_send(r, o);
+    if (!cJSON_AddItemToArray(chs, ch)) cJSON_Delete(ch);
+    pd_status st = sse_send(r, o, mark); /* PD_ERR_NOMEM: relay.c fails the choice (503) */
     cJSON_Delete(o);
-    return PD_OK;
+    return st;
 }
 
 static cJSON *usage_json(rt_req *r)
 {
     int comp = 0;
-    for (int i = 0; i < r->n_ch; i++) comp += r->ch[i].n_gen;
+    for (int i = 0; i < r->n_ch; i++) comp += r->ch[i].out.n_gen;
     cJSON *u = cJSON_CreateObject();
     cJSON_AddNumberToObject(u, "prompt_tokens", r->prompt_tokens);
     cJSON_AddNumberToObject(u, "completion_tokens", comp);
@@ -170,8 +197,8 @@ static cJSON *usage_json(rt_req *r)
 
 static cJSON *stop_reason(const rt_choice *c)
 {
-    if (c->stop_str[0]) return cJSON_CreateString(c->stop_str);
-    if (c->stop_token >= 0 && !strcmp(c->finish, "stop")) return cJSON_CreateNumber(c->stop_token);
+    if (c->out.stop_str[0]) return cJSON_CreateString(c->out.stop_str);
+    if (c->out.stop_token >= 0 && !strcmp(c->st.finish, "stop")) return cJSON_CreateNumber(c->out.stop_token);
     return cJSON_CreateNull();
 }
 
@@ -179,10 +206,10 @@ static cJSON *stop_reason(const rt_choice *c)
 static cJSON *timing_json(const rt_choice *c)
 {
     cJSON *t = cJSON_CreateObject();
-    cJSON_AddNumberToObject(t, "queue_s", c->timing_queue);
-    cJSON_AddNumberToObject(t, "prefill_s", c->timing_prefill);
-    cJSON_AddNumberToObject(t, "transfer_s", c->timing_transfer);
-    cJSON_AddNumberToObject(t, "decode_s", c->timing_decode);
+    cJSON_AddNumberToObject(t, "queue_s", c->tm.queue);
+    cJSON_AddNumberToObject(t, "prefill_s", c->tm.prefill);
+    cJSON_AddNumberToObject(t, "transfer_s", c->tm.transfer);
+    cJSON_AddNumberToObject(t, "decode_s", c->tm.decode);
     return t;
 }
 
@@ -198,8 +225,9 @@ static void send_error(rt_req *r, int status, const char *msg)
     if (!r->http || r->error_sent) return;
     r->error_sent = 1;
     if (r->sse_started) { /* the stream has started: an error event, then [DONE] */
+        const unsigned long mark = rt_json_failures();
         cJSON *e = pd_http_error_json(status, NULL, NULL, msg);
-        sse_send(r, e);
+        (void)sse_send(r, e, mark); /* failing already: [DONE] ends the stream either way */
         cJSON_Delete(e);
         pd_http_stream_write(r->http, "data: [DONE]\n\n", 14);
         pd_http_stream_end(r->http);
@@ -217,108 +245,161 @@ static void log_request(rt_req *r, const char *outcome)
     char inst[400] = "";
     size_t n = 0;
     for (int i = 0; i < r->n_ch; i++) {
-        comp += r->ch[i].n_gen;
-        if (r->ch[i].t_first > 0 && (ttft == 0 || r->ch[i].t_first - r->t0 < ttft)) ttft = r->ch[i].t_first - r->t0;
+        const double first = r->ch[i].tm.t_first;
+        comp += r->ch[i].out.n_gen;
+        if (first > 0 && (ttft == 0 || first - r->t0 < ttft)) ttft = first - r->t0;
     }
-    for (int i = 0; i < r->n_ch && n < sizeof inst - 1; i++)
-        n += (size_t)snprintf(inst + n, sizeof inst - n, "%s%s", i ? "; " : "", r->ch[i].used[0] ? r->ch[i].used : "-");
+    for (int i = 0; i < r->n_ch && n < sizeof inst - 1; i++) {
+        const char *used = r->ch[i].up.used;
+        n += (size_t)snprintf(inst + n, sizeof inst - n, "%s%s", i ? "; " : "", used[0] ? used : "-");
+    }
     pd_info("router: %s %s: %d prompt + %d completion tokens, %d choice(s), ttft %.3f s, total %.3f s (%s)", r->id,
             outcome, r->prompt_tokens, comp, r->n_ch, ttft, pd_time_now() - r->t0, inst);
 }
 
-void rt_req_choice_done(rt_req *r, rt_choice *c)
+/* One failed choice (or a response out of memory) fails the request: the others stop, the client gets the error. */
+static void fail_request(rt_req *r, int status, const char *msg)
 {
     rt_router *rt = r->rt;
+    for (int i = 0; i < r->n_ch; i++)
+        if (!rt_choice_fsm_final(&r->ch[i].st)) {
+            rt_choice_abort(&r->ch[i]);
+            r->n_done++;
+        }
+    pd_counter_add(rt->m.failed, NULL, 1);
+    pd_counter_add(rt->m.finished, PD_LV("error"), 1);
+    count_error(rt, status);
+    pd_warn("router: %s failed: %s", r->id, msg);
+    send_error(r, status, msg);
+    log_request(r, "failed");
+    req_free(r);
+}
+
+/* A streamed choice's final chunk. PD_ERR_NOMEM: nothing sent. */
+static pd_status send_final_chunk(rt_req *r, rt_choice *c)
+{
+    sse_start(r);
+    const unsigned long mark = rt_json_failures();
+    cJSON *o = chunk_base(r), *chs = cJSON_AddArrayToObject(o, "choices"), *ch = cJSON_CreateObject();
+    cJSON_AddNumberToObject(ch, "index", c->index);
+    if (r->chat) cJSON_AddObjectToObject(ch, "delta");
+    else cJSON_AddStringToObject(ch, "text", "");
+    cJSON_AddNullToObject(ch, "logprobs");
+    cJSON_AddStringToObject(ch, "finish_reason", c->st.finish);
+    cJSON_AddItemToObject(ch, "stop_reason", stop_reason(c));
+    if (!cJSON_AddItemToArray(chs, ch)) cJSON_Delete(ch);
+    cJSON_AddItemToObject(o, "pdserve_timing", timing_json(c)); /* extension: this choice's phase times */
+    pd_status st = sse_send(r, o, mark);
+    cJSON_Delete(o);
+    return st;
+}
+
+/* The whole (non-stream) response of a finished request. */
+static cJSON *response_json(rt_req *r)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "id", r->id);
+    cJSON_AddStringToObject(o, "object", r->chat ? "chat.completion" : "text_completion");
+    cJSON_AddNumberToObject(o, "created", (double)r->created);
+    cJSON_AddStringToObject(o, "model", r->rt->o->served_model_name);
+    cJSON *chs = cJSON_AddArrayToObject(o, "choices");
+    for (int i = 0; i < r->n_ch; i++) {
+        rt_choice *x = &r->ch[i];
+        cJSON *ch = cJSON_CreateObject();
+        cJSON_AddNumberToObject(ch, "index", i);
+        if (r->chat) {
+            cJSON *m = cJSON_AddObjectToObject(ch, "message");
+            cJSON_AddStringToObject(m, "role", "assistant");
+            cJSON_AddStringToObject(m, "content", x->out.content.data ? x->out.content.data : "");
+            if (x->out.reasoning.len) cJSON_AddStringToObject(m, "reasoning_content", x->out.reasoning.data);
+        } else {
+            cJSON_AddStringToObject(ch, "text", x->out.content.data ? x->out.content.data : "");
+        }
+        if (x->out.lp_tokens) {
+            add_lp(ch, r, x, x->out.lp_tokens);
+            x->out.lp_tokens = NULL;
+        } else {
+            cJSON_AddNullToObject(ch, "logprobs");
+        }
+        cJSON_AddStringToObject(ch, "finish_reason", x->st.finish);
+        cJSON_AddItemToObject(ch, "stop_reason", stop_reason(x));
+        if (!cJSON_AddItemToArray(chs, ch)) cJSON_Delete(ch);
+    }
+    cJSON_AddItemToObject(o, "usage", usage_json(r));
+    cJSON_AddItemToObject(o, "pdserve_timing", timing_json(&r->ch[0])); /* phase timings of the first choice */
+    return o;
+}
+
+/* The request's last bytes, built before anything is counted so that out of memory fails it instead (503):
+ * the usage chunk (stream with include_usage) or the whole response. NULL in *txt: nothing to send. */
+static pd_status final_text(rt_req *r, char **txt)
+{
+    *txt = NULL;
+    if (!r->http || (r->stream && !r->include_usage)) return PD_OK;
+    const unsigned long mark = rt_json_failures();
+    cJSON *o = r->stream ? chunk_base(r) : response_json(r);
+    if (r->stream) {
+        cJSON_AddArrayToObject(o, "choices");
+        cJSON_AddItemToObject(o, "usage", usage_json(r));
+    }
+    char *t = json_print(o, mark);
+    cJSON_Delete(o);
+    if (t && r->stream) { /* one SSE event */
+        size_t n = strlen(t);
+        char *e = malloc(n + 9);
+        if (e) snprintf(e, n + 9, "data: %s\n\n", t);
+        free(t);
+        t = e;
+    }
+    if (!t) return PD_ERR_NOMEM;
+    *txt = t;
+    return PD_OK;
+}
+
+static void choice_done_cb(void *arg, rt_choice *c)
+{
+    rt_req *r = arg;
+    rt_router *rt = r->rt;
     r->n_done++;
-    if (c->failed_status) {
-        /* one failed choice fails the request: stop the others */
-        for (int i = 0; i < r->n_ch; i++)
-            if (!r->ch[i].done) {
-                r->ch[i].done = 1;
-                r->ch[i].finish = "abort";
-                rt_choice_cancel(&r->ch[i]);
-                r->n_done++;
-            }
-        pd_counter_add(rt->m.failed, NULL, 1);
-        pd_counter_add(rt->m.finished, PD_LV("error"), 1);
-        count_error(rt, c->failed_status);
-        pd_warn("router: %s failed: %s", r->id, c->failed_msg);
-        send_error(r, c->failed_status, c->failed_msg);
-        log_request(r, "failed");
-        req_free(r);
+    if (c->st.state == RT_CH_FAILED) {
+        fail_request(r, c->st.status, c->st.msg);
         return;
     }
-    if (r->stream && r->http) { /* the choice's final chunk */
-        sse_start(r);
-        cJSON *o = chunk_base(r), *chs = cJSON_AddArrayToObject(o, "choices"), *ch = cJSON_CreateObject();
-        cJSON_AddNumberToObject(ch, "index", c->index);
-        if (r->chat) cJSON_AddObjectToObject(ch, "delta");
-        else cJSON_AddStringToObject(ch, "text", "");
-        cJSON_AddNullToObject(ch, "logprobs");
-        cJSON_AddStringToObject(ch, "finish_reason", c->finish);
-        cJSON_AddItemToObject(ch, "stop_reason", stop_reason(c));
-        cJSON_AddItemToArray(chs, ch);
-        cJSON_AddItemToObject(o, "pdserve_timing", timing_json(c)); /* extension: this choice's phase times */
-        sse_send(r, o);
-        cJSON_Delete(o);
+    if (r->stream && r->http && send_final_chunk(r, c) != PD_OK) {
+        fail_request(r, 503, "out of memory");
+        return;
     }
     if (r->n_done < r->n_ch) return;
+    char *txt;
+    if (final_text(r, &txt) != PD_OK) {
+        fail_request(r, 503, "out of memory");
+        return;
+    }
     pd_counter_add(rt->m.prompt_tokens, NULL, r->prompt_tokens);
     for (int i = 0; i < r->n_ch; i++) {
-        const char *f = r->ch[i].finish;
-        pd_counter_add(rt->m.finished, PD_LV(!strcmp(f, "length") ? "length" : !strcmp(f, "abort") ? "abort" : "stop"), 1);
+        const char *f = r->ch[i].st.finish;
+        pd_counter_add(rt->m.finished, PD_LV(!strcmp(f, "length") ? "length" : !strcmp(f, "abort") ? "abort" : "stop"),
+                       1);
         rt_metrics_choice(rt, &r->ch[i]);
     }
     pd_histogram_observe(rt->m.e2e, NULL, pd_time_now() - r->t0);
     rt_stats_sample(rt->stats, RT_SAMPLE_E2E, pd_time_now() - r->t0);
-    if (r->stream) {
-        if (r->include_usage) {
-            cJSON *o = chunk_base(r);
-            cJSON_AddArrayToObject(o, "choices");
-            cJSON_AddItemToObject(o, "usage", usage_json(r));
-            sse_send(r, o);
-            cJSON_Delete(o);
-        }
-        if (r->http) {
-            pd_http_stream_write(r->http, "data: [DONE]\n\n", 14);
-            pd_http_stream_end(r->http);
-        }
+    if (r->stream && r->http) {
+        if (txt) pd_http_stream_write(r->http, txt, strlen(txt));
+        pd_http_stream_write(r->http, "data: [DONE]\n\n", 14);
+        pd_http_stream_end(r->http);
     } else if (r->http) {
-        cJSON *o = cJSON_CreateObject();
-        cJSON_AddStringToObject(o, "id", r->id);
-        cJSON_AddStringToObject(o, "object", r->chat ? "chat.completion" : "text_completion");
-        cJSON_AddNumberToObject(o, "created", (double)r->created);
-        cJSON_AddStringToObject(o, "model", rt->o->served_model_name);
-        cJSON *chs = cJSON_AddArrayToObject(o, "choices");
-        for (int i = 0; i < r->n_ch; i++) {
-            rt_choice *x = &r->ch[i];
-            cJSON *ch = cJSON_CreateObject();
-            cJSON_AddNumberToObject(ch, "index", i);
-            if (r->chat) {
-                cJSON *m = cJSON_AddObjectToObject(ch, "message");
-                cJSON_AddStringToObject(m, "role", "assistant");
-                cJSON_AddStringToObject(m, "content", x->content.data ? x->content.data : "");
-                if (x->reasoning.len) cJSON_AddStringToObject(m, "reasoning_content", x->reasoning.data);
-            } else {
-                cJSON_AddStringToObject(ch, "text", x->content.data ? x->content.data : "");
-            }
-            if (x->lp_tokens) {
-                add_lp(ch, r, x, x->lp_tokens);
-                x->lp_tokens = NULL;
-            } else {
-                cJSON_AddNullToObject(ch, "logprobs");
-            }
-            cJSON_AddStringToObject(ch, "finish_reason", x->finish);
-            cJSON_AddItemToObject(ch, "stop_reason", stop_reason(x));
-            cJSON_AddItemToArray(chs, ch);
-        }
-        cJSON_AddItemToObject(o, "usage", usage_json(r));
-        cJSON_AddItemToObject(o, "pdserve_timing", timing_json(&r->ch[0])); /* phase timings of the first choice */
-        pd_http_reply_json(r->http, 200, o);
-        cJSON_Delete(o);
+        pd_http_reply_text(r->http, 200, "application/json", txt, strlen(txt));
     }
+    free(txt);
     log_request(r, "done");
     req_free(r);
+}
+
+static void choice_progress_cb(void *arg, rt_choice *c)
+{
+    (void)c;
+    req_progress(arg);
 }
 
 static void timeout_cb(evutil_socket_t fd, short what, void *arg)
@@ -327,62 +408,12 @@ static void timeout_cb(evutil_socket_t fd, short what, void *arg)
     (void)what;
     rt_req *r = arg;
     for (int i = 0; i < r->n_ch; i++)
-        if (!r->ch[i].done) {
-            rt_choice *c = &r->ch[i];
-            c->failed_status = 504;
-            snprintf(c->failed_msg, sizeof c->failed_msg, "no progress for %.0f s", r->rt->o->request_timeout);
-            c->done = 1;
-            c->finish = "error";
-            rt_choice_cancel(c);
-            rt_req_choice_done(r, c); /* fails the whole request */
+        if (!rt_choice_fsm_final(&r->ch[i].st)) {
+            char msg[64];
+            snprintf(msg, sizeof msg, "no progress for %.0f s", r->rt->o->request_timeout);
+            rt_choice_timeout(&r->ch[i], msg); /* fails the whole request (choice_done_cb) */
             return;
         }
-}
-
-cJSON *rt_token_logprob_entry(rt_router *rt, int chat, int32_t id, double lp, const cJSON *top)
-{
-    (void)chat;
-    cJSON *e = cJSON_CreateObject();
-    char *txt = NULL;
-    size_t n = 0;
-    int32_t one = id;
-    if (txt_tokenizer_decode(rt->tok, &one, 1, 0, &txt, &n) != PD_OK) txt = NULL;
-    /* a token may be part of a character: show U+FFFD for broken bytes, give the bytes as they are */
-    cJSON *bytes = cJSON_CreateArray();
-    char shown[512];
-    size_t k = 0;
-    for (size_t i = 0; txt && i < n && k < sizeof shown - 4;) {
-        unsigned char ch = (unsigned char)txt[i];
-        int len = ch < 0x80 ? 1 : (ch >> 5) == 6 ? 2 : (ch >> 4) == 14 ? 3 : (ch >> 3) == 30 ? 4 : 0;
-        int ok = len > 0 && i + (size_t)len <= n;
-        for (int j = 1; ok && j < len; j++) ok = ((unsigned char)txt[i + j] & 0xC0) == 0x80;
-        if (ok) {
-            memcpy(shown + k, txt + i, (size_t)len);
-            k += (size_t)len;
-            i += (size_t)len;
-        } else {
-            memcpy(shown + k, "\xEF\xBF\xBD", 3);
-            k += 3;
-            i++;
-        }
-    }
-    shown[k] = '\0';
-    for (size_t i = 0; txt && i < n; i++) cJSON_AddItemToArray(bytes, cJSON_CreateNumber((unsigned char)txt[i]));
-    free(txt);
-    cJSON_AddStringToObject(e, "token", shown);
-    cJSON_AddNumberToObject(e, "logprob", lp);
-    cJSON_AddItemToObject(e, "bytes", bytes);
-    cJSON *tops = cJSON_AddArrayToObject(e, "top_logprobs");
-    const cJSON *pair;
-    cJSON_ArrayForEach(pair, top)
-    {
-        const cJSON *tid = cJSON_GetArrayItem(pair, 0), *tlp = cJSON_GetArrayItem(pair, 1);
-        if (!cJSON_IsNumber(tid) || !cJSON_IsNumber(tlp)) continue;
-        cJSON *x = rt_token_logprob_entry(rt, chat, (int32_t)tid->valuedouble, tlp->valuedouble, NULL);
-        cJSON_DeleteItemFromObject(x, "top_logprobs");
-        cJSON_AddItemToArray(tops, x);
-    }
-    return e;
 }
 
 /* The limits a body is checked against, from the options and the instances known now. */
@@ -409,7 +440,7 @@ static long queued_tokens(rt_router *rt)
     long n = 0;
     for (rt_req *q = rt->reqs; q; q = q->next)
         for (int i = 0; i < q->n_ch; i++)
-            if (!q->ch[i].done && q->ch[i].t_first == 0) n += q->ch[i].n_prompt;
+            if (!rt_choice_fsm_final(&q->ch[i].st) && q->ch[i].tm.t_first == 0) n += q->ch[i].n_prompt;
     return n;
 }
 
@@ -482,11 +513,13 @@ static void handle_generate(rt_router *rt, struct evhttp_request *http, int chat
     r->http = http;
     r->next = rt->reqs;
     rt->reqs = r;
-    rt_req_progress(r);
+    req_progress(r);
     evhttp_connection_set_closecb(evhttp_request_get_connection(http), close_cb, r);
+    const rt_choice_cbs cbs = {.delta_cb = choice_delta_cb, .done_cb = choice_done_cb,
+                               .progress_cb = choice_progress_cb, .arg = r};
     for (int i = 0; i < r->n_ch && r->http && !r->error_sent; i++) {
         rt_req *alive = r;
-        rt_choice_start(&r->ch[i]);
+        rt_choice_start(&r->ch[i], &cbs);
         /* a failed start frees the request: stop touching it */
         int still = 0;
         for (rt_req *q = rt->reqs; q; q = q->next) still |= q == alive;
@@ -498,6 +531,7 @@ static void handle_generate(rt_router *rt, struct evhttp_request *http, int chat
 
 static void handle_tokenize(rt_router *rt, struct evhttp_request *http, int detok)
 {
+    const unsigned long mark = rt_json_failures();
     char *body = NULL;
     rt_error e = {0};
     rt_limits lim = request_limits(rt);
@@ -547,7 +581,7 @@ static void handle_tokenize(rt_router *rt, struct evhttp_request *http, int deto
                                     rt->o->max_model_len ? rt->o->max_model_len : rt_registry_max_model_len(rt->reg));
         }
     }
-    if (out) pd_http_reply_json(http, 200, out);
+    if (out) reply_json(http, 200, out, mark, detok ? "detokenize" : "tokenize");
     else pd_http_reply_error(http, e.status ? e.status : 400, NULL, e.param[0] ? e.param : NULL, "%s", e.msg);
     cJSON_Delete(out);
     cJSON_Delete(root);
@@ -556,6 +590,7 @@ static void handle_tokenize(rt_router *rt, struct evhttp_request *http, int deto
 
 static void handle_models(rt_router *rt, struct evhttp_request *http)
 {
+    const unsigned long mark = rt_json_failures();
     cJSON *o = cJSON_CreateObject(), *d = cJSON_AddArrayToObject(o, "data"), *m = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "object", "list");
     cJSON_AddStringToObject(m, "id", rt->o->served_model_name);
@@ -565,8 +600,8 @@ static void handle_models(rt_router *rt, struct evhttp_request *http)
     cJSON_AddStringToObject(m, "root", rt->o->model ? rt->o->model : rt->o->served_model_name);
     int mml = rt->o->max_model_len ? rt->o->max_model_len : rt_registry_max_model_len(rt->reg);
     if (mml > 0) cJSON_AddNumberToObject(m, "max_model_len", mml);
-    cJSON_AddItemToArray(d, m);
-    pd_http_reply_json(http, 200, o);
+    if (!cJSON_AddItemToArray(d, m)) cJSON_Delete(m);
+    reply_json(http, 200, o, mark, "models");
     cJSON_Delete(o);
 }
 
@@ -574,6 +609,7 @@ static void handle_models(rt_router *rt, struct evhttp_request *http)
  * POST /admin/instances/<address>/drain; DELETE /admin/instances/<address>. */
 static void handle_admin(rt_router *rt, struct evhttp_request *http, const char *rest, enum evhttp_cmd_type m)
 {
+    const unsigned long mark = rt_json_failures();
     if (!*rest && m == EVHTTP_REQ_POST) {
         char *body = NULL;
         if (pd_http_body(http, 65536, &body, NULL) != PD_OK) {
@@ -597,7 +633,7 @@ static void handle_admin(rt_router *rt, struct evhttp_request *http, const char 
             cJSON *r = cJSON_CreateObject();
             cJSON_AddStringToObject(r, "address", in->addr);
             cJSON_AddBoolToObject(r, "registered", 1);
-            pd_http_reply_json(http, 200, r);
+            reply_json(http, 200, r, mark, "admin");
             cJSON_Delete(r);
         }
         cJSON_Delete(o);
@@ -621,14 +657,14 @@ static void handle_admin(rt_router *rt, struct evhttp_request *http, const char 
         rt_registry_drain(rt->reg, in);
         cJSON *r = cJSON_CreateObject();
         cJSON_AddBoolToObject(r, "draining", 1);
-        pd_http_reply_json(http, 200, r);
+        reply_json(http, 200, r, mark, "admin");
         cJSON_Delete(r);
     } else if (!slash && m == EVHTTP_REQ_DELETE) {
         pd_info("router: removing %s (%d requests in flight finish first)", in->addr, in->inflight);
         rt_registry_remove(rt->reg, in);
         cJSON *r = cJSON_CreateObject();
         cJSON_AddBoolToObject(r, "removed", 1);
-        pd_http_reply_json(http, 200, r);
+        reply_json(http, 200, r, mark, "admin");
         cJSON_Delete(r);
     } else {
         pd_http_reply_error(http, 405, NULL, NULL, "use POST .../drain or DELETE");
@@ -642,6 +678,7 @@ static void gencb(struct evhttp_request *http, void *arg)
     pd_http_path(http, path, sizeof path);
     enum evhttp_cmd_type m = evhttp_request_get_command(http);
     int post = m == EVHTTP_REQ_POST, get = m == EVHTTP_REQ_GET;
+    const unsigned long mark = rt_json_failures();
     if (!strcmp(path, "/v1/completions") || !strcmp(path, "/v1/chat/completions")) {
         if (post) handle_generate(rt, http, path[4] == 'c' && path[5] == 'h');
         else pd_http_reply_error(http, 405, NULL, NULL, "use POST");
@@ -654,12 +691,12 @@ static void gencb(struct evhttp_request *http, void *arg)
         int ok = rt_registry_ready(rt->reg);
         cJSON_AddStringToObject(o, "status", ok ? "ok" : "unavailable");
         cJSON_AddItemToObject(o, "instances", rt_registry_json(rt->reg));
-        pd_http_reply_json(http, ok ? 200 : 503, o);
+        reply_json(http, ok ? 200 : 503, o, mark, "health");
         cJSON_Delete(o);
     } else if (!strcmp(path, "/admin/instances") && get) {
         cJSON *o = cJSON_CreateObject();
         cJSON_AddItemToObject(o, "instances", rt_registry_json(rt->reg));
-        pd_http_reply_json(http, 200, o);
+        reply_json(http, 200, o, mark, "instances");
         cJSON_Delete(o);
     } else if (!strncmp(path, "/admin/instances", 16)) {
         handle_admin(rt, http, path + 16, m);
@@ -679,6 +716,7 @@ pd_status rt_router_create(struct event_base *base, rt_opts *o, rt_router **out,
     char err[1024];
     rt_router *rt = calloc(1, sizeof *rt);
     if (!rt) return PD_ERR_NOMEM;
+    rt_json_track();
     rt->base = base;
     rt->o = o;
     const char *tokdir = o->tokenizer ? o->tokenizer : o->model;

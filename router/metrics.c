@@ -101,9 +101,9 @@ void rt_metrics_free(rt_router *rt)
 void rt_metrics_choice(rt_router *rt, const rt_choice *c)
 {
     rt_metrics *m = &rt->m;
-    if (!c->finish || c->failed_status || !strcmp(c->finish, "abort")) return;
-    pd_histogram_observe(m->queue, NULL, c->timing_queue);
-    if (c->timing_prefill > 0) pd_histogram_observe(m->prefill, NULL, c->timing_prefill);
-    if (c->p) pd_histogram_observe(m->transfer, NULL, c->timing_transfer);
-    pd_histogram_observe(m->decode, NULL, c->timing_decode);
+    if (c->st.state != RT_CH_DONE || !strcmp(c->st.finish, "abort")) return;
+    pd_histogram_observe(m->queue, NULL, c->tm.queue);
+    if (c->tm.prefill > 0) pd_histogram_observe(m->prefill, NULL, c->tm.prefill);
+    if (c->up.p) pd_histogram_observe(m->transfer, NULL, c->tm.transfer);
+    pd_histogram_observe(m->decode, NULL, c->tm.decode);
 }

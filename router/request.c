@@ -594,6 +594,7 @@ static int build_choices(const cJSON *root, const gen_params *g, const int *star
 pd_status rt_request_parse(const char *body, size_t len, int chat, const rt_limits *lim, rt_req **out, rt_error *e)
 {
     memset(e, 0, sizeof *e);
+    const unsigned long mark = rt_json_failures(); /* a cJSON allocation that failed: out of memory (json.c) */
     int starts[RT_MAX_PROMPTS], lens[RT_MAX_PROMPTS], n_prompts = 0;
     char *text = NULL;
     rt_req *r = NULL;
@@ -629,11 +630,13 @@ pd_status rt_request_parse(const char *body, size_t len, int chat, const rt_limi
     if (!parse_sampling(lim, root, chat, &g, e) || !parse_output(root, chat, r, e) || !parse_stop(lim, root, r, e) ||
         !check_lengths(lim, mml, max_prompt, &g, e) || !build_choices(root, &g, starts, lens, n_prompts, &bias, r, e))
         goto refuse;
+    if (rt_json_failures() != mark) goto refuse; /* the sampling object (or another part) is not whole */
     cJSON_Delete(root);
     free(text);
     *out = r;
     return PD_OK;
 refuse:
+    if (rt_json_failures() != mark) unavailable(e, "out of memory"); /* what looked like bad input may be this */
     if (!e->status) { /* every refusal names its status; a missing one is a bad request */
         e->status = 400;
         e->type = pd_http_error_type(400);

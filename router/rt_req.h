@@ -6,6 +6,7 @@
 #include <cJSON.h>
 
 #include "proto/pr_gen.h"
+#include "router/rt_choice.h"
 #include "router/router.h"
 
 #define RT_MAX_STOP 16
@@ -36,38 +37,68 @@ struct rt_router {
 };
 
 typedef struct rt_req rt_req;
+typedef struct rt_choice rt_choice;
 
+/* What relay.c reports to a choice's owner (api.c: its request), set by rt_choice_start; called on the loop thread,
+ * never re-entrantly. */
 typedef struct {
+    /* Released text (either part may be empty) and the tokens' logprob entries (an array the callee owns, or NULL).
+     * PD_ERR_NOMEM when the text could not be kept: the choice fails. */
+    pd_status (*delta_cb)(void *arg, rt_choice *c, const char *reasoning, size_t rlen, const char *content,
+                          size_t clen, cJSON *logprobs);
+    /* The choice is final: exactly once, except when the owner stopped it (rt_choice_cancel, rt_choice_abort). May
+     * free the choice. */
+    void (*done_cb)(void *arg, rt_choice *c);
+    /* A line came from the decode instance: the request makes progress. */
+    void (*progress_cb)(void *arg, rt_choice *c);
+    void *arg;
+} rt_choice_cbs;
+
+/* A choice's upstream: the instances that serve it and its calls to them (relay.c). */
+typedef struct {
+    rt_instance *d, *p;
+    rt_instance *failed_p;        /* a prefill instance that failed this choice (not picked again) */
+    pd_http_call *d_call, *p_call;
+    char used[160];               /* "P>D" addresses of the instances that served it, for the request log */
+} rt_choice_up;
+
+/* A choice's text pipeline: token ids -> bytes (detok) -> stop strings and reasoning split (text.c) -> deltas. */
+typedef struct {
+    txt_detok detok;
+    struct rt_text *text;
+} rt_choice_txt;
+
+/* What a choice produced, for the response (api.c). */
+typedef struct {
+    pd_buf content, reasoning;    /* accumulated (non-stream) */
+    cJSON *lp_tokens;             /* logprob entries (array), NULL when not requested */
+    long lp_offset;               /* completions' text_offset of the next logprob entry (characters) */
+    int n_gen;                    /* tokens generated */
+    char stop_str[256];           /* the stop string that ended it, if any */
+    int stop_token;               /* the stop token that ended it, or -1 */
+} rt_choice_out;
+
+/* A choice's timings (seconds): its token lines as seen here, its phases as the instances report them. */
+typedef struct {
+    double t_first, t_last;       /* first and latest token line (pd_time_now) */
+    double queue, prefill, transfer, decode;
+    double p_queue;               /* the prefill instance's queue time (PD) */
+} rt_choice_times;
+
+struct rt_choice {
     rt_req *req;
     int index;
     const int32_t *prompt;        /* points into req->prompts */
     int n_prompt;
     uint64_t seed;
     int has_seed;
-    rt_instance *d, *p;
-    rt_instance *failed_p;        /* a prefill instance that failed this choice (not picked again) */
-    int retries;
-    int kv_untouched;             /* the prefill instance refused before writing: decode may free at once */
-    char used[160];               /* "P>D" addresses of the instances that served it, for the request log */
-    pd_http_call *d_call, *p_call;
-    txt_detok detok;
-    struct rt_text *text;         /* text pipeline (text.c): raw output -> stop strings -> reasoning split -> deltas */
-    pd_buf content, reasoning;    /* accumulated (non-stream) */
-    cJSON *lp_tokens;             /* logprob entries (array), NULL when not requested */
-    long lp_offset;               /* completions' text_offset of the next logprob entry (characters) */
-    int n_gen;
-    int done;
-    const char *finish;           /* "stop", "length", "abort", or NULL */
-    char stop_str[256];           /* the stop string that ended it, if any */
-    int stop_token;               /* the stop token that ended it, or -1 */
-    int failed_status;
-    char failed_msg[256];
-    int started;                  /* decode accepted it */
-    double t_first, t_last;       /* first and latest token line */
-    double timing_queue, timing_prefill, timing_transfer, timing_decode;
-    double p_queue;               /* the prefill instance's queue time (PD) */
-    const char *pending_finish;   /* PD: decode finished before the prefill reply (with its timings) came */
-} rt_choice;
+    rt_choice_fsm st;             /* its lifecycle (rt_choice.h): state, calls held, retries, finish or failure */
+    rt_choice_up up;
+    rt_choice_txt txt;
+    rt_choice_out out;
+    rt_choice_times tm;
+    rt_choice_cbs cbs;            /* its owner's callbacks (rt_choice_start) */
+};
 
 struct rt_req {
     rt_router *rt;
@@ -138,15 +169,19 @@ int rt_chat_prompt(const rt_limits *lim, const cJSON *root, rt_req *r, int *len,
 int rt_completion_prompts(const rt_limits *lim, const cJSON *prompt, rt_req *r, int *starts, int *lens,
                           int *n_prompts, int max_prompts, rt_error *e);
 
-/* relay.c */
-void rt_choice_start(rt_choice *c);
+/* relay.c: drives each choice's state machine from its calls. rt_choice_cancel: the client went away (nothing is
+ * reported); rt_choice_abort: a sibling failed the request (nothing is reported); rt_choice_timeout: the choice fails
+ * with 504 and msg and is reported. Each does nothing to a choice that is final already. */
+void rt_choice_start(rt_choice *c, const rt_choice_cbs *cbs);
 void rt_choice_cancel(rt_choice *c);
+void rt_choice_abort(rt_choice *c);
+void rt_choice_timeout(rt_choice *c, const char *msg);
 void rt_choice_free(rt_choice *c);
-/* api.c, called by relay.c. rt_req_choice_delta: PD_ERR_NOMEM when the text could not be kept (the choice fails). */
-pd_status rt_req_choice_delta(rt_req *r, rt_choice *c, const char *reasoning, size_t rlen, const char *content,
-                         size_t clen, cJSON *logprobs);
-void rt_req_choice_done(rt_req *r, rt_choice *c);
-void rt_req_progress(rt_req *r);
+/* json.c: rt_json_track makes cJSON allocate through a counter of failed allocations (process-wide; the router
+ * builds JSON on its loop thread only). A builder compares rt_json_failures() before and after: a change means
+ * something it built is missing a part (out of memory). */
+void rt_json_track(void);
+unsigned long rt_json_failures(void);
 /* metrics.c: registers the router's families, the instance gauges filled from the registry at each scrape. */
 pd_status rt_metrics_init(rt_router *rt);
 void rt_metrics_free(rt_router *rt);
@@ -160,7 +195,5 @@ void rt_stats_destroy(rt_stats *s);
 void rt_stats_sample(rt_stats *s, rt_sample_kind kind, double v);
 void rt_stats_reply(rt_stats *s, struct evhttp_request *req);
 void rt_dashboard_reply(struct evhttp_request *req);
-/* The display text of one token (invalid UTF-8 replaced by U+FFFD) and its bytes. */
-cJSON *rt_token_logprob_entry(rt_router *rt, int chat, int32_t id, double lp, const cJSON *top);
 
 #endif

@@ -8,3 +8,7 @@ endif()
 if(TARGET rttext)
   pd_unit_test(test_router_text rttext)
 endif()
+# The router's choice state machine driven through every order of its events (no sockets, no processes).
+if(TARGET rtchoice)
+  pd_unit_test(test_choice_states rtchoice)
+endif()
