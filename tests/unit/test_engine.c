@@ -90,6 +90,16 @@ static mdl_gen_params greedy(int max_tokens)
     return p;
 }
 
+/* max_tokens at temperature, seeded (the same seed draws the same tokens on any engine) */
+static mdl_gen_params seeded(int max_tokens, float temperature, uint64_t seed)
+{
+    mdl_gen_params p = greedy(max_tokens);
+    p.sampling.temperature = temperature;
+    p.has_seed = 1;
+    p.seed = seed;
+    return p;
+}
+
 static void prompt_of(int i, int32_t *t, int *n)
 {
     *n = 3 + (i * 7) % 40; /* 3 .. 42 tokens: several cross blocks of 8 and the 16-token budget */
@@ -182,11 +192,8 @@ static uint64_t pd_vs_local_on(mdl_model *m, float temperature, int N, int T, in
     int n;
     for (int i = 0; i < N; i++) {
         prompt_of(i, t, &n);
-        mdl_gen_params p = greedy(T);
-        p.sampling.temperature = temperature;
+        mdl_gen_params p = seeded(T, temperature, 1000 + (uint64_t)i);
         p.sampling.top_p = 0.9f;
-        p.has_seed = 1;
-        p.seed = 1000 + (uint64_t)i;
         ck_assert_int_eq(mdl_engine_submit(el, (uint64_t)i, NULL, t, n, &p, MDL_REQ_LOCAL), PD_OK);
         ck_assert_int_eq(mdl_engine_submit(ed, (uint64_t)i, NULL, t, n, &p, MDL_REQ_REMOTE_KV), PD_OK);
         ck_assert_int_eq(mdl_engine_submit(ep, (uint64_t)i, NULL, t, n, &p, MDL_REQ_PREFILL_ONLY), PD_OK);
@@ -409,10 +416,7 @@ static void run_pool(mdl_model *m, int n_blocks, int spec, float temperature, in
     int n;
     for (int i = 0; i < N; i++) {
         prompt_of(i, t, &n);
-        mdl_gen_params p = greedy(T);
-        p.sampling.temperature = temperature;
-        p.has_seed = 1;
-        p.seed = 77 + (uint64_t)i;
+        mdl_gen_params p = seeded(T, temperature, 77 + (uint64_t)i);
         /* once the pool has preempted someone, admission answers BUSY until it is recomputed: submit again, as a
          * server's client would after its 503 (the outputs are per request, whatever the order of arrival) */
         pd_status st;
