@@ -7,7 +7,8 @@
  * --pairs R: instead, R back-to-back rounds of (k = 0, k = max_k known with MTP, k = max_k known verify-only) per
  * batch size; prints medians and the median per-round speed-ups (the figures to quote on a shared machine).
  * Usage: spec_bench --model DIR [--model DIR]... [--tokens N] [--batches 1,4,16] [--max-k 3]
- *                   [--plan-batches 1,2,4] [--tokenizer DIR] [--pairs R] [--draft-vocab N] [--draft-head int8] [--logprobs N]
+ *                   [--plan-batches 1,2,4] [--tokenizer DIR] [--pairs R] [--draft-vocab N] [--draft-head int8]
+ *                   [--logprobs N]
  * --draft-vocab N: MTP drafts score token ids [0, N) only (the pruned draft head, draft_vocab_size).
  * --draft-head int8: MTP drafts score with an int8 copy of the MTP head (draft_head_dtype "int8").
  * --logprobs N: the requests' top_logprobs; default -1, none, as the router asks for a request without logprobs
@@ -240,7 +241,7 @@ static void bytes_bound(const mdl_model *m, int k)
     double main1 = mat_bytes(&m->lm_head), main_k[2], mtp1, mtp_k[2];
     const mdl_layer *T = &m->layers[m->n_layers];
     const double head = (g_draft_int8 ? (double)T->head.rows * T->head.cols : mat_bytes(&T->head)) *
-                        (g_draft_vocab > 0 && g_draft_vocab < m->cfg.vocab_size ? (double)g_draft_vocab / m->cfg.vocab_size : 1);
+        (g_draft_vocab > 0 && g_draft_vocab < m->cfg.vocab_size ? (double)g_draft_vocab / m->cfg.vocab_size : 1);
     const double mtp_fixed = mat_bytes(&T->eh_proj) + head;
     for (int l = 0; l < m->n_layers; l++) main1 += layer_bytes(m, &m->layers[l], 1, 1);
     mtp1 = mtp_fixed + layer_bytes(m, T, 1, 1);
@@ -255,9 +256,10 @@ static void bytes_bound(const mdl_model *m, int k)
            main1 / 1e6, k, (main_k[0] + mtp_k[0]) / 1e6, main_k[0] / 1e6, mtp_k[0] / 1e6, k, head / 1e6,
            (main_k[1] + mtp_k[1]) / 1e6, k, (k + 1) * main1 / (main_k[0] + mtp_k[0]),
            (k + 1) * main1 / (main_k[1] + mtp_k[1]));
-    printf("Verify alone (drafts from prompt lookup or known, no draft model): k=%d reads %.0f MB/step (uniform) .. %.0f "
-           "MB (shared); bound on the speed-up at 100%% acceptance: %.2fx .. %.2fx.\n", k, main_k[0] / 1e6,
-           main_k[1] / 1e6, (k + 1) * main1 / main_k[0], (k + 1) * main1 / main_k[1]);
+    printf(
+        "Verify alone (drafts from prompt lookup or known, no draft model): k=%d reads %.0f MB/step (uniform) .. %.0f "
+        "MB (shared); bound on the speed-up at 100%% acceptance: %.2fx .. %.2fx.\n",
+        k, main_k[0] / 1e6, main_k[1] / 1e6, (k + 1) * main1 / main_k[0], (k + 1) * main1 / main_k[1]);
 }
 
 /* R rounds of back-to-back runs: k = 0, then k = max_k with known drafts twice: with the MTP layer running (its
@@ -272,9 +274,11 @@ static void pairs(mdl_model *m, prompts *pr, const int *batches, int nb, int tok
     if (sbuf)
         for (size_t i = 0; i < sn; i++) sbuf[i] = 1.0f;
     const int mtp = m->n_mtp > 0;
-    printf("| batch | k | k=0 tok/s | k=%d MTP tok/s | k=%d verify-only tok/s | k=0 ms/step | MTP ms/step | verify-only "
-           "ms/step | MTP speed-up (min-max) | verify-only speed-up (min-max) | output == k=0 | k=0 step GB/s of weights / "
-           "stream GB/s (ratio) |\n", max_k, max_k);
+    printf(
+        "| batch | k | k=0 tok/s | k=%d MTP tok/s | k=%d verify-only tok/s | k=0 ms/step | MTP ms/step | verify-only "
+        "ms/step | MTP speed-up (min-max) | verify-only speed-up (min-max) | output == k=0 | k=0 step GB/s of "
+        "weights / stream GB/s (ratio) |\n",
+        max_k, max_k);
     printf("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     double allv[8][MAXP]; /* each pair's verify-only speed-up, in run order, per batch size */
     double ab[8][6];      /* --screen-ab: medians of k=0 / MTP / verify-only ms per step, screen then every logit */
@@ -339,7 +343,8 @@ static void pairs(mdl_model *m, prompts *pr, const int *batches, int nb, int tok
                max_k, median(t0, reps), median(tk, reps), median(tv, reps), ms0, median(sk, reps), median(sv, reps),
                median(sp, reps), lo, hi, median(spv, reps), lov, hiv, equal ? "yes" : "NO");
         if (b == 1 && sbuf && st[0] > 0)
-            printf("%.1f / %.1f (%.2f) |\n", main_step_bytes(m) / (ms0 * 1e-3) / 1e9, median(st, reps), median(bw, reps));
+            printf("%.1f / %.1f (%.2f) |\n", main_step_bytes(m) / (ms0 * 1e-3) / 1e9, median(st, reps),
+                   median(bw, reps));
         else
             printf("- |\n");
         fflush(stdout);
@@ -347,8 +352,9 @@ static void pairs(mdl_model *m, prompts *pr, const int *batches, int nb, int tok
     if (g_screen_ab) {
         printf("\nThe lm_head screen against every logit computed (greedy rows; each pair's runs repeated with "
                "mdl_engine_opts.full_logits right after), medians of ms per step:\n\n"
-               "| batch | k=0 screen / every logit | k=%d MTP screen / every logit | k=%d verify-only screen / every logit "
-               "| outputs equal |\n|---|---|---|---|---|\n", max_k, max_k);
+               "| batch | k=0 screen / every logit | k=%d MTP screen / every logit | k=%d verify-only screen / every "
+               "logit | outputs equal |\n|---|---|---|---|---|\n",
+               max_k, max_k);
         for (int bi = 0; bi < nb; bi++) {
             if (batches[bi] > MAXREQ) continue;
             printf("| %d | %.1f / %.1f (%.2fx) | %.1f / %.1f (%.2fx) | %.1f / %.1f (%.2fx) | %s |\n", batches[bi],
@@ -414,7 +420,8 @@ static int args_parse(int argc, char **argv, bench_args *a)
         }
     }
     if (!a->n_models || a->tokens < 2 || a->tokens > MAXTOK || a->max_k < 0 || a->max_k > MDL_MAX_SPEC_TOKENS) {
-        fprintf(stderr, "spec_bench: --model is required; --tokens 2..%d; --max-k 0..%d\n", MAXTOK, MDL_MAX_SPEC_TOKENS);
+        fprintf(stderr, "spec_bench: --model is required; --tokens 2..%d; --max-k 0..%d\n", MAXTOK,
+                MDL_MAX_SPEC_TOKENS);
         return 2;
     }
     return 0;

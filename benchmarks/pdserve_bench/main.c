@@ -178,17 +178,24 @@ int main(int argc, char **argv)
         {"dataset-path", PD_OPT_STR, &o.data.dataset_path, "ShareGPT JSON file", 0, 0},
         {"random-input-len", PD_OPT_INT, &o.data.random_input_len, "prompt tokens (default 1024)", 1, 1 << 24},
         {"random-output-len", PD_OPT_INT, &o.data.random_output_len, "output tokens (default 128)", 1, 1 << 24},
-        {"random-range-ratio", PD_OPT_DOUBLE, &o.data.random_range_ratio, "lengths uniform in [x(1-r), x(1+r)] (0)", 0, 1},
-        {"random-prefix-len", PD_OPT_INT, &o.data.random_prefix_len, "shared prefix tokens before each prompt (0)", 0, 1 << 24},
-        {"random-input-type", PD_OPT_STR, &o.data.random_input_type, "ids (default: random token ids) or text (words)", 0, 0},
-        {"vocab-size", PD_OPT_INT, &o.data.vocab_size, "random ids are drawn from [1000, this) (default 100000)", 2000, 1 << 30},
-        {"sharegpt-output-len", PD_OPT_INT, &o.data.sharegpt_output_len, "output tokens for ShareGPT (default: the reply's)", 0, 1 << 24},
+        {"random-range-ratio", PD_OPT_DOUBLE, &o.data.random_range_ratio, "lengths uniform in [x(1-r), x(1+r)] (0)", 0,
+         1},
+        {"random-prefix-len", PD_OPT_INT, &o.data.random_prefix_len, "shared prefix tokens before each prompt (0)", 0,
+         1 << 24},
+        {"random-input-type", PD_OPT_STR, &o.data.random_input_type, "ids (default: random token ids) or text (words)",
+         0, 0},
+        {"vocab-size", PD_OPT_INT, &o.data.vocab_size, "random ids are drawn from [1000, this) (default 100000)", 2000,
+         1 << 30},
+        {"sharegpt-output-len", PD_OPT_INT, &o.data.sharegpt_output_len,
+         "output tokens for ShareGPT (default: the reply's)", 0, 1 << 24},
         {"fixed-prompt", PD_OPT_STR, &o.data.fixed_prompt, "the prompt of the fixed dataset", 0, 0},
-        {"fixed-output-len", PD_OPT_INT, &o.data.fixed_output_len, "output tokens of the fixed dataset (128)", 1, 1 << 24},
+        {"fixed-output-len", PD_OPT_INT, &o.data.fixed_output_len, "output tokens of the fixed dataset (128)", 1,
+         1 << 24},
         {"num-prompts", PD_OPT_INT, &o.num_prompts, "requests per run (default 1000)", 1, 1 << 24},
         {"request-rate", PD_OPT_STR, &o.request_rate, "requests/s, Poisson arrivals (default inf: all at once)", 0, 0},
         {"burstiness", PD_OPT_DOUBLE, &o.burstiness, "gamma shape of the arrival gaps (1: Poisson)", 1e-3, 1e3},
-        {"max-concurrency", PD_OPT_INT, &o.max_concurrency, "requests in flight at most (default unlimited)", 0, 1 << 24},
+        {"max-concurrency", PD_OPT_INT, &o.max_concurrency, "requests in flight at most (default unlimited)", 0,
+         1 << 24},
         {"num-warmups", PD_OPT_INT, &o.num_warmups, "warm-up requests before the run, not counted (0)", 0, 1 << 20},
         {"seed", PD_OPT_INT, &o.data.seed, "seed of the dataset and arrivals (0)", 0, 2147483647},
         {"ignore-eos", PD_OPT_BOOL, &o.ignore_eos, "generate exactly the output length", 0, 0},
@@ -265,7 +272,8 @@ int main(int argc, char **argv)
     }
     if (o.save_result && !result_save(&o, &sweep, n_rates, &slo, best_rate)) goto free_opts;
     if (slo.any && n_rates > 1) {
-        if (best_rate > 0) printf("DistServe goodput (highest rate with >= 90%% meeting the SLOs): %.3g req/s\n", best_rate);
+        if (best_rate > 0)
+            printf("DistServe goodput (highest rate with >= 90%% meeting the SLOs): %.3g req/s\n", best_rate);
         else printf("DistServe goodput: no rate kept 90%% of requests within the SLOs\n");
     }
     rc = all_failed ? 1 : 0;

@@ -207,9 +207,11 @@ static uint64_t pd_vs_local_on(mdl_model *m, float temperature, int N, int T, in
         prompt_of(i, t, &n);
         ck_assert_int_eq(ns, mdl_kv_blocks_for(pp, n));
         ck_assert_int_ge(nd, ns);
-        for (int b = 0; b < ns; b++) memcpy(mdl_kv_row(pd, dst[b], 0, 0), mdl_kv_row(pp, src[b], 0, 0), pp->block_bytes);
+        for (int b = 0; b < ns; b++)
+            memcpy(mdl_kv_row(pd, dst[b], 0, 0), mdl_kv_row(pp, src[b], 0, 0), pp->block_bytes);
         mdl_engine_release(ep, (uint64_t)i);
-        ck_assert_int_eq(mdl_engine_kv_ready(ed, (uint64_t)i, kp->first[i], kp->first_lp[i], 0, NULL, NULL, kp->hidden[i]), PD_OK);
+        ck_assert_int_eq(
+            mdl_engine_kv_ready(ed, (uint64_t)i, kp->first[i], kp->first_lp[i], 0, NULL, NULL, kp->hidden[i]), PD_OK);
     }
     for (int i = 0; i < N; i++) {
         wait_for(kl, &kl->done[i]);
@@ -285,8 +287,9 @@ START_TEST(test_no_logprobs)
             ck_assert_int_eq(k->n_out[i], T);
             ck_assert_int_eq(k->n_out[i + 1], T);
             for (int j = 0; j < T; j++) {
-                ck_assert_msg(k->out[i][j] == k->out[i + 1][j], "k=%d request %d token %d: %d without logprobs, %d with",
-                              spec, i, j, k->out[i][j], k->out[i + 1][j]);
+                ck_assert_msg(k->out[i][j] == k->out[i + 1][j],
+                              "k=%d request %d token %d: %d without logprobs, %d with", spec, i, j, k->out[i][j],
+                              k->out[i + 1][j]);
                 ck_assert(k->lps[i][j] == 0.0f);
                 ck_assert(k->lps[i + 1][j] < 0.0f && isfinite(k->lps[i + 1][j]));
             }
@@ -481,8 +484,9 @@ START_TEST(test_preemption_keeps_outputs)
         ck_assert(pr_roomy == 0 && pr_tight > 0);
         for (int i = 0; i < 8; i++)
             for (int j = 0; j < 40; j++)
-                ck_assert_msg(roomy[i][j] == tight[i][j], "bf16 k=%d: req %d tok %d: %d roomy, %d after %llu preemptions",
-                              2 * c, i, j, roomy[i][j], tight[i][j], (unsigned long long)pr_tight);
+                ck_assert_msg(roomy[i][j] == tight[i][j],
+                              "bf16 k=%d: req %d tok %d: %d roomy, %d after %llu preemptions", 2 * c, i, j, roomy[i][j],
+                              tight[i][j], (unsigned long long)pr_tight);
     }
     mdl_model_destroy(m);
 }

@@ -69,7 +69,8 @@ START_TEST(test_linear_types)
     const int sizes[][3] = {{1, 37, 53}, {2, 65, 130}, {3, 129, 200}, {17, 70, 257}, {64, 3, 5}};
     for (size_t si = 0; si < PD_ARRAY_LEN(sizes); si++) {
         int m = sizes[si][0], n = sizes[si][1], k = sizes[si][2];
-        float *x = malloc(sizeof(float) * m * k), *Wf = malloc(sizeof(float) * n * k), *Wd = malloc(sizeof(float) * n * k);
+        float *x = malloc(sizeof(float) * m * k), *Wf = malloc(sizeof(float) * n * k),
+              *Wd = malloc(sizeof(float) * n * k);
         krn_bf16 *Wb = malloc(2u * n * k);
         uint16_t *Wh = malloc(2u * n * k);
         uint8_t *W8 = malloc((size_t)n * k);
@@ -181,7 +182,11 @@ START_TEST(test_argmax)
             float v[70];
             for (int i = 0; i < n; i++) {
                 int r = (int)(pd_rng_next(&g_kernels_rng) % 10);
-                v[i] = r < 4 ? (float)(r - 2) : r == 4 ? -0.0f : r == 5 ? 0.0f : r == 6 && trial % 3 == 0 ? NAN : randn();
+                v[i] = r < 4                 ? (float)(r - 2) :
+                    r == 4                   ? -0.0f :
+                    r == 5                   ? 0.0f :
+                    r == 6 && trial % 3 == 0 ? NAN :
+                                               randn();
             }
             int best = 0;
             for (int i = 1; i < n; i++)

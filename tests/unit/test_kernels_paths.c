@@ -111,7 +111,8 @@ static void make_mat(test_mat *tm, krn_type t, int n, int k)
                 tm->exact[i] = krn_e4m3_to_f32(q) * s;
             }
         }
-    tm->w = (krn_mat){.type = t, .rows = n, .cols = k, .data = tm->data, .scale = tm->scale, .block_r = br, .block_c = bc};
+    tm->w =
+        (krn_mat){.type = t, .rows = n, .cols = k, .data = tm->data, .scale = tm->scale, .block_r = br, .block_c = bc};
 }
 
 static void pack_mat(test_mat *tm, krn_prepack_mode mode)
@@ -164,7 +165,8 @@ START_TEST(test_paths_linear_argmax)
             for (int c = 0; c < k; c++) s += (double)tm.exact[r * k + c] * tm.exact[r * k + c];
             ck_assert(rn[r] >= sqrt(s) && rn[r] <= sqrt(s) * (1 + 1e-6));
         }
-        float *x = malloc(sizeof(float) * 16 * k), *y = malloc(sizeof(float) * 16 * n), *yr = malloc(sizeof(float) * 16 * n);
+        float *x = malloc(sizeof(float) * 16 * k), *y = malloc(sizeof(float) * 16 * n),
+              *yr = malloc(sizeof(float) * 16 * n);
         float *scr = malloc(sizeof(float) * krn_linear_scratch(k));
         void *ws = malloc(krn_linear_argmax_scratch(k, 16));
         for (int ti = 0; ti < g_ntables; ti++) {
@@ -270,7 +272,8 @@ START_TEST(test_paths_linear)
                     for (int i = 0; i < mm; i++)
                         for (int c = 0; c < nn; c++) {
                             double s = 1.0;
-                            for (int d = 0; d < kk; d++) s += (double)x[i * kk + d] * tm.exact[(size_t)(r0 + d) * k + c0 + c];
+                            for (int d = 0; d < kk; d++)
+                                s += (double)x[i * kk + d] * tm.exact[(size_t)(r0 + d) * k + c0 + c];
                             ck_assert(fabs(ys[i * nn + c] - s) < 1e-4 * (1 + fabs(s)));
                         }
                     free_mat(&tm);
@@ -475,7 +478,8 @@ START_TEST(test_paths_bf16dot)
                     const krn_linear_item part = {&tm.w, x + (size_t)r0 * k, m, n, ym, KRN_LINEAR_BF16_ACT};
                     krn_linear_group(&part, 1, scratch);
                     ck_assert_msg(!memcmp(ym, ya + (size_t)r0 * n, sizeof(float) * m * n),
-                                  "nth %d: rows %d..%d in a pass of %d differ from the 300-row pass", nth, r0, r0 + m - 1, m);
+                                  "nth %d: rows %d..%d in a pass of %d differ from the 300-row pass", nth, r0,
+                                  r0 + m - 1, m);
                 }
                 /* a group mixing flagged BF16, exact BF16 and FP8 items: each as it is alone */
                 test_mat t2, t3;
@@ -529,7 +533,8 @@ END_TEST
 START_TEST(test_paths_group)
 {
     enum { NI = 7 };
-    const int shapes[NI][3] = {{1, 37, 53}, {3, 65, 130}, {1, 129, 257}, {0, 33, 40}, {5, 70, 33}, {2, 20, 53}, {16, 45, 257}};
+    const int shapes[NI][3] = {{1, 37, 53}, {3, 65, 130}, {1, 129, 257}, {0, 33, 40},
+                               {5, 70, 33}, {2, 20, 53},  {16, 45, 257}};
     const krn_type types[NI] = {KRN_BF16, KRN_F8E4M3, KRN_BF16, KRN_BF16, KRN_F32, KRN_BF16, KRN_F8E4M3};
     collect_tables();
     for (int ti = 0; ti < g_ntables; ti++) {
@@ -637,7 +642,8 @@ START_TEST(test_paths_w8a8)
     collect_tables();
     for (size_t si = 0; si < PD_ARRAY_LEN(sizes); si++) {
         const int m = sizes[si][0], n = sizes[si][1], k = sizes[si][2];
-        float *x = malloc(sizeof(float) * m * k), *y[MAX_TABLES], *scratch = malloc(sizeof(float) * krn_linear_scratch(k));
+        float *x = malloc(sizeof(float) * m * k), *y[MAX_TABLES],
+              *scratch = malloc(sizeof(float) * krn_linear_scratch(k));
         double *yr = malloc(sizeof(double) * m * n);
         for (int i = 0; i < m * k; i++) x[i] = randn();
         for (int t = 1; t < 3; t++) { /* from BF16 and FP8 checkpoints */
@@ -733,7 +739,8 @@ static void attn_case(int nq, int nh, int da, int db, int dv, int p0, int tile, 
                 const int hh = shared ? 0 : h;
                 for (int j = 0; j <= lim[i]; j++) {
                     double d = 0;
-                    for (int c = 0; c < da; c++) d += (double)q[(i * nh + h) * da + c] * k[((size_t)j * hk + hh) * da + c];
+                    for (int c = 0; c < da; c++)
+                        d += (double)q[(i * nh + h) * da + c] * k[((size_t)j * hk + hh) * da + c];
                     for (int c = 0; c < db; c++) d += (double)qb[(i * nh + h) * db + c] * kb[(size_t)j * db + c];
                     s[j] = d * 0.2;
                     mx = fmax(mx, s[j]);
@@ -745,8 +752,9 @@ static void attn_case(int nq, int nh, int da, int db, int dv, int p0, int tile, 
                         const float *vr = shared ? k + (size_t)j * da : v + ((size_t)j * hk + hh) * dv;
                         o += s[j] / sum * vr[c];
                     }
-                    ck_assert_msg(fabs(o - acc[(i * nh + h) * dv + c]) < 2e-5 * (1 + fabs(o)), "%s q%d h%d c%d: %g vs %g",
-                                  g_tables[ti]->name, i, h, c, acc[(i * nh + h) * dv + c], o);
+                    ck_assert_msg(fabs(o - acc[(i * nh + h) * dv + c]) < 2e-5 * (1 + fabs(o)),
+                                  "%s q%d h%d c%d: %g vs %g", g_tables[ti]->name, i, h, c, acc[(i * nh + h) * dv + c],
+                                  o);
                 }
                 free(s);
             }
@@ -850,10 +858,12 @@ START_TEST(test_paths_absorbed_rows)
                                       g_tables[ti]->name, krn_type_name(types[t]), m, kd, nn, i);
                         for (int c = 0; c < nn; c++) {
                             double s = y0[(size_t)i * ldy + c];
-                            for (int d = 0; d < kd; d++) s += (double)x[(size_t)i * ldx + d] * tm.exact[(size_t)(3 + d) * cols + 1 + c];
+                            for (int d = 0; d < kd; d++)
+                                s += (double)x[(size_t)i * ldx + d] * tm.exact[(size_t)(3 + d) * cols + 1 + c];
                             ck_assert(fabs(y[(size_t)i * ldy + c] - s) < 1e-4 * (1 + fabs(s)));
                         }
-                        for (int c = nn; c < (int)ldy; c++) ck_assert(y[(size_t)i * ldy + c] == y0[(size_t)i * ldy + c]);
+                        for (int c = nn; c < (int)ldy; c++)
+                            ck_assert(y[(size_t)i * ldy + c] == y0[(size_t)i * ldy + c]);
                     }
                     /* band of nr rows from r0 = kd against m vectors of length cols */
                     krn_linear_rows(&tm.w, kd, nr, x, ldx, m, y, ldy);
@@ -864,7 +874,8 @@ START_TEST(test_paths_absorbed_rows)
                                       krn_type_name(types[t]), m, i);
                         for (int j = 0; j < nr; j++) {
                             double s = 0;
-                            for (int c = 0; c < cols; c++) s += (double)x[(size_t)i * ldx + c] * tm.exact[(size_t)(kd + j) * cols + c];
+                            for (int c = 0; c < cols; c++)
+                                s += (double)x[(size_t)i * ldx + c] * tm.exact[(size_t)(kd + j) * cols + c];
                             ck_assert(fabs(y[(size_t)i * ldy + j] - s) < 1e-4 * (1 + fabs(s)));
                         }
                     }
@@ -926,15 +937,16 @@ START_TEST(test_paths_avx2_attention_matches_avx512)
                 krn_matmul_sub(&tm.w, 3, 1, x, ldx, m, kd, cols - 1, y2, ldy, acc);
                 krn__ops_force(t5);
                 krn_matmul_sub(&tm.w, 3, 1, x, ldx, m, kd, cols - 1, y5, ldy, acc);
-                ck_assert_msg(!memcmp(y2, y5, sizeof(float) * m * ldy), "%s matmul_sub k%d n%d acc %d: avx2 and avx512 differ",
-                              krn_type_name(types[t]), kd, cols - 1, acc);
+                ck_assert_msg(!memcmp(y2, y5, sizeof(float) * m * ldy),
+                              "%s matmul_sub k%d n%d acc %d: avx2 and avx512 differ", krn_type_name(types[t]), kd,
+                              cols - 1, acc);
             }
             krn__ops_force(t2);
             krn_linear_rows(&tm.w, kd, nr, x, ldx, m, y2, ldy);
             krn__ops_force(t5);
             krn_linear_rows(&tm.w, kd, nr, x, ldx, m, y5, ldy);
-            ck_assert_msg(!memcmp(y2, y5, sizeof(float) * m * ldy), "%s linear_rows rows %d cols %d: avx2 and avx512 differ",
-                          krn_type_name(types[t]), nr, cols);
+            ck_assert_msg(!memcmp(y2, y5, sizeof(float) * m * ldy),
+                          "%s linear_rows rows %d cols %d: avx2 and avx512 differ", krn_type_name(types[t]), nr, cols);
             krn__ops_force(NULL);
             free(x); free(y0); free(y2); free(y5);
             free_mat(&tm);
