@@ -262,18 +262,6 @@ static double attn_flash(int S, const float *q, const float *kv, const float *kp
 }
 
 /* ---- decode GEMV ------------------------------------------------------------------------------------------ */
-static int cmp_double(const void *a, const void *b)
-{
-    const double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
 /* Buffers the decode section streams, weights and the streaming loop alike: 2 MB aligned, ordinary 4 KB pages (as
  * the loader's packed weights; transparent huge pages were tried: +10-20% on a long stream but about 3 s of
  * page compaction per GB at load on this machine). */
@@ -360,7 +348,7 @@ static void decode_section(int nth, const int *rows, int n_rows, int reps)
                     ratio[r] = gbs[r] / s;
                     all_stream[n_stream++] = s;
                 }
-                const double g = median(gbs, reps), rt = median(ratio, reps);
+                const double g = bench_median(gbs, reps), rt = bench_median(ratio, reps);
                 printf(" | %8.1f %6.2f", g, rt);
                 sum_b[ty] += wbytes;
                 sum_t[ty] += wbytes / (g * 1e9);
@@ -371,7 +359,7 @@ static void decode_section(int nth, const int *rows, int n_rows, int reps)
             printf("\n");
             free(x); free(y); free(scratch);
         }
-        const double sm = median(all_stream, n_stream);
+        const double sm = bench_median(all_stream, n_stream);
         printf("  %-15s %13s", "all (sum)", "");
         for (int ty = 0; ty < 4; ty++)
             printf(" | %8.1f %6.2f", sum_b[ty] / sum_t[ty] / 1e9, sum_b[ty] / sum_t[ty] / 1e9 / sm);
@@ -447,12 +435,12 @@ static void model_section(const char *dir, const int *lens, int n_lens, int chun
                 if (a) ratio[rep] = te[rep] / tb[rep];
             }
         mdl_runner_close(&r);
-        const double fl = prefill_flops(m, S) / 1e9, e = median(te, reps);
+        const double fl = prefill_flops(m, S) / 1e9, e = bench_median(te, reps);
         printf("  %7d | %10.1f %8.1f %6.2f |", S, S / e, fl / e, fl / e / pk);
         if (have_dot) {
-            const double b = median(tb, reps);
+            const double b = bench_median(tb, reps);
             printf(" %10.1f %8.1f %6.2f | %7.2fx\n", S / b, fl / b, pk_bf > 0 ? fl / b / pk_bf : 0,
-                   median(ratio, reps));
+                   bench_median(ratio, reps));
         } else {
             printf(" %10s %8s %6s | %8s\n", "-", "-", "-", "-");
         }

@@ -165,18 +165,6 @@ static int parse_list(const char *s, int *v, int cap)
     return n;
 }
 
-static int cmp_double(const void *a, const void *b)
-{
-    const double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
 static volatile float g_sink;
 
 typedef struct {
@@ -323,12 +311,12 @@ static void pairs(mdl_model *m, prompts *pr, const int *batches, int nb, int tok
             memcpy(c0, s0, sizeof c0);
             memcpy(ck, sk, sizeof ck);
             memcpy(cv, sv, sizeof cv);
-            ab[bi][0] = median(c0, reps);
-            ab[bi][1] = median(ck, reps);
-            ab[bi][2] = median(cv, reps);
-            ab[bi][3] = median(fs0, reps);
-            ab[bi][4] = median(fsk, reps);
-            ab[bi][5] = median(fsv, reps);
+            ab[bi][0] = bench_median(c0, reps);
+            ab[bi][1] = bench_median(ck, reps);
+            ab[bi][2] = bench_median(cv, reps);
+            ab[bi][3] = bench_median(fs0, reps);
+            ab[bi][4] = bench_median(fsk, reps);
+            ab[bi][5] = bench_median(fsv, reps);
             ab_equal[bi] = ab_eq;
         }
         double lo = sp[0], hi = sp[0], lov = spv[0], hiv = spv[0];
@@ -338,13 +326,14 @@ static void pairs(mdl_model *m, prompts *pr, const int *batches, int nb, int tok
             lov = PD_MIN(lov, spv[r]);
             hiv = PD_MAX(hiv, spv[r]);
         }
-        const double ms0 = median(s0, reps);
+        const double ms0 = bench_median(s0, reps);
         printf("| %d | %d | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.2fx (%.2f-%.2f) | %.2fx (%.2f-%.2f) | %s | ", b,
-               max_k, median(t0, reps), median(tk, reps), median(tv, reps), ms0, median(sk, reps), median(sv, reps),
-               median(sp, reps), lo, hi, median(spv, reps), lov, hiv, equal ? "yes" : "NO");
+               max_k, bench_median(t0, reps), bench_median(tk, reps), bench_median(tv, reps), ms0,
+               bench_median(sk, reps), bench_median(sv, reps), bench_median(sp, reps), lo, hi, bench_median(spv, reps),
+               lov, hiv, equal ? "yes" : "NO");
         if (b == 1 && sbuf && st[0] > 0)
-            printf("%.1f / %.1f (%.2f) |\n", main_step_bytes(m) / (ms0 * 1e-3) / 1e9, median(st, reps),
-                   median(bw, reps));
+            printf("%.1f / %.1f (%.2f) |\n", main_step_bytes(m) / (ms0 * 1e-3) / 1e9, bench_median(st, reps),
+                   bench_median(bw, reps));
         else
             printf("- |\n");
         fflush(stdout);
