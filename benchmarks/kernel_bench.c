@@ -262,18 +262,6 @@ static double attn_flash(int S, const float *q, const float *kv, const float *kp
 }
 
 /* ---- decode GEMV ------------------------------------------------------------------------------------------ */
-static int cmp_double(const void *a, const void *b)
-{
-    const double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
 /* Buffers the decode section streams, weights and the streaming loop alike: 2 MB aligned, ordinary 4 KB pages (as
  * the loader's packed weights; transparent huge pages were tried: +10-20% on a long stream but about 3 s of
  * page compaction per GB at load on this machine). */
@@ -327,8 +315,9 @@ static void decode_section(int nth, const int *rows, int n_rows, int reps)
                 krn_type t = ty == 1 ? KRN_F8E4M3 : ty == 3 ? KRN_F32 : KRN_BF16;
                 bmat one;
                 bmat_make(&one, t, ty == 2, n, k);
-                const size_t psz = one.pack ? krn_mat_prepack_size(&one.w, ty == 2 ? KRN_PREPACK_W8A8 : KRN_PREPACK_FAST)
-                                            : (size_t)n * k * krn_type_size(t);
+                const size_t psz = one.pack ?
+                    krn_mat_prepack_size(&one.w, ty == 2 ? KRN_PREPACK_W8A8 : KRN_PREPACK_FAST) :
+                    (size_t)n * k * krn_type_size(t);
                 const size_t stride = (psz + 4095) & ~(size_t)4095;
                 const int copies = (int)PD_MIN(4096, ((size_t)256 << 20) / one.bytes + 1);
                 uint8_t *arena = big_alloc(stride * copies);
@@ -359,7 +348,7 @@ static void decode_section(int nth, const int *rows, int n_rows, int reps)
                     ratio[r] = gbs[r] / s;
                     all_stream[n_stream++] = s;
                 }
-                const double g = median(gbs, reps), rt = median(ratio, reps);
+                const double g = bench_median(gbs, reps), rt = bench_median(ratio, reps);
                 printf(" | %8.1f %6.2f", g, rt);
                 sum_b[ty] += wbytes;
                 sum_t[ty] += wbytes / (g * 1e9);
@@ -370,10 +359,13 @@ static void decode_section(int nth, const int *rows, int n_rows, int reps)
             printf("\n");
             free(x); free(y); free(scratch);
         }
-        const double sm = median(all_stream, n_stream);
+        const double sm = bench_median(all_stream, n_stream);
         printf("  %-15s %13s", "all (sum)", "");
-        for (int ty = 0; ty < 4; ty++) printf(" | %8.1f %6.2f", sum_b[ty] / sum_t[ty] / 1e9, sum_b[ty] / sum_t[ty] / 1e9 / sm);
-        printf("\n  (all: total bytes / total of the median times, vs the median streaming read of the section, %.1f GB/s)\n", sm);
+        for (int ty = 0; ty < 4; ty++)
+            printf(" | %8.1f %6.2f", sum_b[ty] / sum_t[ty] / 1e9, sum_b[ty] / sum_t[ty] / 1e9 / sm);
+        printf("\n  (all: total bytes / total of the median times, vs the median streaming read of the section, %.1f "
+               "GB/s)\n",
+               sm);
     }
     free(sbuf);
 }
@@ -417,8 +409,8 @@ static void model_section(const char *dir, const int *lens, int n_lens, int chun
            m->n_layers, m->cfg.hidden_size, pc.params_active / 1e9, chunk, reps);
     printf("  MFU = model FLOPs / time / the peak loop of the arithmetic used (exact: FMA %.0f, bf16: vdpbf16ps %.0f "
            "GFLOP/s)\n", pk, pk_bf);
-    printf("  %7s | %10s %8s %6s | %10s %8s %6s | %8s\n", "tokens", "exact t/s", "GFLOP/s", "MFU", "bf16 t/s", "GFLOP/s",
-           "MFU", "bf16/ex");
+    printf("  %7s | %10s %8s %6s | %10s %8s %6s | %8s\n", "tokens", "exact t/s", "GFLOP/s", "MFU", "bf16 t/s",
+           "GFLOP/s", "MFU", "bf16/ex");
     for (int li = 0; li < n_lens; li++) {
         const int S = lens[li];
         if (S < 1 || S + 1 > m->cfg.max_position_embeddings) continue;
@@ -443,11 +435,12 @@ static void model_section(const char *dir, const int *lens, int n_lens, int chun
                 if (a) ratio[rep] = te[rep] / tb[rep];
             }
         mdl_runner_close(&r);
-        const double fl = prefill_flops(m, S) / 1e9, e = median(te, reps);
+        const double fl = prefill_flops(m, S) / 1e9, e = bench_median(te, reps);
         printf("  %7d | %10.1f %8.1f %6.2f |", S, S / e, fl / e, fl / e / pk);
         if (have_dot) {
-            const double b = median(tb, reps);
-            printf(" %10.1f %8.1f %6.2f | %7.2fx\n", S / b, fl / b, pk_bf > 0 ? fl / b / pk_bf : 0, median(ratio, reps));
+            const double b = bench_median(tb, reps);
+            printf(" %10.1f %8.1f %6.2f | %7.2fx\n", S / b, fl / b, pk_bf > 0 ? fl / b / pk_bf : 0,
+                   bench_median(ratio, reps));
         } else {
             printf(" %10s %8s %6s | %8s\n", "-", "-", "-", "-");
         }
@@ -504,9 +497,10 @@ int main(int argc, char **argv)
             chunk = PD_MAX(1, chunk);
         } else if (!strcmp(argv[i], "--prompt-tokens") && i + 1 < argc) n_lens = parse_counts(argv[++i], lens, 8);
         else {
-            fprintf(stderr, "usage: kernel_bench [--threads N] [--tokens M (512)] [--max-seq S (8192)] [--reps R (7)]\n"
-                            "                    [--rows 1,4,16 (decode rows, 1)] [--only prefill|decode|attention|model]\n"
-                            "                    [--model DIR [--prompt-tokens 512,2048] [--chunk 2048]]\n");
+            fprintf(stderr,
+                    "usage: kernel_bench [--threads N] [--tokens M (512)] [--max-seq S (8192)] [--reps R (7)]\n"
+                    "                    [--rows 1,4,16 (decode rows, 1)] [--only prefill|decode|attention|model]\n"
+                    "                    [--model DIR [--prompt-tokens 512,2048] [--chunk 2048]]\n");
             return 2;
         }
     }
@@ -530,11 +524,14 @@ int main(int argc, char **argv)
 
     if (want_prefill) {
         /* ---- prefill GEMM ---- */
-        printf("\n== prefill GEMM, M=%d tokens, y = x W^T, f32 activations; GFLOP/s (ratios vs FMA peak and sgemm)\n", tokens);
-        printf("  bf16dot: the prompt-prefill kernel (KRN_LINEAR_BF16_ACT: x rounded to bf16, vdpbf16ps), %%dot = of the\n"
-               "  vdpbf16ps peak loop, x sgemm / x bf16 = speed-up over OpenBLAS sgemm / the exact bf16 kernel (same run)\n");
-        printf("  %-15s %6s %6s | %8s %6s | %8s %6s | %8s %6s %7s %6s | %8s %8s | %8s\n", "matrix", "N", "K", "bf16", "%peak",
-               "sgemm", "x sgemm", "bf16dot", "%dot", "x sgemm", "x bf16", "fp8", "w8a8", "%peak");
+        printf("\n== prefill GEMM, M=%d tokens, y = x W^T, f32 activations; GFLOP/s (ratios vs FMA peak and sgemm)\n",
+               tokens);
+        printf(
+            "  bf16dot: the prompt-prefill kernel (KRN_LINEAR_BF16_ACT: x rounded to bf16, vdpbf16ps), %%dot = of the\n"
+            "  vdpbf16ps peak loop, x sgemm / x bf16 = speed-up over OpenBLAS sgemm / the exact bf16 kernel (same "
+            "run)\n");
+        printf("  %-15s %6s %6s | %8s %6s | %8s %6s | %8s %6s %7s %6s | %8s %8s | %8s\n", "matrix", "N", "K", "bf16",
+               "%peak", "sgemm", "x sgemm", "bf16dot", "%dot", "x sgemm", "x bf16", "fp8", "w8a8", "%peak");
         const int M = tokens;
         const int have_dot = strstr(krn_kernels_name(), "bf16dot") != NULL;
         double tot_fl = 0, tot_bf = 0, tot_sg = 0, tot_f8 = 0, tot_i8 = 0, tot_bd = 0;
@@ -557,10 +554,11 @@ int main(int argc, char **argv)
             double tf = time_linear(&f8.w, x, M, y, scratch, 5);
             double ti = time_linear(&i8.w, x, M, y, scratch, 5);
             double ts = time_sgemm(wf, n, k, x, M, y, nth, 5);
-            printf("  %-15s %6d %6d | %8.1f %5.0f%% | %8.1f %6.2f | %8.1f %5.0f%% %7.2f %6.2f | %8.1f %8.1f | %7.0f%%\n",
-                   g_shapes[si].name, n, k, fl / tb / 1e9, 100 * fl / tb / 1e9 / pk, fl / ts / 1e9, ts / tb,
-                   fl / td / 1e9, have_dot ? 100 * fl / td / 1e9 / pk_bf : 0, ts / td, tb / td, fl / tf / 1e9,
-                   fl / ti / 1e9, 100 * fl / ti / 1e9 / pk);
+            printf(
+                "  %-15s %6d %6d | %8.1f %5.0f%% | %8.1f %6.2f | %8.1f %5.0f%% %7.2f %6.2f | %8.1f %8.1f | %7.0f%%\n",
+                g_shapes[si].name, n, k, fl / tb / 1e9, 100 * fl / tb / 1e9 / pk, fl / ts / 1e9, ts / tb, fl / td / 1e9,
+                have_dot ? 100 * fl / td / 1e9 / pk_bf : 0, ts / td, tb / td, fl / tf / 1e9, fl / ti / 1e9,
+                100 * fl / ti / 1e9 / pk);
             tot_fl += fl; tot_bf += tb; tot_sg += ts; tot_f8 += tf; tot_i8 += ti; tot_bd += td;
             bmat_free(&b); bmat_free(&f8); bmat_free(&i8);
             free(wf); free(x); free(y); free(scratch);
@@ -578,8 +576,9 @@ int main(int argc, char **argv)
 
     if (want_attn) {
         /* ---- attention ---- */
-        printf("\n== prefill attention, %d heads, qk %d+%d, v %d, causal: flash (krn_attn_tile, 256-key tiles) vs naive\n", H,
-               NOPE, ROPE, VD);
+        printf(
+            "\n== prefill attention, %d heads, qk %d+%d, v %d, causal: flash (krn_attn_tile, 256-key tiles) vs naive\n",
+            H, NOPE, ROPE, VD);
         printf("  %6s | %9s %12s | %9s %12s | %8s %10s\n", "tokens", "flash s", "flash extra", "naive s", "naive extra",
                "speedup", "max |diff|");
         for (int S = 2048; S <= max_s; S *= 4) {
@@ -595,11 +594,14 @@ int main(int argc, char **argv)
             double tn = attn_naive(S, q, kv, kpe, o2, scale, nth, &pn);
             double md = 0;
             for (size_t i = 0; i < (size_t)S * H * VD; i++) md = fmax(md, fabs((double)o1[i] - o2[i]));
-            printf("  %6d | %9.3f %9.2f MB | %9.3f %9.2f MB | %7.2fx %10.2g\n", S, tf, pf / 1e6, tn, pn / 1e6, tn / tf, md);
+            printf("  %6d | %9.3f %9.2f MB | %9.3f %9.2f MB | %7.2fx %10.2g\n", S, tf, pf / 1e6, tn, pn / 1e6, tn / tf,
+                   md);
             free(q); free(kv); free(kpe); free(o1); free(o2);
         }
-        printf("\n(flash extra: softmax state m,l [S x heads] + per thread 16 transposed queries and a 64 x 16 score tile; naive extra: one S x S score matrix "
-               "(heads run one after another) + per-head Q/K/V/O copies. Outputs [S x heads x v] are the same for both.)\n");
+        printf("\n(flash extra: softmax state m,l [S x heads] + per thread 16 transposed queries and a 64 x 16 score "
+               "tile; naive extra: one S x S score matrix "
+               "(heads run one after another) + per-head Q/K/V/O copies. Outputs [S x heads x v] are the same for "
+               "both.)\n");
     }
     if (model_dir) model_section(model_dir, lens, n_lens, chunk, reps, pk, pk_bf);
     return 0;

@@ -3,6 +3,7 @@
  * (kernel_bench_peak_avx2.c) under avx2, and plain C (what the compiler's baseline vectorises) under the
  * portable table. So a kernel's share of "peak" is against the instructions its own table may use. */
 #include <stddef.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "benchmarks/kernel_bench_peak.h"
@@ -69,4 +70,16 @@ float bench_stream_sum(const float *p, size_t n)
         return t;
     }
     }
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    const double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+double bench_median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }

@@ -1,4 +1,4 @@
-/* Machine loops shared by kernel_bench and spec_bench (kernel_bench_peak.c). */
+/* Machine loops and the median shared by kernel_bench and spec_bench (kernel_bench_peak.c). */
 #ifndef PD_KERNEL_BENCH_PEAK_H
 #define PD_KERNEL_BENCH_PEAK_H
 #include <stddef.h>
@@ -11,4 +11,6 @@ float bench_peak_bf16dot(long iters);
 float bench_stream_sum(const float *p, size_t n);
 /* which loop bench_peak_fma runs, for the report */
 const char *bench_peak_isa(void);
+/* the median of n > 0 values (sorts v in place) */
+double bench_median(double *v, int n);
 #endif

@@ -7,7 +7,8 @@
  * --pairs R: instead, R back-to-back rounds of (k = 0, k = max_k known with MTP, k = max_k known verify-only) per
  * batch size; prints medians and the median per-round speed-ups (the figures to quote on a shared machine).
  * Usage: spec_bench --model DIR [--model DIR]... [--tokens N] [--batches 1,4,16] [--max-k 3]
- *                   [--plan-batches 1,2,4] [--tokenizer DIR] [--pairs R] [--draft-vocab N] [--draft-head int8] [--logprobs N]
+ *                   [--plan-batches 1,2,4] [--tokenizer DIR] [--pairs R] [--draft-vocab N] [--draft-head int8]
+ *                   [--logprobs N]
  * --draft-vocab N: MTP drafts score token ids [0, N) only (the pruned draft head, draft_vocab_size).
  * --draft-head int8: MTP drafts score with an int8 copy of the MTP head (draft_head_dtype "int8").
  * --logprobs N: the requests' top_logprobs; default -1, none, as the router asks for a request without logprobs
@@ -164,18 +165,6 @@ static int parse_list(const char *s, int *v, int cap)
     return n;
 }
 
-static int cmp_double(const void *a, const void *b)
-{
-    const double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
 static volatile float g_sink;
 
 typedef struct {
@@ -240,7 +229,7 @@ static void bytes_bound(const mdl_model *m, int k)
     double main1 = mat_bytes(&m->lm_head), main_k[2], mtp1, mtp_k[2];
     const mdl_layer *T = &m->layers[m->n_layers];
     const double head = (g_draft_int8 ? (double)T->head.rows * T->head.cols : mat_bytes(&T->head)) *
-                        (g_draft_vocab > 0 && g_draft_vocab < m->cfg.vocab_size ? (double)g_draft_vocab / m->cfg.vocab_size : 1);
+        (g_draft_vocab > 0 && g_draft_vocab < m->cfg.vocab_size ? (double)g_draft_vocab / m->cfg.vocab_size : 1);
     const double mtp_fixed = mat_bytes(&T->eh_proj) + head;
     for (int l = 0; l < m->n_layers; l++) main1 += layer_bytes(m, &m->layers[l], 1, 1);
     mtp1 = mtp_fixed + layer_bytes(m, T, 1, 1);
@@ -255,9 +244,10 @@ static void bytes_bound(const mdl_model *m, int k)
            main1 / 1e6, k, (main_k[0] + mtp_k[0]) / 1e6, main_k[0] / 1e6, mtp_k[0] / 1e6, k, head / 1e6,
            (main_k[1] + mtp_k[1]) / 1e6, k, (k + 1) * main1 / (main_k[0] + mtp_k[0]),
            (k + 1) * main1 / (main_k[1] + mtp_k[1]));
-    printf("Verify alone (drafts from prompt lookup or known, no draft model): k=%d reads %.0f MB/step (uniform) .. %.0f "
-           "MB (shared); bound on the speed-up at 100%% acceptance: %.2fx .. %.2fx.\n", k, main_k[0] / 1e6,
-           main_k[1] / 1e6, (k + 1) * main1 / main_k[0], (k + 1) * main1 / main_k[1]);
+    printf(
+        "Verify alone (drafts from prompt lookup or known, no draft model): k=%d reads %.0f MB/step (uniform) .. %.0f "
+        "MB (shared); bound on the speed-up at 100%% acceptance: %.2fx .. %.2fx.\n",
+        k, main_k[0] / 1e6, main_k[1] / 1e6, (k + 1) * main1 / main_k[0], (k + 1) * main1 / main_k[1]);
 }
 
 /* R rounds of back-to-back runs: k = 0, then k = max_k with known drafts twice: with the MTP layer running (its
@@ -272,9 +262,11 @@ static void pairs(mdl_model *m, prompts *pr, const int *batches, int nb, int tok
     if (sbuf)
         for (size_t i = 0; i < sn; i++) sbuf[i] = 1.0f;
     const int mtp = m->n_mtp > 0;
-    printf("| batch | k | k=0 tok/s | k=%d MTP tok/s | k=%d verify-only tok/s | k=0 ms/step | MTP ms/step | verify-only "
-           "ms/step | MTP speed-up (min-max) | verify-only speed-up (min-max) | output == k=0 | k=0 step GB/s of weights / "
-           "stream GB/s (ratio) |\n", max_k, max_k);
+    printf(
+        "| batch | k | k=0 tok/s | k=%d MTP tok/s | k=%d verify-only tok/s | k=0 ms/step | MTP ms/step | verify-only "
+        "ms/step | MTP speed-up (min-max) | verify-only speed-up (min-max) | output == k=0 | k=0 step GB/s of "
+        "weights / stream GB/s (ratio) |\n",
+        max_k, max_k);
     printf("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     double allv[8][MAXP]; /* each pair's verify-only speed-up, in run order, per batch size */
     double ab[8][6];      /* --screen-ab: medians of k=0 / MTP / verify-only ms per step, screen then every logit */
@@ -319,12 +311,12 @@ static void pairs(mdl_model *m, prompts *pr, const int *batches, int nb, int tok
             memcpy(c0, s0, sizeof c0);
             memcpy(ck, sk, sizeof ck);
             memcpy(cv, sv, sizeof cv);
-            ab[bi][0] = median(c0, reps);
-            ab[bi][1] = median(ck, reps);
-            ab[bi][2] = median(cv, reps);
-            ab[bi][3] = median(fs0, reps);
-            ab[bi][4] = median(fsk, reps);
-            ab[bi][5] = median(fsv, reps);
+            ab[bi][0] = bench_median(c0, reps);
+            ab[bi][1] = bench_median(ck, reps);
+            ab[bi][2] = bench_median(cv, reps);
+            ab[bi][3] = bench_median(fs0, reps);
+            ab[bi][4] = bench_median(fsk, reps);
+            ab[bi][5] = bench_median(fsv, reps);
             ab_equal[bi] = ab_eq;
         }
         double lo = sp[0], hi = sp[0], lov = spv[0], hiv = spv[0];
@@ -334,12 +326,14 @@ static void pairs(mdl_model *m, prompts *pr, const int *batches, int nb, int tok
             lov = PD_MIN(lov, spv[r]);
             hiv = PD_MAX(hiv, spv[r]);
         }
-        const double ms0 = median(s0, reps);
+        const double ms0 = bench_median(s0, reps);
         printf("| %d | %d | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.2fx (%.2f-%.2f) | %.2fx (%.2f-%.2f) | %s | ", b,
-               max_k, median(t0, reps), median(tk, reps), median(tv, reps), ms0, median(sk, reps), median(sv, reps),
-               median(sp, reps), lo, hi, median(spv, reps), lov, hiv, equal ? "yes" : "NO");
+               max_k, bench_median(t0, reps), bench_median(tk, reps), bench_median(tv, reps), ms0,
+               bench_median(sk, reps), bench_median(sv, reps), bench_median(sp, reps), lo, hi, bench_median(spv, reps),
+               lov, hiv, equal ? "yes" : "NO");
         if (b == 1 && sbuf && st[0] > 0)
-            printf("%.1f / %.1f (%.2f) |\n", main_step_bytes(m) / (ms0 * 1e-3) / 1e9, median(st, reps), median(bw, reps));
+            printf("%.1f / %.1f (%.2f) |\n", main_step_bytes(m) / (ms0 * 1e-3) / 1e9, bench_median(st, reps),
+                   bench_median(bw, reps));
         else
             printf("- |\n");
         fflush(stdout);
@@ -347,8 +341,9 @@ static void pairs(mdl_model *m, prompts *pr, const int *batches, int nb, int tok
     if (g_screen_ab) {
         printf("\nThe lm_head screen against every logit computed (greedy rows; each pair's runs repeated with "
                "mdl_engine_opts.full_logits right after), medians of ms per step:\n\n"
-               "| batch | k=0 screen / every logit | k=%d MTP screen / every logit | k=%d verify-only screen / every logit "
-               "| outputs equal |\n|---|---|---|---|---|\n", max_k, max_k);
+               "| batch | k=0 screen / every logit | k=%d MTP screen / every logit | k=%d verify-only screen / every "
+               "logit | outputs equal |\n|---|---|---|---|---|\n",
+               max_k, max_k);
         for (int bi = 0; bi < nb; bi++) {
             if (batches[bi] > MAXREQ) continue;
             printf("| %d | %.1f / %.1f (%.2fx) | %.1f / %.1f (%.2fx) | %.1f / %.1f (%.2fx) | %s |\n", batches[bi],
@@ -367,36 +362,42 @@ static void pairs(mdl_model *m, prompts *pr, const int *batches, int nb, int tok
     free(sbuf);
 }
 
-int main(int argc, char **argv)
-{
+/* The command line: models, sizes and the switches main passes on (the rest land in the g_ globals above). */
+typedef struct {
     const char *models[4];
-    int n_models = 0, tokens = 64, max_k = 3, n_pairs = 0;
-    int batches[8] = {1, 4, 16}, nb = 3, plan_b[8] = {1, 2, 4}, npb = 3;
-    const char *tok_dir = NULL;
+    int n_models, tokens, max_k, n_pairs;
+    int batches[8], nb, plan_b[8], npb;
+    const char *tok_dir;
+} bench_args;
+
+/* Fills a from argv; returns 0, or the exit status after printing why not. */
+static int args_parse(int argc, char **argv, bench_args *a)
+{
+    *a = (bench_args){.tokens = 64, .max_k = 3, .batches = {1, 4, 16}, .nb = 3, .plan_b = {1, 2, 4}, .npb = 3};
     for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!v) {
-            fprintf(stderr, "%s needs a value\n", a);
+            fprintf(stderr, "%s needs a value\n", o);
             return 2;
         }
         i++;
-        if (!strcmp(a, "--model") && n_models < 4) models[n_models++] = v;
-        else if (!strcmp(a, "--tokens")) tokens = atoi(v);
-        else if (!strcmp(a, "--max-k")) max_k = atoi(v);
-        else if (!strcmp(a, "--batches")) nb = parse_list(v, batches, 8);
-        else if (!strcmp(a, "--plan-batches")) npb = parse_list(v, plan_b, 8);
-        else if (!strcmp(a, "--tokenizer")) tok_dir = v;
-        else if (!strcmp(a, "--pairs")) n_pairs = PD_MIN(64, atoi(v));
-        else if (!strcmp(a, "--draft-vocab")) g_draft_vocab = atoi(v);
-        else if (!strcmp(a, "--draft-head")) {
+        if (!strcmp(o, "--model") && a->n_models < 4) a->models[a->n_models++] = v;
+        else if (!strcmp(o, "--tokens")) a->tokens = atoi(v);
+        else if (!strcmp(o, "--max-k")) a->max_k = atoi(v);
+        else if (!strcmp(o, "--batches")) a->nb = parse_list(v, a->batches, 8);
+        else if (!strcmp(o, "--plan-batches")) a->npb = parse_list(v, a->plan_b, 8);
+        else if (!strcmp(o, "--tokenizer")) a->tok_dir = v;
+        else if (!strcmp(o, "--pairs")) a->n_pairs = PD_MIN(64, atoi(v));
+        else if (!strcmp(o, "--draft-vocab")) g_draft_vocab = atoi(v);
+        else if (!strcmp(o, "--draft-head")) {
             if (strcmp(v, "int8") && strcmp(v, "auto")) {
                 fprintf(stderr, "--draft-head: auto or int8\n");
                 return 2;
             }
             g_draft_int8 = !strcmp(v, "int8");
         }
-        else if (!strcmp(a, "--screen-ab")) g_screen_ab = atoi(v) != 0;
-        else if (!strcmp(a, "--logprobs")) {
+        else if (!strcmp(o, "--screen-ab")) g_screen_ab = atoi(v) != 0;
+        else if (!strcmp(o, "--logprobs")) {
             g_logprobs = atoi(v);
             g_logprobs = PD_MAX(-1, PD_MIN(MDL_MAX_TOP_LOGPROBS, g_logprobs));
         }
@@ -407,16 +408,24 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    if (!n_models || tokens < 2 || tokens > MAXTOK || max_k < 0 || max_k > MDL_MAX_SPEC_TOKENS) {
-        fprintf(stderr, "spec_bench: --model is required; --tokens 2..%d; --max-k 0..%d\n", MAXTOK, MDL_MAX_SPEC_TOKENS);
+    if (!a->n_models || a->tokens < 2 || a->tokens > MAXTOK || a->max_k < 0 || a->max_k > MDL_MAX_SPEC_TOKENS) {
+        fprintf(stderr, "spec_bench: --model is required; --tokens 2..%d; --max-k 0..%d\n", MAXTOK,
+                MDL_MAX_SPEC_TOKENS);
         return 2;
     }
-    /* prompts: encoded with the first tokenizer found (all DeepSeek-V3-vocabulary models share it) */
+    return 0;
+}
+
+/* Encodes the prompts with the first tokenizer found (all DeepSeek-V3-vocabulary models share it) into pr, each
+ * after the BOS id; returns 0 or the exit status. */
+static int prompts_load(const bench_args *a, prompts *pr)
+{
     char err[1024], path[1200];
     struct stat sb;
-    for (int i = 0; i < n_models && !tok_dir; i++) {
-        snprintf(path, sizeof path, "%s/tokenizer.json", models[i]);
-        if (stat(path, &sb) == 0) tok_dir = models[i];
+    const char *tok_dir = a->tok_dir;
+    for (int i = 0; i < a->n_models && !tok_dir; i++) {
+        snprintf(path, sizeof path, "%s/tokenizer.json", a->models[i]);
+        if (stat(path, &sb) == 0) tok_dir = a->models[i];
     }
     if (!tok_dir) {
         fprintf(stderr, "spec_bench: no tokenizer.json in the model directories; pass --tokenizer DIR\n");
@@ -427,122 +436,149 @@ int main(int argc, char **argv)
         fprintf(stderr, "tokenizer: %s\n", err);
         return 1;
     }
-    prompts pr = {0};
     for (int i = 0; i < NPROMPTS; i++) {
         int32_t *ids;
         size_t n;
         if (txt_tokenizer_encode(tk, PROMPTS[i], strlen(PROMPTS[i]), 0, &ids, &n) != PD_OK) return 1;
-        pr.ids[i] = malloc((n + 1) * sizeof(int32_t));
-        pr.ids[i][0] = txt_tokenizer_bos(tk) >= 0 ? txt_tokenizer_bos(tk) : 0;
-        memcpy(pr.ids[i] + 1, ids, n * sizeof(int32_t));
-        pr.n[i] = (int)n + 1;
+        pr->ids[i] = malloc((n + 1) * sizeof(int32_t));
+        pr->ids[i][0] = txt_tokenizer_bos(tk) >= 0 ? txt_tokenizer_bos(tk) : 0;
+        memcpy(pr->ids[i] + 1, ids, n * sizeof(int32_t));
+        pr->n[i] = (int)n + 1;
         free(ids);
     }
     txt_tokenizer_destroy(tk);
+    return 0;
+}
+
+/* The main table: per batch size, k = 0 and then per k each kind of drafts against it. */
+static void speed_table(mdl_model *m, prompts *pr, const bench_args *a, sink *ref, sink *out)
+{
+    printf("| batch | k | drafts | decode tok/s | vs k=0 | ms/step | accepted | mean accepted len | output == k=0 |\n");
+    printf("|---|---|---|---|---|---|---|---|---|\n");
+    for (int bi = 0; bi < a->nb; bi++) {
+        int b = a->batches[bi];
+        if (b > MAXREQ) continue;
+        pr->ref = NULL;
+        result r0 = run(m, pr, b, a->tokens, 0, 0, 0, ref);
+        pr->ref = ref;
+        printf("| %d | 0 | - | %.1f | 1.00x | %.1f | - | - | - |\n", b, r0.tok_s, r0.step_ms);
+        fflush(stdout);
+        /* per k: known drafts with the MTP layer running, known drafts alone (verify only), the MTP layer's
+         * own drafts, prompt lookup's own drafts (n = 2..4) */
+        static const char *const what[4] = {"known (100%), MTP runs", "known (100%), verify only", "MTP (real)",
+                                            "n-gram (real)"};
+        for (int k = 1; k <= a->max_k; k++)
+            for (int v = 0; v < 4; v++) {
+                const int mtp = v == 0 || v == 2;
+                if (mtp && m->n_mtp < 1) continue;
+                result r = run_m(m, pr, b, a->tokens, k, v < 2, 0, mtp ? MDL_SPEC_MTP : MDL_SPEC_NGRAM, out);
+                printf("| %d | %d | %s | %.1f | %.2fx | %.1f | %.0f%% | %.2f | %s |\n", b, k, what[v], r.tok_s,
+                       r.tok_s / r0.tok_s, r.step_ms, 100 * r.accept, r.mean_len, r.equal ? "yes" : "NO");
+                fflush(stdout);
+            }
+    }
+}
+
+/* Decode step time on captured plans against the general path, k = 0 and k = max_k with known drafts. */
+static void plan_table(mdl_model *m, prompts *pr, const bench_args *a, sink *ref, sink *out)
+{
+    const int max_k = a->max_k;
+    printf("\nDecode step time, captured plan vs general path (k=0 and k=%d with known drafts):\n\n", max_k);
+    printf("| batch | k | plan ms/step | general ms/step | plan / general |\n|---|---|---|---|---|\n");
+    for (int bi = 0; bi < a->npb; bi++) {
+        int b = a->plan_b[bi];
+        pr->ref = NULL;
+        (void)run(m, pr, b, a->tokens, 0, 0, 0, ref);
+        pr->ref = ref;
+        for (int k = 0; k <= max_k; k += max_k > 0 ? max_k : 1) {
+            result rp = run(m, pr, b, a->tokens, k, k > 0, 0, out);
+            result rg = run(m, pr, b, a->tokens, k, k > 0, -1, out);
+            printf("| %d | %d | %.2f | %.2f | %.3f |\n", b, k, rp.step_ms, rg.step_ms, rp.step_ms / rg.step_ms);
+            fflush(stdout);
+            if (max_k == 0) break;
+        }
+    }
+}
+
+/* What the lm_head costs for m rows: every logit, and greedy rows' argmax through the screen. */
+static void lm_head_table(mdl_model *m)
+{
+    printf("\nlm_head [%d x %d] by rows m: every logit (krn_linear), and greedy rows' argmax through the screen "
+           "(krn_linear_argmax, the same tokens; - where this CPU has none):\n\n"
+           "| m | krn_linear ms | ms / row | vs m=1 | screen ms | vs m=1 |\n|---|---|---|---|---|---|\n",
+           m->cfg.vocab_size, m->cfg.hidden_size);
+    const int D = m->cfg.hidden_size, V = m->cfg.vocab_size;
+    float *x = malloc((size_t)64 * D * sizeof(float)), *y = malloc((size_t)64 * V * sizeof(float));
+    float *scr = malloc(krn_linear_scratch(D) * sizeof(float));
+    void *ws = malloc(krn_linear_argmax_scratch(D, 64));
+    int32_t amax[64];
+    for (int i = 0; i < 64 * D; i++) x[i] = (float)((i * 7919) % 1000) / 1000.0f - 0.5f;
+    double t1 = 0, s1 = 0;
+    const int rows[] = {1, 2, 3, 4, 8, 16, 64};
+    for (size_t ri = 0; ri < sizeof rows / sizeof rows[0]; ri++) {
+        const int reps = 5;
+        krn_linear(&m->lm_head, x, rows[ri], y, V, scr);
+        double t0 = pd_time_now();
+        for (int r = 0; r < reps; r++) krn_linear(&m->lm_head, x, rows[ri], y, V, scr);
+        const double ms = 1e3 * (pd_time_now() - t0) / reps;
+        double sms = -1;
+        if (krn_linear_argmax(&m->lm_head, m->lm_head_norms, V, x, rows[ri], y, V, amax, ws)) {
+            t0 = pd_time_now();
+            for (int r = 0; r < reps; r++)
+                krn_linear_argmax(&m->lm_head, m->lm_head_norms, V, x, rows[ri], y, V, amax, ws);
+            sms = 1e3 * (pd_time_now() - t0) / reps;
+        }
+        if (ri == 0) t1 = ms, s1 = sms;
+        if (sms >= 0)
+            printf("| %d | %.2f | %.2f | %.2fx | %.2f | %.2fx |\n", rows[ri], ms, ms / rows[ri], ms / t1, sms,
+                   sms / s1);
+        else
+            printf("| %d | %.2f | %.2f | %.2fx | - | - |\n", rows[ri], ms, ms / rows[ri], ms / t1);
+    }
+    free(x);
+    free(y);
+    free(scr);
+    free(ws);
+}
+
+int main(int argc, char **argv)
+{
+    bench_args a;
+    int rc = args_parse(argc, argv, &a);
+    if (rc) return rc;
+    prompts pr = {0};
+    if ((rc = prompts_load(&a, &pr))) return rc;
+    char err[1024];
     sink *ref = calloc(1, sizeof *ref), *out = calloc(1, sizeof *out);
     pthread_mutex_init(&ref->mu, NULL);
     pthread_cond_init(&ref->cv, NULL);
     pthread_mutex_init(&out->mu, NULL);
     pthread_cond_init(&out->cv, NULL);
-    for (int mi = 0; mi < n_models; mi++) {
+    for (int mi = 0; mi < a.n_models; mi++) {
         mdl_load_opts lo = mdl_load_defaults();
         lo.progress = 0;
         mdl_model *m = NULL;
-        if (mdl_model_load(models[mi], &lo, &m, err, sizeof err) != PD_OK) {
+        if (mdl_model_load(a.models[mi], &lo, &m, err, sizeof err) != PD_OK) {
             fprintf(stderr, "%s\n", err);
             return 1;
         }
-        printf("\n## %s (%d layers, hidden %d, vocab %d), %d greedy tokens per request", models[mi], m->n_layers,
-               m->cfg.hidden_size, m->cfg.vocab_size, tokens);
+        printf("\n## %s (%d layers, hidden %d, vocab %d), %d greedy tokens per request", a.models[mi], m->n_layers,
+               m->cfg.hidden_size, m->cfg.vocab_size, a.tokens);
         if (g_draft_vocab) printf("; MTP draft head pruned to ids [0, %d)", g_draft_vocab);
         if (g_draft_int8) printf("; MTP drafts score with an int8 copy of the head");
         printf("\n\n");
-        if (n_pairs > 0) {
-            pairs(m, &pr, batches, nb, tokens, PD_MAX(max_k, 1), n_pairs, ref, out);
-            bytes_bound(m, PD_MAX(max_k, 1));
+        if (a.n_pairs > 0) {
+            pairs(m, &pr, a.batches, a.nb, a.tokens, PD_MAX(a.max_k, 1), a.n_pairs, ref, out);
+            bytes_bound(m, PD_MAX(a.max_k, 1));
             mdl_model_destroy(m);
             continue;
         }
-        printf("| batch | k | drafts | decode tok/s | vs k=0 | ms/step | accepted | mean accepted len | output == k=0 |\n");
-        printf("|---|---|---|---|---|---|---|---|---|\n");
-        for (int bi = 0; bi < nb; bi++) {
-            int b = batches[bi];
-            if (b > MAXREQ) continue;
-            pr.ref = NULL;
-            result r0 = run(m, &pr, b, tokens, 0, 0, 0, ref);
-            pr.ref = ref;
-            printf("| %d | 0 | - | %.1f | 1.00x | %.1f | - | - | - |\n", b, r0.tok_s, r0.step_ms);
-            fflush(stdout);
-            /* per k: known drafts with the MTP layer running, known drafts alone (verify only), the MTP layer's
-             * own drafts, prompt lookup's own drafts (n = 2..4) */
-            static const char *const what[4] = {"known (100%), MTP runs", "known (100%), verify only", "MTP (real)",
-                                                "n-gram (real)"};
-            for (int k = 1; k <= max_k; k++)
-                for (int v = 0; v < 4; v++) {
-                    const int mtp = v == 0 || v == 2;
-                    if (mtp && m->n_mtp < 1) continue;
-                    result r = run_m(m, &pr, b, tokens, k, v < 2, 0, mtp ? MDL_SPEC_MTP : MDL_SPEC_NGRAM, out);
-                    printf("| %d | %d | %s | %.1f | %.2fx | %.1f | %.0f%% | %.2f | %s |\n", b, k, what[v], r.tok_s,
-                           r.tok_s / r0.tok_s, r.step_ms, 100 * r.accept, r.mean_len, r.equal ? "yes" : "NO");
-                    fflush(stdout);
-                }
-        }
-        printf("\nDecode step time, captured plan vs general path (k=0 and k=%d with known drafts):\n\n", max_k);
-        printf("| batch | k | plan ms/step | general ms/step | plan / general |\n|---|---|---|---|---|\n");
-        for (int bi = 0; bi < npb; bi++) {
-            int b = plan_b[bi];
-            pr.ref = NULL;
-            (void)run(m, &pr, b, tokens, 0, 0, 0, ref);
-            pr.ref = ref;
-            for (int k = 0; k <= max_k; k += max_k > 0 ? max_k : 1) {
-                result rp = run(m, &pr, b, tokens, k, k > 0, 0, out);
-                result rg = run(m, &pr, b, tokens, k, k > 0, -1, out);
-                printf("| %d | %d | %.2f | %.2f | %.3f |\n", b, k, rp.step_ms, rg.step_ms, rp.step_ms / rg.step_ms);
-                fflush(stdout);
-                if (max_k == 0) break;
-            }
-        }
+        speed_table(m, &pr, &a, ref, out);
+        plan_table(m, &pr, &a, ref, out);
         /* why the figures look as they do: what one linear layer costs for m rows (the verify pass runs the
          * model on batch x (k+1) rows; speculation pays only where m rows cost about what one row costs) */
-        bytes_bound(m, max_k);
-        printf("\nlm_head [%d x %d] by rows m: every logit (krn_linear), and greedy rows' argmax through the screen "
-               "(krn_linear_argmax, the same tokens; - where this CPU has none):\n\n"
-               "| m | krn_linear ms | ms / row | vs m=1 | screen ms | vs m=1 |\n|---|---|---|---|---|---|\n",
-               m->cfg.vocab_size, m->cfg.hidden_size);
-        {
-            const int D = m->cfg.hidden_size, V = m->cfg.vocab_size;
-            float *x = malloc((size_t)64 * D * sizeof(float)), *y = malloc((size_t)64 * V * sizeof(float));
-            float *scr = malloc(krn_linear_scratch(D) * sizeof(float));
-            void *ws = malloc(krn_linear_argmax_scratch(D, 64));
-            int32_t amax[64];
-            for (int i = 0; i < 64 * D; i++) x[i] = (float)((i * 7919) % 1000) / 1000.0f - 0.5f;
-            double t1 = 0, s1 = 0;
-            const int rows[] = {1, 2, 3, 4, 8, 16, 64};
-            for (size_t ri = 0; ri < sizeof rows / sizeof rows[0]; ri++) {
-                const int reps = 5;
-                krn_linear(&m->lm_head, x, rows[ri], y, V, scr);
-                double t0 = pd_time_now();
-                for (int r = 0; r < reps; r++) krn_linear(&m->lm_head, x, rows[ri], y, V, scr);
-                const double ms = 1e3 * (pd_time_now() - t0) / reps;
-                double sms = -1;
-                if (krn_linear_argmax(&m->lm_head, m->lm_head_norms, V, x, rows[ri], y, V, amax, ws)) {
-                    t0 = pd_time_now();
-                    for (int r = 0; r < reps; r++)
-                        krn_linear_argmax(&m->lm_head, m->lm_head_norms, V, x, rows[ri], y, V, amax, ws);
-                    sms = 1e3 * (pd_time_now() - t0) / reps;
-                }
-                if (ri == 0) t1 = ms, s1 = sms;
-                if (sms >= 0)
-                    printf("| %d | %.2f | %.2f | %.2fx | %.2f | %.2fx |\n", rows[ri], ms, ms / rows[ri], ms / t1, sms,
-                           sms / s1);
-                else
-                    printf("| %d | %.2f | %.2f | %.2fx | - | - |\n", rows[ri], ms, ms / rows[ri], ms / t1);
-            }
-            free(x);
-            free(y);
-            free(scr);
-            free(ws);
-        }
+        bytes_bound(m, a.max_k);
+        lm_head_table(m);
         mdl_model_destroy(m);
     }
     for (int i = 0; i < NPROMPTS; i++) free(pr.ids[i]);

@@ -27,8 +27,10 @@ static const char *const CODE[] = {
     "        acc = acc * 31 + (unsigned char)buf[i];\n    return acc;\n}\n\n",
     "def %s(x, y=%d):\n    \"\"\"Return the scaled sum.\"\"\"\n    if x is None:\n        return y\n"
     "    return [v * 2 for v in x if v > 0] + [y]\n\n",
-    "    if (err != PD_OK) {\n        pd_error(\"%s failed: %%s\", pd_status_str(err));\n        goto cleanup_%d;\n    }\n",
-    "const %s = async (req, res) => {\n  const body = await req.json();\n  res.status(%d).send({ ok: true, body });\n};\n",
+    "    if (err != PD_OK) {\n        pd_error(\"%s failed: %%s\", pd_status_str(err));\n"
+    "        goto cleanup_%d;\n    }\n",
+    "const %s = async (req, res) => {\n  const body = await req.json();\n"
+    "  res.status(%d).send({ ok: true, body });\n};\n",
     "SELECT id, name FROM %s WHERE created_at > '2024-01-%02d' ORDER BY id DESC LIMIT 100;\n"};
 
 static void add(char **buf, size_t *n, size_t *cap, const char *s)
@@ -74,8 +76,8 @@ static char *make_doc(pd_rng *r, int kind, size_t target)
             }
             add(&b, &n, &cap, pd_rng_next(r) % 4 ? "。" : "。\n");
         } else {
-            snprintf(name, sizeof name, "fn_%c%c%llu", 'a' + (int)(pd_rng_next(r) % 26), 'a' + (int)(pd_rng_next(r) % 26),
-                     (unsigned long long)(pd_rng_next(r) % 1000));
+            snprintf(name, sizeof name, "fn_%c%c%llu", 'a' + (int)(pd_rng_next(r) % 26),
+                     'a' + (int)(pd_rng_next(r) % 26), (unsigned long long)(pd_rng_next(r) % 1000));
             snprintf(tmp, sizeof tmp, CODE[pd_rng_next(r) % PD_ARRAY_LEN(CODE)], name, (int)(pd_rng_next(r) % 28) + 1);
             add(&b, &n, &cap, tmp);
         }
@@ -95,7 +97,8 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--keep") && i + 1 < argc) keep = argv[++i];
         else if (!strcmp(argv[i], "--no-js")) js = 0;
         else {
-            fprintf(stderr, "usage: tokenizer_bench [--tokenizer DIR] [--mb N] [--reps R] [--no-js] [--keep DOCS.json]\n");
+            fprintf(stderr,
+                    "usage: tokenizer_bench [--tokenizer DIR] [--mb N] [--reps R] [--no-js] [--keep DOCS.json]\n");
             return 2;
         }
     }

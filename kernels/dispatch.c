@@ -473,7 +473,8 @@ static void pick_row(const screen_job *j, int r)
      * roundings (docs/kernels.md, "Greedy argmax") */
     const double c = (0x1p-8 * 1.01 + 4.2 * K * 0x1p-24) * (1 + 0x1p-12);
     int nc = -1;
-    if (isfinite(xn) && xn > 1e-30) nc = o->screen(a, j->rn, n, (float)(c * xn * (1 + 0x1p-20)) + 0x1p-120f, 0x1p-100f, cand, SCREEN_CAP);
+    if (isfinite(xn) && xn > 1e-30)
+        nc = o->screen(a, j->rn, n, (float)(c * xn * (1 + 0x1p-20)) + 0x1p-120f, 0x1p-100f, cand, SCREEN_CAP);
     int panels = 0;
     for (int i = 0; i < nc; i++) panels += i == 0 || cand[i] / KRN_NR != cand[i - 1] / KRN_NR;
     int best = -1;

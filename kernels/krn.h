@@ -162,14 +162,13 @@ void krn_linear(const krn_mat *w, const float *x, int m, float *y, int ldy, floa
 /* krn_linear with KRN_LINEAR_* flags (below; 0: krn_linear). */
 void krn_linear_ex(const krn_mat *w, const float *x, int m, float *y, int ldy, float *scratch, unsigned flags);
 /* Options of one product (krn_linear_item.flags). 0: the exact default.
- * KRN_LINEAR_BF16_ACT: the product may round x to bf16 (round to nearest even; inputs and products below 2^-126
- * count as 0)
- * where that is faster: packed BF16 weights on a CPU with AVX512-BF16 (vdpbf16ps, f32 accumulation). Each output
- * is then still summed in one fixed order, so a row's result does not depend on m, but it differs from the exact
- * result by up to 2^-8 (bf16's unit roundoff) relative per product term. For prompt prefill only: decode and verify passes must stay exact
- * (docs/kernels.md, "Numerics choice"). Ignored elsewhere (other weights, no AVX512-BF16, PDSERVE_BF16_DOT=0),
- * except on the portable path, where a product of more than 2 rows so marked goes through sgemm, and its rows'
- * bits then depend on m. */
+ * KRN_LINEAR_BF16_ACT: the product may round x to bf16 (round to nearest even; inputs and products below 2^-126 count
+ * as 0) where that is faster: packed BF16 weights on a CPU with AVX512-BF16 (vdpbf16ps, f32 accumulation). Each output
+ * is then still summed in one fixed order, so a row's result does not depend on m, but it differs from the exact result
+ * by up to 2^-8 (bf16's unit roundoff) relative per product term. For prompt prefill only: decode and verify passes
+ * must stay exact (docs/kernels.md, "Numerics choice"). Ignored elsewhere (other weights, no AVX512-BF16,
+ * PDSERVE_BF16_DOT=0), except on the portable path, where a product of more than 2 rows so marked goes through sgemm,
+ * and its rows' bits then depend on m. */
 #define KRN_LINEAR_BF16_ACT 1u
 /* One product of a group: y[m, w->rows] = x[m, w->cols] . W^T (ldy: row stride of y). */
 typedef struct {
@@ -179,11 +178,11 @@ typedef struct {
     float *y;
     unsigned flags; /* KRN_LINEAR_* (0: exact) */
 } krn_linear_item;
-/* Every item's product, as krn_linear computes it (the same bits; with its flags honoured), but the packed BF16/FP8 ones run as ONE job
- * on the pool, split over all their output blocks together: a decode step's experts (8 x gate/up, then 8 x
- * down) cost one wake-up of the pool each instead of 24, and each thread streams long runs of weights. Other
- * items (W8A8, F32, the portable path) run one after another through krn_linear. No two items may write the
- * same y element, and no item may read another's y. scratch: krn_linear_scratch(max cols) floats. */
+/* Every item's product, as krn_linear computes it (the same bits; with its flags honoured), but the packed BF16/FP8
+ * ones run as ONE job on the pool, split over all their output blocks together: a decode step's experts (8 x gate/up,
+ * then 8 x down) cost one wake-up of the pool each instead of 24, and each thread streams long runs of weights. Other
+ * items (W8A8, F32, the portable path) run one after another through krn_linear. No two items may write the same y
+ * element, and no item may read another's y. scratch: krn_linear_scratch(max cols) floats. */
 void krn_linear_group(const krn_linear_item *items, int n, float *scratch);
 /* y[i*ldy + c] (+)= sum_d x[i*ldx + d] * W[r0 + d, c0 + c] for i < m, c < n, d < k — the "transposed" use of a
  * sub-block of W, used by MLA's absorbed decode form (W is kv_b_proj; the rows of x are one head's q_nope of

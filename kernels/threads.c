@@ -69,12 +69,14 @@ static void *worker_main(void *argp)
         uint64_t t0 = pd_time_ns();
         unsigned g;
         int spins = 0;
-        while ((g = __atomic_load_n(&p->gen, __ATOMIC_ACQUIRE)) == seen && !__atomic_load_n(&p->stop, __ATOMIC_ACQUIRE)) {
+        while ((g = __atomic_load_n(&p->gen, __ATOMIC_ACQUIRE)) == seen &&
+               !__atomic_load_n(&p->stop, __ATOMIC_ACQUIRE)) {
             _mm_pause();
             if (++spins % 256 == 0 && pd_time_ns() - t0 > SPIN_NS) {
                 pthread_mutex_lock(&p->mu);
                 __atomic_fetch_add(&p->sleeping, 1, __ATOMIC_SEQ_CST);
-                while (__atomic_load_n(&p->gen, __ATOMIC_SEQ_CST) == seen && !__atomic_load_n(&p->stop, __ATOMIC_SEQ_CST))
+                while (__atomic_load_n(&p->gen, __ATOMIC_SEQ_CST) == seen &&
+                       !__atomic_load_n(&p->stop, __ATOMIC_SEQ_CST))
                     pthread_cond_wait(&p->cv, &p->mu);
                 __atomic_fetch_sub(&p->sleeping, 1, __ATOMIC_SEQ_CST);
                 pthread_mutex_unlock(&p->mu);

@@ -91,6 +91,18 @@ static size_t kv__llc_size(void)
     return best ? best : (size_t)32 << 20;
 }
 
+char *kv__ucx_info(ucp_context_h ucp, ucp_ep_h ep)
+{
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    if (!f) return NULL;
+    if (ep) ucp_ep_print_info(ep, f);
+    else ucp_context_print_info(ucp, f);
+    fclose(f);
+    return text;
+}
+
 /* ---- context ---- */
 
 /* UCX 1.13 reports peer failure only through network transports (tcp, verbs); posix/sysv/cma cannot.
@@ -99,12 +111,8 @@ static size_t kv__llc_size(void)
 static ucp_err_handling_mode_t kv__choose_err_mode(ucp_context_h ucp)
 {
     static const char *const net[] = {"tcp/", "rc_verbs/", "rc_mlx5/", "dc_mlx5/", "ud_verbs/", "ud_mlx5/"};
-    char *text = NULL;
-    size_t len = 0;
-    FILE *f = open_memstream(&text, &len);
-    if (!f) return UCP_ERR_HANDLING_MODE_PEER;
-    ucp_context_print_info(ucp, f);
-    fclose(f);
+    char *text = kv__ucx_info(ucp, NULL);
+    if (!text) return UCP_ERR_HANDLING_MODE_PEER;
     ucp_err_handling_mode_t mode = UCP_ERR_HANDLING_MODE_NONE;
     for (char *line = strstr(text, "resource"); line; line = strstr(line + 1, "resource")) {
         char *tl = strstr(line, "-- ");

@@ -212,6 +212,9 @@ struct kv_context {
 pd_status kv__status_from_ucs(ucs_status_t s);
 /* Reads state and start time (field 22) of /proc/<pid>/stat. Returns 0 on success. */
 int kv__proc_stat(uint32_t pid, char *state, uint64_t *start_time);
+/* What UCX prints about a context's resources (ep NULL) or an endpoint's configuration (ep given), as a string the
+ * caller frees; NULL when it cannot be captured. */
+char *kv__ucx_info(ucp_context_h ucp, ucp_ep_h ep);
 
 /* progress.c */
 kv__op *kv__op_new(kv_context_t ctx, kv__op_kind kind);

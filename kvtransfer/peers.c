@@ -92,12 +92,8 @@ void kv__peer_handle_failure(kv__peer *p)
  * natively (cma, knem, xpmem, rc/dc verbs, ...), AM when the only way to put is emulation over TCP. */
 static kv_proto kv__detect_proto(ucp_ep_h ep)
 {
-    char *text = NULL;
-    size_t len = 0;
-    FILE *f = open_memstream(&text, &len);
-    if (!f) return KV_PROTO_AM;
-    ucp_ep_print_info(ep, f);
-    fclose(f);
+    char *text = kv__ucx_info(NULL, ep);
+    if (!text) return KV_PROTO_AM;
     pd_debug("kv: endpoint configuration:\n%s", text);
     kv_proto proto = KV_PROTO_AM;
     for (char *line = text; line && *line;) {

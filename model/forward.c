@@ -138,7 +138,8 @@ pd_status mdl_ctx_create(const mdl_model *m, int max_tokens, int max_logits, mdl
     ALLOC(elist, T * K);
     ALLOC(ecat, T * 2 * D);
     ALLOC(lrows, (size_t)PD_MAX(max_logits, 1) * D);
-    const size_t GK = (size_t)PD_MIN(max_tokens, MOE_GROUP_TOKENS) * K, Fm = (size_t)PD_MAX(1, c->moe_intermediate_size);
+    const size_t GK = (size_t)PD_MIN(max_tokens, MOE_GROUP_TOKENS) * K,
+                 Fm = (size_t)PD_MAX(1, c->moe_intermediate_size);
     ALLOC(gx, GK * D);
     ALLOC(gy, GK * D);
     ALLOC(gg, GK * Fm);
@@ -281,8 +282,8 @@ static void dec_gather_task(void *p, int ith, int nth)
 {
     const dec_attn_job *j = p;
     for (int t = ith; t < j->nt; t += nth) {
-        kv_gather(j->kv, j->table, j->layer, j->k0 + t * ATTN_TILE, tile_keys(j, t), j->kvl, j->x->dlat + (size_t)t * ATTN_TILE * j->kvl,
-                  j->x->dkpe + (size_t)t * ATTN_TILE * j->rope);
+        kv_gather(j->kv, j->table, j->layer, j->k0 + t * ATTN_TILE, tile_keys(j, t), j->kvl,
+                  j->x->dlat + (size_t)t * ATTN_TILE * j->kvl, j->x->dkpe + (size_t)t * ATTN_TILE * j->rope);
     }
 }
 
@@ -449,7 +450,8 @@ static void attention(mdl_ctx *x, mdl_kv_pool *kv, const mdl_batch *b, const mdl
             float *row = x->kva + (size_t)t * (kvl + rope);
             krn_rmsnorm(row, L->kv_a_norm, kvl, eps, row);
             krn_rope_interleaved(row + kvl, rope, cs, sn);
-            for (int h = 0; h < H; h++) krn_rope_interleaved(x->q + (size_t)t * H * qk + (size_t)h * qk + nope, rope, cs, sn);
+            for (int h = 0; h < H; h++)
+                krn_rope_interleaved(x->q + (size_t)t * H * qk + (size_t)h * qk + nope, rope, cs, sn);
             kv_store(kv, b->block_table[s], cache_layer, pos, row);
             x->q_limit[t] = pos;
         }
@@ -620,9 +622,11 @@ static void layer_forward(mdl_ctx *x, mdl_kv_pool *kv, const mdl_batch *b, const
 {
     const mdl_config *c = &x->m->cfg;
     const int T = b->n_tokens, D = c->hidden_size;
-    for (int t = 0; t < T; t++) krn_rmsnorm(x->x + (size_t)t * D, L->attn_norm, D, c->rms_norm_eps, x->xn + (size_t)t * D);
+    for (int t = 0; t < T; t++)
+        krn_rmsnorm(x->x + (size_t)t * D, L->attn_norm, D, c->rms_norm_eps, x->xn + (size_t)t * D);
     attention(x, kv, b, L, cache_layer);
-    for (int t = 0; t < T; t++) krn_rmsnorm(x->x + (size_t)t * D, L->ffn_norm, D, c->rms_norm_eps, x->xn + (size_t)t * D);
+    for (int t = 0; t < T; t++)
+        krn_rmsnorm(x->x + (size_t)t * D, L->ffn_norm, D, c->rms_norm_eps, x->xn + (size_t)t * D);
     if (L->is_moe) {
         moe(x, L, T);
     } else {

@@ -154,15 +154,16 @@ typedef struct {
      * with at least n_vocab rows, or vocab_size when n_vocab is 0); NULL: the layer's own head (and its screen). */
     const krn_mat *mtp_head;
     /* 1: a prompt-prefill pass; its products over BF16 weights may round activations to bf16 (KRN_LINEAR_BF16_ACT,
-     * vdpbf16ps; lm_head and the router stay exact; ignored on W8A8 models). Every token's result still does not depend on the batch or the
-     * chunking. 0 (the default): exact f32 activations, required for decode and verify passes (speculative decoding
-     * is exact only if a row gives the same bits whatever the pass) and for recomputing generated tokens. */
+     * vdpbf16ps; lm_head and the router stay exact; ignored on W8A8 models). Every token's result still does not depend
+     * on the batch or the chunking. 0 (the default): exact f32 activations, required for decode and verify passes
+     * (speculative decoding is exact only if a row gives the same bits whatever the pass) and for recomputing generated
+     * tokens. */
     int act_bf16;
-    /* Optional (mdl_forward and mdl_forward_mtp): argmax_only[i] set means logits row i is wanted only for its argmax (a greedy row
-     * with nothing that changes its logits: no penalties, masks or logprobs). argmax[i] then receives the index of
-     * the row's largest logit, the first on ties: the index krn_argmax finds in the exact logits. Where the lm_head
-     * screen exists (krn_linear_argmax) it is found without computing every logit exactly and logits row i is left
-     * unspecified; elsewhere the row's logits are written as usual. Rows not marked get their exact logits. */
+    /* Optional (mdl_forward and mdl_forward_mtp): argmax_only[i] set means logits row i is wanted only for its argmax
+     * (a greedy row with nothing that changes its logits: no penalties, masks or logprobs). argmax[i] then receives the
+     * index of the row's largest logit, the first on ties: the index krn_argmax finds in the exact logits. Where the
+     * lm_head screen exists (krn_linear_argmax) it is found without computing every logit exactly and logits row i is
+     * left unspecified; elsewhere the row's logits are written as usual. Rows not marked get their exact logits. */
     const uint8_t *argmax_only;
     int32_t *argmax;
 } mdl_batch;

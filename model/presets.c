@@ -23,35 +23,33 @@ static const preset g_presets[] = {
     {"v3", MDL_ARCH_DEEPSEEK_V3, 7168, 18432, 2048, 61, 3, 128, 256, 8, 8, 4, 1536, 512, 128, 64, 128, 163840, 1.0, 1},
 };
 
-/* DeepSeek-V3's routing and vocabulary: sigmoid scores with a correction bias, grouped top-k, one shared expert,
- * one MTP layer. */
-static void v3_common(mdl_config *c)
-{
-    snprintf(c->architecture, sizeof c->architecture, "DeepseekV3ForCausalLM");
-    c->vocab_size = 129280;
-    c->scoring_func = MDL_SCORE_SIGMOID;
-    c->topk_method = MDL_TOPK_NOAUX_TC;
-    c->norm_topk_prob = 1;
-    c->routed_scaling_factor = 2.5f;
-    c->bos_token_id = 0;
-    c->eos_token_id = 1;
-    c->num_nextn_predict_layers = 1;
-    c->n_shared_experts = 1;
-}
+/* What an architecture fixes whatever the sizes: its routing and its vocabulary. */
+typedef struct {
+    const char *architecture;
+    int vocab_size, n_shared_experts, nextn_layers, bos, eos, norm_topk_prob;
+    mdl_scoring scoring;
+    mdl_topk_method topk;
+    float routed_scaling_factor;
+} family;
 
+/* DeepSeek-V3's: sigmoid scores with a correction bias, grouped top-k, one shared expert, one MTP layer. */
+static const family g_v3 = {"DeepseekV3ForCausalLM", 129280, 1, 1, 0, 1, 1, MDL_SCORE_SIGMOID, MDL_TOPK_NOAUX_TC, 2.5f};
 /* DeepSeek-V2's: softmax scores, greedy top-k, two shared experts, no MTP. */
-static void v2_common(mdl_config *c)
+static const family g_v2 = {"DeepseekV2ForCausalLM", 102400, 2, 0, 100000, 100001, 0, MDL_SCORE_SOFTMAX,
+                            MDL_TOPK_GREEDY, 1.0f};
+
+static void family_apply(const family *f, mdl_config *c)
 {
-    snprintf(c->architecture, sizeof c->architecture, "DeepseekV2ForCausalLM");
-    c->vocab_size = 102400;
-    c->n_shared_experts = 2;
-    c->topk_method = MDL_TOPK_GREEDY;
-    c->scoring_func = MDL_SCORE_SOFTMAX;
-    c->norm_topk_prob = 0;
-    c->routed_scaling_factor = 1.0f;
-    c->bos_token_id = 100000;
-    c->eos_token_id = 100001;
-    c->num_nextn_predict_layers = 0;
+    snprintf(c->architecture, sizeof c->architecture, "%s", f->architecture);
+    c->vocab_size = f->vocab_size;
+    c->n_shared_experts = f->n_shared_experts;
+    c->num_nextn_predict_layers = f->nextn_layers;
+    c->bos_token_id = f->bos;
+    c->eos_token_id = f->eos;
+    c->norm_topk_prob = f->norm_topk_prob;
+    c->scoring_func = f->scoring;
+    c->topk_method = f->topk;
+    c->routed_scaling_factor = f->routed_scaling_factor;
 }
 
 pd_status mdl_preset_config(const char *name, mdl_config *c)
@@ -62,10 +60,7 @@ pd_status mdl_preset_config(const char *name, mdl_config *c)
     if (!p) return PD_ERR_NOT_FOUND;
     memset(c, 0, sizeof *c);
     c->arch = p->arch;
-    if (p->arch == MDL_ARCH_DEEPSEEK_V2)
-        v2_common(c);
-    else
-        v3_common(c);
+    family_apply(p->arch == MDL_ARCH_DEEPSEEK_V2 ? &g_v2 : &g_v3, c);
     c->moe_layer_freq = 1;
     c->rms_norm_eps = 1e-6f;
     c->rope_theta = 10000.0;

@@ -7,6 +7,22 @@
 
 /* ---- UTF-8 ---- */
 
+/* A non-ASCII lead byte b: how many continuation bytes follow it and the range [lo, hi] of the first (Unicode's
+ * table 3-7: no overlong forms, no surrogates, nothing past U+10FFFF); 0 when b cannot start a character. */
+static int utf8_lead(uint8_t b, size_t *need, uint8_t *lo, uint8_t *hi)
+{
+    *lo = 0x80, *hi = 0xBF;
+    if (b >= 0xC2 && b <= 0xDF) *need = 1;
+    else if (b == 0xE0) *need = 2, *lo = 0xA0;
+    else if (b == 0xED) *need = 2, *hi = 0x9F;
+    else if (b >= 0xE1 && b <= 0xEF) *need = 2;
+    else if (b == 0xF0) *need = 3, *lo = 0x90;
+    else if (b == 0xF4) *need = 3, *hi = 0x8F;
+    else if (b >= 0xF1 && b <= 0xF3) *need = 3;
+    else return 0;
+    return 1;
+}
+
 /* Length of the valid UTF-8 prefix of s (== n when all of it is valid). */
 size_t txt__utf8_valid_prefix(const uint8_t *s, size_t n)
 {
@@ -26,15 +42,8 @@ size_t txt__utf8_valid_prefix(const uint8_t *s, size_t n)
             continue;
         }
         size_t need;
-        uint8_t lo = 0x80, hi = 0xBF;
-        if (b >= 0xC2 && b <= 0xDF) need = 1;
-        else if (b == 0xE0) need = 2, lo = 0xA0;
-        else if (b == 0xED) need = 2, hi = 0x9F;
-        else if (b >= 0xE1 && b <= 0xEF) need = 2;
-        else if (b == 0xF0) need = 3, lo = 0x90;
-        else if (b == 0xF4) need = 3, hi = 0x8F;
-        else if (b >= 0xF1 && b <= 0xF3) need = 3;
-        else return i;
+        uint8_t lo, hi;
+        if (!utf8_lead(b, &need, &lo, &hi)) return i;
         if (i + need >= n) return i;
         if (s[i + 1] < lo || s[i + 1] > hi) return i;
         for (size_t k = 2; k <= need; k++)
@@ -54,15 +63,8 @@ u8_kind txt__utf8_step(const uint8_t *s, size_t n, size_t *len)
         return U8_VALID;
     }
     size_t need;
-    uint8_t lo = 0x80, hi = 0xBF;
-    if (b >= 0xC2 && b <= 0xDF) need = 1;
-    else if (b == 0xE0) need = 2, lo = 0xA0;
-    else if (b == 0xED) need = 2, hi = 0x9F;
-    else if (b >= 0xE1 && b <= 0xEF) need = 2;
-    else if (b == 0xF0) need = 3, lo = 0x90;
-    else if (b == 0xF4) need = 3, hi = 0x8F;
-    else if (b >= 0xF1 && b <= 0xF3) need = 3;
-    else {
+    uint8_t lo, hi;
+    if (!utf8_lead(b, &need, &lo, &hi)) {
         *len = 1;
         return U8_INVALID;
     }

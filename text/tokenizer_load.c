@@ -384,16 +384,26 @@ static pd_status load_merges(txt_tokenizer t, const cJSON *merges, const char *p
     return PD_OK;
 }
 
+/* Reads and parses the JSON file at path into *root (NULL when it is not JSON: the caller says what it wanted);
+ * fails only when the file cannot be read. */
+static pd_status json_file_parse(const char *path, cJSON **root, char *err, size_t errlen)
+{
+    char *txt = NULL;
+    size_t len;
+    pd_status st = pd_file_read(path, &txt, &len);
+    if (st != PD_OK) return fail(err, errlen, st, "cannot read %s: %s", path, pd_status_str(st));
+    *root = cJSON_ParseWithLength(txt, len);
+    free(txt);
+    return PD_OK;
+}
+
 pd_status txt_tokenizer_load(const char *dir, txt_tokenizer *out, char *err, size_t errlen)
 {
     char path[4096];
     snprintf(path, sizeof path, "%s/tokenizer.json", dir);
-    char *txt = NULL;
-    size_t txt_len;
-    pd_status st = pd_file_read(path, &txt, &txt_len);
-    if (st != PD_OK) return fail(err, errlen, st, "cannot read %s: %s", path, pd_status_str(st));
-    cJSON *root = cJSON_ParseWithLength(txt, txt_len);
-    free(txt);
+    cJSON *root = NULL;
+    pd_status st = json_file_parse(path, &root, err, errlen);
+    if (st != PD_OK) return st;
     if (!root || !cJSON_IsObject(root)) {
         cJSON_Delete(root);
         return fail(err, errlen, PD_ERR_FORMAT, "%s is not a JSON object", path);
@@ -445,12 +455,9 @@ pd_status txt_config_vocab_size(const char *path, int *out, char *err, size_t er
     size_t n = strlen(path);
     if (n > 5 && !strcmp(path + n - 5, ".json")) snprintf(file, sizeof file, "%s", path);
     else snprintf(file, sizeof file, "%s/config.json", path);
-    char *text = NULL;
-    size_t len;
-    pd_status st = pd_file_read(file, &text, &len);
-    if (st != PD_OK) return fail(err, errlen, st, "cannot read %s: %s", file, pd_status_str(st));
-    cJSON *root = cJSON_ParseWithLength(text, len);
-    free(text);
+    cJSON *root = NULL;
+    pd_status st = json_file_parse(file, &root, err, errlen);
+    if (st != PD_OK) return st;
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, "vocab_size");
     if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble) || v->valuedouble < 2 ||
         v->valuedouble > (1 << 30)) {

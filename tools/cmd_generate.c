@@ -57,9 +57,11 @@ int cmd_generate(int argc, char **argv)
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) { usage(stdout); return 0; }
         else if (!strcmp(a, "--preset")) { if (!(preset = tool_arg(argc, argv, &i))) return 2; }
-        else if (!strcmp(a, "--out")) { if (!(out = tool_arg(argc, argv, &i))) return 2; }
-        else if (!strcmp(a, "--seed")) { if (!(v = tool_arg(argc, argv, &i))) return 2; o.seed = strtoull(v, NULL, 10); }
-        else if (!strcmp(a, "--fp8")) o.fp8 = 1;
+        else if (!strcmp(a, "--out")) { if (!(out = tool_arg(argc, argv, &i))) return 2;
+        } else if (!strcmp(a, "--seed")) {
+            if (!(v = tool_arg(argc, argv, &i))) return 2;
+            o.seed = strtoull(v, NULL, 10);
+        } else if (!strcmp(a, "--fp8")) o.fp8 = 1;
         else if (!strcmp(a, "--set")) {
             if (!(v = tool_arg(argc, argv, &i))) return 2;
             if (n_set == (int)PD_ARRAY_LEN(sets)) { fprintf(stderr, "too many --set\n"); return 2; }

@@ -41,19 +41,27 @@ int cmd_logits(int argc, char **argv)
             }
         }
         else if (!strcmp(a, "--help")) {
-            printf("usage: pdserve-model logits --model DIR --tokens 5,17,300 [--decode] [--mtp] [--dtype float32|bfloat16]\n"
-                   "       [--kv-cache-dtype float32|bfloat16] [--block-size N] [--chunk N] [--no-prefill-bf16]\n"
-                   "  --no-prefill-bf16  exact f32 activations on the prefill path (default: bf16 activations in the\n"
-                   "                     BF16-weight GEMMs where the CPU has AVX512-BF16, as servers prefill prompts)\n");
+            printf(
+                "usage: pdserve-model logits --model DIR --tokens 5,17,300 [--decode] [--mtp] [--dtype "
+                "float32|bfloat16]\n"
+                "       [--kv-cache-dtype float32|bfloat16] [--block-size N] [--chunk N] [--no-prefill-bf16]\n"
+                "  --no-prefill-bf16  exact f32 activations on the prefill path (default: bf16 activations in the\n"
+                "                     BF16-weight GEMMs where the CPU has AVX512-BF16, as servers prefill prompts)\n");
             return 0;
         }
         else { fprintf(stderr, "logits: unknown option '%s'\n", a); return 2; }
     }
-    if (!model || !toks) { fprintf(stderr, "usage: pdserve-model logits --model DIR --tokens 5,17,300 [--decode] [--mtp]\n"); return 2; }
+    if (!model || !toks) {
+        fprintf(stderr, "usage: pdserve-model logits --model DIR --tokens 5,17,300 [--decode] [--mtp]\n");
+        return 2;
+    }
     if (block < 1) { fprintf(stderr, "logits: --block-size must be positive\n"); return 2; }
     int32_t *ids = NULL;
     int n = 0;
-    if (tool_parse_ids(toks, &ids, &n) != PD_OK) { fprintf(stderr, "logits: --tokens must be comma-separated ids\n"); return 2; }
+    if (tool_parse_ids(toks, &ids, &n) != PD_OK) {
+        fprintf(stderr, "logits: --tokens must be comma-separated ids\n");
+        return 2;
+    }
     char err[1024];
     mdl_model *m = NULL;
     if (mdl_model_load(model, &lo, &m, err, sizeof err) != PD_OK) {
@@ -64,11 +72,17 @@ int cmd_logits(int argc, char **argv)
     int rc = 1;
     const int V = m->cfg.vocab_size, D = m->cfg.hidden_size;
     for (int i = 0; i < n; i++)
-        if (ids[i] >= V) { fprintf(stderr, "logits: token %d is outside the vocabulary (%d)\n", ids[i], V); goto free_model; }
+        if (ids[i] >= V) {
+            fprintf(stderr, "logits: token %d is outside the vocabulary (%d)\n", ids[i], V);
+            goto free_model;
+        }
     if (mtp && m->n_mtp == 0) { fprintf(stderr, "logits: this checkpoint has no MTP layer\n"); goto free_model; }
     mdl_runner r;
     if (chunk <= 0) chunk = n;
-    if (mdl_runner_open(&r, m, n, chunk, block) != PD_OK) { fprintf(stderr, "logits: out of memory\n"); goto free_model; }
+    if (mdl_runner_open(&r, m, n, chunk, block) != PD_OK) {
+        fprintf(stderr, "logits: out of memory\n");
+        goto free_model;
+    }
     r.act_bf16 = prefill_bf16;
     float *lg = malloc((size_t)n * V * sizeof(float)), *hid = malloc((size_t)n * D * sizeof(float));
     mdl_attn_mode mode = decode ? MDL_ATTN_DECODE : MDL_ATTN_PREFILL;

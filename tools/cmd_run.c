@@ -9,20 +9,22 @@
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: pdserve-model run --model DIR (--prompt TEXT | --tokens 1,2,3) [options]\n"
-               "  --prompt TEXT                tokenized with the checkpoint's tokenizer; prints the output as text\n"
-               "  --max-tokens N               tokens to generate (default 16)\n"
-               "  --temperature T --top-p P --top-k K --min-p P\n"
-               "  --repetition-penalty R --frequency-penalty F --presence-penalty P\n"
-               "  --seed N                     per-request seed (reproducible sampling)\n"
-               "  --ignore-eos                 keep going past the end-of-sequence token\n"
-               "  --max-num-batched-tokens N   prefill chunk (default 512)\n"
-               "  --no-prefill-bf16            exact f32 activations in the prompt prefill (default: bf16 activations in\n"
-               "                               the BF16-weight GEMMs where the CPU has AVX512-BF16; decode is always exact)\n"
-               "  --prefill-reps N             prefill the prompt N times, report the median time (default 1)\n"
-               "  --prefill-ab N               before generating, N back-to-back pairs of prefills (exact, then bf16\n"
-               "                               activations): medians and the median of the per-pair speed-ups\n"
-               "  --dtype float32|bfloat16     weights (default bfloat16)\n");
+    fprintf(
+        f,
+        "usage: pdserve-model run --model DIR (--prompt TEXT | --tokens 1,2,3) [options]\n"
+        "  --prompt TEXT                tokenized with the checkpoint's tokenizer; prints the output as text\n"
+        "  --max-tokens N               tokens to generate (default 16)\n"
+        "  --temperature T --top-p P --top-k K --min-p P\n"
+        "  --repetition-penalty R --frequency-penalty F --presence-penalty P\n"
+        "  --seed N                     per-request seed (reproducible sampling)\n"
+        "  --ignore-eos                 keep going past the end-of-sequence token\n"
+        "  --max-num-batched-tokens N   prefill chunk (default 512)\n"
+        "  --no-prefill-bf16            exact f32 activations in the prompt prefill (default: bf16 activations in\n"
+        "                               the BF16-weight GEMMs where the CPU has AVX512-BF16; decode is always exact)\n"
+        "  --prefill-reps N             prefill the prompt N times, report the median time (default 1)\n"
+        "  --prefill-ab N               before generating, N back-to-back pairs of prefills (exact, then bf16\n"
+        "                               activations): medians and the median of the per-pair speed-ups\n"
+        "  --dtype float32|bfloat16     weights (default bfloat16)\n");
 }
 
 static int cmp_double(const void *a, const void *b)
@@ -31,8 +33,8 @@ static int cmp_double(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-/* After a warm-up, n pairs of the same prefill, exact then with bf16 activations, back to back (both see the same load from other
- * processes); prints the median tok/s of each and the median of the per-pair ratios. */
+/* After a warm-up, n pairs of the same prefill, exact then with bf16 activations, back to back (both see the same
+ * load from other processes); prints the median tok/s of each and the median of the per-pair ratios. */
 static pd_status prefill_ab_run(mdl_runner *r, const int32_t *prompt, int n, float *lg, int pairs)
 {
     double t[2][100], ratio[100];
@@ -89,7 +91,10 @@ int cmd_run(int argc, char **argv)
         else if (!strcmp(a, "--prefill-reps")) prefill_reps = atoi(v);
         else if (!strcmp(a, "--prefill-ab")) prefill_ab = atoi(v);
         else if (!strcmp(a, "--dtype")) {
-            if (tool_parse_type(v, &lo.weight_type) != PD_OK) { fprintf(stderr, "--dtype: float32 or bfloat16\n"); return 2; }
+            if (tool_parse_type(v, &lo.weight_type) != PD_OK) {
+                fprintf(stderr, "--dtype: float32 or bfloat16\n");
+                return 2;
+            }
         }
         else { fprintf(stderr, "run: unknown option '%s'\n", a); usage(stderr); return 2; }
     }
@@ -134,7 +139,10 @@ int cmd_run(int argc, char **argv)
     int32_t *out = malloc((size_t)(max_tokens + 1) * sizeof(int32_t));
     int n_out = 0;
     for (int i = 0; i < n; i++)
-        if (prompt[i] >= V) { fprintf(stderr, "run: token %d is outside the vocabulary (%d)\n", prompt[i], V); goto done; }
+        if (prompt[i] >= V) {
+            fprintf(stderr, "run: token %d is outside the vocabulary (%d)\n", prompt[i], V);
+            goto done;
+        }
     if (!lg || !out || mdl_runner_open(&r, m, n + max_tokens, PD_MIN(chunk, n), block) != PD_OK ||
         krn_sampler_create(V, &smp) != PD_OK) {
         fprintf(stderr, "run: out of memory\n");
@@ -151,7 +159,11 @@ int cmd_run(int argc, char **argv)
         double t1 = pd_time_now();
         st = mdl_runner_feed(&r, prompt, n, 0, MDL_ATTN_PREFILL, 0, lg, NULL);
         reps[i] = pd_time_now() - t1;
-        for (int j = i; j > 0 && reps[j] < reps[j - 1]; j--) { double t = reps[j]; reps[j] = reps[j - 1]; reps[j - 1] = t; }
+        for (int j = i; j > 0 && reps[j] < reps[j - 1]; j--) {
+            double t = reps[j];
+            reps[j] = reps[j - 1];
+            reps[j - 1] = t;
+        }
     }
     t_prefill = reps[(prefill_reps - 1) / 2];
     double t2 = pd_time_now();

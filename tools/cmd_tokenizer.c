@@ -8,6 +8,14 @@
 #include "text/txt_chat_template.h"
 #include "text/txt_tokenizer.h"
 
+/* An unknown flag or a request for help: prints text to stderr or stdout; returns the exit status (2 or 0). */
+static int usage(const char *arg, const char *text)
+{
+    const int help = !strcmp(arg, "--help") || !strcmp(arg, "-h");
+    fputs(text, help ? stdout : stderr);
+    return help ? 0 : 2;
+}
+
 static int load(const char *dir, txt_tokenizer *t)
 {
     char err[512];
@@ -33,15 +41,13 @@ int cmd_tokenize(int argc, char **argv)
         else if (!strcmp(argv[i], "--add-bos")) bos = 1;
         else if (!strcmp(argv[i], "--no-bos")) bos = 0;
         else if (!strcmp(argv[i], "--no-special")) no_special = 1;
-        else {
-            int help = !strcmp(argv[i], "--help") || !strcmp(argv[i], "-h");
-            fprintf(help ? stdout : stderr,
-                    "usage: pdserve-model tokenize --tokenizer DIR (--text TEXT | --file FILE) [--add-bos | --no-bos]"
-                    " [--no-special]\n"
-                    "  prints the ids as a JSON array. BOS follows add_bos_token of tokenizer_config.json unless\n"
-                    "  --add-bos/--no-bos says otherwise; --no-special reads special tokens' text as plain text.\n");
-            return help ? 0 : 2;
-        }
+        else
+            return usage(
+                argv[i],
+                "usage: pdserve-model tokenize --tokenizer DIR (--text TEXT | --file FILE) [--add-bos | --no-bos]"
+                " [--no-special]\n"
+                "  prints the ids as a JSON array. BOS follows add_bos_token of tokenizer_config.json unless\n"
+                "  --add-bos/--no-bos says otherwise; --no-special reads special tokens' text as plain text.\n");
     }
     if (!text == !file) {
         fprintf(stderr, "tokenize: give exactly one of --text and --file\n");
@@ -88,13 +94,10 @@ int cmd_detokenize(int argc, char **argv)
         if (!strcmp(argv[i], "--tokenizer") && i + 1 < argc) dir = argv[++i];
         else if (!strcmp(argv[i], "--ids") && i + 1 < argc) list = argv[++i];
         else if (!strcmp(argv[i], "--skip-special")) skip = 1;
-        else {
-            int help = !strcmp(argv[i], "--help") || !strcmp(argv[i], "-h");
-            fprintf(help ? stdout : stderr,
-                    "usage: pdserve-model detokenize --tokenizer DIR --ids 1,2,3 [--skip-special]\n"
-                    "  prints the decoded text (ids may also be given as a JSON array).\n");
-            return help ? 0 : 2;
-        }
+        else
+            return usage(argv[i],
+                         "usage: pdserve-model detokenize --tokenizer DIR --ids 1,2,3 [--skip-special]\n"
+                         "  prints the decoded text (ids may also be given as a JSON array).\n");
     }
     if (!list) {
         fprintf(stderr, "detokenize: missing --ids\n");
@@ -145,17 +148,15 @@ int cmd_chat_template(int argc, char **argv)
         else if (!strcmp(argv[i], "--template") && i + 1 < argc) tmpl_path = argv[++i];
         else if (!strcmp(argv[i], "--vars") && i + 1 < argc) vars = argv[++i];
         else if (!strcmp(argv[i], "--add-generation-prompt")) agp = 1;
-        else {
-            int help = !strcmp(argv[i], "--help") || !strcmp(argv[i], "-h");
-            fprintf(help ? stdout : stderr,
-                    "usage: pdserve-model chat-template --tokenizer DIR --messages messages.json\n"
-                    "                                   [--add-generation-prompt] [--vars '{\"thinking\": true}']\n"
-                    "                                   [--template FILE.jinja]\n"
-                    "  prints the prompt rendered with the checkpoint's chat template (tokenizer_config.json), or\n"
-                    "  with FILE.jinja (bos/eos tokens still from DIR when given). messages.json is a JSON array of\n"
-                    "  {\"role\", \"content\", ...} objects; --vars adds template variables such as tools.\n");
-            return help ? 0 : 2;
-        }
+        else
+            return usage(
+                argv[i],
+                "usage: pdserve-model chat-template --tokenizer DIR --messages messages.json\n"
+                "                                   [--add-generation-prompt] [--vars '{\"thinking\": true}']\n"
+                "                                   [--template FILE.jinja]\n"
+                "  prints the prompt rendered with the checkpoint's chat template (tokenizer_config.json), or\n"
+                "  with FILE.jinja (bos/eos tokens still from DIR when given). messages.json is a JSON array of\n"
+                "  {\"role\", \"content\", ...} objects; --vars adds template variables such as tools.\n");
     }
     if (!msgs_path || (!dir && !tmpl_path)) {
         fprintf(stderr, "chat-template: --messages and --tokenizer (or --template) are required\n");

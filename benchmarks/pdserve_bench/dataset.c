@@ -112,7 +112,8 @@ static pd_status build_random(const bench_data_opts *o, int n, const char *host,
             pd_rng pr;
             pd_rng_seed(&pr, (uint64_t)o->seed ^ 0x9e3779b97f4a7c15ull);
             for (int k = 0; k < np; k++) {
-                const char *w = WORDS[uniform_int(k < o->random_prefix_len ? &pr : &r, 0, (int)PD_ARRAY_LEN(WORDS) - 1)];
+                const char *w =
+                    WORDS[uniform_int(k < o->random_prefix_len ? &pr : &r, 0, (int)PD_ARRAY_LEN(WORDS) - 1)];
                 len += (size_t)snprintf(p->text + len, cap - len, "%s%s", k ? " " : "", w);
             }
             int c = count_tokens(host, port, p->text);
@@ -126,7 +127,8 @@ static pd_status build_random(const bench_data_opts *o, int n, const char *host,
 static pd_status build_sharegpt(const bench_data_opts *o, int n, const char *host, int port, bench_prompt *out,
                                 char *err, size_t errlen)
 {
-    if (!o->dataset_path) return PD_FAIL(err, errlen, PD_ERR_INVALID, "bench", "--dataset-path is required for sharegpt");
+    if (!o->dataset_path)
+        return PD_FAIL(err, errlen, PD_ERR_INVALID, "bench", "--dataset-path is required for sharegpt");
     char *buf = NULL;
     size_t len;
     if (pd_file_read(o->dataset_path, &buf, &len) != PD_OK)
@@ -194,7 +196,8 @@ pd_status bench_dataset_build(const bench_data_opts *o, int n, const char *host,
             p[i].output_len = o->fixed_output_len;
         }
     } else {
-        st = PD_FAIL(err, errlen, PD_ERR_INVALID, "bench", "--dataset-name: '%s' is not random, sharegpt or fixed", name);
+        st = PD_FAIL(err, errlen, PD_ERR_INVALID, "bench", "--dataset-name: '%s' is not random, sharegpt or fixed",
+                     name);
     }
     if (st != PD_OK) {
         bench_dataset_free(p, n);

@@ -68,6 +68,93 @@ static int compare_main(int argc, char **argv)
     return 0;
 }
 
+/* The request rates to run: --sweep-rates' list, else --request-rate (default inf); returns 0 after printing why
+ * one is not a rate. */
+static int rates_parse(const bench_opts *o, double *rates, int *n_rates)
+{
+    int n = 0;
+    if (o->sweep_rates) {
+        char *copy = strdup(o->sweep_rates), *save = NULL;
+        for (char *t = strtok_r(copy, ",", &save); t && n < 64; t = strtok_r(NULL, ",", &save))
+            if (!parse_rate(t, &rates[n++])) {
+                fprintf(stderr, "pdserve-bench: --sweep-rates: '%s' is not a positive rate or inf\n", t);
+                free(copy);
+                return 0;
+            }
+        free(copy);
+    } else if (!parse_rate(o->request_rate, &rates[n++])) {
+        fprintf(stderr, "pdserve-bench: --request-rate '%s' is not a positive rate or inf\n", o->request_rate);
+        return 0;
+    }
+    *n_rates = n;
+    return 1;
+}
+
+/* The router's model (the first in GET /v1/models) into *model, strdup'd; returns 0 after printing why not. */
+static int model_discover(const char *host, int port, char **model)
+{
+    int status = 0;
+    char *resp = NULL;
+    if (bench_http(host, port, "GET", "/v1/models", NULL, &status, &resp) != PD_OK || status != 200) {
+        fprintf(stderr, "pdserve-bench: cannot reach the router at %s:%d (GET /v1/models)\n", host, port);
+        free(resp);
+        return 0;
+    }
+    cJSON *m = cJSON_Parse(resp);
+    const cJSON *id = cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(m, "data"), 0), "id");
+    if (cJSON_IsString(id)) *model = strdup(id->valuestring);
+    cJSON_Delete(m);
+    free(resp);
+    if (!*model) {
+        fprintf(stderr, "pdserve-bench: the router lists no model; pass --model\n");
+        return 0;
+    }
+    return 1;
+}
+
+/* Warm-ups: the first n prompts, all at once, not counted; their records are freed. */
+static void warmups_run(const bench_run_opts *ro, const bench_prompt *prompts, int n, uint64_t seed,
+                        bench_record *recs)
+{
+    double duration;
+    int peak;
+    bench_run_opts wo = *ro;
+    wo.request_rate = INFINITY;
+    wo.progress = 0;
+    fprintf(stderr, "pdserve-bench: %d warm-up request(s)\n", n);
+    bench_run(&wo, prompts, n, seed, recs, &duration, &peak);
+    int bad = 0;
+    for (int i = 0; i < n; i++) bad += !recs[i].ok;
+    if (bad) fprintf(stderr, "pdserve-bench: %d warm-up request(s) failed: %s\n", bad, recs[0].ok ? "" : recs[0].error);
+    bench_records_free(recs, n);
+}
+
+/* Writes the result file: the run itself, or for a sweep the runs and DistServe's goodput (the highest rate with
+ * >= 90% meeting the SLOs). Takes sweep's runs (*sweep becomes NULL when it is moved whole); returns 0 on failure. */
+static int result_save(const bench_opts *o, cJSON **sweep, int n_rates, const bench_slo *slo, double best_rate)
+{
+    cJSON *out;
+    if (n_rates == 1) {
+        out = cJSON_DetachItemFromArray(*sweep, 0);
+    } else {
+        out = cJSON_CreateObject();
+        if (o->label) cJSON_AddStringToObject(out, "label", o->label);
+        cJSON_AddStringToObject(out, "model_id", o->model);
+        cJSON_AddItemToObject(out, "sweep", *sweep);
+        *sweep = NULL;
+        if (slo->any && best_rate > 0) cJSON_AddNumberToObject(out, "distserve_goodput_rate", best_rate);
+        else cJSON_AddNullToObject(out, "distserve_goodput_rate");
+    }
+    if (!write_json(o->save_result, out)) {
+        fprintf(stderr, "pdserve-bench: cannot write %s\n", o->save_result);
+        cJSON_Delete(out);
+        return 0;
+    }
+    cJSON_Delete(out);
+    fprintf(stderr, "pdserve-bench: result saved to %s\n", o->save_result);
+    return 1;
+}
+
 int main(int argc, char **argv)
 {
     if (argc > 1 && !strcmp(argv[1], "compare")) return compare_main(argc, argv);
@@ -91,17 +178,24 @@ int main(int argc, char **argv)
         {"dataset-path", PD_OPT_STR, &o.data.dataset_path, "ShareGPT JSON file", 0, 0},
         {"random-input-len", PD_OPT_INT, &o.data.random_input_len, "prompt tokens (default 1024)", 1, 1 << 24},
         {"random-output-len", PD_OPT_INT, &o.data.random_output_len, "output tokens (default 128)", 1, 1 << 24},
-        {"random-range-ratio", PD_OPT_DOUBLE, &o.data.random_range_ratio, "lengths uniform in [x(1-r), x(1+r)] (0)", 0, 1},
-        {"random-prefix-len", PD_OPT_INT, &o.data.random_prefix_len, "shared prefix tokens before each prompt (0)", 0, 1 << 24},
-        {"random-input-type", PD_OPT_STR, &o.data.random_input_type, "ids (default: random token ids) or text (words)", 0, 0},
-        {"vocab-size", PD_OPT_INT, &o.data.vocab_size, "random ids are drawn from [1000, this) (default 100000)", 2000, 1 << 30},
-        {"sharegpt-output-len", PD_OPT_INT, &o.data.sharegpt_output_len, "output tokens for ShareGPT (default: the reply's)", 0, 1 << 24},
+        {"random-range-ratio", PD_OPT_DOUBLE, &o.data.random_range_ratio, "lengths uniform in [x(1-r), x(1+r)] (0)", 0,
+         1},
+        {"random-prefix-len", PD_OPT_INT, &o.data.random_prefix_len, "shared prefix tokens before each prompt (0)", 0,
+         1 << 24},
+        {"random-input-type", PD_OPT_STR, &o.data.random_input_type, "ids (default: random token ids) or text (words)",
+         0, 0},
+        {"vocab-size", PD_OPT_INT, &o.data.vocab_size, "random ids are drawn from [1000, this) (default 100000)", 2000,
+         1 << 30},
+        {"sharegpt-output-len", PD_OPT_INT, &o.data.sharegpt_output_len,
+         "output tokens for ShareGPT (default: the reply's)", 0, 1 << 24},
         {"fixed-prompt", PD_OPT_STR, &o.data.fixed_prompt, "the prompt of the fixed dataset", 0, 0},
-        {"fixed-output-len", PD_OPT_INT, &o.data.fixed_output_len, "output tokens of the fixed dataset (128)", 1, 1 << 24},
+        {"fixed-output-len", PD_OPT_INT, &o.data.fixed_output_len, "output tokens of the fixed dataset (128)", 1,
+         1 << 24},
         {"num-prompts", PD_OPT_INT, &o.num_prompts, "requests per run (default 1000)", 1, 1 << 24},
         {"request-rate", PD_OPT_STR, &o.request_rate, "requests/s, Poisson arrivals (default inf: all at once)", 0, 0},
         {"burstiness", PD_OPT_DOUBLE, &o.burstiness, "gamma shape of the arrival gaps (1: Poisson)", 1e-3, 1e3},
-        {"max-concurrency", PD_OPT_INT, &o.max_concurrency, "requests in flight at most (default unlimited)", 0, 1 << 24},
+        {"max-concurrency", PD_OPT_INT, &o.max_concurrency, "requests in flight at most (default unlimited)", 0,
+         1 << 24},
         {"num-warmups", PD_OPT_INT, &o.num_warmups, "warm-up requests before the run, not counted (0)", 0, 1 << 20},
         {"seed", PD_OPT_INT, &o.data.seed, "seed of the dataset and arrivals (0)", 0, 2147483647},
         {"ignore-eos", PD_OPT_BOOL, &o.ignore_eos, "generate exactly the output length", 0, 0},
@@ -139,37 +233,8 @@ int main(int argc, char **argv)
         goto free_opts;
     }
     if (o.goodput && bench_slo_parse(o.goodput, &slo, err, sizeof err) != PD_OK) goto free_opts;
-    if (o.sweep_rates) {
-        char *copy = strdup(o.sweep_rates), *save = NULL;
-        for (char *t = strtok_r(copy, ",", &save); t && n_rates < 64; t = strtok_r(NULL, ",", &save))
-            if (!parse_rate(t, &rates[n_rates++])) {
-                fprintf(stderr, "pdserve-bench: --sweep-rates: '%s' is not a positive rate or inf\n", t);
-                free(copy);
-                goto free_opts;
-            }
-        free(copy);
-    } else if (!parse_rate(o.request_rate, &rates[n_rates++])) {
-        fprintf(stderr, "pdserve-bench: --request-rate '%s' is not a positive rate or inf\n", o.request_rate);
-        goto free_opts;
-    }
-    if (!o.model) { /* the router's model */
-        int status = 0;
-        char *resp = NULL;
-        if (bench_http(host, o.port, "GET", "/v1/models", NULL, &status, &resp) != PD_OK || status != 200) {
-            fprintf(stderr, "pdserve-bench: cannot reach the router at %s:%d (GET /v1/models)\n", host, o.port);
-            free(resp);
-            goto free_opts;
-        }
-        cJSON *m = cJSON_Parse(resp);
-        const cJSON *id = cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(m, "data"), 0), "id");
-        if (cJSON_IsString(id)) o.model = strdup(id->valuestring);
-        cJSON_Delete(m);
-        free(resp);
-        if (!o.model) {
-            fprintf(stderr, "pdserve-bench: the router lists no model; pass --model\n");
-            goto free_opts;
-        }
-    }
+    if (!rates_parse(&o, rates, &n_rates)) goto free_opts;
+    if (!o.model && !model_discover(host, o.port, &o.model)) goto free_opts;
     int total = o.num_warmups + o.num_prompts;
     if (bench_dataset_build(&o.data, total, host, o.port, &prompts, err, sizeof err) != PD_OK) {
         fprintf(stderr, "pdserve-bench: %s\n", err);
@@ -183,17 +248,7 @@ int main(int argc, char **argv)
     if (!recs) goto free_opts;
     double duration;
     int peak;
-    if (o.num_warmups > 0) { /* warm-ups: the first prompts, all at once, not counted */
-        bench_run_opts wo = ro;
-        wo.request_rate = INFINITY;
-        wo.progress = 0;
-        fprintf(stderr, "pdserve-bench: %d warm-up request(s)\n", o.num_warmups);
-        bench_run(&wo, prompts, o.num_warmups, (uint64_t)o.data.seed, recs, &duration, &peak);
-        int bad = 0;
-        for (int i = 0; i < o.num_warmups; i++) bad += !recs[i].ok;
-        if (bad) fprintf(stderr, "pdserve-bench: %d warm-up request(s) failed: %s\n", bad, recs[0].ok ? "" : recs[0].error);
-        bench_records_free(recs, o.num_warmups);
-    }
+    if (o.num_warmups > 0) warmups_run(&ro, prompts, o.num_warmups, (uint64_t)o.data.seed, recs);
     sweep = cJSON_CreateArray();
     double best_rate = -1;
     int all_failed = 1;
@@ -215,29 +270,10 @@ int main(int argc, char **argv)
             best_rate = rates[k];
         cJSON_AddItemToArray(sweep, res);
     }
-    if (o.save_result) {
-        cJSON *out;
-        if (n_rates == 1) {
-            out = cJSON_DetachItemFromArray(sweep, 0);
-        } else { /* a sweep: the runs, and DistServe's goodput: the highest rate with >= 90% meeting the SLOs */
-            out = cJSON_CreateObject();
-            if (o.label) cJSON_AddStringToObject(out, "label", o.label);
-            cJSON_AddStringToObject(out, "model_id", o.model);
-            cJSON_AddItemToObject(out, "sweep", sweep);
-            sweep = NULL;
-            if (slo.any && best_rate > 0) cJSON_AddNumberToObject(out, "distserve_goodput_rate", best_rate);
-            else cJSON_AddNullToObject(out, "distserve_goodput_rate");
-        }
-        if (!write_json(o.save_result, out)) {
-            fprintf(stderr, "pdserve-bench: cannot write %s\n", o.save_result);
-            cJSON_Delete(out);
-            goto free_opts;
-        }
-        cJSON_Delete(out);
-        fprintf(stderr, "pdserve-bench: result saved to %s\n", o.save_result);
-    }
+    if (o.save_result && !result_save(&o, &sweep, n_rates, &slo, best_rate)) goto free_opts;
     if (slo.any && n_rates > 1) {
-        if (best_rate > 0) printf("DistServe goodput (highest rate with >= 90%% meeting the SLOs): %.3g req/s\n", best_rate);
+        if (best_rate > 0)
+            printf("DistServe goodput (highest rate with >= 90%% meeting the SLOs): %.3g req/s\n", best_rate);
         else printf("DistServe goodput: no rate kept 90%% of requests within the SLOs\n");
     }
     rc = all_failed ? 1 : 0;

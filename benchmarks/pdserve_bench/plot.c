@@ -98,9 +98,12 @@ static void panel(FILE *f, double ox, double oy, double w, double h, const char 
     }
     fprintf(f, "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"none\" stroke=\"#444\"/>\n", L, T,
             R - L, B - T);
-    fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" font-size=\"12\" text-anchor=\"middle\">%s</text>\n", (L + R) / 2, B + 32, xl);
-    fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" font-size=\"12\" text-anchor=\"middle\" transform=\"rotate(-90 %.1f %.1f)\">"
-               "%s</text>\n", ox + 14, (T + B) / 2, ox + 14, (T + B) / 2, yl);
+    fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" font-size=\"12\" text-anchor=\"middle\">%s</text>\n", (L + R) / 2, B + 32,
+            xl);
+    fprintf(f,
+            "<text x=\"%.1f\" y=\"%.1f\" font-size=\"12\" text-anchor=\"middle\" transform=\"rotate(-90 %.1f %.1f)\">"
+            "%s</text>\n",
+            ox + 14, (T + B) / 2, ox + 14, (T + B) / 2, yl);
     for (int i = 0; i < nl; i++) {
         if (ls[i].n == 0) continue;
         fprintf(f, "<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"2\"%s points=\"", ls[i].color,
@@ -147,7 +150,8 @@ static FILE *svg_open(const char *dir, const char *name, double w, double h, con
         fprintf(f, "</text>\n");
         x += 30 + 7.0 * (double)strlen(s[i].label);
     }
-    if (note) fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" font-size=\"12\" fill=\"#555\">%s</text>\n", x + 10, h + 18, note);
+    if (note)
+        fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" font-size=\"12\" fill=\"#555\">%s</text>\n", x + 10, h + 18, note);
     return f;
 }
 
@@ -184,7 +188,8 @@ static int latency_chart(const char *dir, series_t *s, int ns)
 
 static int throughput_chart(const char *dir, series_t *s, int ns)
 {
-    FILE *f = svg_open(dir, "throughput_vs_rate.svg", 1000, 360, s, ns, "right: solid request throughput, dashed goodput");
+    FILE *f =
+        svg_open(dir, "throughput_vs_rate.svg", 1000, 360, s, ns, "right: solid request throughput, dashed goodput");
     if (!f) return 0;
     double y1[MAX_FILES][MAX_POINTS], y2[MAX_FILES][MAX_POINTS], y3[MAX_FILES][MAX_POINTS];
     line_t a[MAX_FILES], b[MAX_FILES * 2];
@@ -296,15 +301,18 @@ static int summary_md(const char *dir, series_t *s, int ns)
             fprintf(f, "| %s | %s | %.0f | %.0f | %.2f | %.1f | %.1f / %.1f | %.1f / %.1f | %.1f | %.1f | %s |\n",
                     s[i].label, rs, num(p, "completed"), num(p, "failed"), num(p, "request_throughput"),
                     num(p, "output_throughput"), num(p, "median_ttft_ms"), num(p, "p99_ttft_ms"),
-                    num(p, "median_tpot_ms"), num(p, "p99_tpot_ms"), num(p, "p99_itl_ms"), num(p, "median_e2el_ms"), gp);
+                    num(p, "median_tpot_ms"), num(p, "p99_tpot_ms"), num(p, "p99_itl_ms"), num(p, "median_e2el_ms"),
+                    gp);
         }
     int any = 0;
     for (int i = 0; i < ns; i++) any |= s[i].goodput_rate != NULL;
     if (any) {
-        fprintf(f, "\nDistServe goodput (the highest request rate at which at least 90%% of requests met the SLOs):\n\n");
+        fprintf(f,
+                "\nDistServe goodput (the highest request rate at which at least 90%% of requests met the SLOs):\n\n");
         for (int i = 0; i < ns; i++) {
             if (!s[i].goodput_rate) continue;
-            if (cJSON_IsNumber(s[i].goodput_rate)) fprintf(f, "- %s: %.3g req/s\n", s[i].label, s[i].goodput_rate->valuedouble);
+            if (cJSON_IsNumber(s[i].goodput_rate))
+                fprintf(f, "- %s: %.3g req/s\n", s[i].label, s[i].goodput_rate->valuedouble);
             else fprintf(f, "- %s: none of the rates tried\n", s[i].label);
         }
     }

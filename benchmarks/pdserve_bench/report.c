@@ -89,6 +89,52 @@ static void add_stats(cJSON *o, const char *name, const double *v, int n, int pr
            "P90 (ms):", ms[3], "P99 (ms):", ms[4]);
 }
 
+/* The most output tokens in any one-second window of the run (0 when it took no time). */
+static double busiest_second(const bench_record *r, int n, double duration)
+{
+    double max_tps = 0;
+    if (duration > 0) {
+        int nb = (int)ceil(duration) + 1;
+        double *per = calloc((size_t)nb, sizeof *per);
+        for (int i = 0; per && i < n; i++)
+            for (int k = 0; r[i].ok && k < r[i].n_tok; k++) {
+                int b = (int)r[i].tok_t[k];
+                if (b >= 0 && b < nb) per[b]++;
+            }
+        for (int b = 0; per && b < nb; b++) max_tps = PD_MAX(max_tps, per[b]);
+        free(per);
+    }
+    return max_tps;
+}
+
+/* The totals of a run (what bench_report counted), for the summary it prints. */
+typedef struct {
+    int completed, failed, total_in, total_out, good, peak;
+    double duration, max_tps;
+} report_totals;
+
+/* The head of the printed summary (vLLM's layout): the run's settings, counts and throughputs. */
+static void totals_print(const bench_run_opts *o, const report_totals *t, const bench_slo *slo)
+{
+    const double d = t->duration > 0 ? t->duration : 1;
+    printf("%s\n", "============ Serving Benchmark Result ============");
+    if (o->label) printf("%-40s%s\n", "Label:", o->label);
+    if (isfinite(o->request_rate)) printf("%-40s%-10.2f\n", "Request rate (req/s):", o->request_rate);
+    else printf("%-40s%s\n", "Request rate (req/s):", "inf");
+    if (o->max_concurrency > 0) printf("%-40s%d\n", "Maximum request concurrency:", o->max_concurrency);
+    printf("%-40s%-10d\n", "Successful requests:", t->completed);
+    printf("%-40s%-10d\n", "Failed requests:", t->failed);
+    printf("%-40s%-10.2f\n", "Benchmark duration (s):", t->duration);
+    printf("%-40s%-10d\n", "Total input tokens:", t->total_in);
+    printf("%-40s%-10d\n", "Total generated tokens:", t->total_out);
+    printf("%-40s%-10.2f\n", "Request throughput (req/s):", t->completed / d);
+    if (slo && slo->any) printf("%-40s%-10.2f\n", "Request goodput (req/s):", t->good / d);
+    printf("%-40s%-10.2f\n", "Output token throughput (tok/s):", t->total_out / d);
+    printf("%-40s%-10.2f\n", "Peak output token throughput (tok/s):", t->max_tps);
+    printf("%-40s%-10d\n", "Peak concurrent requests:", t->peak);
+    printf("%-40s%-10.2f\n", "Total Token throughput (tok/s):", (t->total_in + t->total_out) / d);
+}
+
 cJSON *bench_report(const bench_run_opts *o, int num_prompts, const bench_record *r, int n, double duration,
                     int peak, const bench_slo *slo, int print)
 {
@@ -154,18 +200,7 @@ cJSON *bench_report(const bench_run_opts *o, int num_prompts, const bench_record
         cJSON_AddItemToArray(e2els, cJSON_CreateNumber(x->latency));
     }
     /* the most output tokens in any one-second window, and the peak concurrency */
-    double max_tps = 0;
-    if (duration > 0) {
-        int nb = (int)ceil(duration) + 1;
-        double *per = calloc((size_t)nb, sizeof *per);
-        for (int i = 0; per && i < n; i++)
-            for (int k = 0; r[i].ok && k < r[i].n_tok; k++) {
-                int b = (int)r[i].tok_t[k];
-                if (b >= 0 && b < nb) per[b]++;
-            }
-        for (int b = 0; per && b < nb; b++) max_tps = PD_MAX(max_tps, per[b]);
-        free(per);
-    }
+    const double max_tps = busiest_second(r, n, duration);
     char date[32];
     time_t now = time(NULL);
     strftime(date, sizeof date, "%Y%m%d-%H%M%S", localtime(&now));
@@ -196,22 +231,10 @@ cJSON *bench_report(const bench_run_opts *o, int num_prompts, const bench_record
     cJSON_AddNumberToObject(x, "max_output_tokens_per_s", max_tps);
     cJSON_AddNumberToObject(x, "max_concurrent_requests", peak);
     if (print) {
-        printf("%s\n", "============ Serving Benchmark Result ============");
-        if (o->label) printf("%-40s%s\n", "Label:", o->label);
-        if (isfinite(o->request_rate)) printf("%-40s%-10.2f\n", "Request rate (req/s):", o->request_rate);
-        else printf("%-40s%s\n", "Request rate (req/s):", "inf");
-        if (o->max_concurrency > 0) printf("%-40s%d\n", "Maximum request concurrency:", o->max_concurrency);
-        printf("%-40s%-10d\n", "Successful requests:", completed);
-        printf("%-40s%-10d\n", "Failed requests:", n - completed);
-        printf("%-40s%-10.2f\n", "Benchmark duration (s):", duration);
-        printf("%-40s%-10d\n", "Total input tokens:", total_in);
-        printf("%-40s%-10d\n", "Total generated tokens:", total_out);
-        printf("%-40s%-10.2f\n", "Request throughput (req/s):", completed / d);
-        if (slo && slo->any) printf("%-40s%-10.2f\n", "Request goodput (req/s):", good / d);
-        printf("%-40s%-10.2f\n", "Output token throughput (tok/s):", total_out / d);
-        printf("%-40s%-10.2f\n", "Peak output token throughput (tok/s):", max_tps);
-        printf("%-40s%-10d\n", "Peak concurrent requests:", peak);
-        printf("%-40s%-10.2f\n", "Total Token throughput (tok/s):", (total_in + total_out) / d);
+        const report_totals t = {.completed = completed, .failed = n - completed, .total_in = total_in,
+                                 .total_out = total_out, .good = good, .peak = peak, .duration = duration,
+                                 .max_tps = max_tps};
+        totals_print(o, &t, slo);
     }
     add_stats(x, "ttft", ttft, completed, print, "---------------Time to First Token----------------");
     add_stats(x, "tpot", tpot, n_tpot, print, "-----Time per Output Token (excl. 1st token)------");

@@ -169,7 +169,8 @@ AVX2_INLINE void ukr_f8_full(const int mr, const int k0, const int kc, const int
             }
 #pragma GCC unroll 4
             for (int v = 0; v < 4; v++) {
-                const __m256 w0 = dec8(B + (size_t)k * 32 + v * 8, sv[v]), w1 = dec8(B + (size_t)(k + 1) * 32 + v * 8, sv[v]);
+                const __m256 w0 = dec8(B + (size_t)k * 32 + v * 8, sv[v]),
+                             w1 = dec8(B + (size_t)(k + 1) * 32 + v * 8, sv[v]);
 #pragma GCC unroll 2
                 for (int i = 0; i < mr; i++) {
                     c[i][v] = _mm256_fmadd_ps(a0[i], w0, c[i][v]);
@@ -182,7 +183,8 @@ AVX2_INLINE void ukr_f8_full(const int mr, const int k0, const int kc, const int
             for (int v = 0; v < 4; v++) {
                 const __m256 w0 = dec8(B + (size_t)k * 32 + v * 8, sv[v]);
 #pragma GCC unroll 2
-                for (int i = 0; i < mr; i++) c[i][v] = _mm256_fmadd_ps(_mm256_broadcast_ss(A + i * lda + k), w0, c[i][v]);
+                for (int i = 0; i < mr; i++)
+                    c[i][v] = _mm256_fmadd_ps(_mm256_broadcast_ss(A + i * lda + k), w0, c[i][v]);
             }
             k++;
         }

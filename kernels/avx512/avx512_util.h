@@ -10,7 +10,10 @@
 #define KRN_INLINE static inline __attribute__((always_inline))
 
 /* Lanes [0, n) of 16 (n may be <= 0 or >= 16). */
-KRN_INLINE __mmask16 krn__mask16(int n) { return n >= 16 ? (__mmask16)0xffff : n <= 0 ? 0 : (__mmask16)((1u << n) - 1); }
+KRN_INLINE __mmask16 krn__mask16(int n)
+{
+    return n >= 16 ? (__mmask16)0xffff : n <= 0 ? 0 : (__mmask16)((1u << n) - 1);
+}
 
 /* Writes one row of a 32-output tile: c[0..32) = v (masked by m0/m1), or c + v when add (the chunks after a
  * GEMM's first: each output's KC-chunk sums are added to y in k order). */

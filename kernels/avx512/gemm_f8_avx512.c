@@ -11,7 +11,10 @@
 #define MC 144
 #define MSMALL 16
 
-KRN_INLINE __m512 dec(const uint8_t *p, __m512 s) { return _mm512_mul_ps(krn__e4m3x16_bits(_mm_load_si128((const __m128i *)p)), s); }
+KRN_INLINE __m512 dec(const uint8_t *p, __m512 s)
+{
+    return _mm512_mul_ps(krn__e4m3x16_bits(_mm_load_si128((const __m128i *)p)), s);
+}
 
 /* C[mr, 32] (+)= A[mr, k0:k0+kc] . W^T over the panel's k rows [k0, k0+kc); S: the panel's scales [kb][32] */
 KRN_INLINE void ukr(const int mr, const int k0, const int kc, const int bc, const float *A, const size_t lda,

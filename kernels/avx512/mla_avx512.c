@@ -14,7 +14,8 @@ static inline __m512 w16(const krn_mat *w, int r, int c, __mmask16 km, int nv, f
     if (w->type == KRN_BF16) return krn__bf16x16_to_f32((const krn_bf16 *)w->data + base, km);
     if (w->type == KRN_F32) return _mm512_maskz_loadu_ps(km, (const float *)w->data + base);
     if (w->type == KRN_F8E4M3 && c / w->block_c == (c + PD_MIN(16, nv) - 1) / w->block_c) {
-        /* one scale block: value * 2^-120 exactly, times scale * 2^120 (exact), one rounding: krn_mat_row_part's bits */
+        /* one scale block: value * 2^-120 exactly, times scale * 2^120 (exact), one rounding: krn_mat_row_part's
+         * bits */
         const int sc = (w->cols + w->block_c - 1) / w->block_c;
         const float s = w->scale[(size_t)(r / w->block_r) * sc + c / w->block_c] * 0x1p120f;
         const __m128i q = _mm_maskz_loadu_epi8(km, (const uint8_t *)w->data + base);

@@ -28,7 +28,8 @@ float krn__logsumexp_avx512(const float *x, int n)
     }
     for (; i < n; i += 16) {
         const __mmask16 km = krn__mask16(n - i);
-        s0 = _mm512_add_ps(s0, _mm512_maskz_mov_ps(km, krn__exp512(_mm512_sub_ps(_mm512_mask_loadu_ps(mv, km, x + i), mv))));
+        s0 = _mm512_add_ps(
+            s0, _mm512_maskz_mov_ps(km, krn__exp512(_mm512_sub_ps(_mm512_mask_loadu_ps(mv, km, x + i), mv))));
     }
     const float sum = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
     return mx + logf(sum);

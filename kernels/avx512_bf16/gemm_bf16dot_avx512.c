@@ -190,7 +190,8 @@ int krn__screen_avx512(const float *a, const float *wn, int n, float cx, float a
     for (int o = 0; o < n; o += 16, idx = _mm512_add_epi32(idx, step)) {
         const __mmask16 k = krn__mask16(n - o);
         const __m512 b = _mm512_fmadd_ps(vc, _mm512_maskz_loadu_ps(k, wn + o), va);
-        const __mmask16 hit = _mm512_mask_cmp_ps_mask(k, _mm512_add_ps(_mm512_maskz_loadu_ps(k, a + o), b), vt, _CMP_GE_OQ);
+        const __mmask16 hit =
+            _mm512_mask_cmp_ps_mask(k, _mm512_add_ps(_mm512_maskz_loadu_ps(k, a + o), b), vt, _CMP_GE_OQ);
         if (!hit) continue;
         const int c = __builtin_popcount(hit);
         if (nc + c > cap) return -1;

@@ -21,7 +21,8 @@ KRN_INLINE void ukr(const int mr, const int kq, const uint8_t *A, const size_t l
     int q = 0;
     for (; q + 1 < kq; q += 2) {
         const __m512i b0 = _mm512_load_si512(B + (size_t)q * 128), b1 = _mm512_load_si512(B + (size_t)q * 128 + 64);
-        const __m512i e0 = _mm512_load_si512(B + (size_t)q * 128 + 128), e1 = _mm512_load_si512(B + (size_t)q * 128 + 192);
+        const __m512i e0 = _mm512_load_si512(B + (size_t)q * 128 + 128),
+                      e1 = _mm512_load_si512(B + (size_t)q * 128 + 192);
 #pragma GCC unroll 12
         for (int i = 0; i < mr; i++) {
             int32_t a4, a5;
@@ -50,7 +51,8 @@ KRN_INLINE void ukr(const int mr, const int kq, const uint8_t *A, const size_t l
             c1[i] = _mm512_dpbusd_epi32(c1[i], a0, b1);
         }
     }
-    const __m512i s0 = _mm512_slli_epi32(_mm512_load_si512(wsum), 7), s1 = _mm512_slli_epi32(_mm512_load_si512(wsum + 16), 7);
+    const __m512i s0 = _mm512_slli_epi32(_mm512_load_si512(wsum), 7),
+                  s1 = _mm512_slli_epi32(_mm512_load_si512(wsum + 16), 7);
     const __m512 w0 = _mm512_load_ps(wscale), w1 = _mm512_load_ps(wscale + 16);
 #pragma GCC unroll 12
     for (int i = 0; i < mr; i++) {

@@ -92,7 +92,8 @@ void krn__linear_ref(const krn_mat *w, const float *x, int m, float *y, int ldy,
         for (int r = 0; r < nb; r++) krn_mat_row(w, n0 + r, scratch + (size_t)r * K);
         if (m <= 2) {
             for (int i = 0; i < m; i++)
-                for (int r = 0; r < nb; r++) y[(size_t)i * ldy + n0 + r] = dot_f32(x + (size_t)i * K, scratch + (size_t)r * K, K);
+                for (int r = 0; r < nb; r++)
+                    y[(size_t)i * ldy + n0 + r] = dot_f32(x + (size_t)i * K, scratch + (size_t)r * K, K);
         } else {
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, nb, K, 1.0f, x, K, scratch, K, 0.0f, y + n0, ldy);
         }

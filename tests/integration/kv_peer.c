@@ -69,8 +69,17 @@ static struct {
     int n_sizes;
     uint64_t seed;
     int alloc; /* recv: the region comes from kv_region_alloc (shared-memory capable), not mmap */
-} opt = {.size = 256u << 20, .notice_size = 7168, .count = 20, .conc = 2, .slots = 1, .timeout = 60,
-         .error_timeout = 1.0, .xfer_timeout = 30, .linger = -1, .sizes = {4096, 65536, 1 << 20, 9 << 20}, .n_sizes = 4};
+} opt = {.size = 256u << 20,
+         .notice_size = 7168,
+         .count = 20,
+         .conc = 2,
+         .slots = 1,
+         .timeout = 60,
+         .error_timeout = 1.0,
+         .xfer_timeout = 30,
+         .linger = -1,
+         .sizes = {4096, 65536, 1 << 20, 9 << 20},
+         .n_sizes = 4};
 
 static void set_linger(kv_params_t *p)
 {
@@ -153,7 +162,8 @@ static void recv_event_cb(kv_context_t ctx, const kv_event *ev, void *arg)
             peer_count *pc = peer_slot(ev->peer_id);
             if (pc) pc->notices++;
             /* Ack so the sender may reuse the window: a transfer with no blocks, just a notice. */
-            if (pc && !pc->ack_to && kv_remote_create(ctx, (const char *)ev->payload + sizeof(*h), &pc->ack_to) != PD_OK)
+            if (pc && !pc->ack_to &&
+                kv_remote_create(ctx, (const char *)ev->payload + sizeof(*h), &pc->ack_to) != PD_OK)
                 printf("ACK_CONNECT_FAILED peer=%016llx\n", (unsigned long long)ev->peer_id);
             if (pc && pc->ack_to) {
                 ack_msg a = {.magic = ACK_MAGIC, .tag = h->tag};
@@ -189,9 +199,11 @@ static void recv_timeout_cb(evutil_socket_t fd, short what, void *arg)
 
 static int run_recv(void)
 {
-    kv_params_t p = {.field_mask = KV_PARAM_FIELD_EVENT_CB | KV_PARAM_FIELD_ERROR_TIMEOUT | KV_PARAM_FIELD_XFER_TIMEOUT |
-                                   KV_PARAM_FIELD_PROTO,
-                     .event_cb = recv_event_cb, .error_timeout = opt.error_timeout, .xfer_timeout = opt.xfer_timeout,
+    kv_params_t p = {.field_mask = KV_PARAM_FIELD_EVENT_CB | KV_PARAM_FIELD_ERROR_TIMEOUT |
+                         KV_PARAM_FIELD_XFER_TIMEOUT | KV_PARAM_FIELD_PROTO,
+                     .event_cb = recv_event_cb,
+                     .error_timeout = opt.error_timeout,
+                     .xfer_timeout = opt.xfer_timeout,
                      .proto = opt.proto};
     set_linger(&p);
     kv_context_t ctx;
@@ -425,7 +437,8 @@ static int run_send(void)
     if (S.mem == MAP_FAILED) return 2;
     if (kv_region_create(g_ctx, S.mem, local_size, &S.local) != PD_OK) return 2;
     if (kv_region_descriptor(S.local, &S.desc) != PD_OK) return 2;
-    if (opt.notice_size < sizeof(notice_hdr) + strlen(S.desc) + 1) opt.notice_size = sizeof(notice_hdr) + strlen(S.desc) + 1;
+    if (opt.notice_size < sizeof(notice_hdr) + strlen(S.desc) + 1)
+        opt.notice_size = sizeof(notice_hdr) + strlen(S.desc) + 1;
     for (int i = 0; i < opt.n_desc; i++) {
         recv_state *r = &S.rs[i];
         r->idx = i;
@@ -466,7 +479,8 @@ static int run_send(void)
     for (int i = 0; i < opt.n_desc; i++) {
         recv_state *r = &S.rs[i];
         int expect_fail = (opt.expect_fail_mask >> i) & 1;
-        int good = expect_fail ? (r->errors > 0 || r->peer_failed) : (r->errors == 0 && r->ok + r->canceled == opt.count);
+        int good =
+            expect_fail ? (r->errors > 0 || r->peer_failed) : (r->errors == 0 && r->ok + r->canceled == opt.count);
         printf("RESULT recv=%d started=%d ok=%d canceled=%d errors=%d good=%d\n", i, r->started, r->ok, r->canceled,
                r->errors, good);
         ok &= good;
@@ -487,7 +501,8 @@ static int run_send(void)
 static void usage(void)
 {
     fprintf(stderr,
-            "usage: kv_peer recv --desc-out FILE [--size B] [--alloc] [--count N] [--expect-complete K] [--expect-failed F]\n"
+            "usage: kv_peer recv --desc-out FILE [--size B] [--alloc] [--count N] [--expect-complete K] "
+            "[--expect-failed F]\n"
             "       kv_peer send --desc FILE [--desc FILE...] [--slot I --slots S] [--count N] [--conc C]\n"
             "common: --proto auto|put|am --timeout S --error-timeout S --xfer-timeout S --sizes a,b,c\n"
             "        --notice-size B --cancel-every K --expect-fail-mask M --seed X --linger US\n");
@@ -495,13 +510,28 @@ static void usage(void)
 
 int main(int argc, char **argv)
 {
-    static struct option lo[] = {{"desc-out", 1, 0, 'o'}, {"desc", 1, 0, 'd'},          {"size", 1, 0, 'z'},
-                                 {"count", 1, 0, 'n'},    {"conc", 1, 0, 'c'},          {"slot", 1, 0, 'i'},
-                                 {"slots", 1, 0, 'S'},    {"expect-complete", 1, 0, 'k'}, {"expect-failed", 1, 0, 'f'},
-                                 {"proto", 1, 0, 'p'},    {"timeout", 1, 0, 't'},       {"error-timeout", 1, 0, 'e'},
-                                 {"xfer-timeout", 1, 0, 'x'}, {"sizes", 1, 0, 's'},     {"notice-size", 1, 0, 'N'},
-                                 {"cancel-every", 1, 0, 'C'}, {"expect-fail-mask", 1, 0, 'm'}, {"seed", 1, 0, 'r'}, {"long-mask", 1, 0, 'L'},
-                                 {"alloc", 0, 0, 'A'},    {"linger", 1, 0, 'g'},        {0, 0, 0, 0}};
+    static struct option lo[] = {{"desc-out", 1, 0, 'o'},
+                                 {"desc", 1, 0, 'd'},
+                                 {"size", 1, 0, 'z'},
+                                 {"count", 1, 0, 'n'},
+                                 {"conc", 1, 0, 'c'},
+                                 {"slot", 1, 0, 'i'},
+                                 {"slots", 1, 0, 'S'},
+                                 {"expect-complete", 1, 0, 'k'},
+                                 {"expect-failed", 1, 0, 'f'},
+                                 {"proto", 1, 0, 'p'},
+                                 {"timeout", 1, 0, 't'},
+                                 {"error-timeout", 1, 0, 'e'},
+                                 {"xfer-timeout", 1, 0, 'x'},
+                                 {"sizes", 1, 0, 's'},
+                                 {"notice-size", 1, 0, 'N'},
+                                 {"cancel-every", 1, 0, 'C'},
+                                 {"expect-fail-mask", 1, 0, 'm'},
+                                 {"seed", 1, 0, 'r'},
+                                 {"long-mask", 1, 0, 'L'},
+                                 {"alloc", 0, 0, 'A'},
+                                 {"linger", 1, 0, 'g'},
+                                 {0, 0, 0, 0}};
     if (argc < 2) {
         usage();
         return 2;

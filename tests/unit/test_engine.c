@@ -90,6 +90,16 @@ static mdl_gen_params greedy(int max_tokens)
     return p;
 }
 
+/* max_tokens at temperature, seeded (the same seed draws the same tokens on any engine) */
+static mdl_gen_params seeded(int max_tokens, float temperature, uint64_t seed)
+{
+    mdl_gen_params p = greedy(max_tokens);
+    p.sampling.temperature = temperature;
+    p.has_seed = 1;
+    p.seed = seed;
+    return p;
+}
+
 static void prompt_of(int i, int32_t *t, int *n)
 {
     *n = 3 + (i * 7) % 40; /* 3 .. 42 tokens: several cross blocks of 8 and the 16-token budget */
@@ -182,11 +192,8 @@ static uint64_t pd_vs_local_on(mdl_model *m, float temperature, int N, int T, in
     int n;
     for (int i = 0; i < N; i++) {
         prompt_of(i, t, &n);
-        mdl_gen_params p = greedy(T);
-        p.sampling.temperature = temperature;
+        mdl_gen_params p = seeded(T, temperature, 1000 + (uint64_t)i);
         p.sampling.top_p = 0.9f;
-        p.has_seed = 1;
-        p.seed = 1000 + (uint64_t)i;
         ck_assert_int_eq(mdl_engine_submit(el, (uint64_t)i, NULL, t, n, &p, MDL_REQ_LOCAL), PD_OK);
         ck_assert_int_eq(mdl_engine_submit(ed, (uint64_t)i, NULL, t, n, &p, MDL_REQ_REMOTE_KV), PD_OK);
         ck_assert_int_eq(mdl_engine_submit(ep, (uint64_t)i, NULL, t, n, &p, MDL_REQ_PREFILL_ONLY), PD_OK);
@@ -200,9 +207,11 @@ static uint64_t pd_vs_local_on(mdl_model *m, float temperature, int N, int T, in
         prompt_of(i, t, &n);
         ck_assert_int_eq(ns, mdl_kv_blocks_for(pp, n));
         ck_assert_int_ge(nd, ns);
-        for (int b = 0; b < ns; b++) memcpy(mdl_kv_row(pd, dst[b], 0, 0), mdl_kv_row(pp, src[b], 0, 0), pp->block_bytes);
+        for (int b = 0; b < ns; b++)
+            memcpy(mdl_kv_row(pd, dst[b], 0, 0), mdl_kv_row(pp, src[b], 0, 0), pp->block_bytes);
         mdl_engine_release(ep, (uint64_t)i);
-        ck_assert_int_eq(mdl_engine_kv_ready(ed, (uint64_t)i, kp->first[i], kp->first_lp[i], 0, NULL, NULL, kp->hidden[i]), PD_OK);
+        ck_assert_int_eq(
+            mdl_engine_kv_ready(ed, (uint64_t)i, kp->first[i], kp->first_lp[i], 0, NULL, NULL, kp->hidden[i]), PD_OK);
     }
     for (int i = 0; i < N; i++) {
         wait_for(kl, &kl->done[i]);
@@ -278,8 +287,9 @@ START_TEST(test_no_logprobs)
             ck_assert_int_eq(k->n_out[i], T);
             ck_assert_int_eq(k->n_out[i + 1], T);
             for (int j = 0; j < T; j++) {
-                ck_assert_msg(k->out[i][j] == k->out[i + 1][j], "k=%d request %d token %d: %d without logprobs, %d with",
-                              spec, i, j, k->out[i][j], k->out[i + 1][j]);
+                ck_assert_msg(k->out[i][j] == k->out[i + 1][j],
+                              "k=%d request %d token %d: %d without logprobs, %d with", spec, i, j, k->out[i][j],
+                              k->out[i + 1][j]);
                 ck_assert(k->lps[i][j] == 0.0f);
                 ck_assert(k->lps[i + 1][j] < 0.0f && isfinite(k->lps[i + 1][j]));
             }
@@ -409,10 +419,7 @@ static void run_pool(mdl_model *m, int n_blocks, int spec, float temperature, in
     int n;
     for (int i = 0; i < N; i++) {
         prompt_of(i, t, &n);
-        mdl_gen_params p = greedy(T);
-        p.sampling.temperature = temperature;
-        p.has_seed = 1;
-        p.seed = 77 + (uint64_t)i;
+        mdl_gen_params p = seeded(T, temperature, 77 + (uint64_t)i);
         /* once the pool has preempted someone, admission answers BUSY until it is recomputed: submit again, as a
          * server's client would after its 503 (the outputs are per request, whatever the order of arrival) */
         pd_status st;
@@ -477,8 +484,9 @@ START_TEST(test_preemption_keeps_outputs)
         ck_assert(pr_roomy == 0 && pr_tight > 0);
         for (int i = 0; i < 8; i++)
             for (int j = 0; j < 40; j++)
-                ck_assert_msg(roomy[i][j] == tight[i][j], "bf16 k=%d: req %d tok %d: %d roomy, %d after %llu preemptions",
-                              2 * c, i, j, roomy[i][j], tight[i][j], (unsigned long long)pr_tight);
+                ck_assert_msg(roomy[i][j] == tight[i][j],
+                              "bf16 k=%d: req %d tok %d: %d roomy, %d after %llu preemptions", 2 * c, i, j, roomy[i][j],
+                              tight[i][j], (unsigned long long)pr_tight);
     }
     mdl_model_destroy(m);
 }

@@ -129,8 +129,8 @@ static void run_golden(const golden_cfg *g)
     }
     ck_assert_int_ge(greedy_checked, 16); /* of 24 */
     fprintf(stderr, "golden %s w=%s%s kv=%s %s: worst rel L2 %.3g, MTP %.3g, %d greedy tokens equal\n", g->fixture,
-            krn_type_name(g->wt), g->quant == MDL_QUANT_W8A8 ? " W8A8" : "", krn_type_name(g->kv), g->mode == MDL_ATTN_PREFILL ? "prefill" : "decode", worst,
-            worst_mtp, greedy_checked);
+            krn_type_name(g->wt), g->quant == MDL_QUANT_W8A8 ? " W8A8" : "", krn_type_name(g->kv),
+            g->mode == MDL_ATTN_PREFILL ? "prefill" : "decode", worst, worst_mtp, greedy_checked);
     mdl_model_destroy(m);
     cJSON_Delete(root);
 }
@@ -305,7 +305,8 @@ END_TEST
 START_TEST(test_prefill_chunking_bitwise)
 {
     if (!strcmp(krn_kernels_name(), "ref")) {
-        fprintf(stderr, "prefill_chunking_bitwise: portable kernels, chunk invariance not promised (docs/kernels.md)\n");
+        fprintf(stderr,
+                "prefill_chunking_bitwise: portable kernels, chunk invariance not promised (docs/kernels.md)\n");
         return;
     }
     char dir[512];
@@ -328,7 +329,8 @@ START_TEST(test_prefill_chunking_bitwise)
             mdl_runner_close(&r);
             for (int p = 0; p < n; p++)
                 ck_assert_msg(!memcmp(lg + (size_t)p * V, whole + (size_t)p * V, (size_t)V * sizeof(float)),
-                              "act_bf16 %d, chunks of %d: position %d differs from the whole prompt", act, chunks[ci], p);
+                              "act_bf16 %d, chunks of %d: position %d differs from the whole prompt", act, chunks[ci],
+                              p);
         }
         free(whole);
         free(lg);
@@ -375,8 +377,8 @@ START_TEST(test_argmax_rows)
         for (int i = 0; i < n; i++) {
             const float *p = plain + (size_t)i * V;
             if (only[i])
-                ck_assert_msg(amax[i] == krn_argmax(p, V), "pattern %d row %d: %d, exact argmax %d", pattern, i, amax[i],
-                              krn_argmax(p, V));
+                ck_assert_msg(amax[i] == krn_argmax(p, V), "pattern %d row %d: %d, exact argmax %d", pattern, i,
+                              amax[i], krn_argmax(p, V));
             else
                 ck_assert_msg(amax[i] == -7 && !memcmp(lg + (size_t)i * V, p, (size_t)V * sizeof(float)),
                               "pattern %d row %d: the exact logits changed", pattern, i);

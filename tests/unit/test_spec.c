@@ -387,8 +387,9 @@ START_TEST(test_greedy_equal_int8_draft_demo)
         run_all(m, 2, 0, pp, b);
         g_draft_int8 = 0;
         check_equal(a, b, "int8 draft head", 2);
-        fprintf(stderr, "demo-v3 k=2%s: %d/%d drafts accepted with the checkpoint's MTP head, %d/%d with its int8 copy\n",
-                pruned ? " draft vocab 32768" : "", a->spec_accepted, a->spec_drafted, b->spec_accepted, b->spec_drafted);
+        fprintf(
+            stderr, "demo-v3 k=2%s: %d/%d drafts accepted with the checkpoint's MTP head, %d/%d with its int8 copy\n",
+            pruned ? " draft vocab 32768" : "", a->spec_accepted, a->spec_drafted, b->spec_accepted, b->spec_drafted);
         ck_assert_int_gt(a->spec_accepted, 0);
         ck_assert_msg(b->spec_accepted * 10 >= a->spec_accepted * 9, "int8 draft head: %d accepted against %d",
                       b->spec_accepted, a->spec_accepted);

@@ -387,8 +387,9 @@ START_TEST(test_merges_both_forms_and_added_strip)
     txt_tokenizer_destroy(NULL);
 
     /* Split behaviours through a String pattern: Removed drops the delimiter. */
-    const char *rm = "{\"type\": \"Sequence\", \"pretokenizers\": [{\"type\": \"Split\", \"pattern\": {\"String\": \"-\"},"
-                     " \"behavior\": \"Removed\", \"invert\": false}, {\"type\": \"ByteLevel\", \"use_regex\": false}]}";
+    const char *rm =
+        "{\"type\": \"Sequence\", \"pretokenizers\": [{\"type\": \"Split\", \"pattern\": {\"String\": \"-\"},"
+        " \"behavior\": \"Removed\", \"invert\": false}, {\"type\": \"ByteLevel\", \"use_regex\": false}]}";
     ck_assert_int_eq(load_tiny("BPE", "[\"a b\"]", rm, &a), PD_OK);
     const int32_t w3[] = {256, 256};
     expect_ids(a, "ab-ab", w3, 2);
@@ -597,15 +598,17 @@ START_TEST(test_chat_template_errors_at_load)
     /* raise_exception over the sample conversation is the template's own check, not a load error. */
     txt_chat_template t = NULL;
     char err[256];
-    ck_assert_int_eq(txt_chat_template_create("{% if messages | length > 1 %}{{ raise_exception('one only') }}{% endif %}",
-                                              BOS, EOS, &t, err, sizeof err),
-                     PD_OK);
+    ck_assert_int_eq(
+        txt_chat_template_create("{% if messages | length > 1 %}{{ raise_exception('one only') }}{% endif %}", BOS, EOS,
+                                 &t, err, sizeof err),
+        PD_OK);
     txt_chat_template_destroy(t);
     strcpy(tmpdir, "/tmp/pdtokXXXXXX");
     ck_assert_ptr_nonnull(mkdtemp(tmpdir));
     ck_assert_int_eq(txt_chat_template_load(tmpdir, &t, err, sizeof err), PD_ERR_NOT_FOUND);
-    write_file("tokenizer_config.json", "{\"chat_template\": [{\"name\": \"default\", \"template\": \"{{ bos_token }}D\"},"
-                                        " {\"name\": \"tool_use\", \"template\": \"T\"}], \"bos_token\": \"<b>\"}");
+    write_file("tokenizer_config.json",
+               "{\"chat_template\": [{\"name\": \"default\", \"template\": \"{{ bos_token }}D\"},"
+               " {\"name\": \"tool_use\", \"template\": \"T\"}], \"bos_token\": \"<b>\"}");
     ck_assert_int_eq(txt_chat_template_load(tmpdir, &t, err, sizeof err), PD_OK);
     cJSON *msgs = cJSON_Parse("[]");
     char *o;
@@ -623,17 +626,21 @@ END_TEST
  * the default budget. */
 START_TEST(test_chat_template_budget)
 {
-    static const struct { const char *src, *want; size_t steps, bytes; } cases[] = {
-        {"{% for i in range(1000000) %}{% for j in range(1000000) %}{% endfor %}{% endfor %}", "work budget", 100000, 0},
-        {"{% for i in range(1000000) %}{% for j in range(1000000) %}{% endfor %}{% endfor %}", "memory budget", 0, 4 << 20},
+    static const struct { const char *src, *want; size_t steps, bytes;
+    } cases[] = {
+        {"{% for i in range(1000000) %}{% for j in range(1000000) %}{% endfor %}{% endfor %}", "work budget", 100000,
+         0},
+        {"{% for i in range(1000000) %}{% for j in range(1000000) %}{% endfor %}{% endfor %}", "memory budget", 0,
+         4 << 20},
         {"{% set ns = namespace(s='xxxxxxxxxxxxxxxx') %}{% for i in range(40) %}{% set ns.s = ns.s + ns.s %}"
-         "{% endfor %}{{ ns.s | length }}", "memory budget", 0, 0},
+         "{% endfor %}{{ ns.s | length }}",
+         "memory budget", 0, 0},
         {"{% for i in range(30) %}{{ 'x' * 60000000 }}{% endfor %}", "memory budget", 0, 0}, /* the output counts */
         /* scans of a large string cost its size (found by fuzz_chat_template: |length of a doubled string in nested
          * loops ran 56 s at one step per call) */
         {"{% set ns = namespace(s='x') %}{% for i in range(24) %}{% set ns.s = ns.s + ns.s %}{% endfor %}"
-         "{% for i in range(1000) %}{% if ns.s | length == 0 or 'y' in ns.s %}z{% endif %}{% endfor %}", "work budget",
-         100000, 0}, /* 1000 iterations are about 10k steps; one scan of the 16 MB string is 262k */
+         "{% for i in range(1000) %}{% if ns.s | length == 0 or 'y' in ns.s %}z{% endif %}{% endfor %}",
+         "work budget", 100000, 0}, /* 1000 iterations are about 10k steps; one scan of the 16 MB string is 262k */
     };
     cJSON *msgs = cJSON_Parse("[{\"role\":\"user\",\"content\":\"x\"}]");
     for (size_t i = 0; i < PD_ARRAY_LEN(cases); i++) {
@@ -643,7 +650,8 @@ START_TEST(test_chat_template_budget)
         size_t len;
         ck_assert_int_eq(txt_chat_template_create(cases[i].src, BOS, EOS, &t, err, sizeof err), PD_OK);
         pd_status st = txt_chat_template_render(t, msgs, 1, NULL, &out, &len, err, sizeof err);
-        ck_assert_msg(st == PD_ERR_INVALID && strstr(err, cases[i].want), "case %zu: %s (%s)", i, pd_status_str(st), err);
+        ck_assert_msg(st == PD_ERR_INVALID && strstr(err, cases[i].want), "case %zu: %s (%s)", i, pd_status_str(st),
+                      err);
         ck_assert_ptr_null(out);
         txt_chat_template_destroy(t);
     }
@@ -656,9 +664,11 @@ START_TEST(test_chat_template_budget)
                                                                  {"[", "]", "1"}, {"{% if 1 %}", "{% endif %}", ""}};
         for (size_t k = 0; k < PD_ARRAY_LEN(shapes); k++) {
             size_t o = (size_t)snprintf(deep, sizeof deep, "%s", shapes[k].expr[0] ? "{{ " : "");
-            for (int i = 0; i < depth && o + 16 < sizeof deep / 2; i++) o += (size_t)snprintf(deep + o, sizeof deep - o, "%s", shapes[k].open);
+            for (int i = 0; i < depth && o + 16 < sizeof deep / 2; i++)
+                o += (size_t)snprintf(deep + o, sizeof deep - o, "%s", shapes[k].open);
             o += (size_t)snprintf(deep + o, sizeof deep - o, "%s", shapes[k].expr[0] ? shapes[k].expr : "x");
-            for (int i = 0; i < depth && o + 16 < sizeof deep; i++) o += (size_t)snprintf(deep + o, sizeof deep - o, "%s", shapes[k].close);
+            for (int i = 0; i < depth && o + 16 < sizeof deep; i++)
+                o += (size_t)snprintf(deep + o, sizeof deep - o, "%s", shapes[k].close);
             snprintf(deep + o, sizeof deep - o, "%s", shapes[k].expr[0] ? " }}" : "");
             txt_chat_template t = NULL;
             char err[256] = "";
