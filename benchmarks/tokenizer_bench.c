@@ -17,10 +17,10 @@ static const char *const EN[] = {
     "Operators", "deploy", "DeepSeek-V3", "on", "CPU", "servers", "that", "support", "AMX", "AVX-512", "quickly",
     "However,", "it's", "don't", "we've", "they'll", "I'm", "e.g.", "i.e.", "(see", "below)", "users", "answer",
     "question", "context", "window", "attention", "experts", "routing", "weights", "scale", "quantized"};
-static const char *const ZH[] = {"我们", "模型", "推理", "服务", "的", "是", "在", "一个", "系统", "中", "使用",
-                                 "数据", "计算", "缓存", "专家", "注意力", "机制", "可以", "提高", "吞吐量", "延迟",
-                                 "用户", "请求", "分布式", "部署", "服务器", "和", "了", "不", "这", "时间", "日本語",
-                                 "テキスト", "です"};
+static const char *const ZH[] = {
+    "我们", "模型", "推理", "服务", "的", "是", "在", "一个", "系统", "中", "使用", "数据",
+    "计算", "缓存", "专家", "注意力", "机制", "可以", "提高", "吞吐量", "延迟", "用户",
+    "请求", "分布式", "部署", "服务器", "和", "了", "不", "这", "时间", "日本語", "テキスト", "です"};
 static const char *const ZH_PUNCT[] = {"，", "。", "、", "；", "：", "！", "？", "（", "）", "“", "”"};
 static const char *const CODE[] = {
     "static int %s(const char *buf, size_t n)\n{\n    int acc = %d;\n    for (size_t i = 0; i < n; i++)\n"

@@ -132,8 +132,9 @@ pd_status pd_opts_load_yaml(const pd_opt *opts, int n, const char *path, char *e
         case YAML_MAPPING_START_EVENT:
             depth++;
             if (depth == 1) state = KEY;
-            else st = fail(err, errlen, "%s:%zu: option '%s': nested mappings are not supported (write JSON in a string)",
-                           path, ev.start_mark.line + 1, key);
+            else
+                st = fail(err, errlen, "%s:%zu: option '%s': nested mappings are not supported (write JSON in a "
+                          "string)", path, ev.start_mark.line + 1, key);
             break;
         case YAML_MAPPING_END_EVENT: depth--; break;
         case YAML_SEQUENCE_START_EVENT:

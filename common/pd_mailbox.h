@@ -1,5 +1,5 @@
-/* Event-loop plumbing. A mailbox from any thread to a libevent loop: messages (copied) are queued under a mutex and delivered on
- * the loop's thread by one callback per message, woken through an eventfd. */
+/* Event-loop plumbing. A mailbox from any thread to a libevent loop: messages (copied) are queued under a mutex
+ * and delivered on the loop's thread by one callback per message, woken through an eventfd. */
 #ifndef PD_MAILBOX_H
 #define PD_MAILBOX_H
 

@@ -23,27 +23,36 @@ void mdl_serve_options(mdl_serve_opts *o, pd_opt *t)
 {
     pd_opt opts[MDL_SERVE_NOPTS] = {
         {"model", PD_OPT_STR, &o->model, "checkpoint directory (config.json, safetensors, tokenizer files)", 0, 0},
-        {"served-model-name", PD_OPT_STR, &o->served_model_name, "model name in the API (default: directory name)", 0, 0},
-        {"dtype", PD_OPT_STR, &o->dtype, "weights: auto|bfloat16|float32 (FP8 checkpoints stay FP8 unless float32)", 0, 0},
+        {"served-model-name", PD_OPT_STR, &o->served_model_name, "model name in the API (default: directory name)", 0,
+         0},
+        {"dtype", PD_OPT_STR, &o->dtype, "weights: auto|bfloat16|float32 (FP8 checkpoints stay FP8 unless float32)", 0,
+         0},
         {"kv-cache-dtype", PD_OPT_STR, &o->kv_cache_dtype, "KV cache: auto(float16)|float16|bfloat16|float32", 0, 0},
         {"max-num-seqs", PD_OPT_INT, &o->max_num_seqs, "sequences running at once (default 64)", 1, 256},
-        {"max-num-batched-tokens", PD_OPT_INT, &o->max_num_batched_tokens, "prompt tokens per step (default 2048)", 1, 1 << 20},
-        {"max-model-len", PD_OPT_INT, &o->max_model_len, "prompt + output tokens (default min(model, 8192))", 0, 1 << 24},
+        {"max-num-batched-tokens", PD_OPT_INT, &o->max_num_batched_tokens, "prompt tokens per step (default 2048)", 1,
+         1 << 20},
+        {"max-model-len", PD_OPT_INT, &o->max_model_len, "prompt + output tokens (default min(model, 8192))", 0,
+         1 << 24},
         {"block-size", PD_OPT_INT, &o->block_size, "tokens per KV block (default 16)", 1, 4096},
         {"kv-cache-memory", PD_OPT_SIZE, &o->kv_cache_memory, "bytes for the KV cache pool (default 1G)", 0, 0},
-        {"max-num-queued-reqs", PD_OPT_INT, &o->max_num_queued_reqs, "queued requests before 429 (default 1024)", 1, 1 << 24},
+        {"max-num-queued-reqs", PD_OPT_INT, &o->max_num_queued_reqs, "queued requests before 429 (default 1024)", 1,
+         1 << 24},
         {"max-num-queued-tokens", PD_OPT_INT, &o->max_num_queued_tokens,
-         "prompt tokens waiting for prefill before 429; a longer prompt still runs when none wait (default 0: no limit)",
+         "prompt tokens waiting for prefill before 429; a longer prompt still runs when none wait (default 0: no "
+         "limit)",
          0, 1 << 30},
         {"seed", PD_OPT_INT, &o->seed, "seed of requests that bring none (default: random)", -1, 2147483647},
         {"speculative-config", PD_OPT_STR, &o->speculative_config,
          "speculative decoding, e.g. '{\"method\":\"mtp\",\"num_speculative_tokens\":3}' or "
-         "'{\"method\":\"ngram\",\"num_speculative_tokens\":3,\"prompt_lookup_max\":4}' (default off)", 0, 0},
+         "'{\"method\":\"ngram\",\"num_speculative_tokens\":3,\"prompt_lookup_max\":4}' (default off)",
+         0, 0},
         {"graph-batch-sizes", PD_OPT_STR, &o->graph_batch_sizes,
-         "captured decode batch sizes, e.g. 1,2,4,8,16,32,64 (default: powers of two up to --max-num-seqs; none: off)", 0, 0},
+         "captured decode batch sizes, e.g. 1,2,4,8,16,32,64 (default: powers of two up to --max-num-seqs; none: off)",
+         0, 0},
         {"prefill-bf16", PD_OPT_BOOL, &o->prefill_bf16,
-         "prompt prefill GEMMs round activations to bf16 on CPUs with AVX512-BF16 (default on; --no-prefill-bf16: exact "
-         "f32; decode is always exact)", 0, 0},
+         "prompt prefill GEMMs round activations to bf16 on CPUs with AVX512-BF16 (default on; --no-prefill-bf16: "
+         "exact f32; decode is always exact)",
+         0, 0},
     };
     memcpy(t, opts, sizeof opts);
 }
@@ -115,7 +124,8 @@ static pd_status parse_spec(const char *s, mdl_engine_opts *eo, char *err, size_
         snprintf(err, errlen, "--speculative-config: prompt_lookup_min/max apply to method \"ngram\" only");
     else if (ngram && (cJSON_GetObjectItemCaseSensitive(j, "draft_vocab_size") ||
                        cJSON_GetObjectItemCaseSensitive(j, "draft_head_dtype")))
-        snprintf(err, errlen, "--speculative-config: draft_vocab_size and draft_head_dtype apply to method \"mtp\" only");
+        snprintf(err, errlen,
+                 "--speculative-config: draft_vocab_size and draft_head_dtype apply to method \"mtp\" only");
     else if (!spec_head_dtype(j, &eo->draft_head_int8, err, errlen))
         ; /* err says why */
     else if (spec_int(j, "prompt_lookup_min", 1, MDL_MAX_NGRAM, &eo->ngram_min, err, errlen) &&
@@ -150,8 +160,9 @@ static pd_status parse_sizes(const char *s, int max_seqs, mdl_engine_opts *eo, c
         int prev = eo->n_graph_batch_sizes ? eo->graph_batch_sizes[eo->n_graph_batch_sizes - 1] : 0;
         if (end == p || v < 1 || v > max_seqs || v <= prev || eo->n_graph_batch_sizes == MDL_MAX_GRAPH_SIZES ||
             (*end && *end != ',')) {
-            snprintf(err, errlen, "--graph-batch-sizes: '%s' must be up to %d ascending sizes in [1, --max-num-seqs %d]",
-                     s, MDL_MAX_GRAPH_SIZES, max_seqs);
+            snprintf(err, errlen,
+                     "--graph-batch-sizes: '%s' must be up to %d ascending sizes in [1, --max-num-seqs %d]", s,
+                     MDL_MAX_GRAPH_SIZES, max_seqs);
             return PD_ERR_INVALID;
         }
         eo->graph_batch_sizes[eo->n_graph_batch_sizes++] = (int)v;
@@ -177,7 +188,8 @@ pd_status mdl_serve_load(mdl_serve_opts *o, mdl_model **out, mdl_engine_opts *eo
         return PD_ERR_INVALID;
     }
     if (parse_kind(o->kv_cache_dtype, 1, &lo.kv_type) != PD_OK) {
-        snprintf(err, errlen, "--kv-cache-dtype: '%s' is not one of auto, float16, bfloat16, float32", o->kv_cache_dtype);
+        snprintf(err, errlen, "--kv-cache-dtype: '%s' is not one of auto, float16, bfloat16, float32",
+                 o->kv_cache_dtype);
         return PD_ERR_INVALID;
     }
     mdl_model *m = NULL;
@@ -254,7 +266,8 @@ pd_status mdl_handoff_encode(const mdl_handoff *h, void **out, size_t *len)
     size_t n = sizeof(handoff_wire) + (size_t)h->hidden_size * sizeof(float);
     uint8_t *b = malloc(n);
     if (!b) return PD_ERR_NOMEM;
-    handoff_wire w = {HANDOFF_MAGIC, (uint32_t)h->hidden_size, h->req_id, h->first_token, h->logprob, h->n_top, {0}, {0}};
+    handoff_wire w = {
+        HANDOFF_MAGIC, (uint32_t)h->hidden_size, h->req_id, h->first_token, h->logprob, h->n_top, {0}, {0}};
     memcpy(w.top_ids, h->top_ids, sizeof w.top_ids);
     memcpy(w.top_lps, h->top_lps, sizeof w.top_lps);
     memcpy(b, &w, sizeof w);

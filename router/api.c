@@ -553,8 +553,9 @@ static void handle_tokenize(rt_router *rt, struct evhttp_request *http, int deto
         int32_t *ids = malloc((size_t)(n + 1) * sizeof *ids);
         int i = 0;
         const cJSON *v;
-        cJSON_ArrayForEach(v, t) ok = ok && cJSON_IsNumber(v) && v->valuedouble >= 0 &&
-                                      v->valuedouble < txt_tokenizer_vocab_size(rt->tok) && (ids[i++] = (int32_t)v->valuedouble, 1);
+        cJSON_ArrayForEach(v, t)
+            ok = ok && cJSON_IsNumber(v) && v->valuedouble >= 0 && v->valuedouble < txt_tokenizer_vocab_size(rt->tok) &&
+                (ids[i++] = (int32_t)v->valuedouble, 1);
         char *text = NULL;
         size_t len = 0;
         if (!ok || !ids || txt_tokenizer_decode(rt->tok, ids, (size_t)n, 0, &text, &len) != PD_OK) {
@@ -570,8 +571,10 @@ static void handle_tokenize(rt_router *rt, struct evhttp_request *http, int deto
         free(ids);
     } else {
         int len = 0, starts[1], n = 0;
-        int ok = cJSON_GetObjectItemCaseSensitive(root, "messages") ? rt_chat_prompt(&lim, root, &tmp, &len, &e)
-                 : rt_completion_prompts(&lim, cJSON_GetObjectItemCaseSensitive(root, "prompt"), &tmp, starts, &len, &n, 1, &e);
+        int ok = cJSON_GetObjectItemCaseSensitive(root, "messages") ?
+            rt_chat_prompt(&lim, root, &tmp, &len, &e) :
+            rt_completion_prompts(&lim, cJSON_GetObjectItemCaseSensitive(root, "prompt"), &tmp, starts, &len, &n, 1,
+                                  &e);
         if (ok) {
             out = cJSON_CreateObject();
             cJSON *a = cJSON_AddArrayToObject(out, "tokens");
@@ -622,8 +625,10 @@ static void handle_admin(rt_router *rt, struct evhttp_request *http, const char 
         rt_role role;
         rt_instance *in = NULL;
         if (!cJSON_IsString(a) || !cJSON_IsString(ro) ||
-            (strcmp(ro->valuestring, "prefill") && strcmp(ro->valuestring, "decode") && strcmp(ro->valuestring, "colocated")))
-            pd_http_reply_error(http, 400, NULL, NULL, "need {\"address\": \"host:port\", \"role\": \"prefill\"|\"decode\"|\"colocated\"}");
+            (strcmp(ro->valuestring, "prefill") && strcmp(ro->valuestring, "decode") &&
+             strcmp(ro->valuestring, "colocated")))
+            pd_http_reply_error(http, 400, NULL, NULL,
+                                "need {\"address\": \"host:port\", \"role\": \"prefill\"|\"decode\"|\"colocated\"}");
         else if ((role = !strcmp(ro->valuestring, "prefill") ? RT_PREFILL : RT_DECODE),
                  rt_registry_add(rt->reg, a->valuestring, role, &in) != PD_OK)
             pd_http_reply_error(http, 400, NULL, "address", "'%s' is not host:port", a->valuestring);

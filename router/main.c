@@ -23,25 +23,34 @@ int main(int argc, char **argv)
         {"port", PD_OPT_INT, &o.port, "port (default 8000; 0 picks a free one)", 0, 65535},
         {"model", PD_OPT_STR, &o.model, "checkpoint directory (tokenizer, chat template, config.json)", 0, 0},
         {"tokenizer", PD_OPT_STR, &o.tokenizer, "tokenizer directory (default: --model)", 0, 0},
-        {"served-model-name", PD_OPT_STR, &o.served_model_name, "model name in the API (default: directory name)", 0, 0},
+        {"served-model-name", PD_OPT_STR, &o.served_model_name, "model name in the API (default: directory name)", 0,
+         0},
         {"prefill", PD_OPT_STR, &o.prefill, "prefill instances, host:port[,host:port...]", 0, 0},
         {"decode", PD_OPT_STR, &o.decode, "decode (or --colocated) instances, host:port[,...]", 0, 0},
-        {"max-model-len", PD_OPT_INT, &o.max_model_len, "prompt + output limit (default: the decode instances')", 0, 1 << 24},
-        {"max-tokens-limit", PD_OPT_INT, &o.max_tokens_limit, "largest max_tokens accepted (default: max model len)", 0, 1 << 24},
+        {"max-model-len", PD_OPT_INT, &o.max_model_len, "prompt + output limit (default: the decode instances')", 0,
+         1 << 24},
+        {"max-tokens-limit", PD_OPT_INT, &o.max_tokens_limit, "largest max_tokens accepted (default: max model len)", 0,
+         1 << 24},
         {"max-body-size", PD_OPT_SIZE, &o.max_body, "largest request body (default 8M)", 0, 0},
         {"max-stop-strings", PD_OPT_INT, &o.max_stop, "stop strings per request (default 4)", 0, 16},
         {"max-n", PD_OPT_INT, &o.max_n, "largest n (default 8)", 1, 64},
         {"health-interval", PD_OPT_DOUBLE, &o.health_interval, "seconds between health checks (default 1)", 0.05, 60},
-        {"max-num-queued-reqs", PD_OPT_INT, &o.max_queued, "requests in flight before new ones get 429 (default 4096)", 1, 1 << 24},
+        {"max-num-queued-reqs", PD_OPT_INT, &o.max_queued, "requests in flight before new ones get 429 (default 4096)",
+         1, 1 << 24},
         {"max-num-queued-tokens", PD_OPT_INT, &o.max_queued_tokens,
          "prompt tokens in flight without a first token before new requests get 429; a longer request still runs when "
-         "none wait (default 0: no limit)", 0, 1 << 30},
-        {"policy", PD_OPT_STR, &o.policy, "instance choice: least-load (default), round-robin, or bucket (decode: pack into captured batch sizes)", 0, 0},
-        {"request-timeout", PD_OPT_DOUBLE, &o.request_timeout, "seconds without progress before a request fails (600)", 1, 86400},
+         "none wait (default 0: no limit)",
+         0, 1 << 30},
+        {"policy", PD_OPT_STR, &o.policy,
+         "instance choice: least-load (default), round-robin, or bucket (decode: pack into captured batch sizes)", 0,
+         0},
+        {"request-timeout", PD_OPT_DOUBLE, &o.request_timeout, "seconds without progress before a request fails (600)",
+         1, 86400},
     };
     const int n = (int)PD_ARRAY_LEN(table);
     char err[512];
-    pd_status st = pd_opts_parse(table, n, argc, argv, "usage: pdserve-router --model DIR --prefill HOST:PORT --decode HOST:PORT [options]",
+    pd_status st = pd_opts_parse(table, n, argc, argv,
+                                 "usage: pdserve-router --model DIR --prefill HOST:PORT --decode HOST:PORT [options]",
                                  err, sizeof err);
     if (st == PD_ERR_NOT_FOUND) return 0;
     if (st != PD_OK) {

@@ -20,7 +20,8 @@ static void collect_cb(pd_metrics *reg, void *arg)
     const cJSON *x;
     cJSON_ArrayForEach(x, a)
     {
-        const char *lv[] = {cJSON_GetObjectItem(x, "address")->valuestring, cJSON_GetObjectItem(x, "role")->valuestring};
+        const char *lv[] = {cJSON_GetObjectItem(x, "address")->valuestring,
+                            cJSON_GetObjectItem(x, "role")->valuestring};
         double total = cJSON_GetObjectItem(x, "total_blocks")->valuedouble;
         double free_b = cJSON_GetObjectItem(x, "free_blocks")->valuedouble;
         pd_gauge_set(m->inst_healthy, lv, cJSON_IsTrue(cJSON_GetObjectItem(x, "healthy")));

@@ -47,7 +47,8 @@ static void probe_done(pd_http_call *c, int status, const char *body, size_t len
     const cJSON *status_s = cJSON_GetObjectItem(o, "status");
     in->draining = cJSON_IsString(status_s) && !strcmp(status_s->valuestring, "draining");
     const cJSON *mml = cJSON_GetObjectItem(o, "max_model_len"), *load = cJSON_GetObjectItem(o, "load");
-    if (cJSON_IsString(role) && !strcmp(role->valuestring, "colocated") && in->role == RT_DECODE) in->role = RT_COLOCATED;
+    if (cJSON_IsString(role) && !strcmp(role->valuestring, "colocated") && in->role == RT_DECODE)
+        in->role = RT_COLOCATED;
     if (cJSON_IsString(layout)) snprintf(in->layout, sizeof in->layout, "%s", layout->valuestring);
     const cJSON *kd = cJSON_GetObjectItem(o, "kv_desc");
     if (cJSON_IsString(kd) && (!in->kv_desc || strcmp(in->kv_desc, kd->valuestring))) {
@@ -61,7 +62,8 @@ static void probe_done(pd_http_call *c, int status, const char *body, size_t len
         if ((v = cJSON_GetObjectItem(load, "waiting")) && cJSON_IsNumber(v)) in->waiting = v->valueint;
         if ((v = cJSON_GetObjectItem(load, "free_blocks")) && cJSON_IsNumber(v)) in->free_blocks = v->valueint;
         if ((v = cJSON_GetObjectItem(load, "total_blocks")) && cJSON_IsNumber(v)) in->total_blocks = v->valueint;
-        if ((v = cJSON_GetObjectItem(load, "queued_tokens")) && cJSON_IsNumber(v)) in->queued_tokens = (long)v->valuedouble;
+        if ((v = cJSON_GetObjectItem(load, "queued_tokens")) && cJSON_IsNumber(v))
+            in->queued_tokens = (long)v->valuedouble;
         if ((v = cJSON_GetObjectItem(load, "captured_sizes")) && cJSON_IsArray(v)) {
             int n = 0;
             const cJSON *e;

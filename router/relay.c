@@ -272,7 +272,8 @@ static void on_token(rt_choice *c, const cJSON *o)
         if (txt_detok_push(c->txt.detok, id, &piece, &n) == PD_OK && rt_text_feed(c->txt.text, piece, n) != PD_OK)
             goto fail_nomem;
         if (c->out.lp_tokens) {
-            const cJSON *lp = cJSON_GetArrayItem(lps, i), *top = cJSON_IsArray(tops) ? cJSON_GetArrayItem(tops, i) : NULL;
+            const cJSON *lp = cJSON_GetArrayItem(lps, i),
+                        *top = cJSON_IsArray(tops) ? cJSON_GetArrayItem(tops, i) : NULL;
             cJSON *e = token_logprob_entry(r->rt, r->chat, id, cJSON_IsNumber(lp) ? lp->valuedouble : 0.0, top);
             if (!lp_out) lp_out = cJSON_CreateArray();
             if (!e || !lp_out || !cJSON_AddItemToArray(lp_out, e)) {

@@ -98,7 +98,8 @@ int rt_completion_prompts(const rt_limits *lim, const cJSON *prompt, rt_req *r, 
     const cJSON *items[1] = {prompt};
     const cJSON *list = NULL;
     int n = 0;
-    int ids_prompt = cJSON_IsArray(prompt) && cJSON_GetArraySize(prompt) > 0 && cJSON_IsNumber(cJSON_GetArrayItem(prompt, 0));
+    int ids_prompt =
+        cJSON_IsArray(prompt) && cJSON_GetArraySize(prompt) > 0 && cJSON_IsNumber(cJSON_GetArrayItem(prompt, 0));
     if (cJSON_IsString(prompt) || ids_prompt) n = 1;
     else if (cJSON_IsArray(prompt)) {
         list = prompt;
@@ -151,7 +152,8 @@ static cJSON *normalise_messages(const cJSON *msgs, rt_error *e)
     const cJSON *m;
     cJSON_ArrayForEach(m, msgs)
     {
-        const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role"), *content = cJSON_GetObjectItemCaseSensitive(m, "content");
+        const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role"),
+                    *content = cJSON_GetObjectItemCaseSensitive(m, "content");
         if (!cJSON_IsObject(m) || !cJSON_IsString(role)) {
             bad(e, "messages", "messages[%d] needs a string 'role'", i);
             goto fail;
@@ -256,11 +258,13 @@ static int parse_stop(const rt_limits *lim, const cJSON *root, rt_req *r, rt_err
     const cJSON *stop = cJSON_GetObjectItemCaseSensitive(root, "stop");
     if (stop && !cJSON_IsNull(stop)) {
         if (cJSON_IsString(stop)) { /* one string: the limits of a list of one */
-            if (stop->valuestring[0] && lim->max_stop < 1) return bad(e, "stop", "at most %d stop strings", lim->max_stop);
+            if (stop->valuestring[0] && lim->max_stop < 1)
+                return bad(e, "stop", "at most %d stop strings", lim->max_stop);
             if (strlen(stop->valuestring) > 200) return bad(e, "stop", "stop strings are at most 200 bytes");
             if (stop->valuestring[0] && !(r->stops[r->n_stops++] = strdup(stop->valuestring))) return nomem(e, "stop");
         } else if (cJSON_IsArray(stop)) {
-            if (cJSON_GetArraySize(stop) > lim->max_stop) return bad(e, "stop", "at most %d stop strings", lim->max_stop);
+            if (cJSON_GetArraySize(stop) > lim->max_stop)
+                return bad(e, "stop", "at most %d stop strings", lim->max_stop);
             const cJSON *v;
             cJSON_ArrayForEach(v, stop)
             {
@@ -314,7 +318,8 @@ static int parse_logit_bias(const rt_limits *lim, const cJSON *root, cJSON **out
         char *end = NULL;
         errno = 0;
         const long id = strtol(k, &end, 10);
-        if (!(k[0] >= '0' && k[0] <= '9') || *end || errno || id < 0 || id >= lim->vocab_size || (k[0] == '0' && k[1])) {
+        if (!(k[0] >= '0' && k[0] <= '9') || *end || errno || id < 0 || id >= lim->vocab_size ||
+            (k[0] == '0' && k[1])) {
             cJSON_Delete(o);
             /* the key whole: bad() cuts an over-long message only where UTF-8 allows */
             return bad(e, "logit_bias", "'logit_bias' key '%s' is not a token id of this model (vocabulary %d)", k,
@@ -508,7 +513,8 @@ static int parse_sampling(const rt_limits *lim, const cJSON *root, int chat, gen
         return 0;
     if (g->top_p <= 0) return bad(e, "top_p", "'top_p' must be in (0, 1]");
     const cJSON *bo = cJSON_GetObjectItemCaseSensitive(root, "best_of");
-    if (cJSON_IsNumber(bo) && bo->valuedouble != g->n) return bad(e, "best_of", "'best_of' other than n is not supported");
+    if (cJSON_IsNumber(bo) && bo->valuedouble != g->n)
+        return bad(e, "best_of", "'best_of' other than n is not supported");
     return 1;
 }
 
@@ -615,8 +621,8 @@ pd_status rt_request_parse(const char *body, size_t len, int chat, const rt_limi
         if (!rt_chat_prompt(lim, root, r, &lens[0], e)) goto refuse;
         starts[0] = 0;
         n_prompts = 1;
-    } else if (!rt_completion_prompts(lim, cJSON_GetObjectItemCaseSensitive(root, "prompt"), r, starts, lens, &n_prompts,
-                                      RT_MAX_PROMPTS, e)) {
+    } else if (!rt_completion_prompts(lim, cJSON_GetObjectItemCaseSensitive(root, "prompt"), r, starts, lens,
+                                      &n_prompts, RT_MAX_PROMPTS, e)) {
         goto refuse;
     }
     if (!parse_options(lim, root, &bias, e)) goto refuse;

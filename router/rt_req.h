@@ -147,7 +147,7 @@ typedef struct {
 } rt_limits;
 
 typedef struct {
-    int status;                   /* HTTP status: 400, 413, 404 (a model not served); 503 when max_model_len <= 0 or out of memory */
+    int status; /* HTTP status: 400, 413, 404 (a model not served); 503 when max_model_len <= 0 or out of memory */
     const char *type;             /* OpenAI error type for status (pd_http_error_type) */
     char param[64];               /* the offending field; "" when the body as a whole is at fault */
     char msg[512];                /* never empty */

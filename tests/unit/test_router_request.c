@@ -115,8 +115,10 @@ START_TEST(test_nulls_and_unknown_fields)
     ck_assert_int_eq(r->n_ch, 1);
     ck_assert_int_eq(r->ch[0].has_seed, 0);
     rt_request_free(r);
-    r = accepted("{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}, {\"role\": \"assistant\", \"content\": null}],"
-                 " \"max_completion_tokens\": null, \"max_tokens\": 3, \"tools\": null, \"whatever\": [[[]]]}", 1);
+    r = accepted(
+        "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}, {\"role\": \"assistant\", \"content\": null}],"
+        " \"max_completion_tokens\": null, \"max_tokens\": 3, \"tools\": null, \"whatever\": [[[]]]}",
+        1);
     ck_assert_int_eq(r->max_tokens, 3);
     rt_request_free(r);
     refused("{\"prompt\": null}", 0, 400, "prompt");
@@ -186,7 +188,8 @@ START_TEST(test_utf8_nul_depth)
     refused("{\"prompt\": \"hi\", \"stop\": \"\\u0000\"}", 0, 400, "stop");
     refused_n("{\"prompt\": \"a\0b\"}", 17, 0, 400, "prompt");
     refused_n("{\"prompt\": \"hi\"}\0{", 18, 0, 400, "");
-    rt_req *r = accepted("{\"prompt\": \"a\\\\u0000b \\ud83d\\ude00 \xe4\xbd\xa0\"}", 0); /* an escaped backslash, a pair */
+    rt_req *r =
+        accepted("{\"prompt\": \"a\\\\u0000b \\ud83d\\ude00 \xe4\xbd\xa0\"}", 0); /* an escaped backslash, a pair */
     rt_request_free(r);
     /* nesting: the body object is level 1 */
     char deep[400];
