@@ -8,11 +8,15 @@
 #include "common/pd_http.h"
 #include "common/pd_mailbox.h"
 #include "kvtransfer/kv.h"
+#include "prefill/preq_state.h"
 #include "prefill/server.h"
 
 typedef struct preq {
     inst_req base;             /* id: the engine's; ext_id: the router's; http: the reply pending */
     inst *in;
+    pf_machine m;              /* the lifecycle: prefill/preq_state.h */
+    int depth;                 /* steps in progress (an action's outcome can step again): free at the outermost */
+    char why[192];             /* the failure's message (m.msg points here) */
     uint64_t tag;              /* the decode instance's request number */
     kv_remote_t remote;
     int *dst;                  /* decode blocks, in order */
@@ -20,11 +24,8 @@ typedef struct preq {
     int *src;                  /* our blocks, in order */
     int n_src;
     int sent;                  /* blocks handed to transfers */
-    int outstanding;           /* transfers in flight */
+    int blocks_done;           /* blocks the engine has finished */
     kv_xfer_t xfers[8];
-    int prefilled, notice_started, failed, engine_gone;
-    int dest_dead;             /* a transfer failed on the decode side's account: it cannot hear us */
-    int abandon_sent;          /* the decode instance was told we give the request up */
     mdl_handoff h;
     float *hidden;
     int n_prompt;
@@ -45,115 +46,85 @@ static void preq_free(preq *r)
     free(r);
 }
 
-/* Frees r once nothing refers to it: no transfer in flight, the engine done with it. */
-static void maybe_free(preq *r)
-{
-    if (r->outstanding > 0 || !r->engine_gone) return;
-    inst_req_remove(r->in, &r->base);
-    preq_free(r);
-}
+static int active(const preq *r) { return r->m.state < PF_DELIVERED; }
 
-/* Gives the engine's blocks back (or stops the prefill) once no transfer reads them. */
-static void release_engine(preq *r)
-{
-    if (r->outstanding > 0 || r->engine_gone) return;
-    if (r->prefilled) mdl_engine_release(r->in->eng, r->base.id);
-    else mdl_engine_abort(r->in->eng, r->base.id);
-    /* the engine answers with DONE; engine_gone is set there */
-}
+static void step(preq *r, pf_event ev, int status, const char *msg, int dest_dead);
 
-static void send_abandon(preq *r);
-
-static void reply_and_end(preq *r, int status, const char *msg)
+static void reply(preq *r)
 {
     struct evhttp_request *req = inst_req_take_http(&r->base);
     if (!req) return;
-    if (status == 200) {
-        cJSON *o = cJSON_CreateObject();
-        cJSON_AddNumberToObject(o, "first_token", r->h.first_token);
-        cJSON_AddNumberToObject(o, "prompt_tokens", r->n_prompt);
-        /* queue: waiting for the engine; prefill: compute; transfer: what the transfer added after the compute
-         * (prefill end -> notice delivered); transfer_total: first block put -> notice delivered */
-        double now = pd_time_now();
-        cJSON *t = cJSON_AddObjectToObject(o, "timing");
-        cJSON_AddNumberToObject(t, "queue_s", r->eng_queue);
-        cJSON_AddNumberToObject(t, "prefill_s", r->eng_prefill);
-        cJSON_AddNumberToObject(t, "transfer_s", now - r->t_prefilled);
-        cJSON_AddNumberToObject(t, "transfer_total_s", now - r->t_xfer0);
-        pd_http_reply_json(req, 200, o);
-        cJSON_Delete(o);
-    } else {
-        pd_http_reply_error(req, status, NULL, NULL, "%s", msg);
+    if (r->m.status != 200) {
+        pd_http_reply_error(req, r->m.status, NULL, NULL, "%s", r->m.msg);
+        return;
     }
+    double now = pd_time_now();
+    pd_info("prefill %s: %d prompt tokens, %d blocks, prefill %.3f s, transfer %.3f s", r->base.ext_id, r->n_prompt,
+            r->n_src, r->t_prefilled - r->t0, now - r->t_xfer0);
+    pd_histogram_observe(r->in->metrics->kv_xfer_time, NULL, now - r->t_prefilled);
+    pd_histogram_observe(r->in->metrics->kv_xfer_duration, NULL, now - r->t_xfer0);
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddNumberToObject(o, "first_token", r->h.first_token);
+    cJSON_AddNumberToObject(o, "prompt_tokens", r->n_prompt);
+    /* queue: waiting for the engine; prefill: compute; transfer: what the transfer added after the compute
+     * (prefill end -> notice delivered); transfer_total: first block put -> notice delivered */
+    cJSON *t = cJSON_AddObjectToObject(o, "timing");
+    cJSON_AddNumberToObject(t, "queue_s", r->eng_queue);
+    cJSON_AddNumberToObject(t, "prefill_s", r->eng_prefill);
+    cJSON_AddNumberToObject(t, "transfer_s", now - r->t_prefilled);
+    cJSON_AddNumberToObject(t, "transfer_total_s", now - r->t_xfer0);
+    if (cJSON_GetObjectItemCaseSensitive(t, "transfer_total_s")) pd_http_reply_json(req, 200, o);
+    else pd_http_reply_error(req, 503, NULL, NULL, "out of memory");
+    cJSON_Delete(o);
 }
-
-static void fail_req(preq *r, int status, const char *msg)
-{
-    if (r->failed) return;
-    r->failed = 1;
-    pd_warn("prefill %s: %s", r->base.ext_id, msg);
-    reply_and_end(r, status, msg);
-    for (int i = 0; i < (int)PD_ARRAY_LEN(r->xfers); i++)
-        if (r->xfers[i]) kv_xfer_cancel(r->xfers[i]);
-    release_engine(r);
-    send_abandon(r);
-}
-
-static void start_xfer(preq *r, int upto, int with_notice);
 
 static void xfer_cb(kv_xfer_t x, pd_status st, void *arg)
 {
     preq *r = arg;
     for (int i = 0; i < (int)PD_ARRAY_LEN(r->xfers); i++)
         if (r->xfers[i] == x) r->xfers[i] = NULL;
-    r->outstanding--;
-    if (st == PD_ERR_PEER || st == PD_ERR_TRANSPORT) r->dest_dead = 1;
-    if (st != PD_OK && !r->failed) {
-        char msg[160];
-        snprintf(msg, sizeof msg, "KV transfer to the decode instance failed: %s", pd_status_str(st));
-        pd_counter_add(r->in->metrics->kv_failures, NULL, 1);
-        fail_req(r, 503, msg);
-    } else if (!r->failed) {
-        if (r->notice_started && r->outstanding == 0) { /* the notice is delivered: done */
-            pd_info("prefill %s: %d prompt tokens, %d blocks, prefill %.3f s, transfer %.3f s", r->base.ext_id,
-                    r->n_prompt, r->n_src, r->t_prefilled - r->t0, pd_time_now() - r->t_xfer0);
-            pd_histogram_observe(r->in->metrics->kv_xfer_time, NULL, pd_time_now() - r->t_prefilled);
-            pd_histogram_observe(r->in->metrics->kv_xfer_duration, NULL, pd_time_now() - r->t_xfer0);
-            reply_and_end(r, 200, NULL);
-        } else if (r->prefilled && !r->notice_started && r->outstanding == 0) {
-            start_xfer(r, r->n_src, 1);
-        }
+    if (st == PD_OK) {
+        step(r, PF_EV_XFER_OK, 0, NULL, 0);
+        return;
     }
-    if (r->outstanding == 0 && (r->failed || (r->notice_started && !r->base.http))) release_engine(r);
-    if (r->outstanding == 0 && r->failed) send_abandon(r);
-    maybe_free(r);
+    char msg[160];
+    snprintf(msg, sizeof msg, "KV transfer to the decode instance failed: %s", pd_status_str(st));
+    if (active(r)) pd_counter_add(r->in->metrics->kv_failures, NULL, 1);
+    step(r, PF_EV_XFER_FAILED, 503, msg, st == PD_ERR_PEER || st == PD_ERR_TRANSPORT);
 }
 
 static void abandon_cb(kv_xfer_t x, pd_status st, void *arg)
 {
     (void)x;
     preq *r = arg;
-    r->outstanding--;
     if (st != PD_OK) pd_debug("prefill %s: abandon notice not delivered: %s", r->base.ext_id, pd_status_str(st));
-    maybe_free(r);
+    step(r, PF_EV_ABANDON_DONE, 0, NULL, 0);
 }
 
 /* Tells the decode instance, after every transfer of r has ended, that no ready notice will come, so it frees
  * the blocks it reserved at once instead of waiting out a timeout. */
 static void send_abandon(preq *r)
 {
-    if (r->abandon_sent || r->dest_dead || !r->remote || r->outstanding > 0) return;
-    r->abandon_sent = 1;
     mdl_handoff h = {.req_id = r->tag, .first_token = -1};
     void *notice = NULL;
     size_t nlen = 0;
     kv_xfer_t x;
-    if (mdl_handoff_encode(&h, &notice, &nlen) != PD_OK) return;
-    kv_xfer_params_t p = {.field_mask = KV_XFER_FIELD_TAG | KV_XFER_FIELD_NOTICE, .local = r->in->region,
-                          .remote = r->remote, .blocks = NULL, .n_blocks = 0, .tag = r->tag, .notice = notice,
-                          .notice_len = nlen, .cb = abandon_cb, .arg = r};
-    if (kv_xfer_start(r->in->kv, &p, &x) == PD_OK) r->outstanding++;
-    free(notice);
+    pd_status st = mdl_handoff_encode(&h, &notice, &nlen);
+    if (st == PD_OK) {
+        kv_xfer_params_t p = {.field_mask = KV_XFER_FIELD_TAG | KV_XFER_FIELD_NOTICE, .local = r->in->region,
+                              .remote = r->remote, .blocks = NULL, .n_blocks = 0, .tag = r->tag, .notice = notice,
+                              .notice_len = nlen, .cb = abandon_cb, .arg = r};
+        st = kv_xfer_start(r->in->kv, &p, &x);
+        free(notice);
+    }
+    if (st != PD_OK) step(r, PF_EV_ABANDON_DONE, 0, NULL, 0); /* no way to tell it: it times the reservation out */
+}
+
+static void start_failed(preq *r, int status, const char *what, pd_status st)
+{
+    char msg[160];
+    snprintf(msg, sizeof msg, "%s%s", what, st == PD_OK ? "" : pd_status_str(st));
+    step(r, PF_EV_XFER_START_FAILED, status, msg, 0);
 }
 
 /* Sends our blocks [sent, upto) into the decode blocks; with_notice: the ready notice follows them. */
@@ -163,11 +134,13 @@ static void start_xfer(preq *r, int upto, int with_notice)
     int slot = -1;
     for (int i = 0; i < (int)PD_ARRAY_LEN(r->xfers); i++)
         if (!r->xfers[i]) slot = i;
-    if (slot < 0) return; /* many in flight: the next callback sends the rest */
     int n = upto - r->sent;
     kv_block *b = n > 0 ? malloc((size_t)n * sizeof *b) : NULL;
-    if (n > 0 && !b) {
-        fail_req(r, 503, "out of memory");
+    void *notice = NULL;
+    size_t nlen = 0;
+    if (slot < 0 || (n > 0 && !b) || (with_notice && mdl_handoff_encode(&r->h, &notice, &nlen) != PD_OK)) {
+        free(b);
+        start_failed(r, 503, slot < 0 ? "no KV transfer slot free" : "out of memory", PD_OK);
         return;
     }
     mdl_kv_pool *pool = mdl_engine_pool(s->eng);
@@ -176,40 +149,51 @@ static void start_xfer(preq *r, int upto, int with_notice)
         b[i].remote_off = (uint64_t)r->dst[r->sent + i] * pool->block_bytes;
         b[i].len = pool->block_bytes;
     }
-    void *notice = NULL;
-    size_t nlen = 0;
-    if (with_notice && mdl_handoff_encode(&r->h, &notice, &nlen) != PD_OK) {
-        free(b);
-        fail_req(r, 503, "out of memory");
-        return;
-    }
-    kv_xfer_params_t p = {.field_mask =
-                              KV_XFER_FIELD_TAG | KV_XFER_FIELD_TIMEOUT | (with_notice ? KV_XFER_FIELD_NOTICE : 0),
-                          .local = s->region,
-                          .remote = r->remote,
-                          .blocks = b,
-                          .n_blocks = (size_t)n,
-                          .tag = r->tag,
-                          .notice = notice,
-                          .notice_len = nlen,
-                          .timeout = s->role.kv_xfer_timeout,
-                          .cb = xfer_cb,
+    kv_xfer_params_t p = {.field_mask = KV_XFER_FIELD_TAG | KV_XFER_FIELD_TIMEOUT |
+                                        (with_notice ? KV_XFER_FIELD_NOTICE : 0),
+                          .local = s->region, .remote = r->remote, .blocks = b, .n_blocks = (size_t)n, .tag = r->tag,
+                          .notice = notice, .notice_len = nlen, .timeout = s->role.kv_xfer_timeout, .cb = xfer_cb,
                           .arg = r};
     if (r->t_xfer0 == 0) r->t_xfer0 = pd_time_now();
     pd_status st = kv_xfer_start(s->kv, &p, &r->xfers[slot]);
     free(b);
     free(notice);
     if (st != PD_OK) {
-        char msg[160];
-        snprintf(msg, sizeof msg, "cannot start the KV transfer: %s", pd_status_str(st));
         pd_counter_add(s->metrics->kv_failures, NULL, 1);
-        fail_req(r, st == PD_ERR_RANGE ? 400 : 503, msg);
+        start_failed(r, st == PD_ERR_RANGE ? 400 : 503, "cannot start the KV transfer: ", st);
         return;
     }
-    r->outstanding++;
     r->sent = upto;
     pd_counter_add(s->metrics->kv_bytes, NULL, (double)n * (double)pool->block_bytes);
-    if (with_notice) r->notice_started = 1;
+}
+
+static void perform(preq *r, int act)
+{
+    if (act & PF_ACT_FAILED) pd_warn("prefill %s: %s", r->base.ext_id, r->m.msg);
+    if (act & PF_ACT_REPLY) reply(r);
+    if (act & PF_ACT_CANCEL)
+        for (int i = 0; i < (int)PD_ARRAY_LEN(r->xfers); i++)
+            if (r->xfers[i]) kv_xfer_cancel(r->xfers[i]);
+    if (act & PF_ACT_SEND_BLOCKS) start_xfer(r, PD_MIN(r->blocks_done, r->n_src), 0);
+    if (act & PF_ACT_SEND_LAST) start_xfer(r, r->n_src, 1);
+    if (act & PF_ACT_RELEASE) { /* the engine answers with DONE */
+        if (r->m.prefilled) mdl_engine_release(r->in->eng, r->base.id);
+        else mdl_engine_abort(r->in->eng, r->base.id);
+    }
+    if (act & PF_ACT_ABANDON) send_abandon(r);
+}
+
+/* Feeds ev to r's machine and performs what it asks. An action's outcome may step again (a transfer that cannot
+ * start); r is freed once, when the outermost step ends in PF_FREED. */
+static void step(preq *r, pf_event ev, int status, const char *msg, int dest_dead)
+{
+    if (msg && active(r)) snprintf(r->why, sizeof r->why, "%s", msg); /* the first failure's words stand */
+    r->depth++;
+    perform(r, pf_machine_step(&r->m, ev, status, msg ? r->why : NULL, dest_dead));
+    if (--r->depth == 0 && r->m.state == PF_FREED) {
+        inst_req_remove(r->in, &r->base);
+        preq_free(r);
+    }
 }
 
 /* ---- engine events ------------------------------------------------------------------------------------------ */
@@ -218,12 +202,15 @@ static void on_event(inst *s, inst_req *base, const mdl_event *ev, const float *
 {
     preq *r = (preq *)base;
     switch (ev->type) {
-    case MDL_EV_BLOCKS:
-        if (!r->failed && ev->n_blocks_done > r->sent && !r->prefilled)
-            start_xfer(r, PD_MIN(ev->n_blocks_done, r->n_src), 0);
+    case MDL_EV_BLOCKS: /* a free slot: otherwise the last transfer takes these blocks too */
+        for (int i = 0; i < (int)PD_ARRAY_LEN(r->xfers); i++)
+            if (!r->xfers[i] && PD_MIN(ev->n_blocks_done, r->n_src) > r->sent) {
+                r->blocks_done = ev->n_blocks_done;
+                step(r, PF_EV_BLOCKS, 0, NULL, 0);
+                break;
+            }
         break;
     case MDL_EV_PREFILLED:
-        r->prefilled = 1;
         r->t_prefilled = pd_time_now();
         r->eng_queue = ev->t_queue;
         r->eng_prefill = ev->t_prefill;
@@ -236,14 +223,11 @@ static void on_event(inst *s, inst_req *base, const mdl_event *ev, const float *
         r->h.hidden_size = s->m->cfg.hidden_size;
         memcpy(r->hidden, hidden, (size_t)r->h.hidden_size * sizeof(float));
         r->h.hidden = r->hidden;
-        if (!r->failed && r->outstanding == 0) start_xfer(r, r->n_src, 1);
-        else if (r->failed) release_engine(r);
+        step(r, PF_EV_PREFILLED, 0, NULL, 0);
         break;
     case MDL_EV_DONE:
-        r->engine_gone = 1;
         mdl_serve_metrics_done(s->metrics, ev);
-        if (!r->prefilled && !r->failed) fail_req(r, 503, "prefill aborted");
-        maybe_free(r);
+        step(r, PF_EV_ENGINE_DONE, 503, "prefill aborted", 0);
         break;
     case MDL_EV_TOKEN:
         break;
@@ -259,17 +243,11 @@ static void deadline_cb(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     preq *r = arg;
-    if (r->failed || (r->notice_started && r->outstanding == 0)) return;
-    pd_counter_add(r->in->metrics->kv_failures, NULL, 1);
-    fail_req(r, 504, "the decode instance's reservation expired before the KV was delivered");
-    maybe_free(r);
+    if (active(r)) pd_counter_add(r->in->metrics->kv_failures, NULL, 1);
+    step(r, PF_EV_DEADLINE, 504, "the decode instance's reservation expired before the KV was delivered", 0);
 }
 
-static void client_gone(inst_req *base)
-{
-    preq *r = (preq *)base;
-    if (!r->failed) fail_req(r, 499, "router went away");
-}
+static void client_gone(inst_req *base) { step((preq *)base, PF_EV_CLIENT_GONE, 499, "router went away", 0); }
 
 static int parse_target(inst *s, const cJSON *t, preq *r, char *err, size_t n)
 {
@@ -388,6 +366,7 @@ static void handle_prefill(inst *s, struct evhttp_request *req)
         goto refuse;
     }
     if (mdl_engine_blocks(s->eng, r->base.id, r->src, r->n_src) != r->n_src) PD_ASSERT(!"engine lost a request");
+    pf_machine_init(&r->m, r->remote != NULL);
     inst_req_add(s, &r->base, req);
     inst_open_free(&op);
     return;
@@ -406,7 +385,7 @@ static void abort_req(inst *in, inst_req *base, struct evhttp_request *req)
 {
     (void)in;
     (void)req;
-    fail_req((preq *)base, 499, "abandoned by the router");
+    step((preq *)base, PF_EV_ABORT, 499, "abandoned by the router", 0);
 }
 
 static void add_health(inst *in, cJSON *o)
