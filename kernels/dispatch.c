@@ -3,7 +3,6 @@
  * PDSERVE_PORTABLE=1 or the CPU has neither. PDSERVE_KERNELS picks a lower table. The public kernel entry points
  * live here: they pick the kernel for the matrix's packed form (and the call's flags) and split the work over the
  * pool. */
-#include <cblas.h>
 #include <pthread.h>
 #include <strings.h>
 
@@ -224,18 +223,6 @@ static void gemv_f32_task(void *p, int ith, int nth)
     }
 }
 
-static void sgemm_task(void *p, int ith, int nth)
-{
-    const lin_job *j = p;
-    int n0, n1;
-    split(j->units, ith, nth, &n0, &n1);
-    n0 *= 16;
-    n1 = PD_MIN(n1 * 16, j->w->rows);
-    if (n0 < n1)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, j->m, n1 - n0, j->w->cols, 1.0f, j->x, j->w->cols,
-                    (const float *)j->w->data + (size_t)n0 * j->w->cols, j->w->cols, 0.0f, j->y + n0, j->ldy);
-}
-
 typedef struct {
     const float *x;
     int m, k, kq4;
@@ -319,17 +306,11 @@ void krn_linear_ex(const krn_mat *w, const float *x, int m, float *y, int ldy, f
         krn_parallel(gemv_f32_task, &j, threads_for(macs, j.units));
         return;
     }
-    /* The portable path. Prompt rows (KRN_LINEAR_BF16_ACT) may go through sgemm together, fast, their bits then
-     * depending on their company; every other product sums each output in one fixed order. */
-    if ((flags & KRN_LINEAR_BF16_ACT) && m > 2) {
-        if (w->type == KRN_F32) {
-            lin_job j = {.w = w, .x = x, .m = m, .ldy = ldy, .y = y, .units = (w->rows + 15) / 16};
-            krn_parallel(sgemm_task, &j, threads_for(macs, j.units));
-        } else {
-            krn__linear_ref(w, x, m, y, ldy, scratch);
-        }
-        return;
-    }
+    /* The portable path: every product, prompt rows (KRN_LINEAR_BF16_ACT) included, sums each output in one fixed
+     * order. Prompt rows once went through sgemm above 2 rows; their bits then depended on their company (an
+     * expert's product has as many rows as tokens routed to it), so a prompt prefilled beside others in a
+     * prefill-only engine left other KV than the same prompt prefilled alone, and seeded sampling changed text. */
+    (void)flags;
     linear_fixed(w, x, m, y, ldy, scratch);
 }
 

@@ -167,8 +167,8 @@ void krn_linear_ex(const krn_mat *w, const float *x, int m, float *y, int ldy, f
  * is then still summed in one fixed order, so a row's result does not depend on m, but it differs from the exact result
  * by up to 2^-8 (bf16's unit roundoff) relative per product term. For prompt prefill only: decode and verify passes
  * must stay exact (docs/kernels.md, "Numerics choice"). Ignored elsewhere (other weights, no AVX512-BF16,
- * PDSERVE_BF16_DOT=0), except on the portable path, where a product of more than 2 rows so marked goes through sgemm,
- * and its rows' bits then depend on m. */
+ * PDSERVE_BF16_DOT=0, the portable path): there the product is krn_linear's, so on every table a row's bits do not
+ * depend on m. */
 #define KRN_LINEAR_BF16_ACT 1u
 /* One product of a group: y[m, w->rows] = x[m, w->cols] . W^T (ldy: row stride of y). */
 typedef struct {
