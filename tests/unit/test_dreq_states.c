@@ -199,6 +199,8 @@ START_TEST(test_known_paths)
     dec_dreq_fsm m;
     dec_dreq_fsm_init(&m, 1); /* PD: notice, tokens, DONE */
     ck_assert_uint_eq(dec_dreq_step(&m, DEC_EV_KV_READY), DEC_ACT_KV_READY);
+    ck_assert_uint_eq(dec_dreq_step(&m, DEC_EV_KV_READY), 0); /* a duplicate notice is not handed over again */
+    ck_assert_uint_eq(dec_dreq_step(&m, DEC_EV_PEER_FAILED), 0);
     ck_assert_uint_eq(dec_dreq_step(&m, DEC_EV_KV_DEADLINE), 0);
     ck_assert_uint_eq(dec_dreq_step(&m, DEC_EV_ENGINE_DONE), DEC_ACT_END_STREAM | DEC_ACT_FREE);
 
