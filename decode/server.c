@@ -6,16 +6,15 @@
 
 #include "common/pd_http.h"
 #include "common/pd_mailbox.h"
+#include "decode/dreq_state.h"
 #include "decode/server.h"
 #include "kvtransfer/kv.h"
 
 typedef struct dreq {
     inst_req base;               /* id: the engine's; ext_id: the router's; http: the stream, NULL once gone */
     inst *in;
-    int pd;                      /* KV comes from a prefill instance */
-    int kv_arrived;              /* the notice (or an abort of the transfer) has come */
-    int aborting;                /* waiting for a transfer in flight before the blocks are freed */
-    struct event *kv_timer;
+    dec_dreq_fsm m;              /* the lifecycle (dreq_state.h): m.pd, the KV comes from a prefill instance */
+    struct event *kv_timer;      /* kv_wait_timeout after a give-up while the KV may still land */
     struct event *kv_deadline;   /* kv_transfer_timeout after the reservation: the KV must have come by then */
     kv_remote_t prefill;         /* the instance that will write our KV: we hear at once if it dies */
     uint64_t prefill_peer;
@@ -23,6 +22,7 @@ typedef struct dreq {
 } dreq;
 
 static dec_opts *opts_of(const inst *in) { return in->role.arg; }
+static void dreq_apply(dreq *r, unsigned a);
 
 static void dreq_free(dreq *r)
 {
@@ -101,98 +101,87 @@ static void on_event(inst *s, inst_req *base, const mdl_event *ev, const float *
          * the running batch after the KV came */
         mdl_event ph = *ev;
         double now = pd_time_now();
-        if (r->pd) {
+        if (r->m.pd) {
             ph.t_queue = PD_MAX(0.0, now - r->t0 - ev->t_queue - ev->t_decode);
             ph.t_prefill = 0;
         }
         cJSON *t = cJSON_AddObjectToObject(o, "timing");
         cJSON_AddNumberToObject(t, "queue_s", ph.t_queue);
         cJSON_AddNumberToObject(t, "prefill_s", ph.t_prefill);
-        if (r->pd) cJSON_AddNumberToObject(t, "kv_wait_s", ev->t_queue);
+        if (r->m.pd) cJSON_AddNumberToObject(t, "kv_wait_s", ev->t_queue);
         cJSON_AddNumberToObject(t, "decode_s", ev->t_decode);
-        stream_line(r, o);
-        if (r->base.http) pd_http_stream_end(r->base.http);
+        unsigned a = dec_dreq_step(&r->m, DEC_EV_ENGINE_DONE);
+        dreq_apply(r, a);
+        if (a & DEC_ACT_END_STREAM) {
+            stream_line(r, o);
+            if (r->base.http) pd_http_stream_end(r->base.http);
+        }
         mdl_serve_metrics_done(s->metrics, &ph);
         if (ev->finish != MDL_FINISH_ABORT && ev->finish != MDL_FINISH_ERROR)
             pd_histogram_observe(s->metrics->e2e, NULL, now - r->t0);
         pd_info("request %s: %s, %d prompt + %d generated tokens, %s, %.3f s", r->base.ext_id,
-                mdl_finish_str(ev->finish), ev->prompt_tokens, ev->completion_tokens, r->pd ? "pd" : "local",
+                mdl_finish_str(ev->finish), ev->prompt_tokens, ev->completion_tokens, r->m.pd ? "pd" : "local",
                 pd_time_now() - r->t0);
-        dreq_end(r);
+        if (a & DEC_ACT_FREE) dreq_end(r);
     }
     cJSON_Delete(o);
 }
 
-/* ---- aborts ---------------------------------------------------------------------------------------------- */
+/* ---- the lifecycle's actions ------------------------------------------------------------------------------ */
 
 static void kv_wait_timeout_cb(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
     dreq *r = arg;
-    pd_warn("request %s: no KV transfer outcome %.0f s after its abort; releasing its blocks", r->base.ext_id,
-            opts_of(r->in)->kv_wait_timeout);
-    r->kv_arrived = 1;
-    mdl_engine_abort(r->in->eng, r->base.id);
+    unsigned a = dec_dreq_step(&r->m, DEC_EV_KV_WAIT_TIMEOUT);
+    if (a)
+        pd_warn("request %s: no KV transfer outcome %.0f s after its abort; releasing its blocks", r->base.ext_id,
+                opts_of(r->in)->kv_wait_timeout);
+    dreq_apply(r, a);
 }
 
-/* Aborts r. A request whose KV is still expected keeps its blocks until the transfer resolves (notice or
- * abort event) or kv_wait_timeout passes, so a late write can never land in blocks someone else owns. */
-static void abort_req(dreq *r)
+/* Carries out a step's actions except the three that need the event's data, which their callers do:
+ * DEC_ACT_KV_READY (on_kv_event), DEC_ACT_END_STREAM and DEC_ACT_FREE (on_event). Never frees r. */
+static void dreq_apply(dreq *r, unsigned a)
 {
-    if (r->aborting) return;
-    r->aborting = 1;
-    if (r->pd && !r->kv_arrived) {
+    if (a & DEC_ACT_STREAM_ERROR) stream_retryable(r, r->m.status, r->m.msg);
+    if ((a & DEC_ACT_DISARM_WAIT) && r->kv_timer) evtimer_del(r->kv_timer);
+    if (a & DEC_ACT_ABORT_ENGINE) mdl_engine_abort(r->in->eng, r->base.id);
+    if (a & DEC_ACT_ARM_WAIT) {
+        /* a late write must never land in blocks someone else owns: they stay until the transfer resolves */
         struct timeval tv = {(long)opts_of(r->in)->kv_wait_timeout, 0};
-        r->kv_timer = evtimer_new(r->in->base, kv_wait_timeout_cb, r);
-        if (r->kv_timer && evtimer_add(r->kv_timer, &tv) == 0) return;
-        pd_error("request %s: cannot arm the KV wait timer; releasing its blocks now", r->base.ext_id);
-    }
-    mdl_engine_abort(r->in->eng, r->base.id);
-}
-
-/* The transfer for r is over (landed or aborted): an abort waiting for it can proceed. */
-static void kv_resolved(dreq *r)
-{
-    r->kv_arrived = 1;
-    if (r->aborting) {
-        if (r->kv_timer) evtimer_del(r->kv_timer);
-        mdl_engine_abort(r->in->eng, r->base.id);
+        if (!r->kv_timer) r->kv_timer = evtimer_new(r->in->base, kv_wait_timeout_cb, r);
+        if (!r->kv_timer || evtimer_add(r->kv_timer, &tv) != 0) {
+            pd_error("request %s: cannot arm the KV wait timer; releasing its blocks now", r->base.ext_id);
+            dreq_apply(r, dec_dreq_step(&r->m, DEC_EV_WAIT_TIMER_FAILED));
+        }
     }
 }
 
-/* The KV for r will never arrive: unless r is already being aborted, the router hears a retryable 503 (another
- * prefill instance may do the work) and r is aborted; its blocks are free at once since no write can land. */
-static void kv_lost(dreq *r, const char *msg)
-{
-    if (!r->aborting) {
-        stream_retryable(r, 503, msg);
-        abort_req(r);
-    }
-    kv_resolved(r);
-}
+static void dreq_step(dreq *r, dec_dreq_ev ev) { dreq_apply(r, dec_dreq_step(&r->m, ev)); }
 
 /* The reservation's deadline passed without the KV: the prefill instance (or the path to it) stalls. The router
- * hears a retryable 503 and may run the request elsewhere; the blocks stay reserved until the transfer resolves
+ * hears a retryable 504 and may run the request elsewhere; the blocks stay reserved until the transfer resolves
  * or kv_wait_timeout passes, and the prefill instance itself stops writing at the same deadline ("not_after"). */
 static void kv_deadline_cb(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
     dreq *r = arg;
-    if (r->kv_arrived || r->aborting) return;
+    unsigned a = dec_dreq_step(&r->m, DEC_EV_KV_DEADLINE);
+    if (!a) return;
     pd_warn("request %s: no KV %.1f s after its reservation; giving it up", r->base.ext_id,
             opts_of(r->in)->kv_transfer_timeout);
     pd_counter_add(r->in->metrics->kv_failures, NULL, 1);
-    stream_retryable(r, 504, "the KV transfer from the prefill instance did not arrive in time");
-    abort_req(r);
+    dreq_apply(r, a);
 }
 
 static void client_gone(inst_req *base)
 {
     dreq *r = (dreq *)base;
     pd_info("request %s: router closed the stream; aborting", r->base.ext_id);
-    abort_req(r);
+    dreq_step(r, DEC_EV_CLIENT_GONE);
 }
 
 /* ---- KV transfer events (loop thread) --------------------------------------------------------------------- */
@@ -207,14 +196,14 @@ static void on_kv_event(kv_context_t ctx, const kv_event *ev, void *arg)
         for (inst_req *b = s->reqs.head, *nx; b; b = nx) {
             nx = b->next;
             dreq *r = (dreq *)b;
-            if (!r->pd || r->kv_arrived || r->prefill_peer != ev->peer_id) continue;
-            kv_lost(r, "the prefill instance failed");
+            if (!r->m.pd || r->prefill_peer != ev->peer_id) continue;
+            dreq_step(r, DEC_EV_PEER_FAILED); /* ignored unless its KV is still awaited */
         }
         return;
     }
     if (ev->type == KV_EVENT_NOTICE && ev->payload_len == 0) return; /* a batch of blocks landed; more follow */
     dreq *r = (dreq *)inst_req_find(s, ev->tag);
-    if (!r || !r->pd) {
+    if (!r || !r->m.pd) {
         pd_warn("kv: %s for unknown request %llu ignored", ev->type == KV_EVENT_NOTICE ? "notice" : "abort",
                 (unsigned long long)ev->tag);
         return;
@@ -222,27 +211,24 @@ static void on_kv_event(kv_context_t ctx, const kv_event *ev, void *arg)
     if (ev->type == KV_EVENT_ABORTED) {
         pd_warn("request %s: KV transfer aborted: %s", r->base.ext_id, pd_status_str(ev->status));
         pd_counter_add(s->metrics->kv_failures, NULL, 1);
-        kv_lost(r, "KV transfer from the prefill instance failed");
+        dreq_step(r, DEC_EV_KV_ABORTED);
         return;
     }
     mdl_handoff h;
     pd_status hs = mdl_handoff_decode(ev->payload, ev->payload_len, &h);
     if (hs == PD_OK && h.req_id == r->base.id && h.first_token < 0) {
         pd_info("request %s: the prefill instance abandoned it", r->base.ext_id);
-        kv_lost(r, "the prefill instance gave the request up");
+        dreq_step(r, DEC_EV_KV_ABANDONED);
         return;
     }
     if (hs != PD_OK || h.req_id != r->base.id || h.hidden_size != s->m->cfg.hidden_size) {
         pd_error("request %s: malformed ready notice (%zu bytes)", r->base.ext_id, ev->payload_len);
-        abort_req(r);
-        kv_resolved(r);
+        dreq_step(r, DEC_EV_KV_MALFORMED);
         return;
     }
-    if (r->aborting) {
-        kv_resolved(r);
-        return;
-    }
-    r->kv_arrived = 1;
+    unsigned a = dec_dreq_step(&r->m, DEC_EV_KV_READY);
+    dreq_apply(r, a); /* given up already: the abort waited for this */
+    if (!(a & DEC_ACT_KV_READY)) return;
     r->t_kv = pd_time_now();
     pd_histogram_observe(s->metrics->kv_wait, NULL, r->t_kv - r->t0);
     float *hid = malloc((size_t)h.hidden_size * sizeof(float)); /* the payload need not be aligned */
@@ -253,7 +239,7 @@ static void on_kv_event(kv_context_t ctx, const kv_event *ev, void *arg)
     free(hid);
     if (st != PD_OK) {
         pd_error("request %s: cannot start decoding: %s", r->base.ext_id, pd_status_str(st));
-        abort_req(r);
+        dreq_step(r, DEC_EV_KV_REFUSED);
     }
 }
 
@@ -321,7 +307,7 @@ static void handle_open(inst *s, struct evhttp_request *req)
     }
     r->in = s;
     inst_req_init(s, &r->base, op.ext_id);
-    r->pd = pd;
+    dec_dreq_fsm_init(&r->m, pd);
     r->t0 = pd_time_now();
     pd_status st =
         mdl_engine_submit(s->eng, r->base.id, r, op.prompt, np, &op.p, pd ? MDL_REQ_REMOTE_KV : MDL_REQ_LOCAL);
@@ -356,9 +342,8 @@ static void abort_route(inst *in, inst_req *base, struct evhttp_request *req)
     (void)in;
     dreq *r = (dreq *)base;
     const char *q = strchr(evhttp_request_get_uri(req), '?');
-    abort_req(r);
-    /* the router heard from the prefill instance that it refused the request before writing anything */
-    if (q && strstr(q, "kv=untouched")) kv_resolved(r);
+    /* kv=untouched: the router heard from the prefill instance that it refused the request before writing */
+    dreq_step(r, q && strstr(q, "kv=untouched") ? DEC_EV_DELETE_UNTOUCHED : DEC_EV_DELETE);
 }
 
 static void req_free(inst_req *r) { dreq_free((dreq *)r); }
