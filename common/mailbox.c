@@ -134,6 +134,13 @@ void pd_run_until_signal(struct event_base *base, const char *name, void (*drain
     if (st) event_free(st);
 }
 
+void pd_serve_until_signal(struct event_base *base, const char *name, int port, void (*drain_cb)(void *), void *arg)
+{
+    fprintf(stdout, "READY %d\n", port);
+    fflush(stdout);
+    pd_run_until_signal(base, name, drain_cb, arg);
+}
+
 struct pd_drain_s {
     struct event_base *base;
     struct event *timer;

@@ -21,6 +21,9 @@ void pd_mailbox_destroy(pd_mailbox *mb);
  * event loop instead. With drain_cb, the first SIGTERM calls it instead (the server stops taking work and leaves
  * the loop once idle); SIGINT or a second SIGTERM stop at once. */
 void pd_run_until_signal(struct event_base *base, const char *name, void (*drain_cb)(void *), void *arg);
+/* A server process's main loop: prints "READY <port>" on stdout (what launchers and tests wait for), then
+ * pd_run_until_signal. */
+void pd_serve_until_signal(struct event_base *base, const char *name, int port, void (*drain_cb)(void *), void *arg);
 
 /* Draining: calls idle(arg) every 100 ms; once it returns non-zero, waits (at most PD_DRAIN_FLUSH_GRACE seconds)
  * for replies libevent has not finished writing (pd_http_replies_unflushed), then leaves the loop; or leaves after

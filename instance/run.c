@@ -22,6 +22,25 @@ static int shared_options(inst_opts *o, int default_port, char *port_help, size_
     return (int)PD_ARRAY_LEN(mine);
 }
 
+/* Starts the role on a new loop and serves until a signal (SIGTERM drains). */
+static int serve(const inst_program *p)
+{
+    struct event_base *base = event_base_new();
+    if (!base) return 1;
+    inst *in = NULL;
+    int port = 0, rc = 1;
+    if (p->start(base, p->arg, &in, &port) == PD_OK) {
+        pd_info("%s: serving %s on http://%s:%d (%s)", p->name, p->opts->serve.served_model_name, p->opts->host,
+                port, in->role.kind);
+        pd_serve_until_signal(base, p->name, port, inst_drain, in);
+        inst_destroy(in);
+        rc = 0;
+    }
+    pd_http_calls_release(); /* connections cancelled during shutdown */
+    event_base_free(base);
+    return rc;
+}
+
 int inst_main(int argc, char **argv, const inst_program *p)
 {
     inst_opts *o = p->opts;
@@ -52,21 +71,7 @@ int inst_main(int argc, char **argv, const inst_program *p)
         goto free_opts;
     }
     if (!o->host && !(o->host = strdup("127.0.0.1"))) goto free_opts;
-    struct event_base *base = event_base_new();
-    inst *in = NULL;
-    int port = 0;
-    if (!base) goto free_opts;
-    if (p->start(base, p->arg, &in, &port) != PD_OK) goto free_base;
-    pd_info("%s: serving %s on http://%s:%d (%s)", p->name, o->serve.served_model_name, o->host, port,
-            in->role.kind);
-    fprintf(stdout, "READY %d\n", port);
-    fflush(stdout);
-    pd_run_until_signal(base, p->name, inst_drain, in);
-    inst_destroy(in);
-    rc = 0;
-free_base:
-    pd_http_calls_release(); /* connections cancelled during shutdown */
-    event_base_free(base);
+    rc = serve(p);
 free_opts:
     pd_opts_free(table, n);
     free(table);

@@ -74,9 +74,7 @@ int main(int argc, char **argv)
     if (rt_router_create(base, &o, &rt, &port) != PD_OK) goto free_base;
     pd_info("router: serving %s on http://%s:%d (prefill: %s; decode: %s)", o.served_model_name, o.host, port,
             o.prefill ? o.prefill : "none", o.decode);
-    fprintf(stdout, "READY %d\n", port);
-    fflush(stdout);
-    pd_run_until_signal(base, "router", NULL, NULL);
+    pd_serve_until_signal(base, "router", port, NULL, NULL);
     rt_router_destroy(rt);
     rc = 0;
 free_base:
