@@ -252,11 +252,19 @@ static pd_status kv_open_for_pool(inst *in)
 static pd_status start_engine(inst *in)
 {
     pd_status st = PD_OK;
-    if (in->role.pool_in_region && (st = kv_open_for_pool(in)) != PD_OK) return st;
-    if ((st = mdl_engine_create(in->m, &in->eo, engine_cb, in, &in->eng)) != PD_OK) {
+    dst *d = in->o->dist;
+    if (in->role.pool_in_region) st = kv_open_for_pool(in);
+    if (d && (st = dst_all_ok(d, st, "prepare the engine")) == PD_OK) st = dst_share_engine_opts(d, &in->eo);
+    if (st != PD_OK) return st;
+    mdl_event_cb cb = engine_cb;
+    void *cb_arg = in;
+    if (d) dst_attach(d, in->m, &in->eo, &cb, &cb_arg);
+    if ((st = mdl_engine_create(in->m, &in->eo, cb, cb_arg, &in->eng)) != PD_OK) {
         pd_error("%s: cannot start the engine: %s", in->role.name, pd_status_str(st));
+        if (d) dst_abort(d, "an engine did not start");
         return st;
     }
+    if (d) dst_set_engine(d, in->eng);
     mdl_engine_layout(in->eng, in->layout, sizeof in->layout);
     if (!in->role.pool_in_region) { /* prefill: the region registers the engine's pool */
         mdl_kv_pool *pool = mdl_engine_pool(in->eng);
@@ -293,10 +301,10 @@ pd_status inst_create(struct event_base *base, inst_opts *o, const inst_role *ro
         free(in);
         return st;
     }
-    if ((st = mdl_serve_load(&o->serve, &in->m, &in->eo, err, sizeof err)) != PD_OK) {
+    if ((st = mdl_serve_load(&o->serve, &in->m, &in->eo, err, sizeof err)) != PD_OK)
         pd_error("%s: %s", role->name, err);
-        goto fail;
-    }
+    if (o->dist && (st = dst_all_ok(o->dist, st, "load the model")) == PD_OK) st = dst_agree_model(o->dist, in->m);
+    if (st != PD_OK) goto fail;
     if (role->configure) role->configure(in, &in->eo);
     in->msg_size = sizeof(mdl_event) + (role->want_hidden ? (size_t)in->m->cfg.hidden_size * sizeof(float) : 0);
     if ((st = pd_mailbox_create(base, in->msg_size, on_engine_event, in, &in->mb)) != PD_OK) goto fail;

@@ -11,6 +11,7 @@
 #include <event2/http.h>
 
 #include "common/pd_mailbox.h"
+#include "dist/dst.h"
 #include "instance/inst_reqtab.h"
 #include "kvtransfer/kv.h"
 #include "model/mdl_serve.h"
@@ -24,6 +25,11 @@ typedef struct {
     char *advertise_host;    /* the address the router reaches us at (default: --host, or 127.0.0.1) */
     double drain_timeout;    /* seconds a drain waits for requests in flight before exiting anyway */
     char *kv_proto;          /* auto|put|am */
+    int data_parallel_size;  /* MPI ranks of this instance (mpirun -np N); 1: one process */
+    int tensor_parallel_size;/* only 1: attention and the dense layers are replicated (docs/scaling.md) */
+    int expert_parallel;     /* split the routed experts over the ranks */
+    double collective_timeout; /* seconds a rank waits in a collective inside a step before the job is aborted */
+    dst *dist;               /* the ranks (not an option); NULL: one process */
 } inst_opts;
 
 typedef struct inst_s inst;

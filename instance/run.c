@@ -1,5 +1,7 @@
 /* An instance process: the option table (the model's and engine's, the shared instance options, the role's),
  * the event loop, SIGINT/SIGTERM (drain), and a clean stop. */
+#include <pthread.h>
+#include <signal.h>
 #include <string.h>
 
 #include "common/pd_http.h"
@@ -17,6 +19,16 @@ static int shared_options(inst_opts *o, int default_port, char *port_help, size_
          "seconds a drain (SIGTERM) waits for requests in flight (120)", 0, 86400},
         {"port", PD_OPT_INT, &o->port, port_help, 0, 65535},
         {"kv-proto", PD_OPT_STR, &o->kv_proto, "KV transfer protocol: auto|put|am (default auto)", 0, 0},
+        {"data-parallel-size", PD_OPT_INT, &o->data_parallel_size,
+         "MPI ranks of this instance, each with its own sequences and KV (start with mpirun -np N; default 1)", 1,
+         4096},
+        {"enable-expert-parallel", PD_OPT_BOOL, &o->expert_parallel,
+         "split the routed experts over the ranks (each rank loads 1/N of them)", 0, 0},
+        {"tensor-parallel-size", PD_OPT_INT, &o->tensor_parallel_size,
+         "only 1: attention and dense layers are replicated on every rank (docs/scaling.md)", 1, 4096},
+        {"collective-timeout", PD_OPT_DOUBLE, &o->collective_timeout,
+         "seconds a rank waits for the others inside a step before the whole instance is aborted (60; 0: never)", 0,
+         86400},
     };
     if (t) memcpy(t, mine, sizeof mine);
     return (int)PD_ARRAY_LEN(mine);
@@ -41,11 +53,84 @@ static int serve(const inst_program *p)
     return rc;
 }
 
+/* A rank > 0 of a multi-rank instance: its model share and engine, no listener; runs until rank 0 stops. The
+ * collectives are those of inst_create and start_engine, in the same order. */
+static int serve_worker(const inst_program *p, dst *d)
+{
+    inst_opts *o = p->opts;
+    char err[1024];
+    mdl_model *m = NULL;
+    mdl_engine_opts eo;
+    mdl_engine *e = NULL;
+    pd_status st = mdl_serve_load(&o->serve, &m, &eo, err, sizeof err);
+    if (st != PD_OK) pd_error("%s rank %d: %s", p->name, dst_rank(d), err);
+    if ((st = dst_all_ok(d, st, "load the model")) == PD_OK) st = dst_agree_model(d, m);
+    if (st == PD_OK && (st = dst_all_ok(d, PD_OK, "prepare the engine")) == PD_OK) st = dst_share_engine_opts(d, &eo);
+    if (st != PD_OK) {
+        mdl_model_destroy(m);
+        return 1;
+    }
+    mdl_event_cb cb = NULL;
+    void *cb_arg = NULL;
+    dst_attach(d, m, &eo, &cb, &cb_arg);
+    if ((st = mdl_engine_create(m, &eo, cb, cb_arg, &e)) != PD_OK) {
+        pd_error("%s rank %d: cannot start the engine: %s", p->name, dst_rank(d), pd_status_str(st));
+        dst_abort(d, "an engine did not start");
+    }
+    dst_set_engine(d, e);
+    pd_info("%s rank %d: experts %d..%d of %d, serving for rank 0", p->name, dst_rank(d), m->exp0, m->exp1 - 1,
+            m->cfg.n_routed_experts);
+    dst_wait_stop(d);
+    mdl_engine_destroy(e);
+    mdl_model_destroy(m);
+    return 0;
+}
+
+/* --data-parallel-size N: this process is one of N MPI ranks. Rank 0 is the instance; SIGINT and SIGTERM reach the
+ * other ranks too (mpirun forwards them), which leave only when rank 0's engine stops. */
+static int serve_ranks(const inst_program *p, int *argc, char ***argv)
+{
+    inst_opts *o = p->opts;
+    char err[512];
+    dst *d = NULL;
+    if (dst_init(argc, argv, o->data_parallel_size, o->expert_parallel, o->collective_timeout, &d, err,
+                 sizeof err) != PD_OK) {
+        fprintf(stderr, "pdserve-%s: %s\n", p->name, err);
+        return 2;
+    }
+    pd_buf all = {0}; /* every option as given: the ranks must agree */
+    for (int i = 1; i < *argc; i++) {
+        pd_buf_append(&all, (*argv)[i], strlen((*argv)[i]));
+        pd_buf_append(&all, "", 1);
+    }
+    int rc = 2;
+    if (!all.failed && dst_agree(d, all.data ? all.data : "", all.len, "options") == PD_OK) {
+        o->dist = d;
+        dst_ep(d, &o->serve.ep_rank, &o->serve.ep_size);
+        if (dst_rank(d) == 0) {
+            rc = serve(p);
+        } else {
+            sigset_t ss;
+            sigemptyset(&ss);
+            sigaddset(&ss, SIGINT);
+            sigaddset(&ss, SIGTERM);
+            pthread_sigmask(SIG_BLOCK, &ss, NULL); /* rank 0 decides when the instance stops */
+            rc = serve_worker(p, d);
+        }
+    }
+    pd_buf_free(&all);
+    o->dist = NULL;
+    dst_finalize(d);
+    return rc;
+}
+
 int inst_main(int argc, char **argv, const inst_program *p)
 {
     inst_opts *o = p->opts;
     mdl_serve_defaults(&o->serve);
     o->drain_timeout = 120;
+    o->data_parallel_size = o->tensor_parallel_size = 1;
+    o->collective_timeout = 60;
     o->port = p->default_port;
     char port_help[64], usage[128], err[512];
     int n_shared = shared_options(o, p->default_port, port_help, sizeof port_help, NULL);
@@ -71,7 +156,14 @@ int inst_main(int argc, char **argv, const inst_program *p)
         goto free_opts;
     }
     if (!o->host && !(o->host = strdup("127.0.0.1"))) goto free_opts;
-    rc = serve(p);
+    if (o->tensor_parallel_size > 1) {
+        fprintf(stderr, "pdserve-%s: --tensor-parallel-size %d: tensor parallelism is not built; split an instance "
+                "with --data-parallel-size N --enable-expert-parallel (docs/scaling.md)\n", p->name,
+                o->tensor_parallel_size);
+        rc = 2;
+        goto free_opts;
+    }
+    rc = o->data_parallel_size > 1 ? serve_ranks(p, &argc, &argv) : serve(p);
 free_opts:
     pd_opts_free(table, n);
     free(table);

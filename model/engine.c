@@ -302,6 +302,48 @@ static int step_plan(mdl_engine *e, step *st)
     return 1;
 }
 
+/* step_plan without waiting for work (the ranks' sync does that). Returns 1 when there is a step to compute here. */
+static int step_plan_dist(mdl_engine *e, step *st)
+{
+    step_commands(e);
+    step_start_remote(e);
+    st->nc = mdl__sched_chunks(e, st->ch);
+    st->nd = 0;
+    for (seq *s = e->all; s && st->nd < e->o.max_num_seqs; s = s->next)
+        if (s->state == SEQ_RUNNING) st->dec[st->nd++] = s;
+    st->nd = mdl__sched_grow(e, st->dec, st->nd);
+    if (st->nc == 0 && st->nd == 0) return 0;
+    if (e->n_evs) {
+        deliver_events(e);
+        int stale = 0;
+        for (int i = 0; i < st->nc; i++) stale |= st->ch[i].s->abort_req;
+        for (int i = 0; i < st->nd; i++) stale |= st->dec[i]->abort_req;
+        if (stale) return 0;
+    }
+    return 1;
+}
+
+static void step_run_dist(mdl_engine *e, step *st, const mdl_engine_dist *d)
+{
+    pthread_mutex_unlock(&e->mu);
+    const double t_dec = step_compute(e, st);
+    d->step_end(d->arg);
+    pthread_mutex_lock(&e->mu);
+    step_prefilled(e, st, pd_time_now());
+    step_decoded(e, st, t_dec);
+    e->st.steps++;
+}
+
+static void step_run(mdl_engine *e, step *st)
+{
+    pthread_mutex_unlock(&e->mu);
+    const double t_dec = step_compute(e, st);
+    pthread_mutex_lock(&e->mu);
+    step_prefilled(e, st, pd_time_now());
+    step_decoded(e, st, t_dec);
+    e->st.steps++;
+}
+
 static void *engine_main(void *arg)
 {
     mdl_engine *e = arg;
@@ -309,12 +351,55 @@ static void *engine_main(void *arg)
     pthread_mutex_lock(&e->mu);
     while (!e->stop) {
         if (!step_plan(e, st)) continue;
+        step_run(e, st);
+    }
+    pthread_mutex_unlock(&e->mu);
+    return NULL;
+}
+
+/* ---- multi-rank (mdl_engine_dist) --------------------------------------------------------------------------- */
+
+static int has_running(const mdl_engine *e)
+{
+    for (const seq *s = e->all; s; s = s->next)
+        if (s->state == SEQ_RUNNING) return 1;
+    return 0;
+}
+
+/* rank 0 with nothing to do on any rank: sleeps until a request or command arrives here or for another rank */
+static int dist_wait(mdl_engine *e)
+{
+    const mdl_engine_dist *d = e->o.dist;
+    pthread_mutex_lock(&e->mu);
+    while (!e->stop && !has_commands(e) && !has_running(e) && !d->pending(d->arg)) pthread_cond_wait(&e->cv, &e->mu);
+    const int stop = e->stop;
+    pthread_mutex_unlock(&e->mu);
+    return stop;
+}
+
+/* The loop of an engine in a multi-rank instance: every rank syncs, then steps (maybe with nothing to compute here,
+ * serving other ranks' expert rows until all of them are through), in lockstep. */
+static void *engine_main_dist(void *arg)
+{
+    mdl_engine *e = arg;
+    const mdl_engine_dist *d = e->o.dist;
+    step *st = &e->stp;
+    pthread_mutex_lock(&e->mu);
+    for (;;) {
+        deliver_events(e);
+        const int work = has_commands(e) || has_running(e), stopping = e->stop;
         pthread_mutex_unlock(&e->mu);
-        const double t_dec = step_compute(e, st);
+        const int go = d->sync(d->arg, e, work, stopping, dist_wait);
         pthread_mutex_lock(&e->mu);
-        step_prefilled(e, st, pd_time_now());
-        step_decoded(e, st, t_dec);
-        e->st.steps++;
+        if (!go) break;
+        int planned = step_plan_dist(e, st);
+        if (planned) {
+            step_run_dist(e, st, d);
+        } else {
+            pthread_mutex_unlock(&e->mu);
+            d->step_end(d->arg);
+            pthread_mutex_lock(&e->mu);
+        }
     }
     pthread_mutex_unlock(&e->mu);
     return NULL;
@@ -430,7 +515,7 @@ pd_status mdl_engine_create(mdl_model *m, const mdl_engine_opts *o, mdl_event_cb
     }
     pthread_mutex_init(&e->mu, NULL);
     pthread_cond_init(&e->cv, NULL);
-    if (pthread_create(&e->thread, NULL, engine_main, e) != 0) {
+    if (pthread_create(&e->thread, NULL, e->o.dist ? engine_main_dist : engine_main, e) != 0) {
         st = PD_ERR_INTERNAL;
         goto fail_engine;
     }
@@ -513,6 +598,18 @@ pd_status mdl_engine_submit(mdl_engine *e, uint64_t id, void *user, const int32_
     /* the whole sequence must fit the pool on its own; the prompt's blocks are taken now, the rest as it grows */
     int cap = mdl_kv_blocks_for(e->kv, n_prompt + gen), nb = mdl_kv_blocks_for(e->kv, n_prompt);
     if (cap > e->o.n_blocks) return PD_ERR_RANGE;
+    const mdl_engine_dist *d = e->o.dist;
+    if (d && d->rank == 0) { /* a multi-rank instance: this rank's or another's */
+        pthread_mutex_lock(&e->mu);
+        int load = 0;
+        for (const seq *q = e->all; q; q = q->next) load++;
+        const int r = find(e, id) ? 0 : d->place(d->arg, nb, load, e->kv->n_free, mode != MDL_REQ_LOCAL);
+        pd_status st = r < 0 ? PD_ERR_BUSY : PD_OK;
+        if (r > 0 && (st = d->submit(d->arg, r, id, user, prompt, n_prompt, p, mode)) == PD_OK)
+            pthread_cond_signal(&e->cv);
+        pthread_mutex_unlock(&e->mu);
+        if (r != 0) return st;
+    }
     seq *s = alloc_fails(e) ? NULL : calloc(1, sizeof *s);
     if (s) {
         s->tokens = malloc((size_t)(n_prompt + p->max_tokens) * sizeof(int32_t));
@@ -589,6 +686,18 @@ pd_status mdl_engine_kv_ready(mdl_engine *e, uint64_t id, int32_t first_token, f
     pthread_mutex_lock(&e->mu);
     seq *s = find(e, id);
     pd_status st = PD_OK;
+    if (!s && e->o.dist && e->o.dist->rank == 0) {
+        mdl_event ready = {.token = first_token, .logprob = first_logprob, .n_top = n_top};
+        if (n_top) {
+            memcpy(ready.top_ids, top_ids, (size_t)n_top * sizeof *top_ids);
+            memcpy(ready.top_lps, top_lps, (size_t)n_top * sizeof *top_lps);
+        }
+        if (e->o.dist->command(e->o.dist->arg, 'k', id, &ready, hidden)) {
+            pthread_cond_signal(&e->cv);
+            pthread_mutex_unlock(&e->mu);
+            return PD_OK;
+        }
+    }
     if (!s || s->state != SEQ_WAIT_KV) st = PD_ERR_NOT_FOUND;
     else {
         s->first_token = first_token;
@@ -615,6 +724,8 @@ void mdl_engine_abort(mdl_engine *e, uint64_t id)
     if (s) {
         s->abort_req = 1;
         pthread_cond_signal(&e->cv);
+    } else if (e->o.dist && e->o.dist->rank == 0 && e->o.dist->command(e->o.dist->arg, 'a', id, NULL, NULL)) {
+        pthread_cond_signal(&e->cv);
     }
     pthread_mutex_unlock(&e->mu);
 }
@@ -625,6 +736,8 @@ void mdl_engine_release(mdl_engine *e, uint64_t id)
     seq *s = find(e, id);
     if (s) {
         s->release_req = 1;
+        pthread_cond_signal(&e->cv);
+    } else if (e->o.dist && e->o.dist->rank == 0 && e->o.dist->command(e->o.dist->arg, 'r', id, NULL, NULL)) {
         pthread_cond_signal(&e->cv);
     }
     pthread_mutex_unlock(&e->mu);
@@ -645,6 +758,7 @@ void mdl_engine_get_stats(mdl_engine *e, mdl_engine_stats *out)
     }
     s.free_blocks = e->kv->n_free;
     s.total_blocks = e->o.n_blocks;
+    if (e->o.dist && e->o.dist->rank == 0) e->o.dist->stats(e->o.dist->arg, &s);
     s.spec_mean_accepted_len = s.spec_seq_steps ? 1.0 + (double)s.spec_accepted / (double)s.spec_seq_steps : 0.0;
     s.n_graph_sizes = e->n_sizes;
     memcpy(s.graph_sizes, e->sizes, sizeof s.graph_sizes);

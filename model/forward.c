@@ -59,6 +59,7 @@ struct mdl_ctx_s {
     float *gx, *gy;  /* [GT*K, D] gathered inputs, expert outputs */
     float *gg, *gu;  /* [GT*K, moe_inter] gate (then silu(gate)*up), up */
     krn_linear_item *items; /* [2E + 2] */
+    float *epy;      /* [T*K, D] expert parallelism: each pick's expert output (mdl_ep); NULL without */
     float *lrows;    /* [max_logits, D] */
     float *scratch;  /* krn_linear scratch */
     uint8_t *amax_ws; /* krn_linear_argmax scratch for max_logits rows */
@@ -145,6 +146,7 @@ pd_status mdl_ctx_create(const mdl_model *m, int max_tokens, int max_logits, mdl
     ALLOC(gg, GK * Fm);
     ALLOC(gu, GK * Fm);
     ALLOC(items, 2 * E + 2);
+    if (m->opts.ep_size > 1) ALLOC(epy, T * K * D);
     ALLOC(scratch, krn_linear_scratch((int)max_cols(c)));
     ALLOC(amax_ws, krn_linear_argmax_scratch(D, PD_MAX(max_logits, 1)));
     ALLOC(lrows2, (size_t)PD_MAX(max_logits, 1) * D);
@@ -164,7 +166,7 @@ void mdl_ctx_destroy(mdl_ctx *x)
     if (!x) return;
     void *bufs[] = {x->x, x->xn, x->tmp, x->qa, x->q, x->kva, x->attn, x->cosb, x->sinb, x->q_limit, x->am,
                     x->al, x->lat, x->kpe, x->kvb, x->scores, x->qabs, x->acc_lat, x->g, x->u, x->xg, x->yg,
-                    x->moe, x->rscore, x->rsel, x->topi, x->topw, x->ecount, x->eoff, x->elist, x->ecat,
+                    x->moe, x->epy, x->rscore, x->rsel, x->topi, x->topw, x->ecount, x->eoff, x->elist, x->ecat,
                     x->lrows, x->scratch, x->gx, x->gy, x->gg, x->gu, x->items, x->dlat, x->dkpe, x->dm, x->dl,
                     x->dacc, x->amax_ws, x->lrows2, x->lperm, x->lamax};
     for (size_t i = 0; i < PD_ARRAY_LEN(bufs); i++) free(bufs[i]);
@@ -583,7 +585,19 @@ static void moe_grouped(mdl_ctx *x, const mdl_layer *L, int T)
         krn_axpy(D, x->topw[x->elist[r]], x->gy + (size_t)r * D, x->moe + (size_t)(x->elist[r] / K) * D);
 }
 
-static void moe(mdl_ctx *x, const mdl_layer *L, int T)
+/* Expert parallelism: the picks' rows go to the ranks that hold their experts (mdl_ep) while the shared experts run
+ * here; the outputs are then added in elist order, as both single-process paths add them. */
+static void moe_ep(mdl_ctx *x, const mdl_layer *L, int layer, int T)
+{
+    const mdl_config *c = &x->m->cfg;
+    const int K = c->num_experts_per_tok, D = c->hidden_size;
+    x->m->ep->moe(x->m->ep, layer, x->xn, T, x->topi, x->lin_flags, x->epy);
+    for (int r = 0; r < T * K; r++)
+        krn_axpy(D, x->topw[x->elist[r]], x->epy + (size_t)x->elist[r] * D, x->moe + (size_t)(x->elist[r] / K) * D);
+    if (c->n_shared_experts > 0) mlp(x, &L->sh_gate, &L->sh_up, &L->sh_down, x->xn, T, x->tmp);
+}
+
+static void moe(mdl_ctx *x, const mdl_layer *L, int layer, int T)
 {
     const mdl_config *c = &x->m->cfg;
     const int E = c->n_routed_experts, K = c->num_experts_per_tok, D = c->hidden_size;
@@ -599,7 +613,9 @@ static void moe(mdl_ctx *x, const mdl_layer *L, int T)
         x->elist[x->eoff[e] + x->ecount[e]++] = i;
     }
     memset(x->moe, 0, (size_t)T * D * sizeof(float));
-    if (T <= MOE_GROUP_TOKENS) {
+    if (x->m->ep) {
+        moe_ep(x, L, layer, T);
+    } else if (T <= MOE_GROUP_TOKENS) {
         moe_grouped(x, L, T);
     } else {
         for (int e = 0; e < E; e++) {
@@ -628,7 +644,7 @@ static void layer_forward(mdl_ctx *x, mdl_kv_pool *kv, const mdl_batch *b, const
     for (int t = 0; t < T; t++)
         krn_rmsnorm(x->x + (size_t)t * D, L->ffn_norm, D, c->rms_norm_eps, x->xn + (size_t)t * D);
     if (L->is_moe) {
-        moe(x, L, T);
+        moe(x, L, cache_layer, T);
     } else {
         mlp(x, &L->gate, &L->up, &L->down, x->xn, T, x->tmp);
         for (size_t i = 0; i < (size_t)T * D; i++) x->x[i] += x->tmp[i];

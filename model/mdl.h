@@ -49,6 +49,9 @@ typedef struct {
     int no_mtp;             /* skip loading the MTP layer */
     int progress;           /* print loading progress to stderr */
     mdl_quant quant;        /* MDL_QUANT_NONE (default) or MDL_QUANT_W8A8: converted at load from BF16/FP8 */
+    /* Expert parallelism: ep_size > 1 splits the routed experts of every MoE layer into ep_size contiguous ranges
+     * (mdl_ep_first); this rank (ep_rank) maps and packs only its range. 0 or 1: every expert. */
+    int ep_rank, ep_size;
 } mdl_load_opts;
 
 /* The KV default is float16: same size as bfloat16 with 8x finer resolution. MLA's cached values are a
@@ -56,9 +59,18 @@ typedef struct {
  * decisions that sit within bfloat16's rounding of each other stable (seen on the v3yarn-fp8 golden case). */
 static inline mdl_load_opts mdl_load_defaults(void)
 {
-    mdl_load_opts o = {KRN_BF16, KRN_F16, 0, 0, 1, MDL_QUANT_NONE};
+    mdl_load_opts o = {KRN_BF16, KRN_F16, 0, 0, 1, MDL_QUANT_NONE, 0, 1};
     return o;
 }
+
+/* Expert parallelism in the forward pass (implemented by dist/ over MPI). A MoE layer routes its tokens as always,
+ * then hands every (token, pick) to moe, which brings each row to the rank that holds the expert and its output
+ * back: y[t * K + k] (hidden_size floats) = expert topi[t * K + k] of that layer applied to xn[t], unweighted,
+ * with the products' flags. The layer adds the outputs in the single-process order, so with row-invariant
+ * kernels a rank gets the bits one process would. layer: 0..n_layers-1, n_layers for the MTP layer. */
+typedef struct mdl_ep_s {
+    void (*moe)(struct mdl_ep_s *ep, int layer, const float *xn, int T, const int *topi, unsigned flags, float *y);
+} mdl_ep;
 
 typedef struct mdl_model_s {
     mdl_config cfg;
@@ -75,7 +87,29 @@ typedef struct mdl_model_s {
     float *rope_freqs;      /* [rope/2] f32 per-pair inverse frequency (YaRN applied) */
     float softmax_scale;
     struct mdl__store *store; /* owns mmaps and converted copies */
+    int exp0, exp1;         /* the routed experts loaded here: [exp0, exp1) (all without expert parallelism) */
+    mdl_ep *ep;             /* set by dist/ after loading when the experts are split over ranks; NULL: all local */
 } mdl_model;
+
+/* The first routed expert of rank r of n: experts are split into n contiguous ranges of E / n (n divides E). */
+static inline int mdl_ep_first(int n_experts, int r, int n) { return (int)((long)n_experts * r / n); }
+
+/* Rows through routed experts held here (expert parallelism: the rows other ranks sent). Job i runs n rows of in
+ * (n x hidden_size) through expert `expert` of layer `layer` (which must be loaded here) with the products' flags
+ * into out (n x hidden_size): the same bits the layer computes in one process. All gate and up products run as
+ * one pool job, then all down products. */
+typedef struct {
+    int layer, expert, n;
+    unsigned flags;
+    const float *in;
+    float *out;
+} mdl_expert_job;
+typedef struct mdl_experts_ws_s mdl_experts_ws;
+/* Workspace for up to max_rows rows in up to max_jobs jobs at a time. */
+pd_status mdl_experts_ws_create(const mdl_model *m, int max_rows, int max_jobs, mdl_experts_ws **out);
+void mdl_experts_ws_destroy(mdl_experts_ws *ws);
+/* PD_ERR_RANGE when the jobs exceed the workspace, PD_ERR_INVALID for an expert not held here. */
+pd_status mdl_experts_run(const mdl_model *m, const mdl_expert_job *jobs, int n_jobs, mdl_experts_ws *ws);
 
 /* Loads DIR (config.json + model.safetensors[.index.json]). Errors name the file, tensor and field; *out is
  * written only on success. */

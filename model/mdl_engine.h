@@ -81,6 +81,39 @@ typedef struct {
 
 typedef void (*mdl_event_cb)(const mdl_event *ev, void *arg);
 
+typedef struct mdl_engine_s mdl_engine;
+typedef struct mdl_engine_stats_s mdl_engine_stats;
+
+/* A multi-rank instance (dist/, over MPI): every rank runs an engine over its own sequences and their KV (data-
+ * parallel attention); rank 0's engine takes every request and places it on a rank by load; the engines step
+ * together, since a MoE layer's experts may be spread over the ranks (mdl_ep). The hooks marked "locked" are called
+ * with the engine's lock held and must not call into the engine. */
+typedef struct {
+    void *arg;
+    int rank;
+    /* locked, rank 0: the rank a new request goes to, given this rank's load (running + waiting sequences, free
+     * blocks) and the prompt's blocks; -1 when no rank has room (PD_ERR_BUSY). prefill_kv: the request's KV
+     * crosses hosts (REMOTE_KV, PREFILL_ONLY), which only rank 0's registered pool takes. */
+    int (*place)(void *arg, int nb, int local_load, int local_free, int prefill_kv);
+    /* locked, rank 0: queues the request for rank `rank` (the prompt and parameters are copied) */
+    pd_status (*submit)(void *arg, int rank, uint64_t id, void *user, const int32_t *prompt, int n_prompt,
+                        const mdl_gen_params *p, mdl_req_mode mode);
+    /* locked, rank 0: a command for id if it lives on another rank (then 1 is returned, else 0). cmd: 'a' abort,
+     * 'r' release, 'k' KV ready (ready: its first token, logprob, alternatives and hidden state). */
+    int (*command)(void *arg, int cmd, uint64_t id, const mdl_event *ready, const float *hidden);
+    /* locked, rank 0: commands are queued for other ranks */
+    int (*pending)(void *arg);
+    /* locked, rank 0: adds the other ranks' last reported stats to s (counts and counters) */
+    void (*stats)(void *arg, mdl_engine_stats *s);
+    /* Engine thread, lock not held, at the top of every step on every rank: exchanges the ranks' events (rank 0
+     * delivers them), commands and whether any rank has work; rank 0 waits for work through wait (which returns
+     * nonzero when the engine is stopping). Returns 1 to step (maybe with nothing to do here), 0 to stop. */
+    int (*sync)(void *arg, mdl_engine *e, int local_work, int stopping, int (*wait)(mdl_engine *e));
+    /* Engine thread, lock not held, after a step's computation: serves other ranks' expert rows until every rank
+     * has ended the step. */
+    void (*step_end)(void *arg);
+} mdl_engine_dist;
+
 typedef struct {
     int max_num_seqs;          /* running sequences at once */
     int max_num_batched_tokens;/* prompt tokens per step */
@@ -129,13 +162,14 @@ typedef struct {
      * logprobs or min_tokens mask in effect) finds each row's argmax with the lm_head screen (krn_linear_argmax:
      * the same tokens, without computing every logit exactly; AVX512-BF16 only). 1: every logit, always. */
     int full_logits;
+    const mdl_engine_dist *dist; /* NULL: one process */
 } mdl_engine_opts;
 
 /* Blocks the engine's pool holds for these options: n_blocks for requests plus scratch blocks that padded rows
  * of captured batch sizes write into. */
 int mdl_engine_pool_blocks(const mdl_engine_opts *o);
 
-typedef struct {
+struct mdl_engine_stats_s {
     int running, waiting, held, free_blocks, total_blocks;
     long queued_prompt_tokens;
     uint64_t steps, prefill_tokens, decode_tokens;
@@ -155,9 +189,7 @@ typedef struct {
     int graph_sizes[MDL_MAX_GRAPH_SIZES];
     uint64_t graph_steps[MDL_MAX_GRAPH_SIZES];
     uint64_t graph_padded_rows, graph_eager_steps;
-} mdl_engine_stats;
-
-typedef struct mdl_engine_s mdl_engine;
+};
 
 /* Creates the pool and plans the buffers; starts the thread. The model must outlive the engine. */
 pd_status mdl_engine_create(mdl_model *m, const mdl_engine_opts *o, mdl_event_cb cb, void *cb_arg,

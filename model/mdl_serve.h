@@ -26,6 +26,7 @@ typedef struct {
     char *speculative_config;    /* JSON: {"method":"mtp","num_speculative_tokens":k}, k 0..4; NULL: off */
     char *graph_batch_sizes;     /* "1,2,4,8": captured decode batch sizes; "none": off; NULL: default list */
     int prefill_bf16;            /* prompt prefill with bf16 activations (default 1; mdl_engine_opts.exact_prefill) */
+    int ep_rank, ep_size;        /* set by a multi-rank instance (not options): mdl_load_opts' expert split */
 } mdl_serve_opts;
 
 #define MDL_SERVE_NOPTS 15

@@ -183,6 +183,8 @@ pd_status mdl_serve_load(mdl_serve_opts *o, mdl_model **out, mdl_engine_opts *eo
         return PD_ERR_INVALID;
     }
     mdl_load_opts lo = mdl_load_defaults();
+    lo.ep_rank = o->ep_rank;
+    lo.ep_size = o->ep_size;
     if (parse_kind(o->dtype, 0, &lo.weight_type) != PD_OK) {
         snprintf(err, errlen, "--dtype: '%s' is not one of auto, bfloat16, float32", o->dtype);
         return PD_ERR_INVALID;

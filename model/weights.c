@@ -275,8 +275,9 @@ static void rope_freqs(const mdl_config *c, float *f)
     }
 }
 
+/* Loads layer l's tensors into L; routed experts outside [e0, e1) (expert parallelism: other ranks') are skipped. */
 static int load_layer(struct mdl__store *s, const mdl_config *c, int l, krn_type wt, int fp8_dequant, int quant,
-                      mdl_layer *L, char *err, size_t errlen, pd_status *st)
+                      int e0, int e1, mdl_layer *L, char *err, size_t errlen, pd_status *st)
 {
     size_t n = mdl_tensor_specs_layer(c, l, NULL, 0);
     mdl_tensor_spec *sp = calloc(n, sizeof *sp);
@@ -334,6 +335,7 @@ static int load_layer(struct mdl__store *s, const mdl_config *c, int l, krn_type
         else if (!strcmp(nm, "embed_tokens.weight")) dst = &L->embed;
         else if (sscanf(nm, "mlp.experts.%d.%15[a-z]_proj.weight", &e, which) == 2 && e >= 0 &&
                  e < c->n_routed_experts) {
+            if (e < e0 || e >= e1) continue; /* another rank's */
             dst = !strcmp(which, "gate") ? &L->exp_gate[e] : !strcmp(which, "up") ? &L->exp_up[e] : &L->exp_down[e];
         }
         PD_ASSERT(dst != NULL);
@@ -369,6 +371,9 @@ pd_status mdl_model_load(const char *dir, const mdl_load_opts *opts, mdl_model *
                     krn_type_name(o.weight_type));
     if (o.quant != MDL_QUANT_NONE && o.quant != MDL_QUANT_W8A8)
         return fail(err, errlen, PD_ERR_INVALID, "unknown quantization %d (none, w8a8)", (int)o.quant);
+    if (o.ep_size < 1) o.ep_size = 1;
+    if (o.ep_rank < 0 || o.ep_rank >= o.ep_size)
+        return fail(err, errlen, PD_ERR_INVALID, "expert-parallel rank %d is outside 0..%d", o.ep_rank, o.ep_size - 1);
     if (o.kv_type != KRN_F32 && o.kv_type != KRN_BF16 && o.kv_type != KRN_F16)
         return fail(err, errlen, PD_ERR_INVALID, "KV cache dtype must be float16, bfloat16 or float32, not %s",
                     krn_type_name(o.kv_type));
@@ -385,6 +390,14 @@ pd_status mdl_model_load(const char *dir, const mdl_load_opts *opts, mdl_model *
     if ((st = mdl_config_load(dir, &m->cfg, err, errlen)) != PD_OK) goto fail_model;
     if ((st = mdl_st_open(dir, &m->store->st, err, errlen)) != PD_OK) goto fail_model;
     const mdl_config *c = &m->cfg;
+    if (o.ep_size > 1 && (c->n_routed_experts < o.ep_size || c->n_routed_experts % o.ep_size)) {
+        st = fail(err, errlen, PD_ERR_INVALID,
+                  "%s: %d routed experts cannot be split evenly over %d expert-parallel ranks (the rank count must "
+                  "divide n_routed_experts)", dir, c->n_routed_experts, o.ep_size);
+        goto fail_model;
+    }
+    m->exp0 = mdl_ep_first(c->n_routed_experts, o.ep_rank, o.ep_size);
+    m->exp1 = mdl_ep_first(c->n_routed_experts, o.ep_rank + 1, o.ep_size);
 
     m->n_layers = c->num_hidden_layers;
     m->n_mtp = 0;
@@ -411,7 +424,8 @@ pd_status mdl_model_load(const char *dir, const mdl_load_opts *opts, mdl_model *
     if (!prepack(m->store, &m->lm_head, KRN_PREPACK_FAST, top[2].name, err, errlen, &st)) goto fail_model;
     if (!head_norms(m->store, &m->lm_head, dir, top[2].name, &m->lm_head_norms, err, errlen, &st)) goto fail_model;
     for (int l = 0; l < m->n_layers + m->n_mtp; l++)
-        if (!load_layer(m->store, c, l, o.weight_type, o.fp8_dequant, o.quant, &m->layers[l], err, errlen, &st))
+        if (!load_layer(m->store, c, l, o.weight_type, o.fp8_dequant, o.quant, m->exp0, m->exp1, &m->layers[l], err,
+                        errlen, &st))
             goto fail_model;
     for (int l = m->n_layers; l < m->n_layers + m->n_mtp; l++)
         if (!head_norms(m->store, &m->layers[l].head, dir, "shared_head.head", &m->layers[l].head_norms, err, errlen,
