@@ -38,17 +38,21 @@ pd_status dst_init(int *argc, char ***argv, int n_ranks, int expert_parallel, do
     d->timeout = coll_timeout;
     pthread_mutex_init(&d->mu, NULL);
     pthread_cond_init(&d->stop_cv, NULL);
-    if (d->size != n_ranks) {
-        pd_status st = PD_FAIL(err, errlen, PD_ERR_INVALID, NULL,
-                               "--data-parallel-size %d, but this MPI job has %d ranks (start it as mpirun -np %d ...)",
-                               n_ranks, d->size, n_ranks);
+    if (d->size != n_ranks) { /* rank 0 says it; the others leave quietly */
+        if (d->rank == 0)
+            snprintf(err, errlen, "--data-parallel-size %d, but this MPI job has %d ranks (start it as mpirun -np %d ...)",
+                     n_ranks, d->size, n_ranks);
+        else if (errlen)
+            err[0] = 0;
         dst_finalize(d);
-        return st;
+        return PD_ERR_INVALID;
     }
     d->rst = calloc((size_t)d->size, sizeof *d->rst);
     d->pend_load = calloc((size_t)d->size, sizeof *d->pend_load);
     d->pend_blocks = calloc((size_t)d->size, sizeof *d->pend_blocks);
-    if (!d->rst || !d->pend_load || !d->pend_blocks) {
+    d->info = calloc((size_t)d->size, sizeof *d->info);
+    d->me.rank = d->rank;
+    if (!d->rst || !d->pend_load || !d->pend_blocks || !d->info) {
         dst_finalize(d);
         return PD_ERR_NOMEM;
     }
@@ -87,6 +91,19 @@ pd_status dst_agree(dst *d, const void *bytes, size_t n, const char *what)
     return st;
 }
 
+pd_status dst_all_ok_err(dst *d, pd_status local, const char *err, const char *what)
+{
+    uint64_t mine[2] = {(uint64_t)local, local == PD_OK ? 0 : fnv1a(err, strlen(err))};
+    uint64_t *all = calloc((size_t)d->size * 2, sizeof *all);
+    if (!all) MPI_Abort(MPI_COMM_WORLD, 1);
+    MPI_Allgather(mine, 2, MPI_UINT64_T, all, 2, MPI_UINT64_T, MPI_COMM_WORLD);
+    /* a reason is logged once: by rank 0, or by another rank whose reason is not rank 0's */
+    if (local != PD_OK && d->rank > 0 && (all[0] == PD_OK || all[1] != mine[1]))
+        pd_error("rank %d: %s", d->rank, err);
+    free(all);
+    return dst_all_ok(d, local, what);
+}
+
 pd_status dst_all_ok(dst *d, pd_status local, const char *what)
 {
     int mine = (int)local, *all = calloc((size_t)d->size, sizeof *all);
@@ -95,7 +112,7 @@ pd_status dst_all_ok(dst *d, pd_status local, const char *what)
     pd_status st = PD_OK;
     for (int r = 0; r < d->size; r++)
         if (all[r] != PD_OK) {
-            if (d->rank == 0) pd_error("rank %d could not %s (its log says why); every rank exits", r, what);
+            if (d->rank == 0 && r > 0) pd_error("rank %d could not %s; every rank exits", r, what);
             if (st == PD_OK) st = (pd_status)all[r];
         }
     free(all);
@@ -152,6 +169,8 @@ void dst_finalize(dst *d)
     free(d->rst);
     free(d->pend_load);
     free(d->pend_blocks);
+    free(d->info);
+    free(d->metrics_arg);
     pthread_mutex_destroy(&d->mu);
     pthread_cond_destroy(&d->stop_cv);
     free(d);
@@ -428,7 +447,48 @@ static void deliver_remote(dst *d, const char *p, size_t len)
 typedef struct {
     int32_t work, ev_bytes;
     mdl_engine_stats st;
+    dst_rank_info info;
 } report;
+
+static double rss_bytes(void)
+{
+    FILE *f = fopen("/proc/self/statm", "r");
+    long pages = 0, res = 0;
+    if (f) {
+        if (fscanf(f, "%ld %ld", &pages, &res) != 2) res = 0;
+        fclose(f);
+    }
+    return (double)res * (double)sysconf(_SC_PAGESIZE);
+}
+
+/* This rank's figures for its report (engine thread). */
+static void refresh_me(dst *d, const mdl_engine_stats *st)
+{
+    const double now = pd_time_now();
+    if (now - d->rss_at > 0.5) {
+        d->me.rss_bytes = rss_bytes();
+        d->rss_at = now;
+    }
+    if (d->step_t0 > 0) d->me.step_seconds += now - d->step_t0;
+    d->step_t0 = now;
+    d->me.exp0 = d->m->exp0;
+    d->me.exp1 = d->m->exp1;
+    d->me.running = st->running;
+    d->me.waiting = st->waiting;
+    d->me.free_blocks = st->free_blocks;
+    d->me.total_blocks = st->total_blocks;
+    d->me.steps = st->steps;
+    d->me.prefill_tokens = st->prefill_tokens;
+    d->me.decode_tokens = st->decode_tokens;
+}
+
+int dst_ranks_info(dst *d, dst_rank_info *out, int cap)
+{
+    pthread_mutex_lock(&d->mu);
+    for (int r = 0; r < d->size && r < cap; r++) out[r] = d->info[r];
+    pthread_mutex_unlock(&d->mu);
+    return d->size;
+}
 
 typedef struct {
     int64_t stop, cmd_bytes;
@@ -444,7 +504,9 @@ static int hook_sync(void *arg, mdl_engine *e, int local_work, int stopping, int
     }
     const int n = d->size;
     report me = {.work = local_work, .ev_bytes = (int32_t)d->evs.len};
-    if (d->rank) mdl_engine_get_stats(e, &me.st);
+    mdl_engine_get_local_stats(e, &me.st);
+    refresh_me(d, &me.st);
+    me.info = d->me;
     report *all = d->rank ? NULL : malloc((size_t)n * sizeof *all);
     int *counts = d->rank ? NULL : calloc((size_t)n, sizeof *counts), *displs = d->rank ? NULL : calloc((size_t)n, sizeof *displs);
     if (!d->rank && (!all || !counts || !displs)) MPI_Abort(MPI_COMM_WORLD, 72);
@@ -470,6 +532,7 @@ static int hook_sync(void *arg, mdl_engine *e, int local_work, int stopping, int
     if (!d->rank) {
         int any = local_work;
         pthread_mutex_lock(&d->mu);
+        for (int r = 0; r < n; r++) d->info[r] = all[r].info;
         for (int r = 1; r < n; r++) {
             d->rst[r] = all[r].st;
             d->pend_load[r] = d->pend_blocks[r] = 0;
@@ -477,6 +540,7 @@ static int hook_sync(void *arg, mdl_engine *e, int local_work, int stopping, int
         }
         d->rst[0].total_blocks = d->block_total;
         d->reported = 1;
+        pthread_cond_broadcast(&d->stop_cv);
         pthread_mutex_unlock(&d->mu);
         deliver_remote(d, evs, total);
         int stop = stopping;
@@ -533,7 +597,25 @@ pd_status dst_attach(dst *d, mdl_model *m, mdl_engine_opts *eo, mdl_event_cb *cb
     return PD_OK;
 }
 
-void dst_set_engine(dst *d, mdl_engine *e) { d->eng = e; }
+void dst_set_engine(dst *d, mdl_engine *e)
+{
+    d->eng = e;
+    if (d->rank) return;
+    /* rank 0 is ready once every rank's engine has reported (their first sync): requests are placed from then on */
+    pthread_mutex_lock(&d->mu);
+    while (!d->reported) pthread_cond_wait(&d->stop_cv, &d->mu);
+    pthread_mutex_unlock(&d->mu);
+}
+
+void dst_log_rank(dst *d, const char *name, const mdl_model *m)
+{
+    if (d->ep_on)
+        pd_info("%s rank %d of %d: routed experts %d..%d of %d, %.0f MiB resident", name, d->rank, d->size, m->exp0,
+                m->exp1 - 1, m->cfg.n_routed_experts, rss_bytes() / 1048576.0);
+    else
+        pd_info("%s rank %d of %d: every routed expert (no --enable-expert-parallel), %.0f MiB resident", name,
+                d->rank, d->size, rss_bytes() / 1048576.0);
+}
 
 void dst_wait_stop(dst *d)
 {

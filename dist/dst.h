@@ -8,6 +8,9 @@
 #ifndef DST_H
 #define DST_H
 
+#include <cJSON.h>
+
+#include "common/pd_metrics.h"
 #include "model/mdl_engine.h"
 
 typedef struct dst_s dst;
@@ -35,14 +38,43 @@ pd_status dst_agree_model(dst *d, const mdl_model *m);
 pd_status dst_share_engine_opts(dst *d, mdl_engine_opts *eo);
 /* Logs why and aborts the whole MPI job (for a failure after the ranks' engines may have started). */
 void dst_abort(dst *d, const char *why) __attribute__((noreturn));
+/* dst_all_ok for a step whose failure reason is err (a message; ignored on success): the reason is logged once, by
+ * rank 0 or by a rank whose reason differs from rank 0's, so an error every rank meets is not repeated n times.
+ * The other ranks should keep their own logging of that step quiet. */
+pd_status dst_all_ok_err(dst *d, pd_status local, const char *err, const char *what);
 /* After loading: attaches the expert exchange to m (expert parallelism) and the engine hooks to eo. Rank 0 keeps
  * cb and cb_arg (its events and the other ranks' go there); on other ranks they are replaced by the hook that ships
  * events to rank 0. */
 pd_status dst_attach(dst *d, mdl_model *m, mdl_engine_opts *eo, mdl_event_cb *cb, void **cb_arg);
-/* The engine created with those options (every rank, before anything is submitted). */
+/* The engine created with those options (every rank, before anything is submitted). Rank 0 returns once every
+ * rank's engine runs. */
 void dst_set_engine(dst *d, mdl_engine *e);
+/* Logs this rank's experts and resident memory once its engine runs. */
+void dst_log_rank(dst *d, const char *name, const mdl_model *m);
 /* Ranks > 0: blocks until rank 0's engine stops (its last sync). */
 void dst_wait_stop(dst *d);
+/* What each rank last reported (rank 0; the others report at every step's sync). */
+typedef struct {
+    int rank;
+    int exp0, exp1;            /* the routed experts it holds: [exp0, exp1) */
+    double rss_bytes;          /* resident memory (refreshed every half second) */
+    int running, waiting, free_blocks, total_blocks;
+    uint64_t steps, prefill_tokens, decode_tokens;
+    uint64_t moe_rounds;       /* expert exchanges (one per MoE layer of a pass, and the rounds ending a step) */
+    double moe_wait_seconds;   /* in the exchange's collectives: transfer and waiting for slower ranks */
+    double moe_serve_seconds;  /* running the rows it received through its experts */
+    double moe_bytes;          /* rows and outputs it sent */
+    double step_seconds;       /* its steps, from sync to sync */
+} dst_rank_info;
+/* Rank 0: fills out[0..min(size, cap)) and returns the rank count. */
+int dst_ranks_info(dst *d, dst_rank_info *out, int cap);
+
+/* Rank 0: adds "ranks" (each rank's figures above) to a /health body. */
+void dst_health(dst *d, cJSON *body);
+/* Rank 0: registers the per-rank families (label rank) on reg, refreshed at each scrape. d must outlive reg's
+ * scrapes. */
+pd_status dst_metrics(dst *d, pd_metrics *reg);
+
 /* Finalises MPI and frees d (NULL: nothing). */
 void dst_finalize(dst *d);
 

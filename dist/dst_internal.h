@@ -33,6 +33,10 @@ struct dst_s {
     pd_buf evs;                /* ranks > 0: events for rank 0 (engine thread) */
     int stopped;               /* the last sync ran */
     pthread_cond_t stop_cv;
+    dst_rank_info me;          /* this rank's figures (engine thread; rank 0's read under mu) */
+    dst_rank_info *info;       /* rank 0: [size] the last reports */
+    double rss_at, step_t0;
+    void *metrics_arg;         /* dst_metrics' state */
     /* ep.c: one round's buffers (engine thread) */
     struct dst_round *rd;
 };

@@ -221,6 +221,8 @@ static int round_run(dst *d, int layer, const float *xn, int T, const int *topi,
         r->sz_out[2 * i + 1] = done;
     }
     MPI_Request rq;
+    double t0 = pd_time_now();
+    d->me.moe_rounds++;
     MPI_Ialltoall(r->sz_out, 2, MPI_INT, r->sz_in, 2, MPI_INT, MPI_COMM_WORLD, &rq);
     dst__wait(d, &rq, "the expert exchange's sizes", 0);
     int all_done = 1;
@@ -231,11 +233,18 @@ static int round_run(dst *d, int layer, const float *xn, int T, const int *topi,
         r->rcnt[i] = r->sz_in[2 * i];
         recv += (size_t)r->rcnt[i];
     }
-    if (all_done) return 1;
+    if (all_done) {
+        d->me.moe_wait_seconds += pd_time_now() - t0;
+        return 1;
+    }
     if (!grow((void **)&r->recv, &r->cap_recv, recv + 1, 0)) oom(d, recv);
     MPI_Ialltoallv(r->send, r->scnt, r->sdsp, MPI_BYTE, r->recv, r->rcnt, r->rdsp, MPI_BYTE, MPI_COMM_WORLD, &rq);
     dst__wait(d, &rq, "the expert dispatch", 0);
+    double t1 = pd_time_now();
+    d->me.moe_wait_seconds += t1 - t0;
     serve_rows(d, r, recv);
+    t0 = pd_time_now();
+    d->me.moe_serve_seconds += t0 - t1;
     /* outputs back: to each source its records' picks in order; from each destination the picks we sent there */
     size_t o = 0, back = 0;
     for (int i = 0; i < n; i++) {
@@ -250,10 +259,13 @@ static int round_run(dst *d, int layer, const float *xn, int T, const int *topi,
         r->icnt[i] = rows * D;
         back += (size_t)rows * D;
     }
+    /* bytes that leave this rank: records and outputs for the others */
+    d->me.moe_bytes += (double)(sent - (size_t)r->scnt[d->rank]) + (double)(o - (size_t)r->ocnt[d->rank]) * 4;
     if (!grow((void **)&r->res_in, &r->cap_res_in, back * sizeof(float) + 64, 1)) oom(d, back * sizeof(float));
     MPI_Ialltoallv(r->res_out, r->ocnt, r->odsp, MPI_FLOAT, r->res_in, r->icnt, r->idsp, MPI_FLOAT, MPI_COMM_WORLD,
                    &rq);
     dst__wait(d, &rq, "the expert combine", 0);
+    d->me.moe_wait_seconds += pd_time_now() - t0;
     /* each pick's output to its row of y, walking the records as pack wrote them */
     const float *res = r->res_in;
     for (size_t q = 0; q < sent; q += rb) {

@@ -130,6 +130,7 @@ static void reply_health(inst *in, struct evhttp_request *req)
         return;
     }
     if (in->role.health) in->role.health(in, o);
+    if (in->o->dist) dst_health(in->o->dist, o);
     if (in->draining) cJSON_ReplaceItemInObject(o, "status", cJSON_CreateString("draining"));
     pd_http_reply_json(req, in->draining ? 503 : 200, o);
     cJSON_Delete(o);
@@ -264,7 +265,10 @@ static pd_status start_engine(inst *in)
         if (d) dst_abort(d, "an engine did not start");
         return st;
     }
-    if (d) dst_set_engine(d, in->eng);
+    if (d) {
+        dst_set_engine(d, in->eng);
+        dst_log_rank(d, in->role.name, in->m);
+    }
     mdl_engine_layout(in->eng, in->layout, sizeof in->layout);
     if (!in->role.pool_in_region) { /* prefill: the region registers the engine's pool */
         mdl_kv_pool *pool = mdl_engine_pool(in->eng);
@@ -273,7 +277,8 @@ static pd_status start_engine(inst *in)
             return st;
         }
     }
-    return mdl_serve_metrics_create(in->eng, in->role.kind, &in->metrics);
+    if ((st = mdl_serve_metrics_create(in->eng, in->role.kind, &in->metrics)) != PD_OK) return st;
+    return d ? dst_metrics(d, in->metrics->reg) : PD_OK;
 }
 
 static pd_status listen_and_register(inst *in, int *bound_port)
@@ -303,7 +308,8 @@ pd_status inst_create(struct event_base *base, inst_opts *o, const inst_role *ro
     }
     if ((st = mdl_serve_load(&o->serve, &in->m, &in->eo, err, sizeof err)) != PD_OK)
         pd_error("%s: %s", role->name, err);
-    if (o->dist && (st = dst_all_ok(o->dist, st, "load the model")) == PD_OK) st = dst_agree_model(o->dist, in->m);
+    if (o->dist && (st = dst_all_ok_err(o->dist, st, err, "load the model")) == PD_OK)
+        st = dst_agree_model(o->dist, in->m);
     if (st != PD_OK) goto fail;
     if (role->configure) role->configure(in, &in->eo);
     in->msg_size = sizeof(mdl_event) + (role->want_hidden ? (size_t)in->m->cfg.hidden_size * sizeof(float) : 0);

@@ -62,9 +62,11 @@ static int serve_worker(const inst_program *p, dst *d)
     mdl_model *m = NULL;
     mdl_engine_opts eo;
     mdl_engine *e = NULL;
+    const pd_log_level lvl = pd_log_get_level();
+    pd_log_set_level(PD_LOG_OFF); /* rank 0 says what every rank meets; dst_all_ok_err says what only this one met */
     pd_status st = mdl_serve_load(&o->serve, &m, &eo, err, sizeof err);
-    if (st != PD_OK) pd_error("%s rank %d: %s", p->name, dst_rank(d), err);
-    if ((st = dst_all_ok(d, st, "load the model")) == PD_OK) st = dst_agree_model(d, m);
+    pd_log_set_level(lvl);
+    if ((st = dst_all_ok_err(d, st, err, "load the model")) == PD_OK) st = dst_agree_model(d, m);
     if (st == PD_OK && (st = dst_all_ok(d, PD_OK, "prepare the engine")) == PD_OK) st = dst_share_engine_opts(d, &eo);
     if (st != PD_OK) {
         mdl_model_destroy(m);
@@ -78,8 +80,7 @@ static int serve_worker(const inst_program *p, dst *d)
         dst_abort(d, "an engine did not start");
     }
     dst_set_engine(d, e);
-    pd_info("%s rank %d: experts %d..%d of %d, serving for rank 0", p->name, dst_rank(d), m->exp0, m->exp1 - 1,
-            m->cfg.n_routed_experts);
+    dst_log_rank(d, p->name, m);
     dst_wait_stop(d);
     mdl_engine_destroy(e);
     mdl_model_destroy(m);
@@ -95,12 +96,18 @@ static int serve_ranks(const inst_program *p, int *argc, char ***argv)
     dst *d = NULL;
     if (dst_init(argc, argv, o->data_parallel_size, o->expert_parallel, o->collective_timeout, &d, err,
                  sizeof err) != PD_OK) {
-        fprintf(stderr, "pdserve-%s: %s\n", p->name, err);
+        if (err[0]) fprintf(stderr, "pdserve-%s: %s\n", p->name, err);
         return 2;
     }
-    pd_buf all = {0}; /* every option as given: the ranks must agree */
+    pd_buf all = {0}; /* every option as given but --model (hosts may mount it elsewhere): the ranks must agree */
     for (int i = 1; i < *argc; i++) {
-        pd_buf_append(&all, (*argv)[i], strlen((*argv)[i]));
+        const char *a = (*argv)[i];
+        if (!strcmp(a, "--model")) {
+            i++;
+            continue;
+        }
+        if (!strncmp(a, "--model=", 8)) continue;
+        pd_buf_append(&all, a, strlen(a));
         pd_buf_append(&all, "", 1);
     }
     int rc = 2;

@@ -743,7 +743,7 @@ void mdl_engine_release(mdl_engine *e, uint64_t id)
     pthread_mutex_unlock(&e->mu);
 }
 
-void mdl_engine_get_stats(mdl_engine *e, mdl_engine_stats *out)
+static void get_stats(mdl_engine *e, mdl_engine_stats *out, int all_ranks)
 {
     pthread_mutex_lock(&e->mu);
     mdl_engine_stats s = e->st;
@@ -758,13 +758,17 @@ void mdl_engine_get_stats(mdl_engine *e, mdl_engine_stats *out)
     }
     s.free_blocks = e->kv->n_free;
     s.total_blocks = e->o.n_blocks;
-    if (e->o.dist && e->o.dist->rank == 0) e->o.dist->stats(e->o.dist->arg, &s);
+    if (all_ranks && e->o.dist && e->o.dist->rank == 0) e->o.dist->stats(e->o.dist->arg, &s);
     s.spec_mean_accepted_len = s.spec_seq_steps ? 1.0 + (double)s.spec_accepted / (double)s.spec_seq_steps : 0.0;
     s.n_graph_sizes = e->n_sizes;
     memcpy(s.graph_sizes, e->sizes, sizeof s.graph_sizes);
     pthread_mutex_unlock(&e->mu);
     *out = s;
 }
+
+void mdl_engine_get_stats(mdl_engine *e, mdl_engine_stats *out) { get_stats(e, out, 1); }
+
+void mdl_engine_get_local_stats(mdl_engine *e, mdl_engine_stats *out) { get_stats(e, out, 0); }
 
 mdl_kv_pool *mdl_engine_pool(mdl_engine *e) { return e->kv; }
 

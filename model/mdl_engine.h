@@ -216,7 +216,10 @@ pd_status mdl_engine_kv_ready(mdl_engine *e, uint64_t id, int32_t first_token, f
 void mdl_engine_abort(mdl_engine *e, uint64_t id);
 /* PREFILL_ONLY: frees the blocks once the transfer is over. */
 void mdl_engine_release(mdl_engine *e, uint64_t id);
+/* Counts and counters; in a multi-rank instance, rank 0's engine sums every rank's (their last reports). */
 void mdl_engine_get_stats(mdl_engine *e, mdl_engine_stats *s);
+/* This engine's alone. */
+void mdl_engine_get_local_stats(mdl_engine *e, mdl_engine_stats *s);
 mdl_kv_pool *mdl_engine_pool(mdl_engine *e);
 int mdl_engine_max_model_len(const mdl_engine *e);
 /* "<arch>/<layers>x<row>/<block>/<dtype>": blocks move only between engines with equal fingerprints. */
