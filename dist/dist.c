@@ -110,11 +110,16 @@ pd_status dst_all_ok(dst *d, pd_status local, const char *what)
     if (!all) MPI_Abort(MPI_COMM_WORLD, 1);
     MPI_Allgather(&mine, 1, MPI_INT, all, 1, MPI_INT, MPI_COMM_WORLD);
     pd_status st = PD_OK;
+    pd_buf who = {0}; /* one line naming every rank that failed */
     for (int r = 0; r < d->size; r++)
         if (all[r] != PD_OK) {
-            if (d->rank == 0 && r > 0) pd_error("rank %d could not %s; every rank exits", r, what);
+            pd_buf_printf(&who, "%s%d", st == PD_OK ? "" : ", ", r);
             if (st == PD_OK) st = (pd_status)all[r];
         }
+    if (st != PD_OK && d->rank == 0)
+        pd_error("rank%s %s could not %s; every rank exits", strchr(who.data ? who.data : "", ',') ? "s" : "",
+                 who.data ? who.data : "?", what);
+    pd_buf_free(&who);
     free(all);
     return st;
 }
@@ -581,7 +586,12 @@ pd_status dst_attach(dst *d, mdl_model *m, mdl_engine_opts *eo, mdl_event_cb *cb
     d->block_total = eo->n_blocks;
     if (d->ep_on && d->size > 1) {
         d->ep.moe = dst__ep_moe;
+        d->ep.logits = dst__ep_logits;
         m->ep = &d->ep;
+        if (eo->draft_head_int8 && d->rank == 0)
+            pd_warn("the int8 draft head copies the whole MTP head, which expert-parallel ranks split: drafts use "
+                    "the checkpoint's head");
+        eo->draft_head_int8 = 0;
     }
     d->hooks = (mdl_engine_dist){.arg = d, .rank = d->rank, .place = hook_place, .submit = hook_submit,
                                  .command = hook_command, .pending = hook_pending, .stats = hook_stats,

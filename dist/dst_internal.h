@@ -46,6 +46,8 @@ struct dst_s {
 void dst__wait(dst *d, MPI_Request *rq, const char *what, int idle);
 /* ep.c */
 void dst__ep_moe(mdl_ep *ep, int layer, const float *xn, int T, const int *topi, unsigned flags, float *y);
+void dst__ep_logits(mdl_ep *ep, int head, const float *rows, int n, int nv, const uint8_t *argmax_only,
+                    int32_t *argmax, float *logits);
 void dst__step_end(void *arg);
 void dst__round_free(dst *d);
 

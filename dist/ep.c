@@ -1,51 +1,84 @@
-/* Expert parallelism over MPI (dst.h). Each MoE layer of a pass is one round: every rank sends, to each rank that
- * holds one of a token's picked experts, one record (the token's row and which of its picks live there), the
- * ranks run the rows they received through their experts, and the outputs go back (MPI_Alltoall of the sizes, then
- * MPI_Alltoallv there and back). The ranks' engines need not be at the same layer, or in a pass at all: a record
- * names its layer and the products' flags, and a rank whose step is over (dst__step_end) keeps serving rounds with
- * nothing to send until every rank is over. A pick's output is computed by the same kernels on the same row as in
- * one process (their results do not depend on the row count), and the layer adds the outputs in its own order. */
+/* Expert parallelism and vocab-parallel heads over MPI (dst.h). Each MoE layer of a pass is one round: every rank
+ * sends, to each rank that holds one of a token's picked experts, one record (the token's row and which of its
+ * picks live there), the ranks run the rows they received through their experts, and the outputs go back
+ * (MPI_Alltoall of the sizes, then MPI_Alltoallv there and back). The heads (lm_head, the MTP head) are split by
+ * vocabulary rows: a pass's logits rows go to every rank, each computes its slice (or, for a greedy row, only its
+ * slice's largest logit and where it is), and the source puts the row together. The ranks' engines need not be at
+ * the same layer, or in a pass at all: a record names what it is for, and a rank whose step is over (dst__step_end)
+ * keeps serving rounds with nothing to send until every rank is over. Every output comes from the same kernels on
+ * the same row as in one process (their results do not depend on the row count, nor a logit on the other rows of
+ * its head), and the layer adds the expert outputs in its own order: a rank gets one process's bits. */
+#include <math.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "dist/dst_internal.h"
 
+/* What this rank asks of a round. */
+typedef struct {
+    int kind;                  /* ASK_DONE: its step is over; ASK_MOE; ASK_HEAD */
+    int layer;                 /* MOE */
+    const float *x;            /* MOE: [T][D] the layer's inputs; HEAD: [T][D] the normalised rows */
+    int T;
+    const int *topi;           /* MOE: [T][K] */
+    unsigned flags;            /* MOE: the products' flags */
+    float *y;                  /* MOE: [T*K][D] each pick's expert output */
+    int head, nv;              /* HEAD: 0 lm_head, 1 the MTP head; only columns < nv count */
+    const uint8_t *amax_only;  /* HEAD: rows that need only their argmax (NULL: none) */
+    int32_t *amax;             /* HEAD: their argmax */
+    float *logits;             /* HEAD: [T][V] the other rows' logits */
+} ask;
+enum { ASK_DONE, ASK_MOE, ASK_HEAD };
+
 struct dst_round {
-    int cap_send, cap_recv, cap_rows;  /* bytes, bytes, rows */
-    char *send, *recv;                 /* records out, records in */
-    float *res_out, *res_in;           /* outputs of the rows received (to send back), of the rows sent */
-    float *rows_in, *rows_out;         /* the received rows gathered by expert, their outputs */
-    int *row_key, *row_order, *row_src; /* [rows] key, rows sorted by key, each row's record */
-    int cap_rin, cap_rout, cap_key, cap_ord, cap_src;
+    int cap_send, cap_recv, cap_out, cap_in;  /* bytes */
+    char *send, *recv;                        /* records out, records in */
+    float *res_out, *res_in;                  /* outputs of the records received (to send back), of those sent */
+    int cap_rin, cap_rout, cap_key, cap_ord, cap_src, cap_off, cap_jobs, cap_hin, cap_hout;
+    float *rows_in, *rows_out;                /* received MoE rows gathered by expert, their outputs */
+    int *row_key, *row_order, *row_src;       /* [rows] key, rows sorted by key, each row's record */
+    int *rec_off;                             /* [records received] where its outputs start in res_out */
     mdl_expert_job *jobs;
-    int cap_jobs;
-    int *scnt, *sdsp, *rcnt, *rdsp;    /* [size] records' byte counts and displacements, out and in */
-    int *ocnt, *odsp, *icnt, *idsp;    /* [size] outputs' float counts and displacements, out and in */
-    int cap_res_in;
-    int *sz_out, *sz_in;               /* [2 * size]: bytes and done flag per rank */
+    float *head_in, *head_out;                /* received head rows, their logits slice */
+    int *scnt, *sdsp, *rcnt, *rdsp;           /* [size] records' byte counts and displacements, out and in */
+    int *ocnt, *odsp, *icnt, *idsp;           /* [size] outputs' float counts and displacements, out and in */
+    int *sz_out, *sz_in;                      /* [2 * size]: bytes and done flag per rank */
+    float *lin_scratch;
     mdl_experts_ws *ws;
     int ws_rows, ws_jobs;
 };
 
-/* A record: int32 layer, flags, n (picks held by the receiver), token; int32 expert[K], slot[K]; float row[D]. */
-static int rec_picks(const char *rec)
-{
-    int32_t n;
-    memcpy(&n, rec + 8, 4);
-    return n;
-}
-
+/* A record: int32 header[4], int32 expert[K], slot[K], float row[D].
+ *   MoE:  {layer >= 0, flags, n (picks held by the receiver), token}, the picks' experts and slots.
+ *   head: {-1 - head, nv, 1 for argmax only, row}; experts and slots unused. */
 static size_t rec_bytes(const mdl_config *c)
 {
     return (size_t)(4 + 2 * c->num_experts_per_tok) * sizeof(int32_t) + (size_t)c->hidden_size * sizeof(float);
+}
+
+static void rec_hdr(const char *rec, int32_t h[4]) { memcpy(h, rec, 4 * sizeof(int32_t)); }
+
+/* The vocabulary slice of rank r of n. */
+static int vocab_w(const mdl_config *c, int r, int n)
+{
+    return mdl_vocab_first(c->vocab_size, r + 1, n) - mdl_vocab_first(c->vocab_size, r, n);
+}
+
+/* Floats a record's outputs take when rank `at` computes them. */
+static int rec_out(const mdl_config *c, const char *rec, int at, int n)
+{
+    int32_t h[4];
+    rec_hdr(rec, h);
+    if (h[0] >= 0) return h[2] * c->hidden_size;
+    return h[2] ? 2 : vocab_w(c, at, n);
 }
 
 static int grow(void **p, int *cap, size_t need, int aligned)
 {
     if (need <= (size_t)*cap) return 1;
     size_t nc = PD_MAX(need, (size_t)*cap * 2);
-    if (nc > (size_t)1 << 30) nc = need;
+    if (nc > (size_t)0x7fffffff) nc = need;
     if (nc > (size_t)0x7fffffff) return 0;
     void *n = aligned ? pd_aligned_alloc(nc) : malloc(nc);
     if (!n) return 0;
@@ -59,30 +92,14 @@ void dst__round_free(dst *d)
 {
     struct dst_round *r = d->rd;
     if (!r) return;
-    void *bufs[] = {r->send, r->recv, r->res_out, r->res_in, r->rows_in, r->rows_out, r->row_key, r->row_order,
-                    r->row_src, r->jobs, r->scnt, r->sdsp, r->rcnt, r->rdsp, r->ocnt, r->odsp, r->icnt, r->idsp,
-                    r->sz_out, r->sz_in};
+    void *bufs[] = {r->send,    r->recv,    r->res_out, r->res_in,  r->rows_in, r->rows_out, r->row_key,
+                    r->row_order, r->row_src, r->rec_off, r->jobs,  r->head_in, r->head_out, r->scnt,
+                    r->sdsp,    r->rcnt,    r->rdsp,    r->ocnt,    r->odsp,    r->icnt,     r->idsp,
+                    r->sz_out,  r->sz_in,   r->lin_scratch};
     for (size_t i = 0; i < PD_ARRAY_LEN(bufs); i++) free(bufs[i]);
     mdl_experts_ws_destroy(r->ws);
     free(r);
     d->rd = NULL;
-}
-
-static struct dst_round *round_state(dst *d)
-{
-    if (d->rd) return d->rd;
-    struct dst_round *r = calloc(1, sizeof *r);
-    const size_t n = (size_t)d->size;
-    if (!r || !(r->scnt = calloc(n, sizeof(int))) || !(r->sdsp = calloc(n, sizeof(int))) ||
-        !(r->rcnt = calloc(n, sizeof(int))) || !(r->rdsp = calloc(n, sizeof(int))) ||
-        !(r->ocnt = calloc(n, sizeof(int))) || !(r->odsp = calloc(n, sizeof(int))) ||
-        !(r->icnt = calloc(n, sizeof(int))) || !(r->idsp = calloc(n, sizeof(int))) ||
-        !(r->sz_out = calloc(2 * n, sizeof(int))) || !(r->sz_in = calloc(2 * n, sizeof(int)))) {
-        pd_error("rank %d: out of memory for the expert exchange; aborting the instance", d->rank);
-        MPI_Abort(MPI_COMM_WORLD, 73);
-    }
-    d->rd = r;
-    return r;
 }
 
 static void oom(dst *d, size_t bytes)
@@ -91,37 +108,65 @@ static void oom(dst *d, size_t bytes)
     MPI_Abort(MPI_COMM_WORLD, 73);
 }
 
-/* The records this rank sends (grouped by destination, tokens in order); returns their total bytes. */
-static size_t pack(dst *d, struct dst_round *r, int layer, const float *xn, int T, const int *topi, unsigned flags)
+static struct dst_round *round_state(dst *d)
+{
+    if (d->rd) return d->rd;
+    struct dst_round *r = calloc(1, sizeof *r);
+    const size_t n = (size_t)d->size;
+    const mdl_config *c = &d->m->cfg;
+    if (!r || !(r->scnt = calloc(n, sizeof(int))) || !(r->sdsp = calloc(n, sizeof(int))) ||
+        !(r->rcnt = calloc(n, sizeof(int))) || !(r->rdsp = calloc(n, sizeof(int))) ||
+        !(r->ocnt = calloc(n, sizeof(int))) || !(r->odsp = calloc(n, sizeof(int))) ||
+        !(r->icnt = calloc(n, sizeof(int))) || !(r->idsp = calloc(n, sizeof(int))) ||
+        !(r->sz_out = calloc(2 * n, sizeof(int))) || !(r->sz_in = calloc(2 * n, sizeof(int))) ||
+        !(r->lin_scratch = pd_aligned_alloc(krn_linear_scratch(c->hidden_size) * sizeof(float))))
+        oom(d, 0);
+    d->rd = r;
+    return r;
+}
+
+/* The records this rank sends (grouped by destination, rows in order); returns their total bytes. */
+static size_t pack(dst *d, struct dst_round *r, const ask *a)
 {
     const mdl_config *c = &d->m->cfg;
     const int K = c->num_experts_per_tok, D = c->hidden_size, E = c->n_routed_experts, n = d->size;
     const size_t rb = rec_bytes(c);
-    /* worst case: every token to every rank it picks, at most min(K, n) records per token */
-    if (!grow((void **)&r->send, &r->cap_send, (size_t)T * (size_t)PD_MIN(K, n) * rb + 1, 0))
-        oom(d, (size_t)T * PD_MIN(K, n) * rb);
+    /* at most one record per row and rank */
+    const size_t most = (size_t)a->T * (size_t)(a->kind == ASK_MOE ? PD_MIN(K, n) : n) * rb;
+    if (!grow((void **)&r->send, &r->cap_send, most + 1, 0)) oom(d, most);
     size_t o = 0;
-    for (int dst_r = 0; dst_r < n; dst_r++) {
-        const int e0 = mdl_ep_first(E, dst_r, n), e1 = mdl_ep_first(E, dst_r + 1, n);
-        r->sdsp[dst_r] = (int)o;
-        for (int t = 0; t < T; t++) {
-            int32_t hdr[4] = {layer, (int32_t)flags, 0, t}, ex[64], sl[64];
-            for (int k = 0; k < K; k++) {
-                const int e = topi[t * K + k];
-                if (e >= e0 && e < e1) {
-                    ex[hdr[2]] = e;
-                    sl[hdr[2]++] = k;
+    for (int to = 0; to < n; to++) {
+        const int e0 = mdl_ep_first(E, to, n), e1 = mdl_ep_first(E, to + 1, n);
+        r->sdsp[to] = (int)o;
+        for (int t = 0; t < a->T; t++) {
+            int32_t hdr[4], ex[64] = {0}, sl[64] = {0};
+            if (a->kind == ASK_MOE) {
+                hdr[0] = a->layer;
+                hdr[1] = (int32_t)a->flags;
+                hdr[2] = 0;
+                hdr[3] = t;
+                for (int k = 0; k < K; k++) {
+                    const int e = a->topi[t * K + k];
+                    if (e >= e0 && e < e1) {
+                        ex[hdr[2]] = e;
+                        sl[hdr[2]++] = k;
+                    }
                 }
+                if (!hdr[2]) continue;
+            } else {
+                hdr[0] = -1 - a->head;
+                hdr[1] = a->nv;
+                hdr[2] = a->amax_only && a->amax_only[t];
+                hdr[3] = t;
             }
-            if (!hdr[2]) continue;
             char *p = r->send + o;
             memcpy(p, hdr, sizeof hdr);
             memcpy(p + 16, ex, (size_t)K * 4);
             memcpy(p + 16 + (size_t)K * 4, sl, (size_t)K * 4);
-            memcpy(p + 16 + (size_t)K * 8, xn + (size_t)t * D, (size_t)D * sizeof(float));
+            memcpy(p + 16 + (size_t)K * 8, a->x + (size_t)t * D, (size_t)D * sizeof(float));
             o += rb;
         }
-        r->scnt[dst_r] = (int)(o - (size_t)r->sdsp[dst_r]);
+        r->scnt[to] = (int)(o - (size_t)r->sdsp[to]);
     }
     return o;
 }
@@ -133,62 +178,55 @@ static int by_key(const void *a, const void *b)
     return x < y ? -1 : x > y ? 1 : (*(const int *)a < *(const int *)b ? -1 : 1);
 }
 
-/* Runs the received records' rows through this rank's experts; res_out gets each row's output in record order. */
-static void serve_rows(dst *d, struct dst_round *r, size_t recv_bytes)
+/* The received MoE records' rows through this rank's experts, outputs into res_out at their records' offsets. */
+static void serve_moe(dst *d, struct dst_round *r, size_t nrec)
 {
     const mdl_config *c = &d->m->cfg;
-    const int K = c->num_experts_per_tok, D = c->hidden_size;
-    const size_t rb = rec_bytes(c), nrec = recv_bytes / rb;
+    const int K = c->num_experts_per_tok, D = c->hidden_size, E = c->n_routed_experts;
+    const size_t rb = rec_bytes(c);
     int rows = 0;
     for (size_t i = 0; i < nrec; i++) {
-        int32_t nsel;
-        memcpy(&nsel, r->recv + i * rb + 8, 4);
-        rows += nsel;
+        int32_t h[4];
+        rec_hdr(r->recv + i * rb, h);
+        if (h[0] >= 0) rows += h[2];
     }
     if (!rows) return;
-    const size_t fbytes = (size_t)rows * D * sizeof(float);
-    if (!grow((void **)&r->res_out, &r->cap_rows, fbytes, 1)) oom(d, fbytes);
-    const size_t ibytes = (size_t)rows * sizeof(int);
+    const size_t fbytes = (size_t)rows * D * sizeof(float), ibytes = (size_t)rows * sizeof(int);
     if (!grow((void **)&r->rows_in, &r->cap_rin, fbytes, 1) || !grow((void **)&r->rows_out, &r->cap_rout, fbytes, 1) ||
         !grow((void **)&r->row_key, &r->cap_key, ibytes, 0) || !grow((void **)&r->row_order, &r->cap_ord, ibytes, 0) ||
-        !grow((void **)&r->row_src, &r->cap_src, ibytes, 0))
+        !grow((void **)&r->row_src, &r->cap_src, ibytes * 2, 0) ||
+        !grow((void **)&r->jobs, &r->cap_jobs, (size_t)rows * sizeof *r->jobs, 0))
         oom(d, 2 * fbytes);
     /* key: layer, expert, flags (0 or the bf16-activation flag: a prompt pass and a decode pass differ) */
-    const int E = c->n_routed_experts;
-    int *src_of = r->row_src; /* row -> its record */
+    int *src_rec = r->row_src, *src_pick = r->row_src + rows;
     for (size_t i = 0, row = 0; i < nrec; i++) {
         const char *p = r->recv + i * rb;
-        int32_t hdr[4];
-        memcpy(hdr, p, sizeof hdr);
-        for (int s = 0; s < hdr[2]; s++, row++) {
+        int32_t h[4];
+        rec_hdr(p, h);
+        if (h[0] < 0) continue;
+        for (int s = 0; s < h[2]; s++, row++) {
             int32_t e;
             memcpy(&e, p + 16 + (size_t)s * 4, 4);
-            r->row_key[row] = (hdr[0] * E + e) * 2 + (hdr[1] != 0);
+            r->row_key[row] = (h[0] * E + e) * 2 + (h[1] != 0);
             r->row_order[row] = (int)row;
-            src_of[row] = (int)i;
+            src_rec[row] = (int)i;
+            src_pick[row] = s;
         }
     }
     sort_keys = r->row_key;
     qsort(r->row_order, (size_t)rows, sizeof(int), by_key);
-    /* gather the rows by key and make one job per key */
     int nj = 0;
-    if (rows > r->cap_jobs) {
-        free(r->jobs);
-        r->jobs = malloc((size_t)rows * sizeof *r->jobs);
-        r->cap_jobs = r->jobs ? rows : 0;
-        if (!r->jobs) oom(d, (size_t)rows * sizeof *r->jobs);
-    }
     for (int j = 0; j < rows; j++) {
         const int row = r->row_order[j], key = r->row_key[row];
-        const char *p = r->recv + (size_t)src_of[row] * rb;
+        const char *p = r->recv + (size_t)src_rec[row] * rb;
         memcpy(r->rows_in + (size_t)j * D, p + 16 + (size_t)K * 8, (size_t)D * sizeof(float));
         if (nj && r->row_key[r->row_order[j - 1]] == key) {
             r->jobs[nj - 1].n++;
             continue;
         }
-        int32_t flags;
-        memcpy(&flags, p + 4, 4);
-        r->jobs[nj++] = (mdl_expert_job){.layer = key / 2 / E, .expert = key / 2 % E, .n = 1, .flags = (unsigned)flags,
+        int32_t h[4];
+        rec_hdr(p, h);
+        r->jobs[nj++] = (mdl_expert_job){.layer = key / 2 / E, .expert = key / 2 % E, .n = 1, .flags = (unsigned)h[1],
                                          .in = r->rows_in + (size_t)j * D, .out = r->rows_out + (size_t)j * D};
     }
     if (!r->ws || r->ws_rows < rows || r->ws_jobs < nj) {
@@ -204,21 +242,125 @@ static void serve_rows(dst *d, struct dst_round *r, size_t recv_bytes)
                  pd_status_str(st));
         MPI_Abort(MPI_COMM_WORLD, 74);
     }
-    for (int j = 0; j < rows; j++)
-        memcpy(r->res_out + (size_t)r->row_order[j] * D, r->rows_out + (size_t)j * D, (size_t)D * sizeof(float));
+    for (int j = 0; j < rows; j++) {
+        const int row = r->row_order[j];
+        memcpy(r->res_out + r->rec_off[src_rec[row]] + (size_t)src_pick[row] * D, r->rows_out + (size_t)j * D,
+               (size_t)D * sizeof(float));
+    }
 }
 
-/* One round. T = 0 with done: this rank's step is over. Returns 1 when every rank's step was over (no rows moved). */
-static int round_run(dst *d, int layer, const float *xn, int T, const int *topi, unsigned flags, float *y, int done)
+/* The received head records: this rank's vocabulary slice of each row's logits, or for a greedy row the slice's
+ * largest logit below nv and its token id (as two floats: ids < 2^24 are exact). */
+static void serve_heads(dst *d, struct dst_round *r, size_t nrec)
+{
+    const mdl_config *c = &d->m->cfg;
+    const int K = c->num_experts_per_tok, D = c->hidden_size, w = d->m->vocab1 - d->m->vocab0;
+    const size_t rb = rec_bytes(c);
+    for (int head = 0; head < 2; head++) {
+        int rows = 0;
+        for (size_t i = 0; i < nrec; i++) {
+            int32_t h[4];
+            rec_hdr(r->recv + i * rb, h);
+            rows += h[0] == -1 - head;
+        }
+        if (!rows) continue;
+        const krn_mat *hm = head ? &d->m->layers[d->m->n_layers].head : &d->m->lm_head;
+        if (!grow((void **)&r->head_in, &r->cap_hin, (size_t)rows * D * sizeof(float), 1) ||
+            !grow((void **)&r->head_out, &r->cap_hout, (size_t)rows * w * sizeof(float), 1))
+            oom(d, (size_t)rows * w * sizeof(float));
+        int j = 0;
+        for (size_t i = 0; i < nrec; i++) {
+            int32_t h[4];
+            rec_hdr(r->recv + i * rb, h);
+            if (h[0] == -1 - head)
+                memcpy(r->head_in + (size_t)j++ * D, r->recv + i * rb + 16 + (size_t)K * 8, (size_t)D * sizeof(float));
+        }
+        krn_linear(hm, r->head_in, rows, r->head_out, w, r->lin_scratch);
+        j = 0;
+        for (size_t i = 0; i < nrec; i++) {
+            int32_t h[4];
+            rec_hdr(r->recv + i * rb, h);
+            if (h[0] != -1 - head) continue;
+            const float *lg = r->head_out + (size_t)j++ * w;
+            float *out = r->res_out + r->rec_off[i];
+            if (!h[2]) {
+                memcpy(out, lg, (size_t)w * sizeof(float));
+                continue;
+            }
+            const int lim = PD_MAX(0, PD_MIN(w, h[1] - d->m->vocab0));
+            const int at = lim > 0 ? krn_argmax(lg, lim) : -1;
+            out[0] = at >= 0 ? lg[at] : -INFINITY;
+            out[1] = at >= 0 ? (float)(d->m->vocab0 + at) : -1.0f;
+        }
+    }
+}
+
+/* Every received record's outputs into res_out (their offsets first). Returns the floats written. */
+static size_t serve(dst *d, struct dst_round *r, size_t recv_bytes)
+{
+    const mdl_config *c = &d->m->cfg;
+    const size_t rb = rec_bytes(c), nrec = recv_bytes / rb;
+    if (!grow((void **)&r->rec_off, &r->cap_off, (nrec + 1) * sizeof(int), 0)) oom(d, nrec * sizeof(int));
+    size_t total = 0;
+    for (size_t i = 0; i < nrec; i++) {
+        r->rec_off[i] = (int)total;
+        total += (size_t)rec_out(c, r->recv + i * rb, d->rank, d->size);
+    }
+    if (!grow((void **)&r->res_out, &r->cap_out, total * sizeof(float) + 64, 1)) oom(d, total * sizeof(float));
+    serve_moe(d, r, nrec);
+    serve_heads(d, r, nrec);
+    return total;
+}
+
+/* The outputs that came back, walking the sent records as pack wrote them. */
+static void unpack(dst *d, struct dst_round *r, const ask *a, size_t sent)
+{
+    const mdl_config *c = &d->m->cfg;
+    const int K = c->num_experts_per_tok, D = c->hidden_size, V = c->vocab_size;
+    const size_t rb = rec_bytes(c);
+    if (a->kind == ASK_HEAD && a->amax)
+        for (int t = 0; t < a->T; t++) a->amax[t] = -1;
+    float *best = NULL;
+    if (a->kind == ASK_HEAD && a->amax_only && !(best = malloc((size_t)PD_MAX(1, a->T) * sizeof(float))))
+        oom(d, (size_t)a->T * sizeof(float));
+    for (int to = 0; to < d->size; to++) {
+        const float *res = r->res_in + r->idsp[to];
+        for (size_t q = (size_t)r->sdsp[to]; q < (size_t)r->sdsp[to] + (size_t)r->scnt[to]; q += rb) {
+            int32_t h[4], sl[64];
+            rec_hdr(r->send + q, h);
+            if (h[0] >= 0) {
+                memcpy(sl, r->send + q + 16 + (size_t)K * 4, (size_t)K * 4);
+                for (int s = 0; s < h[2]; s++, res += D)
+                    memcpy(a->y + ((size_t)h[3] * K + (size_t)sl[s]) * D, res, (size_t)D * sizeof(float));
+            } else if (h[2]) { /* ranks in vocabulary order: a later slice wins only with a larger logit */
+                if (res[1] >= 0 && (a->amax[h[3]] < 0 || res[0] > best[h[3]])) {
+                    best[h[3]] = res[0];
+                    a->amax[h[3]] = (int32_t)res[1];
+                }
+                res += 2;
+            } else {
+                const int v0 = mdl_vocab_first(V, to, d->size), w = vocab_w(c, to, d->size);
+                memcpy(a->logits + (size_t)h[3] * V + v0, res, (size_t)w * sizeof(float));
+                res += w;
+            }
+        }
+    }
+    free(best);
+}
+
+/* One round. Returns 1 when every rank's step was over (nothing moved). */
+static int round_run(dst *d, const ask *a)
 {
     struct dst_round *r = round_state(d);
     const mdl_config *c = &d->m->cfg;
-    const int n = d->size, D = c->hidden_size, K = c->num_experts_per_tok;
+    const int n = d->size;
     const size_t rb = rec_bytes(c);
-    const size_t sent = pack(d, r, layer, xn, T, topi, flags);
+    const size_t sent = a->kind == ASK_DONE ? 0 : pack(d, r, a);
+    if (a->kind == ASK_DONE)
+        for (int i = 0; i < n; i++) r->scnt[i] = r->sdsp[i] = 0;
     for (int i = 0; i < n; i++) {
         r->sz_out[2 * i] = r->scnt[i];
-        r->sz_out[2 * i + 1] = done;
+        r->sz_out[2 * i + 1] = a->kind == ASK_DONE;
     }
     MPI_Request rq;
     double t0 = pd_time_now();
@@ -242,51 +384,50 @@ static int round_run(dst *d, int layer, const float *xn, int T, const int *topi,
     dst__wait(d, &rq, "the expert dispatch", 0);
     double t1 = pd_time_now();
     d->me.moe_wait_seconds += t1 - t0;
-    serve_rows(d, r, recv);
+    serve(d, r, recv);
     t0 = pd_time_now();
     d->me.moe_serve_seconds += t0 - t1;
-    /* outputs back: to each source its records' picks in order; from each destination the picks we sent there */
+    /* outputs back: to each source its records' outputs in order; from each destination those of ours it computed */
     size_t o = 0, back = 0;
     for (int i = 0; i < n; i++) {
-        int rows = 0;
-        for (int q = r->rdsp[i]; q < r->rdsp[i] + r->rcnt[i]; q += (int)rb) rows += rec_picks(r->recv + q);
         r->odsp[i] = (int)o;
-        r->ocnt[i] = rows * D;
-        o += (size_t)rows * D;
-        rows = 0;
-        for (int q = r->sdsp[i]; q < r->sdsp[i] + r->scnt[i]; q += (int)rb) rows += rec_picks(r->send + q);
+        for (int q = r->rdsp[i]; q < r->rdsp[i] + r->rcnt[i]; q += (int)rb) o += (size_t)rec_out(c, r->recv + q, d->rank, n);
+        r->ocnt[i] = (int)(o - (size_t)r->odsp[i]);
         r->idsp[i] = (int)back;
-        r->icnt[i] = rows * D;
-        back += (size_t)rows * D;
+        for (int q = r->sdsp[i]; q < r->sdsp[i] + r->scnt[i]; q += (int)rb) back += (size_t)rec_out(c, r->send + q, i, n);
+        r->icnt[i] = (int)(back - (size_t)r->idsp[i]);
     }
     /* bytes that leave this rank: records and outputs for the others */
     d->me.moe_bytes += (double)(sent - (size_t)r->scnt[d->rank]) + (double)(o - (size_t)r->ocnt[d->rank]) * 4;
-    if (!grow((void **)&r->res_in, &r->cap_res_in, back * sizeof(float) + 64, 1)) oom(d, back * sizeof(float));
+    if (!grow((void **)&r->res_in, &r->cap_in, back * sizeof(float) + 64, 1)) oom(d, back * sizeof(float));
     MPI_Ialltoallv(r->res_out, r->ocnt, r->odsp, MPI_FLOAT, r->res_in, r->icnt, r->idsp, MPI_FLOAT, MPI_COMM_WORLD,
                    &rq);
     dst__wait(d, &rq, "the expert combine", 0);
     d->me.moe_wait_seconds += pd_time_now() - t0;
-    /* each pick's output to its row of y, walking the records as pack wrote them */
-    const float *res = r->res_in;
-    for (size_t q = 0; q < sent; q += rb) {
-        int32_t hdr[4], sl[64];
-        memcpy(hdr, r->send + q, sizeof hdr);
-        memcpy(sl, r->send + q + 16 + (size_t)K * 4, (size_t)K * 4);
-        for (int s = 0; s < hdr[2]; s++, res += D)
-            memcpy(y + ((size_t)hdr[3] * K + (size_t)sl[s]) * D, res, (size_t)D * sizeof(float));
-    }
+    if (a->kind != ASK_DONE) unpack(d, r, a, sent);
     return 0;
 }
 
 void dst__ep_moe(mdl_ep *ep, int layer, const float *xn, int T, const int *topi, unsigned flags, float *y)
 {
     dst *d = (dst *)((char *)ep - offsetof(dst, ep));
-    round_run(d, layer, xn, T, topi, flags, y, 0);
+    const ask a = {.kind = ASK_MOE, .layer = layer, .x = xn, .T = T, .topi = topi, .flags = flags, .y = y};
+    round_run(d, &a);
+}
+
+void dst__ep_logits(mdl_ep *ep, int head, const float *rows, int n, int nv, const uint8_t *argmax_only,
+                    int32_t *argmax, float *logits)
+{
+    dst *d = (dst *)((char *)ep - offsetof(dst, ep));
+    const ask a = {.kind = ASK_HEAD, .x = rows, .T = n, .head = head, .nv = nv, .amax_only = argmax_only,
+                   .amax = argmax, .logits = logits};
+    round_run(d, &a);
 }
 
 void dst__step_end(void *arg)
 {
     dst *d = arg;
     if (!d->ep_on || d->size < 2) return;
-    while (!round_run(d, 0, NULL, 0, NULL, 0, NULL, 1)) continue;
+    const ask done = {.kind = ASK_DONE};
+    while (!round_run(d, &done)) continue;
 }

@@ -13,6 +13,8 @@
 #define DEC_SPLIT 4    /* decode: key tiles scored side by side (split-K), then merged in tile order */
 #define DEC_UGROUP 16  /* decode: (query, head) units per piece, the attention kernel's lanes */
 #define DEC_ABS 32     /* decode: tokens (of any sequences) whose absorbed products run together, per head */
+/* Expert parallelism: tokens per exchange of a MoE layer (bounds each pass's buffer of expert outputs). */
+#define EP_CHUNK 256
 /* Up to this many tokens, a MoE layer runs all its experts' products as two pool jobs (gate/up, then down) over
  * per-slot copies of the inputs; above it each expert has enough rows to run on its own. */
 #define MOE_GROUP_TOKENS 32
@@ -59,7 +61,12 @@ struct mdl_ctx_s {
     float *gx, *gy;  /* [GT*K, D] gathered inputs, expert outputs */
     float *gg, *gu;  /* [GT*K, moe_inter] gate (then silu(gate)*up), up */
     krn_linear_item *items; /* [2E + 2] */
-    float *epy;      /* [T*K, D] expert parallelism: each pick's expert output (mdl_ep); NULL without */
+    float *epy;      /* [min(T, EP_CHUNK)*K, D] expert parallelism: each pick's expert output (mdl_ep); NULL without */
+    struct {
+        void *p;
+        size_t len;
+    } maps[64];      /* the buffers ctx_alloc mapped */
+    int n_maps;
     float *lrows;    /* [max_logits, D] */
     float *scratch;  /* krn_linear scratch */
     uint8_t *amax_ws; /* krn_linear_argmax scratch for max_logits rows */
@@ -80,6 +87,30 @@ static size_t max_cols(const mdl_config *c)
     return m;
 }
 
+/* A buffer of the context: large ones are mapped (zero pages until written), so a context planned for a long
+ * prompt costs resident memory only for the rows passes really use; small ones come from the allocator. */
+#define CTX_MAP_MIN ((size_t)1 << 20)
+static void *ctx_alloc(mdl_ctx *x, size_t bytes)
+{
+    if (bytes < CTX_MAP_MIN || x->n_maps == (int)PD_ARRAY_LEN(x->maps)) return pd_aligned_alloc(bytes);
+    void *p = pd_huge_map(bytes);
+    if (p) {
+        x->maps[x->n_maps].p = p;
+        x->maps[x->n_maps++].len = bytes;
+    }
+    return p;
+}
+
+static void ctx_free(mdl_ctx *x, void *p)
+{
+    for (int i = 0; p && i < x->n_maps; i++)
+        if (x->maps[i].p == p) {
+            pd_huge_unmap(p, x->maps[i].len);
+            return;
+        }
+    free(p);
+}
+
 pd_status mdl_ctx_create(const mdl_model *m, int max_tokens, int max_logits, mdl_ctx **out)
 {
     if (max_tokens < 1 || max_logits < 0) return PD_ERR_INVALID;
@@ -97,7 +128,7 @@ pd_status mdl_ctx_create(const mdl_model *m, int max_tokens, int max_logits, mdl
     int ok = 1;
 #define ALLOC(field, count)                                                   \
     do {                                                                      \
-        x->field = pd_aligned_alloc((size_t)(count) * sizeof(*x->field));     \
+        x->field = ctx_alloc(x, (size_t)(count) * sizeof(*x->field));         \
         ok = ok && x->field != NULL;                                          \
     } while (0)
     ALLOC(x, T * D);
@@ -127,8 +158,10 @@ pd_status mdl_ctx_create(const mdl_model *m, int max_tokens, int max_logits, mdl
     ALLOC(dacc, (size_t)DEC_SPLIT * x->dq * H * kvl);
     ALLOC(g, T * F);
     ALLOC(u, T * F);
-    ALLOC(xg, T * D);
-    ALLOC(yg, T * D);
+    if (m->opts.ep_size <= 1) { /* the per-expert path; expert parallelism sends the rows away instead */
+        ALLOC(xg, T * D);
+        ALLOC(yg, T * D);
+    }
     ALLOC(moe, T * D);
     ALLOC(rscore, T * E);
     ALLOC(rsel, E);
@@ -141,12 +174,14 @@ pd_status mdl_ctx_create(const mdl_model *m, int max_tokens, int max_logits, mdl
     ALLOC(lrows, (size_t)PD_MAX(max_logits, 1) * D);
     const size_t GK = (size_t)PD_MIN(max_tokens, MOE_GROUP_TOKENS) * K,
                  Fm = (size_t)PD_MAX(1, c->moe_intermediate_size);
-    ALLOC(gx, GK * D);
-    ALLOC(gy, GK * D);
-    ALLOC(gg, GK * Fm);
-    ALLOC(gu, GK * Fm);
+    if (m->opts.ep_size <= 1) { /* the grouped path; expert parallelism sends the rows away instead */
+        ALLOC(gx, GK * D);
+        ALLOC(gy, GK * D);
+        ALLOC(gg, GK * Fm);
+        ALLOC(gu, GK * Fm);
+    }
     ALLOC(items, 2 * E + 2);
-    if (m->opts.ep_size > 1) ALLOC(epy, T * K * D);
+    if (m->opts.ep_size > 1) ALLOC(epy, PD_MIN(T, (size_t)EP_CHUNK) * K * D);
     ALLOC(scratch, krn_linear_scratch((int)max_cols(c)));
     ALLOC(amax_ws, krn_linear_argmax_scratch(D, PD_MAX(max_logits, 1)));
     ALLOC(lrows2, (size_t)PD_MAX(max_logits, 1) * D);
@@ -169,7 +204,7 @@ void mdl_ctx_destroy(mdl_ctx *x)
                     x->moe, x->epy, x->rscore, x->rsel, x->topi, x->topw, x->ecount, x->eoff, x->elist, x->ecat,
                     x->lrows, x->scratch, x->gx, x->gy, x->gg, x->gu, x->items, x->dlat, x->dkpe, x->dm, x->dl,
                     x->dacc, x->amax_ws, x->lrows2, x->lperm, x->lamax};
-    for (size_t i = 0; i < PD_ARRAY_LEN(bufs); i++) free(bufs[i]);
+    for (size_t i = 0; i < PD_ARRAY_LEN(bufs); i++) ctx_free(x, bufs[i]);
     free(x);
 }
 
@@ -585,15 +620,32 @@ static void moe_grouped(mdl_ctx *x, const mdl_layer *L, int T)
         krn_axpy(D, x->topw[x->elist[r]], x->gy + (size_t)r * D, x->moe + (size_t)(x->elist[r] / K) * D);
 }
 
-/* Expert parallelism: the picks' rows go to the ranks that hold their experts (mdl_ep) while the shared experts run
- * here; the outputs are then added in elist order, as both single-process paths add them. */
+/* Expert parallelism: the picks' rows go to the ranks that hold their experts (mdl_ep), EP_CHUNK tokens at a time
+ * (one exchange each, bounding the outputs' buffer), while the shared experts run here. Each token's outputs are
+ * added in ascending expert order, the order elist gives both single-process paths. */
 static void moe_ep(mdl_ctx *x, const mdl_layer *L, int layer, int T)
 {
     const mdl_config *c = &x->m->cfg;
     const int K = c->num_experts_per_tok, D = c->hidden_size;
-    x->m->ep->moe(x->m->ep, layer, x->xn, T, x->topi, x->lin_flags, x->epy);
-    for (int r = 0; r < T * K; r++)
-        krn_axpy(D, x->topw[x->elist[r]], x->epy + (size_t)x->elist[r] * D, x->moe + (size_t)(x->elist[r] / K) * D);
+    for (int t0 = 0; t0 < T; t0 += EP_CHUNK) {
+        const int n = PD_MIN(EP_CHUNK, T - t0);
+        x->m->ep->moe(x->m->ep, layer, x->xn + (size_t)t0 * D, n, x->topi + (size_t)t0 * K, x->lin_flags, x->epy);
+        for (int t = 0; t < n; t++) {
+            int ord[64];
+            for (int k = 0; k < K; k++) ord[k] = k;
+            for (int a = 1; a < K; a++) /* K is small: insertion sort by expert */
+                for (int b = a; b > 0 && x->topi[(size_t)(t0 + t) * K + ord[b]] < x->topi[(size_t)(t0 + t) * K + ord[b - 1]];
+                     b--) {
+                    const int tmp = ord[b];
+                    ord[b] = ord[b - 1];
+                    ord[b - 1] = tmp;
+                }
+            for (int k = 0; k < K; k++) {
+                const size_t i = (size_t)(t0 + t) * K + (size_t)ord[k];
+                krn_axpy(D, x->topw[i], x->epy + ((size_t)t * K + (size_t)ord[k]) * D, x->moe + (size_t)(t0 + t) * D);
+            }
+        }
+    }
     if (c->n_shared_experts > 0) mlp(x, &L->sh_gate, &L->sh_up, &L->sh_down, x->xn, T, x->tmp);
 }
 
@@ -698,9 +750,18 @@ static void logits_out(mdl_ctx *x, const mdl_batch *b, const float *norm, const 
     /* exact in every pass (prefill's rows too: whose argmax is the first token); rows marked argmax_only get their
      * argmax through the screen, exact as well, where it exists */
     const int V = c->vocab_size, nv = b->n_vocab > 0 && b->n_vocab < V ? b->n_vocab : V;
+    const int want = b->argmax_only && b->argmax;
+    if (x->m->ep) { /* vocab-parallel heads: every rank computes its slice (mdl_ep) */
+        PD_ASSERT(head == &x->m->lm_head || head == &x->m->layers[x->m->n_layers].head);
+        x->m->ep->logits(x->m->ep, head != &x->m->lm_head, x->lrows, n, nv, want ? b->argmax_only : NULL,
+                         want ? b->argmax : NULL, logits);
+        for (int i = 0; i < n && nv < V; i++)
+            if (!(want && b->argmax_only[i]))
+                for (int v = nv; v < V; v++) logits[(size_t)i * V + v] = -INFINITY;
+        return;
+    }
     krn_mat h = *head;
     h.rows = nv; /* a prefix of rows is a valid view of every packed form: panels of 32 rows, in order */
-    const int want = b->argmax_only && b->argmax;
     int ns = 0;
     for (int i = 0; i < n && want && head_norms; i++) ns += b->argmax_only[i] != 0;
     if (ns > 0) {

@@ -70,6 +70,12 @@ static inline mdl_load_opts mdl_load_defaults(void)
  * kernels a rank gets the bits one process would. layer: 0..n_layers-1, n_layers for the MTP layer. */
 typedef struct mdl_ep_s {
     void (*moe)(struct mdl_ep_s *ep, int layer, const float *xn, int T, const int *topi, unsigned flags, float *y);
+    /* Vocab-parallel heads: each rank holds rows [vocab0, vocab1) of the lm_head (head 0) and the MTP head (head 1).
+     * rows: [n][hidden] normalised; only columns < nv count. Row i with argmax_only[i] (argmax_only may be NULL)
+     * gets its argmax in argmax[i] (the first largest logit, as krn_argmax); every other row its logits in
+     * logits[i][0..vocab_size) (columns >= nv: set to -inf by the caller). */
+    void (*logits)(struct mdl_ep_s *ep, int head, const float *rows, int n, int nv, const uint8_t *argmax_only,
+                   int32_t *argmax, float *logits);
 } mdl_ep;
 
 typedef struct mdl_model_s {
@@ -88,11 +94,18 @@ typedef struct mdl_model_s {
     float softmax_scale;
     struct mdl__store *store; /* owns mmaps and converted copies */
     int exp0, exp1;         /* the routed experts loaded here: [exp0, exp1) (all without expert parallelism) */
+    int vocab0, vocab1;     /* the rows of lm_head and the MTP head loaded here (all without expert parallelism) */
     mdl_ep *ep;             /* set by dist/ after loading when the experts are split over ranks; NULL: all local */
 } mdl_model;
 
 /* The first routed expert of rank r of n: experts are split into n contiguous ranges of E / n (n divides E). */
 static inline int mdl_ep_first(int n_experts, int r, int n) { return (int)((long)n_experts * r / n); }
+/* The first head row (token id) of rank r of n: slices start at multiples of 128 (FP8 scale blocks, packed
+ * panels), the last ends at the vocabulary's end. */
+static inline int mdl_vocab_first(int vocab, int r, int n)
+{
+    return r >= n ? vocab : (int)((long)vocab * r / n) / 128 * 128;
+}
 
 /* Rows through routed experts held here (expert parallelism: the rows other ranks sent). Job i runs n rows of in
  * (n x hidden_size) through expert `expert` of layer `layer` (which must be loaded here) with the products' flags

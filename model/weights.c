@@ -275,9 +275,23 @@ static void rope_freqs(const mdl_config *c, float *f)
     }
 }
 
-/* Loads layer l's tensors into L; routed experts outside [e0, e1) (expert parallelism: other ranks') are skipped. */
+/* Restricts a loaded, not yet packed matrix to rows [r0, r1) (a vocab-parallel head's slice): a view of the same
+ * data, so packing touches only those rows. FP8 slices start on a scale block (mdl_vocab_first). */
+static void mat_rows(krn_mat *m, int r0, int r1)
+{
+    if (r0 == 0 && r1 == m->rows) return;
+    if (m->type == KRN_F8E4M3) {
+        PD_ASSERT(r0 % m->block_r == 0);
+        m->scale += (size_t)(r0 / m->block_r) * (size_t)((m->cols + m->block_c - 1) / m->block_c);
+    }
+    m->data = (const uint8_t *)m->data + (size_t)r0 * (size_t)m->cols * krn_type_size(m->type);
+    m->rows = r1 - r0;
+}
+
+/* Loads layer l's tensors into L; routed experts outside [e0, e1) (expert parallelism: other ranks') are skipped,
+ * and the MTP head keeps rows [v0, v1) only. */
 static int load_layer(struct mdl__store *s, const mdl_config *c, int l, krn_type wt, int fp8_dequant, int quant,
-                      int e0, int e1, mdl_layer *L, char *err, size_t errlen, pd_status *st)
+                      int e0, int e1, int v0, int v1, mdl_layer *L, char *err, size_t errlen, pd_status *st)
 {
     size_t n = mdl_tensor_specs_layer(c, l, NULL, 0);
     mdl_tensor_spec *sp = calloc(n, sizeof *sp);
@@ -342,6 +356,7 @@ static int load_layer(struct mdl__store *s, const mdl_config *c, int l, krn_type
         /* the router's scores decide expert choice: keep them in f32 so bf16 rounding cannot flip a choice */
         krn_type t = dst == &L->router ? KRN_F32 : wt;
         if (!load_mat(s, &sp[i], t, fp8_dequant, blk, dst, err, errlen, st)) ok = 0;
+        if (ok && dst == &L->head) mat_rows(dst, v0, v1);
         /* W8A8 covers the MoE experts (routed and shared: ~97% of DeepSeek-V3's weights and of its decode
          * traffic). Attention, the dense layers, the router and the heads keep their checkpoint precision:
          * int8 noise there moves the residual stream enough to flip near-tied expert choices (measured on the
@@ -398,6 +413,13 @@ pd_status mdl_model_load(const char *dir, const mdl_load_opts *opts, mdl_model *
     }
     m->exp0 = mdl_ep_first(c->n_routed_experts, o.ep_rank, o.ep_size);
     m->exp1 = mdl_ep_first(c->n_routed_experts, o.ep_rank + 1, o.ep_size);
+    m->vocab0 = mdl_vocab_first(c->vocab_size, o.ep_rank, o.ep_size);
+    m->vocab1 = mdl_vocab_first(c->vocab_size, o.ep_rank + 1, o.ep_size);
+    if (m->vocab1 <= m->vocab0) {
+        st = fail(err, errlen, PD_ERR_INVALID, "%s: a vocabulary of %d cannot be split into %d slices of 128 rows", dir,
+                  c->vocab_size, o.ep_size);
+        goto fail_model;
+    }
 
     m->n_layers = c->num_hidden_layers;
     m->n_mtp = 0;
@@ -421,11 +443,12 @@ pd_status mdl_model_load(const char *dir, const mdl_load_opts *opts, mdl_model *
     if (!load_mat(m->store, &top[2], o.weight_type, o.fp8_dequant, c->fp8 ? c->fp8_block : NULL, &m->lm_head, err,
                   errlen, &st))
         goto fail_model;
+    mat_rows(&m->lm_head, m->vocab0, m->vocab1);
     if (!prepack(m->store, &m->lm_head, KRN_PREPACK_FAST, top[2].name, err, errlen, &st)) goto fail_model;
     if (!head_norms(m->store, &m->lm_head, dir, top[2].name, &m->lm_head_norms, err, errlen, &st)) goto fail_model;
     for (int l = 0; l < m->n_layers + m->n_mtp; l++)
-        if (!load_layer(m->store, c, l, o.weight_type, o.fp8_dequant, o.quant, m->exp0, m->exp1, &m->layers[l], err,
-                        errlen, &st))
+        if (!load_layer(m->store, c, l, o.weight_type, o.fp8_dequant, o.quant, m->exp0, m->exp1, m->vocab0, m->vocab1,
+                        &m->layers[l], err, errlen, &st))
             goto fail_model;
     for (int l = m->n_layers; l < m->n_layers + m->n_mtp; l++)
         if (!head_norms(m->store, &m->layers[l].head, dir, "shared_head.head", &m->layers[l].head_norms, err, errlen,
