@@ -1,6 +1,6 @@
-/* Safetensors reader and writer. Reading: resolve the path to a list of shard files, mmap each, copy and
- * parse its JSON header, validate every entry against the mapping, then index all names in one hash table.
- * Writing: collect declarations, emit the header, stream the data, rename into place. */
+/* Safetensors reader and writer. Reading: resolve the path to a list of shard files, mmap each, copy and parse
+ * its JSON header, validate every entry against the mapping, index all names in one hash table; later drop the
+ * pages of tensors marked done. Writing: collect declarations, emit the header, stream the data, rename into place. */
 #include "model/safetensors.h"
 
 #include <cJSON.h>
@@ -224,6 +224,7 @@ typedef struct {
     char *path;
     const unsigned char *map;   /* whole file, PROT_READ; NULL until mapped */
     size_t size;
+    size_t data_off;            /* 8 + header length: where the data buffer starts */
     char *names;                /* the file's tensor names, NUL-separated */
 } st_file;
 
@@ -231,6 +232,7 @@ struct mdl_st_s {
     st_file *files;             /* [nfiles] */
     size_t nfiles;
     mdl_tensor_view *tensors;   /* [ntensors], grouped by file */
+    unsigned char *done;        /* [ntensors] 1: marked by mdl_st_mark_done */
     size_t ntensors;
     strmap by_name;             /* name -> index into tensors */
     size_t total_bytes;
@@ -246,6 +248,7 @@ void mdl_st_close(mdl_st st)
     }
     free(st->files);
     free(st->tensors);
+    free(st->done);
     strmap_free(&st->by_name);
     free(st);
 }
@@ -264,6 +267,72 @@ const mdl_tensor_view *mdl_st_find(const mdl_st st, const char *name)
     uint32_t i;
     if (!st || !name || !strmap_get(&st->by_name, name, &i)) return NULL;
     return &st->tensors[i];
+}
+
+void mdl_st_mark_done(mdl_st st, const mdl_tensor_view *t)
+{
+    if (!st || !t) return;
+    PD_ASSERT(t >= st->tensors && t < st->tensors + st->ntensors);
+    st->done[t - st->tensors] = 1;
+}
+
+static size_t page_down(size_t x, size_t pg) { return x & ~(pg - 1); }
+static size_t page_up(size_t x, size_t pg) { return (x + pg - 1) & ~(pg - 1); }
+
+/* Drops the pages of f's done tensors (views [b, e) of st, sorted by offset) that no kept byte shares. A run of
+ * done tensors lies between kept bytes (the header, a tensor not done, or the end of the file); the run's pages
+ * go, except the one holding the last kept byte before it and the one holding the first kept byte after it. Bytes
+ * of no tensor (gaps) are nobody's and may go with their page. */
+static size_t release_file(mdl_st st, const st_file *f, size_t b, size_t e, size_t pg, int *warned)
+{
+    size_t dropped = 0, keep_end = f->data_off, run_lo = 0, run_hi = 0;
+    int in_run = 0;
+    for (size_t i = b; i <= e; i++) {
+        const mdl_tensor_view *t = i < e ? &st->tensors[i] : NULL;
+        if (t && !t->nbytes) continue; /* occupies nothing */
+        const size_t off = t ? (size_t)((const unsigned char *)t->data - f->map) : f->size;
+        if (t && st->done[i]) {
+            if (!in_run) run_lo = off;
+            in_run = 1;
+            run_hi = off + t->nbytes;
+            continue;
+        }
+        if (in_run) {
+            const size_t lo = PD_MAX(page_down(run_lo, pg), page_up(keep_end, pg));
+            const size_t hi = t ? PD_MIN(page_up(run_hi, pg), page_down(off, pg)) : page_up(run_hi, pg);
+            /* PROT_READ + MAP_PRIVATE, never written: no private copies to lose, only file pages to unmap */
+            if (hi > lo) {
+                if (madvise((void *)(f->map + lo), hi - lo, MADV_DONTNEED) == 0) {
+                    dropped += hi - lo;
+                } else if (!*warned) {
+                    pd_warn("%s: madvise(MADV_DONTNEED) failed: %s; its loaded tensors stay resident", f->path,
+                            strerror(errno));
+                    *warned = 1;
+                }
+            }
+            in_run = 0;
+        }
+        if (t) keep_end = off + t->nbytes;
+    }
+    return dropped;
+}
+
+size_t mdl_st_release_done(mdl_st st)
+{
+    if (!st) return 0;
+    const long psz = sysconf(_SC_PAGESIZE);
+    const size_t pg = psz > 0 ? (size_t)psz : 4096;
+    size_t dropped = 0;
+    int warned = 0;
+    for (size_t b = 0, e; b < st->ntensors; b = e) { /* views are grouped by file */
+        for (e = b + 1; e < st->ntensors && st->tensors[e].file == st->tensors[b].file;) e++;
+        const st_file *f = NULL;
+        for (size_t i = 0; i < st->nfiles && !f; i++)
+            if (st->files[i].path == st->tensors[b].file) f = &st->files[i];
+        PD_ASSERT(f && f->map);
+        dropped += release_file(st, f, b, e, pg, &warned);
+    }
+    return dropped;
 }
 
 static int view_cmp(const void *pa, const void *pb)
@@ -506,13 +575,19 @@ static pd_status load_file(mdl_st st, st_file *f, char *err, size_t errlen)
     f->names = malloc(name_bytes ? name_bytes : 1);
     mdl_tensor_view *tv = realloc(st->tensors, (st->ntensors + count + 1) * sizeof *tv);
     if (tv) st->tensors = tv;
-    if (!f->names || !tv) {
+    unsigned char *dn = realloc(st->done, st->ntensors + count + 1);
+    if (dn) {
+        st->done = dn;
+        memset(dn + st->ntensors, 0, count + 1);
+    }
+    if (!f->names || !tv || !dn) {
         rc = fail(err, errlen, PD_ERR_NOMEM, "%s: no memory for %zu tensors", f->path, count);
         goto done;
     }
 
-    const unsigned char *data = f->map + 8 + hlen;
-    size_t data_len = f->size - 8 - (size_t)hlen;
+    f->data_off = 8 + (size_t)hlen;
+    const unsigned char *data = f->map + f->data_off;
+    size_t data_len = f->size - f->data_off;
     mdl_tensor_view *v = st->tensors + st->ntensors;
     char *np = f->names;
     for (const cJSON *c = root->child; c; c = c->next) {

@@ -76,6 +76,17 @@ const mdl_tensor_view *mdl_st_find(const mdl_st st, const char *name);
 size_t mdl_st_total_bytes(const mdl_st st);
 /* Number of files mapped (1 without an index). */
 size_t mdl_st_file_count(const mdl_st st);
+/* Releasing pages nothing reads any more. A loader that copied, converted or packed a tensor marks it done;
+ * mdl_st_release_done then drops from this process every page of the file mappings that holds bytes of done
+ * tensors and of no other tensor and no header (madvise MADV_DONTNEED on the read-only private file mapping: the
+ * page cache keeps the pages for other processes; this one's resident memory no longer counts them). A page shared
+ * with a tensor not marked done is kept whole. Views stay valid: a dropped page that is read again faults back in
+ * from the file with the same bytes, so marking is about memory, never correctness.
+ * mark_done: t must be a view of st (from mdl_st_find / mdl_st_at); marking twice is harmless. NULL does nothing. */
+void mdl_st_mark_done(mdl_st st, const mdl_tensor_view *t);
+/* Drops the pages as above (again for pages read since an earlier call); returns the bytes dropped. Logs a warning
+ * once if the kernel refuses (the pages then stay resident; nothing else changes). */
+size_t mdl_st_release_done(mdl_st st);
 /* Unmaps every file and frees every view. Accepts NULL. */
 void mdl_st_close(mdl_st st);
 

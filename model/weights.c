@@ -1,6 +1,8 @@
 /* Checkpoint loading: config.json + safetensors -> mdl_model. BF16 weights used as BF16 stay in the mmap
  * (zero copy, shared through the page cache); other combinations (F32, F16, FP8 with 128x128 block scales)
- * are converted once at load into owned buffers. Every tensor is checked against the catalogue first. */
+ * are converted once at load into owned buffers. Every tensor is checked against the catalogue first. Tensors
+ * whose checkpoint bytes nothing reads after load (copied, converted, or packed) are marked done, and their pages
+ * leave the process's resident memory at the end (mdl_st_release_done). */
 #include <math.h>
 #include <stdarg.h>
 #include <string.h>
@@ -133,6 +135,7 @@ static float *load_vec(struct mdl__store *s, const mdl_tensor_spec *sp, char *er
         return NULL;
     }
     for (int64_t i = 0; i < t->numel; i++) v[i] = elem_f32(t, (size_t)i);
+    mdl_st_mark_done(s->st, t);
     progress(s, t->nbytes);
     return v;
 }
@@ -154,11 +157,12 @@ static int load_mat(struct mdl__store *s, const mdl_tensor_spec *sp, krn_type wa
         return 1;
     }
     const float *scale = NULL;
+    const mdl_tensor_view *sv = NULL; /* FP8: the block scales */
     int sr = 0, sc = 0, br = 128, bc = 128;
     if (t->dtype == MDL_DT_F8_E4M3) {
         char sname[160];
         snprintf(sname, sizeof sname, "%s_scale_inv", sp->name);
-        const mdl_tensor_view *sv = mdl_st_find(s->st, sname);
+        sv = mdl_st_find(s->st, sname);
         if (fp8_block) {
             br = fp8_block[0];
             bc = fp8_block[1];
@@ -182,6 +186,7 @@ static int load_mat(struct mdl__store *s, const mdl_tensor_spec *sp, krn_type wa
                 return 0;
             }
             memcpy(sc_copy, sv->data, (size_t)sr * sc * sizeof(float));
+            mdl_st_mark_done(s->st, sv);
             out->type = KRN_F8E4M3;
             out->data = t->data;
             out->scale = sc_copy;
@@ -212,14 +217,20 @@ static int load_mat(struct mdl__store *s, const mdl_tensor_spec *sp, krn_type wa
         }
     }
     out->data = dst;
+    mdl_st_mark_done(s->st, t); /* the owned copy is what every path reads */
+    mdl_st_mark_done(s->st, sv);
     progress(s, t->nbytes);
     return 1;
 }
 
 /* Packs a loaded matrix once for the fast kernels (a no-op on the portable path) or, for W8A8, quantises it to
- * int8 with per-output-row scales. The plain data stays valid: row lookups and the reference path read it. */
-static int prepack(struct mdl__store *s, krn_mat *m, krn_prepack_mode mode, const char *name, char *err,
-                   size_t errlen, pd_status *st)
+ * int8 with per-output-row scales. The plain data stays valid: row lookups and the reference path read it.
+ * Once packed, krn_linear, krn_linear_group and krn_linear_argmax read only the packed form, so the checkpoint
+ * bytes are marked done, unless plain_read: something reads the plain rows in place as well (kv_b_proj: absorbed
+ * MLA's krn_matmul_sub / krn_linear_rows). Marking is safe before head_norms reads the plain rows: pages go only
+ * at the end of the load. */
+static int prepack(struct mdl__store *s, krn_mat *m, krn_prepack_mode mode, int plain_read, const char *name,
+                   char *err, size_t errlen, pd_status *st)
 {
     size_t bytes = krn_mat_prepack_size(m, mode);
     if (!bytes) return 1;
@@ -229,6 +240,7 @@ static int prepack(struct mdl__store *s, krn_mat *m, krn_prepack_mode mode, cons
         return 0;
     }
     PD_ASSERT(krn_mat_prepack(m, mode, buf) == PD_OK);
+    if (!plain_read && m->pack != KRN_PACK_NONE) mdl_st_mark_done(s->st, mdl_st_find(s->st, name));
     return 1;
 }
 
@@ -363,7 +375,9 @@ static int load_layer(struct mdl__store *s, const mdl_config *c, int l, krn_type
          * golden fixtures, see docs/kernels.md). Embeddings are row lookups and are not packed. */
         if (ok && dst != &L->embed && dst != &L->router) {
             int w8 = quant == MDL_QUANT_W8A8 && (strstr(nm, "mlp.experts.") || strstr(nm, "mlp.shared_experts."));
-            if (!prepack(s, dst, w8 ? KRN_PREPACK_W8A8 : KRN_PREPACK_FAST, sp[i].name, err, errlen, st)) ok = 0;
+            if (!prepack(s, dst, w8 ? KRN_PREPACK_W8A8 : KRN_PREPACK_FAST, dst == &L->kv_b, sp[i].name, err, errlen,
+                         st))
+                ok = 0;
         }
     }
     free(sp);
@@ -444,7 +458,7 @@ pd_status mdl_model_load(const char *dir, const mdl_load_opts *opts, mdl_model *
                   errlen, &st))
         goto fail_model;
     mat_rows(&m->lm_head, m->vocab0, m->vocab1);
-    if (!prepack(m->store, &m->lm_head, KRN_PREPACK_FAST, top[2].name, err, errlen, &st)) goto fail_model;
+    if (!prepack(m->store, &m->lm_head, KRN_PREPACK_FAST, 0, top[2].name, err, errlen, &st)) goto fail_model;
     if (!head_norms(m->store, &m->lm_head, dir, top[2].name, &m->lm_head_norms, err, errlen, &st)) goto fail_model;
     for (int l = 0; l < m->n_layers + m->n_mtp; l++)
         if (!load_layer(m->store, c, l, o.weight_type, o.fp8_dequant, o.quant, m->exp0, m->exp1, m->vocab0, m->vocab1,
@@ -462,6 +476,12 @@ pd_status mdl_model_load(const char *dir, const mdl_load_opts *opts, mdl_model *
     }
     rope_freqs(c, m->rope_freqs);
     m->softmax_scale = (float)mdl_config_softmax_scale(c);
+    /* Last, so no later read of a neighbour at load faults (with fault-around) a dropped page back in. The MTP
+     * head's plain rows are read once more only for draft_head_dtype int8's copy (mdl__spec_make_draft_head), from
+     * the file. */
+    size_t dropped = mdl_st_release_done(m->store->st);
+    pd_debug("%s: %.1f MB of checkpoint pages released (read only through copies or packed forms)", dir,
+             dropped / 1e6);
     *out = m;
     return PD_OK;
 

@@ -1,10 +1,14 @@
 /* Engine tests: logits against DeepSeek's reference (tests/fixtures/<case>/golden.json) through the prefill
  * and decode paths at float32 and default precision, MTP logits, greedy continuations; invariants on
  * generated checkpoints of other shapes (V2 routing, no q_lora, odd sizes, YaRN, many KV blocks, chunked
- * prefill, batched == alone, sharded == single file, FP8); malformed configs and checkpoints. */
+ * prefill, batched == alone, sharded == single file, FP8); malformed configs and checkpoints; the checkpoint pages
+ * a loaded model no longer reads leave its resident memory. */
 #include <cJSON.h>
 #include <check.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <math.h>
+#include <stdint.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -250,6 +254,154 @@ static void check_paths_agree(const char *dir, int n, double tol)
     free(t);
     mdl_model_destroy(m);
 }
+
+/* ---- resident memory after load --------------------------------------------------------------------------- */
+
+/* This process's resident bytes in its mappings of the file at path (the Rss of its /proc/self/smaps entries: pages
+ * mapped here, not the page cache's), and the address range they cover. */
+static size_t file_rss(const char *path, uintptr_t *lo, uintptr_t *hi)
+{
+    FILE *f = fopen("/proc/self/smaps", "r");
+    ck_assert_ptr_nonnull(f);
+    char line[PATH_MAX + 256];
+    size_t rss = 0;
+    int in = 0;
+    *lo = UINTPTR_MAX;
+    *hi = 0;
+    while (fgets(line, sizeof line, f)) {
+        unsigned long a, b, kb;
+        int n = 0;
+        if (sscanf(line, "%lx-%lx %*s %*s %*s %*s %n", &a, &b, &n) == 2 && n > 0) { /* a mapping's first line */
+            line[strcspn(line, "\n")] = '\0';
+            in = !strcmp(line + n, path);
+            if (in) *lo = PD_MIN(*lo, (uintptr_t)a), *hi = PD_MAX(*hi, (uintptr_t)b);
+        } else if (in && sscanf(line, "Rss: %lu kB", &kb) == 1) {
+            rss += (size_t)kb * 1024;
+        }
+    }
+    fclose(f);
+    return rss;
+}
+
+/* Whole pages inside [p, p + n) mapped in this process (bit 63 of their /proc/self/pagemap entries). */
+static size_t present_pages(const void *p, size_t n)
+{
+    const uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE), a0 = ((uintptr_t)p + pg - 1) & ~(pg - 1);
+    const uintptr_t a1 = ((uintptr_t)p + n) & ~(pg - 1);
+    int fd = open("/proc/self/pagemap", O_RDONLY);
+    ck_assert_int_ge(fd, 0);
+    size_t count = 0;
+    for (uintptr_t a = a0; a < a1; a += pg) {
+        uint64_t e = 0;
+        ck_assert_int_eq(pread(fd, &e, sizeof e, (off_t)(a / pg * sizeof e)), (ssize_t)sizeof e);
+        count += (size_t)(e >> 63);
+    }
+    close(fd);
+    return count;
+}
+
+typedef struct {
+    size_t kept_bytes;    /* matrices the forward pass reads in place */
+    int n_kept, n_packed; /* in the mapping: read in place / read only through their packed forms */
+} mats_tally;
+
+/* Tallies a matrix whose data lies in [lo, hi) (the checkpoint's mapping; converted copies lie elsewhere). Packed
+ * ones (but kv_b_proj, which absorbed MLA reads unpacked) must have no whole page of theirs mapped. */
+static void tally_mat(const krn_mat *w, int plain_read, uintptr_t lo, uintptr_t hi, const char *what, int l,
+                      mats_tally *t)
+{
+    if ((uintptr_t)w->data < lo || (uintptr_t)w->data >= hi) return;
+    const size_t bytes = (size_t)w->rows * w->cols * krn_type_size(w->type);
+    if (w->pack == KRN_PACK_NONE || plain_read) {
+        t->kept_bytes += bytes;
+        t->n_kept++;
+        return;
+    }
+    t->n_packed++;
+    size_t n = present_pages(w->data, bytes);
+    ck_assert_msg(n == 0, "layer %d %s: %zu of its pages still resident after load", l, what, n);
+}
+
+static void tally_model(const mdl_model *m, uintptr_t lo, uintptr_t hi, mats_tally *t)
+{
+    memset(t, 0, sizeof *t);
+    tally_mat(&m->embed, 0, lo, hi, "embed", -1, t);
+    tally_mat(&m->lm_head, 0, lo, hi, "lm_head", -1, t);
+    for (int l = 0; l < m->n_layers + m->n_mtp; l++) {
+        const mdl_layer *L = &m->layers[l];
+        const krn_mat *w[] = {&L->q_a, &L->q_b, &L->q, &L->kv_a, &L->o, &L->gate, &L->up, &L->down, &L->router,
+                              &L->sh_gate, &L->sh_up, &L->sh_down, &L->eh_proj, &L->head, &L->embed};
+        for (size_t i = 0; i < PD_ARRAY_LEN(w); i++) tally_mat(w[i], 0, lo, hi, "matrix", l, t);
+        tally_mat(&L->kv_b, 1, lo, hi, "kv_b", l, t);
+        for (int e = m->exp0; L->is_moe && e < m->exp1; e++) {
+            tally_mat(&L->exp_gate[e], 0, lo, hi, "expert gate", l, t);
+            tally_mat(&L->exp_up[e], 0, lo, hi, "expert up", l, t);
+            tally_mat(&L->exp_down[e], 0, lo, hi, "expert down", l, t);
+        }
+    }
+}
+
+static const struct {
+    const char *fixture;
+    mdl_quant quant;
+} releases[] = {{"v3tiny", MDL_QUANT_NONE}, {"v3tiny", MDL_QUANT_W8A8}, {"v3yarn-fp8", MDL_QUANT_NONE}};
+
+/* After load, the checkpoint's pages in this process are at most the header's and those of the matrices read in place
+ * (embeddings, kv_b_proj, whatever this kernel table does not pack), each with the two pages it may share with a
+ * neighbour: vectors, converted and packed matrices are gone, and a forward pass does not bring them back. */
+START_TEST(test_load_releases_checkpoint_pages)
+{
+    char dir[1024], given[1100], file[PATH_MAX], err[1024];
+    snprintf(dir, sizeof dir, "%s/%s", PD_FIXTURES, releases[_i].fixture);
+    snprintf(given, sizeof given, "%s/model.safetensors", dir);
+    ck_assert_ptr_nonnull(realpath(given, file));
+    const size_t pg = (size_t)sysconf(_SC_PAGESIZE);
+    unsigned char h8[8];
+    FILE *f = fopen(file, "rb");
+    ck_assert_ptr_nonnull(f);
+    ck_assert_int_eq(fread(h8, 1, 8, f), 8);
+    fclose(f);
+    size_t header = 8;
+    for (int i = 7; i >= 0; i--) header += (size_t)h8[i] << (8 * i);
+
+    mdl_load_opts lo = mdl_load_defaults();
+    lo.quant = releases[_i].quant;
+    lo.progress = 0;
+    mdl_model *m = NULL;
+    ck_assert_msg(mdl_model_load(dir, &lo, &m, err, sizeof err) == PD_OK, "%s", err);
+    uintptr_t a, b;
+    const size_t rss = file_rss(file, &a, &b);
+    ck_assert_uint_lt(a, b);
+    mats_tally t;
+    tally_model(m, a, b, &t);
+    const size_t bound = (header + pg - 1) / pg * pg + t.kept_bytes + (size_t)t.n_kept * 2 * pg;
+    fprintf(stderr, "%s%s on %s: %zu KB of the checkpoint resident after load (at most %zu KB: %d matrices read in "
+            "place); %d packed matrices released\n", releases[_i].fixture, lo.quant ? " W8A8" : "",
+            krn_kernels_name(), rss >> 10, bound >> 10, t.n_kept, t.n_packed);
+    ck_assert_msg(rss <= bound, "%zu bytes of the checkpoint resident after load, more than %zu", rss, bound);
+
+    /* prefill, decode and MTP read packed forms and copies besides the matrices read in place: only those fault in
+     * (with the kernel's fault-around, up to 64 KiB of a neighbour's pages at either end of each) */
+    const int V = m->cfg.vocab_size, D = m->cfg.hidden_size, n = 24;
+    int32_t toks[24];
+    random_tokens(toks, n, V, 3);
+    float *lg = malloc((size_t)n * V * sizeof(float)), *hid = malloc((size_t)n * D * sizeof(float));
+    mdl_runner r;
+    ck_assert_int_eq(mdl_runner_open(&r, m, n, 8, 16), PD_OK);
+    ck_assert_int_eq(mdl_runner_feed(&r, toks, n - 4, 0, MDL_ATTN_PREFILL, 1, lg, hid), PD_OK);
+    ck_assert_int_eq(mdl_runner_feed(&r, toks + n - 4, 4, n - 4, MDL_ATTN_DECODE, 1, lg, NULL), PD_OK);
+    ck_assert_int_eq(mdl_runner_feed_mtp(&r, toks + 1, hid, n - 5, 0, MDL_ATTN_DECODE, lg, NULL), PD_OK);
+    mdl_runner_close(&r);
+    for (int i = 0; i < V; i++) ck_assert(isfinite(lg[i]));
+    const size_t rss2 = file_rss(file, &a, &b);
+    ck_assert_msg(rss2 <= bound + (size_t)t.n_kept * 2 * (64u << 10),
+                  "after a forward pass %zu bytes of the checkpoint are resident (%zu after load, at most %zu)", rss2,
+                  rss, bound);
+    free(lg);
+    free(hid);
+    mdl_model_destroy(m);
+}
+END_TEST
 
 START_TEST(test_variant_v3_default)
 {
@@ -622,6 +774,7 @@ int main(void)
     Suite *s = suite_create("model");
     TCase *tg = PD_CHECK_CASE(s, "golden", 600, test_fp8_stays_fp8);
     tcase_add_loop_test(tg, test_golden, 0, PD_ARRAY_LEN(goldens));
+    tcase_add_loop_test(tg, test_load_releases_checkpoint_pages, 0, PD_ARRAY_LEN(releases));
     PD_CHECK_CASE(s, "variants", 600, test_variant_v3_default, test_variant_v3_long_context,
                   test_variant_v2_greedy_no_qlora, test_variant_v2_group_limited_yarn, test_batch_equals_alone,
                   test_prefill_chunking_bitwise, test_argmax_rows, test_sharded_equals_single_and_fp8,
