@@ -14,8 +14,8 @@
 
 /* ---- start-up ------------------------------------------------------------------------------------------ */
 
-pd_status dst_init(int *argc, char ***argv, int n_ranks, int expert_parallel, double coll_timeout, dst **out,
-                   char *err, size_t errlen)
+pd_status dst_init(int *argc, char ***argv, int n_ranks, int expert_parallel, double coll_timeout, dst **out, char *err,
+                   size_t errlen)
 {
     int inited = 0, provided = 0;
     MPI_Initialized(&inited);
@@ -23,8 +23,9 @@ pd_status dst_init(int *argc, char ***argv, int n_ranks, int expert_parallel, do
         return PD_FAIL(err, errlen, PD_ERR_IO, NULL, "MPI_Init_thread failed");
     if (!inited && provided < MPI_THREAD_SERIALIZED) {
         MPI_Finalize();
-        return PD_FAIL(err, errlen, PD_ERR_IO, NULL, "this MPI library gives thread level %d; serialized (%d) is needed",
-                       provided, MPI_THREAD_SERIALIZED);
+        return PD_FAIL(err, errlen, PD_ERR_IO, NULL,
+                       "this MPI library gives thread level %d; serialized (%d) is needed", provided,
+                       MPI_THREAD_SERIALIZED);
     }
     dst *d = calloc(1, sizeof *d);
     if (!d) {
@@ -40,12 +41,24 @@ pd_status dst_init(int *argc, char ***argv, int n_ranks, int expert_parallel, do
     pthread_cond_init(&d->stop_cv, NULL);
     if (d->size != n_ranks) { /* rank 0 says it; the others leave quietly */
         if (d->rank == 0)
-            snprintf(err, errlen, "--data-parallel-size %d, but this MPI job has %d ranks (start it as mpirun -np %d ...)",
-                     n_ranks, d->size, n_ranks);
-        else if (errlen)
-            err[0] = 0;
+            snprintf(err, errlen,
+                     "--data-parallel-size %d, but this MPI job has %d ranks (start it as mpirun -np %d ...)", n_ranks,
+                     d->size, n_ranks);
+        else if (errlen) err[0] = 0;
         dst_finalize(d);
         return PD_ERR_INVALID;
+    }
+    /* threads: the host's cores shared by the ranks on it, unless PDSERVE_THREADS says otherwise */
+    MPI_Comm local;
+    int local_n = 1;
+    if (MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &local) == MPI_SUCCESS) {
+        MPI_Comm_size(local, &local_n);
+        MPI_Comm_free(&local);
+    }
+    const char *env = getenv("PDSERVE_THREADS");
+    if (!env || !*env) {
+        const long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        krn_threads_init((int)PD_MAX(1, cores / PD_MAX(1, local_n)));
     }
     d->rst = calloc((size_t)d->size, sizeof *d->rst);
     d->pend_load = calloc((size_t)d->size, sizeof *d->pend_load);
@@ -98,8 +111,7 @@ pd_status dst_all_ok_err(dst *d, pd_status local, const char *err, const char *w
     if (!all) MPI_Abort(MPI_COMM_WORLD, 1);
     MPI_Allgather(mine, 2, MPI_UINT64_T, all, 2, MPI_UINT64_T, MPI_COMM_WORLD);
     /* a reason is logged once: by rank 0, or by another rank whose reason is not rank 0's */
-    if (local != PD_OK && d->rank > 0 && (all[0] == PD_OK || all[1] != mine[1]))
-        pd_error("rank %d: %s", d->rank, err);
+    if (local != PD_OK && d->rank > 0 && (all[0] == PD_OK || all[1] != mine[1])) pd_error("rank %d: %s", d->rank, err);
     free(all);
     return dst_all_ok(d, local, what);
 }
@@ -138,8 +150,8 @@ pd_status dst_agree_model(dst *d, const mdl_model *m)
     fp.fp8_dequant = m->opts.fp8_dequant;
     fp.quant = (int)m->opts.quant;
     if (d->ep_on && m->cfg.num_experts_per_tok > 64) {
-        if (d->rank == 0) pd_error("expert parallelism takes at most 64 experts per token, not %d",
-                                   m->cfg.num_experts_per_tok);
+        if (d->rank == 0)
+            pd_error("expert parallelism takes at most 64 experts per token, not %d", m->cfg.num_experts_per_tok);
         return PD_ERR_INVALID;
     }
     return dst_agree(d, &fp, sizeof fp, "a model (config.json, MTP layer, dtypes or quantization)");
@@ -195,7 +207,8 @@ void dst__wait(dst *d, MPI_Request *rq, const char *what, int idle)
         const double waited = pd_time_now() - t0;
         if (!idle && d->timeout > 0 && waited > d->timeout) {
             pd_error("rank %d: %s has waited %.0f s for the other ranks (--collective-timeout %.0f): a rank is gone "
-                     "or stuck; aborting the whole instance", d->rank, what, waited, d->timeout);
+                     "or stuck; aborting the whole instance",
+                     d->rank, what, waited, d->timeout);
             MPI_Abort(MPI_COMM_WORLD, 70);
         }
         if (waited > 200e-6) {
@@ -366,8 +379,8 @@ static void ship_event(const mdl_event *ev, void *arg)
 /* ranks > 0: a request this rank could not admit ends at once, as the engine ends one it fails */
 static void refuse(dst *d, uint64_t id, uint64_t user, pd_status st)
 {
-    mdl_event ev = {.type = MDL_EV_DONE, .id = id, .user = (void *)(uintptr_t)user, .finish = MDL_FINISH_ERROR,
-                    .stop_token = -1};
+    mdl_event ev = {
+        .type = MDL_EV_DONE, .id = id, .user = (void *)(uintptr_t)user, .finish = MDL_FINISH_ERROR, .stop_token = -1};
     pd_warn("rank %d: request %llu refused here: %s", d->rank, (unsigned long long)id, pd_status_str(st));
     ship_event(&ev, d);
 }
@@ -409,8 +422,8 @@ static void apply_commands(dst *d, const char *p, size_t len)
             if (h.rank != d->rank) continue;
             float *hid = has ? malloc(D * sizeof(float)) : NULL;
             if (hid) memcpy(hid, p + at, D * sizeof(float));
-            if (mdl_engine_kv_ready(d->eng, h.id, ready.token, ready.logprob, ready.n_top, ready.top_ids,
-                                    ready.top_lps, hid) != PD_OK)
+            if (mdl_engine_kv_ready(d->eng, h.id, ready.token, ready.logprob, ready.n_top, ready.top_ids, ready.top_lps,
+                                    hid) != PD_OK)
                 mdl_engine_abort(d->eng, h.id);
             free(hid);
         } else if (h.rank == d->rank) {
@@ -513,7 +526,8 @@ static int hook_sync(void *arg, mdl_engine *e, int local_work, int stopping, int
     refresh_me(d, &me.st);
     me.info = d->me;
     report *all = d->rank ? NULL : malloc((size_t)n * sizeof *all);
-    int *counts = d->rank ? NULL : calloc((size_t)n, sizeof *counts), *displs = d->rank ? NULL : calloc((size_t)n, sizeof *displs);
+    int *counts = d->rank ? NULL : calloc((size_t)n, sizeof *counts),
+        *displs = d->rank ? NULL : calloc((size_t)n, sizeof *displs);
     if (!d->rank && (!all || !counts || !displs)) MPI_Abort(MPI_COMM_WORLD, 72);
     MPI_Request rq;
     MPI_Igather(&me, sizeof me, MPI_BYTE, all, sizeof me, MPI_BYTE, 0, MPI_COMM_WORLD, &rq);
@@ -593,9 +607,15 @@ pd_status dst_attach(dst *d, mdl_model *m, mdl_engine_opts *eo, mdl_event_cb *cb
                     "the checkpoint's head");
         eo->draft_head_int8 = 0;
     }
-    d->hooks = (mdl_engine_dist){.arg = d, .rank = d->rank, .place = hook_place, .submit = hook_submit,
-                                 .command = hook_command, .pending = hook_pending, .stats = hook_stats,
-                                 .sync = hook_sync, .step_end = dst__step_end};
+    d->hooks = (mdl_engine_dist){.arg = d,
+                                 .rank = d->rank,
+                                 .place = hook_place,
+                                 .submit = hook_submit,
+                                 .command = hook_command,
+                                 .pending = hook_pending,
+                                 .stats = hook_stats,
+                                 .sync = hook_sync,
+                                 .step_end = dst__step_end};
     eo->dist = &d->hooks;
     if (d->rank == 0) {
         d->cb = *cb;
@@ -623,8 +643,8 @@ void dst_log_rank(dst *d, const char *name, const mdl_model *m)
         pd_info("%s rank %d of %d: routed experts %d..%d of %d, %.0f MiB resident", name, d->rank, d->size, m->exp0,
                 m->exp1 - 1, m->cfg.n_routed_experts, rss_bytes() / 1048576.0);
     else
-        pd_info("%s rank %d of %d: every routed expert (no --enable-expert-parallel), %.0f MiB resident", name,
-                d->rank, d->size, rss_bytes() / 1048576.0);
+        pd_info("%s rank %d of %d: every routed expert (no --enable-expert-parallel), %.0f MiB resident", name, d->rank,
+                d->size, rss_bytes() / 1048576.0);
 }
 
 void dst_wait_stop(dst *d)

@@ -18,8 +18,8 @@ typedef struct dst_s dst;
 /* Initialises MPI (threads: serialized; the engine thread makes the calls) and checks that the job has n_ranks
  * ranks. expert_parallel: split the routed experts over the ranks (else every rank holds all of them).
  * coll_timeout: seconds a collective inside a step may wait (0: forever). On error err says why. */
-pd_status dst_init(int *argc, char ***argv, int n_ranks, int expert_parallel, double coll_timeout, dst **out,
-                   char *err, size_t errlen);
+pd_status dst_init(int *argc, char ***argv, int n_ranks, int expert_parallel, double coll_timeout, dst **out, char *err,
+                   size_t errlen);
 int dst_rank(const dst *d);
 int dst_size(const dst *d);
 /* The expert-parallel rank and size for mdl_load_opts. */
@@ -56,15 +56,15 @@ void dst_wait_stop(dst *d);
 /* What each rank last reported (rank 0; the others report at every step's sync). */
 typedef struct {
     int rank;
-    int exp0, exp1;            /* the routed experts it holds: [exp0, exp1) */
-    double rss_bytes;          /* resident memory (refreshed every half second) */
+    int exp0, exp1;   /* the routed experts it holds: [exp0, exp1) */
+    double rss_bytes; /* resident memory (refreshed every half second) */
     int running, waiting, free_blocks, total_blocks;
     uint64_t steps, prefill_tokens, decode_tokens;
-    uint64_t moe_rounds;       /* expert exchanges (one per MoE layer of a pass, and the rounds ending a step) */
-    double moe_wait_seconds;   /* in the exchange's collectives: transfer and waiting for slower ranks */
-    double moe_serve_seconds;  /* running the rows it received through its experts */
-    double moe_bytes;          /* rows and outputs it sent */
-    double step_seconds;       /* its steps, from sync to sync */
+    uint64_t moe_rounds;      /* expert exchanges (one per MoE layer of a pass, and the rounds ending a step) */
+    double moe_wait_seconds;  /* in the exchange's collectives: transfer and waiting for slower ranks */
+    double moe_serve_seconds; /* running the rows it received through its experts */
+    double moe_bytes;         /* rows and outputs it sent */
+    double step_seconds;      /* its steps, from sync to sync */
 } dst_rank_info;
 /* Rank 0: fills out[0..min(size, cap)) and returns the rank count. */
 int dst_ranks_info(dst *d, dst_rank_info *out, int cap);

@@ -16,27 +16,27 @@ typedef struct {
 struct dst_s {
     int rank, size, ep_on;
     int block_size, block_total; /* the engines' (every rank's pool is sized alike) */
-    double timeout;            /* seconds a collective inside a step may wait; 0: forever */
+    double timeout;              /* seconds a collective inside a step may wait; 0: forever */
     mdl_engine_dist hooks;
     mdl_ep ep;
     mdl_model *m;
     mdl_engine *eng;
-    mdl_event_cb cb;           /* rank 0: where every rank's events go */
+    mdl_event_cb cb; /* rank 0: where every rank's events go */
     void *cb_arg;
-    pthread_mutex_t mu;        /* rank 0: out, where, rst, pend (taken under the engine's lock) */
-    pd_buf out;                /* rank 0: commands queued for other ranks */
-    dst_where *where;          /* rank 0: requests on other ranks */
+    pthread_mutex_t mu; /* rank 0: out, where, rst, pend (taken under the engine's lock) */
+    pd_buf out;         /* rank 0: commands queued for other ranks */
+    dst_where *where;   /* rank 0: requests on other ranks */
     int n_where, cap_where;
-    mdl_engine_stats *rst;     /* rank 0: [size] each rank's last report */
+    mdl_engine_stats *rst;        /* rank 0: [size] each rank's last report */
     int *pend_load, *pend_blocks; /* rank 0: [size] placed since that report */
-    int reported;              /* rank 0: the first reports came in */
-    pd_buf evs;                /* ranks > 0: events for rank 0 (engine thread) */
-    int stopped;               /* the last sync ran */
+    int reported;                 /* rank 0: the first reports came in */
+    pd_buf evs;                   /* ranks > 0: events for rank 0 (engine thread) */
+    int stopped;                  /* the last sync ran */
     pthread_cond_t stop_cv;
-    dst_rank_info me;          /* this rank's figures (engine thread; rank 0's read under mu) */
-    dst_rank_info *info;       /* rank 0: [size] the last reports */
+    dst_rank_info me;    /* this rank's figures (engine thread; rank 0's read under mu) */
+    dst_rank_info *info; /* rank 0: [size] the last reports */
     double rss_at, step_t0;
-    void *metrics_arg;         /* dst_metrics' state */
+    void *metrics_arg; /* dst_metrics' state */
     /* ep.c: one round's buffers (engine thread) */
     struct dst_round *rd;
 };
@@ -46,8 +46,8 @@ struct dst_s {
 void dst__wait(dst *d, MPI_Request *rq, const char *what, int idle);
 /* ep.c */
 void dst__ep_moe(mdl_ep *ep, int layer, const float *xn, int T, const int *topi, unsigned flags, float *y);
-void dst__ep_logits(mdl_ep *ep, int head, const float *rows, int n, int nv, const uint8_t *argmax_only,
-                    int32_t *argmax, float *logits);
+void dst__ep_logits(mdl_ep *ep, int head, const float *rows, int n, int nv, const uint8_t *argmax_only, int32_t *argmax,
+                    float *logits);
 void dst__step_end(void *arg);
 void dst__round_free(dst *d);
 

@@ -17,33 +17,33 @@
 
 /* What this rank asks of a round. */
 typedef struct {
-    int kind;                  /* ASK_DONE: its step is over; ASK_MOE; ASK_HEAD */
-    int layer;                 /* MOE */
-    const float *x;            /* MOE: [T][D] the layer's inputs; HEAD: [T][D] the normalised rows */
+    int kind;       /* ASK_DONE: its step is over; ASK_MOE; ASK_HEAD */
+    int layer;      /* MOE */
+    const float *x; /* MOE: [T][D] the layer's inputs; HEAD: [T][D] the normalised rows */
     int T;
-    const int *topi;           /* MOE: [T][K] */
-    unsigned flags;            /* MOE: the products' flags */
-    float *y;                  /* MOE: [T*K][D] each pick's expert output */
-    int head, nv;              /* HEAD: 0 lm_head, 1 the MTP head; only columns < nv count */
-    const uint8_t *amax_only;  /* HEAD: rows that need only their argmax (NULL: none) */
-    int32_t *amax;             /* HEAD: their argmax */
-    float *logits;             /* HEAD: [T][V] the other rows' logits */
+    const int *topi;          /* MOE: [T][K] */
+    unsigned flags;           /* MOE: the products' flags */
+    float *y;                 /* MOE: [T*K][D] each pick's expert output */
+    int head, nv;             /* HEAD: 0 lm_head, 1 the MTP head; only columns < nv count */
+    const uint8_t *amax_only; /* HEAD: rows that need only their argmax (NULL: none) */
+    int32_t *amax;            /* HEAD: their argmax */
+    float *logits;            /* HEAD: [T][V] the other rows' logits */
 } ask;
 enum { ASK_DONE, ASK_MOE, ASK_HEAD };
 
 struct dst_round {
-    int cap_send, cap_recv, cap_out, cap_in;  /* bytes */
-    char *send, *recv;                        /* records out, records in */
-    float *res_out, *res_in;                  /* outputs of the records received (to send back), of those sent */
+    int cap_send, cap_recv, cap_out, cap_in; /* bytes */
+    char *send, *recv;                       /* records out, records in */
+    float *res_out, *res_in;                 /* outputs of the records received (to send back), of those sent */
     int cap_rin, cap_rout, cap_key, cap_ord, cap_src, cap_off, cap_jobs, cap_hin, cap_hout;
-    float *rows_in, *rows_out;                /* received MoE rows gathered by expert, their outputs */
-    int *row_key, *row_order, *row_src;       /* [rows] key, rows sorted by key, each row's record */
-    int *rec_off;                             /* [records received] where its outputs start in res_out */
+    float *rows_in, *rows_out;          /* received MoE rows gathered by expert, their outputs */
+    int *row_key, *row_order, *row_src; /* [rows] key, rows sorted by key, each row's record */
+    int *rec_off;                       /* [records received] where its outputs start in res_out */
     mdl_expert_job *jobs;
-    float *head_in, *head_out;                /* received head rows, their logits slice */
-    int *scnt, *sdsp, *rcnt, *rdsp;           /* [size] records' byte counts and displacements, out and in */
-    int *ocnt, *odsp, *icnt, *idsp;           /* [size] outputs' float counts and displacements, out and in */
-    int *sz_out, *sz_in;                      /* [2 * size]: bytes and done flag per rank */
+    float *head_in, *head_out;      /* received head rows, their logits slice */
+    int *scnt, *sdsp, *rcnt, *rdsp; /* [size] records' byte counts and displacements, out and in */
+    int *ocnt, *odsp, *icnt, *idsp; /* [size] outputs' float counts and displacements, out and in */
+    int *sz_out, *sz_in;            /* [2 * size]: bytes and done flag per rank */
     float *lin_scratch;
     mdl_experts_ws *ws;
     int ws_rows, ws_jobs;
@@ -92,10 +92,10 @@ void dst__round_free(dst *d)
 {
     struct dst_round *r = d->rd;
     if (!r) return;
-    void *bufs[] = {r->send,    r->recv,    r->res_out, r->res_in,  r->rows_in, r->rows_out, r->row_key,
-                    r->row_order, r->row_src, r->rec_off, r->jobs,  r->head_in, r->head_out, r->scnt,
-                    r->sdsp,    r->rcnt,    r->rdsp,    r->ocnt,    r->odsp,    r->icnt,     r->idsp,
-                    r->sz_out,  r->sz_in,   r->lin_scratch};
+    void *bufs[] = {r->send,     r->recv,      r->res_out, r->res_in,  r->rows_in, r->rows_out,
+                    r->row_key,  r->row_order, r->row_src, r->rec_off, r->jobs,    r->head_in,
+                    r->head_out, r->scnt,      r->sdsp,    r->rcnt,    r->rdsp,    r->ocnt,
+                    r->odsp,     r->icnt,      r->idsp,    r->sz_out,  r->sz_in,   r->lin_scratch};
     for (size_t i = 0; i < PD_ARRAY_LEN(bufs); i++) free(bufs[i]);
     mdl_experts_ws_destroy(r->ws);
     free(r);
@@ -226,8 +226,12 @@ static void serve_moe(dst *d, struct dst_round *r, size_t nrec)
         }
         int32_t h[4];
         rec_hdr(p, h);
-        r->jobs[nj++] = (mdl_expert_job){.layer = key / 2 / E, .expert = key / 2 % E, .n = 1, .flags = (unsigned)h[1],
-                                         .in = r->rows_in + (size_t)j * D, .out = r->rows_out + (size_t)j * D};
+        r->jobs[nj++] = (mdl_expert_job){.layer = key / 2 / E,
+                                         .expert = key / 2 % E,
+                                         .n = 1,
+                                         .flags = (unsigned)h[1],
+                                         .in = r->rows_in + (size_t)j * D,
+                                         .out = r->rows_out + (size_t)j * D};
     }
     if (!r->ws || r->ws_rows < rows || r->ws_jobs < nj) {
         mdl_experts_ws_destroy(r->ws);
@@ -391,10 +395,12 @@ static int round_run(dst *d, const ask *a)
     size_t o = 0, back = 0;
     for (int i = 0; i < n; i++) {
         r->odsp[i] = (int)o;
-        for (int q = r->rdsp[i]; q < r->rdsp[i] + r->rcnt[i]; q += (int)rb) o += (size_t)rec_out(c, r->recv + q, d->rank, n);
+        for (int q = r->rdsp[i]; q < r->rdsp[i] + r->rcnt[i]; q += (int)rb)
+            o += (size_t)rec_out(c, r->recv + q, d->rank, n);
         r->ocnt[i] = (int)(o - (size_t)r->odsp[i]);
         r->idsp[i] = (int)back;
-        for (int q = r->sdsp[i]; q < r->sdsp[i] + r->scnt[i]; q += (int)rb) back += (size_t)rec_out(c, r->send + q, i, n);
+        for (int q = r->sdsp[i]; q < r->sdsp[i] + r->scnt[i]; q += (int)rb)
+            back += (size_t)rec_out(c, r->send + q, i, n);
         r->icnt[i] = (int)(back - (size_t)r->idsp[i]);
     }
     /* bytes that leave this rank: records and outputs for the others */
@@ -415,12 +421,18 @@ void dst__ep_moe(mdl_ep *ep, int layer, const float *xn, int T, const int *topi,
     round_run(d, &a);
 }
 
-void dst__ep_logits(mdl_ep *ep, int head, const float *rows, int n, int nv, const uint8_t *argmax_only,
-                    int32_t *argmax, float *logits)
+void dst__ep_logits(mdl_ep *ep, int head, const float *rows, int n, int nv, const uint8_t *argmax_only, int32_t *argmax,
+                    float *logits)
 {
     dst *d = (dst *)((char *)ep - offsetof(dst, ep));
-    const ask a = {.kind = ASK_HEAD, .x = rows, .T = n, .head = head, .nv = nv, .amax_only = argmax_only,
-                   .amax = argmax, .logits = logits};
+    const ask a = {.kind = ASK_HEAD,
+                   .x = rows,
+                   .T = n,
+                   .head = head,
+                   .nv = nv,
+                   .amax_only = argmax_only,
+                   .amax = argmax,
+                   .logits = logits};
     round_run(d, &a);
 }
 

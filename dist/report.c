@@ -73,7 +73,7 @@ pd_status dst_metrics(dst *d, pd_metrics *reg)
     if (!m) return PD_ERR_NOMEM;
     m->d = d;
     pd_status st = PD_OK;
-#define F(kind, field, name, help) \
+#define F(kind, field, name, help)                                                                                     \
     if (st == PD_OK) st = pd_metrics_##kind(reg, name, help, "rank", &m->field)
     F(gauge, rss, "pdserve_rank_resident_memory_bytes", "Resident memory of each rank of this instance");
     F(gauge, running, "pdserve_rank_num_requests_running", "Sequences each rank is decoding");

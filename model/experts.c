@@ -4,9 +4,9 @@
 
 struct mdl_experts_ws_s {
     int max_rows, max_jobs;
-    float *gg, *gu;          /* [max_rows, moe_inter] gate (then silu(gate) * up), up */
-    krn_linear_item *items;  /* [2 * max_jobs] */
-    float *scratch;          /* krn_linear scratch for the widest expert product */
+    float *gg, *gu;         /* [max_rows, moe_inter] gate (then silu(gate) * up), up */
+    krn_linear_item *items; /* [2 * max_jobs] */
+    float *scratch;         /* krn_linear scratch for the widest expert product */
 };
 
 pd_status mdl_experts_ws_create(const mdl_model *m, int max_rows, int max_jobs, mdl_experts_ws **out)
@@ -69,8 +69,8 @@ pd_status mdl_experts_run(const mdl_model *m, const mdl_expert_job *jobs, int n_
     for (int i = 0, o = 0; i < n_jobs; o += jobs[i].n, i++) {
         const mdl_expert_job *j = &jobs[i];
         if (j->n)
-            w->items[ni++] = (krn_linear_item){&m->layers[j->layer].exp_down[j->expert], w->gg + (size_t)o * F, j->n, D,
-                                               j->out, j->flags};
+            w->items[ni++] = (krn_linear_item){
+                &m->layers[j->layer].exp_down[j->expert], w->gg + (size_t)o * F, j->n, D, j->out, j->flags};
     }
     krn_linear_group(w->items, ni, w->scratch);
     return PD_OK;

@@ -597,8 +597,8 @@ static void moe_grouped(mdl_ctx *x, const mdl_layer *L, int T)
         if (!ne) continue;
         x->items[ni++] = (krn_linear_item){&L->exp_gate[e], x->gx + (size_t)o * D, ne, Fm, x->gg + (size_t)o * Fm,
                                            x->lin_flags};
-        x->items[ni++] = (krn_linear_item){&L->exp_up[e], x->gx + (size_t)o * D, ne, Fm, x->gu + (size_t)o * Fm,
-                                           x->lin_flags};
+        x->items[ni++] =
+            (krn_linear_item){&L->exp_up[e], x->gx + (size_t)o * D, ne, Fm, x->gu + (size_t)o * Fm, x->lin_flags};
     }
     if (sh) {
         x->items[ni++] = (krn_linear_item){&L->sh_gate, x->xn, T, Fs, x->g, x->lin_flags};
@@ -611,8 +611,8 @@ static void moe_grouped(mdl_ctx *x, const mdl_layer *L, int T)
     for (int e = 0; e < E; e++) {
         const int o = x->eoff[e], ne = x->eoff[e + 1] - o;
         if (ne)
-            x->items[ni++] = (krn_linear_item){&L->exp_down[e], x->gg + (size_t)o * Fm, ne, D, x->gy + (size_t)o * D,
-                                               x->lin_flags};
+            x->items[ni++] =
+                (krn_linear_item){&L->exp_down[e], x->gg + (size_t)o * Fm, ne, D, x->gy + (size_t)o * D, x->lin_flags};
     }
     if (sh) x->items[ni++] = (krn_linear_item){&L->sh_down, x->g, T, D, x->tmp, x->lin_flags};
     krn_linear_group(x->items, ni, x->scratch);
@@ -634,7 +634,8 @@ static void moe_ep(mdl_ctx *x, const mdl_layer *L, int layer, int T)
             int ord[64];
             for (int k = 0; k < K; k++) ord[k] = k;
             for (int a = 1; a < K; a++) /* K is small: insertion sort by expert */
-                for (int b = a; b > 0 && x->topi[(size_t)(t0 + t) * K + ord[b]] < x->topi[(size_t)(t0 + t) * K + ord[b - 1]];
+                for (int b = a;
+                     b > 0 && x->topi[(size_t)(t0 + t) * K + ord[b]] < x->topi[(size_t)(t0 + t) * K + ord[b - 1]];
                      b--) {
                     const int tmp = ord[b];
                     ord[b] = ord[b - 1];

@@ -19,7 +19,7 @@ SPEC = ["--speculative-config", '{"method":"mtp","num_speculative_tokens":2}']
 # ranks talk over shared memory only; mpirun's own channel stays on loopback
 MPI = ["mpirun", "--oversubscribe", "--bind-to", "none", "--mca", "pml", "ob1", "--mca", "btl", "self,vader",
        "--mca", "oob_tcp_if_include", "lo"]
-ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMPI_MCA_rmaps_base_oversubscribe="1")
+ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
 seq = [0]
 
 
