@@ -601,6 +601,7 @@ pd_status dst_attach(dst *d, mdl_model *m, mdl_engine_opts *eo, mdl_event_cb *cb
     if (d->ep_on && d->size > 1) {
         d->ep.moe = dst__ep_moe;
         d->ep.logits = dst__ep_logits;
+        d->ep.embed = dst__ep_embed;
         m->ep = &d->ep;
         if (eo->draft_head_int8 && d->rank == 0)
             pd_warn("the int8 draft head copies the whole MTP head, which expert-parallel ranks split: drafts use "

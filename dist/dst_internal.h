@@ -48,6 +48,7 @@ void dst__wait(dst *d, MPI_Request *rq, const char *what, int idle);
 void dst__ep_moe(mdl_ep *ep, int layer, const float *xn, int T, const int *topi, unsigned flags, float *y);
 void dst__ep_logits(mdl_ep *ep, int head, const float *rows, int n, int nv, const uint8_t *argmax_only, int32_t *argmax,
                     float *logits);
+void dst__ep_embed(mdl_ep *ep, int which, const int32_t *tokens, int n, float *out, int ld);
 void dst__step_end(void *arg);
 void dst__round_free(dst *d);
 

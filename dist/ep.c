@@ -28,8 +28,11 @@ typedef struct {
     const uint8_t *amax_only; /* HEAD: rows that need only their argmax (NULL: none) */
     int32_t *amax;            /* HEAD: their argmax */
     float *logits;            /* HEAD: [T][V] the other rows' logits */
+    const int32_t *tokens;    /* EMBED: [T] token ids (head: 0 the model's embedding, 1 the MTP layer's) */
+    float *out;               /* EMBED: T rows of hidden_size floats, ld apart */
+    int ld;
 } ask;
-enum { ASK_DONE, ASK_MOE, ASK_HEAD };
+enum { ASK_DONE, ASK_MOE, ASK_HEAD, ASK_EMBED };
 
 struct dst_round {
     int cap_send, cap_recv, cap_out, cap_in; /* bytes */
@@ -39,6 +42,8 @@ struct dst_round {
     float *rows_in, *rows_out;          /* received MoE rows gathered by expert, their outputs */
     int *row_key, *row_order, *row_src; /* [rows] key, rows sorted by key, each row's record */
     int *rec_off;                       /* [records received] where its outputs start in res_out */
+    size_t *rec_at;                     /* [records received] where it starts in recv */
+    int cap_at;
     mdl_expert_job *jobs;
     float *head_in, *head_out;      /* received head rows, their logits slice */
     int *scnt, *sdsp, *rcnt, *rdsp; /* [size] records' byte counts and displacements, out and in */
@@ -49,15 +54,23 @@ struct dst_round {
     int ws_rows, ws_jobs;
 };
 
-/* A record: int32 header[4], int32 expert[K], slot[K], float row[D].
- *   MoE:  {layer >= 0, flags, n (picks held by the receiver), token}, the picks' experts and slots.
- *   head: {-1 - head, nv, 1 for argmax only, row}; experts and slots unused. */
+/* A record: int32 header[4], then (MoE and head) int32 expert[K], slot[K], float row[D].
+ *   MoE:   {layer >= 0, flags, n (picks held by the receiver), token}, the picks' experts and slots.
+ *   head:  {-1 - head, nv, 1 for argmax only, row}; experts and slots unused.
+ *   embed: {-3 - which, token id, 0, row}: the header alone. */
 static size_t rec_bytes(const mdl_config *c)
 {
     return (size_t)(4 + 2 * c->num_experts_per_tok) * sizeof(int32_t) + (size_t)c->hidden_size * sizeof(float);
 }
 
 static void rec_hdr(const char *rec, int32_t h[4]) { memcpy(h, rec, 4 * sizeof(int32_t)); }
+
+static size_t rec_size(const mdl_config *c, const char *rec)
+{
+    int32_t h[4];
+    rec_hdr(rec, h);
+    return h[0] <= -3 ? 4 * sizeof(int32_t) : rec_bytes(c);
+}
 
 /* The vocabulary slice of rank r of n. */
 static int vocab_w(const mdl_config *c, int r, int n)
@@ -70,7 +83,7 @@ static int rec_out(const mdl_config *c, const char *rec, int at, int n)
 {
     int32_t h[4];
     rec_hdr(rec, h);
-    if (h[0] >= 0) return h[2] * c->hidden_size;
+    if (h[0] >= 0 || h[0] <= -3) return (h[0] >= 0 ? h[2] : 1) * c->hidden_size;
     return h[2] ? 2 : vocab_w(c, at, n);
 }
 
@@ -92,10 +105,10 @@ void dst__round_free(dst *d)
 {
     struct dst_round *r = d->rd;
     if (!r) return;
-    void *bufs[] = {r->send,     r->recv,      r->res_out, r->res_in,  r->rows_in, r->rows_out,
-                    r->row_key,  r->row_order, r->row_src, r->rec_off, r->jobs,    r->head_in,
-                    r->head_out, r->scnt,      r->sdsp,    r->rcnt,    r->rdsp,    r->ocnt,
-                    r->odsp,     r->icnt,      r->idsp,    r->sz_out,  r->sz_in,   r->lin_scratch};
+    void *bufs[] = {r->send,      r->recv,    r->res_out, r->res_in,     r->rows_in, r->rows_out, r->row_key,
+                    r->row_order, r->row_src, r->rec_off, r->rec_at,     r->jobs,    r->head_in,  r->head_out,
+                    r->scnt,      r->sdsp,    r->rcnt,    r->rdsp,       r->ocnt,    r->odsp,     r->icnt,
+                    r->idsp,      r->sz_out,  r->sz_in,   r->lin_scratch};
     for (size_t i = 0; i < PD_ARRAY_LEN(bufs); i++) free(bufs[i]);
     mdl_experts_ws_destroy(r->ws);
     free(r);
@@ -137,9 +150,20 @@ static size_t pack(dst *d, struct dst_round *r, const ask *a)
     size_t o = 0;
     for (int to = 0; to < n; to++) {
         const int e0 = mdl_ep_first(E, to, n), e1 = mdl_ep_first(E, to + 1, n);
+        const int v0 = mdl_vocab_first(c->vocab_size, to, n), v1 = mdl_vocab_first(c->vocab_size, to + 1, n);
         r->sdsp[to] = (int)o;
         for (int t = 0; t < a->T; t++) {
             int32_t hdr[4], ex[64] = {0}, sl[64] = {0};
+            if (a->kind == ASK_EMBED) { /* to the rank that holds the token's row */
+                if (a->tokens[t] < v0 || a->tokens[t] >= v1) continue;
+                hdr[0] = -3 - a->head;
+                hdr[1] = a->tokens[t];
+                hdr[2] = 0;
+                hdr[3] = t;
+                memcpy(r->send + o, hdr, sizeof hdr);
+                o += sizeof hdr;
+                continue;
+            }
             if (a->kind == ASK_MOE) {
                 hdr[0] = a->layer;
                 hdr[1] = (int32_t)a->flags;
@@ -183,11 +207,10 @@ static void serve_moe(dst *d, struct dst_round *r, size_t nrec)
 {
     const mdl_config *c = &d->m->cfg;
     const int K = c->num_experts_per_tok, D = c->hidden_size, E = c->n_routed_experts;
-    const size_t rb = rec_bytes(c);
     int rows = 0;
     for (size_t i = 0; i < nrec; i++) {
         int32_t h[4];
-        rec_hdr(r->recv + i * rb, h);
+        rec_hdr(r->recv + r->rec_at[i], h);
         if (h[0] >= 0) rows += h[2];
     }
     if (!rows) return;
@@ -200,7 +223,7 @@ static void serve_moe(dst *d, struct dst_round *r, size_t nrec)
     /* key: layer, expert, flags (0 or the bf16-activation flag: a prompt pass and a decode pass differ) */
     int *src_rec = r->row_src, *src_pick = r->row_src + rows;
     for (size_t i = 0, row = 0; i < nrec; i++) {
-        const char *p = r->recv + i * rb;
+        const char *p = r->recv + r->rec_at[i];
         int32_t h[4];
         rec_hdr(p, h);
         if (h[0] < 0) continue;
@@ -218,7 +241,7 @@ static void serve_moe(dst *d, struct dst_round *r, size_t nrec)
     int nj = 0;
     for (int j = 0; j < rows; j++) {
         const int row = r->row_order[j], key = r->row_key[row];
-        const char *p = r->recv + (size_t)src_rec[row] * rb;
+        const char *p = r->recv + r->rec_at[src_rec[row]];
         memcpy(r->rows_in + (size_t)j * D, p + 16 + (size_t)K * 8, (size_t)D * sizeof(float));
         if (nj && r->row_key[r->row_order[j - 1]] == key) {
             r->jobs[nj - 1].n++;
@@ -259,12 +282,11 @@ static void serve_heads(dst *d, struct dst_round *r, size_t nrec)
 {
     const mdl_config *c = &d->m->cfg;
     const int K = c->num_experts_per_tok, D = c->hidden_size, w = d->m->vocab1 - d->m->vocab0;
-    const size_t rb = rec_bytes(c);
     for (int head = 0; head < 2; head++) {
         int rows = 0;
         for (size_t i = 0; i < nrec; i++) {
             int32_t h[4];
-            rec_hdr(r->recv + i * rb, h);
+            rec_hdr(r->recv + r->rec_at[i], h);
             rows += h[0] == -1 - head;
         }
         if (!rows) continue;
@@ -275,15 +297,16 @@ static void serve_heads(dst *d, struct dst_round *r, size_t nrec)
         int j = 0;
         for (size_t i = 0; i < nrec; i++) {
             int32_t h[4];
-            rec_hdr(r->recv + i * rb, h);
+            rec_hdr(r->recv + r->rec_at[i], h);
             if (h[0] == -1 - head)
-                memcpy(r->head_in + (size_t)j++ * D, r->recv + i * rb + 16 + (size_t)K * 8, (size_t)D * sizeof(float));
+                memcpy(r->head_in + (size_t)j++ * D, r->recv + r->rec_at[i] + 16 + (size_t)K * 8,
+                       (size_t)D * sizeof(float));
         }
         krn_linear(hm, r->head_in, rows, r->head_out, w, r->lin_scratch);
         j = 0;
         for (size_t i = 0; i < nrec; i++) {
             int32_t h[4];
-            rec_hdr(r->recv + i * rb, h);
+            rec_hdr(r->recv + r->rec_at[i], h);
             if (h[0] != -1 - head) continue;
             const float *lg = r->head_out + (size_t)j++ * w;
             float *out = r->res_out + r->rec_off[i];
@@ -303,16 +326,31 @@ static void serve_heads(dst *d, struct dst_round *r, size_t nrec)
 static size_t serve(dst *d, struct dst_round *r, size_t recv_bytes)
 {
     const mdl_config *c = &d->m->cfg;
-    const size_t rb = rec_bytes(c), nrec = recv_bytes / rb;
-    if (!grow((void **)&r->rec_off, &r->cap_off, (nrec + 1) * sizeof(int), 0)) oom(d, nrec * sizeof(int));
+    size_t nrec = 0;
+    for (size_t q = 0; q < recv_bytes; q += rec_size(c, r->recv + q)) nrec++;
+    if (!grow((void **)&r->rec_off, &r->cap_off, (nrec + 1) * sizeof(int), 0) ||
+        !grow((void **)&r->rec_at, &r->cap_at, (nrec + 1) * sizeof(size_t), 0))
+        oom(d, nrec * sizeof(size_t));
     size_t total = 0;
-    for (size_t i = 0; i < nrec; i++) {
+    for (size_t i = 0, q = 0; i < nrec; q += rec_size(c, r->recv + q), i++) {
+        r->rec_at[i] = q;
         r->rec_off[i] = (int)total;
-        total += (size_t)rec_out(c, r->recv + i * rb, d->rank, d->size);
+        total += (size_t)rec_out(c, r->recv + q, d->rank, d->size);
     }
     if (!grow((void **)&r->res_out, &r->cap_out, total * sizeof(float) + 64, 1)) oom(d, total * sizeof(float));
     serve_moe(d, r, nrec);
     serve_heads(d, r, nrec);
+    for (size_t i = 0; i < nrec; i++) { /* embedding rows held here */
+        int32_t h[4];
+        rec_hdr(r->recv + r->rec_at[i], h);
+        if (h[0] > -3) continue;
+        const krn_mat *e = h[0] == -3 ? &d->m->embed : &d->m->layers[d->m->n_layers].embed;
+        if (h[1] < d->m->vocab0 || h[1] >= d->m->vocab1) { /* the ranks disagree on the split */
+            pd_error("rank %d: asked for embedding row %d it does not hold; aborting the instance", d->rank, h[1]);
+            MPI_Abort(MPI_COMM_WORLD, 74);
+        }
+        krn_mat_row(e, h[1] - d->m->vocab0, r->res_out + r->rec_off[i]);
+    }
     return total;
 }
 
@@ -321,7 +359,6 @@ static void unpack(dst *d, struct dst_round *r, const ask *a, size_t sent)
 {
     const mdl_config *c = &d->m->cfg;
     const int K = c->num_experts_per_tok, D = c->hidden_size, V = c->vocab_size;
-    const size_t rb = rec_bytes(c);
     if (a->kind == ASK_HEAD && a->amax)
         for (int t = 0; t < a->T; t++) a->amax[t] = -1;
     float *best = NULL;
@@ -329,10 +366,14 @@ static void unpack(dst *d, struct dst_round *r, const ask *a, size_t sent)
         oom(d, (size_t)a->T * sizeof(float));
     for (int to = 0; to < d->size; to++) {
         const float *res = r->res_in + r->idsp[to];
-        for (size_t q = (size_t)r->sdsp[to]; q < (size_t)r->sdsp[to] + (size_t)r->scnt[to]; q += rb) {
+        for (size_t q = (size_t)r->sdsp[to]; q < (size_t)r->sdsp[to] + (size_t)r->scnt[to];
+             q += rec_size(c, r->send + q)) {
             int32_t h[4], sl[64];
             rec_hdr(r->send + q, h);
-            if (h[0] >= 0) {
+            if (h[0] <= -3) {
+                memcpy(a->out + (size_t)h[3] * a->ld, res, (size_t)D * sizeof(float));
+                res += D;
+            } else if (h[0] >= 0) {
                 memcpy(sl, r->send + q + 16 + (size_t)K * 4, (size_t)K * 4);
                 for (int s = 0; s < h[2]; s++, res += D)
                     memcpy(a->y + ((size_t)h[3] * K + (size_t)sl[s]) * D, res, (size_t)D * sizeof(float));
@@ -358,7 +399,6 @@ static int round_run(dst *d, const ask *a)
     struct dst_round *r = round_state(d);
     const mdl_config *c = &d->m->cfg;
     const int n = d->size;
-    const size_t rb = rec_bytes(c);
     const size_t sent = a->kind == ASK_DONE ? 0 : pack(d, r, a);
     if (a->kind == ASK_DONE)
         for (int i = 0; i < n; i++) r->scnt[i] = r->sdsp[i] = 0;
@@ -395,11 +435,11 @@ static int round_run(dst *d, const ask *a)
     size_t o = 0, back = 0;
     for (int i = 0; i < n; i++) {
         r->odsp[i] = (int)o;
-        for (int q = r->rdsp[i]; q < r->rdsp[i] + r->rcnt[i]; q += (int)rb)
+        for (int q = r->rdsp[i]; q < r->rdsp[i] + r->rcnt[i]; q += (int)rec_size(c, r->recv + q))
             o += (size_t)rec_out(c, r->recv + q, d->rank, n);
         r->ocnt[i] = (int)(o - (size_t)r->odsp[i]);
         r->idsp[i] = (int)back;
-        for (int q = r->sdsp[i]; q < r->sdsp[i] + r->scnt[i]; q += (int)rb)
+        for (int q = r->sdsp[i]; q < r->sdsp[i] + r->scnt[i]; q += (int)rec_size(c, r->send + q))
             back += (size_t)rec_out(c, r->send + q, i, n);
         r->icnt[i] = (int)(back - (size_t)r->idsp[i]);
     }
@@ -433,6 +473,13 @@ void dst__ep_logits(mdl_ep *ep, int head, const float *rows, int n, int nv, cons
                    .amax_only = argmax_only,
                    .amax = argmax,
                    .logits = logits};
+    round_run(d, &a);
+}
+
+void dst__ep_embed(mdl_ep *ep, int which, const int32_t *tokens, int n, float *out, int ld)
+{
+    dst *d = (dst *)((char *)ep - offsetof(dst, ep));
+    const ask a = {.kind = ASK_EMBED, .head = which, .tokens = tokens, .T = n, .out = out, .ld = ld};
     round_run(d, &a);
 }
 

@@ -798,7 +798,9 @@ pd_status mdl_forward(mdl_ctx *x, mdl_kv_pool *kv, const mdl_batch *b, float *lo
     const mdl_model *m = x->m;
     const int D = m->cfg.hidden_size;
     x->lin_flags = pass_flags(m, b);
-    for (int t = 0; t < b->n_tokens; t++) krn_mat_row(&m->embed, b->tokens[t], x->x + (size_t)t * D);
+        if (m->ep) m->ep->embed(m->ep, 0, b->tokens, b->n_tokens, x->x, D); /* vocab-parallel: rows from their ranks */
+    else
+        for (int t = 0; t < b->n_tokens; t++) krn_mat_row(&m->embed, b->tokens[t], x->x + (size_t)t * D);
     rope_tables(x, b);
     for (int l = 0; l < m->n_layers; l++) layer_forward(x, kv, b, &m->layers[l], l);
     logits_out(x, b, m->final_norm, &m->lm_head, m->lm_head_norms, logits);
@@ -815,9 +817,10 @@ pd_status mdl_forward_mtp(mdl_ctx *x, mdl_kv_pool *kv, const mdl_batch *b, float
     const int D = c->hidden_size, T = b->n_tokens;
     const mdl_layer *L = &m->layers[m->n_layers];
     x->lin_flags = pass_flags(m, b);
+    if (m->ep) m->ep->embed(m->ep, 1, b->tokens, T, x->ecat, 2 * D); /* vocab-parallel: rows from their ranks */
     for (int t = 0; t < T; t++) {
         float *e = x->ecat + (size_t)t * 2 * D;
-        krn_mat_row(&L->embed, b->tokens[t], e);
+        if (!m->ep) krn_mat_row(&L->embed, b->tokens[t], e);
         krn_rmsnorm(e, L->enorm, D, c->rms_norm_eps, e);
         krn_rmsnorm(b->mtp_hidden + (size_t)t * D, L->hnorm, D, c->rms_norm_eps, e + D);
     }

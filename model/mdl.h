@@ -74,8 +74,11 @@ typedef struct mdl_ep_s {
      * rows: [n][hidden] normalised; only columns < nv count. Row i with argmax_only[i] (argmax_only may be NULL)
      * gets its argmax in argmax[i] (the first largest logit, as krn_argmax); every other row its logits in
      * logits[i][0..vocab_size) (columns >= nv: set to -inf by the caller). */
-    void (*logits)(struct mdl_ep_s *ep, int head, const float *rows, int n, int nv, const uint8_t *argmax_only,
+        void (*logits)(struct mdl_ep_s *ep, int head, const float *rows, int n, int nv, const uint8_t *argmax_only,
                    int32_t *argmax, float *logits);
+    /* Vocab-parallel embeddings (rows [vocab0, vocab1) here): out + i * ld gets the f32 row of tokens[i] of the
+     * model's embedding (which 0) or the MTP layer's (which 1). */
+    void (*embed)(struct mdl_ep_s *ep, int which, const int32_t *tokens, int n, float *out, int ld);
 } mdl_ep;
 
 typedef struct mdl_model_s {
@@ -94,7 +97,8 @@ typedef struct mdl_model_s {
     float softmax_scale;
     struct mdl__store *store; /* owns mmaps and converted copies */
     int exp0, exp1;         /* the routed experts loaded here: [exp0, exp1) (all without expert parallelism) */
-    int vocab0, vocab1;     /* the rows of lm_head and the MTP head loaded here (all without expert parallelism) */
+        int vocab0, vocab1;     /* the rows of the embeddings and heads (lm_head, the MTP layer's) loaded here (all
+                             * without expert parallelism) */
     mdl_ep *ep;             /* set by dist/ after loading when the experts are split over ranks; NULL: all local */
 } mdl_model;
 

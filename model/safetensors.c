@@ -238,6 +238,15 @@ struct mdl_st_s {
     size_t total_bytes;
 };
 
+int mdl_st_holds(mdl_st st, const void *p)
+{
+    for (size_t i = 0; st && p && i < st->nfiles; i++)
+        if (st->files[i].map && (const unsigned char *)p >= st->files[i].map &&
+            (const unsigned char *)p < st->files[i].map + st->files[i].size)
+            return 1;
+    return 0;
+}
+
 void mdl_st_close(mdl_st st)
 {
     if (!st) return;

@@ -84,6 +84,8 @@ size_t mdl_st_file_count(const mdl_st st);
  * from the file with the same bytes, so marking is about memory, never correctness.
  * mark_done: t must be a view of st (from mdl_st_find / mdl_st_at); marking twice is harmless. NULL does nothing. */
 void mdl_st_mark_done(mdl_st st, const mdl_tensor_view *t);
+/* 1 when p points into one of the checkpoint's file mappings (a tensor read in place). */
+int mdl_st_holds(mdl_st st, const void *p);
 /* Drops the pages as above (again for pages read since an earlier call); returns the bytes dropped. Logs a warning
  * once if the kernel refuses (the pages then stay resident; nothing else changes). */
 size_t mdl_st_release_done(mdl_st st);

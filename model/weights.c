@@ -6,6 +6,7 @@
 #include <math.h>
 #include <stdarg.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include "model/mdl.h"
@@ -287,6 +288,16 @@ static void rope_freqs(const mdl_config *c, float *f)
     }
 }
 
+/* An embedding read in place from the checkpoint's mapping is looked up one row per token, at random: no
+ * fault-around or read-ahead of neighbouring rows (which would make a few thousand lookups resident as a hundred
+ * MB of pages nobody reads). */
+static void advise_rows(const krn_mat *m)
+{
+    const uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE), a = (uintptr_t)m->data & ~(pg - 1);
+    const uintptr_t b = (uintptr_t)m->data + (size_t)m->rows * (size_t)m->cols * krn_type_size(m->type);
+    if (m->data && b > a) (void)madvise((void *)a, b - a, MADV_RANDOM);
+}
+
 /* Restricts a loaded, not yet packed matrix to rows [r0, r1) (a vocab-parallel head's slice): a view of the same
  * data, so packing touches only those rows. FP8 slices start on a scale block (mdl_vocab_first). */
 static void mat_rows(krn_mat *m, int r0, int r1)
@@ -368,7 +379,8 @@ static int load_layer(struct mdl__store *s, const mdl_config *c, int l, krn_type
         /* the router's scores decide expert choice: keep them in f32 so bf16 rounding cannot flip a choice */
         krn_type t = dst == &L->router ? KRN_F32 : wt;
         if (!load_mat(s, &sp[i], t, fp8_dequant, blk, dst, err, errlen, st)) ok = 0;
-        if (ok && dst == &L->head) mat_rows(dst, v0, v1);
+        if (ok && (dst == &L->head || dst == &L->embed)) mat_rows(dst, v0, v1);
+        if (ok && dst == &L->embed && mdl_st_holds(s->st, dst->data)) advise_rows(dst);
         /* W8A8 covers the MoE experts (routed and shared: ~97% of DeepSeek-V3's weights and of its decode
          * traffic). Attention, the dense layers, the router and the heads keep their checkpoint precision:
          * int8 noise there moves the residual stream enough to flip near-tied expert choices (measured on the
@@ -453,6 +465,8 @@ pd_status mdl_model_load(const char *dir, const mdl_load_opts *opts, mdl_model *
     mdl_tensor_spec top[3];
     mdl_tensor_specs_layer(c, -1, top, 3);
     if (!load_mat(m->store, &top[0], o.weight_type, o.fp8_dequant, NULL, &m->embed, err, errlen, &st)) goto fail_model;
+    mat_rows(&m->embed, m->vocab0, m->vocab1);
+    if (mdl_st_holds(m->store->st, m->embed.data)) advise_rows(&m->embed);
     if (!(m->final_norm = load_vec(m->store, &top[1], err, errlen, &st))) goto fail_model;
     if (!load_mat(m->store, &top[2], o.weight_type, o.fp8_dequant, c->fp8 ? c->fp8_block : NULL, &m->lm_head, err,
                   errlen, &st))
