@@ -42,6 +42,11 @@ static void wake_cb(evutil_socket_t fd, short what, void *arg)
     free(one);
 }
 
+void pd_mailbox_flush(pd_mailbox *mb)
+{
+    if (mb) wake_cb(mb->fd, EV_READ, mb);
+}
+
 pd_status pd_mailbox_create(struct event_base *base, size_t msg_size, pd_mailbox_cb cb, void *arg, pd_mailbox **out)
 {
     pd_mailbox *mb = calloc(1, sizeof *mb);

@@ -14,6 +14,8 @@ typedef void (*pd_mailbox_cb)(void *msg, void *arg);
 pd_status pd_mailbox_create(struct event_base *base, size_t msg_size, pd_mailbox_cb cb, void *arg, pd_mailbox **out);
 /* Any thread. Copies msg. PD_ERR_NOMEM when the queue cannot grow (the message is dropped). */
 pd_status pd_mailbox_post(pd_mailbox *mb, const void *msg);
+/* Loop thread: delivers every queued message now (before a destroy, when messages own memory). Accepts NULL. */
+void pd_mailbox_flush(pd_mailbox *mb);
 /* Loop thread; undelivered messages are dropped. Accepts NULL. */
 void pd_mailbox_destroy(pd_mailbox *mb);
 

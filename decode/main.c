@@ -13,6 +13,6 @@ int main(int argc, char **argv)
          "given up and retried elsewhere (300)", 0.5, 86400},
     };
     inst_program p = {.name = "decode", .default_port = 8200, .opts = &o.inst, .role_opts = mine,
-                      .n_role_opts = (int)PD_ARRAY_LEN(mine), .start = dec_start, .arg = &o};
+                      .n_role_opts = (int)PD_ARRAY_LEN(mine), .start = dec_start, .arg = &o, .role = dec_role};
     return inst_main(argc, argv, &p);
 }

@@ -245,17 +245,17 @@ static void on_kv_event(kv_context_t ctx, const kv_event *ev, void *arg)
 
 /* ---- HTTP --------------------------------------------------------------------------------------------------- */
 
-/* Tells the router which of our blocks the prefill instance writes into, and by when. */
-static void send_reservation(dreq *r)
+/* Tells the router which blocks (of rank `rank`, whose region desc names) the prefill instance writes into, and by
+ * when. */
+static void send_reservation(dreq *r, int rank, const int *blocks, int nb)
 {
     inst *s = r->in;
-    int *blocks = malloc((size_t)s->eo.n_blocks * sizeof(int));
-    int nb = blocks ? mdl_engine_blocks(s->eng, r->base.id, blocks, s->eo.n_blocks) : -1;
     double timeout = opts_of(s)->kv_transfer_timeout;
     cJSON *o = cJSON_CreateObject(), *kv = NULL;
     cJSON_AddStringToObject(o, "event", "reserved");
     kv = cJSON_AddObjectToObject(o, "kv");
-    cJSON_AddStringToObject(kv, "desc", s->desc);
+    cJSON_AddStringToObject(kv, "desc", inst_rank_desc(s, rank));
+    if (rank) cJSON_AddNumberToObject(kv, "rank", rank);
     cJSON_AddNumberToObject(kv, "req", (double)r->base.id);
     cJSON *ba = cJSON_AddArrayToObject(kv, "blocks");
     for (int i = 0; i < nb; i++) cJSON_AddItemToArray(ba, cJSON_CreateNumber(blocks[i]));
@@ -271,7 +271,14 @@ static void send_reservation(dreq *r)
         pd_error("request %s: cannot arm the KV deadline timer; it waits for its KV without one", r->base.ext_id);
     stream_line(r, o);
     cJSON_Delete(o);
-    free(blocks);
+}
+
+/* A request placed on another rank: its blocks there are known now. */
+static void reserved(inst *s, inst_req *base, int rank, const int *blocks, int n)
+{
+    (void)s;
+    dreq *r = (dreq *)base;
+    if (r->m.pd && !r->kv_deadline) send_reservation(r, rank, blocks, n);
 }
 
 static void handle_open(inst *s, struct evhttp_request *req)
@@ -332,7 +339,12 @@ static void handle_open(inst *s, struct evhttp_request *req)
     }
     inst_req_add(s, &r->base, req);
     pd_http_stream_start(req, 200, "application/x-ndjson");
-    if (pd) send_reservation(r);
+    if (pd && inst_req_rank(s, r->base.id) == 0) { /* else the rank that took it reports its blocks */
+        int *blocks = malloc((size_t)s->eo.n_blocks * sizeof(int));
+        int nb = blocks ? mdl_engine_blocks(s->eng, r->base.id, blocks, s->eo.n_blocks) : -1;
+        send_reservation(r, 0, blocks, nb);
+        free(blocks);
+    }
 done:
     inst_open_free(&op);
 }
@@ -350,12 +362,18 @@ static void req_free(inst_req *r) { dreq_free((dreq *)r); }
 
 static const inst_route routes[] = {{"/internal/requests", handle_open, abort_route}};
 
-pd_status dec_start(struct event_base *base, void *arg, inst **out, int *bound_port)
+void dec_role(void *arg, inst_role *role)
 {
     dec_opts *o = arg;
-    inst_role role = {.name = "decode", .kind = o->colocated ? "colocated" : "decode", .routes = routes,
-                      .n_routes = (int)PD_ARRAY_LEN(routes), .on_event = on_event, .client_gone = client_gone,
-                      .req_free = req_free, .arg = o, .pool_in_region = 1, .kv_optional = o->colocated,
-                      .kv_event_cb = on_kv_event};
-    return inst_create(base, &o->inst, &role, out, bound_port);
+    *role = (inst_role){.name = "decode", .kind = o->colocated ? "colocated" : "decode", .routes = routes,
+                        .n_routes = (int)PD_ARRAY_LEN(routes), .on_event = on_event, .client_gone = client_gone,
+                        .req_free = req_free, .arg = o, .pool_in_region = 1, .kv_optional = o->colocated,
+                        .kv_event_cb = on_kv_event, .reserved = reserved};
+}
+
+pd_status dec_start(struct event_base *base, void *arg, inst **out, int *bound_port)
+{
+    inst_role role;
+    dec_role(arg, &role);
+    return inst_create(base, &((dec_opts *)arg)->inst, &role, out, bound_port);
 }

@@ -13,6 +13,8 @@ typedef struct {
 } dec_opts;
 
 /* The inst_program start function: the decode role on an instance (arg: the dec_opts). */
+/* The role inst_create runs (ranks > 0 take its KV part). */
+void dec_role(void *arg, inst_role *role);
 pd_status dec_start(struct event_base *base, void *arg, inst **out, int *bound_port);
 
 #endif

@@ -11,6 +11,9 @@
 #include "dist/dst_internal.h"
 
 #define DST_TAG_CMD_SUBMIT 's'
+#define DST_TAG_WAKE 0x77616b /* point-to-point: a rank > 0 has posted while rank 0 sleeps */
+#define DST_REC_EVENT 'e'     /* an event record: an engine event */
+#define DST_REC_MSG 'm'       /* an event record: a message an agent posted */
 
 /* ---- start-up ------------------------------------------------------------------------------------------ */
 
@@ -38,6 +41,7 @@ pd_status dst_init(int *argc, char ***argv, int n_ranks, int expert_parallel, do
     d->ep_on = expert_parallel;
     d->timeout = coll_timeout;
     pthread_mutex_init(&d->mu, NULL);
+    pthread_mutex_init(&d->post_mu, NULL);
     pthread_cond_init(&d->stop_cv, NULL);
     if (d->size != n_ranks) { /* rank 0 says it; the others leave quietly */
         if (d->rank == 0)
@@ -64,8 +68,9 @@ pd_status dst_init(int *argc, char ***argv, int n_ranks, int expert_parallel, do
     d->pend_load = calloc((size_t)d->size, sizeof *d->pend_load);
     d->pend_blocks = calloc((size_t)d->size, sizeof *d->pend_blocks);
     d->info = calloc((size_t)d->size, sizeof *d->info);
+    d->kv_ok = calloc((size_t)d->size, sizeof *d->kv_ok);
     d->me.rank = d->rank;
-    if (!d->rst || !d->pend_load || !d->pend_blocks || !d->info) {
+    if (!d->rst || !d->pend_load || !d->pend_blocks || !d->info || !d->kv_ok) {
         dst_finalize(d);
         return PD_ERR_NOMEM;
     }
@@ -180,8 +185,16 @@ void dst_finalize(dst *d)
 {
     if (!d) return;
     dst__round_free(d);
+    if (d->wake_on && d->rank == 0) { /* nothing more will wake us */
+        MPI_Cancel(&d->wake_rq);
+        MPI_Wait(&d->wake_rq, MPI_STATUS_IGNORE);
+    } else if (d->wake_on) {
+        MPI_Request_free(&d->wake_rq); /* a small message: sent eagerly, or dropped with the job */
+    }
     pd_buf_free(&d->out);
     pd_buf_free(&d->evs);
+    pd_buf_free(&d->posts);
+    free(d->kv_ok);
     free(d->where);
     free(d->rst);
     free(d->pend_load);
@@ -189,6 +202,7 @@ void dst_finalize(dst *d)
     free(d->info);
     free(d->metrics_arg);
     pthread_mutex_destroy(&d->mu);
+    pthread_mutex_destroy(&d->post_mu);
     pthread_cond_destroy(&d->stop_cv);
     free(d);
     MPI_Finalize();
@@ -196,14 +210,30 @@ void dst_finalize(dst *d)
 
 /* ---- waiting for a collective ----------------------------------------------------------------------------- */
 
+/* ranks > 0, waiting for rank 0's orders: what an agent posted since this rank's report goes out only at the next
+ * sync, which a sleeping rank 0 would not start; one small message wakes it (dist_wait polls for it). */
+static void wake_rank0(dst *d)
+{
+    int done = 1;
+    if (d->wake_on) MPI_Test(&d->wake_rq, &done, MPI_STATUS_IGNORE);
+    if (!done) return; /* the last one is still on its way: it wakes rank 0 as well */
+    d->wake_buf = d->rank;
+    MPI_Isend(&d->wake_buf, 1, MPI_INT, 0, DST_TAG_WAKE, MPI_COMM_WORLD, &d->wake_rq);
+    d->wake_on = 1;
+}
+
 void dst__wait(dst *d, MPI_Request *rq, const char *what, int idle)
 {
     const double t0 = pd_time_now();
-    int flag = 0;
+    int flag = 0, woke = 0;
     for (long spins = 0;; spins++) {
         MPI_Test(rq, &flag, MPI_STATUS_IGNORE);
         if (flag) return;
         if ((spins & 63) != 63) continue;
+        if (idle && d->rank && !woke && atomic_load(&d->posted)) {
+            wake_rank0(d);
+            woke = 1;
+        }
         const double waited = pd_time_now() - t0;
         if (!idle && d->timeout > 0 && waited > d->timeout) {
             pd_error("rank %d: %s has waited %.0f s for the other ranks (--collective-timeout %.0f): a rank is gone "
@@ -221,7 +251,8 @@ void dst__wait(dst *d, MPI_Request *rq, const char *what, int idle)
 /* ---- commands (rank 0 -> rank r) and events (rank r -> rank 0) ----------------------------------------------
  * A command: int32 rank, int32 kind, uint64 id, then by kind: 's' uint64 user, int32 mode, int32 n_prompt,
  * mdl_gen_params, n_prompt int32 tokens; 'k' an mdl_event (the first token and its alternatives), int32
- * has_hidden, hidden_size floats when set; 'a', 'r' nothing. An event: an mdl_event, int32 has_hidden, hidden.
+ * has_hidden, hidden_size floats when set; 'a', 'r' nothing; 'x' (id: the length) an agent's message. An event
+ * record: int32 'e', an mdl_event, int32 has_hidden, hidden; or int32 'm', int32 length, an agent's message.
  * The ranks of one job run one build on one kind of host, so structs cross as bytes. */
 
 typedef struct {
@@ -251,11 +282,12 @@ static int where_find(const dst *d, uint64_t id)
 static int hook_place(void *arg, int nb, int local_load, int local_free, int prefill_kv)
 {
     dst *d = arg;
-    if (prefill_kv || !d->reported) return 0; /* only rank 0's pool is registered for transfers */
+    if (!d->reported) return 0;
     pthread_mutex_lock(&d->mu);
     int best = -1;
     long best_load = 0;
     for (int r = 0; r < d->size; r++) {
+        if (prefill_kv && r && !d->kv_ok[r]) continue; /* its KV crosses instances: a registered pool only */
         const long load = (r ? d->rst[r].running + d->rst[r].waiting + d->rst[r].held : local_load) + d->pend_load[r];
         const long free_b = (r ? d->rst[r].free_blocks : local_free) - d->pend_blocks[r];
         const long keep = (r ? d->rst[r].total_blocks : d->rst[0].total_blocks) / 100;
@@ -324,13 +356,26 @@ static int hook_command(void *arg, int cmd, uint64_t id, const mdl_event *ready,
     return i >= 0;
 }
 
+/* rank 0 (engine thread): a rank posted while we slept; the receive stays posted from the first sync on */
+static int woken(dst *d)
+{
+    if (!d->agent.on_rank_msg || d->size < 2) return 0;
+    int flag = 0;
+    if (d->wake_on) MPI_Test(&d->wake_rq, &flag, MPI_STATUS_IGNORE);
+    if (flag || !d->wake_on) {
+        MPI_Irecv(&d->wake_buf, 1, MPI_INT, MPI_ANY_SOURCE, DST_TAG_WAKE, MPI_COMM_WORLD, &d->wake_rq);
+        d->wake_on = 1;
+    }
+    return flag;
+}
+
 static int hook_pending(void *arg)
 {
     dst *d = arg;
     pthread_mutex_lock(&d->mu);
     const int n = d->out.len > 0;
     pthread_mutex_unlock(&d->mu);
-    return n;
+    return n || woken(d);
 }
 
 static void hook_stats(void *arg, mdl_engine_stats *s)
@@ -365,7 +410,8 @@ static void hook_stats(void *arg, mdl_engine_stats *s)
 static void ship_event(const mdl_event *ev, void *arg)
 {
     dst *d = arg;
-    int32_t has = ev->type == MDL_EV_PREFILLED && ev->hidden;
+    int32_t has = ev->type == MDL_EV_PREFILLED && ev->hidden, kind = DST_REC_EVENT;
+    pd_buf_append(&d->evs, &kind, sizeof kind);
     pd_buf_append(&d->evs, ev, sizeof *ev);
     pd_buf_append(&d->evs, &has, sizeof has);
     if (has) pd_buf_append(&d->evs, ev->hidden, (size_t)d->m->cfg.hidden_size * sizeof(float));
@@ -412,6 +458,11 @@ static void apply_commands(dst *d, const char *p, size_t len)
                 free(copy);
             }
             if (st != PD_OK) refuse(d, h.id, user, st);
+            else if (d->agent.on_admitted) d->agent.on_admitted(d->agent.arg, h.id, (mdl_req_mode)mode);
+        } else if (h.kind == 'x') {
+            const size_t n = (size_t)h.id;
+            if (h.rank == d->rank && d->agent.on_msg) d->agent.on_msg(d->agent.arg, p + o, n);
+            o += n;
         } else if (h.kind == 'k') {
             mdl_event ready;
             int32_t has;
@@ -433,17 +484,25 @@ static void apply_commands(dst *d, const char *p, size_t len)
     }
 }
 
-/* rank 0: the other ranks' events, delivered as if its own engine had made them */
-static void deliver_remote(dst *d, const char *p, size_t len)
+/* rank 0: rank r's event records: engine events delivered as if our own engine had made them, agents' messages to
+ * the agent */
+static void deliver_remote(dst *d, int r, const char *p, size_t len)
 {
     const size_t D = (size_t)d->m->cfg.hidden_size;
     float *hid = NULL;
-    for (size_t o = 0; o + sizeof(mdl_event) + 4 <= len;) {
+    for (size_t o = 0; o + 8 <= len;) {
+        int32_t kind, has;
+        memcpy(&kind, p + o, 4);
+        if (kind == DST_REC_MSG) {
+            memcpy(&has, p + o + 4, 4); /* the length */
+            if (d->agent.on_rank_msg) d->agent.on_rank_msg(d->agent.arg, r, p + o + 8, (size_t)has);
+            o += 8 + (size_t)has;
+            continue;
+        }
         mdl_event ev;
-        int32_t has;
-        memcpy(&ev, p + o, sizeof ev);
-        memcpy(&has, p + o + sizeof ev, 4);
-        o += sizeof ev + 4;
+        memcpy(&ev, p + o + 4, sizeof ev);
+        memcpy(&has, p + o + 4 + sizeof ev, 4);
+        o += 8 + sizeof ev;
         ev.hidden = NULL;
         if (has) {
             if (!hid) hid = malloc(D * sizeof(float));
@@ -521,6 +580,14 @@ static int hook_sync(void *arg, mdl_engine *e, int local_work, int stopping, int
         slack_set = 1;
     }
     const int n = d->size;
+    if (d->rank) { /* what agents posted goes out with this report */
+        pthread_mutex_lock(&d->post_mu);
+        if (d->posts.len) pd_buf_append(&d->evs, d->posts.data, d->posts.len);
+        if (d->evs.failed) MPI_Abort(MPI_COMM_WORLD, 71);
+        pd_buf_reset(&d->posts);
+        atomic_store(&d->posted, 0);
+        pthread_mutex_unlock(&d->post_mu);
+    }
     report me = {.work = local_work, .ev_bytes = (int32_t)d->evs.len};
     mdl_engine_get_local_stats(e, &me.st);
     refresh_me(d, &me.st);
@@ -561,7 +628,7 @@ static int hook_sync(void *arg, mdl_engine *e, int local_work, int stopping, int
         d->reported = 1;
         pthread_cond_broadcast(&d->stop_cv);
         pthread_mutex_unlock(&d->mu);
-        deliver_remote(d, evs, total);
+        for (int r = 1; r < n; r++) deliver_remote(d, r, evs + displs[r], (size_t)counts[r]);
         int stop = stopping;
         if (!any && !stop && !hook_pending(d)) stop = wait(e);
         pthread_mutex_lock(&d->mu);
@@ -589,6 +656,7 @@ static int hook_sync(void *arg, mdl_engine *e, int local_work, int stopping, int
         d->stopped = 1;
         pthread_cond_broadcast(&d->stop_cv);
         pthread_mutex_unlock(&d->mu);
+        if (d->rank && d->agent.on_stop) d->agent.on_stop(d->agent.arg);
     }
     return !ord.stop;
 }
@@ -616,7 +684,8 @@ pd_status dst_attach(dst *d, mdl_model *m, mdl_engine_opts *eo, mdl_event_cb *cb
                                  .pending = hook_pending,
                                  .stats = hook_stats,
                                  .sync = hook_sync,
-                                 .step_end = dst__step_end};
+                                 .step_end = dst__step_end,
+                                 .idle_poll = d->agent.on_rank_msg && d->size > 1 ? 2e-3 : 0};
     eo->dist = &d->hooks;
     if (d->rank == 0) {
         d->cb = *cb;
@@ -653,4 +722,61 @@ void dst_wait_stop(dst *d)
     pthread_mutex_lock(&d->mu);
     while (!d->stopped) pthread_cond_wait(&d->stop_cv, &d->mu);
     pthread_mutex_unlock(&d->mu);
+}
+
+/* ---- agents' messages ---------------------------------------------------------------------------------------- */
+
+void dst_set_agent(dst *d, const dst_agent *a) { d->agent = *a; }
+
+pd_status dst_send(dst *d, int rank, const void *msg, size_t len)
+{
+    cmd_head h = {rank, 'x', (uint64_t)len};
+    pthread_mutex_lock(&d->mu);
+    const size_t len0 = d->out.len;
+    pd_buf_append(&d->out, &h, sizeof h);
+    pd_buf_append(&d->out, msg, len);
+    pd_status st = PD_OK;
+    if (d->out.failed) {
+        d->out.len = len0;
+        d->out.failed = 0;
+        st = PD_ERR_NOMEM;
+    }
+    pthread_mutex_unlock(&d->mu);
+    if (st == PD_OK && d->eng) mdl_engine_wake(d->eng);
+    return st;
+}
+
+pd_status dst_post(dst *d, const void *msg, size_t len)
+{
+    const int32_t head[2] = {DST_REC_MSG, (int32_t)len};
+    pthread_mutex_lock(&d->post_mu);
+    const size_t len0 = d->posts.len;
+    pd_buf_append(&d->posts, head, sizeof head);
+    pd_buf_append(&d->posts, msg, len);
+    pd_status st = PD_OK;
+    if (d->posts.failed) {
+        d->posts.len = len0;
+        d->posts.failed = 0;
+        st = PD_ERR_NOMEM;
+    } else {
+        atomic_store(&d->posted, 1);
+    }
+    pthread_mutex_unlock(&d->post_mu);
+    return st;
+}
+
+void dst_set_rank_kv(dst *d, int rank, int ok)
+{
+    pthread_mutex_lock(&d->mu);
+    if (rank > 0 && rank < d->size) d->kv_ok[rank] = ok;
+    pthread_mutex_unlock(&d->mu);
+}
+
+int dst_rank_of(dst *d, uint64_t id)
+{
+    pthread_mutex_lock(&d->mu);
+    const int i = where_find(d, id);
+    const int r = i >= 0 ? d->where[i].rank : 0;
+    pthread_mutex_unlock(&d->mu);
+    return r;
 }

@@ -53,6 +53,32 @@ void dst_set_engine(dst *d, mdl_engine *e);
 void dst_log_rank(dst *d, const char *name, const mdl_model *m);
 /* Ranks > 0: blocks until rank 0's engine stops (its last sync). */
 void dst_wait_stop(dst *d);
+/* Messages between rank 0 and the other ranks, riding each step's sync: the KV transfer agents of instance/ranks.c,
+ * so each rank's own pool sends and receives KV. Every callback runs on the engine thread with no lock held. */
+typedef struct {
+    void *arg;
+    /* ranks > 0: rank 0's message for this rank (valid during the call) */
+    void (*on_msg)(void *arg, const void *msg, size_t len);
+    /* ranks > 0: this rank's engine admitted a request rank 0 placed here */
+    void (*on_admitted)(void *arg, uint64_t id, mdl_req_mode mode);
+    /* rank 0: a message rank `rank` posted (valid during the call) */
+    void (*on_rank_msg)(void *arg, int rank, const void *msg, size_t len);
+    /* ranks > 0: the engines stopped (the last sync ran) */
+    void (*on_stop)(void *arg);
+} dst_agent;
+/* Every rank, before dst_attach. With an agent, rank 0 also wakes for messages the other ranks post while it sleeps,
+ * and requests whose KV crosses instances (PREFILL_ONLY, REMOTE_KV) go to any rank whose pool takes transfers
+ * (dst_set_rank_kv); without one they stay on rank 0. */
+void dst_set_agent(dst *d, const dst_agent *a);
+/* Rank 0, any thread: queues msg for rank `rank` (delivered at the next sync). PD_ERR_NOMEM: not queued. */
+pd_status dst_send(dst *d, int rank, const void *msg, size_t len);
+/* Ranks > 0, any thread: queues msg for rank 0 (shipped at the next sync; a rank 0 that sleeps is woken). */
+pd_status dst_post(dst *d, const void *msg, size_t len);
+/* Rank 0, any thread: rank `rank`'s pool takes KV transfers (ok) or not. */
+void dst_set_rank_kv(dst *d, int rank, int ok);
+/* Rank 0, any thread: the rank request id was placed on (0: this rank, or no longer known). */
+int dst_rank_of(dst *d, uint64_t id);
+
 /* What each rank last reported (rank 0; the others report at every step's sync). */
 typedef struct {
     int rank;

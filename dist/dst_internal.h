@@ -5,6 +5,7 @@
 
 #include <mpi.h>
 #include <pthread.h>
+#include <stdatomic.h>
 
 #include "dist/dst.h"
 
@@ -37,6 +38,13 @@ struct dst_s {
     dst_rank_info *info; /* rank 0: [size] the last reports */
     double rss_at, step_t0;
     void *metrics_arg; /* dst_metrics' state */
+    dst_agent agent;          /* dst_set_agent; all NULL: none */
+    int *kv_ok;               /* rank 0: [size] that rank's pool takes transfers (under mu) */
+    pthread_mutex_t post_mu;  /* ranks > 0: posts, from any thread */
+    pd_buf posts;             /* framed like evs, shipped at the next sync */
+    atomic_int posted;
+    MPI_Request wake_rq;      /* rank 0: the receive of wake-ups; ranks > 0: the last wake-up sent */
+    int wake_buf, wake_on;    /* wake_on: wake_rq is active */
     /* ep.c: one round's buffers (engine thread) */
     struct dst_round *rd;
 };

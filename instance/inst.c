@@ -206,18 +206,13 @@ void inst_drain(void *arg)
  * messages) with its descriptor. */
 static pd_status kv_open(inst *in, void *mem, size_t bytes)
 {
-    kv_params_t kp = {.field_mask = KV_PARAM_FIELD_MAX_NOTICE,
-                      .max_notice = 4096 + (size_t)in->m->cfg.hidden_size * sizeof(float)};
+    kv_params_t kp;
+    inst__kv_params(&in->role, in->o, in->m, &kp);
     if (in->role.kv_event_cb) {
         kp.field_mask |= KV_PARAM_FIELD_EVENT_CB;
         kp.event_cb = in->role.kv_event_cb;
         kp.event_arg = in;
     }
-    if (in->role.kv_xfer_timeout > 0) {
-        kp.field_mask |= KV_PARAM_FIELD_XFER_TIMEOUT;
-        kp.xfer_timeout = in->role.kv_xfer_timeout;
-    }
-    if (in->o->kv_proto && kv_proto_parse(in->o->kv_proto, &kp.proto) == PD_OK) kp.field_mask |= KV_PARAM_FIELD_PROTO;
     pd_status st = kv_context_create(&kp, &in->kv);
     if (st == PD_OK) st = kv_context_attach(in->kv, in->base);
     if (st == PD_OK)
@@ -259,6 +254,7 @@ static pd_status start_engine(inst *in)
     if (st != PD_OK) return st;
     mdl_event_cb cb = engine_cb;
     void *cb_arg = in;
+    if (d && (st = inst__ranks_open(in)) != PD_OK) dst_abort(d, "cannot listen to the other ranks");
     if (d) dst_attach(d, in->m, &in->eo, &cb, &cb_arg);
     if ((st = mdl_engine_create(in->m, &in->eo, cb, cb_arg, &in->eng)) != PD_OK) {
         pd_error("%s: cannot start the engine: %s", in->role.name, pd_status_str(st));
@@ -268,6 +264,7 @@ static pd_status start_engine(inst *in)
     if (d) {
         dst_set_engine(d, in->eng);
         dst_log_rank(d, in->role.name, in->m);
+        if ((st = inst__ranks_wait(in)) != PD_OK) return st; /* the engine's stop ends every rank */
     }
     mdl_engine_layout(in->eng, in->layout, sizeof in->layout);
     if (!in->role.pool_in_region) { /* prefill: the region registers the engine's pool */
@@ -342,12 +339,15 @@ void inst_destroy(inst *in)
     if (in->role.pool_in_region) { /* the engine computes into the region's memory: it goes first */
         mdl_engine_destroy(in->eng);
         mdl_serve_metrics_destroy(in->metrics);
+        inst__ranks_close(in);
         free_requests(in);
         kv_region_destroy(in->region);
         kv_context_destroy(in->kv);
     } else { /* transfers read the engine's pool: cancelled first, their callbacks run while the engine lives */
+        in->closing = 1;
         kv_region_destroy(in->region);
         kv_context_destroy(in->kv);
+        inst__ranks_close(in); /* transfers on other ranks end too, while the engine lives */
         mdl_engine_destroy(in->eng);
         mdl_serve_metrics_destroy(in->metrics);
         free_requests(in);

@@ -7,6 +7,7 @@
 #define INST_H
 
 #include <cJSON.h>
+#include <pthread.h>
 #include <event2/event.h>
 #include <event2/http.h>
 
@@ -63,9 +64,16 @@ typedef struct {
      * this host can put into it directly (decode); otherwise the region registers the engine's pool (prefill).
      * kv_optional: without a KV context the instance still serves (colocated). */
     int pool_in_region, kv_optional;
-    kv_event_cb kv_event_cb;     /* optional: transfer events (notices, aborts, failed peers); arg: the inst */
+    kv_event_cb kv_event_cb;     /* optional: transfer events (notices, aborts, failed peers); arg: the inst. In a
+                                  * multi-rank instance the other ranks' events come here too (ctx: rank 0's) */
     double kv_xfer_timeout;      /* seconds a transfer may take (0: the context's default) */
+    /* optional, multi-rank: a REMOTE_KV request r the engine placed on rank `rank` > 0 holds blocks there, where
+     * its KV is to be written (inst_rank_desc(in, rank) names that rank's region) */
+    void (*reserved)(inst *in, inst_req *r, int rank, const int *blocks, int n);
 } inst_role;
+
+typedef struct inst_program_s inst_program;
+typedef struct inst_xfer inst_xfer; /* a transfer of one request's blocks from the rank that holds them */
 
 struct inst_s {
     struct event_base *base;
@@ -87,6 +95,15 @@ struct inst_s {
     pd_announcer *announcer;
     pd_mailbox *mb;
     size_t msg_size;
+    /* multi-rank (instance/ranks.c): the other ranks' KV, reached through their agents */
+    char **rank_desc;            /* [ranks] each rank's region descriptor ("" : it has none); [0] unused */
+    int n_rank_desc;             /* how many ranks have said (under rank_mu) */
+    pthread_mutex_t rank_mu;
+    pthread_cond_t rank_cv;
+    pd_mailbox *rank_mb;         /* the ranks' messages, to the loop thread (each a malloc'd copy) */
+    inst_xfer *xfers;            /* transfers in flight, here or on a rank */
+    uint64_t next_xid;
+    int closing;                 /* shutting down: no new transfers, messages are only freed */
 };
 
 /* Loads the model, starts the engine, the KV transfer context and region (in the order role->pool_in_region
@@ -124,9 +141,47 @@ pd_status inst_open_read(inst *in, struct evhttp_request *req, inst_open *op, in
                          char *err, size_t errlen);
 void inst_open_free(inst_open *op);
 
+/* ---- transfers and ranks (instance/ranks.c) -------------------------------------------------------------------- */
+
+/* Called once per started transfer, on the loop thread, never from inside inst_xfer_start; x is freed after. */
+typedef void (*inst_xfer_cb)(inst_xfer *x, pd_status st, void *arg);
+typedef struct {
+    int rank;                /* the rank holding the request's blocks (0 here; dst_rank_of) */
+    uint64_t id;             /* the engine's request id: its blocks [from, upto) are sent */
+    int from, upto;
+    const int *dst;          /* [upto - from] destination block numbers */
+    const char *desc;        /* the destination region's descriptor (rank > 0 imports it) */
+    kv_remote_t remote;      /* rank 0: that region, imported here */
+    uint64_t tag;
+    const void *notice;      /* optional: delivered after every block landed */
+    size_t notice_len;
+    double timeout;          /* s; 0: the context's */
+    inst_xfer_cb cb;
+    void *arg;
+} inst_xfer_params;
+/* Starts the copy from the rank's own pool into the destination blocks. PD_OK: cb will run once. */
+pd_status inst_xfer_start(inst *in, const inst_xfer_params *p, inst_xfer **out);
+/* Ends x early: its cb runs with PD_ERR_CANCELED (or the outcome that came first). */
+void inst_xfer_cancel(inst *in, inst_xfer *x);
+/* The region descriptor of rank `rank` (0: in->desc). */
+const char *inst_rank_desc(const inst *in, int rank);
+/* The rank an engine request lives on (0 in a one-process instance). */
+int inst_req_rank(const inst *in, uint64_t id);
+
+/* Internals of the instance library shared by inst.c, ranks.c and run.c. */
+void inst__kv_params(const inst_role *role, const inst_opts *o, const mdl_model *m, kv_params_t *kp);
+/* rank 0, before dst_attach: the agent that hears the ranks, and the mailbox to the loop */
+pd_status inst__ranks_open(inst *in);
+/* rank 0, once the engines run: waits until every rank said whether its pool takes transfers */
+pd_status inst__ranks_wait(inst *in);
+/* shutdown: transfers still on a rank end as canceled; queued messages are freed */
+void inst__ranks_close(inst *in);
+/* a rank > 0: its engine, KV region and agent; serves until rank 0 stops. The exit status. */
+int inst__serve_worker(const inst_program *p, dst *d);
+
 /* A process: parses the shared and the role's options (YAML + flags), runs start on a new event loop until
  * SIGINT or SIGTERM (SIGTERM drains), then stops. Returns the exit status. */
-typedef struct {
+struct inst_program_s {
     const char *name;            /* "prefill": usage and error messages */
     int default_port;
     inst_opts *opts;             /* the shared options inside the role's struct */
@@ -134,7 +189,8 @@ typedef struct {
     int n_role_opts;
     pd_status (*start)(struct event_base *base, void *arg, inst **out, int *bound_port);
     void *arg;                   /* start's argument: the role's option struct */
-} inst_program;
+    void (*role)(void *arg, inst_role *out); /* the role start runs (ranks > 0 take its KV part) */
+};
 
 int inst_main(int argc, char **argv, const inst_program *p);
 

@@ -53,40 +53,6 @@ static int serve(const inst_program *p)
     return rc;
 }
 
-/* A rank > 0 of a multi-rank instance: its model share and engine, no listener; runs until rank 0 stops. The
- * collectives are those of inst_create and start_engine, in the same order. */
-static int serve_worker(const inst_program *p, dst *d)
-{
-    inst_opts *o = p->opts;
-    char err[1024];
-    mdl_model *m = NULL;
-    mdl_engine_opts eo;
-    mdl_engine *e = NULL;
-    const pd_log_level lvl = pd_log_get_level();
-    pd_log_set_level(PD_LOG_OFF); /* rank 0 says what every rank meets; dst_all_ok_err says what only this one met */
-    pd_status st = mdl_serve_load(&o->serve, &m, &eo, err, sizeof err);
-    pd_log_set_level(lvl);
-    if ((st = dst_all_ok_err(d, st, err, "load the model")) == PD_OK) st = dst_agree_model(d, m);
-    if (st == PD_OK && (st = dst_all_ok(d, PD_OK, "prepare the engine")) == PD_OK) st = dst_share_engine_opts(d, &eo);
-    if (st != PD_OK) {
-        mdl_model_destroy(m);
-        return 1;
-    }
-    mdl_event_cb cb = NULL;
-    void *cb_arg = NULL;
-    dst_attach(d, m, &eo, &cb, &cb_arg);
-    if ((st = mdl_engine_create(m, &eo, cb, cb_arg, &e)) != PD_OK) {
-        pd_error("%s rank %d: cannot start the engine: %s", p->name, dst_rank(d), pd_status_str(st));
-        dst_abort(d, "an engine did not start");
-    }
-    dst_set_engine(d, e);
-    dst_log_rank(d, p->name, m);
-    dst_wait_stop(d);
-    mdl_engine_destroy(e);
-    mdl_model_destroy(m);
-    return 0;
-}
-
 /* --data-parallel-size N: this process is one of N MPI ranks. Rank 0 is the instance; SIGINT and SIGTERM reach the
  * other ranks too (mpirun forwards them), which leave only when rank 0's engine stops. */
 static int serve_ranks(const inst_program *p, int *argc, char ***argv)
@@ -122,7 +88,7 @@ static int serve_ranks(const inst_program *p, int *argc, char ***argv)
             sigaddset(&ss, SIGINT);
             sigaddset(&ss, SIGTERM);
             pthread_sigmask(SIG_BLOCK, &ss, NULL); /* rank 0 decides when the instance stops */
-            rc = serve_worker(p, d);
+            rc = inst__serve_worker(p, d);
         }
     }
     pd_buf_free(&all);

@@ -371,7 +371,18 @@ static int dist_wait(mdl_engine *e)
 {
     const mdl_engine_dist *d = e->o.dist;
     pthread_mutex_lock(&e->mu);
-    while (!e->stop && !has_commands(e) && !has_running(e) && !d->pending(d->arg)) pthread_cond_wait(&e->cv, &e->mu);
+    while (!e->stop && !has_commands(e) && !has_running(e) && !d->pending(d->arg)) {
+        if (d->idle_poll <= 0) {
+            pthread_cond_wait(&e->cv, &e->mu);
+            continue;
+        }
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        const long ns = ts.tv_nsec + (long)(d->idle_poll * 1e9);
+        ts.tv_sec += ns / 1000000000L;
+        ts.tv_nsec = ns % 1000000000L;
+        pthread_cond_timedwait(&e->cv, &e->mu, &ts);
+    }
     const int stop = e->stop;
     pthread_mutex_unlock(&e->mu);
     return stop;
@@ -740,6 +751,13 @@ void mdl_engine_release(mdl_engine *e, uint64_t id)
     } else if (e->o.dist && e->o.dist->rank == 0 && e->o.dist->command(e->o.dist->arg, 'r', id, NULL, NULL)) {
         pthread_cond_signal(&e->cv);
     }
+    pthread_mutex_unlock(&e->mu);
+}
+
+void mdl_engine_wake(mdl_engine *e)
+{
+    pthread_mutex_lock(&e->mu);
+    pthread_cond_signal(&e->cv);
     pthread_mutex_unlock(&e->mu);
 }
 

@@ -93,7 +93,7 @@ typedef struct {
     int rank;
     /* locked, rank 0: the rank a new request goes to, given this rank's load (running + waiting sequences, free
      * blocks) and the prompt's blocks; -1 when no rank has room (PD_ERR_BUSY). prefill_kv: the request's KV
-     * crosses hosts (REMOTE_KV, PREFILL_ONLY), which only rank 0's registered pool takes. */
+     * crosses hosts (REMOTE_KV, PREFILL_ONLY), which only ranks whose pool is registered for transfers take. */
     int (*place)(void *arg, int nb, int local_load, int local_free, int prefill_kv);
     /* locked, rank 0: queues the request for rank `rank` (the prompt and parameters are copied) */
     pd_status (*submit)(void *arg, int rank, uint64_t id, void *user, const int32_t *prompt, int n_prompt,
@@ -112,6 +112,8 @@ typedef struct {
     /* Engine thread, lock not held, after a step's computation: serves other ranks' expert rows until every rank
      * has ended the step. */
     void (*step_end)(void *arg);
+    /* rank 0: > 0: while idle, re-check pending() this often (seconds), for wake-ups no local call signals */
+    double idle_poll;
 } mdl_engine_dist;
 
 typedef struct {
@@ -216,6 +218,9 @@ pd_status mdl_engine_kv_ready(mdl_engine *e, uint64_t id, int32_t first_token, f
 void mdl_engine_abort(mdl_engine *e, uint64_t id);
 /* PREFILL_ONLY: frees the blocks once the transfer is over. */
 void mdl_engine_release(mdl_engine *e, uint64_t id);
+/* A multi-rank instance's rank 0: something was queued for another rank outside the engine's calls; the engine
+ * looks at its dist hooks' pending() again now. Any thread. */
+void mdl_engine_wake(mdl_engine *e);
 /* Counts and counters; in a multi-rank instance, rank 0's engine sums every rank's (their last reports). */
 void mdl_engine_get_stats(mdl_engine *e, mdl_engine_stats *s);
 /* This engine's alone. */

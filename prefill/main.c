@@ -9,6 +9,6 @@ int main(int argc, char **argv)
          3600},
     };
     inst_program p = {.name = "prefill", .default_port = 8100, .opts = &o.inst, .role_opts = mine,
-                      .n_role_opts = (int)PD_ARRAY_LEN(mine), .start = pf_start, .arg = &o};
+                      .n_role_opts = (int)PD_ARRAY_LEN(mine), .start = pf_start, .arg = &o, .role = pf_role};
     return inst_main(argc, argv, &p);
 }

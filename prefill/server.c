@@ -18,14 +18,15 @@ typedef struct preq {
     int depth;                 /* steps in progress (an action's outcome can step again): free at the outermost */
     char why[192];             /* the failure's message (m.msg points here) */
     uint64_t tag;              /* the decode instance's request number */
-    kv_remote_t remote;
+    kv_remote_t remote;        /* the decode region, imported here: we hear at once if it goes */
+    char *desc;                /* its descriptor (another rank of ours imports it) */
+    int rank;                  /* our rank holding the request's blocks (0: this process) */
     int *dst;                  /* decode blocks, in order */
     int n_dst;
-    int *src;                  /* our blocks, in order */
-    int n_src;
+    int n_src;                 /* our blocks */
     int sent;                  /* blocks handed to transfers */
     int blocks_done;           /* blocks the engine has finished */
-    kv_xfer_t xfers[8];
+    inst_xfer *xfers[8];
     mdl_handoff h;
     float *hidden;
     int n_prompt;
@@ -40,8 +41,8 @@ static void preq_free(preq *r)
     if (!r) return;
     if (r->deadline) event_free(r->deadline);
     kv_remote_destroy(r->remote);
+    free(r->desc);
     free(r->dst);
-    free(r->src);
     free(r->hidden);
     free(r);
 }
@@ -78,7 +79,7 @@ static void reply(preq *r)
     cJSON_Delete(o);
 }
 
-static void xfer_cb(kv_xfer_t x, pd_status st, void *arg)
+static void xfer_cb(inst_xfer *x, pd_status st, void *arg)
 {
     preq *r = arg;
     for (int i = 0; i < (int)PD_ARRAY_LEN(r->xfers); i++)
@@ -93,7 +94,7 @@ static void xfer_cb(kv_xfer_t x, pd_status st, void *arg)
     step(r, PF_EV_XFER_FAILED, 503, msg, st == PD_ERR_PEER || st == PD_ERR_TRANSPORT);
 }
 
-static void abandon_cb(kv_xfer_t x, pd_status st, void *arg)
+static void abandon_cb(inst_xfer *x, pd_status st, void *arg)
 {
     (void)x;
     preq *r = arg;
@@ -108,13 +109,11 @@ static void send_abandon(preq *r)
     mdl_handoff h = {.req_id = r->tag, .first_token = -1};
     void *notice = NULL;
     size_t nlen = 0;
-    kv_xfer_t x;
     pd_status st = mdl_handoff_encode(&h, &notice, &nlen);
     if (st == PD_OK) {
-        kv_xfer_params_t p = {.field_mask = KV_XFER_FIELD_TAG | KV_XFER_FIELD_NOTICE, .local = r->in->region,
-                              .remote = r->remote, .blocks = NULL, .n_blocks = 0, .tag = r->tag, .notice = notice,
-                              .notice_len = nlen, .cb = abandon_cb, .arg = r};
-        st = kv_xfer_start(r->in->kv, &p, &x);
+        inst_xfer_params p = {.rank = r->rank, .id = r->base.id, .desc = r->desc, .remote = r->remote, .tag = r->tag,
+                              .notice = notice, .notice_len = nlen, .cb = abandon_cb, .arg = r};
+        st = inst_xfer_start(r->in, &p, NULL);
         free(notice);
     }
     if (st != PD_OK) step(r, PF_EV_ABANDON_DONE, 0, NULL, 0); /* no way to tell it: it times the reservation out */
@@ -135,28 +134,18 @@ static void start_xfer(preq *r, int upto, int with_notice)
     for (int i = 0; i < (int)PD_ARRAY_LEN(r->xfers); i++)
         if (!r->xfers[i]) slot = i;
     int n = upto - r->sent;
-    kv_block *b = n > 0 ? malloc((size_t)n * sizeof *b) : NULL;
     void *notice = NULL;
     size_t nlen = 0;
-    if (slot < 0 || (n > 0 && !b) || (with_notice && mdl_handoff_encode(&r->h, &notice, &nlen) != PD_OK)) {
-        free(b);
+    if (slot < 0 || (with_notice && mdl_handoff_encode(&r->h, &notice, &nlen) != PD_OK)) {
         start_failed(r, 503, slot < 0 ? "no KV transfer slot free" : "out of memory", PD_OK);
         return;
     }
     mdl_kv_pool *pool = mdl_engine_pool(s->eng);
-    for (int i = 0; i < n; i++) {
-        b[i].local_off = (uint64_t)r->src[r->sent + i] * pool->block_bytes;
-        b[i].remote_off = (uint64_t)r->dst[r->sent + i] * pool->block_bytes;
-        b[i].len = pool->block_bytes;
-    }
-    kv_xfer_params_t p = {.field_mask = KV_XFER_FIELD_TAG | KV_XFER_FIELD_TIMEOUT |
-                                        (with_notice ? KV_XFER_FIELD_NOTICE : 0),
-                          .local = s->region, .remote = r->remote, .blocks = b, .n_blocks = (size_t)n, .tag = r->tag,
-                          .notice = notice, .notice_len = nlen, .timeout = s->role.kv_xfer_timeout, .cb = xfer_cb,
-                          .arg = r};
+    inst_xfer_params p = {.rank = r->rank, .id = r->base.id, .from = r->sent, .upto = upto, .dst = r->dst + r->sent,
+                          .desc = r->desc, .remote = r->remote, .tag = r->tag, .notice = notice, .notice_len = nlen,
+                          .timeout = s->role.kv_xfer_timeout, .cb = xfer_cb, .arg = r};
     if (r->t_xfer0 == 0) r->t_xfer0 = pd_time_now();
-    pd_status st = kv_xfer_start(s->kv, &p, &r->xfers[slot]);
-    free(b);
+    pd_status st = inst_xfer_start(s, &p, &r->xfers[slot]);
     free(notice);
     if (st != PD_OK) {
         pd_counter_add(s->metrics->kv_failures, NULL, 1);
@@ -173,7 +162,7 @@ static void perform(preq *r, int act)
     if (act & PF_ACT_REPLY) reply(r);
     if (act & PF_ACT_CANCEL)
         for (int i = 0; i < (int)PD_ARRAY_LEN(r->xfers); i++)
-            if (r->xfers[i]) kv_xfer_cancel(r->xfers[i]);
+            if (r->xfers[i]) inst_xfer_cancel(r->in, r->xfers[i]);
     if (act & PF_ACT_SEND_BLOCKS) start_xfer(r, PD_MIN(r->blocks_done, r->n_src), 0);
     if (act & PF_ACT_SEND_LAST) start_xfer(r, r->n_src, 1);
     if (act & PF_ACT_RELEASE) { /* the engine answers with DONE */
@@ -302,6 +291,7 @@ static int parse_target(inst *s, const cJSON *t, preq *r, char *err, size_t n)
         return 0;
     }
     pd_status st = kv_remote_create(s->kv, desc->valuestring, &r->remote);
+    if (st == PD_OK && !(r->desc = strdup(desc->valuestring))) st = PD_ERR_NOMEM;
     if (st != PD_OK) {
         snprintf(err, n, "cannot reach the decode instance's KV region: %s", pd_status_str(st));
         return 0;
@@ -357,15 +347,7 @@ static void handle_prefill(inst *s, struct evhttp_request *req)
         if (status == 429) evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", "1");
         goto refuse;
     }
-    r->src = malloc((size_t)r->n_src * sizeof(int));
-    if (!r->src) { /* r is not listed yet: the engine's DONE for it finds nothing to free */
-        mdl_engine_abort(s->eng, r->base.id);
-        status = 503;
-        snprintf(err, sizeof err, "out of memory; retry later");
-        pd_error("prefill %s: out of memory for its block list", r->base.ext_id);
-        goto refuse;
-    }
-    if (mdl_engine_blocks(s->eng, r->base.id, r->src, r->n_src) != r->n_src) PD_ASSERT(!"engine lost a request");
+    r->rank = inst_req_rank(s, r->base.id); /* its blocks are there: they go from that rank's own pool */
     pf_machine_init(&r->m, r->remote != NULL);
     inst_req_add(s, &r->base, req);
     inst_open_free(&op);
@@ -405,11 +387,18 @@ static void req_free(inst_req *r) { preq_free((preq *)r); }
 
 static const inst_route routes[] = {{"/internal/prefill", handle_prefill, abort_req}};
 
-pd_status pf_start(struct event_base *base, void *arg, inst **out, int *bound_port)
+void pf_role(void *arg, inst_role *role)
 {
     pf_opts *o = arg;
-    inst_role role = {.name = "prefill", .kind = "prefill", .routes = routes, .n_routes = (int)PD_ARRAY_LEN(routes),
-                      .on_event = on_event, .want_hidden = 1, .client_gone = client_gone, .req_free = req_free,
-                      .health = add_health, .configure = configure, .arg = o, .kv_xfer_timeout = o->kv_xfer_timeout};
-    return inst_create(base, &o->inst, &role, out, bound_port);
+    *role = (inst_role){.name = "prefill", .kind = "prefill", .routes = routes, .n_routes = (int)PD_ARRAY_LEN(routes),
+                        .on_event = on_event, .want_hidden = 1, .client_gone = client_gone, .req_free = req_free,
+                        .health = add_health, .configure = configure, .arg = o,
+                        .kv_xfer_timeout = o->kv_xfer_timeout};
+}
+
+pd_status pf_start(struct event_base *base, void *arg, inst **out, int *bound_port)
+{
+    inst_role role;
+    pf_role(arg, &role);
+    return inst_create(base, &((pf_opts *)arg)->inst, &role, out, bound_port);
 }

@@ -12,6 +12,8 @@ typedef struct {
 } pf_opts;
 
 /* The inst_program start function: the prefill role on an instance (arg: the pf_opts). */
+/* The role inst_create runs (ranks > 0 take its KV part). */
+void pf_role(void *arg, inst_role *role);
 pd_status pf_start(struct event_base *base, void *arg, inst **out, int *bound_port);
 
 #endif

@@ -1,6 +1,7 @@
 """One instance over several MPI ranks (mpirun --oversubscribe on loopback, shared memory between the ranks):
 greedy output equals the single process's token for token with 2 and 4 ranks, colocated on the golden fixtures and
-the trained demo checkpoint and in PD (2 -> 2, 1 -> 2, 2 -> 1 ranks), MTP k=2 on; every rank takes sequences; bad
+the trained demo checkpoint and in PD (2 -> 2, 1 -> 2, 2 -> 1 ranks, the KV going straight between the ranks that
+hold it), MTP k=2 on; every rank takes sequences; bad
 rank counts and ranks that cannot load refuse to start with one clear error; kill -9 of a rank mid-stream ends the
 client's stream within 5 s and leaves no process of that instance behind."""
 import json, os, random, signal, subprocess, sys, tempfile, threading, time
@@ -137,8 +138,13 @@ def pd_case(model, combos):
         procs.append(r)
         harness.wait_healthy(rport)
         got = completions(rport, texts)
+        spread = [] if npp == 0 else [("prefill", npp, "prefill_tokens", rank_health(pport)),
+                                      ("decode", npd, "decode_tokens", rank_health(dport))]
         for p in reversed(procs):
             harness.stop(p)
+        for kind, np, field, ranks in spread:  # each rank's own pool sent or received its sequences' KV
+            check(np == 1 or (len(ranks) == np and all(r[field] > 0 for r in ranks)),
+                  "PD %d->%d: every %s rank took sequences: %r" % (npp, npd, kind, [(r["rank"], r[field]) for r in ranks]))
         check(all(st == 200 for st, _ in got), "PD %d->%d: every request served: %r" % (npp, npd, got[:2]))
         if base is None:
             base = got
