@@ -83,11 +83,11 @@ static int serve_ranks(const inst_program *p, int *argc, char ***argv)
         if (dst_rank(d) == 0) {
             rc = serve(p);
         } else {
-            sigset_t ss;
-            sigemptyset(&ss);
-            sigaddset(&ss, SIGINT);
-            sigaddset(&ss, SIGTERM);
-            pthread_sigmask(SIG_BLOCK, &ss, NULL); /* rank 0 decides when the instance stops */
+            /* rank 0 decides when the instance stops (a SIGTERM drains it first). Ignored process-wide: MPI's own
+             * threads, started before we knew our rank, must not take the signal's default action either. */
+            struct sigaction ign = {.sa_handler = SIG_IGN};
+            sigaction(SIGINT, &ign, NULL);
+            sigaction(SIGTERM, &ign, NULL);
             rc = inst__serve_worker(p, d);
         }
     }

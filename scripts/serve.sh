@@ -8,7 +8,10 @@
 # 60 s of their starts in a row stop everything with an error instead (a process that cannot start, say a port in
 # use). A clean exit (status 0: an instance drained with POST /internal/drain) is not restarted, as systemd's
 # Restart=on-failure does. --no-restart turns supervision off: the first failure then stops the others.
-# Usage: scripts/serve.sh [--model DIR] [--config-dir DIR] [--log-dir DIR] [--no-restart]
+# --prefill-ranks N / --decode-ranks N run that pool as one instance over N MPI ranks on this host (mpirun -np N,
+# expert parallelism, docs/scaling.md); a rank that dies takes its instance down and the script starts it again.
+# Usage: scripts/serve.sh [--model DIR] [--config-dir DIR] [--log-dir DIR] [--no-restart] [--prefill-ranks N]
+#                         [--decode-ranks N]
 # Environment: PD_BUILD_DIR (default build), PD_SKIP_SETUP=1 (do not run scripts/setup.sh: the binaries are built)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,14 +19,22 @@ MODEL=models/tiny
 CONF=configs/local-1p1d
 LOGS=logs
 RESTART=1
+PRANKS=1
+DRANKS=1
+USAGE="usage: scripts/serve.sh [--model DIR] [--config-dir DIR] [--log-dir DIR] [--no-restart] [--prefill-ranks N] [--decode-ranks N]"
 while [ $# -gt 0 ]; do
   case "$1" in
     --model) MODEL=$2; shift 2 ;;
     --config-dir) CONF=$2; shift 2 ;;
     --log-dir) LOGS=$2; shift 2 ;;
     --no-restart) RESTART=0; shift ;;
-    *) echo "usage: scripts/serve.sh [--model DIR] [--config-dir DIR] [--log-dir DIR] [--no-restart]" >&2; exit 2 ;;
+    --prefill-ranks) PRANKS=$2; shift 2 ;;
+    --decode-ranks) DRANKS=$2; shift 2 ;;
+    *) echo "$USAGE" >&2; exit 2 ;;
   esac
+done
+for n in "$PRANKS" "$DRANKS"; do
+  [[ "$n" =~ ^[1-9][0-9]*$ ]] || { echo "serve: a rank count must be a positive number, not '$n'" >&2; echo "$USAGE" >&2; exit 2; }
 done
 BUILD=${PD_BUILD_DIR:-build}
 [ "${PD_SKIP_SETUP:-0}" = 1 ] || scripts/setup.sh >/dev/null
@@ -35,8 +46,19 @@ mkdir -p "$LOGS"
 
 NAMES=(decode prefill router)
 declare -A CMD PID STARTED FAST BACKOFF
-CMD[decode]="$BUILD/decode/pdserve-decode --config $CONF/decode.yaml --model $MODEL"
-CMD[prefill]="$BUILD/prefill/pdserve-prefill --config $CONF/prefill.yaml --model $MODEL"
+ranks() { # N: the mpirun prefix and, after it, the binary; N=1: the binary alone. Ranks on this host only: shared
+  # memory between them, mpirun's own channel on loopback.
+  local n=$1
+  [ "$n" = 1 ] && return
+  local root=""
+  [ "$(id -u)" = 0 ] && root="--allow-run-as-root"
+  # its own session, out of reach of a Ctrl-C: a signal to mpirun ends its job hard (it kills the ranks 1 s after
+  # forwarding it). The stop signal goes to the ranks instead (cleanup): rank 0 drains, the others follow it.
+  echo "setsid mpirun $root -np $n --oversubscribe --bind-to none --mca pml ob1 --mca btl self,vader --mca oob_tcp_if_include lo"
+}
+dp() { [ "$1" = 1 ] || echo "--data-parallel-size $1 --enable-expert-parallel"; }
+CMD[decode]="$(ranks "$DRANKS") $BUILD/decode/pdserve-decode --config $CONF/decode.yaml --model $MODEL $(dp "$DRANKS")"
+CMD[prefill]="$(ranks "$PRANKS") $BUILD/prefill/pdserve-prefill --config $CONF/prefill.yaml --model $MODEL $(dp "$PRANKS")"
 CMD[router]="$BUILD/router/pdserve-router --config $CONF/router.yaml --model $MODEL"
 stopping=0
 
@@ -51,8 +73,18 @@ start() { # name: starts it, its stderr appended to $LOGS/<name>.log
 cleanup() {
   trap - INT TERM EXIT
   stopping=1
-  local p=()
-  for n in "${NAMES[@]}"; do [ -n "${PID[$n]:-}" ] && p+=("${PID[$n]}"); done
+  local p=() n
+  for n in "${NAMES[@]}"; do
+    [ -n "${PID[$n]:-}" ] || continue
+    case "${CMD[$n]}" in
+      setsid\ mpirun*) # the ranks (see ranks()); mpirun itself while it has started none
+        local r
+        r=$(pgrep -P "${PID[$n]}" | tr '\n' ' ')
+        # shellcheck disable=SC2206 # pids
+        if [ -n "$r" ]; then p+=($r); else p+=("${PID[$n]}"); fi ;;
+      *) p+=("${PID[$n]}") ;;
+    esac
+  done
   [ ${#p[@]} -gt 0 ] && kill -TERM "${p[@]}" 2>/dev/null
   wait 2>/dev/null || true
   echo "serve: stopped"

@@ -1,7 +1,9 @@
 """scripts/serve.sh, the README's main job, run as a user runs it (configs/local-1p1d/ with ports this test picks,
 logs in a temporary directory): it answers the OpenAI API; a pool process that dies (SIGKILL: a crash) is started
 again by the script and serves; a drained instance (clean exit) stays down; a process that cannot start stops the
-script with an error instead of a restart loop; Ctrl-C (SIGINT to the process group) stops every process."""
+script with an error instead of a restart loop; Ctrl-C (SIGINT to the process group) stops every process. With
+--decode-ranks 2 the decode pool runs over 2 MPI ranks; kill -9 of rank 1 takes that instance down and the script
+starts it again."""
 import os, re, select, signal, socket, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -91,6 +93,34 @@ def pids_with(text):
     return found
 
 
+def rank_pids(text, name):
+    """{rank: pid} of the MPI ranks of pdserve-<name> under text (each rank's rank from its environment)."""
+    out = {}
+    for pid, cmd in pids_with(text):
+        if "pdserve-" + name not in cmd or cmd.startswith("mpirun"):
+            continue
+        try:
+            env = open("/proc/%d/environ" % pid, "rb").read().split(b"\0")
+        except OSError:
+            continue
+        for kv in env:
+            if kv.startswith(b"OMPI_COMM_WORLD_RANK="):
+                out[int(kv.split(b"=")[1])] = pid
+    return out
+
+
+def serve_again(port):
+    """A chat completion answers 200 within 90 s (the router takes a restarted instance back)."""
+    st, obj = 0, None
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        st, obj = chat(port)
+        if st == 200:
+            break
+        time.sleep(0.5)
+    return st, obj
+
+
 def chat(port, timeout=60):
     body = {"model": os.path.basename(args.model), "messages": [{"role": "user", "content": "Hello!"}],
             "max_tokens": 8}
@@ -127,13 +157,7 @@ try:
                 time.sleep(0.1)
             check(len(after) == 1 and after[0] != victims[0], "a new pdserve-prefill process runs (%s)" % after)
             # the router takes it back once its /health answers: requests succeed again
-            st, obj = 0, None
-            deadline = time.time() + 90
-            while time.time() < deadline:
-                st, obj = chat(rport)
-                if st == 200:
-                    break
-                time.sleep(0.5)
+            st, obj = serve_again(rport)
             check(st == 200 and obj["choices"],
                   "a chat completion answers 200 again after the restart (%s %s)" % (st, str(obj)[:200]))
             print("prefill killed -> serving again in %.1f s" % (time.time() - t0))
@@ -155,6 +179,34 @@ try:
     time.sleep(0.5)
     left = pids_with(conf)
     check(not left, "no pdserve process is left after Ctrl-C (%s)" % left)
+
+    # The decode pool over 2 MPI ranks: serves; kill -9 of rank 1 takes the instance down, the script starts it again
+    rport3, pport3, dport3 = harness.free_ports(3)
+    conf3 = os.path.join(tmp, "conf3")
+    write_conf(conf3, rport3, pport3, dport3)
+    s3 = Serve(conf3, os.path.join(tmp, "logs3"), ["--decode-ranks", "2"])
+    try:
+        ready = s3.wait_line(r"^serve: router http://127\.0\.0\.1:%d" % rport3, 180)
+        st, obj = chat(rport3) if ready else (0, None)
+        ranks = rank_pids(conf3, "decode")
+        check(ready and st == 200 and sorted(ranks) == [0, 1],
+              "--decode-ranks 2: serves with a decode instance of 2 ranks (%s %s)" % (st, ranks))
+        if 1 in ranks:
+            os.kill(ranks[1], signal.SIGKILL)
+            line = s3.wait_line(r"^serve: pdserve-decode failed \(status \d+\)", 30)
+            check(line is not None, "kill -9 of decode rank 1: serve.sh sees the instance go")
+            check(s3.wait_line(r"^serve: pdserve-decode started again", 30) is not None, "and starts it again")
+            st, obj = serve_again(rport3)
+            again = rank_pids(conf3, "decode")
+            check(st == 200 and sorted(again) == [0, 1] and again[1] != ranks[1],
+                  "a new 2-rank decode instance serves (%s, ranks %s)" % (st, again))
+        rc = s3.stop()
+        time.sleep(0.5)
+        left = pids_with(conf3)
+        check(rc is not None and not left, "Ctrl-C stops it with every rank (%s)" % left)
+    finally:
+        if s3.p.poll() is None:
+            s3.kill_all()
 
     # A process that cannot start (its port is taken) stops the script with an error, not a restart loop.
     blocker = socket.socket()
