@@ -1,7 +1,5 @@
 /* An instance process: the option table (the model's and engine's, the shared instance options, the role's),
  * the event loop, SIGINT/SIGTERM (drain), and a clean stop. */
-#include <pthread.h>
-#include <signal.h>
 #include <string.h>
 
 #include "common/pd_http.h"
@@ -53,8 +51,8 @@ static int serve(const inst_program *p)
     return rc;
 }
 
-/* --data-parallel-size N: this process is one of N MPI ranks. Rank 0 is the instance; SIGINT and SIGTERM reach the
- * other ranks too (mpirun forwards them), which leave only when rank 0's engine stops. */
+/* --data-parallel-size N: this process is one of N MPI ranks. Rank 0 is the instance: SIGTERM to it drains the
+ * instance, and the other ranks leave when its engine stops. */
 static int serve_ranks(const inst_program *p, int *argc, char ***argv)
 {
     inst_opts *o = p->opts;
@@ -83,11 +81,8 @@ static int serve_ranks(const inst_program *p, int *argc, char ***argv)
         if (dst_rank(d) == 0) {
             rc = serve(p);
         } else {
-            /* rank 0 decides when the instance stops (a SIGTERM drains it first). Ignored process-wide: MPI's own
-             * threads, started before we knew our rank, must not take the signal's default action either. */
-            struct sigaction ign = {.sa_handler = SIG_IGN};
-            sigaction(SIGINT, &ign, NULL);
-            sigaction(SIGTERM, &ign, NULL);
+            /* SIGINT and SIGTERM keep their default action here: a signalled rank dies and takes the instance down
+             * with it (mpirun's abort of a failed job relies on that). A drain is a SIGTERM to rank 0 alone. */
             rc = inst__serve_worker(p, d);
         }
     }

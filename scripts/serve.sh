@@ -52,8 +52,8 @@ ranks() { # N: the mpirun prefix and, after it, the binary; N=1: the binary alon
   [ "$n" = 1 ] && return
   local root=""
   [ "$(id -u)" = 0 ] && root="--allow-run-as-root"
-  # its own session, out of reach of a Ctrl-C: a signal to mpirun ends its job hard (it kills the ranks 1 s after
-  # forwarding it). The stop signal goes to the ranks instead (cleanup): rank 0 drains, the others follow it.
+  # its own session, out of reach of a Ctrl-C: a signal to mpirun ends its job hard (it forwards it to every rank and
+  # kills them 1 s later). The stop signal goes to rank 0 instead (cleanup): it drains, the others follow it.
   echo "setsid mpirun $root -np $n --oversubscribe --bind-to none --mca pml ob1 --mca btl self,vader --mca oob_tcp_if_include lo"
 }
 dp() { [ "$1" = 1 ] || echo "--data-parallel-size $1 --enable-expert-parallel"; }
@@ -77,11 +77,12 @@ cleanup() {
   for n in "${NAMES[@]}"; do
     [ -n "${PID[$n]:-}" ] || continue
     case "${CMD[$n]}" in
-      setsid\ mpirun*) # the ranks (see ranks()); mpirun itself while it has started none
-        local r
-        r=$(pgrep -P "${PID[$n]}" | tr '\n' ' ')
-        # shellcheck disable=SC2206 # pids
-        if [ -n "$r" ]; then p+=($r); else p+=("${PID[$n]}"); fi ;;
+      setsid\ mpirun*) # rank 0, which drains and then stops the others (see ranks()); mpirun while it has none
+        local r="" c
+        for c in $(pgrep -P "${PID[$n]}"); do
+          tr '\0' '\n' < "/proc/$c/environ" 2>/dev/null | grep -qx 'OMPI_COMM_WORLD_RANK=0' && r=$c
+        done
+        p+=("${r:-${PID[$n]}}") ;;
       *) p+=("${PID[$n]}") ;;
     esac
   done
