@@ -167,9 +167,11 @@ def refuses(argv_np, extra, what, expect):
     check(text.count(expect) <= 2, "%s: the reason is not repeated by every rank:\n%s" % (what, text[-1500:]))
 
 
-def kill_case(model, victim):
-    """kill -9 of one rank while a stream is open: the client's stream ends within 5 s, no rank is left."""
-    d, dport = start(2, "decode", model, ["--colocated"])
+def kill_case(model, victim, sig=signal.SIGKILL, extra=()):
+    """kill -9 of one rank while a stream is open: the client's stream ends within 5 s, no rank is left. SIGSTOP: the
+    stopped rank blocks every other in a collective until --collective-timeout aborts the instance."""
+    d, dport = start(2, "decode", model, ["--colocated"] + list(extra))
+    how = "kill -9" if sig == signal.SIGKILL else "SIGSTOP of"
     r, rport = harness.start([exe("pdserve-router"), "--port", "0", "--model", model, "--health-interval", "0.2",
                               "--decode", "127.0.0.1:%d" % dport], os.path.join(logdir, "router-kill%d.log" % victim))
     harness.wait_healthy(rport)
@@ -199,21 +201,21 @@ def kill_case(model, victim):
     th.start()
     time.sleep(1.5)
     t_kill = time.time()
-    os.kill(ranks[victim], signal.SIGKILL)
+    os.kill(ranks[victim], sig)
     th.join(20)
     check(not th.is_alive() and result.get("t_end", 1e9) - t_kill < 5,
-          "kill -9 rank %d: the stream ended %.1f s later: %r" % (victim, result.get("t_end", 1e9) - t_kill,
+          "%s rank %d: the stream ended %.1f s later: %r" % (how, victim, result.get("t_end", 1e9) - t_kill,
                                                                  result.get("end")))
     st, done, raw = result.get("end", (None, None, b""))
-    check(not done or b"error" in raw, "kill -9 rank %d: the client sees an error, not a clean end: %r" % (victim, raw))
+    check(not done or b"error" in raw, "%s rank %d: the client sees an error, not a clean end: %r" % (how, victim, raw))
     try:
         d.wait(10)
     except subprocess.TimeoutExpired:
         pass
     left = [pid for pid in ranks.values() if os.path.exists("/proc/%d" % pid) and
             open("/proc/%d/stat" % pid).read().split()[2] != "Z"]
-    check(d.poll() is not None and not left, "kill -9 rank %d: mpirun exited (%r) and no rank is left: %r" %
-          (victim, d.poll(), left))
+    check(d.poll() is not None and not left, "%s rank %d: mpirun exited (%r) and no rank is left: %r" %
+          (how, victim, d.poll(), left))
     harness.stop(r)
 
 
@@ -245,6 +247,7 @@ try:
             "rank 1 could not load the model")
     kill_case(args.model, 1)
     kill_case(args.model, 0)
+    kill_case(args.model, 1, signal.SIGSTOP, ["--collective-timeout", "2"])
 finally:
     harness.stop_all()
 check.finish(logdir)
