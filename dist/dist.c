@@ -728,19 +728,23 @@ void dst_wait_stop(dst *d)
 
 void dst_set_agent(dst *d, const dst_agent *a) { d->agent = *a; }
 
+/* Appends a header and a message whole, or nothing (PD_ERR_NOMEM; the buffer stays usable). */
+static pd_status append_whole(pd_buf *b, const void *head, size_t hn, const void *msg, size_t n)
+{
+    const size_t len0 = b->len;
+    pd_buf_append(b, head, hn);
+    pd_buf_append(b, msg, n);
+    if (!b->failed) return PD_OK;
+    b->len = len0;
+    b->failed = 0;
+    return PD_ERR_NOMEM;
+}
+
 pd_status dst_send(dst *d, int rank, const void *msg, size_t len)
 {
     cmd_head h = {rank, 'x', (uint64_t)len};
     pthread_mutex_lock(&d->mu);
-    const size_t len0 = d->out.len;
-    pd_buf_append(&d->out, &h, sizeof h);
-    pd_buf_append(&d->out, msg, len);
-    pd_status st = PD_OK;
-    if (d->out.failed) {
-        d->out.len = len0;
-        d->out.failed = 0;
-        st = PD_ERR_NOMEM;
-    }
+    const pd_status st = append_whole(&d->out, &h, sizeof h, msg, len);
     pthread_mutex_unlock(&d->mu);
     if (st == PD_OK && d->eng) mdl_engine_wake(d->eng);
     return st;
@@ -750,17 +754,8 @@ pd_status dst_post(dst *d, const void *msg, size_t len)
 {
     const int32_t head[2] = {DST_REC_MSG, (int32_t)len};
     pthread_mutex_lock(&d->post_mu);
-    const size_t len0 = d->posts.len;
-    pd_buf_append(&d->posts, head, sizeof head);
-    pd_buf_append(&d->posts, msg, len);
-    pd_status st = PD_OK;
-    if (d->posts.failed) {
-        d->posts.len = len0;
-        d->posts.failed = 0;
-        st = PD_ERR_NOMEM;
-    } else {
-        atomic_store(&d->posted, 1);
-    }
+    const pd_status st = append_whole(&d->posts, head, sizeof head, msg, len);
+    if (st == PD_OK) atomic_store(&d->posted, 1);
     pthread_mutex_unlock(&d->post_mu);
     return st;
 }
