@@ -31,8 +31,19 @@ static uint64_t spec_bytes(const mdl_config *c, const mdl_tensor_spec *s, int fp
     return n * 2;
 }
 
-uint64_t mdl_generate_size(const mdl_config *c, int fp8)
+/* The config a checkpoint is written with: FP8 on or off, and FP8's 128x128 scale blocks unless the config sets
+ * its own (presets other than v3 have none). */
+static mdl_config written_config(const mdl_config *cfg, int fp8)
 {
+    mdl_config c = *cfg;
+    c.fp8 = fp8 != 0;
+    if (fp8 && (c.fp8_block[0] < 1 || c.fp8_block[1] < 1)) c.fp8_block[0] = c.fp8_block[1] = 128;
+    return c;
+}
+
+uint64_t mdl_generate_size(const mdl_config *cfg, int fp8)
+{
+    const mdl_config cc = written_config(cfg, fp8), *c = &cc;
     int n_mtp = c->num_nextn_predict_layers > 0;
     size_t n = mdl_tensor_specs(c, n_mtp, NULL, 0);
     mdl_tensor_spec *sp = calloc(n, sizeof *sp);
@@ -164,13 +175,7 @@ static pd_status write_text(const char *path, const char *text)
 pd_status mdl_generate_checkpoint(const char *dir, const mdl_config *cfg, const mdl_generate_opts *opts, char *err,
                                   size_t errlen)
 {
-    mdl_config c = *cfg;
-    if (opts->fp8) {
-        c.fp8 = 1;
-        if (!c.fp8_block[0]) c.fp8_block[0] = c.fp8_block[1] = 128;
-    } else {
-        c.fp8 = 0;
-    }
+    mdl_config c = written_config(cfg, opts->fp8);
     char tmp[4096];
     snprintf(tmp, sizeof tmp, "%s", dir);
     for (char *p = tmp + 1; *p; p++) { /* mkdir -p */

@@ -5,6 +5,16 @@ if(TARGET pdserve-router AND TARGET pdserve-prefill AND TARGET pdserve-decode)
   add_test(NAME model_tiny_generate
            COMMAND pdserve-model generate --preset tiny --out ${CMAKE_BINARY_DIR}/models/tiny)
   set_tests_properties(model_tiny_generate PROPERTIES FIXTURES_SETUP tiny_model TIMEOUT 300)
+  # --fp8 on a preset whose config has no weight_block_size (every one but v3) used to die of SIGFPE: it writes
+  # 128x128 scale blocks, and the checkpoint loads and runs
+  add_test(NAME model_generate_fp8
+           COMMAND sh -c "set -e; d=${CMAKE_BINARY_DIR}/models/tiny-fp8-1l
+             \"$1\" generate --preset tiny --fp8 --set num_hidden_layers=1 --out $d
+             grep -q '\"weight_block_size\":.*128, 128' $d/config.json
+             \"$1\" inspect $d | grep -qi f8_e4m3
+             \"$1\" run --model $d --tokens 1,2,3 --max-tokens 4 --ignore-eos > /dev/null
+             rm -rf $d" sh $<TARGET_FILE:pdserve-model>)
+  set_tests_properties(model_generate_fp8 PROPERTIES TIMEOUT 300)
   add_test(NAME pd_integration
            COMMAND ${Python3_EXECUTABLE} ${CMAKE_CURRENT_SOURCE_DIR}/integration/pd_test.py
                    --build ${CMAKE_BINARY_DIR} --model ${CMAKE_BINARY_DIR}/models/tiny)
