@@ -684,6 +684,9 @@ static void gencb(struct evhttp_request *http, void *arg)
     enum evhttp_cmd_type m = evhttp_request_get_command(http);
     int post = m == EVHTTP_REQ_POST, get = m == EVHTTP_REQ_GET;
     const unsigned long mark = rt_json_failures();
+    if ((!strncmp(path, "/v1/", 4) || !strcmp(path, "/tokenize") || !strcmp(path, "/detokenize")) &&
+        !rt_auth_check(rt->auth, http))
+        return;
     if (!strcmp(path, "/v1/completions") || !strcmp(path, "/v1/chat/completions")) {
         if (post) handle_generate(rt, http, path[4] == 'c' && path[5] == 'h');
         else pd_http_reply_error(http, 405, NULL, NULL, "use POST");
@@ -742,6 +745,12 @@ pd_status rt_router_create(struct event_base *base, rt_opts *o, rt_router **out,
     rt->vocab_size = txt_tokenizer_vocab_size(rt->tok);
     int vocab;
     if (o->model && txt_config_vocab_size(o->model, &vocab, err, sizeof err) == PD_OK) rt->vocab_size = vocab;
+    if ((st = rt_auth_create(o, &rt->auth, err, sizeof err)) != PD_OK) {
+        pd_error("router: %s", err);
+        goto fail_router;
+    }
+    if (rt_auth_keys(rt->auth))
+        pd_info("router: the public API requires an API key (%d configured)", rt_auth_keys(rt->auth));
     rt_policy policy;
     if (rt_policy_parse(o->policy, &policy) != PD_OK) {
         pd_error("router: --policy '%s' is not least-load, round-robin or bucket", o->policy);
@@ -772,6 +781,7 @@ void rt_router_destroy(rt_router *rt)
     if (rt->http) evhttp_free(rt->http);
     while (rt->reqs) req_free(rt->reqs);
     rt_stats_destroy(rt->stats);
+    rt_auth_destroy(rt->auth);
     rt_registry_destroy(rt->reg);
     rt_metrics_free(rt);
     txt_chat_template_destroy(rt->tmpl);

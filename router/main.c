@@ -44,6 +44,10 @@ int main(int argc, char **argv)
         {"policy", PD_OPT_STR, &o.policy,
          "instance choice: least-load (default), round-robin, or bucket (decode: pack into captured batch sizes)", 0,
          0},
+        {"api-key", PD_OPT_STR, &o.api_key,
+         "require 'Authorization: Bearer KEY' on /v1/..., /tokenize, /detokenize; several: KEY,KEY (default: "
+         "PDSERVE_API_KEY, else none)", 0, 0},
+        {"api-key-file", PD_OPT_STR, &o.api_key_file, "file of API keys, one a line (# comments)", 0, 0},
         {"request-timeout", PD_OPT_DOUBLE, &o.request_timeout, "seconds without progress before a request fails (600)",
          1, 86400},
     };

@@ -29,7 +29,17 @@ typedef struct {
     int max_queued;          /* requests in flight before new ones get 429 (0: unlimited) */
     int max_queued_tokens;   /* prompt tokens of choices without a first token before new ones get 429 (0: no limit) */
     char *policy;            /* least-load (default) | round-robin */
+    char *api_key;           /* comma-separated keys the public API requires (router/auth.c) */
+    char *api_key_file;      /* one key a line */
 } rt_opts;
+
+/* API keys (router/auth.c): from the options, or PDSERVE_API_KEY. err says why on failure. */
+typedef struct rt_auth rt_auth;
+pd_status rt_auth_create(const rt_opts *o, rt_auth **out, char *err, size_t errlen);
+int rt_auth_keys(const rt_auth *a);
+/* 1: req may go on (it carries a valid key, or none is required); 0: it was answered 401. */
+int rt_auth_check(rt_auth *a, struct evhttp_request *req);
+void rt_auth_destroy(rt_auth *a);
 
 /* ---- instances ---- */
 typedef enum { RT_PREFILL, RT_DECODE, RT_COLOCATED } rt_role;

@@ -34,6 +34,7 @@ struct rt_router {
     struct rt_req *reqs;
     rt_metrics m;
     rt_stats *stats;              /* recent latencies, instance scrapes: /admin/stats and /dashboard */
+    rt_auth *auth;                /* the public API's keys */
 };
 
 typedef struct rt_req rt_req;

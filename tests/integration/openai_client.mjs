@@ -1,9 +1,10 @@
 // The official OpenAI client (npm "openai"), unmodified, against pdserve-router: completions and chat, streamed
 // and not, and an error the client must surface as the right exception class. Usage: node openai_client.mjs PORT MODEL
+// [API_KEY]: with a key, the router requires it, and a client with a wrong key gets AuthenticationError.
 import OpenAI from "openai";
 
-const [port, model] = process.argv.slice(2);
-const client = new OpenAI({ baseURL: `http://127.0.0.1:${port}/v1`, apiKey: "unused", maxRetries: 0 });
+const [port, model, apiKey] = process.argv.slice(2);
+const client = new OpenAI({ baseURL: `http://127.0.0.1:${port}/v1`, apiKey: apiKey ?? "unused", maxRetries: 0 });
 let passed = 0, failed = 0;
 function check(cond, what) {
   if (cond) passed++;
@@ -60,6 +61,16 @@ try {
   check(false, "an unknown model must fail");
 } catch (e) {
   check(e instanceof OpenAI.NotFoundError && /does not exist/.test(e.message), "unknown model: " + e);
+}
+if (apiKey) {
+  const wrong = new OpenAI({ baseURL: `http://127.0.0.1:${port}/v1`, apiKey: apiKey + "-wrong", maxRetries: 0 });
+  try {
+    await wrong.models.list();
+    check(false, "a wrong API key must fail");
+  } catch (e) {
+    check(e instanceof OpenAI.AuthenticationError && e.status === 401 && e.code === "invalid_api_key",
+          "AuthenticationError for a wrong key: " + e);
+  }
 }
 console.log(`${passed} passed, ${failed} failed`);
 process.exit(failed ? 1 : 0);

@@ -208,6 +208,40 @@ try:
     print(out.stdout.strip())
     check(out.returncode == 0, "OpenAI client: %s %s" % (out.stdout[-500:], out.stderr[-500:]))
 
+    # 6b. API keys: a second router over the same instances requires one (two given: --api-key A,B and a file)
+    keyfile = os.path.join(logdir, "keys")
+    with open(keyfile, "w") as f:
+        f.write("# the router's keys\n\nsk-from-file\n")
+    ar, aport = harness.start([harness.exe(args.build, "pdserve-router"), "--port", "0", "--model", args.model,
+                               "--health-interval", "0.2", "--prefill", "127.0.0.1:%d" % pd.prefill_port, "--decode",
+                               "127.0.0.1:%d" % pd.decode_port, "--api-key", "sk-one,sk-two", "--api-key-file", keyfile],
+                              os.path.join(logdir, "auth-router.log"))
+    try:
+        harness.wait_healthy(aport)  # /health stays open
+        body = {"prompt": "hi", "max_tokens": 2}
+        for hdr, what in (({}, "no key"), ({"Authorization": "Bearer sk-wrong"}, "a wrong key"),
+                          ({"Authorization": "Basic c2stb25lOg=="}, "a Basic credential"),
+                          ({"Authorization": "Bearer sk-one-longer"}, "a key with a valid prefix")):
+            for path, b in (("/v1/completions", body), ("/v1/models", None), ("/tokenize", {"prompt": "x"})):
+                st, o, h = harness.request(aport, "GET" if b is None else "POST", path, b, headers=hdr)
+                check(st == 401 and o["error"]["code"] == "invalid_api_key" and o["error"]["type"] ==
+                      "invalid_request_error" and h.getheader("WWW-Authenticate") == "Bearer", "%s on %s: 401 invalid_api_key (%s %r)" %
+                      (what, path, st, o))
+        for key in ("sk-one", "sk-two", "sk-from-file"):
+            st, o, _ = harness.request(aport, "POST", "/v1/completions", body, headers={"Authorization": "Bearer " + key})
+            check(st == 200 and o["choices"], "key %s is accepted (%s)" % (key, st))
+        st, _, _ = harness.request(aport, "GET", "/metrics")
+        check(st == 200, "/metrics stays open (%s)" % st)
+        out = subprocess.run(["node", os.path.join(here, "openai_client.mjs"), str(aport), "tiny", "sk-two"],
+                             capture_output=True, text=True, timeout=300)
+        print(out.stdout.strip())
+        check(out.returncode == 0, "OpenAI client with apiKey: %s %s" % (out.stdout[-500:], out.stderr[-500:]))
+        log = open(os.path.join(logdir, "auth-router.log"), errors="replace").read()
+        check(log.count("without a valid API key") == 1 and "sk-one" not in log and "sk-wrong" not in log,
+              "refusals are logged once (rate-limited) and no key is logged")
+    finally:
+        harness.stop(ar)
+
     # 7. nothing stranded: every block is free again on every instance
     time.sleep(0.5)
     for dep in (pd, co):
