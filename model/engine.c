@@ -273,9 +273,10 @@ static void step_decoded(mdl_engine *e, step *st, double t_dec)
 }
 
 /* Plans a step (under the lock): commands, remote sequences that may start, prompt chunks, then every running
- * sequence with the blocks it grows into. Returns 0 when the step is to be planned again (a preemption freed
- * blocks, or the engine waited for work, or a callback aborted a planned sequence), 1 when it is ready to run. */
-static int step_plan(mdl_engine *e, step *st)
+ * sequence with the blocks it grows into. Returns 0 when there is no step to run now: nothing to compute here (with
+ * wait, after waiting for work, unless a preemption freed blocks to plan the recomputation with; a multi-rank engine
+ * waits in the ranks' sync instead), or a callback aborted a planned sequence. 1 when it is ready to run. */
+static int step_plan(mdl_engine *e, step *st, int wait)
 {
     step_commands(e);
     step_start_remote(e);
@@ -285,10 +286,11 @@ static int step_plan(mdl_engine *e, step *st)
         if (s->state == SEQ_RUNNING) st->dec[st->nd++] = s;
     const uint64_t preempted = e->st.preemptions;
     st->nd = mdl__sched_grow(e, st->dec, st->nd);
-    if (st->nc == 0 && st->nd == 0 && e->st.preemptions != preempted) return 0; /* plan the recomputation now */
     if (st->nc == 0 && st->nd == 0) {
-        deliver_events(e);
-        if (!e->stop && !has_commands(e)) pthread_cond_wait(&e->cv, &e->mu);
+        if (wait && e->st.preemptions == preempted) {
+            deliver_events(e);
+            if (!e->stop && !has_commands(e)) pthread_cond_wait(&e->cv, &e->mu);
+        }
         return 0;
     }
     /* events so far go out before the long computation */
@@ -302,42 +304,13 @@ static int step_plan(mdl_engine *e, step *st)
     return 1;
 }
 
-/* step_plan without waiting for work (the ranks' sync does that). Returns 1 when there is a step to compute here. */
-static int step_plan_dist(mdl_engine *e, step *st)
-{
-    step_commands(e);
-    step_start_remote(e);
-    st->nc = mdl__sched_chunks(e, st->ch);
-    st->nd = 0;
-    for (seq *s = e->all; s && st->nd < e->o.max_num_seqs; s = s->next)
-        if (s->state == SEQ_RUNNING) st->dec[st->nd++] = s;
-    st->nd = mdl__sched_grow(e, st->dec, st->nd);
-    if (st->nc == 0 && st->nd == 0) return 0;
-    if (e->n_evs) {
-        deliver_events(e);
-        int stale = 0;
-        for (int i = 0; i < st->nc; i++) stale |= st->ch[i].s->abort_req;
-        for (int i = 0; i < st->nd; i++) stale |= st->dec[i]->abort_req;
-        if (stale) return 0;
-    }
-    return 1;
-}
-
-static void step_run_dist(mdl_engine *e, step *st, const mdl_engine_dist *d)
+/* Runs a planned step (called and returns under the lock). d: a multi-rank engine, which serves the other ranks'
+ * expert rows after its own computation until every rank has ended the step. */
+static void step_run(mdl_engine *e, step *st, const mdl_engine_dist *d)
 {
     pthread_mutex_unlock(&e->mu);
     const double t_dec = step_compute(e, st);
-    d->step_end(d->arg);
-    pthread_mutex_lock(&e->mu);
-    step_prefilled(e, st, pd_time_now());
-    step_decoded(e, st, t_dec);
-    e->st.steps++;
-}
-
-static void step_run(mdl_engine *e, step *st)
-{
-    pthread_mutex_unlock(&e->mu);
-    const double t_dec = step_compute(e, st);
+    if (d) d->step_end(d->arg);
     pthread_mutex_lock(&e->mu);
     step_prefilled(e, st, pd_time_now());
     step_decoded(e, st, t_dec);
@@ -350,8 +323,8 @@ static void *engine_main(void *arg)
     step *st = &e->stp;
     pthread_mutex_lock(&e->mu);
     while (!e->stop) {
-        if (!step_plan(e, st)) continue;
-        step_run(e, st);
+        if (!step_plan(e, st, 1)) continue;
+        step_run(e, st, NULL);
     }
     pthread_mutex_unlock(&e->mu);
     return NULL;
@@ -403,9 +376,8 @@ static void *engine_main_dist(void *arg)
         const int go = d->sync(d->arg, e, work, stopping, dist_wait);
         pthread_mutex_lock(&e->mu);
         if (!go) break;
-        int planned = step_plan_dist(e, st);
-        if (planned) {
-            step_run_dist(e, st, d);
+        if (step_plan(e, st, 0)) {
+            step_run(e, st, d);
         } else {
             pthread_mutex_unlock(&e->mu);
             d->step_end(d->arg);
