@@ -1,5 +1,6 @@
 /* HTTP helpers on libevent's evhttp. Client calls own one connection each; connections are freed from the
  * event loop (a zero-delay timer), never inside their own callbacks. */
+#include "common/pd_auth.h"
 #include "common/pd_http.h"
 
 #include <event2/buffer.h>
@@ -323,6 +324,7 @@ pd_status pd_http_call_start(struct event_base *base, const char *host, int port
         evhttp_add_header(h, "Content-Type", "application/json");
         evbuffer_add(evhttp_request_get_output_buffer(c->req), body, body_len);
     }
+    pd_auth_sign(h, method, path, body, body ? body_len : 0);
     enum evhttp_cmd_type cmd = !strcmp(method, "GET") ? EVHTTP_REQ_GET
                                : !strcmp(method, "DELETE") ? EVHTTP_REQ_DELETE : EVHTTP_REQ_POST;
     if (evhttp_make_request(c->conn, c->req, cmd, path) != 0) {

@@ -3,6 +3,7 @@
  * table's exchange bookkeeping. */
 #include <string.h>
 
+#include "common/pd_auth.h"
 #include "common/pd_http.h"
 #include "instance/inst.h"
 
@@ -130,6 +131,9 @@ static void reply_health(inst *in, struct evhttp_request *req)
         return;
     }
     if (in->role.health) in->role.health(in, o);
+    char why[160];
+    if (!pd_auth_verify(req, why, sizeof why)) /* the KV region's address and key go to the cluster's peers only */
+        cJSON_DeleteItemFromObjectCaseSensitive(o, "kv_desc");
     if (in->o->dist) dst_health(in->o->dist, o);
     if (in->draining) cJSON_ReplaceItemInObject(o, "status", cJSON_CreateString("draining"));
     pd_http_reply_json(req, in->draining ? 503 : 200, o);
@@ -159,6 +163,9 @@ static void gencb(struct evhttp_request *req, void *arg)
     char path[256];
     pd_http_path(req, path, sizeof path);
     enum evhttp_cmd_type m = evhttp_request_get_command(req);
+    /* with a cluster secret every route but /health and /metrics takes signed calls only */
+    if (pd_auth_enabled() && strcmp(path, "/health") && strcmp(path, "/metrics") && !pd_auth_check(req, in->role.name))
+        return;
     for (int i = 0; i < in->role.n_routes; i++) {
         const inst_route *rt = &in->role.routes[i];
         size_t n = strlen(rt->path);

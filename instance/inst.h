@@ -30,6 +30,7 @@ typedef struct {
     int tensor_parallel_size;/* only 1: attention and the dense layers are replicated (docs/scaling.md) */
     int expert_parallel;     /* split the routed experts over the ranks */
     double collective_timeout; /* seconds a rank waits in a collective inside a step before the job is aborted */
+    char *cluster_secret_file; /* sign internal calls and take only signed ones (common/pd_auth.h) */
     dst *dist;               /* the ranks (not an option); NULL: one process */
 } inst_opts;
 

@@ -2,6 +2,7 @@
  * the event loop, SIGINT/SIGTERM (drain), and a clean stop. */
 #include <string.h>
 
+#include "common/pd_auth.h"
 #include "common/pd_http.h"
 #include "instance/inst.h"
 
@@ -24,6 +25,8 @@ static int shared_options(inst_opts *o, int default_port, char *port_help, size_
          "split the routed experts over the ranks (each rank loads 1/N of them)", 0, 0},
         {"tensor-parallel-size", PD_OPT_INT, &o->tensor_parallel_size,
          "only 1: attention and dense layers are replicated on every rank (docs/scaling.md)", 1, 4096},
+        {"cluster-secret-file", PD_OPT_STR, &o->cluster_secret_file,
+         "file with the cluster's shared secret: internal routes and registration are then signed (HMAC)", 0, 0},
         {"collective-timeout", PD_OPT_DOUBLE, &o->collective_timeout,
          "seconds a rank waits for the others inside a step before the whole instance is aborted (60; 0: never)", 0,
          86400},
@@ -124,6 +127,11 @@ int inst_main(int argc, char **argv, const inst_program *p)
         goto free_opts;
     }
     if (!o->host && !(o->host = strdup("127.0.0.1"))) goto free_opts;
+    if (o->cluster_secret_file && pd_auth_load_secret(o->cluster_secret_file, err, sizeof err) != PD_OK) {
+        fprintf(stderr, "pdserve-%s: %s\n", p->name, err);
+        rc = 2;
+        goto free_opts;
+    }
     if (o->tensor_parallel_size > 1) {
         fprintf(stderr, "pdserve-%s: --tensor-parallel-size %d: tensor parallelism is not built; split an instance "
                 "with --data-parallel-size N --enable-expert-parallel (docs/scaling.md)\n", p->name,
@@ -133,6 +141,7 @@ int inst_main(int argc, char **argv, const inst_program *p)
     }
     rc = o->data_parallel_size > 1 ? serve_ranks(p, &argc, &argv) : serve(p);
 free_opts:
+    pd_auth_clear();
     pd_opts_free(table, n);
     free(table);
     return rc;

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/pd_auth.h"
 #include "router/rt_req.h"
 
 /* ---- requests -------------------------------------------------------------------------------------------- */
@@ -614,6 +615,7 @@ static void handle_admin(rt_router *rt, struct evhttp_request *http, const char 
 {
     const unsigned long mark = rt_json_failures();
     if (!*rest && m == EVHTTP_REQ_POST) {
+        if (!rt_auth_admin(rt->auth, http, 1)) return; /* the cluster's instances, or an operator */
         char *body = NULL;
         if (pd_http_body(http, 65536, &body, NULL) != PD_OK) {
             pd_http_reply_error(http, 413, NULL, NULL, "request body too large");
@@ -701,6 +703,9 @@ static void gencb(struct evhttp_request *http, void *arg)
         cJSON_AddItemToObject(o, "instances", rt_registry_json(rt->reg));
         reply_json(http, ok ? 200 : 503, o, mark, "health");
         cJSON_Delete(o);
+    } else if (!strncmp(path, "/admin/", 7) && !(post && !strcmp(path, "/admin/instances")) &&
+               !rt_auth_admin(rt->auth, http, 0)) {
+        return;
     } else if (!strcmp(path, "/admin/instances") && get) {
         cJSON *o = cJSON_CreateObject();
         cJSON_AddItemToObject(o, "instances", rt_registry_json(rt->reg));

@@ -2,6 +2,7 @@
  * or SIGTERM. */
 #include <string.h>
 
+#include "common/pd_auth.h"
 #include "common/pd_http.h"
 #include "common/pd_mailbox.h"
 #include "common/pd_opts.h"
@@ -48,6 +49,11 @@ int main(int argc, char **argv)
          "require 'Authorization: Bearer KEY' on /v1/..., /tokenize, /detokenize; several: KEY,KEY (default: "
          "PDSERVE_API_KEY, else none)", 0, 0},
         {"api-key-file", PD_OPT_STR, &o.api_key_file, "file of API keys, one a line (# comments)", 0, 0},
+        {"admin-key", PD_OPT_STR, &o.admin_key,
+         "require 'Authorization: Bearer KEY' on /admin/...; several: KEY,KEY (default: PDSERVE_ADMIN_KEY, else only "
+         "this host may call them)", 0, 0},
+        {"cluster-secret-file", PD_OPT_STR, &o.cluster_secret_file,
+         "file with the cluster's shared secret: calls to instances are signed, registrations must be (HMAC)", 0, 0},
         {"request-timeout", PD_OPT_DOUBLE, &o.request_timeout, "seconds without progress before a request fails (600)",
          1, 86400},
     };
@@ -62,6 +68,11 @@ int main(int argc, char **argv)
         return 2;
     }
     if (!o.host) o.host = strdup("127.0.0.1");
+    if (o.cluster_secret_file && pd_auth_load_secret(o.cluster_secret_file, err, sizeof err) != PD_OK) {
+        fprintf(stderr, "pdserve-router: %s\n", err);
+        pd_opts_free(table, n);
+        return 2;
+    }
     if (!o.served_model_name && o.model) {
         const char *p = o.model + strlen(o.model);
         while (p > o.model && p[-1] == '/') p--;
@@ -85,6 +96,7 @@ free_base:
     pd_http_calls_release(); /* connections cancelled during shutdown */
     event_base_free(base);
 free_opts:
+    pd_auth_clear();
     pd_opts_free(table, n);
     return rc;
 }

@@ -31,6 +31,8 @@ typedef struct {
     char *policy;            /* least-load (default) | round-robin */
     char *api_key;           /* comma-separated keys the public API requires (router/auth.c) */
     char *api_key_file;      /* one key a line */
+    char *cluster_secret_file; /* internal calls signed, registrations taken only signed (common/pd_auth.h) */
+    char *admin_key;         /* comma-separated keys the admin routes require (default: loopback peers only) */
 } rt_opts;
 
 /* API keys (router/auth.c): from the options, or PDSERVE_API_KEY. err says why on failure. */
@@ -39,6 +41,8 @@ pd_status rt_auth_create(const rt_opts *o, rt_auth **out, char *err, size_t errl
 int rt_auth_keys(const rt_auth *a);
 /* 1: req may go on (it carries a valid key, or none is required); 0: it was answered 401. */
 int rt_auth_check(rt_auth *a, struct evhttp_request *req);
+/* The same for an admin route (registration: POST /admin/instances); 0: answered 401 or 403. */
+int rt_auth_admin(rt_auth *a, struct evhttp_request *req, int registration);
 void rt_auth_destroy(rt_auth *a);
 
 /* ---- instances ---- */

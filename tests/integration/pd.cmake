@@ -20,6 +20,13 @@ if(TARGET pdserve-router AND TARGET pdserve-prefill AND TARGET pdserve-decode)
                    --build ${CMAKE_BINARY_DIR} --model ${CMAKE_BINARY_DIR}/models/tiny)
   set_tests_properties(pd_integration PROPERTIES FIXTURES_REQUIRED tiny_model TIMEOUT 900)
 endif()
+if(TARGET pdserve-router AND TARGET pdserve-prefill AND TARGET pdserve-decode)
+  # --cluster-secret-file: signed registration and internal calls; unsigned, forged and stale ones refused
+  add_test(NAME cluster_auth
+           COMMAND ${Python3_EXECUTABLE} ${CMAKE_CURRENT_SOURCE_DIR}/integration/auth_test.py
+                   --build ${CMAKE_BINARY_DIR} --model ${CMAKE_BINARY_DIR}/models/tiny)
+  set_tests_properties(cluster_auth PROPERTIES FIXTURES_REQUIRED tiny_model TIMEOUT 300)
+endif()
 if(TARGET pdserve-router)
   add_test(NAME readme_examples
            COMMAND ${Python3_EXECUTABLE} ${CMAKE_CURRENT_SOURCE_DIR}/integration/readme_test.py
