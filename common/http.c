@@ -4,10 +4,79 @@
 #include "common/pd_http.h"
 
 #include <event2/buffer.h>
+#include <errno.h>
 #include <event2/keyvalq_struct.h>
+#include <event2/listener.h>
 #include <stdarg.h>
 #include <pthread.h>
 #include <string.h>
+
+/* ---- accepting under descriptor exhaustion ----------------------------------------------------------------
+ * When accept() fails for want of descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM), libevent retries at once
+ * and logs each failure: a busy loop writing a line per try. The guard stops accepting for PD_HTTP_ACCEPT_PAUSE
+ * seconds instead (connections wait in the kernel's backlog), so descriptors that close meanwhile go to work the
+ * process already has (its outgoing calls), and logs one line per 10 s with the count. */
+#define PD_HTTP_ACCEPT_PAUSE 0.1
+
+typedef struct guard {
+    struct guard *next;
+    struct evhttp *http;
+    struct evconnlistener *l;
+    struct event *resume;
+    unsigned long failures;
+    double logged_at;
+} guard;
+
+static guard *g_guards; /* loop threads own their servers; the list itself is only touched at create and free */
+static pthread_mutex_t g_guards_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static void resume_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    evconnlistener_enable(((guard *)arg)->l);
+}
+
+static void accept_error_cb(struct evconnlistener *l, void *arg)
+{
+    (void)arg; /* evhttp's: the guard is found through the list */
+    const int err = EVUTIL_SOCKET_ERROR();
+    pthread_mutex_lock(&g_guards_mu);
+    guard *g = g_guards;
+    while (g && g->l != l) g = g->next;
+    pthread_mutex_unlock(&g_guards_mu);
+    if (!g) return;
+    const int scarce = err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM;
+    g->failures++;
+    const double now = pd_time_now();
+    if (g->logged_at == 0 || now - g->logged_at >= 10) {
+        pd_warn("http: accept() failed %lu time%s in the last %.0f s (latest: %s)%s", g->failures,
+                g->failures == 1 ? "" : "s", g->logged_at == 0 ? 0.0 : now - g->logged_at, strerror(err),
+                scarce ? "; pausing new connections 100 ms at a time until descriptors free up" : "");
+        g->logged_at = now;
+        g->failures = 0;
+    }
+    if (!scarce) return;
+    struct timeval tv = {0, (long)(PD_HTTP_ACCEPT_PAUSE * 1e6)};
+    evconnlistener_disable(l);
+    if (evtimer_add(g->resume, &tv) != 0) evconnlistener_enable(l); /* cannot pause: keep accepting */
+}
+
+void pd_http_server_free(struct evhttp *http)
+{
+    if (!http) return;
+    pthread_mutex_lock(&g_guards_mu);
+    for (guard **pp = &g_guards; *pp; pp = &(*pp)->next)
+        if ((*pp)->http == http) {
+            guard *g = *pp;
+            *pp = g->next;
+            event_free(g->resume);
+            free(g);
+            break;
+        }
+    pthread_mutex_unlock(&g_guards_mu);
+    evhttp_free(http);
+}
 
 pd_status pd_http_server_create(struct event_base *base, const char *host, int port, const pd_http_limits *lim,
                                 void (*gencb)(struct evhttp_request *, void *), void *arg, struct evhttp **out,
@@ -27,6 +96,23 @@ pd_status pd_http_server_create(struct event_base *base, const char *host, int p
         evhttp_free(http);
         return PD_ERR_IO;
     }
+    guard *g = calloc(1, sizeof *g);
+    if (g) {
+        g->http = http;
+        g->l = evhttp_bound_socket_get_listener(h);
+        g->resume = evtimer_new(base, resume_cb, g);
+    }
+    if (!g || !g->l || !g->resume) {
+        if (g && g->resume) event_free(g->resume);
+        free(g);
+        evhttp_free(http);
+        return PD_ERR_NOMEM;
+    }
+    evconnlistener_set_error_cb(g->l, accept_error_cb);
+    pthread_mutex_lock(&g_guards_mu);
+    g->next = g_guards;
+    g_guards = g;
+    pthread_mutex_unlock(&g_guards_mu);
     if (bound_port) {
         struct sockaddr_storage ss;
         socklen_t sl = sizeof ss;
@@ -193,6 +279,7 @@ struct pd_http_call_s {
     pd_http_done_cb done_cb;
     void *arg;
     int in_line_cb;
+    int starting, start_failed; /* inside evhttp_make_request; libevent failed the call there */
     int cancelled;            /* no user callback runs once set */
     int destroy_scheduled;
     struct pd_http_call_s *dnext, *dprev; /* scheduled for release, not yet released */
@@ -279,6 +366,12 @@ static void done_cb(struct evhttp_request *req, void *arg)
 {
     pd_http_call *c = arg;
     c->req = NULL;
+    /* libevent fails a call whose socket it cannot create (EMFILE) from inside evhttp_make_request: the start
+     * reports it instead, and no callback runs for a call the caller never got */
+    if (c->starting) {
+        c->start_failed = 1;
+        return;
+    }
     if (c->cancelled) return;
     int status = req ? evhttp_request_get_response_code(req) : 0;
     if (req) evbuffer_add_buffer(c->pending, evhttp_request_get_input_buffer(req));
@@ -327,7 +420,10 @@ pd_status pd_http_call_start(struct event_base *base, const char *host, int port
     pd_auth_sign(h, method, path, body, body ? body_len : 0);
     enum evhttp_cmd_type cmd = !strcmp(method, "GET") ? EVHTTP_REQ_GET
                                : !strcmp(method, "DELETE") ? EVHTTP_REQ_DELETE : EVHTTP_REQ_POST;
-    if (evhttp_make_request(c->conn, c->req, cmd, path) != 0) {
+    c->starting = 1;
+    const int made = evhttp_make_request(c->conn, c->req, cmd, path);
+    c->starting = 0;
+    if (made != 0 || c->start_failed) {
         c->req = NULL; /* freed by libevent on failure */
         goto fail;
     }

@@ -21,6 +21,9 @@ pd_status pd_http_server_create(struct event_base *base, const char *host, int p
                                 void (*gencb)(struct evhttp_request *, void *), void *arg, struct evhttp **out,
                                 int *bound_port);
 
+/* Frees a server made by pd_http_server_create (its connections with it). Accepts NULL. */
+void pd_http_server_free(struct evhttp *http);
+
 /* The request's body as a NUL-terminated malloc'd string. PD_ERR_RANGE when longer than max. */
 pd_status pd_http_body(struct evhttp_request *req, size_t max, char **out, size_t *len);
 /* Path without the query string, in buf. */

@@ -342,7 +342,7 @@ void inst_destroy(inst *in)
     for (inst_req *r = in->reqs.head; r; r = r->next) inst_req_take_http(r); /* connections go with the server */
     pd_announcer_destroy(in->announcer);
     pd_drain_destroy(in->drain);
-    if (in->http) evhttp_free(in->http);
+    pd_http_server_free(in->http);
     if (in->role.pool_in_region) { /* the engine computes into the region's memory: it goes first */
         mdl_engine_destroy(in->eng);
         mdl_serve_metrics_destroy(in->metrics);

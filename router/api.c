@@ -783,7 +783,7 @@ void rt_router_destroy(rt_router *rt)
             evhttp_connection_set_closecb(evhttp_request_get_connection(r->http), NULL, NULL);
             r->http = NULL;
         }
-    if (rt->http) evhttp_free(rt->http);
+    pd_http_server_free(rt->http);
     while (rt->reqs) req_free(rt->reqs);
     rt_stats_destroy(rt->stats);
     rt_auth_destroy(rt->auth);

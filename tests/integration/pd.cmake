@@ -27,6 +27,13 @@ if(TARGET pdserve-router AND TARGET pdserve-prefill AND TARGET pdserve-decode)
                    --build ${CMAKE_BINARY_DIR} --model ${CMAKE_BINARY_DIR}/models/tiny)
   set_tests_properties(cluster_auth PROPERTIES FIXTURES_REQUIRED tiny_model TIMEOUT 300)
 endif()
+if(TARGET pdserve-router AND TARGET pdserve-decode)
+  # 1500 idle half-sent requests at a router limited to 1024 descriptors: no log flood, serving again after it
+  add_test(NAME router_fd_flood
+           COMMAND ${Python3_EXECUTABLE} ${CMAKE_CURRENT_SOURCE_DIR}/integration/flood_test.py
+                   --build ${CMAKE_BINARY_DIR} --model ${CMAKE_BINARY_DIR}/models/tiny)
+  set_tests_properties(router_fd_flood PROPERTIES FIXTURES_REQUIRED tiny_model TIMEOUT 300)
+endif()
 if(TARGET pdserve-router)
   add_test(NAME readme_examples
            COMMAND ${Python3_EXECUTABLE} ${CMAKE_CURRENT_SOURCE_DIR}/integration/readme_test.py
