@@ -16,8 +16,7 @@
 static unsigned char g_secret[1024];
 static size_t g_len;
 static pthread_mutex_t g_log_mu = PTHREAD_MUTEX_INITIALIZER;
-static unsigned long g_unlogged;
-static double g_logged_at;
+static pd_log_limit g_refusals;
 
 pd_status pd_auth_load_secret(const char *path, char *err, size_t errlen)
 {
@@ -79,8 +78,9 @@ static int sign(const char *method, const char *path, long t, const void *body, 
     hex(h, hn, bh);
     pd_buf msg = {0};
     pd_buf_printf(&msg, "pdserve-v1\n%s\n%s\n%ld\n%s", method, path, t, bh);
-    int ok = !msg.failed && HMAC(EVP_sha256(), g_secret, (int)g_len, (const unsigned char *)msg.data, msg.len, mac,
-                                 &mn) != NULL && mn == 32;
+    int ok = !msg.failed &&
+        HMAC(EVP_sha256(), g_secret, (int)g_len, (const unsigned char *)msg.data, msg.len, mac, &mn) != NULL &&
+        mn == 32;
     pd_buf_free(&msg);
     if (ok) hex(mac, mn, sig);
     return ok;
@@ -145,18 +145,17 @@ int pd_auth_check(struct evhttp_request *req, const char *who)
 {
     char why[160];
     if (pd_auth_verify(req, why, sizeof why)) return 1;
-    const double now = pd_time_now();
+    unsigned long n;
+    double since;
     pthread_mutex_lock(&g_log_mu);
-    g_unlogged++;
-    if (g_logged_at == 0 || now - g_logged_at >= 10) {
+    if (pd_log_due(&g_refusals, 10, &n, &since)) {
         char *addr = NULL;
         ev_uint16_t port = 0;
         evhttp_connection_get_peer(evhttp_request_get_connection(req), &addr, &port);
-        pd_warn("%s: refused %lu internal call%s without a valid cluster signature (latest: %s %s from %s: %s)", who,
-                g_unlogged, g_unlogged == 1 ? "" : "s", method_name(evhttp_request_get_command(req)),
+        pd_warn("%s: refused %lu internal call%s without a valid cluster signature in %.0f s (latest: %s %s from %s: "
+                "%s)",
+                who, n, n == 1 ? "" : "s", since, method_name(evhttp_request_get_command(req)),
                 evhttp_request_get_uri(req), addr ? addr : "?", why);
-        g_logged_at = now;
-        g_unlogged = 0;
     }
     pthread_mutex_unlock(&g_log_mu);
     pd_http_reply_error(req, 401, "authentication_error", NULL, "this route needs the cluster's signature: %s", why);

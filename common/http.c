@@ -3,12 +3,12 @@
 #include "common/pd_auth.h"
 #include "common/pd_http.h"
 
-#include <event2/buffer.h>
 #include <errno.h>
+#include <event2/buffer.h>
 #include <event2/keyvalq_struct.h>
 #include <event2/listener.h>
-#include <stdarg.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <string.h>
 
 /* ---- accepting under descriptor exhaustion ----------------------------------------------------------------
@@ -23,8 +23,7 @@ typedef struct guard {
     struct evhttp *http;
     struct evconnlistener *l;
     struct event *resume;
-    unsigned long failures;
-    double logged_at;
+    pd_log_limit failures;
 } guard;
 
 static guard *g_guards; /* loop threads own their servers; the list itself is only touched at create and free */
@@ -47,15 +46,11 @@ static void accept_error_cb(struct evconnlistener *l, void *arg)
     pthread_mutex_unlock(&g_guards_mu);
     if (!g) return;
     const int scarce = err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM;
-    g->failures++;
-    const double now = pd_time_now();
-    if (g->logged_at == 0 || now - g->logged_at >= 10) {
-        pd_warn("http: accept() failed %lu time%s in the last %.0f s (latest: %s)%s", g->failures,
-                g->failures == 1 ? "" : "s", g->logged_at == 0 ? 0.0 : now - g->logged_at, strerror(err),
-                scarce ? "; pausing new connections 100 ms at a time until descriptors free up" : "");
-        g->logged_at = now;
-        g->failures = 0;
-    }
+    unsigned long n;
+    double since;
+    if (pd_log_due(&g->failures, 10, &n, &since))
+        pd_warn("http: accept() failed %lu time%s in the last %.0f s (latest: %s)%s", n, n == 1 ? "" : "s", since,
+                strerror(err), scarce ? "; pausing new connections 100 ms at a time until descriptors free up" : "");
     if (!scarce) return;
     struct timeval tv = {0, (long)(PD_HTTP_ACCEPT_PAUSE * 1e6)};
     evconnlistener_disable(l);
@@ -117,8 +112,8 @@ pd_status pd_http_server_create(struct event_base *base, const char *host, int p
         struct sockaddr_storage ss;
         socklen_t sl = sizeof ss;
         getsockname(evhttp_bound_socket_get_fd(h), (struct sockaddr *)&ss, &sl);
-        *bound_port = ss.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&ss)->sin6_port)
-                                               : ntohs(((struct sockaddr_in *)&ss)->sin_port);
+        *bound_port = ss.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&ss)->sin6_port) :
+                                                 ntohs(((struct sockaddr_in *)&ss)->sin_port);
     }
     *out = http;
     return PD_OK;
@@ -224,8 +219,8 @@ cJSON *pd_http_error_json(int status, const char *type, const char *param, const
     return o;
 }
 
-void pd_http_reply_error(struct evhttp_request *req, int status, const char *type, const char *param,
-                         const char *fmt, ...)
+void pd_http_reply_error(struct evhttp_request *req, int status, const char *type, const char *param, const char *fmt,
+                         ...)
 {
     char msg[1024];
     va_list ap;
@@ -280,7 +275,7 @@ struct pd_http_call_s {
     void *arg;
     int in_line_cb;
     int starting, start_failed; /* inside evhttp_make_request; libevent failed the call there */
-    int cancelled;            /* no user callback runs once set */
+    int cancelled;              /* no user callback runs once set */
     int destroy_scheduled;
     struct pd_http_call_s *dnext, *dprev; /* scheduled for release, not yet released */
 };
@@ -390,9 +385,9 @@ static void done_cb(struct evhttp_request *req, void *arg)
     schedule_destroy(c);
 }
 
-pd_status pd_http_call_start(struct event_base *base, const char *host, int port, const char *method,
-                             const char *path, const char *body, size_t body_len, int timeout_s,
-                             pd_http_line_cb line_cb, pd_http_done_cb done, void *arg, pd_http_call **out)
+pd_status pd_http_call_start(struct event_base *base, const char *host, int port, const char *method, const char *path,
+                             const char *body, size_t body_len, int timeout_s, pd_http_line_cb line_cb,
+                             pd_http_done_cb done, void *arg, pd_http_call **out)
 {
     pd_http_call *c = calloc(1, sizeof *c);
     if (!c) return PD_ERR_NOMEM;
@@ -418,8 +413,9 @@ pd_status pd_http_call_start(struct event_base *base, const char *host, int port
         evbuffer_add(evhttp_request_get_output_buffer(c->req), body, body_len);
     }
     pd_auth_sign(h, method, path, body, body ? body_len : 0);
-    enum evhttp_cmd_type cmd = !strcmp(method, "GET") ? EVHTTP_REQ_GET
-                               : !strcmp(method, "DELETE") ? EVHTTP_REQ_DELETE : EVHTTP_REQ_POST;
+    enum evhttp_cmd_type cmd = !strcmp(method, "GET") ? EVHTTP_REQ_GET :
+        !strcmp(method, "DELETE")                     ? EVHTTP_REQ_DELETE :
+                                                        EVHTTP_REQ_POST;
     c->starting = 1;
     const int made = evhttp_make_request(c->conn, c->req, cmd, path);
     c->starting = 0;

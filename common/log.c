@@ -51,9 +51,9 @@ void pd_log_write(pd_log_level lvl, const char *file, int line, const char *fmt,
     gmtime_r(&ts.tv_sec, &tm);
     const char *base = strrchr(file, '/');
     base = base ? base + 1 : file;
-    int n = snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ %-5s %s:%d ", tm.tm_year + 1900,
-                     tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000,
-                     tags[lvl], base, line);
+    int n =
+        snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ %-5s %s:%d ", tm.tm_year + 1900, tm.tm_mon + 1,
+                 tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000, tags[lvl], base, line);
     va_list ap;
     va_start(ap, fmt);
     int m = vsnprintf(buf + n, sizeof buf - (size_t)n - 1, fmt, ap);
@@ -61,6 +61,18 @@ void pd_log_write(pd_log_level lvl, const char *file, int line, const char *fmt,
     size_t len = (size_t)n + (m < 0 ? 0 : PD_MIN((size_t)m, sizeof buf - (size_t)n - 2));
     buf[len++] = '\n';
     fwrite(buf, 1, len, stderr);
+}
+
+int pd_log_due(pd_log_limit *l, double every, unsigned long *count, double *since)
+{
+    l->pending++;
+    const double now = pd_time_now();
+    if (l->logged_at != 0 && now - l->logged_at < every) return 0;
+    *count = l->pending;
+    *since = l->logged_at == 0 ? 0 : now - l->logged_at;
+    l->logged_at = now;
+    l->pending = 0;
+    return 1;
 }
 
 void pd_abort(const char *file, int line, const char *expr)

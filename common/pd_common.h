@@ -56,6 +56,15 @@ void pd_log_write(pd_log_level lvl, const char *file, int line, const char *fmt,
 #define pd_info(...) PD_LOG(PD_LOG_INFO, __VA_ARGS__)
 #define pd_debug(...) PD_LOG(PD_LOG_DEBUG, __VA_ARGS__)
 
+/* A repeated log line, rate-limited: pd_log_due counts one occurrence and says whether to write the line now (the
+ * first time, then at most once per `every` seconds). When it does, *count is the occurrences the line stands for and
+ * *since the seconds they span (0 the first time). Not locked: callers sharing one across threads hold a lock. */
+typedef struct {
+    double logged_at;
+    unsigned long pending;
+} pd_log_limit;
+int pd_log_due(pd_log_limit *l, double every, unsigned long *count, double *since);
+
 /* Reports an error that the caller returns: writes the message into err (when given) and logs it once, as
  * "area: message" (area may be NULL), with the caller's file and line. Returns st. */
 pd_status pd_fail_at(const char *file, int line, char *err, size_t errlen, pd_status st, const char *area,

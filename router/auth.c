@@ -22,8 +22,7 @@ typedef struct {
 
 struct rt_auth {
     keyset api, admin;
-    unsigned long unlogged[2]; /* refusals since the last line: [0] API, [1] admin */
-    double logged_at[2];
+    pd_log_limit refusals[2]; /* [0] API, [1] admin */
 };
 
 static pd_status add_key(keyset *a, const char *s, size_t len)
@@ -155,13 +154,11 @@ static const char *peer_of(struct evhttp_request *req)
 /* At most one line per 10 s for each kind of refusal, with the count since the last one. */
 static void refused(rt_auth *a, int kind, struct evhttp_request *req, const char *what, const char *why)
 {
-    a->unlogged[kind]++;
-    const double now = pd_time_now();
-    if (a->logged_at[kind] != 0 && now - a->logged_at[kind] < 10) return;
-    pd_warn("router: refused %lu request%s %s (latest %s from %s: %s)", a->unlogged[kind],
-            a->unlogged[kind] == 1 ? "" : "s", what, evhttp_request_get_uri(req), peer_of(req), why);
-    a->logged_at[kind] = now;
-    a->unlogged[kind] = 0;
+    unsigned long n;
+    double since;
+    if (!pd_log_due(&a->refusals[kind], 10, &n, &since)) return;
+    pd_warn("router: refused %lu request%s %s in %.0f s (latest %s from %s: %s)", n, n == 1 ? "" : "s", what, since,
+            evhttp_request_get_uri(req), peer_of(req), why);
 }
 
 static void reply_401(struct evhttp_request *req, const char *msg, const char *code)
@@ -179,8 +176,9 @@ int rt_auth_check(rt_auth *a, struct evhttp_request *req)
     const char *tok, *h;
     if (bearer_ok(&a->api, req, &tok, &h)) return 1;
     refused(a, 0, req, "without a valid API key", tok ? "wrong key" : h ? "not a Bearer credential" : "no key");
-    reply_401(req, tok ? "Incorrect API key provided."
-                       : "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.",
+    reply_401(req,
+              tok ? "Incorrect API key provided." :
+                    "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.",
               "invalid_api_key");
     return 0;
 }
