@@ -1,7 +1,10 @@
 # Speculative decoding: greedy equality, lossless sampling (chi-square), captured sizes. Uses the trained demo
 # model from ${CMAKE_SOURCE_DIR}/../shared/models/demo-v3.tar.xz (unpacked into the build directory; missing fails).
-pd_unit_test(test_spec pdmodel)
-set_tests_properties(test_spec PROPERTIES TIMEOUT 1800)
+# One test per case: the demo case alone takes about 5 min under the sanitizers, and run as one test the suite was
+# the sanitizer pass's last 20 min on a loaded machine.
+pd_unit_test(test_spec pdmodel CASES options greedy ngram sampling demo)
+set_tests_properties(test_spec_options test_spec_greedy test_spec_ngram test_spec_sampling test_spec_demo
+                     PROPERTIES TIMEOUT 1500)
 # The same promises on the portable kernels (PDSERVE_PORTABLE=1): verify rows must get the bits decode steps get
 # there too (krn_linear's fixed-order products; the sampling case failed when they went through sgemm). Not in the
 # sanitizer build: there the portable dot products run uninstrumented-slow (over 20 min of CPU); test_kernels_portable
