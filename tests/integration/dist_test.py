@@ -212,8 +212,17 @@ def kill_case(model, victim, sig=signal.SIGKILL, extra=()):
         d.wait(10)
     except subprocess.TimeoutExpired:
         pass
-    left = [pid for pid in ranks.values() if os.path.exists("/proc/%d" % pid) and
-            open("/proc/%d/stat" % pid).read().split()[2] != "Z"]
+    def alive(pid):
+        try:
+            return open("/proc/%d/stat" % pid).read().split()[2] != "Z"
+        except OSError:
+            return False
+
+    # mpirun may exit while the kernel is still tearing down a rank it killed: give that 5 s
+    deadline = time.time() + 5
+    while any(alive(pid) for pid in ranks.values()) and time.time() < deadline:
+        time.sleep(0.05)
+    left = [pid for pid in ranks.values() if alive(pid)]
     check(d.poll() is not None and not left, "%s rank %d: mpirun exited (%r) and no rank is left: %r" %
           (how, victim, d.poll(), left))
     harness.stop(r)
