@@ -9,20 +9,49 @@
 
 #include "common/pd_common.h"
 #include "common/pd_metrics.h"
+#include "common/pd_opts.h"
+
+/* A listener's connection hygiene and TLS, as options (pd_http_listen_options); zero fields take the defaults. */
+typedef struct {
+    double read_timeout;  /* seconds to receive a whole request, from the connection's start or the request's first
+                             byte; then the connection is closed. 0: 30 */
+    double idle_timeout;  /* seconds a keep-alive connection waits for its next request; 0: 60 */
+    int max_connections;  /* open connections beyond which a new one gets 503 and is closed; 0: what the descriptor
+                             limit allows (pd_http_default_max_connections) */
+    char *ssl_certfile;   /* both set: the listener speaks only TLS (1.2 or later) */
+    char *ssl_keyfile;
+} pd_http_listen_opts;
+
+/* Fills t with the options of o (--http-read-timeout, --http-idle-timeout, --max-connections and, when tls, the
+ * --ssl-certfile and --ssl-keyfile vLLM names); returns how many (t NULL: only counts). */
+int pd_http_listen_options(pd_http_listen_opts *o, int tls, pd_opt *t);
 
 typedef struct {
     size_t max_headers;  /* bytes; 0: 16 KiB */
     size_t max_body;     /* bytes; 0: 8 MiB */
-    int timeout_s;       /* idle connection timeout; 0: 600 */
+    int timeout_s;       /* a connection that makes no read or write progress for this long is dropped; 0: 600 */
+    int fds_per_connection; /* descriptors one client connection may cost this process (its own and the calls a
+                               request makes): the default --max-connections divides by it; 0: 1 */
+    const pd_http_listen_opts *listen; /* NULL: defaults, no TLS */
 } pd_http_limits;
 
-/* Binds host:port (port 0 picks a free one; the chosen port goes to *bound_port). gencb handles every route. */
+/* Connections the descriptor limit allows: (RLIMIT_NOFILE - a reserve of min(256, 1/8)) / fds_per_connection. The
+ * first call raises the soft limit to the hard one. */
+int pd_http_default_max_connections(int fds_per_connection);
+
+/* Binds host:port (port 0 picks a free one; the chosen port goes to *bound_port). gencb handles every route. A
+ * TLS key or certificate that cannot be loaded fails with PD_ERR_INVALID (logged). */
 pd_status pd_http_server_create(struct event_base *base, const char *host, int port, const pd_http_limits *lim,
                                 void (*gencb)(struct evhttp_request *, void *), void *arg, struct evhttp **out,
                                 int *bound_port);
 
 /* Frees a server made by pd_http_server_create (its connections with it). Accepts NULL. */
 void pd_http_server_free(struct evhttp *http);
+/* Client connections open on a server made by pd_http_server_create (-1 for another). */
+int pd_http_open_connections(struct evhttp *http);
+/* The close callback of the request's connection (evhttp_connection_set_closecb is the server's own: use this).
+ * cb NULL clears it. */
+void pd_http_set_closecb(struct evhttp_request *req, void (*cb)(struct evhttp_connection *, void *), void *arg);
 
 /* The request's body as a NUL-terminated malloc'd string. PD_ERR_RANGE when longer than max. */
 pd_status pd_http_body(struct evhttp_request *req, size_t max, char **out, size_t *len);

@@ -31,13 +31,13 @@ void inst_req_add(inst *in, inst_req *r, struct evhttp_request *http)
     r->owner = in;
     r->http = http;
     inst_reqtab_add(&in->reqs, r);
-    if (http) evhttp_connection_set_closecb(evhttp_request_get_connection(http), close_cb, r);
+    if (http) pd_http_set_closecb(http, close_cb, r);
 }
 
 struct evhttp_request *inst_req_take_http(inst_req *r)
 {
     struct evhttp_request *req = r->http;
-    if (req) evhttp_connection_set_closecb(evhttp_request_get_connection(req), NULL, NULL);
+    if (req) pd_http_set_closecb(req, NULL, NULL);
     r->http = NULL;
     return req;
 }
@@ -73,8 +73,8 @@ pd_status inst_open_read(inst *in, struct evhttp_request *req, inst_open *op, in
     } else if (inst_reqtab_find_ext(&in->reqs, id->valuestring)) {
         *param = "id";
         snprintf(err, errlen, "request '%s' already exists", id->valuestring);
-    } else if (mdl_serve_parse_gen(in->m, op->root, in->o->serve.seed, in->next_id, &op->prompt, &op->n_prompt,
-                                   &op->p, err, errlen) == PD_OK) {
+    } else if (mdl_serve_parse_gen(in->m, op->root, in->o->serve.seed, in->next_id, &op->prompt, &op->n_prompt, &op->p,
+                                   err, errlen) == PD_OK) {
         op->ext_id = id->valuestring;
         return PD_OK;
     }
@@ -239,8 +239,7 @@ static pd_status kv_open_for_pool(inst *in)
             pd_error("%s: KV transfer unavailable (%s)", in->role.name, pd_status_str(st));
             return st;
         }
-        pd_warn("%s: KV transfer unavailable (%s); serving colocated requests only", in->role.name,
-                pd_status_str(st));
+        pd_warn("%s: KV transfer unavailable (%s); serving colocated requests only", in->role.name, pd_status_str(st));
         kv_region_destroy(in->region);
         kv_context_destroy(in->kv);
         free(in->desc);
@@ -288,7 +287,8 @@ static pd_status start_engine(inst *in)
 static pd_status listen_and_register(inst *in, int *bound_port)
 {
     inst_opts *o = in->o;
-    pd_http_limits lim = {.max_body = 64u << 20};
+    /* a connection (the router's call) may come with a KV transfer's descriptors */
+    pd_http_limits lim = {.max_body = 64u << 20, .fds_per_connection = 2, .listen = &o->listen};
     pd_status st = pd_http_server_create(in->base, o->host, o->port, &lim, gencb, in, &in->http, bound_port);
     if (st != PD_OK || !o->router_url) return st;
     char body[512];

@@ -11,6 +11,7 @@
 #include <event2/event.h>
 #include <event2/http.h>
 
+#include "common/pd_http.h"
 #include "common/pd_mailbox.h"
 #include "dist/dst.h"
 #include "instance/inst_reqtab.h"
@@ -31,6 +32,7 @@ typedef struct {
     int expert_parallel;     /* split the routed experts over the ranks */
     double collective_timeout; /* seconds a rank waits in a collective inside a step before the job is aborted */
     char *cluster_secret_file; /* sign internal calls and take only signed ones (common/pd_auth.h) */
+    pd_http_listen_opts listen; /* timeouts and --max-connections of the listener (no TLS: docs/security.md) */
     dst *dist;               /* the ranks (not an option); NULL: one process */
 } inst_opts;
 

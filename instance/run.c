@@ -32,7 +32,7 @@ static int shared_options(inst_opts *o, int default_port, char *port_help, size_
          86400},
     };
     if (t) memcpy(t, mine, sizeof mine);
-    return (int)PD_ARRAY_LEN(mine);
+    return (int)PD_ARRAY_LEN(mine) + pd_http_listen_options(&o->listen, 0, t ? t + PD_ARRAY_LEN(mine) : NULL);
 }
 
 /* Starts the role on a new loop and serves until a signal (SIGTERM drains). */
@@ -43,8 +43,8 @@ static int serve(const inst_program *p)
     inst *in = NULL;
     int port = 0, rc = 1;
     if (p->start(base, p->arg, &in, &port) == PD_OK) {
-        pd_info("%s: serving %s on http://%s:%d (%s)", p->name, p->opts->serve.served_model_name, p->opts->host,
-                port, in->role.kind);
+        pd_info("%s: serving %s on http://%s:%d (%s)", p->name, p->opts->serve.served_model_name, p->opts->host, port,
+                in->role.kind);
         pd_serve_until_signal(base, p->name, port, inst_drain, in);
         inst_destroy(in);
         rc = 0;
@@ -61,8 +61,8 @@ static int serve_ranks(const inst_program *p, int *argc, char ***argv)
     inst_opts *o = p->opts;
     char err[512];
     dst *d = NULL;
-    if (dst_init(argc, argv, o->data_parallel_size, o->expert_parallel, o->collective_timeout, &d, err,
-                 sizeof err) != PD_OK) {
+    if (dst_init(argc, argv, o->data_parallel_size, o->expert_parallel, o->collective_timeout, &d, err, sizeof err) !=
+        PD_OK) {
         if (err[0]) fprintf(stderr, "pdserve-%s: %s\n", p->name, err);
         return 2;
     }
@@ -133,9 +133,10 @@ int inst_main(int argc, char **argv, const inst_program *p)
         goto free_opts;
     }
     if (o->tensor_parallel_size > 1) {
-        fprintf(stderr, "pdserve-%s: --tensor-parallel-size %d: tensor parallelism is not built; split an instance "
-                "with --data-parallel-size N --enable-expert-parallel (docs/scaling.md)\n", p->name,
-                o->tensor_parallel_size);
+        fprintf(stderr,
+                "pdserve-%s: --tensor-parallel-size %d: tensor parallelism is not built; split an instance "
+                "with --data-parallel-size N --enable-expert-parallel (docs/scaling.md)\n",
+                p->name, o->tensor_parallel_size);
         rc = 2;
         goto free_opts;
     }

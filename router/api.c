@@ -22,7 +22,7 @@ static void req_free(rt_req *r)
             *pp = r->next;
             break;
         }
-    if (r->http) evhttp_connection_set_closecb(evhttp_request_get_connection(r->http), NULL, NULL);
+    if (r->http) pd_http_set_closecb(r->http, NULL, NULL);
     for (int i = 0; i < r->n_ch; i++) rt_choice_free(&r->ch[i]);
     if (r->timer) event_free(r->timer);
     rt_request_free(r);
@@ -123,8 +123,7 @@ static void add_lp(cJSON *dst, rt_req *r, rt_choice *c, cJSON *entries)
     cJSON *lps = cJSON_AddArrayToObject(o, "token_logprobs"), *tops = cJSON_AddArrayToObject(o, "top_logprobs");
     cJSON *offs = cJSON_AddArrayToObject(o, "text_offset");
     const cJSON *e;
-    cJSON_ArrayForEach(e, entries)
-    {
+    cJSON_ArrayForEach(e, entries) {
         const cJSON *tok = cJSON_GetObjectItem(e, "token");
         cJSON_AddItemToArray(toks, cJSON_Duplicate(tok, 1));
         cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)c->out.lp_offset));
@@ -133,8 +132,9 @@ static void add_lp(cJSON *dst, rt_req *r, rt_choice *c, cJSON *entries)
         const cJSON *t = cJSON_GetObjectItem(e, "top_logprobs");
         cJSON *m = cJSON_CreateObject();
         const cJSON *x;
-        cJSON_ArrayForEach(x, t) cJSON_AddItemToObject(m, cJSON_GetObjectItem(x, "token")->valuestring,
-                                                       cJSON_Duplicate(cJSON_GetObjectItem(x, "logprob"), 1));
+        cJSON_ArrayForEach(x, t)
+            cJSON_AddItemToObject(m, cJSON_GetObjectItem(x, "token")->valuestring,
+                                  cJSON_Duplicate(cJSON_GetObjectItem(x, "logprob"), 1));
         cJSON_AddItemToArray(tops, m);
     }
     cJSON_Delete(entries);
@@ -379,7 +379,10 @@ static void choice_done_cb(void *arg, rt_choice *c)
     pd_counter_add(rt->m.prompt_tokens, NULL, r->prompt_tokens);
     for (int i = 0; i < r->n_ch; i++) {
         const char *f = r->ch[i].st.finish;
-        pd_counter_add(rt->m.finished, PD_LV(!strcmp(f, "length") ? "length" : !strcmp(f, "abort") ? "abort" : "stop"),
+        pd_counter_add(rt->m.finished,
+                       PD_LV(!strcmp(f, "length")    ? "length" :
+                                 !strcmp(f, "abort") ? "abort" :
+                                                       "stop"),
                        1);
         rt_metrics_choice(rt, &r->ch[i]);
     }
@@ -468,7 +471,7 @@ static void handle_generate(rt_router *rt, struct evhttp_request *http, int chat
     }
     double t0 = pd_time_now(); /* latencies include validation and tokenization */
     long created = (long)time(NULL);
-    char id[sizeof ((rt_req *)0)->id];
+    char id[sizeof((rt_req *)0)->id];
     snprintf(id, sizeof id, "%s-%llx%06llx", chat ? "chatcmpl" : "cmpl", (unsigned long long)created,
              (unsigned long long)++rt->next_id);
     rt_limits lim = request_limits(rt);
@@ -493,8 +496,10 @@ static void handle_generate(rt_router *rt, struct evhttp_request *http, int chat
             pd_counter_add(rt->m.rejected, NULL, 1);
             count_error(rt, 429);
             char msg[192];
-            snprintf(msg, sizeof msg, "server overloaded: %ld prompt tokens wait for their first token, %ld more would "
-                     "pass the limit of %d; retry later", queued, mine, rt->o->max_queued_tokens);
+            snprintf(msg, sizeof msg,
+                     "server overloaded: %ld prompt tokens wait for their first token, %ld more would "
+                     "pass the limit of %d; retry later",
+                     queued, mine, rt->o->max_queued_tokens);
             pd_http_reply_retry(http, 429, msg);
             pd_info("router: %s refused (429): %s", id, msg);
             return;
@@ -515,9 +520,9 @@ static void handle_generate(rt_router *rt, struct evhttp_request *http, int chat
     r->next = rt->reqs;
     rt->reqs = r;
     req_progress(r);
-    evhttp_connection_set_closecb(evhttp_request_get_connection(http), close_cb, r);
-    const rt_choice_cbs cbs = {.delta_cb = choice_delta_cb, .done_cb = choice_done_cb,
-                               .progress_cb = choice_progress_cb, .arg = r};
+    pd_http_set_closecb(http, close_cb, r);
+    const rt_choice_cbs cbs = {
+        .delta_cb = choice_delta_cb, .done_cb = choice_done_cb, .progress_cb = choice_progress_cb, .arg = r};
     for (int i = 0; i < r->n_ch && r->http && !r->error_sent; i++) {
         rt_req *alive = r;
         rt_choice_start(&r->ch[i], &cbs);
@@ -563,8 +568,7 @@ static void handle_tokenize(rt_router *rt, struct evhttp_request *http, int deto
             e.status = 400;
             snprintf(e.param, sizeof e.param, "tokens");
             snprintf(e.msg, sizeof e.msg, "%s", !ok || !ids ? "'tokens' must be a list of token ids" : "cannot decode");
-        }
-        else {
+        } else {
             out = cJSON_CreateObject();
             cJSON_AddStringToObject(out, "prompt", text);
         }
@@ -765,7 +769,8 @@ pd_status rt_router_create(struct event_base *base, rt_opts *o, rt_router **out,
     if ((st = rt_registry_create(base, o->prefill, o->decode, o->health_interval, policy, &rt->reg)) != PD_OK)
         goto fail_router;
     if ((st = rt_metrics_init(rt)) != PD_OK || (st = rt_stats_create(rt, &rt->stats)) != PD_OK) goto fail_router;
-    pd_http_limits lim = {.max_body = o->max_body, .max_headers = 16384};
+    /* a client connection may hold two more: its request's calls to a prefill and a decode instance */
+    pd_http_limits lim = {.max_body = o->max_body, .max_headers = 16384, .fds_per_connection = 3, .listen = &o->listen};
     if ((st = pd_http_server_create(base, o->host, o->port, &lim, gencb, rt, &rt->http, bound_port)) != PD_OK)
         goto fail_router;
     *out = rt;
@@ -780,7 +785,7 @@ void rt_router_destroy(rt_router *rt)
     if (!rt) return;
     for (rt_req *r = rt->reqs; r; r = r->next)
         if (r->http) {
-            evhttp_connection_set_closecb(evhttp_request_get_connection(r->http), NULL, NULL);
+            pd_http_set_closecb(r->http, NULL, NULL);
             r->http = NULL;
         }
     pd_http_server_free(rt->http);

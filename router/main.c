@@ -19,7 +19,7 @@ int main(int argc, char **argv)
     o.health_interval = 1.0;
     o.request_timeout = 600;
     o.max_queued = 4096;
-    pd_opt table[] = {
+    pd_opt table[32] = {
         {"host", PD_OPT_STR, &o.host, "address to listen on (default 127.0.0.1)", 0, 0},
         {"port", PD_OPT_INT, &o.port, "port (default 8000; 0 picks a free one)", 0, 65535},
         {"model", PD_OPT_STR, &o.model, "checkpoint directory (tokenizer, chat template, config.json)", 0, 0},
@@ -47,17 +47,22 @@ int main(int argc, char **argv)
          0},
         {"api-key", PD_OPT_STR, &o.api_key,
          "require 'Authorization: Bearer KEY' on /v1/..., /tokenize, /detokenize; several: KEY,KEY (default: "
-         "PDSERVE_API_KEY, else none)", 0, 0},
+         "PDSERVE_API_KEY, else none)",
+         0, 0},
         {"api-key-file", PD_OPT_STR, &o.api_key_file, "file of API keys, one a line (# comments)", 0, 0},
         {"admin-key", PD_OPT_STR, &o.admin_key,
          "require 'Authorization: Bearer KEY' on /admin/...; several: KEY,KEY (default: PDSERVE_ADMIN_KEY, else only "
-         "this host may call them)", 0, 0},
+         "this host may call them)",
+         0, 0},
         {"cluster-secret-file", PD_OPT_STR, &o.cluster_secret_file,
          "file with the cluster's shared secret: calls to instances are signed, registrations must be (HMAC)", 0, 0},
         {"request-timeout", PD_OPT_DOUBLE, &o.request_timeout, "seconds without progress before a request fails (600)",
          1, 86400},
     };
-    const int n = (int)PD_ARRAY_LEN(table);
+    int n = 0;
+    while (table[n].name) n++;
+    PD_ASSERT(n + pd_http_listen_options(&o.listen, 1, NULL) <= (int)PD_ARRAY_LEN(table));
+    n += pd_http_listen_options(&o.listen, 1, table + n);
     char err[512];
     pd_status st = pd_opts_parse(table, n, argc, argv,
                                  "usage: pdserve-router --model DIR --prefill HOST:PORT --decode HOST:PORT [options]",

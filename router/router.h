@@ -32,6 +32,7 @@ typedef struct {
     char *api_key;           /* comma-separated keys the public API requires (router/auth.c) */
     char *api_key_file;      /* one key a line */
     char *cluster_secret_file; /* internal calls signed, registrations taken only signed (common/pd_auth.h) */
+    pd_http_listen_opts listen; /* timeouts, --max-connections, TLS of the public listener */
     char *admin_key;         /* comma-separated keys the admin routes require (default: loopback peers only) */
 } rt_opts;
 

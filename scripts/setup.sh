@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PKGS=(build-essential cmake pkg-config libevent-dev libcjson-dev libucx-dev ucx-utils libyaml-dev
-      libopenblas-dev libjemalloc-dev check libpcre2-dev libssl-dev libopenmpi-dev openmpi-bin nodejs xz-utils curl
+      libopenblas-dev libjemalloc-dev check libpcre2-dev libssl-dev openssl libopenmpi-dev openmpi-bin nodejs xz-utils curl
       python3)
 # Test-only tools, with PD_TEST_TOOLS=1 (scripts/test.sh sets it): headless Chromium and its WebDriver for the
 # dashboard test (~400 MB, so not for machines that only build or serve); promtool (package prometheus, which also

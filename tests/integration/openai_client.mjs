@@ -1,10 +1,13 @@
 // The official OpenAI client (npm "openai"), unmodified, against pdserve-router: completions and chat, streamed
-// and not, and an error the client must surface as the right exception class. Usage: node openai_client.mjs PORT MODEL
-// [API_KEY]: with a key, the router requires it, and a client with a wrong key gets AuthenticationError.
+// and not, and an error the client must surface as the right exception class. Usage: node openai_client.mjs PORT|URL
+// MODEL [API_KEY]: PORT is http://127.0.0.1:PORT/v1, a URL is the base URL itself (https://localhost:PORT/v1 with
+// NODE_EXTRA_CA_CERTS naming the CA); with a key, the router requires it, and a client with a wrong key gets
+// AuthenticationError.
 import OpenAI from "openai";
 
 const [port, model, apiKey] = process.argv.slice(2);
-const client = new OpenAI({ baseURL: `http://127.0.0.1:${port}/v1`, apiKey: apiKey ?? "unused", maxRetries: 0 });
+const baseURL = /^https?:/.test(port) ? port : `http://127.0.0.1:${port}/v1`;
+const client = new OpenAI({ baseURL, apiKey: apiKey ?? "unused", maxRetries: 0 });
 let passed = 0, failed = 0;
 function check(cond, what) {
   if (cond) passed++;
@@ -63,7 +66,7 @@ try {
   check(e instanceof OpenAI.NotFoundError && /does not exist/.test(e.message), "unknown model: " + e);
 }
 if (apiKey) {
-  const wrong = new OpenAI({ baseURL: `http://127.0.0.1:${port}/v1`, apiKey: apiKey + "-wrong", maxRetries: 0 });
+  const wrong = new OpenAI({ baseURL, apiKey: apiKey + "-wrong", maxRetries: 0 });
   try {
     await wrong.models.list();
     check(false, "a wrong API key must fail");

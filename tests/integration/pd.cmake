@@ -28,11 +28,17 @@ if(TARGET pdserve-router AND TARGET pdserve-prefill AND TARGET pdserve-decode)
   set_tests_properties(cluster_auth PROPERTIES FIXTURES_REQUIRED tiny_model TIMEOUT 300)
 endif()
 if(TARGET pdserve-router AND TARGET pdserve-decode)
-  # 1500 idle half-sent requests at a router limited to 1024 descriptors: no log flood, serving again after it
+  # 1500 idle half-sent requests at routers limited to 1024 descriptors: the connection limit, the read and idle
+  # timeouts, the accept pause; no log flood, serving again after it
   add_test(NAME router_fd_flood
            COMMAND ${Python3_EXECUTABLE} ${CMAKE_CURRENT_SOURCE_DIR}/integration/flood_test.py
                    --build ${CMAKE_BINARY_DIR} --model ${CMAKE_BINARY_DIR}/models/tiny)
   set_tests_properties(router_fd_flood PROPERTIES FIXTURES_REQUIRED tiny_model TIMEOUT 300)
+  # HTTPS on the public API: the OpenAI client through a test CA; plain HTTP to the TLS port gets no service
+  add_test(NAME router_tls
+           COMMAND ${Python3_EXECUTABLE} ${CMAKE_CURRENT_SOURCE_DIR}/integration/tls_test.py
+                   --build ${CMAKE_BINARY_DIR} --model ${CMAKE_BINARY_DIR}/models/tiny)
+  set_tests_properties(router_tls PROPERTIES FIXTURES_REQUIRED tiny_model TIMEOUT 300)
 endif()
 if(TARGET pdserve-router)
   add_test(NAME readme_examples
