@@ -19,7 +19,7 @@ fi
 if [ "${PD_FUZZ_TESTS:-1}" != 0 ]; then
   echo "test: fuzz targets (build-fuzz/, clang + libFuzzer, a fixed seed and number of inputs each)"
   CC=clang cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=Debug -DPD_FUZZ=ON -DPD_SANITIZE=address,undefined > /dev/null
-  cmake --build build-fuzz -j"$(nproc)" --target fuzz_safetensors fuzz_tokenizer fuzz_chat_template fuzz_yaml_opts fuzz_router_request \
+  cmake --build build-fuzz -j"$(nproc)" --target fuzz_safetensors fuzz_tokenizer fuzz_chat_template fuzz_yaml_opts fuzz_router_request fuzz_http \
     > build-fuzz.log 2>&1 || { tail -40 build-fuzz.log; exit 1; }
   (cd build-fuzz && ctest --output-on-failure -L fuzz)
 fi

@@ -6,13 +6,16 @@ set(PD_FUZZ_RUNS_tokenizer 100000)
 set(PD_FUZZ_RUNS_chat_template 200000)
 set(PD_FUZZ_RUNS_yaml_opts 100000)
 set(PD_FUZZ_RUNS_router_request 10000)
+set(PD_FUZZ_RUNS_http 1000000) # a live listener on 127.0.0.1, one connection per input
+set(PD_FUZZ_ARGS_http -dict=${CMAKE_CURRENT_SOURCE_DIR}/fuzz/http.dict -max_len=4096)
 set(PD_FUZZ_ARGS_router_request -dict=${CMAKE_CURRENT_SOURCE_DIR}/fuzz/router_request.dict) # the body's field names
 set(PD_FUZZ_LIBS_safetensors pdmodel) # each target links the library it fuzzes
 set(PD_FUZZ_LIBS_tokenizer pdtext)
 set(PD_FUZZ_LIBS_chat_template pdtext)
 set(PD_FUZZ_LIBS_yaml_opts pdcommon)
 set(PD_FUZZ_LIBS_router_request rtrequest)
-foreach(t safetensors tokenizer chat_template yaml_opts router_request)
+set(PD_FUZZ_LIBS_http pdcommon)
+foreach(t safetensors tokenizer chat_template yaml_opts router_request http)
   add_executable(fuzz_${t} ${CMAKE_CURRENT_SOURCE_DIR}/fuzz/fuzz_${t}.c)
   target_link_libraries(fuzz_${t} PRIVATE ${PD_FUZZ_LIBS_${t}} pdcommon)
   target_link_options(fuzz_${t} PRIVATE -fsanitize=fuzzer)
