@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The main job: sets up (idempotently), generates the default model if it is missing, starts a local
+# The main job: sets up (idempotently), unpacks the default model (models/demo-v3.tar.xz, a small trained
+# checkpoint; MTP speculative decoding on, configs/local-1p1d/decode.yaml) if it is not yet, starts a local
 # pdserve-router + pdserve-prefill + pdserve-decode (configs/local-1p1d/), waits until they are healthy and
 # prints a working curl example once all three answer /health. Ctrl-C stops all three.
 # It also supervises them: a process that fails (non-zero status or a signal: a crash, an abort inside a library,
@@ -10,12 +11,13 @@
 # Restart=on-failure does. --no-restart turns supervision off: the first failure then stops the others.
 # --prefill-ranks N / --decode-ranks N run that pool as one instance over N MPI ranks on this host (mpirun -np N,
 # expert parallelism, docs/scaling.md); a rank that dies takes its instance down and the script starts it again.
+# --model models/tiny generates and serves the random-weight test model instead.
 # Usage: scripts/serve.sh [--model DIR] [--config-dir DIR] [--log-dir DIR] [--no-restart] [--prefill-ranks N]
 #                         [--decode-ranks N]
 # Environment: PD_BUILD_DIR (default build), PD_SKIP_SETUP=1 (do not run scripts/setup.sh: the binaries are built)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-MODEL=models/tiny
+MODEL=models/demo-v3
 CONF=configs/local-1p1d
 LOGS=logs
 RESTART=1
@@ -38,10 +40,14 @@ for n in "$PRANKS" "$DRANKS"; do
 done
 BUILD=${PD_BUILD_DIR:-build}
 [ "${PD_SKIP_SETUP:-0}" = 1 ] || scripts/setup.sh >/dev/null
-if [ ! -f "$MODEL/config.json" ]; then
-  echo "serve: generating the default model in $MODEL (tiny preset, DeepSeek-V3 layout and tokenizer)"
+if [ ! -f "$MODEL/config.json" ] && [ -f "$MODEL.tar.xz" ]; then
+  echo "serve: unpacking $MODEL.tar.xz into $(dirname "$MODEL")/"
+  tar xJf "$MODEL.tar.xz" -C "$(dirname "$MODEL")"
+elif [ ! -f "$MODEL/config.json" ] && [ "$(basename "$MODEL")" = tiny ]; then
+  echo "serve: generating the random-weight test model in $MODEL (tiny preset, DeepSeek-V3 layout and tokenizer)"
   "$BUILD/tools/pdserve-model" generate --preset tiny --out "$MODEL"
 fi
+[ -f "$MODEL/config.json" ] || { echo "serve: no model at $MODEL (no config.json there, no $MODEL.tar.xz)" >&2; exit 2; }
 mkdir -p "$LOGS"
 
 NAMES=(decode prefill router)
@@ -113,7 +119,7 @@ cat <<MSG
 serve: router http://127.0.0.1:$PORT (OpenAI API), prefill :$PPORT, decode :$DPORT; logs in $LOGS/. Try:
 
   curl http://127.0.0.1:$PORT/v1/chat/completions -H 'Content-Type: application/json' \\
-    -d '{"model": "$NAME", "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 32}'
+    -d '{"model": "$NAME", "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 32, "temperature": 0.6, "top_p": 0.9}'
 
 Ctrl-C stops all three.
 MSG

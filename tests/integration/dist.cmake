@@ -6,5 +6,5 @@ if(TARGET pdserve-router AND TARGET pdserve-prefill AND TARGET pdserve-decode)
                    --build ${CMAKE_BINARY_DIR} --model ${CMAKE_BINARY_DIR}/models/tiny --fixtures ${PD_FIXTURES}
                    --demo ${CMAKE_BINARY_DIR}/models/demo-v3
                    --demo-tarball ${CMAKE_SOURCE_DIR}/../shared/models/demo-v3.tar.xz)
-  set_tests_properties(dist_integration PROPERTIES FIXTURES_REQUIRED tiny_model TIMEOUT 900)
+  set_tests_properties(dist_integration PROPERTIES FIXTURES_REQUIRED "tiny_model;demo_model" TIMEOUT 900)
 endif()

@@ -1,3 +1,9 @@
+# The trained demo checkpoint (models/demo-v3.tar.xz), unpacked once into the build tree for the tests that use it
+file(MAKE_DIRECTORY ${CMAKE_BINARY_DIR}/models)
+add_test(NAME demo_model_unpack
+         COMMAND ${CMAKE_COMMAND} -E chdir ${CMAKE_BINARY_DIR}/models
+                 ${CMAKE_COMMAND} -E tar xJf ${CMAKE_SOURCE_DIR}/models/demo-v3.tar.xz)
+set_tests_properties(demo_model_unpack PROPERTIES FIXTURES_SETUP demo_model TIMEOUT 300)
 # Process-level tests of the serving path: the real executables on loopback ports they pick.
 if(TARGET pdserve-router AND TARGET pdserve-prefill AND TARGET pdserve-decode)
   find_package(Python3 COMPONENTS Interpreter REQUIRED)
@@ -43,8 +49,9 @@ endif()
 if(TARGET pdserve-router)
   add_test(NAME readme_examples
            COMMAND ${Python3_EXECUTABLE} ${CMAKE_CURRENT_SOURCE_DIR}/integration/readme_test.py
-                   --build ${CMAKE_BINARY_DIR} --model ${CMAKE_BINARY_DIR}/models/tiny --readme ${CMAKE_SOURCE_DIR}/README.md)
-  set_tests_properties(readme_examples PROPERTIES FIXTURES_REQUIRED tiny_model TIMEOUT 300)
+                   --build ${CMAKE_BINARY_DIR} --model ${CMAKE_BINARY_DIR}/models/demo-v3
+                   --demo-tarball ${CMAKE_SOURCE_DIR}/models/demo-v3.tar.xz --readme ${CMAKE_SOURCE_DIR}/README.md)
+  set_tests_properties(readme_examples PROPERTIES FIXTURES_REQUIRED demo_model TIMEOUT 300)
 endif()
 if(TARGET pdserve-router AND TARGET pdserve-prefill AND TARGET pdserve-decode)
   add_test(NAME fault_tolerance

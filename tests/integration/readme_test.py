@@ -1,5 +1,7 @@
-"""Runs every curl example of README.md against a real deployment (router + prefill + decode) on ports this test
-picks: each must succeed and return what its endpoint promises."""
+"""Runs every curl example of README.md against a real deployment (router + prefill + decode) of the model the README
+serves (demo-v3, unpacked from the repository's tarball when missing) on ports this test picks: each must succeed and
+return what its endpoint promises, and what the model writes must be English (mostly ASCII words, common English
+words among them)."""
 import json, os, re, subprocess, sys, tempfile
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -7,7 +9,20 @@ import harness
 
 ap = harness.arg_parser()
 ap.add_argument("--readme", required=True)
+ap.add_argument("--demo-tarball", required=True)
 args = ap.parse_args()
+if not os.path.exists(os.path.join(args.model, "config.json")):
+    os.makedirs(os.path.dirname(args.model), exist_ok=True)
+    subprocess.run(["tar", "-xJf", args.demo_tarball, "-C", os.path.dirname(args.model)], check=True)
+COMMON = {"the", "of", "and", "to", "a", "in", "is", "was", "he", "it", "that", "for", "on", "with", "as", "his"}
+
+
+def english(text):
+    """Mostly ASCII letters, spaces and punctuation, and at least one of the commonest English words."""
+    words = re.findall(r"[A-Za-z']+", text)
+    ascii_share = sum(c.isascii() for c in text) / max(1, len(text))
+    return len(words) >= 3 and ascii_share >= 0.9 and any(w.lower() in COMMON for w in words)
+
 
 text = open(args.readme).read()
 cmds, cur = [], None
@@ -39,6 +54,11 @@ try:
         elif ok:
             o = json.loads(body)
             ok = ("choices" in o and o["choices"]) or o.get("object") == "list"
+            if ok and o.get("choices"):
+                c = o["choices"][0]
+                text = c["message"]["content"] if "message" in c else c["text"]
+                ok = english(text)
+                print("%s -> %r (%s)" % (cmd[:60], text, "English" if ok else "NOT English"))
         if ok:
             passed += 1
         else:

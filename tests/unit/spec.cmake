@@ -5,6 +5,7 @@
 pd_unit_test(test_spec pdmodel CASES options greedy ngram sampling demo)
 set_tests_properties(test_spec_options test_spec_greedy test_spec_ngram test_spec_sampling test_spec_demo
                      PROPERTIES TIMEOUT 1500)
+set_tests_properties(test_spec_demo PROPERTIES FIXTURES_REQUIRED demo_model) # unpacked by demo_model_unpack
 # The same promises on the portable kernels (PDSERVE_PORTABLE=1): verify rows must get the bits decode steps get
 # there too (krn_linear's fixed-order products; the sampling case failed when they went through sgemm). Not in the
 # sanitizer build: there the portable dot products run uninstrumented-slow (over 20 min of CPU); test_kernels_portable
