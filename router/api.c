@@ -426,6 +426,7 @@ static rt_limits request_limits(rt_router *rt)
     rt_limits lim = {
         .tok = rt->tok,
         .tmpl = rt->tmpl,
+        .defaults = &rt->defaults,
         .served_model_name = rt->o->served_model_name,
         .vocab_size = rt->vocab_size,
         .max_model_len = rt->o->max_model_len ? rt->o->max_model_len : rt_registry_max_model_len(rt->reg),
@@ -754,6 +755,14 @@ pd_status rt_router_create(struct event_base *base, rt_opts *o, rt_router **out,
     rt->vocab_size = txt_tokenizer_vocab_size(rt->tok);
     int vocab;
     if (o->model && txt_config_vocab_size(o->model, &vocab, err, sizeof err) == PD_OK) rt->vocab_size = vocab;
+    if ((st = rt_sampling_defaults_load(o->model, o->generation_config, o->override_generation_config, &rt->defaults,
+                                        err, sizeof err)) != PD_OK) {
+        pd_error("router: %s", err);
+        goto fail_router;
+    }
+    char dflt[256];
+    rt_sampling_defaults_str(&rt->defaults, dflt, sizeof dflt);
+    if (dflt[0]) pd_info("router: requests that leave them out sample with %s (the model's generation config)", dflt);
     if ((st = rt_auth_create(o, &rt->auth, err, sizeof err)) != PD_OK) {
         pd_error("router: %s", err);
         goto fail_router;

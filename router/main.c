@@ -56,6 +56,12 @@ int main(int argc, char **argv)
          0, 0},
         {"cluster-secret-file", PD_OPT_STR, &o.cluster_secret_file,
          "file with the cluster's shared secret: calls to instances are signed, registrations must be (HMAC)", 0, 0},
+        {"generation-config", PD_OPT_STR, &o.generation_config,
+         "default sampling for fields a request leaves out: auto (the model's generation_config.json: temperature, "
+         "top_p, top_k, min_p, repetition_penalty; default), vllm (the API's defaults) or a directory holding one",
+         0, 0},
+        {"override-generation-config", PD_OPT_STR, &o.override_generation_config,
+         "JSON object of default sampling fields over --generation-config's, e.g. '{\"temperature\": 0.6}'", 0, 0},
         {"request-timeout", PD_OPT_DOUBLE, &o.request_timeout, "seconds without progress before a request fails (600)",
          1, 86400},
     };

@@ -2,7 +2,10 @@
  * request ready to run (prompts tokenized, choices laid out, sampling object built) or an OpenAI-shaped error
  * naming the field out. api.c runs the result; tests/fuzz/fuzz_router_request.c throws hostile bytes at it. */
 #include <errno.h>
+#include <math.h>
 #include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "proto/pr_gen.h"
@@ -57,8 +60,8 @@ static int opt_num(const cJSON *o, const char *k, double lo, double hi, int want
     if (!cJSON_IsNumber(v)) return bad(e, k, "'%s' must be a number", k);
     /* the range first: casting a double outside long long's range is undefined */
     if (v->valuedouble < lo || v->valuedouble > hi)
-        return want_int ? bad(e, k, "'%s' must be an integer in [%lld, %lld]", k, (long long)lo, (long long)hi)
-                        : bad(e, k, "'%s' must be in [%g, %g]", k, lo, hi);
+        return want_int ? bad(e, k, "'%s' must be an integer in [%lld, %lld]", k, (long long)lo, (long long)hi) :
+                          bad(e, k, "'%s' must be in [%g, %g]", k, lo, hi);
     if (want_int && v->valuedouble != (double)(long long)v->valuedouble) return bad(e, k, "'%s' must be an integer", k);
     *out = v->valuedouble;
     return 1;
@@ -91,7 +94,7 @@ static int add_prompt(rt_req *r, const int32_t *ids, int n, int *cap)
 
 /* Parses the prompts of a completions request into r->prompts; starts/lengths into the arrays. */
 int rt_completion_prompts(const rt_limits *lim, const cJSON *prompt, rt_req *r, int *starts, int *lens, int *n_prompts,
-                              int max_prompts, rt_error *e)
+                          int max_prompts, rt_error *e)
 {
     int cap = 0;
     if (!prompt) return bad(e, "prompt", "'prompt' is required");
@@ -123,8 +126,7 @@ int rt_completion_prompts(const rt_limits *lim, const cJSON *prompt, rt_req *r, 
             int m = cJSON_GetArraySize(p);
             if (m < 1) return bad(e, "prompt", "a token-id prompt must not be empty");
             const cJSON *v;
-            cJSON_ArrayForEach(v, p)
-            {
+            cJSON_ArrayForEach(v, p) {
                 if (!cJSON_IsNumber(v) || v->valuedouble < 0 || v->valuedouble >= lim->vocab_size ||
                     v->valuedouble != (double)(int)v->valuedouble)
                     return bad(e, "prompt", "token ids must be integers in [0, %d)", lim->vocab_size);
@@ -150,8 +152,7 @@ static cJSON *normalise_messages(const cJSON *msgs, rt_error *e)
     cJSON *out = cJSON_CreateArray();
     int i = 0;
     const cJSON *m;
-    cJSON_ArrayForEach(m, msgs)
-    {
+    cJSON_ArrayForEach(m, msgs) {
         const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role"),
                     *content = cJSON_GetObjectItemCaseSensitive(m, "content");
         if (!cJSON_IsObject(m) || !cJSON_IsString(role)) {
@@ -169,8 +170,7 @@ static cJSON *normalise_messages(const cJSON *msgs, rt_error *e)
         if (cJSON_IsArray(content)) { /* [{"type":"text","text":...}, ...] */
             size_t total = 0;
             const cJSON *part;
-            cJSON_ArrayForEach(part, content)
-            {
+            cJSON_ArrayForEach(part, content) {
                 const cJSON *ty = cJSON_GetObjectItem(part, "type"), *tx = cJSON_GetObjectItem(part, "text");
                 if (!cJSON_IsString(ty) || strcmp(ty->valuestring, "text") || !cJSON_IsString(tx)) {
                     cJSON_Delete(copy);
@@ -181,8 +181,7 @@ static cJSON *normalise_messages(const cJSON *msgs, rt_error *e)
             }
             char *joined = malloc(total + 1);
             size_t k = 0;
-            cJSON_ArrayForEach(part, content)
-            {
+            cJSON_ArrayForEach(part, content) {
                 const char *tx = cJSON_GetObjectItem(part, "text")->valuestring;
                 memcpy(joined + k, tx, strlen(tx));
                 k += strlen(tx);
@@ -266,8 +265,7 @@ static int parse_stop(const rt_limits *lim, const cJSON *root, rt_req *r, rt_err
             if (cJSON_GetArraySize(stop) > lim->max_stop)
                 return bad(e, "stop", "at most %d stop strings", lim->max_stop);
             const cJSON *v;
-            cJSON_ArrayForEach(v, stop)
-            {
+            cJSON_ArrayForEach(v, stop) {
                 if (!cJSON_IsString(v)) return bad(e, "stop", "'stop' must hold strings");
                 if (!v->valuestring[0]) continue;
                 if (strlen(v->valuestring) > 200) return bad(e, "stop", "stop strings are at most 200 bytes");
@@ -281,8 +279,7 @@ static int parse_stop(const rt_limits *lim, const cJSON *root, rt_req *r, rt_err
         if (!cJSON_IsArray(sti) || cJSON_GetArraySize(sti) > PR_MAX_STOP_IDS)
             return bad(e, "stop_token_ids", "'stop_token_ids' must be a list of at most %d token ids", PR_MAX_STOP_IDS);
         const cJSON *v;
-        cJSON_ArrayForEach(v, sti)
-        {
+        cJSON_ArrayForEach(v, sti) {
             if (!cJSON_IsNumber(v) || v->valuedouble < 0 || v->valuedouble >= lim->vocab_size ||
                 v->valuedouble != (double)(int32_t)v->valuedouble)
                 return bad(e, "stop_token_ids", "'stop_token_ids' holds a value that is not a token id");
@@ -312,8 +309,7 @@ static int parse_logit_bias(const rt_limits *lim, const cJSON *root, cJSON **out
         return 0;
     }
     const cJSON *v;
-    cJSON_ArrayForEach(v, lb)
-    {
+    cJSON_ArrayForEach(v, lb) {
         const char *k = v->string;
         char *end = NULL;
         errno = 0;
@@ -405,9 +401,7 @@ static int scan_body(const unsigned char *p, size_t n, int max_depth, rt_error *
         case ']':
             if (depth > 0) depth--;
             break;
-        case ',':
-            key_next = depth == 1;
-            break;
+        case ',': key_next = depth == 1; break;
         default:
             if (c >= 0x80 && !utf8_seq(p + i, n - i)) {
                 if (field) return bad(e, field, "'%s' is not valid UTF-8 text", field);
@@ -490,13 +484,26 @@ static int parse_options(const rt_limits *lim, const cJSON *root, cJSON **bias, 
 typedef struct {
     double temperature, top_p, top_k, min_p, pres, freq, rep, seed, n, max_tokens, min_tokens;
     int ignore_eos, stream;
-    const char *mt_name;          /* the field max_tokens came from (chat: max_completion_tokens when given) */
+    const char *mt_name; /* the field max_tokens came from (chat: max_completion_tokens when given) */
 } gen_params;
 
 static int parse_sampling(const rt_limits *lim, const cJSON *root, int chat, gen_params *g, rt_error *e)
 {
-    *g = (gen_params){.temperature = 1.0, .top_p = 1.0, .rep = 1, .seed = -1, .n = 1, .max_tokens = chat ? -1 : 16,
+    *g = (gen_params){.temperature = 1.0,
+                      .top_p = 1.0,
+                      .rep = 1,
+                      .seed = -1,
+                      .n = 1,
+                      .max_tokens = chat ? -1 : 16,
                       .mt_name = "max_tokens"};
+    const rt_sampling_defaults *d = lim->defaults;
+    if (d) {
+        if (!isnan(d->temperature)) g->temperature = d->temperature;
+        if (!isnan(d->top_p)) g->top_p = d->top_p;
+        if (!isnan(d->top_k)) g->top_k = d->top_k;
+        if (!isnan(d->min_p)) g->min_p = d->min_p;
+        if (!isnan(d->repetition_penalty)) g->rep = d->repetition_penalty;
+    }
     const cJSON *mct = cJSON_GetObjectItemCaseSensitive(root, "max_completion_tokens");
     if (chat && mct && !cJSON_IsNull(mct)) g->mt_name = "max_completion_tokens";
     if (!opt_num(root, g->mt_name, 1, PR_MAX_TOKENS, 1, &g->max_tokens, e) ||
@@ -555,7 +562,8 @@ static int check_lengths(const rt_limits *lim, int mml, int max_prompt, gen_para
     if (max_prompt >= mml || max_prompt + g->max_tokens > mml)
         return bad(e, max_prompt >= mml ? "prompt" : g->mt_name,
                    "this model's maximum context length is %d tokens; the prompt has %d tokens and %.0f more were "
-                   "requested", mml, max_prompt, g->max_tokens < 1 ? 1 : g->max_tokens);
+                   "requested",
+                   mml, max_prompt, g->max_tokens < 1 ? 1 : g->max_tokens);
     if (g->min_tokens > g->max_tokens) return bad(e, "min_tokens", "'min_tokens' exceeds the maximum number of tokens");
     return 1;
 }
@@ -662,4 +670,93 @@ void rt_request_free(rt_req *r)
     for (int i = 0; i < r->n_stops; i++) free(r->stops[i]);
     cJSON_Delete(r->sampling);
     free(r);
+}
+
+/* ---- default sampling from generation_config.json (--generation-config, --override-generation-config) ---- */
+
+static const struct {
+    const char *key;
+    size_t off;
+    double lo, hi;
+} DEFAULT_FIELDS[] = {
+    {"temperature", offsetof(rt_sampling_defaults, temperature), 0, PR_MAX_TEMPERATURE},
+    {"top_p", offsetof(rt_sampling_defaults, top_p), 1e-9, 1},
+    {"top_k", offsetof(rt_sampling_defaults, top_k), -1, PR_MAX_TOP_K},
+    {"min_p", offsetof(rt_sampling_defaults, min_p), 0, 1},
+    {"repetition_penalty", offsetof(rt_sampling_defaults, repetition_penalty), PR_MIN_REPETITION, PR_MAX_REPETITION},
+};
+
+/* The five fields of object o into d; unknown keys refused when strict (an override), skipped otherwise (a
+ * generation_config.json carries token ids and more). */
+static pd_status defaults_from(const cJSON *o, int strict, const char *what, rt_sampling_defaults *d, char *err,
+                               size_t errlen)
+{
+    if (!cJSON_IsObject(o)) {
+        snprintf(err, errlen, "%s: not a JSON object", what);
+        return PD_ERR_INVALID;
+    }
+    for (const cJSON *it = o->child; it; it = it->next) {
+        size_t f = 0;
+        while (f < PD_ARRAY_LEN(DEFAULT_FIELDS) && strcmp(DEFAULT_FIELDS[f].key, it->string)) f++;
+        if (f == PD_ARRAY_LEN(DEFAULT_FIELDS)) {
+            if (!strict) continue;
+            snprintf(err, errlen, "%s: '%s' is not one of temperature, top_p, top_k, min_p, repetition_penalty", what,
+                     it->string);
+            return PD_ERR_INVALID;
+        }
+        if (!cJSON_IsNumber(it) || !isfinite(it->valuedouble) || it->valuedouble < DEFAULT_FIELDS[f].lo ||
+            it->valuedouble > DEFAULT_FIELDS[f].hi) {
+            snprintf(err, errlen, "%s: '%s' must be a number in [%g, %g]", what, it->string, DEFAULT_FIELDS[f].lo,
+                     DEFAULT_FIELDS[f].hi);
+            return PD_ERR_INVALID;
+        }
+        *(double *)(void *)((char *)d + DEFAULT_FIELDS[f].off) = it->valuedouble;
+    }
+    return PD_OK;
+}
+
+pd_status rt_sampling_defaults_load(const char *model_dir, const char *source, const char *override,
+                                    rt_sampling_defaults *d, char *err, size_t errlen)
+{
+    *d = (rt_sampling_defaults){NAN, NAN, NAN, NAN, NAN};
+    if (!source) source = "auto";
+    const char *dir = !strcmp(source, "auto") ? model_dir : !strcmp(source, "vllm") ? NULL : source;
+    pd_status st = PD_OK;
+    if (dir) {
+        char path[4096];
+        snprintf(path, sizeof path, "%s/generation_config.json", dir);
+        FILE *f = fopen(path, "rb");
+        if (!f && strcmp(source, "auto")) { /* a directory named explicitly must have one */
+            snprintf(err, errlen, "--generation-config %s: no generation_config.json there", source);
+            return PD_ERR_IO;
+        }
+        if (f) {
+            pd_buf b = {0};
+            char chunk[4096];
+            size_t n;
+            while ((n = fread(chunk, 1, sizeof chunk, f)) > 0 && b.len < (1u << 20)) pd_buf_append(&b, chunk, n);
+            fclose(f);
+            cJSON *o = b.failed ? NULL : cJSON_ParseWithLength(b.data ? b.data : "", b.len);
+            st = defaults_from(o, 0, path, d, err, errlen);
+            cJSON_Delete(o);
+            pd_buf_free(&b);
+        }
+    }
+    if (st == PD_OK && override) {
+        cJSON *o = cJSON_Parse(override);
+        st = defaults_from(o, 1, "--override-generation-config", d, err, errlen);
+        cJSON_Delete(o);
+    }
+    return st;
+}
+
+void rt_sampling_defaults_str(const rt_sampling_defaults *d, char *buf, size_t n)
+{
+    size_t at = 0;
+    buf[0] = '\0';
+    for (size_t f = 0; f < PD_ARRAY_LEN(DEFAULT_FIELDS); f++) {
+        const double v = *(const double *)(const void *)((const char *)d + DEFAULT_FIELDS[f].off);
+        if (isnan(v) || at >= n) continue;
+        at += (size_t)snprintf(buf + at, n - at, "%s%s=%g", at ? " " : "", DEFAULT_FIELDS[f].key, v);
+    }
 }

@@ -33,6 +33,8 @@ typedef struct {
     char *api_key_file;      /* one key a line */
     char *cluster_secret_file; /* internal calls signed, registrations taken only signed (common/pd_auth.h) */
     pd_http_listen_opts listen; /* timeouts, --max-connections, TLS of the public listener */
+    char *generation_config;          /* auto (the model's generation_config.json), vllm (none) or a directory */
+    char *override_generation_config; /* JSON object of default sampling fields, over the above */
     char *admin_key;         /* comma-separated keys the admin routes require (default: loopback peers only) */
 } rt_opts;
 

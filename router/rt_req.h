@@ -22,6 +22,13 @@ typedef struct {
 
 typedef struct rt_stats rt_stats;
 
+/* Default sampling for requests that leave a field out, as vLLM takes them from the model's generation_config.json
+ * (--generation-config): NAN fields keep the API's defaults (temperature 1, top_p 1, top_k off, min_p 0,
+ * repetition_penalty 1). */
+typedef struct {
+    double temperature, top_p, top_k, min_p, repetition_penalty;
+} rt_sampling_defaults;
+
 struct rt_router {
     struct event_base *base;
     struct evhttp *http;
@@ -35,6 +42,7 @@ struct rt_router {
     rt_metrics m;
     rt_stats *stats;              /* recent latencies, instance scrapes: /admin/stats and /dashboard */
     rt_auth *auth;                /* the public API's keys */
+    rt_sampling_defaults defaults; /* for fields a request leaves out (the model's generation_config.json) */
 };
 
 typedef struct rt_req rt_req;
@@ -134,9 +142,19 @@ struct rt_req {
 #define RT_MAX_JSON_DEPTH 64      /* nesting of arrays and objects in a body; the body object is level 1 */
 #define RT_MAX_LOGIT_BIAS PR_MAX_LOGIT_BIAS /* logit_bias entries a request may give (the pools' limit) */
 
+/* Fills d from `source` ("auto": <model_dir>/generation_config.json if there is one; "vllm": none; else a directory
+ * holding generation_config.json) and then the JSON object `override` (NULL: none), whose keys must be the five
+ * fields. Values out of the API's ranges are refused. PD_OK, or PD_ERR_INVALID / PD_ERR_IO with err naming the file
+ * or option and the key. */
+pd_status rt_sampling_defaults_load(const char *model_dir, const char *source, const char *override,
+                                    rt_sampling_defaults *d, char *err, size_t errlen);
+/* "temperature=0.6 top_p=0.95" (the fields set), for the log; "" when none is. */
+void rt_sampling_defaults_str(const rt_sampling_defaults *d, char *buf, size_t n);
+
 typedef struct {
     txt_tokenizer tok;
     txt_chat_template tmpl;       /* NULL: chat requests are refused (400) */
+    const rt_sampling_defaults *defaults; /* NULL: the API's */
     const char *served_model_name;
     int vocab_size;               /* token ids are in [0, vocab_size) */
     int max_model_len;            /* prompt + max_tokens; <= 0: no healthy decode instance (503) */

@@ -119,7 +119,7 @@ cat <<MSG
 serve: router http://127.0.0.1:$PORT (OpenAI API), prefill :$PPORT, decode :$DPORT; logs in $LOGS/. Try:
 
   curl http://127.0.0.1:$PORT/v1/chat/completions -H 'Content-Type: application/json' \\
-    -d '{"model": "$NAME", "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 32, "temperature": 0.6, "top_p": 0.9}'
+    -d '{"model": "$NAME", "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 32}'
 
 Ctrl-C stops all three.
 MSG

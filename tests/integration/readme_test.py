@@ -39,7 +39,10 @@ for line in text.splitlines():
         cur = cur[:-1]
 assert len(cmds) >= 3, "README lists too few curl examples: %r" % cmds
 
-dep = harness.Deployment(args.build, args.model, "pd", tempfile.mkdtemp(prefix="readme_test_"))
+# the router with the configuration scripts/serve.sh gives it (flags here override its ports and instances)
+conf = os.path.join(os.path.dirname(os.path.abspath(args.readme)), "configs", "local-1p1d", "router.yaml")
+dep = harness.Deployment(args.build, args.model, "pd", tempfile.mkdtemp(prefix="readme_test_"),
+                         router_args=["--config", conf])
 passed = failed = 0
 try:
     for cmd in cmds:

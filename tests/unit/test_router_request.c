@@ -3,13 +3,14 @@
  * strings, prompt length) answers the documented status with a field name, and the regressions found by
  * fuzz_router_request stay fixed. */
 #include <check.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "model/mdl_engine.h"
+#include "pd_check.h"
 #include "router/rt_req.h"
 #include "tests/test_utf8.h"
-#include "pd_check.h"
 
 static rt_limits lim;
 
@@ -110,7 +111,8 @@ START_TEST(test_nulls_and_unknown_fields)
     rt_req *r = accepted("{\"prompt\": \"hi\", \"max_tokens\": null, \"temperature\": null, \"top_p\": null, "
                          "\"stop\": null, \"stop_token_ids\": null, \"seed\": null, \"n\": null, \"stream\": null, "
                          "\"stream_options\": null, \"response_format\": null, \"model\": null, \"logprobs\": null, "
-                         "\"unknown\": {\"deep\": [1, {\"x\": null}]}, \"metadata\": \"m\"}", 0);
+                         "\"unknown\": {\"deep\": [1, {\"x\": null}]}, \"metadata\": \"m\"}",
+                         0);
     ck_assert_int_eq(r->max_tokens, 16);
     ck_assert_int_eq(r->n_ch, 1);
     ck_assert_int_eq(r->ch[0].has_seed, 0);
@@ -322,12 +324,95 @@ START_TEST(test_chat_default_max_tokens)
 }
 END_TEST
 
+static double sampling_num(const rt_req *r, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(r->sampling, key);
+    ck_assert_msg(cJSON_IsNumber(v), "sampling has no number %s", key);
+    return v->valuedouble;
+}
+
+/* Defaults from the model's generation_config.json fill only the fields a request leaves out. */
+START_TEST(test_sampling_defaults)
+{
+    rt_sampling_defaults d = {0.6, 0.95, 20, NAN, NAN};
+    lim.defaults = &d;
+    rt_req *r = accepted("{\"prompt\": \"hi\"}", 0);
+    ck_assert_double_eq(sampling_num(r, "temperature"), 0.6);
+    ck_assert_double_eq(sampling_num(r, "top_p"), 0.95);
+    ck_assert_double_eq(sampling_num(r, "top_k"), 20);
+    ck_assert_double_eq(sampling_num(r, "min_p"), 0);
+    rt_request_free(r);
+    r = accepted("{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"temperature\": 0, \"top_p\": 1}", 1);
+    ck_assert_double_eq(sampling_num(r, "temperature"), 0);
+    ck_assert_double_eq(sampling_num(r, "top_p"), 1);
+    ck_assert_double_eq(sampling_num(r, "top_k"), 20);
+    rt_request_free(r);
+    lim.defaults = NULL;
+    r = accepted("{\"prompt\": \"hi\"}", 0);
+    ck_assert_double_eq(sampling_num(r, "temperature"), 1);
+    ck_assert_double_eq(sampling_num(r, "top_p"), 1);
+    rt_request_free(r);
+}
+END_TEST
+
+static void write_file(const char *dir, const char *name, const char *text)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    FILE *f = fopen(path, "w");
+    ck_assert_ptr_nonnull(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+/* --generation-config auto|vllm|DIR and --override-generation-config; bad files and overrides name the key. */
+START_TEST(test_sampling_defaults_load)
+{
+    char dir[] = "/tmp/pd_genconf_XXXXXX", other[] = "/tmp/pd_genconf_XXXXXX", err[512], text[256];
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    ck_assert_ptr_nonnull(mkdtemp(other));
+    rt_sampling_defaults d;
+    ck_assert_int_eq(rt_sampling_defaults_load(dir, "auto", NULL, &d, err, sizeof err), PD_OK); /* none: fine */
+    rt_sampling_defaults_str(&d, text, sizeof text);
+    ck_assert_str_eq(text, "");
+    write_file(dir, "generation_config.json",
+               "{\"_from_model_config\": true, \"bos_token_id\": 0, \"eos_token_id\": 1, \"do_sample\": true, "
+               "\"temperature\": 0.6, \"top_p\": 0.95}");
+    ck_assert_int_eq(rt_sampling_defaults_load(dir, NULL, NULL, &d, err, sizeof err), PD_OK);
+    rt_sampling_defaults_str(&d, text, sizeof text);
+    ck_assert_str_eq(text, "temperature=0.6 top_p=0.95");
+    ck_assert_int_eq(rt_sampling_defaults_load(dir, "vllm", "{\"top_k\": 20}", &d, err, sizeof err), PD_OK);
+    rt_sampling_defaults_str(&d, text, sizeof text);
+    ck_assert_str_eq(text, "top_k=20");
+    ck_assert_int_eq(
+        rt_sampling_defaults_load(dir, "auto", "{\"temperature\": 0.3, \"min_p\": 0.05}", &d, err, sizeof err), PD_OK);
+    rt_sampling_defaults_str(&d, text, sizeof text);
+    ck_assert_str_eq(text, "temperature=0.3 top_p=0.95 min_p=0.05");
+    ck_assert_int_eq(rt_sampling_defaults_load(dir, "auto", "{\"temprature\": 0.3}", &d, err, sizeof err),
+                     PD_ERR_INVALID);
+    ck_assert_msg(strstr(err, "--override-generation-config") && strstr(err, "temprature"), "%s", err);
+    ck_assert_int_eq(rt_sampling_defaults_load(dir, "auto", "[1]", &d, err, sizeof err), PD_ERR_INVALID);
+    ck_assert_int_eq(rt_sampling_defaults_load(dir, other, NULL, &d, err, sizeof err), PD_ERR_IO); /* DIR: needs one */
+    ck_assert_msg(strstr(err, other), "%s", err);
+    write_file(other, "generation_config.json", "{\"temperature\": 3}");
+    ck_assert_int_eq(rt_sampling_defaults_load(dir, other, NULL, &d, err, sizeof err), PD_ERR_INVALID);
+    ck_assert_msg(strstr(err, "generation_config.json") && strstr(err, "temperature"), "%s", err);
+    write_file(other, "generation_config.json", "{\"top_p\": \"0.9\"");
+    ck_assert_int_eq(rt_sampling_defaults_load(dir, other, NULL, &d, err, sizeof err), PD_ERR_INVALID);
+    char cmd[256];
+    snprintf(cmd, sizeof cmd, "rm -rf %s %s", dir, other);
+    ck_assert_int_eq(system(cmd), 0);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("router_request");
-    TCase *tc = PD_CHECK_CASE(s, "parse", 60, test_non_object_bodies, test_wrong_types, test_nulls_and_unknown_fields,
-                  test_limits, test_body_size, test_utf8_nul_depth, test_long_echo_stays_utf8, test_huge_numbers,
-                  test_single_stop_string, test_stop_token_ids_integers, test_chat_default_max_tokens, test_logit_bias);
+    TCase *tc =
+        PD_CHECK_CASE(s, "parse", 60, test_non_object_bodies, test_wrong_types, test_nulls_and_unknown_fields,
+                      test_limits, test_body_size, test_utf8_nul_depth, test_long_echo_stays_utf8, test_huge_numbers,
+                      test_single_stop_string, test_stop_token_ids_integers, test_chat_default_max_tokens,
+                      test_logit_bias, test_sampling_defaults, test_sampling_defaults_load);
     tcase_add_checked_fixture(tc, setup, teardown);
     int failed = pd_check_run(s, 0);
     return failed ? 1 : 0;
