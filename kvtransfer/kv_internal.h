@@ -151,6 +151,11 @@ typedef struct kv__op {
     kv__am_hdr hdr;     /* AM header; must live until completion */
     void *buf;          /* owned buffer (HELLO descriptor), freed with the op */
     int cancel_sent;
+    /* From kv__op_new until kv__op_track: the UCX call is being made. UCX may complete a request with an error
+     * inside that call (a peer that just failed) and still return its pointer; the callback then only records the
+     * status, and kv__op_track completes the op. */
+    int submitting, early;
+    ucs_status_t early_status;
 } kv__op;
 
 /* A receiver event waiting for dispatch. */

@@ -19,6 +19,7 @@ kv__op *kv__op_new(kv_context_t ctx, kv__op_kind kind)
     if (!op) return NULL;
     op->ctx = ctx;
     op->kind = kind;
+    op->submitting = 1;
     kv__list_push(&ctx->ops, &op->link);
     return op;
 }
@@ -44,7 +45,9 @@ static void kv__op_complete(kv__op *op, ucs_status_t status)
 
 void kv__op_track(kv__op *op, ucs_status_ptr_t sp)
 {
-    if (sp == NULL) kv__op_complete(op, UCS_OK);
+    op->submitting = 0;
+    if (op->early) kv__op_complete(op, op->early_status); /* the callback ran inside the call; sp is gone */
+    else if (sp == NULL) kv__op_complete(op, UCS_OK);
     else if (UCS_PTR_IS_ERR(sp)) kv__op_complete(op, UCS_PTR_STATUS(sp));
     else op->req = sp;
 }
@@ -54,6 +57,11 @@ void kv__op_send_cb(void *request, ucs_status_t status, void *user_data)
     kv__op *op = user_data;
     op->req = NULL;
     ucp_request_free(request);
+    if (op->submitting) { /* inside the UCX call that made the request: kv__op_track completes the op */
+        op->early = 1;
+        op->early_status = status;
+        return;
+    }
     kv__op_complete(op, status);
 }
 
@@ -89,7 +97,8 @@ static int kv__count_ops(kv_context_t ctx, kv_region_t region, int include_close
 {
     int n = 0;
     kv__link *it, *tmp;
-    KV__FOREACH(it, tmp, &ctx->ops) {
+    KV__FOREACH(it, tmp, &ctx->ops)
+    {
         kv__op *op = KV__CONTAINER(it, kv__op, link);
         if (region && op->region != region) continue;
         if (!include_close && op->kind == KV__OP_CLOSE) continue;
@@ -142,7 +151,8 @@ static int kv__dispatch(kv_context_t ctx)
         free(h->desc);
         free(h);
     }
-    KV__FOREACH(it, tmp, &ctx->peers) {
+    KV__FOREACH(it, tmp, &ctx->peers)
+    {
         kv__peer *p = KV__CONTAINER(it, kv__peer, link);
         if (p->failed && !p->fail_handled) kv__peer_handle_failure(p);
     }
@@ -219,10 +229,8 @@ static int kv__linger(kv_context_t ctx)
 static void kv__watch_efd(kv_context_t ctx)
 {
     if (ctx->efd_watched) return;
-    if (event_add(ctx->ev_efd, NULL) == 0)
-        ctx->efd_watched = 1;
-    else
-        pd_error("kv: cannot add the worker's event fd back to the event loop");
+    if (event_add(ctx->ev_efd, NULL) == 0) ctx->efd_watched = 1;
+    else pd_error("kv: cannot add the worker's event fd back to the event loop");
 }
 
 /* Progress until the worker can be armed. A worker that stays busy (seen after a shared-memory peer was
@@ -325,4 +333,3 @@ pd_status kv_progress_wait(kv_context_t ctx, double timeout_s)
         }
     }
 }
-
