@@ -11,9 +11,9 @@
 #include "dist/dst_internal.h"
 
 #define DST_TAG_CMD_SUBMIT 's'
-#define DST_TAG_WAKE 0x77616b /* point-to-point: a rank > 0 has posted while rank 0 sleeps */
-#define DST_REC_EVENT 'e'     /* an event record: an engine event */
-#define DST_REC_MSG 'm'       /* an event record: a message an agent posted */
+#define DST_TAG_WAKE       0x77616b /* point-to-point: a rank > 0 has posted while rank 0 sleeps */
+#define DST_REC_EVENT      'e'      /* an event record: an engine event */
+#define DST_REC_MSG        'm'      /* an event record: a message an agent posted */
 
 /* ---- start-up ------------------------------------------------------------------------------------------ */
 
@@ -192,6 +192,11 @@ void dst_finalize(dst *d)
         MPI_Request_free(&d->wake_rq); /* a small message: sent eagerly, or dropped with the job */
     }
     pd_buf_free(&d->out);
+    pd_buf_free(&d->sync_cmds);
+    free(d->sync_all);
+    free(d->sync_counts);
+    free(d->sync_displs);
+    free(d->sync_evs);
     pd_buf_free(&d->evs);
     pd_buf_free(&d->posts);
     free(d->kv_ok);
@@ -592,10 +597,14 @@ static int hook_sync(void *arg, mdl_engine *e, int local_work, int stopping, int
     mdl_engine_get_local_stats(e, &me.st);
     refresh_me(d, &me.st);
     me.info = d->me;
-    report *all = d->rank ? NULL : malloc((size_t)n * sizeof *all);
-    int *counts = d->rank ? NULL : calloc((size_t)n, sizeof *counts),
-        *displs = d->rank ? NULL : calloc((size_t)n, sizeof *displs);
-    if (!d->rank && (!all || !counts || !displs)) MPI_Abort(MPI_COMM_WORLD, 72);
+    if (!d->rank && !d->sync_all) { /* sized by the rank count: once */
+        d->sync_all = malloc((size_t)n * sizeof(report));
+        d->sync_counts = calloc((size_t)n, sizeof *d->sync_counts);
+        d->sync_displs = calloc((size_t)n, sizeof *d->sync_displs);
+        if (!d->sync_all || !d->sync_counts || !d->sync_displs) MPI_Abort(MPI_COMM_WORLD, 72);
+    }
+    report *all = d->sync_all;
+    int *counts = d->sync_counts, *displs = d->sync_displs;
     MPI_Request rq;
     MPI_Igather(&me, sizeof me, MPI_BYTE, all, sizeof me, MPI_BYTE, 0, MPI_COMM_WORLD, &rq);
     dst__wait(d, &rq, "the step's report", 0);
@@ -607,14 +616,19 @@ static int hook_sync(void *arg, mdl_engine *e, int local_work, int stopping, int
             counts[r] = all[r].ev_bytes;
             total += (size_t)all[r].ev_bytes;
         }
-        evs = malloc(total + 1);
-        if (!evs) MPI_Abort(MPI_COMM_WORLD, 72);
+        if (total + 1 > d->sync_evs_cap) { /* grows to the largest step's events, then stays */
+            char *g = realloc(d->sync_evs, total + 1);
+            if (!g) MPI_Abort(MPI_COMM_WORLD, 72);
+            d->sync_evs = g;
+            d->sync_evs_cap = total + 1;
+        }
+        evs = d->sync_evs;
     }
     MPI_Igatherv(d->evs.data, (int)d->evs.len, MPI_BYTE, evs, counts, displs, MPI_BYTE, 0, MPI_COMM_WORLD, &rq);
     dst__wait(d, &rq, "the ranks' events", 0);
     pd_buf_reset(&d->evs);
     order ord = {0, 0};
-    pd_buf cmds = {0};
+    pd_buf *cmds = &d->sync_cmds;
     if (!d->rank) {
         int any = local_work;
         pthread_mutex_lock(&d->mu);
@@ -631,26 +645,30 @@ static int hook_sync(void *arg, mdl_engine *e, int local_work, int stopping, int
         for (int r = 1; r < n; r++) deliver_remote(d, r, evs + displs[r], (size_t)counts[r]);
         int stop = stopping;
         if (!any && !stop && !hook_pending(d)) stop = wait(e);
+        pd_buf_reset(cmds);
         pthread_mutex_lock(&d->mu);
-        cmds = d->out; /* hand the queue over; a fresh one takes new commands */
-        memset(&d->out, 0, sizeof d->out);
+        const pd_buf queued = d->out; /* hand the queue over; last step's (emptied) buffer takes new commands */
+        d->out = *cmds;
+        *cmds = queued;
         pthread_mutex_unlock(&d->mu);
         ord.stop = stop;
-        ord.cmd_bytes = (int64_t)cmds.len;
+        ord.cmd_bytes = (int64_t)cmds->len;
     }
-    free(all);
-    free(counts);
-    free(displs);
-    free(evs);
     MPI_Ibcast(&ord, sizeof ord, MPI_BYTE, 0, MPI_COMM_WORLD, &rq);
     dst__wait(d, &rq, "rank 0's orders", 1);
     if (ord.cmd_bytes > 0) {
-        if (d->rank && !(cmds.data = malloc((size_t)ord.cmd_bytes))) MPI_Abort(MPI_COMM_WORLD, 72);
-        MPI_Ibcast(cmds.data, (int)ord.cmd_bytes, MPI_BYTE, 0, MPI_COMM_WORLD, &rq);
+        char *cb = cmds->data; /* rank 0: the queue; ranks > 0: the gather buffer they do not use, grown to fit */
+        if (d->rank && (size_t)ord.cmd_bytes > d->sync_evs_cap) {
+            char *g = realloc(d->sync_evs, (size_t)ord.cmd_bytes);
+            if (!g) MPI_Abort(MPI_COMM_WORLD, 72);
+            d->sync_evs = g;
+            d->sync_evs_cap = (size_t)ord.cmd_bytes;
+        }
+        if (d->rank) cb = d->sync_evs;
+        MPI_Ibcast(cb, (int)ord.cmd_bytes, MPI_BYTE, 0, MPI_COMM_WORLD, &rq);
         dst__wait(d, &rq, "rank 0's commands", 0);
-        if (d->rank) apply_commands(d, cmds.data, (size_t)ord.cmd_bytes);
+        if (d->rank) apply_commands(d, cb, (size_t)ord.cmd_bytes);
     }
-    pd_buf_free(&cmds);
     if (ord.stop) {
         pthread_mutex_lock(&d->mu);
         d->stopped = 1;

@@ -45,6 +45,13 @@ struct dst_s {
     atomic_int posted;
     MPI_Request wake_rq;      /* rank 0: the receive of wake-ups; ranks > 0: the last wake-up sent */
     int wake_buf, wake_on;    /* wake_on: wake_rq is active */
+    /* hook_sync's buffers (engine thread), kept from step to step: rank 0's gathers (sync_evs: the events; ranks >
+     * 0 receive rank 0's commands in it) and the command buffer that trades places with out at each step */
+    void *sync_all;
+    int *sync_counts, *sync_displs;
+    char *sync_evs;
+    size_t sync_evs_cap;
+    pd_buf sync_cmds;
     /* ep.c: one round's buffers (engine thread) */
     struct dst_round *rd;
 };
