@@ -191,7 +191,7 @@ static void conn_adopt(evutil_socket_t fd, short what, void *arg)
     unsigned long n;
     double since;
     if (pd_log_due(&s->refused, 10, &n, &since))
-        pd_warn("http: refused %lu connection%s in %.0f s at the connection limit (%d open; --max-connections)", n,
+        pd_warn("http: refused %lu connection%s in %.0f s at the connection limit of %d (--max-connections)", n,
                 n == 1 ? "" : "s", since, s->max_conns);
     const evutil_socket_t sock = bufferevent_getfd(c->bev);
     if (!s->tls && sock >= 0) { /* a TLS client cannot read a plain reply: it is just closed */

@@ -725,21 +725,17 @@ pd_status rt_sampling_defaults_load(const char *model_dir, const char *source, c
     if (dir) {
         char path[4096];
         snprintf(path, sizeof path, "%s/generation_config.json", dir);
-        FILE *f = fopen(path, "rb");
-        if (!f && strcmp(source, "auto")) { /* a directory named explicitly must have one */
-            snprintf(err, errlen, "--generation-config %s: no generation_config.json there", source);
-            return PD_ERR_IO;
-        }
-        if (f) {
-            pd_buf b = {0};
-            char chunk[4096];
-            size_t n;
-            while ((n = fread(chunk, 1, sizeof chunk, f)) > 0 && b.len < (1u << 20)) pd_buf_append(&b, chunk, n);
-            fclose(f);
-            cJSON *o = b.failed ? NULL : cJSON_ParseWithLength(b.data ? b.data : "", b.len);
+        char *text = NULL;
+        size_t len = 0;
+        const pd_status rd = pd_file_read(path, &text, &len);
+        if (rd == PD_OK) {
+            cJSON *o = cJSON_ParseWithLength(text, len);
             st = defaults_from(o, 0, path, d, err, errlen);
             cJSON_Delete(o);
-            pd_buf_free(&b);
+            free(text);
+        } else if (rd != PD_ERR_NOT_FOUND || strcmp(source, "auto")) { /* auto: a model without one is fine */
+            snprintf(err, errlen, "--generation-config %s: %s: %s", source, path, pd_status_str(rd));
+            return PD_ERR_IO;
         }
     }
     if (st == PD_OK && override) {

@@ -375,6 +375,9 @@ START_TEST(test_sampling_defaults_load)
     ck_assert_int_eq(rt_sampling_defaults_load(dir, "auto", NULL, &d, err, sizeof err), PD_OK); /* none: fine */
     rt_sampling_defaults_str(&d, text, sizeof text);
     ck_assert_str_eq(text, "");
+    ck_assert_int_eq(rt_sampling_defaults_load(dir, "auto", "{\"top_p\": 0.9}", &d, err, sizeof err), PD_OK);
+    rt_sampling_defaults_str(&d, text, sizeof text);
+    ck_assert_str_eq(text, "top_p=0.9"); /* an override without a model file */
     write_file(dir, "generation_config.json",
                "{\"_from_model_config\": true, \"bos_token_id\": 0, \"eos_token_id\": 1, \"do_sample\": true, "
                "\"temperature\": 0.6, \"top_p\": 0.95}");
